@@ -1,0 +1,120 @@
+//! Connecting to PostgreSQL and bringing its schema up to date (ours and apalis's).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+/// Our own migrations, embedded at build time from the workspace's `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("cannot reach PostgreSQL at {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("failed to create database {name}: {source}")]
+    Create { name: String, source: sqlx::Error },
+    #[error("failed to apply OrderFlow's migrations: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("failed to apply apalis's migrations: {0}")]
+    Apalis(#[source] apalis_postgres::Error),
+}
+
+/// Connects a pool, creating the database first if it does not exist.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(url).map_err(DbError::Url)?;
+    create_database_if_missing(&options).await?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|source| DbError::Connect {
+            url: redact(url),
+            source,
+        })
+}
+
+/// Applies pending migrations. Safe when several processes start at once: sqlx's migrator holds a
+/// PostgreSQL advisory lock while it runs, and apalis's migrator uses the same mechanism.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await.map_err(DbError::Migrate)?;
+    apalis_postgres::PostgresStorage::setup(pool)
+        .await
+        .map_err(DbError::Apalis)?;
+    Ok(())
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), DbError> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let url = options.to_url_lossy().to_string();
+    // Connect to the maintenance database to look the target up.
+    let mut conn = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .map_err(|source| DbError::Connect {
+            url: redact(&url),
+            source,
+        })?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|source| DbError::Create {
+            name: name.clone(),
+            source,
+        })?;
+    if !exists {
+        let statement = format!("create database \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it between our check and our create: that is what we wanted.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(source) => return Err(DbError::Create { name, source }),
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.find('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// True when the error is one a retry can cure: connection trouble, serialization failure, deadlock, or the
+/// database shutting down or starting up.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            true
+        }
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => {
+            matches!(
+                e.code().as_deref(),
+                // serialization_failure, deadlock_detected, admin_shutdown, crash_shutdown, cannot_connect_now,
+                // too_many_connections, lock_not_available
+                Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "55P03")
+            ) || e.code().is_some_and(|c| c.starts_with("08"))
+        }
+        _ => false,
+    }
+}

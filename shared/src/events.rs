@@ -1,0 +1,81 @@
+//! The append-only audit trail of order transitions (`order_events`), which is also the outbox.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::order::OrderStatus;
+
+/// Stable event type names: consumers subscribe to these, so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Created,
+    Reserved,
+    Paid,
+    Fulfilled,
+    CancellationStarted,
+    Cancelled,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "order.created",
+            Self::Reserved => "order.reserved",
+            Self::Paid => "order.paid",
+            Self::Fulfilled => "order.fulfilled",
+            Self::CancellationStarted => "order.cancellation_started",
+            Self::Cancelled => "order.cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub order_id: Uuid,
+    pub sequence: i32,
+    pub event_type: String,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Appends one event. The caller holds the order's row lock (or just inserted the order), so the per-order
+/// sequence cannot race.
+pub async fn append(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    event_type: EventType,
+    from: Option<OrderStatus>,
+    to: OrderStatus,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason)
+           select $1, $2, coalesce(max(sequence), 0) + 1, $3, $4, $5, $6
+           from order_events where order_id = $2"#,
+    )
+    .bind(Uuid::now_v7())
+    .bind(order_id)
+    .bind(event_type.as_str())
+    .bind(from.map(OrderStatus::as_str))
+    .bind(to.as_str())
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn for_order(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as(
+        r#"select id, event_id, order_id, sequence, event_type, from_status, to_status, reason, created_at
+           from order_events where order_id = $1 order by sequence"#,
+    )
+    .bind(order_id)
+    .fetch_all(executor)
+    .await
+}

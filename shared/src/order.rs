@@ -1,0 +1,449 @@
+//! The order: its states, the one transition table that moves it, and the `orders` / `order_lines` SQL.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::events::{self, EventType};
+
+/// Where an order is in its life. Persisted and shown as the upper-case strings of [`OrderStatus::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Created,
+    Reserved,
+    Paid,
+    Fulfilled,
+    /// Compensations (release stock, void or refund) are running; ends in `Cancelled`.
+    Cancelling,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 6] = [
+        Self::Created,
+        Self::Reserved,
+        Self::Paid,
+        Self::Fulfilled,
+        Self::Cancelling,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "CREATED",
+            Self::Reserved => "RESERVED",
+            Self::Paid => "PAID",
+            Self::Fulfilled => "FULFILLED",
+            Self::Cancelling => "CANCELLING",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Fulfilled | Self::Cancelled)
+    }
+
+    /// The transition table: the status `transition` leads to from `self`, or why it may not happen.
+    pub fn apply(self, transition: &Transition) -> Result<OrderStatus, InvalidTransition> {
+        use OrderStatus::*;
+        let next = match (self, transition) {
+            (Created, Transition::Reserve) => Some(Reserved),
+            (Created, Transition::RejectOutOfStock) => Some(Cancelled),
+            (Reserved, Transition::Pay) => Some(Paid),
+            (Paid, Transition::Fulfil) => Some(Fulfilled),
+            (Created | Reserved | Paid, Transition::StartCancel(_)) => Some(Cancelling),
+            (Cancelling, Transition::FinishCancel) => Some(Cancelled),
+            _ => None,
+        };
+        next.ok_or(InvalidTransition {
+            from: self,
+            transition: transition.name(),
+        })
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an order was cancelled. Persisted as the snake_case strings of [`CancelReason::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CancelReason {
+    OutOfStock,
+    PaymentDeclined,
+    /// The provider kept failing (or could not capture) past the retry budget.
+    PaymentFailed,
+    /// Committing the reserved stock failed for good.
+    InventoryCommitFailed,
+    /// A step kept failing past its retry budget for a reason other than payment.
+    StepFailed,
+    CustomerRequest,
+}
+
+impl CancelReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OutOfStock => "out_of_stock",
+            Self::PaymentDeclined => "payment_declined",
+            Self::PaymentFailed => "payment_failed",
+            Self::InventoryCommitFailed => "inventory_commit_failed",
+            Self::StepFailed => "step_failed",
+            Self::CustomerRequest => "customer_request",
+        }
+    }
+}
+
+/// One explicit move of the state machine. Each has a stable event type for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Reserve,
+    RejectOutOfStock,
+    Pay,
+    Fulfil,
+    StartCancel(CancelReason),
+    FinishCancel,
+}
+
+impl Transition {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Reserve => "reserve",
+            Self::RejectOutOfStock => "reject_out_of_stock",
+            Self::Pay => "pay",
+            Self::Fulfil => "fulfil",
+            Self::StartCancel(_) => "start_cancel",
+            Self::FinishCancel => "finish_cancel",
+        }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Self::Reserve => EventType::Reserved,
+            Self::Pay => EventType::Paid,
+            Self::Fulfil => EventType::Fulfilled,
+            Self::StartCancel(_) => EventType::CancellationStarted,
+            Self::RejectOutOfStock | Self::FinishCancel => EventType::Cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {transition} an order that is {from}")]
+pub struct InvalidTransition {
+    pub from: OrderStatus,
+    pub transition: &'static str,
+}
+
+/// An order row as the saga and the API read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub currency: String,
+    pub total: i64,
+    pub status: String,
+    pub payment_token: String,
+    pub cancel_reason: Option<String>,
+    pub cancel_note: Option<String>,
+    pub current_step: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl OrderRow {
+    /// The parsed status; the table's CHECK constraint guarantees one of ours.
+    pub fn status(&self) -> OrderStatus {
+        OrderStatus::parse(&self.status).unwrap_or(OrderStatus::Created)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct OrderLineRow {
+    pub order_id: Uuid,
+    pub line_no: i32,
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+}
+
+/// A validated order ready to insert.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub currency: String,
+    pub total: i64,
+    pub payment_token: String,
+    /// (sku, quantity, unit price snapshot), in request order.
+    pub lines: Vec<(String, i64, i64)>,
+}
+
+const ORDER_COLUMNS: &str = "id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, \
+     current_step, last_error, created_at, updated_at";
+
+/// Inserts the order in CREATED, its lines and its `order.created` event.
+#[tracing::instrument(skip_all, fields(order_id = %order.id), err)]
+pub async fn insert(conn: &mut PgConnection, order: &NewOrder) -> Result<OrderRow, sqlx::Error> {
+    let row: OrderRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        r#"insert into orders (id, customer_id, currency, total, status, payment_token, current_step)
+           values ($1, $2, $3, $4, 'CREATED', $5, 'reserve')
+           returning {ORDER_COLUMNS}"#
+    )))
+    .bind(order.id)
+    .bind(&order.customer_id)
+    .bind(&order.currency)
+    .bind(order.total)
+    .bind(&order.payment_token)
+    .fetch_one(&mut *conn)
+    .await?;
+
+    let skus: Vec<&str> = order.lines.iter().map(|(sku, _, _)| sku.as_str()).collect();
+    let quantities: Vec<i64> = order.lines.iter().map(|(_, q, _)| *q).collect();
+    let prices: Vec<i64> = order.lines.iter().map(|(_, _, p)| *p).collect();
+    sqlx::query(
+        r#"insert into order_lines (order_id, line_no, sku, quantity, unit_price)
+           select $1, ordinality::integer, sku, quantity, unit_price
+           from unnest($2::text[], $3::bigint[], $4::bigint[]) with ordinality as l(sku, quantity, unit_price)"#,
+    )
+    .bind(order.id)
+    .bind(&skus)
+    .bind(&quantities)
+    .bind(&prices)
+    .execute(&mut *conn)
+    .await?;
+
+    events::append(
+        &mut *conn,
+        order.id,
+        EventType::Created,
+        None,
+        OrderStatus::Created,
+        None,
+    )
+    .await?;
+    Ok(row)
+}
+
+pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {ORDER_COLUMNS} from orders where id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Reads the order and locks its row until the transaction ends. Every saga step and the cancel endpoint take
+/// this lock first, so steps of one order never interleave.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {ORDER_COLUMNS} from orders where id = $1 for update"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn lines(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<OrderLineRow>, sqlx::Error> {
+    sqlx::query_as(
+        "select order_id, line_no, sku, quantity, unit_price from order_lines where order_id = $1 order by line_no",
+    )
+    .bind(order_id)
+    .fetch_all(executor)
+    .await
+}
+
+/// Lines of many orders at once, for list pages.
+pub async fn lines_of(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<OrderLineRow>, sqlx::Error> {
+    sqlx::query_as(
+        "select order_id, line_no, sku, quantity, unit_price from order_lines where order_id = any($1) \
+         order by order_id, line_no",
+    )
+    .bind(ids)
+    .fetch_all(executor)
+    .await
+}
+
+/// Filters of the order list; `after` is the last id of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<OrderStatus>,
+    pub customer_id: Option<String>,
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// A page of orders in id order (UUIDv7 ids, so creation order).
+pub async fn list(executor: impl PgExecutor<'_>, filter: &ListFilter) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        r#"select {ORDER_COLUMNS} from orders
+           where ($1::text is null or status = $1)
+             and ($2::text is null or customer_id = $2)
+             and ($3::uuid is null or id > $3)
+           order by id
+           limit $4"#
+    )))
+    .bind(filter.status.map(OrderStatus::as_str))
+    .bind(filter.customer_id.as_deref())
+    .bind(filter.after)
+    .bind(filter.limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// Applies `transition` to a locked order: validates it against the table, writes the new status and appends
+/// the event, in the caller's transaction. Returns the new status.
+#[tracing::instrument(skip_all, fields(order_id = %order.id, transition = transition.name()), err)]
+pub async fn transition(
+    conn: &mut PgConnection,
+    order: &OrderRow,
+    transition: Transition,
+    next_step: Option<&str>,
+    note: Option<&str>,
+) -> Result<OrderStatus, TransitionError> {
+    let from = order.status();
+    let to = from.apply(&transition)?;
+    let reason = match &transition {
+        Transition::StartCancel(reason) => Some(reason.as_str()),
+        Transition::RejectOutOfStock => Some(CancelReason::OutOfStock.as_str()),
+        _ => None,
+    };
+    sqlx::query(
+        r#"update orders
+           set status = $2,
+               cancel_reason = coalesce($3, cancel_reason),
+               cancel_note = coalesce($4, cancel_note),
+               current_step = $5,
+               updated_at = now()
+           where id = $1"#,
+    )
+    .bind(order.id)
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(note)
+    .bind(next_step)
+    .execute(&mut *conn)
+    .await?;
+    let event_reason = reason.or_else(|| {
+        order
+            .cancel_reason
+            .as_deref()
+            .filter(|_| to == OrderStatus::Cancelled)
+    });
+    events::append(
+        &mut *conn,
+        order.id,
+        transition.event_type(),
+        Some(from),
+        to,
+        event_reason,
+    )
+    .await?;
+    tracing::info!(from = %from, to = %to, reason, "order transition");
+    Ok(to)
+}
+
+/// Records the last error a step met, for operators.
+pub async fn set_last_error(executor: impl PgExecutor<'_>, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("update orders set last_error = $2, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(error)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidTransition),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OrderStatus::*;
+
+    fn all_transitions() -> Vec<Transition> {
+        vec![
+            Transition::Reserve,
+            Transition::RejectOutOfStock,
+            Transition::Pay,
+            Transition::Fulfil,
+            Transition::StartCancel(CancelReason::CustomerRequest),
+            Transition::FinishCancel,
+        ]
+    }
+
+    /// The whole table, written out once more by hand: every (status, transition) pair not listed is invalid.
+    #[test]
+    fn transition_table_is_exactly_the_documented_one() {
+        let allowed = [
+            (Created, "reserve", Reserved),
+            (Created, "reject_out_of_stock", Cancelled),
+            (Created, "start_cancel", Cancelling),
+            (Reserved, "pay", Paid),
+            (Reserved, "start_cancel", Cancelling),
+            (Paid, "fulfil", Fulfilled),
+            (Paid, "start_cancel", Cancelling),
+            (Cancelling, "finish_cancel", Cancelled),
+        ];
+        for from in OrderStatus::ALL {
+            for transition in all_transitions() {
+                let expected = allowed
+                    .iter()
+                    .find(|(f, t, _)| *f == from && *t == transition.name())
+                    .map(|(_, _, to)| *to);
+                match (from.apply(&transition), expected) {
+                    (Ok(to), Some(want)) => assert_eq!(to, want, "{from} --{}-->", transition.name()),
+                    (Err(e), None) => {
+                        assert_eq!(e.from, from);
+                        assert_eq!(e.transition, transition.name());
+                    }
+                    (got, want) => panic!("{from} --{}--> gave {got:?}, want {want:?}", transition.name()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_states_accept_no_transition() {
+        for from in [Fulfilled, Cancelled] {
+            assert!(from.is_terminal());
+            for transition in all_transitions() {
+                assert!(
+                    from.apply(&transition).is_err(),
+                    "{from} accepted {}",
+                    transition.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn paying_a_cancelled_order_is_rejected_with_a_clear_message() {
+        let err = Cancelled.apply(&Transition::Pay).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("cannot pay an order that is CANCELLED"));
+    }
+
+    #[test]
+    fn status_strings_round_trip() {
+        for status in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(OrderStatus::parse("created"), None);
+    }
+}

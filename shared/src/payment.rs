@@ -1,0 +1,116 @@
+//! The order's payment as we know it (`payments`): one row per order, mirroring the provider's intent.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// Statuses of our payment row. PENDING means "the authorization may or may not have reached the provider":
+/// whoever finds it asks the provider again with the same idempotency key.
+pub mod status {
+    pub const PENDING: &str = "PENDING";
+    pub const AUTHORIZED: &str = "AUTHORIZED";
+    pub const CAPTURED: &str = "CAPTURED";
+    pub const DECLINED: &str = "DECLINED";
+    pub const VOIDED: &str = "VOIDED";
+    pub const REFUNDED: &str = "REFUNDED";
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct PaymentRow {
+    pub order_id: Uuid,
+    pub idempotency_key: String,
+    pub provider_ref: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    pub payment_token: String,
+    pub status: String,
+    pub decline_code: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The idempotency key of an order's authorization: derived from the order, so every retry, every worker and
+/// the reconciler send the same one and the provider holds the money at most once.
+pub fn authorization_key(order_id: Uuid) -> String {
+    format!("orderflow-{order_id}-authorize")
+}
+
+pub fn capture_key(order_id: Uuid) -> String {
+    format!("orderflow-{order_id}-capture")
+}
+
+pub fn void_key(order_id: Uuid) -> String {
+    format!("orderflow-{order_id}-void")
+}
+
+pub fn refund_key(order_id: Uuid) -> String {
+    format!("orderflow-{order_id}-refund")
+}
+
+const PAYMENT_COLUMNS: &str = "order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, \
+     decline_code, created_at, updated_at";
+
+pub async fn find(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {PAYMENT_COLUMNS} from payments where order_id = $1"
+    )))
+    .bind(order_id)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Records that an authorization is about to be sent (PENDING), unless a row exists already; returns the row.
+pub async fn begin_authorization(
+    executor: impl PgExecutor<'_>,
+    order_id: Uuid,
+    amount: i64,
+    currency: &str,
+    payment_token: &str,
+) -> Result<PaymentRow, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        r#"with inserted as (
+             insert into payments (order_id, idempotency_key, amount, currency, payment_token, status)
+             values ($1, $2, $3, $4, $5, 'PENDING')
+             on conflict (order_id) do nothing
+             returning {PAYMENT_COLUMNS}
+           )
+           select {PAYMENT_COLUMNS} from inserted
+           union all
+           select {PAYMENT_COLUMNS} from payments where order_id = $1 and not exists (select 1 from inserted)"#
+    )))
+    .bind(order_id)
+    .bind(authorization_key(order_id))
+    .bind(amount)
+    .bind(currency)
+    .bind(payment_token)
+    .fetch_one(executor)
+    .await
+}
+
+/// Moves the payment to `to` if it is in one of `from`; returns whether it moved. Sets the provider reference
+/// and decline code when given.
+pub async fn set_status(
+    executor: impl PgExecutor<'_>,
+    order_id: Uuid,
+    from: &[&str],
+    to: &str,
+    provider_ref: Option<&str>,
+    decline_code: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        r#"update payments
+           set status = $3, provider_ref = coalesce($4, provider_ref), decline_code = coalesce($5, decline_code),
+               updated_at = now()
+           where order_id = $1 and status = any($2)"#,
+    )
+    .bind(order_id)
+    .bind(from)
+    .bind(to)
+    .bind(provider_ref)
+    .bind(decline_code)
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}

@@ -1,0 +1,92 @@
+//! Configuration read from the environment, with local defaults so that nothing needs setting up to run.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The PostgreSQL database every binary uses unless `DATABASE_URL` says otherwise.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orderflow";
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_PAYSIM_ADDR: &str = "127.0.0.1:8090";
+pub const DEFAULT_PAYMENTS_URL: &str = "http://127.0.0.1:8090";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{name} is not valid: {message}")]
+pub struct SettingsError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+/// Reads `name` from the environment, or `default` when it is unset or empty.
+pub fn env_or(name: &'static str, default: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ => default.to_owned(),
+    }
+}
+
+/// Reads and parses `name`, or returns `default` when it is unset.
+pub fn env_parse<T>(name: &'static str, default: T) -> Result<T, SettingsError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value.trim().parse().map_err(|e: T::Err| SettingsError {
+            name,
+            message: format!("{value:?}: {e}"),
+        }),
+        _ => Ok(default),
+    }
+}
+
+pub fn database_url() -> String {
+    env_or("DATABASE_URL", DEFAULT_DATABASE_URL)
+}
+
+pub fn api_addr() -> Result<SocketAddr, SettingsError> {
+    env_parse("ORDERFLOW_API_ADDR", parse_default(DEFAULT_API_ADDR))
+}
+
+pub fn paysim_addr() -> Result<SocketAddr, SettingsError> {
+    env_parse("ORDERFLOW_PAYSIM_ADDR", parse_default(DEFAULT_PAYSIM_ADDR))
+}
+
+fn parse_default(addr: &str) -> SocketAddr {
+    addr.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// Settings of the saga worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Base URL of the payment provider (the simulator by default; Stripe's API shape).
+    pub payments_url: String,
+    /// Jobs one worker process runs at once, per queue.
+    pub concurrency: usize,
+    /// How often an idle worker looks for delayed jobs (retries with backoff) besides LISTEN/NOTIFY.
+    pub poll_interval: Duration,
+    /// First retry delay of a transient step failure; doubles per attempt up to `retry_max_delay`.
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// Attempts of one forward step before the saga compensates.
+    pub max_step_attempts: u32,
+    /// Timeout of one call to the payment provider.
+    pub payments_timeout: Duration,
+    /// Upper bound of one step's run, far below apalis's orphan timeout.
+    pub step_timeout: Duration,
+}
+
+impl WorkerSettings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Ok(Self {
+            payments_url: env_or("ORDERFLOW_PAYMENTS_URL", DEFAULT_PAYMENTS_URL),
+            concurrency: env_parse("ORDERFLOW_WORKER_CONCURRENCY", 16)?,
+            poll_interval: Duration::from_millis(env_parse("ORDERFLOW_WORKER_POLL_MS", 1_000)?),
+            retry_base_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_BASE_MS", 1_000)?),
+            retry_max_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_MAX_MS", 300_000)?),
+            max_step_attempts: env_parse("ORDERFLOW_MAX_STEP_ATTEMPTS", 8)?,
+            payments_timeout: Duration::from_millis(env_parse("ORDERFLOW_PAYMENTS_TIMEOUT_MS", 10_000)?),
+            step_timeout: Duration::from_millis(env_parse("ORDERFLOW_STEP_TIMEOUT_MS", 60_000)?),
+        })
+    }
+}
