@@ -14,4 +14,5 @@ pub mod order;
 pub mod payment;
 pub mod saga;
 pub mod settings;
+pub mod shutdown;
 pub mod telemetry;

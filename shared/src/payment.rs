@@ -114,3 +114,15 @@ pub async fn set_status(
     .rows_affected();
     Ok(moved == 1)
 }
+
+pub async fn find_many(
+    executor: impl PgExecutor<'_>,
+    order_ids: &[Uuid],
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {PAYMENT_COLUMNS} from payments where order_id = any($1)"
+    )))
+    .bind(order_ids)
+    .fetch_all(executor)
+    .await
+}

@@ -1,0 +1,154 @@
+//! `ApiError`: the one place that maps failures to HTTP statuses and RFC 9457 problem bodies. Client errors
+//! name what is wrong; server errors say nothing of their cause to the client and log it instead.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orderflow_shared::{db, inventory};
+use serde::Serialize;
+
+/// Problem types are URNs: stable identifiers clients can match on, documented in docs/API.md.
+const TYPE_PREFIX: &str = "urn:orderflow:problem:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON, or not JSON of the expected shape.
+    #[error("{0}")]
+    MalformedBody(String),
+    /// A field has a value the API does not accept.
+    #[error("{field}: {message}")]
+    Validation { field: String, message: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{what} {id} does not exist")]
+    NotFound { what: &'static str, id: String },
+    /// The request conflicts with the resource's state.
+    #[error("{detail}")]
+    Conflict { slug: &'static str, detail: String },
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    IdempotencyKeyInFlight,
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// PostgreSQL is unreachable or refusing work for now; the client may retry.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn validation(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self::Validation {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Validation { .. } | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::MalformedBody(_) => "malformed-body",
+            Self::Validation { .. } => "validation-error",
+            Self::BadRequest(_) => "bad-request",
+            Self::NotFound { .. } => "not-found",
+            Self::Conflict { slug, .. } => slug,
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Unavailable(_) => "service-unavailable",
+            Self::Internal(_) => "internal-error",
+        }
+    }
+}
+
+/// An RFC 9457 problem details body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// For validation errors: the offending field, as a path into the request (`lines[0].quantity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "internal error");
+                "an internal error occurred; it has been logged".to_owned()
+            }
+            Self::Unavailable(error) => {
+                tracing::warn!(%error, "database unavailable");
+                "the database is unavailable; retry shortly".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let field = match &self {
+            Self::Validation { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        let problem = Problem {
+            problem_type: format!("{TYPE_PREFIX}{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            field,
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if db::is_transient(&error) {
+            return Self::Unavailable(error);
+        }
+        if let sqlx::Error::Database(e) = &error
+            && e.constraint() == Some(inventory::RESERVED_LE_ON_HAND)
+        {
+            return Self::Conflict {
+                slug: "stock-below-reserved",
+                detail: "on_hand cannot be set below the units currently reserved".to_owned(),
+            };
+        }
+        Self::Internal(anyhow::Error::new(error).context("database error"))
+    }
+}
+
+impl From<orderflow_shared::jobs::EnqueueError> for ApiError {
+    fn from(error: orderflow_shared::jobs::EnqueueError) -> Self {
+        match error {
+            orderflow_shared::jobs::EnqueueError::Queue(apalis_error) => Self::Internal(
+                anyhow::Error::new(apalis_error).context("failed to enqueue the first saga step"),
+            ),
+            other => Self::Internal(anyhow::Error::new(other)),
+        }
+    }
+}

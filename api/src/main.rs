@@ -1,0 +1,23 @@
+//! `orderflow-api`: loads settings, applies migrations and serves the HTTP API until Ctrl-C or SIGTERM.
+
+use anyhow::Context;
+use orderflow_shared::{db, settings, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init("info,sqlx=warn");
+    let url = settings::database_url();
+    let pool = db::connect(&url, 32)
+        .await
+        .context("failed to connect to PostgreSQL")?;
+    db::migrate(&pool)
+        .await
+        .context("failed to migrate the database")?;
+    let addr = settings::api_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to bind {addr}"))?;
+    tracing::info!(%addr, "orderflow-api listening");
+    orderflow_api::run(listener, pool, orderflow_shared::shutdown::signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! The API's routes, one module per resource.
+
+pub(crate) mod health;
+pub(crate) mod orders;
+pub(crate) mod skus;
+
+pub(crate) use health as health_paths;
+pub(crate) use orders as order_paths;
+pub(crate) use skus as sku_paths;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+
+use crate::AppState;
+
+pub(crate) use orders::{CreateOrderRequest, EventView, LineRequest, OrderList, OrderView, PaymentView};
+pub(crate) use skus::{SkuView, UpsertSkuRequest};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(crate::openapi::serve))
+        .route("/v1/skus/{sku}", put(skus::upsert).get(skus::get))
+        .route("/v1/orders", post(orders::create).get(orders::list))
+        .route("/v1/orders/{id}", get(orders::get))
+        .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/orders/{id}/events", get(orders::events))
+        .fallback(|| async {
+            crate::ApiError::NotFound {
+                what: "route",
+                id: "requested".to_owned(),
+            }
+        })
+}

@@ -1,0 +1,512 @@
+//! Orders: creation (order, lines, idempotency record and the first saga job in one transaction), reads,
+//! the cursor-paginated list, cancellation and the event history.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use orderflow_shared::events::{self, EventRow};
+use orderflow_shared::jobs::{self, Step, StepJob};
+use orderflow_shared::money::{self, Currency, Quantity};
+use orderflow_shared::order::{
+    self, CancelReason, NewOrder, OrderLineRow, OrderRow, OrderStatus, Transition,
+};
+use orderflow_shared::payment::{self, PaymentRow};
+use orderflow_shared::{idempotency, inventory};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::extract::{JsonBody, OptionalJson, OrderId};
+use crate::routes::skus::validate_sku;
+use crate::{ApiError, AppState};
+
+const MAX_TEXT: usize = 255;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderRequest {
+    pub customer_id: String,
+    pub currency: String,
+    pub lines: Vec<LineRequest>,
+    /// The payment method the provider charges, e.g. `pm_card_visa`.
+    pub payment_token: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineRequest {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderView {
+    pub id: Uuid,
+    pub status: String,
+    pub customer_id: String,
+    pub currency: String,
+    pub total: i64,
+    pub lines: Vec<LineView>,
+    pub payment: Option<PaymentView>,
+    pub cancel_reason: Option<String>,
+    /// The customer's own words when they cancelled, if any.
+    pub cancel_note: Option<String>,
+    /// The saga step the order is in or last finished.
+    pub current_step: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LineView {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PaymentView {
+    pub status: String,
+    pub provider_ref: Option<String>,
+    pub amount: i64,
+}
+
+impl OrderView {
+    fn new(row: OrderRow, lines: Vec<OrderLineRow>, payment: Option<PaymentRow>) -> Self {
+        Self {
+            id: row.id,
+            status: row.status,
+            customer_id: row.customer_id,
+            currency: row.currency,
+            total: row.total,
+            lines: lines
+                .into_iter()
+                .map(|l| LineView {
+                    sku: l.sku,
+                    quantity: l.quantity,
+                    unit_price: l.unit_price,
+                })
+                .collect(),
+            payment: payment.map(|p| PaymentView {
+                status: p.status,
+                provider_ref: p.provider_ref,
+                amount: p.amount,
+            }),
+            cancel_reason: row.cancel_reason,
+            cancel_note: row.cancel_note,
+            current_step: row.current_step,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+fn location(id: Uuid) -> HeaderValue {
+    HeaderValue::from_str(&format!("/v1/orders/{id}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("/v1/orders"))
+}
+
+fn accepted(status: StatusCode, id: Uuid, body: serde_json::Value) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(header::LOCATION, location(id));
+    response
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get("idempotency-key")
+        .ok_or_else(|| ApiError::BadRequest("the Idempotency-Key header is required".to_owned()))?;
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("the Idempotency-Key header must be visible ASCII".to_owned()))?;
+    if key.is_empty() || key.len() > MAX_TEXT {
+        return Err(ApiError::BadRequest(
+            "the Idempotency-Key header must be 1 to 255 characters".to_owned(),
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+fn required_text(field: &str, value: &str) -> Result<String, ApiError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(ApiError::validation(field, "must not be empty"));
+    }
+    if trimmed.chars().count() > MAX_TEXT {
+        return Err(ApiError::validation(
+            field,
+            format!("must be at most {MAX_TEXT} characters"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Checks everything that needs no database: field formats, quantity bounds, duplicate and empty lines.
+fn validate(request: &CreateOrderRequest) -> Result<(Currency, Vec<(String, Quantity)>), ApiError> {
+    let currency = Currency::parse(&request.currency).map_err(|e| ApiError::validation("currency", e))?;
+    if request.lines.is_empty() {
+        return Err(ApiError::validation("lines", "an order needs at least one line"));
+    }
+    if request.lines.len() > money::MAX_ORDER_LINES {
+        return Err(ApiError::validation(
+            "lines",
+            format!("at most {} lines", money::MAX_ORDER_LINES),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut lines = Vec::with_capacity(request.lines.len());
+    for (i, line) in request.lines.iter().enumerate() {
+        validate_sku(&format!("lines[{i}].sku"), &line.sku)?;
+        if !seen.insert(line.sku.as_str()) {
+            return Err(ApiError::validation(
+                format!("lines[{i}].sku"),
+                format!(
+                    "sku {:?} appears on more than one line; put the whole quantity on one",
+                    line.sku
+                ),
+            ));
+        }
+        let quantity = Quantity::parse(line.quantity)
+            .map_err(|e| ApiError::validation(format!("lines[{i}].quantity"), e))?;
+        lines.push((line.sku.clone(), quantity));
+    }
+    Ok((currency, lines))
+}
+
+/// Accepts an order: 202 with the order in CREATED; the saga runs in the worker.
+#[utoipa::path(post, path = "/v1/orders", request_body = CreateOrderRequest,
+    params(("Idempotency-Key" = String, Header, description = "1–255 characters; a repeat replays the first response")),
+    responses(
+        (status = 202, description = "Accepted; the saga has been queued", body = OrderView),
+        (status = 400, description = "Malformed body or missing Idempotency-Key", body = crate::error::Problem),
+        (status = 409, description = "A request with this key is in flight", body = crate::error::Problem),
+        (status = 422, description = "Invalid field, or the key was used with another body", body = crate::error::Problem),
+    ))]
+#[tracing::instrument(skip_all, fields(order_id))]
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<CreateOrderRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let request = body.parsed;
+    let customer_id = required_text("customer_id", &request.customer_id)?;
+    let payment_token = required_text("payment_token", &request.payment_token)?;
+    let (currency, lines) = validate(&request)?;
+    let fingerprint = idempotency::fingerprint(&body.value);
+
+    let mut tx = state.pool.begin().await?;
+    if !idempotency::try_lock(&mut tx, &key).await? {
+        return Err(ApiError::IdempotencyKeyInFlight);
+    }
+    #[cfg(feature = "failpoints")]
+    hold_key_failpoint(&key).await;
+    if let Some(stored) = idempotency::find(&mut *tx, &key).await? {
+        if stored.request_hash != fingerprint {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        let status = u16::try_from(stored.response_status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::ACCEPTED);
+        return Ok(accepted(status, stored.order_id, stored.response_body));
+    }
+
+    let sku_codes: Vec<&str> = lines.iter().map(|(sku, _)| sku.as_str()).collect();
+    let catalogue: HashMap<String, inventory::SkuRow> = inventory::find_many(&mut *tx, &sku_codes)
+        .await?
+        .into_iter()
+        .map(|s| (s.sku.clone(), s))
+        .collect();
+    let mut priced = Vec::with_capacity(lines.len());
+    for (i, (sku, quantity)) in lines.iter().enumerate() {
+        let row = catalogue
+            .get(sku)
+            .ok_or_else(|| ApiError::validation(format!("lines[{i}].sku"), format!("unknown sku {sku:?}")))?;
+        if row.currency != currency.as_str() {
+            return Err(ApiError::validation(
+                format!("lines[{i}].sku"),
+                format!(
+                    "sku {sku:?} is priced in {}, the order is in {currency}",
+                    row.currency
+                ),
+            ));
+        }
+        priced.push((sku.clone(), *quantity, row.price));
+    }
+    let total = money::order_total(priced.iter().map(|(_, q, p)| (*q, *p)))
+        .map_err(|e| ApiError::validation("lines", e))?;
+
+    let new_order = NewOrder {
+        id: Uuid::now_v7(),
+        customer_id,
+        currency: currency.to_string(),
+        total,
+        payment_token,
+        lines: priced.into_iter().map(|(sku, q, p)| (sku, q.get(), p)).collect(),
+    };
+    tracing::Span::current().record("order_id", tracing::field::display(new_order.id));
+    let row = order::insert(&mut tx, &new_order).await?;
+    let lines = order::lines(&mut *tx, row.id).await?;
+    jobs::enqueue(
+        &mut tx,
+        Step::Reserve,
+        StepJob {
+            order_id: row.id,
+            attempt: 1,
+        },
+        None,
+    )
+    .await?;
+    let view = OrderView::new(row, lines, None);
+    let body = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.into()))?;
+    idempotency::store(
+        &mut *tx,
+        &key,
+        &fingerprint,
+        view.id,
+        StatusCode::ACCEPTED.as_u16(),
+        &body,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(order_id = %view.id, total = view.total, "order accepted");
+    Ok(accepted(StatusCode::ACCEPTED, view.id, body))
+}
+
+/// Failpoint `api.create_order.after_lock`: configured as `return(<key>)`, a create with that Idempotency-Key
+/// holds the key's lock for a second, so a test can send the same key while the first is in flight.
+#[cfg(feature = "failpoints")]
+async fn hold_key_failpoint(key: &str) {
+    if fail::eval("api.create_order.after_lock", |arg| arg)
+        .flatten()
+        .as_deref()
+        == Some(key)
+    {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn load_view(executor: &sqlx::PgPool, id: Uuid) -> Result<OrderView, ApiError> {
+    let row = order::find(executor, id).await?.ok_or(ApiError::NotFound {
+        what: "order",
+        id: id.to_string(),
+    })?;
+    let lines = order::lines(executor, id).await?;
+    let payment = payment::find(executor, id).await?;
+    Ok(OrderView::new(row, lines, payment))
+}
+
+#[utoipa::path(get, path = "/v1/orders/{id}", responses(
+    (status = 200, description = "The order", body = OrderView),
+    (status = 404, description = "No such order", body = crate::error::Problem),
+))]
+pub async fn get(State(state): State<AppState>, OrderId(id): OrderId) -> Result<Json<OrderView>, ApiError> {
+    Ok(Json(load_view(&state.pool, id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListParams {
+    /// Only orders in this status (upper case).
+    pub status: Option<String>,
+    pub customer_id: Option<String>,
+    /// 1–100, default 20.
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderList {
+    pub orders: Vec<OrderView>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/orders", params(ListParams), responses(
+    (status = 200, description = "A page of orders, oldest first", body = OrderList),
+    (status = 400, description = "Invalid parameter", body = crate::error::Problem),
+))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<OrderList>, ApiError> {
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| {
+            OrderStatus::parse(s).ok_or_else(|| {
+                let known: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::validation("status", format!("{s:?} is not one of {}", known.join(", ")))
+            })
+        })
+        .transpose()?;
+    let limit = match params.limit.as_deref() {
+        None => 20,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| {
+                ApiError::validation("limit", format!("{raw:?} is not a whole number from 1 to 100"))
+            })?,
+    };
+    let after = params
+        .after
+        .as_deref()
+        .map(|raw| {
+            Uuid::parse_str(raw)
+                .map_err(|_| ApiError::validation("after", format!("{raw:?} is not a cursor")))
+        })
+        .transpose()?;
+    let filter = order::ListFilter {
+        status,
+        customer_id: params.customer_id,
+        after,
+        limit,
+    };
+    let rows = order::list(&state.pool, &filter).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut lines: HashMap<Uuid, Vec<OrderLineRow>> = HashMap::new();
+    for line in order::lines_of(&state.pool, &ids).await? {
+        lines.entry(line.order_id).or_default().push(line);
+    }
+    let mut payments: HashMap<Uuid, PaymentRow> = payment::find_many(&state.pool, &ids)
+        .await?
+        .into_iter()
+        .map(|p| (p.order_id, p))
+        .collect();
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    let orders = rows
+        .into_iter()
+        .map(|row| {
+            let id = row.id;
+            OrderView::new(row, lines.remove(&id).unwrap_or_default(), payments.remove(&id))
+        })
+        .collect();
+    Ok(Json(OrderList { orders, next_cursor }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// Free text kept with the order (at most 500 characters).
+    pub reason: Option<String>,
+}
+
+/// Starts cancellation: 202; compensations run in the worker. Repeating it is harmless.
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", request_body(content = Option<CancelRequest>), responses(
+    (status = 202, description = "Cancellation started (or already under way or done)", body = OrderView),
+    (status = 404, description = "No such order", body = crate::error::Problem),
+    (status = 409, description = "The order is fulfilled", body = crate::error::Problem),
+))]
+#[tracing::instrument(skip_all, fields(order_id = %id))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    OrderId(id): OrderId,
+    OptionalJson(body): OptionalJson<CancelRequest>,
+) -> Result<Response, ApiError> {
+    let note = body
+        .and_then(|b| b.reason)
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    if note.as_ref().is_some_and(|n| n.chars().count() > 500) {
+        return Err(ApiError::validation("reason", "must be at most 500 characters"));
+    }
+    let mut tx = state.pool.begin().await?;
+    let row = order::lock(&mut tx, id).await?.ok_or(ApiError::NotFound {
+        what: "order",
+        id: id.to_string(),
+    })?;
+    match row.status() {
+        OrderStatus::Cancelling | OrderStatus::Cancelled => {}
+        OrderStatus::Fulfilled => {
+            return Err(ApiError::Conflict {
+                slug: "order-fulfilled",
+                detail: format!("order {id} is FULFILLED and can no longer be cancelled"),
+            });
+        }
+        OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid => {
+            order::transition(
+                &mut tx,
+                &row,
+                Transition::StartCancel(CancelReason::CustomerRequest),
+                Some(Step::ReleaseInventory.name()),
+                note.as_deref(),
+            )
+            .await
+            .map_err(|e| match e {
+                order::TransitionError::Database(e) => ApiError::from(e),
+                order::TransitionError::Invalid(e) => ApiError::Conflict {
+                    slug: "invalid-transition",
+                    detail: e.to_string(),
+                },
+            })?;
+            jobs::enqueue(
+                &mut tx,
+                Step::ReleaseInventory,
+                StepJob {
+                    order_id: id,
+                    attempt: 1,
+                },
+                None,
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    let view = load_view(&state.pool, id).await?;
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    response.headers_mut().insert(header::LOCATION, location(id));
+    Ok(response)
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub event_id: Uuid,
+    pub sequence: i32,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl From<EventRow> for EventView {
+    fn from(e: EventRow) -> Self {
+        Self {
+            event_id: e.event_id,
+            sequence: e.sequence,
+            event_type: e.event_type,
+            from: e.from_status,
+            to: e.to_status,
+            reason: e.reason,
+            at: e.created_at,
+        }
+    }
+}
+
+/// The order's transitions, oldest first.
+#[utoipa::path(get, path = "/v1/orders/{id}/events", responses(
+    (status = 200, description = "The transitions in order", body = [EventView]),
+    (status = 404, description = "No such order", body = crate::error::Problem),
+))]
+pub async fn events(
+    State(state): State<AppState>,
+    OrderId(id): OrderId,
+) -> Result<Json<Vec<EventView>>, ApiError> {
+    if order::find(&state.pool, id).await?.is_none() {
+        return Err(ApiError::NotFound {
+            what: "order",
+            id: id.to_string(),
+        });
+    }
+    let events = events::for_order(&state.pool, id).await?;
+    Ok(Json(events.into_iter().map(EventView::from).collect()))
+}

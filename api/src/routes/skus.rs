@@ -1,0 +1,105 @@
+//! `PUT /v1/skus/{sku}` and `GET /v1/skus/{sku}`: stock and price of one sku.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use orderflow_shared::inventory::{self, SkuRow};
+use orderflow_shared::money::{self, Currency};
+use serde::{Deserialize, Serialize};
+
+use crate::extract::JsonBody;
+use crate::{ApiError, AppState};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertSkuRequest {
+    /// Units in the warehouse.
+    pub on_hand: i64,
+    /// Unit price in minor units (cents).
+    pub price: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SkuView {
+    pub sku: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    /// on_hand − reserved: what new orders can still take.
+    pub available: i64,
+    pub price: i64,
+    pub currency: String,
+}
+
+impl From<SkuRow> for SkuView {
+    fn from(row: SkuRow) -> Self {
+        Self {
+            available: row.on_hand - row.reserved,
+            sku: row.sku,
+            on_hand: row.on_hand,
+            reserved: row.reserved,
+            price: row.price,
+            currency: row.currency,
+        }
+    }
+}
+
+/// A sku code: 1–64 characters of letters, digits, `.`, `_`, `-`, starting with a letter or digit. The same
+/// rule is the table's `skus_sku_format` CHECK.
+pub fn validate_sku(field: &str, sku: &str) -> Result<(), ApiError> {
+    let valid = !sku.is_empty()
+        && sku.len() <= 64
+        && sku.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            field,
+            format!(
+                "{sku:?} is not a sku code (1-64 letters, digits, '.', '_' or '-', starting alphanumeric)"
+            ),
+        ))
+    }
+}
+
+/// Creates a sku (201) or sets its stock and price (200).
+#[utoipa::path(put, path = "/v1/skus/{sku}", request_body = UpsertSkuRequest, responses(
+    (status = 201, description = "Created", body = SkuView),
+    (status = 200, description = "Updated", body = SkuView),
+    (status = 409, description = "on_hand below the reserved units", body = crate::error::Problem),
+    (status = 422, description = "Invalid field", body = crate::error::Problem),
+))]
+#[tracing::instrument(skip_all, fields(sku = %sku))]
+pub async fn upsert(
+    State(state): State<AppState>,
+    Path(sku): Path<String>,
+    body: JsonBody<UpsertSkuRequest>,
+) -> Result<(StatusCode, Json<SkuView>), ApiError> {
+    validate_sku("sku", &sku)?;
+    let request = body.parsed;
+    let on_hand = money::parse_stock(request.on_hand).map_err(|e| ApiError::validation("on_hand", e))?;
+    let price = money::parse_price(request.price).map_err(|e| ApiError::validation("price", e))?;
+    let currency = Currency::parse(&request.currency).map_err(|e| ApiError::validation("currency", e))?;
+    let (row, created) = inventory::upsert(&state.pool, &sku, on_hand, price, currency.as_str()).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(row.into())))
+}
+
+#[utoipa::path(get, path = "/v1/skus/{sku}", responses(
+    (status = 200, description = "The sku", body = SkuView),
+    (status = 404, description = "No such sku", body = crate::error::Problem),
+))]
+pub async fn get(State(state): State<AppState>, Path(sku): Path<String>) -> Result<Json<SkuView>, ApiError> {
+    let row = inventory::find(&state.pool, &sku)
+        .await?
+        .ok_or(ApiError::NotFound { what: "sku", id: sku })?;
+    Ok(Json(row.into()))
+}
