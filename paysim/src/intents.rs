@@ -1,0 +1,490 @@
+//! PaymentIntents, refunds and the ledger. Behaviour by payment method:
+//! - `pm_card_visa`: succeeds.
+//! - `pm_card_chargeDeclined`: declined (402 `card_error`, `card_declined`); the intent is recorded.
+//! - `pm_sim_flaky`: the first two create requests (per idempotency key) fail with 503, then it succeeds.
+//! - `pm_sim_lost_response`: the first create per key records the hold, then the connection is dropped.
+//! - `pm_sim_slow`: answers after `SimConfig::slow_delay`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::Sim;
+use crate::idempotency::Claim;
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Intent {
+    id: String,
+    object: &'static str,
+    amount: i64,
+    amount_capturable: i64,
+    amount_received: i64,
+    /// Not a PaymentIntent field at Stripe (it lives on the charge); kept here so the ledger shows net money.
+    amount_refunded: i64,
+    currency: String,
+    status: String,
+    capture_method: String,
+    payment_method: String,
+    metadata: BTreeMap<String, String>,
+    created: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_payment_error: Option<Value>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    intents: HashMap<String, Intent>,
+    /// Creation order, for the ledger listing.
+    order: Vec<String>,
+}
+
+/// What a simulated endpoint did. Only executed requests are stored under their idempotency key.
+enum Outcome {
+    Executed {
+        status: StatusCode,
+        body: Value,
+        drop_connection: bool,
+    },
+    NotExecuted {
+        status: StatusCode,
+        body: Value,
+    },
+}
+
+fn stripe_error(kind: &str, code: &str, message: &str) -> Value {
+    json!({"error": {"type": kind, "code": code, "message": message}})
+}
+
+fn invalid(code: &str, message: &str) -> Outcome {
+    Outcome::NotExecuted {
+        status: StatusCode::BAD_REQUEST,
+        body: stripe_error("invalid_request_error", code, message),
+    }
+}
+
+fn unavailable() -> Outcome {
+    Outcome::NotExecuted {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: stripe_error(
+            "api_error",
+            "service_unavailable",
+            "The provider is temporarily unavailable.",
+        ),
+    }
+}
+
+fn parse_form(body: &Bytes) -> Result<Vec<(String, String)>, Box<Response>> {
+    serde_urlencoded::from_bytes(body).map_err(|e| {
+        Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(stripe_error(
+                    "invalid_request_error",
+                    "parameter_invalid",
+                    &format!("Invalid form body: {e}"),
+                )),
+            )
+                .into_response(),
+        )
+    })
+}
+
+/// Runs `op` under Stripe's idempotency rules and the configured random faults.
+async fn idempotent<F, Fut>(sim: &Sim, headers: &HeaderMap, fingerprint: String, op: F) -> Response
+where
+    F: FnOnce(u32) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let claim = {
+        let mut keys = sim.keys.lock().unwrap_or_else(|p| p.into_inner());
+        match &key {
+            Some(key) => keys.claim(key, &fingerprint),
+            None => {
+                let n = keys
+                    .attempts
+                    .entry(format!("fingerprint:{fingerprint}"))
+                    .or_insert(0);
+                *n += 1;
+                Claim::Run { attempt: *n }
+            }
+        }
+    };
+    let attempt = match claim {
+        Claim::Replay { status, body } => return (status, Json(body)).into_response(),
+        Claim::InFlight => {
+            return (
+                StatusCode::CONFLICT,
+                Json(stripe_error(
+                    "idempotency_error",
+                    "idempotency_key_in_use",
+                    "There is currently another in-progress request using this Idempotent Key.",
+                )),
+            )
+                .into_response();
+        }
+        Claim::Mismatch => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(stripe_error(
+                    "idempotency_error",
+                    "idempotency_key_reused",
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                )),
+            )
+                .into_response();
+        }
+        Claim::Run { attempt } => attempt,
+    };
+    let outcome = if sim.config.fault_rate > 0.0 && rand::random::<f64>() < sim.config.fault_rate {
+        unavailable()
+    } else {
+        op(attempt).await
+    };
+    let mut keys = sim.keys.lock().unwrap_or_else(|p| p.into_inner());
+    match outcome {
+        Outcome::NotExecuted { status, body } => {
+            if let Some(key) = &key {
+                keys.release(key);
+            }
+            (status, Json(body)).into_response()
+        }
+        Outcome::Executed {
+            status,
+            body,
+            drop_connection,
+        } => {
+            if let Some(key) = &key {
+                keys.store(key, &fingerprint, status, body.clone());
+            }
+            if drop_connection {
+                tracing::info!("dropping the connection instead of answering (simulated lost response)");
+                return lost_response();
+            }
+            (status, Json(body)).into_response()
+        }
+    }
+}
+
+/// A response whose body fails at once: hyper aborts the connection, so the client sees it cut before any
+/// usable answer.
+fn lost_response() -> Response {
+    let body = Body::from_stream(futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated loss",
+        ))
+    }));
+    Response::new(body)
+}
+
+fn fingerprint(path: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    sorted.sort();
+    format!("POST {path}?{}", sorted.join("&"))
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn intent_json(intent: &Intent) -> Value {
+    serde_json::to_value(intent).unwrap_or(Value::Null)
+}
+
+/// `POST /v1/payment_intents` (amount, currency, payment_method, capture_method, confirm, metadata[…]).
+pub async fn create(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+    let params = match parse_form(&body) {
+        Ok(p) => p,
+        Err(response) => return *response,
+    };
+    let fp = fingerprint("/v1/payment_intents", &params);
+    let sim2 = sim.clone();
+    idempotent(&sim, &headers, fp, move |attempt| async move {
+        create_intent(&sim2, &params, attempt).await
+    })
+    .await
+}
+
+async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> Outcome {
+    let Some(amount) = param(params, "amount")
+        .and_then(|a| a.parse::<i64>().ok())
+        .filter(|a| *a > 0)
+    else {
+        return invalid(
+            "parameter_invalid_integer",
+            "amount must be a positive integer (minor units).",
+        );
+    };
+    let Some(currency) = param(params, "currency").filter(|c| c.len() == 3) else {
+        return invalid(
+            "parameter_missing",
+            "currency is required (three-letter ISO code).",
+        );
+    };
+    let Some(method) = param(params, "payment_method") else {
+        return invalid("parameter_missing", "payment_method is required.");
+    };
+    let capture_method = param(params, "capture_method").unwrap_or("automatic");
+    if !matches!(capture_method, "automatic" | "manual") {
+        return invalid("parameter_invalid", "capture_method must be automatic or manual.");
+    }
+    let confirm = param(params, "confirm") == Some("true");
+    let declined = match method {
+        "pm_card_visa" | "pm_sim_lost_response" => false,
+        "pm_card_chargeDeclined" => true,
+        "pm_sim_flaky" if attempt <= 2 => return unavailable(),
+        "pm_sim_flaky" => false,
+        "pm_sim_slow" => {
+            tokio::time::sleep(sim.config.slow_delay).await;
+            false
+        }
+        other => return invalid("resource_missing", &format!("No such PaymentMethod: '{other}'")),
+    };
+    let metadata: BTreeMap<String, String> = params
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("metadata[")?
+                .strip_suffix(']')
+                .map(|k| (k.to_owned(), v.clone()))
+        })
+        .collect();
+    let status = match (confirm, declined, capture_method) {
+        (false, _, _) => "requires_confirmation",
+        (true, true, _) => "requires_payment_method",
+        (true, false, "manual") => "requires_capture",
+        (true, false, _) => "succeeded",
+    };
+    let decline = declined.then(|| {
+        json!({"type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
+               "message": "Your card was declined."})
+    });
+    let intent = Intent {
+        id: format!("pi_{}", uuid::Uuid::new_v4().simple()),
+        object: "payment_intent",
+        amount,
+        amount_capturable: if status == "requires_capture" { amount } else { 0 },
+        amount_received: if status == "succeeded" { amount } else { 0 },
+        amount_refunded: 0,
+        currency: currency.to_ascii_lowercase(),
+        status: status.to_owned(),
+        capture_method: capture_method.to_owned(),
+        payment_method: method.to_owned(),
+        metadata,
+        created: chrono::Utc::now().timestamp(),
+        last_payment_error: decline.clone(),
+    };
+    let body = intent_json(&intent);
+    {
+        let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.order.push(intent.id.clone());
+        ledger.intents.insert(intent.id.clone(), intent);
+    }
+    let drop_connection = (method == "pm_sim_lost_response" && attempt == 1)
+        || (sim.config.lost_response_rate > 0.0 && rand::random::<f64>() < sim.config.lost_response_rate);
+    match decline {
+        Some(mut error) => {
+            error["payment_intent"] = body;
+            Outcome::Executed {
+                status: StatusCode::PAYMENT_REQUIRED,
+                body: json!({"error": error}),
+                drop_connection,
+            }
+        }
+        None => Outcome::Executed {
+            status: StatusCode::OK,
+            body,
+            drop_connection,
+        },
+    }
+}
+
+fn no_such_intent(id: &str) -> Outcome {
+    Outcome::NotExecuted {
+        status: StatusCode::NOT_FOUND,
+        body: stripe_error(
+            "invalid_request_error",
+            "resource_missing",
+            &format!("No such payment_intent: '{id}'"),
+        ),
+    }
+}
+
+fn unexpected_state(intent: &Intent, action: &str) -> Outcome {
+    Outcome::Executed {
+        status: StatusCode::BAD_REQUEST,
+        body: json!({"error": {
+            "type": "invalid_request_error",
+            "code": "payment_intent_unexpected_state",
+            "message": format!("You cannot {action} this PaymentIntent because it has a status of {}.", intent.status),
+            "payment_intent": intent_json(intent),
+        }}),
+        drop_connection: false,
+    }
+}
+
+/// `GET /v1/payment_intents/{id}`.
+pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    let ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    match ledger.intents.get(&id) {
+        Some(intent) => Json(intent_json(intent)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(stripe_error(
+                "invalid_request_error",
+                "resource_missing",
+                &format!("No such payment_intent: '{id}'"),
+            )),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /v1/payment_intents/{id}/capture` (amount_to_capture optional).
+pub async fn capture(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = match parse_form(&body) {
+        Ok(p) => p,
+        Err(response) => return *response,
+    };
+    let fp = fingerprint(&format!("/v1/payment_intents/{id}/capture"), &params);
+    let sim2 = sim.clone();
+    idempotent(&sim, &headers, fp, move |_| async move {
+        let mut ledger = sim2.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(intent) = ledger.intents.get_mut(&id) else {
+            return no_such_intent(&id);
+        };
+        if intent.status != "requires_capture" {
+            return unexpected_state(intent, "capture");
+        }
+        let amount = match param(&params, "amount_to_capture").map(str::parse::<i64>) {
+            None => intent.amount_capturable,
+            Some(Ok(a)) if a > 0 && a <= intent.amount_capturable => a,
+            Some(_) => {
+                return invalid(
+                    "parameter_invalid_integer",
+                    "amount_to_capture exceeds the capturable amount.",
+                );
+            }
+        };
+        intent.amount_received = amount;
+        intent.amount_capturable = 0;
+        intent.status = "succeeded".to_owned();
+        Outcome::Executed {
+            status: StatusCode::OK,
+            body: intent_json(intent),
+            drop_connection: false,
+        }
+    })
+    .await
+}
+
+/// `POST /v1/payment_intents/{id}/cancel`: voids an uncaptured intent.
+pub async fn cancel(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = match parse_form(&body) {
+        Ok(p) => p,
+        Err(response) => return *response,
+    };
+    let fp = fingerprint(&format!("/v1/payment_intents/{id}/cancel"), &params);
+    let sim2 = sim.clone();
+    idempotent(&sim, &headers, fp, move |_| async move {
+        let mut ledger = sim2.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(intent) = ledger.intents.get_mut(&id) else {
+            return no_such_intent(&id);
+        };
+        if matches!(intent.status.as_str(), "succeeded" | "canceled") {
+            return unexpected_state(intent, "cancel");
+        }
+        intent.amount_capturable = 0;
+        intent.status = "canceled".to_owned();
+        Outcome::Executed {
+            status: StatusCode::OK,
+            body: intent_json(intent),
+            drop_connection: false,
+        }
+    })
+    .await
+}
+
+/// `POST /v1/refunds` (payment_intent, amount optional): refunds captured money.
+pub async fn refund(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+    let params = match parse_form(&body) {
+        Ok(p) => p,
+        Err(response) => return *response,
+    };
+    let fp = fingerprint("/v1/refunds", &params);
+    let sim2 = sim.clone();
+    idempotent(&sim, &headers, fp, move |_| async move {
+        let Some(id) = param(&params, "payment_intent") else {
+            return invalid("parameter_missing", "payment_intent is required.");
+        };
+        let mut ledger = sim2.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(intent) = ledger.intents.get_mut(id) else {
+            return no_such_intent(id);
+        };
+        if intent.status != "succeeded" {
+            return unexpected_state(intent, "refund");
+        }
+        let refundable = intent.amount_received - intent.amount_refunded;
+        let amount = match param(&params, "amount").map(str::parse::<i64>) {
+            None => refundable,
+            Some(Ok(a)) if a > 0 && a <= refundable => a,
+            Some(_) => {
+                return invalid(
+                    "parameter_invalid_integer",
+                    "amount exceeds the refundable amount.",
+                );
+            }
+        };
+        if amount == 0 {
+            return Outcome::Executed {
+                status: StatusCode::BAD_REQUEST,
+                body: stripe_error(
+                    "invalid_request_error",
+                    "charge_already_refunded",
+                    "This charge has already been refunded.",
+                ),
+                drop_connection: false,
+            };
+        }
+        intent.amount_refunded += amount;
+        Outcome::Executed {
+            status: StatusCode::OK,
+            body: json!({"id": format!("re_{}", uuid::Uuid::new_v4().simple()), "object": "refund",
+                         "amount": amount, "currency": intent.currency, "payment_intent": intent.id,
+                         "status": "succeeded"}),
+            drop_connection: false,
+        }
+    })
+    .await
+}
+
+/// `GET /v1/sim/ledger`: every intent in creation order, with the money it holds, took and gave back.
+pub async fn ledger(State(sim): State<Sim>) -> Json<Value> {
+    let ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    let intents: Vec<Value> = ledger
+        .order
+        .iter()
+        .filter_map(|id| ledger.intents.get(id))
+        .map(intent_json)
+        .collect();
+    Json(json!({"intents": intents}))
+}
