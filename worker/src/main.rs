@@ -1,0 +1,18 @@
+//! `orderflow-worker`: loads settings, applies migrations and runs the saga steps until Ctrl-C or SIGTERM.
+
+use anyhow::Context;
+use orderflow_shared::settings::{self, WorkerSettings};
+use orderflow_shared::{db, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init("info,sqlx=warn,apalis=warn");
+    let settings = WorkerSettings::from_env()?;
+    let pool = db::connect(&settings::database_url(), 32)
+        .await
+        .context("failed to connect to PostgreSQL")?;
+    db::migrate(&pool)
+        .await
+        .context("failed to migrate the database")?;
+    orderflow_worker::run(pool, settings, shutdown::signal()).await
+}

@@ -1,0 +1,192 @@
+//! The payment provider client: Stripe's PaymentIntents API over HTTP, form-encoded, every call with an
+//! idempotency key derived from the order. It sorts every answer into what the saga needs to decide:
+//! authorized, declined, rejected for good, or unknown (retry with the same key).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The outcome is unknown or the provider is briefly unable: retrying with the same key is safe.
+    #[error("payment provider unavailable: {0}")]
+    Transient(String),
+    /// The provider refused the request for good (bad parameters, wrong intent state).
+    #[error("payment provider rejected the request ({code}): {message}")]
+    Rejected {
+        code: String,
+        message: String,
+        intent_status: Option<String>,
+    },
+}
+
+/// The result of an authorization that reached a verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    Authorized {
+        provider_ref: String,
+    },
+    Declined {
+        provider_ref: Option<String>,
+        code: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct PaymentsClient {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Intent {
+    id: String,
+    status: String,
+}
+
+/// What one authorization sends. Repeats must send exactly the same fields with the same key.
+pub struct AuthorizeRequest<'a> {
+    pub idempotency_key: &'a str,
+    pub order_id: uuid::Uuid,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub payment_method: &'a str,
+}
+
+impl PaymentsClient {
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(3))
+            .build()?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Places a hold (`capture_method=manual`, `confirm=true`).
+    pub async fn authorize(&self, request: &AuthorizeRequest<'_>) -> Result<Authorization, ProviderError> {
+        let order_id = request.order_id.to_string();
+        let form = [
+            ("amount", request.amount.to_string()),
+            ("currency", request.currency.to_ascii_lowercase()),
+            ("payment_method", request.payment_method.to_owned()),
+            ("capture_method", "manual".to_owned()),
+            ("confirm", "true".to_owned()),
+            ("metadata[order_id]", order_id),
+        ];
+        match self
+            .post("/v1/payment_intents", request.idempotency_key, &form)
+            .await
+        {
+            Ok(body) => {
+                let intent: Intent = parse(body)?;
+                match intent.status.as_str() {
+                    "requires_capture" | "succeeded" => Ok(Authorization::Authorized {
+                        provider_ref: intent.id,
+                    }),
+                    other => Err(ProviderError::Rejected {
+                        code: "unexpected_status".to_owned(),
+                        message: format!("the new intent is {other}"),
+                        intent_status: Some(other.to_owned()),
+                    }),
+                }
+            }
+            Err(Failure::Card { code, intent_id }) => Ok(Authorization::Declined {
+                provider_ref: intent_id,
+                code,
+            }),
+            Err(Failure::Provider(e)) => Err(e),
+        }
+    }
+
+    pub async fn capture(&self, provider_ref: &str, idempotency_key: &str) -> Result<(), ProviderError> {
+        self.intent_action(
+            &format!("/v1/payment_intents/{provider_ref}/capture"),
+            idempotency_key,
+            &[],
+        )
+        .await
+    }
+
+    /// Voids an uncaptured hold.
+    pub async fn void(&self, provider_ref: &str, idempotency_key: &str) -> Result<(), ProviderError> {
+        self.intent_action(
+            &format!("/v1/payment_intents/{provider_ref}/cancel"),
+            idempotency_key,
+            &[],
+        )
+        .await
+    }
+
+    pub async fn refund(&self, provider_ref: &str, idempotency_key: &str) -> Result<(), ProviderError> {
+        let form = [("payment_intent", provider_ref.to_owned())];
+        self.intent_action("/v1/refunds", idempotency_key, &form).await
+    }
+
+    async fn intent_action(
+        &self,
+        path: &str,
+        key: &str,
+        form: &[(&str, String)],
+    ) -> Result<(), ProviderError> {
+        match self.post(path, key, form).await {
+            Ok(_) => Ok(()),
+            Err(Failure::Provider(e)) => Err(e),
+            Err(Failure::Card { code, .. }) => Err(ProviderError::Rejected {
+                code,
+                message: "card error".to_owned(),
+                intent_status: None,
+            }),
+        }
+    }
+
+    async fn post(&self, path: &str, key: &str, form: &[(&str, String)]) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base_url);
+        let response = self
+            .http
+            .post(&url)
+            .header("Idempotency-Key", key)
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| Failure::Provider(ProviderError::Transient(format!("POST {path}: {e}"))))?;
+        let status = response.status();
+        // A body that cannot be read means the answer was lost on the way: the outcome is unknown.
+        let body: Value = response.json().await.map_err(|e| {
+            Failure::Provider(ProviderError::Transient(format!(
+                "POST {path}: reading the answer: {e}"
+            )))
+        })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let error = &body["error"];
+        let code = error["code"].as_str().unwrap_or("unknown").to_owned();
+        if status.is_server_error() || status.as_u16() == 409 || status.as_u16() == 429 {
+            return Err(Failure::Provider(ProviderError::Transient(format!(
+                "POST {path}: {status} {code}"
+            ))));
+        }
+        if status.as_u16() == 402 || error["type"] == "card_error" {
+            let intent_id = error["payment_intent"]["id"].as_str().map(str::to_owned);
+            return Err(Failure::Card { code, intent_id });
+        }
+        Err(Failure::Provider(ProviderError::Rejected {
+            code,
+            message: error["message"].as_str().unwrap_or("").to_owned(),
+            intent_status: error["payment_intent"]["status"].as_str().map(str::to_owned),
+        }))
+    }
+}
+
+enum Failure {
+    Card { code: String, intent_id: Option<String> },
+    Provider(ProviderError),
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, ProviderError> {
+    serde_json::from_value(body).map_err(|e| ProviderError::Transient(format!("unexpected answer: {e}")))
+}
