@@ -1,0 +1,110 @@
+//! `orderflow dev`: the whole product in one process (API, worker, payment simulator) on DATABASE_URL, the
+//! local server, or a private throwaway cluster; seeds demo skus and prints a request that works as pasted.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use orderflow_shared::settings::{self, WorkerSettings};
+use orderflow_shared::{db, inventory};
+use tokio::sync::watch;
+
+use crate::pgcluster::PrivateCluster;
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where the API listens.
+    #[arg(long, env = "ORDERFLOW_API_ADDR", default_value = settings::DEFAULT_API_ADDR)]
+    api_addr: SocketAddr,
+    /// Where the payment simulator listens.
+    #[arg(long, env = "ORDERFLOW_PAYSIM_ADDR", default_value = settings::DEFAULT_PAYSIM_ADDR)]
+    paysim_addr: SocketAddr,
+}
+
+/// Demo catalogue: (sku, on_hand, price in cents).
+const DEMO_SKUS: [(&str, i64, i64); 3] = [
+    ("tee-black-m", 25, 1999),
+    ("mug-logo", 10, 1250),
+    ("sticker-pack", 100, 499),
+];
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let explicit = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
+    let url = settings::database_url();
+    let (pool, _cluster) = match db::connect(&url, 32).await {
+        Ok(pool) => (pool, None),
+        Err(error @ db::DbError::Connect { .. }) if explicit.is_none() => {
+            tracing::warn!(%error, "no PostgreSQL at the default address; starting a private one");
+            let cluster = PrivateCluster::start()?;
+            let pool = db::connect(&cluster.url(), 32)
+                .await
+                .context("failed to connect to the private cluster")?;
+            (pool, Some(cluster))
+        }
+        Err(error) => return Err(error).context("failed to connect to PostgreSQL"),
+    };
+    db::migrate(&pool)
+        .await
+        .context("failed to migrate the database")?;
+    for (sku, on_hand, price) in DEMO_SKUS {
+        if inventory::find(&pool, sku).await?.is_none() {
+            inventory::upsert(&pool, sku, on_hand, price, "USD").await?;
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let paysim_listener = tokio::net::TcpListener::bind(args.paysim_addr)
+        .await
+        .with_context(|| format!("failed to bind the payment simulator to {}", args.paysim_addr))?;
+    let api_listener = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("failed to bind the API to {}", args.api_addr))?;
+    let paysim_url = format!("http://{}", paysim_listener.local_addr()?);
+    let mut worker_settings = WorkerSettings::from_env()?;
+    if std::env::var("ORDERFLOW_PAYMENTS_URL").is_err() {
+        worker_settings.payments_url = paysim_url;
+    }
+
+    let paysim = tokio::spawn(orderflow_paysim::run(
+        paysim_listener,
+        orderflow_paysim::SimConfig::from_env()?,
+        stopped(),
+    ));
+    let api = tokio::spawn(orderflow_api::run(api_listener, pool.clone(), stopped()));
+    let worker = tokio::spawn(orderflow_worker::run(pool.clone(), worker_settings, stopped()));
+
+    let api_addr = args.api_addr;
+    println!(
+        "\nOrderFlow is running: API http://{api_addr}, payment simulator http://{}\n\
+         Demo skus: tee-black-m, mug-logo, sticker-pack (USD). Try:\n\n  \
+         curl -s -X POST http://{api_addr}/v1/orders -H 'Content-Type: application/json' \
+         -H \"Idempotency-Key: $(date +%s%N)\" \
+         -d '{{\"customer_id\":\"c1\",\"currency\":\"USD\",\"lines\":[{{\"sku\":\"mug-logo\",\"quantity\":2}}],\"payment_token\":\"pm_card_visa\"}}'\n\n  \
+         curl -s http://{api_addr}/v1/orders/<id from above>\n\nCtrl-C stops everything.\n",
+        args.paysim_addr
+    );
+
+    orderflow_shared::shutdown::signal().await;
+    let _ = stop_tx.send(true);
+    let drain = async {
+        let _ = api.await;
+        let _ = worker.await;
+        let _ = paysim.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(35), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown took too long; exiting anyway");
+    }
+    pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! A private, throwaway PostgreSQL cluster for `orderflow dev` when no server is reachable: initdb into a
+//! temporary folder, start it on a free port, stop and delete it on exit.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+pub struct PrivateCluster {
+    dir: PathBuf,
+    pg_ctl: PathBuf,
+    run_as_postgres: bool,
+    pub port: u16,
+}
+
+/// Finds a PostgreSQL binary on PATH or in Debian's /usr/lib/postgresql/<version>/bin (newest first).
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.is_file())
+        .collect();
+    versions.sort_by_key(|p| {
+        p.components()
+            .nth(3)
+            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+impl PrivateCluster {
+    /// initdb + pg_ctl start. PostgreSQL refuses to run as root, so as root it runs as the `postgres` user.
+    pub fn start() -> anyhow::Result<Self> {
+        let (Some(initdb), Some(pg_ctl)) = (find_binary("initdb"), find_binary("pg_ctl")) else {
+            bail!(
+                "no PostgreSQL server is reachable and PostgreSQL's binaries (initdb, pg_ctl) are not installed.\n\
+                 Start a server and set DATABASE_URL, or install PostgreSQL (Debian: apt-get install postgresql)."
+            );
+        };
+        let run_as_postgres = is_root();
+        let dir = std::env::temp_dir().join(format!("orderflow-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).context("failed to create the cluster folder")?;
+        if run_as_postgres {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&dir)
+                .status()?;
+            if !status.success() {
+                bail!("running as root needs a `postgres` user to own the private cluster");
+            }
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let cluster = Self {
+            dir,
+            pg_ctl,
+            run_as_postgres,
+            port,
+        };
+        let data = cluster.dir.join("data");
+        cluster
+            .run(
+                &initdb,
+                &[
+                    "-D",
+                    path(&data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ],
+            )
+            .context("initdb failed")?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            path(&cluster.dir)
+        );
+        let log = cluster.dir.join("postgres.log");
+        cluster
+            .run(
+                &cluster.pg_ctl,
+                &["-D", path(&data), "-l", path(&log), "-o", &options, "-w", "start"],
+            )
+            .context("pg_ctl start failed")?;
+        tracing::info!(port, dir = %cluster.dir.display(), "started a private PostgreSQL cluster (deleted on exit)");
+        Ok(cluster)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/orderflow", self.port)
+    }
+
+    fn run(&self, program: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let mut command = if self.run_as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let output = command.args(args).output()?;
+        if !output.status.success() {
+            bail!("{}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = self.run(
+            &self.pg_ctl.clone(),
+            &["-D", path(&data), "-m", "fast", "-w", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
