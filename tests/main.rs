@@ -1,1 +1,12 @@
+//! OrderFlow's integration tests: the real PostgreSQL, the API and the payment simulator on real sockets,
+//! the worker in-process (or as real processes where that is the point). Each test gets its own database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod helpers;
+
+mod bad_input;
+mod cancellation;
+mod concurrency;
+mod idempotency;
+mod paysim;
+mod saga;

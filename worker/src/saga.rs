@@ -298,6 +298,7 @@ impl Saga {
         let Some(order) = self.lock_in(&mut tx, job.order_id, OrderStatus::Paid).await? else {
             return Ok(());
         };
+        failpoint_crash("worker.commit.before", &order.customer_id)?;
         let Some(payment) = payment::find(&mut *tx, order.id).await? else {
             return Err(StepError::permanent(
                 CancelReason::StepFailed,
@@ -375,6 +376,7 @@ impl Saga {
         let Some(order) = self.lock_in(&mut tx, job.order_id, OrderStatus::Paid).await? else {
             return Ok(());
         };
+        failpoint_crash("worker.fulfil.before", &order.customer_id)?;
         let captured = payment::find(&mut *tx, order.id)
             .await?
             .is_some_and(|p| p.status == pay::CAPTURED);

@@ -1,0 +1,286 @@
+//! `spawn_app`: a fresh database, the API and the payment simulator on port 0, and (unless asked otherwise) an
+//! in-process worker; plus small helpers to drive and inspect orders.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use orderflow_shared::settings::WorkerSettings;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The server the tests use; each test creates its own database on it.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+pub struct TestApp {
+    pub api: String,
+    pub paysim: String,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    stop: watch::Sender<bool>,
+}
+
+pub struct Options {
+    pub worker: bool,
+    pub sim: orderflow_paysim::SimConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            sim: orderflow_paysim::SimConfig::default(),
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub fn worker_settings(payments_url: &str) -> WorkerSettings {
+    WorkerSettings {
+        payments_url: payments_url.to_owned(),
+        concurrency: 16,
+        poll_interval: Duration::from_millis(200),
+        retry_base_delay: Duration::from_millis(200),
+        retry_max_delay: Duration::from_secs(2),
+        max_step_attempts: 8,
+        payments_timeout: Duration::from_secs(5),
+        step_timeout: Duration::from_secs(30),
+    }
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    orderflow_shared::telemetry::init("warn");
+    let name = format!("orderflow_test_{}", Uuid::new_v4().simple());
+    let database_url = format!("{}/{name}", server_url());
+    let pool = orderflow_shared::db::connect(&database_url, 40)
+        .await
+        .expect("connect");
+    orderflow_shared::db::migrate(&pool).await.expect("migrate");
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let paysim = format!("http://{}", sim_listener.local_addr().unwrap());
+    tokio::spawn(orderflow_paysim::run(sim_listener, options.sim, stopped()));
+    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", api_listener.local_addr().unwrap());
+    tokio::spawn(orderflow_api::run(api_listener, pool.clone(), stopped()));
+    let app = TestApp {
+        api,
+        paysim,
+        database_url,
+        pool,
+        http: reqwest::Client::new(),
+        stop,
+    };
+    if options.worker {
+        app.start_worker();
+    }
+    app
+}
+
+impl TestApp {
+    /// Starts an in-process worker; it stops with the app.
+    pub fn start_worker(&self) {
+        let mut rx = self.stop.subscribe();
+        let settings = worker_settings(&self.paysim);
+        tokio::spawn(orderflow_worker::run(self.pool.clone(), settings, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
+
+    pub async fn put_sku(&self, sku: &str, on_hand: i64, price: i64) {
+        let response = self
+            .http
+            .put(format!("{}/v1/skus/{sku}", self.api))
+            .json(&json!({"on_hand": on_hand, "price": price, "currency": "USD"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "PUT sku {sku}: {}",
+            response.status()
+        );
+    }
+
+    pub async fn sku(&self, sku: &str) -> Value {
+        self.http
+            .get(format!("{}/v1/skus/{sku}", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs an order with a fresh idempotency key; returns the response.
+    pub async fn post_order(&self, body: &Value) -> reqwest::Response {
+        self.post_order_with_key(body, &Uuid::new_v4().to_string()).await
+    }
+
+    pub async fn post_order_with_key(&self, body: &Value, key: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/orders", self.api))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates an order and returns its id.
+    pub async fn create_order(&self, customer: &str, lines: &[(&str, i64)], token: &str) -> Uuid {
+        let response = self.post_order(&order_body(customer, lines, token)).await;
+        assert_eq!(response.status(), 202, "create order");
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn order(&self, id: Uuid) -> Value {
+        self.http
+            .get(format!("{}/v1/orders/{id}", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn events(&self, id: Uuid) -> Vec<Value> {
+        self.http
+            .get(format!("{}/v1/orders/{id}/events", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn cancel(&self, id: Uuid) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/orders/{id}/cancel", self.api))
+            .json(&json!({"reason": "changed my mind"}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the order until its status is one of `wanted`; panics after `timeout`.
+    pub async fn wait_for(&self, id: Uuid, wanted: &[&str], timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let order = self.order(id).await;
+            if wanted.contains(&order["status"].as_str().unwrap_or_default()) {
+                return order;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {id} stuck: {order}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_terminal(&self, id: Uuid) -> Value {
+        self.wait_for(id, &["FULFILLED", "CANCELLED"], Duration::from_secs(60))
+            .await
+    }
+
+    /// The simulator's intents whose metadata names this order.
+    pub async fn intents_of(&self, id: Uuid) -> Vec<Value> {
+        let ledger: Value = self
+            .http
+            .get(format!("{}/v1/sim/ledger", self.paysim))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ledger["intents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["metadata"]["order_id"] == id.to_string())
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+pub fn order_body(customer: &str, lines: &[(&str, i64)], token: &str) -> Value {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(sku, q)| json!({"sku": sku, "quantity": q}))
+        .collect();
+    json!({"customer_id": customer, "currency": "USD", "lines": lines, "payment_token": token})
+}
+
+/// The event statuses of an order, as "FROM>TO" strings in sequence.
+pub fn transitions(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}>{}",
+                e["from"].as_str().unwrap_or("-"),
+                e["to"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+/// The `orderflow-worker` binary next to the test binary. The README's test command builds it first
+/// (`cargo build --workspace --bins`); if it is missing, it is built here with the test runner's variables
+/// removed (they would change cargo's fingerprints and rebuild half the dependency tree).
+pub fn worker_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            // target/<profile>/deps/<test binary> -> target/<profile>/orderflow-worker
+            let binary = exe
+                .parent()
+                .and_then(|d| d.parent())
+                .unwrap()
+                .join("orderflow-worker");
+            if !binary.is_file() {
+                let mut cargo = std::process::Command::new(env!("CARGO"));
+                for (name, _) in std::env::vars() {
+                    if name.starts_with("CARGO_") && name != "CARGO_HOME" || name.starts_with("NEXTEST") {
+                        cargo.env_remove(name);
+                    }
+                }
+                let status = cargo
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .args(["build", "-p", "orderflow-worker", "--bin", "orderflow-worker"])
+                    .status()
+                    .expect("run cargo build");
+                assert!(status.success(), "building orderflow-worker failed");
+            }
+            binary
+        })
+        .clone()
+}

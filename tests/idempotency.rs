@@ -1,0 +1,127 @@
+//! Idempotent order creation: replay, misuse of a key, a key still in flight, no key.
+
+use serde_json::Value;
+
+use crate::helpers::{order_body, spawn_app};
+
+async fn order_count(app: &crate::helpers::TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from orders")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn same_key_and_body_replays_the_first_response() {
+    let app = spawn_app().await;
+    app.put_sku("A", 5, 1000).await;
+    let body = order_body("idem", &[("A", 1)], "pm_card_visa");
+
+    let first = app.post_order_with_key(&body, "key-replay").await;
+    let (first_status, first_location) = (first.status(), first.headers()["location"].clone());
+    let first_body: Value = first.json().await.unwrap();
+    let second = app.post_order_with_key(&body, "key-replay").await;
+
+    assert_eq!(first_status, 202);
+    assert_eq!(second.status(), 202);
+    assert_eq!(second.headers()["location"], first_location);
+    assert_eq!(
+        second.json::<Value>().await.unwrap(),
+        first_body,
+        "the stored body, byte for byte in JSON"
+    );
+    assert_eq!(order_count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn same_key_with_another_body_is_rejected() {
+    let app = spawn_app().await;
+    app.put_sku("A", 5, 1000).await;
+    let first = app
+        .post_order_with_key(&order_body("idem", &[("A", 1)], "pm_card_visa"), "key-reused")
+        .await;
+    assert_eq!(first.status(), 202);
+
+    let second = app
+        .post_order_with_key(&order_body("idem", &[("A", 2)], "pm_card_visa"), "key-reused")
+        .await;
+
+    assert_eq!(second.status(), 422);
+    let problem: Value = second.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:orderflow:problem:idempotency-key-reused");
+    assert_eq!(order_count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn same_key_while_the_first_is_in_flight_is_a_conflict() {
+    let app = spawn_app().await;
+    app.put_sku("A", 5, 1000).await;
+    fail::cfg("api.create_order.after_lock", "return(key-in-flight)").unwrap();
+    let body = order_body("idem", &[("A", 1)], "pm_card_visa");
+
+    let slow = app.post_order_with_key(&body, "key-in-flight");
+    let quick = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        app.post_order_with_key(&body, "key-in-flight").await
+    };
+    let (first, second) = tokio::join!(slow, quick);
+    fail::remove("api.create_order.after_lock");
+
+    assert_eq!(first.status(), 202);
+    assert_eq!(second.status(), 409);
+    let problem: Value = second.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:orderflow:problem:idempotency-key-in-flight");
+    let again = app.post_order_with_key(&body, "key-in-flight").await;
+    assert_eq!(again.status(), 202, "once the first is done, a repeat replays it");
+    assert_eq!(order_count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn many_concurrent_requests_with_one_key_create_one_order() {
+    let app = spawn_app().await;
+    app.put_sku("A", 50, 1000).await;
+    let body = order_body("idem", &[("A", 1)], "pm_card_visa");
+
+    let responses =
+        futures::future::join_all((0..20).map(|_| app.post_order_with_key(&body, "key-race"))).await;
+
+    let mut ids = std::collections::HashSet::new();
+    for response in responses {
+        match response.status().as_u16() {
+            202 => {
+                ids.insert(
+                    response.json::<Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            409 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "every accepted response names the same order");
+    assert_eq!(order_count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn missing_key_is_a_bad_request() {
+    let app = spawn_app().await;
+    app.put_sku("A", 5, 1000).await;
+
+    let response = app
+        .http
+        .post(format!("{}/v1/orders", app.api))
+        .json(&order_body("idem", &[("A", 1)], "pm_card_visa"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("Idempotency-Key"),
+        "{problem}"
+    );
+    assert_eq!(order_count(&app).await, 0);
+}

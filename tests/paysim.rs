@@ -1,0 +1,180 @@
+//! The payment simulator is a product part: its Stripe-like behaviour has its own tests.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+async fn create(
+    app: &crate::helpers::TestApp,
+    key: &str,
+    method: &str,
+    amount: i64,
+) -> reqwest::Result<reqwest::Response> {
+    app.http
+        .post(format!("{}/v1/payment_intents", app.paysim))
+        .header("Idempotency-Key", key)
+        .form(&[
+            ("amount", amount.to_string()),
+            ("currency", "usd".to_owned()),
+            ("payment_method", method.to_owned()),
+            ("capture_method", "manual".to_owned()),
+            ("confirm", "true".to_owned()),
+            ("metadata[order_id]", key.to_owned()),
+        ])
+        .send()
+        .await
+}
+
+async fn post(app: &crate::helpers::TestApp, path: &str, key: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = app
+        .http
+        .post(format!("{}{path}", app.paysim))
+        .header("Idempotency-Key", key)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn authorize_capture_and_refund_move_money_as_stripe_does() {
+    let app = spawn_app().await;
+    let intent: Value = create(&app, "k1", "pm_card_visa", 500)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(intent["status"], "requires_capture");
+    assert_eq!(intent["amount_capturable"], 500);
+    let id = intent["id"].as_str().unwrap();
+
+    let (status, captured) = post(&app, &format!("/v1/payment_intents/{id}/capture"), "cap1", &[]).await;
+    assert_eq!((status, captured["status"].as_str()), (200, Some("succeeded")));
+    assert_eq!(captured["amount_received"], 500);
+
+    let (status, error) = post(&app, &format!("/v1/payment_intents/{id}/cancel"), "void1", &[]).await;
+    assert_eq!(status, 400, "a captured intent cannot be voided");
+    assert_eq!(error["error"]["code"], "payment_intent_unexpected_state");
+
+    let (status, refund) = post(&app, "/v1/refunds", "ref1", &[("payment_intent", id)]).await;
+    assert_eq!((status, refund["amount"].as_i64()), (200, Some(500)));
+    let (status, again) = post(&app, "/v1/refunds", "ref2", &[("payment_intent", id)]).await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (400, Some("charge_already_refunded"))
+    );
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_and_rejects_other_parameters() {
+    let app = spawn_app().await;
+    let first: Value = create(&app, "same", "pm_card_visa", 700)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let replay: Value = create(&app, "same", "pm_card_visa", 700)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = create(&app, "same", "pm_card_visa", 701).await.unwrap();
+
+    assert_eq!(first, replay);
+    assert_eq!(other.status(), 400);
+    assert_eq!(
+        other.json::<Value>().await.unwrap()["error"]["type"],
+        "idempotency_error"
+    );
+    let ledger: Value = app
+        .http
+        .get(format!("{}/v1/sim/ledger", app.paysim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ledger["intents"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn declined_card_is_a_402_card_error_and_recorded() {
+    let app = spawn_app().await;
+    let response = create(&app, "dec", "pm_card_chargeDeclined", 300).await.unwrap();
+    assert_eq!(response.status(), 402);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "card_error");
+    assert_eq!(body["error"]["code"], "card_declined");
+    assert_eq!(
+        body["error"]["payment_intent"]["status"],
+        "requires_payment_method"
+    );
+}
+
+#[tokio::test]
+async fn flaky_method_fails_twice_with_503_then_succeeds_and_stores_nothing_meanwhile() {
+    let app = spawn_app().await;
+    assert_eq!(
+        create(&app, "fl", "pm_sim_flaky", 100).await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        create(&app, "fl", "pm_sim_flaky", 100).await.unwrap().status(),
+        503
+    );
+    let third = create(&app, "fl", "pm_sim_flaky", 100).await.unwrap();
+    assert_eq!(third.status(), 200);
+    assert_eq!(third.json::<Value>().await.unwrap()["status"], "requires_capture");
+}
+
+#[tokio::test]
+async fn lost_response_drops_the_connection_once_but_keeps_the_hold() {
+    let app = spawn_app().await;
+    let lost = create(&app, "lost", "pm_sim_lost_response", 100).await;
+    let failed = match lost {
+        Err(_) => true,
+        Ok(response) => response.bytes().await.is_err(),
+    };
+    assert!(failed, "the first answer must not arrive");
+    let replay = create(&app, "lost", "pm_sim_lost_response", 100).await.unwrap();
+    assert_eq!(replay.status(), 200);
+    let intent: Value = replay.json().await.unwrap();
+    let ledger: Value = app
+        .http
+        .get(format!("{}/v1/sim/ledger", app.paysim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ledger["intents"].as_array().unwrap().len(), 1, "one hold");
+    assert_eq!(ledger["intents"][0]["id"], intent["id"]);
+}
+
+#[tokio::test]
+async fn concurrent_request_with_a_key_in_flight_is_409() {
+    let mut options = crate::helpers::Options::default();
+    options.sim.slow_delay = Duration::from_millis(800);
+    let app = crate::helpers::spawn_app_with(options).await;
+    let slow = create(&app, "busy", "pm_sim_slow", 100);
+    let quick = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        create(&app, "busy", "pm_sim_slow", 100).await
+    };
+    let (first, second) = tokio::join!(slow, quick);
+    assert_eq!(first.unwrap().status(), 200);
+    let second = second.unwrap();
+    assert_eq!(second.status(), 409);
+    assert_eq!(
+        second.json::<Value>().await.unwrap()["error"]["code"],
+        "idempotency_key_in_use"
+    );
+}

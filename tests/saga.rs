@@ -1,0 +1,151 @@
+//! The saga's outcomes end to end: money in the simulator's ledger, stock in the skus, the audit trail.
+
+use std::time::Duration;
+
+use crate::helpers::{Options, spawn_app, spawn_app_with, transitions};
+
+#[tokio::test]
+async fn happy_path_reaches_fulfilled_with_one_capture_and_committed_stock() {
+    let app = spawn_app().await;
+    app.put_sku("A", 10, 1999).await;
+    app.put_sku("B", 5, 500).await;
+
+    let id = app
+        .create_order("happy", &[("A", 2), ("B", 1)], "pm_card_visa")
+        .await;
+    let order = app.wait_terminal(id).await;
+
+    assert_eq!(order["status"], "FULFILLED");
+    assert_eq!(order["total"], 2 * 1999 + 500);
+    assert_eq!(order["payment"]["status"], "CAPTURED");
+    let a = app.sku("A").await;
+    assert_eq!(
+        (a["on_hand"].as_i64(), a["reserved"].as_i64()),
+        (Some(8), Some(0))
+    );
+    let b = app.sku("B").await;
+    assert_eq!(
+        (b["on_hand"].as_i64(), b["reserved"].as_i64()),
+        (Some(4), Some(0))
+    );
+    let intents = app.intents_of(id).await;
+    assert_eq!(intents.len(), 1, "exactly one intent: {intents:?}");
+    assert_eq!(intents[0]["status"], "succeeded");
+    assert_eq!(intents[0]["amount_received"], 2 * 1999 + 500);
+    assert_eq!(
+        transitions(&app.events(id).await),
+        ["->CREATED", "CREATED>RESERVED", "RESERVED>PAID", "PAID>FULFILLED"]
+    );
+}
+
+#[tokio::test]
+async fn declined_payment_cancels_releases_stock_and_captures_nothing() {
+    let app = spawn_app().await;
+    app.put_sku("A", 3, 1000).await;
+
+    let id = app
+        .create_order("declined", &[("A", 2)], "pm_card_chargeDeclined")
+        .await;
+    let order = app.wait_terminal(id).await;
+
+    assert_eq!(order["status"], "CANCELLED");
+    assert_eq!(order["cancel_reason"], "payment_declined");
+    assert_eq!(order["payment"]["status"], "DECLINED");
+    let a = app.sku("A").await;
+    assert_eq!(
+        (a["on_hand"].as_i64(), a["reserved"].as_i64()),
+        (Some(3), Some(0))
+    );
+    let intents = app.intents_of(id).await;
+    assert_eq!(intents.len(), 1);
+    assert_eq!(intents[0]["amount_received"], 0);
+    assert_eq!(intents[0]["amount_capturable"], 0);
+    assert_eq!(
+        transitions(&app.events(id).await),
+        [
+            "->CREATED",
+            "CREATED>RESERVED",
+            "RESERVED>CANCELLING",
+            "CANCELLING>CANCELLED"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn flaky_provider_is_retried_to_fulfilled_with_exactly_one_capture() {
+    let app = spawn_app().await;
+    app.put_sku("A", 3, 1000).await;
+
+    let id = app.create_order("flaky", &[("A", 1)], "pm_sim_flaky").await;
+    let order = app.wait_terminal(id).await;
+
+    assert_eq!(order["status"], "FULFILLED");
+    let intents = app.intents_of(id).await;
+    assert_eq!(intents.len(), 1, "one hold despite two 503s: {intents:?}");
+    assert_eq!(intents[0]["amount_received"], 1000);
+    let failed: i64 = sqlx::query_scalar(
+        "select count(*) from saga_steps where order_id = $1 and step = 'pay' and status = 'FAILED'",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(failed, 2, "the two 503s are in the step log");
+}
+
+#[tokio::test]
+async fn lost_response_places_exactly_one_hold() {
+    let app = spawn_app().await;
+    app.put_sku("A", 3, 1000).await;
+
+    let id = app
+        .create_order("lost", &[("A", 1)], "pm_sim_lost_response")
+        .await;
+    let order = app.wait_terminal(id).await;
+
+    assert_eq!(order["status"], "FULFILLED");
+    let intents = app.intents_of(id).await;
+    assert_eq!(intents.len(), 1, "the retry reused the key: {intents:?}");
+    assert_eq!(intents[0]["status"], "succeeded");
+    assert_eq!(order["payment"]["provider_ref"], intents[0]["id"]);
+}
+
+#[tokio::test]
+async fn inventory_commit_failure_after_the_hold_voids_it_and_restores_stock() {
+    let app = spawn_app().await;
+    app.put_sku("A", 5, 1000).await;
+    fail::cfg("worker.commit.inventory", "return(commit-fails)").unwrap();
+
+    let id = app
+        .create_order("commit-fails", &[("A", 2)], "pm_card_visa")
+        .await;
+    let order = app.wait_terminal(id).await;
+    fail::remove("worker.commit.inventory");
+
+    assert_eq!(order["status"], "CANCELLED");
+    assert_eq!(order["cancel_reason"], "inventory_commit_failed");
+    assert_eq!(order["payment"]["status"], "VOIDED");
+    let a = app.sku("A").await;
+    assert_eq!(
+        (a["on_hand"].as_i64(), a["reserved"].as_i64()),
+        (Some(5), Some(0))
+    );
+    let intents = app.intents_of(id).await;
+    assert_eq!(intents.len(), 1);
+    assert_eq!(intents[0]["status"], "canceled", "the hold is voided");
+    assert_eq!(intents[0]["amount_received"], 0);
+}
+
+#[tokio::test]
+async fn slow_provider_still_completes() {
+    let mut options = Options::default();
+    options.sim.slow_delay = Duration::from_millis(700);
+    let app = spawn_app_with(options).await;
+    app.put_sku("A", 1, 1000).await;
+
+    let id = app.create_order("slow", &[("A", 1)], "pm_sim_slow").await;
+    let order = app.wait_terminal(id).await;
+
+    assert_eq!(order["status"], "FULFILLED");
+    assert_eq!(app.intents_of(id).await.len(), 1);
+}
