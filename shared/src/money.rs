@@ -8,7 +8,7 @@ pub const MAX_LINE_QUANTITY: i64 = 10_000;
 pub const MAX_ORDER_LINES: usize = 100;
 /// Largest stock level or price (minor units) accepted: far beyond any real catalogue, far below i64 overflow.
 pub const MAX_STOCK: i64 = 1_000_000_000;
-pub const MAX_PRICE: i64 = 100_000_000_00;
+pub const MAX_PRICE: i64 = 10_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
