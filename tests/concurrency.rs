@@ -182,3 +182,58 @@ async fn two_worker_processes_share_the_work_without_double_effects() {
     println!("steps were run by {instances} worker process(es); {fulfilled} of 50 fulfilled");
     assert_eq!(workers.len(), 2);
 }
+
+#[tokio::test]
+async fn several_workers_starting_at_once_on_a_new_database_all_migrate_and_run() {
+    let binary = worker_binary();
+    let name = format!("orderflow_test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{name}", crate::helpers::server_url());
+    let mut workers: Vec<Killed> = (0..3)
+        .map(|_| {
+            Killed(
+                Command::new(&binary)
+                    .env("DATABASE_URL", &url)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start orderflow-worker"),
+            )
+        })
+        .collect();
+
+    // Every process registers its six queue workers once it has migrated and started.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let pool = loop {
+        if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+            let registered: Result<i64, _> = sqlx::query_scalar("select count(*) from apalis.workers")
+                .fetch_one(&pool)
+                .await;
+            if registered.is_ok_and(|n| n >= 18) {
+                break pool;
+            }
+            pool.close().await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workers did not all start"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    for worker in &mut workers {
+        assert!(
+            worker.0.try_wait().unwrap().is_none(),
+            "a worker exited during concurrent start-up"
+        );
+    }
+    let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        orderflow_shared::db::MIGRATOR.iter().count() as i64,
+        "each migration applied once"
+    );
+}

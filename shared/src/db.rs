@@ -75,8 +75,9 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), Db
             .await
         {
             Ok(_) => tracing::info!(database = %name, "created database"),
-            // Another process created it between our check and our create: that is what we wanted.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // Another process created it between our check and our create: that is what we wanted. A create
+            // that races another one fails on the catalogue's unique index (23505) rather than with 42P04.
+            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(source) => return Err(DbError::Create { name, source }),
         }
     }
