@@ -28,16 +28,10 @@ fn valid() -> Value {
     json!({"customer_id": "c1", "currency": "USD", "lines": [{"sku": "A", "quantity": 1}], "payment_token": "pm_card_visa"})
 }
 
-fn with(path: &[&str], value: Value) -> Value {
+/// The valid body with `field` set to `value`.
+fn with(field: &str, value: Value) -> Value {
     let mut body = valid();
-    let mut target = &mut body;
-    for (i, key) in path.iter().enumerate() {
-        if i + 1 == path.len() {
-            target[*key] = value.clone();
-        } else {
-            target = &mut target[*key];
-        }
-    }
+    body[field] = value;
     body
 }
 
@@ -53,14 +47,7 @@ async fn each_kind_of_bad_order_gets_its_problem_response_and_creates_nothing() 
         .await
         .unwrap();
 
-    let mut lines_quantity_zero = valid();
-    lines_quantity_zero["lines"][0]["quantity"] = json!(0);
-    let mut lines_quantity_huge = valid();
-    lines_quantity_huge["lines"][0]["quantity"] = json!(1_000_000);
-    let mut lines_quantity_text = valid();
-    lines_quantity_text["lines"][0]["quantity"] = json!("2");
-    let mut lines_quantity_fraction = valid();
-    lines_quantity_fraction["lines"][0]["quantity"] = json!(1.5);
+    let quantity = |q: Value| with("lines", json!([{"sku": "A", "quantity": q}]));
     let mut missing_customer = valid();
     missing_customer.as_object_mut().unwrap().remove("customer_id");
 
@@ -90,48 +77,48 @@ async fn each_kind_of_bad_order_gets_its_problem_response_and_creates_nothing() 
             field: None,
         },
         case("missing field", missing_customer, 422, Some("body")),
-        case("unknown field", with(&["coupon"], json!("X")), 422, Some("body")),
+        case("unknown field", with("coupon", json!("X")), 422, Some("body")),
         case(
             "blank customer",
-            with(&["customer_id"], json!("  ")),
+            with("customer_id", json!("  ")),
             422,
             Some("customer_id"),
         ),
         case(
             "bad currency",
-            with(&["currency"], json!("usd")),
+            with("currency", json!("usd")),
             422,
             Some("currency"),
         ),
-        case("empty lines", with(&["lines"], json!([])), 422, Some("lines")),
+        case("empty lines", with("lines", json!([])), 422, Some("lines")),
         case(
             "quantity zero",
-            lines_quantity_zero,
+            quantity(json!(0)),
             422,
             Some("lines[0].quantity"),
         ),
         case(
             "quantity absurd",
-            lines_quantity_huge,
+            quantity(json!(1_000_000)),
             422,
             Some("lines[0].quantity"),
         ),
         case(
             "quantity as text",
-            lines_quantity_text,
+            quantity(json!("2")),
             422,
             Some("lines[0].quantity"),
         ),
         case(
             "quantity fraction",
-            lines_quantity_fraction,
+            quantity(json!(1.5)),
             422,
             Some("lines[0].quantity"),
         ),
         case(
             "duplicate lines",
             with(
-                &["lines"],
+                "lines",
                 json!([{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 2}]),
             ),
             422,
@@ -140,7 +127,7 @@ async fn each_kind_of_bad_order_gets_its_problem_response_and_creates_nothing() 
         case(
             "unknown sku",
             with(
-                &["lines"],
+                "lines",
                 json!([{"sku": "A", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]),
             ),
             422,
@@ -148,19 +135,19 @@ async fn each_kind_of_bad_order_gets_its_problem_response_and_creates_nothing() 
         ),
         case(
             "bad sku code",
-            with(&["lines"], json!([{"sku": "a b", "quantity": 1}])),
+            with("lines", json!([{"sku": "a b", "quantity": 1}])),
             422,
             Some("lines[0].sku"),
         ),
         case(
             "currency mismatch",
-            with(&["lines"], json!([{"sku": "EU", "quantity": 1}])),
+            with("lines", json!([{"sku": "EU", "quantity": 1}])),
             422,
             Some("lines[0].sku"),
         ),
         case(
             "blank payment token",
-            with(&["payment_token"], json!("")),
+            with("payment_token", json!("")),
             422,
             Some("payment_token"),
         ),
@@ -220,31 +207,27 @@ async fn each_kind_of_bad_order_gets_its_problem_response_and_creates_nothing() 
 async fn bad_reads_and_sku_writes_get_problem_responses() {
     let app = spawn_app().await;
     app.put_sku("A", 5, 1000).await;
-    let get = |path: String| app.http.get(format!("{}{path}", app.api)).send();
-
-    assert_eq!(get("/v1/orders/not-a-uuid".into()).await.unwrap().status(), 400);
-    assert_eq!(
-        get(format!("/v1/orders/{}", uuid::Uuid::now_v7()))
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        get(format!("/v1/orders/{}/events", uuid::Uuid::now_v7()))
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(get("/v1/orders?limit=0".into()).await.unwrap().status(), 422);
-    assert_eq!(get("/v1/orders?limit=abc".into()).await.unwrap().status(), 422);
-    assert_eq!(
-        get("/v1/orders?status=shipped".into()).await.unwrap().status(),
-        422
-    );
-    assert_eq!(get("/v1/orders?after=xyz".into()).await.unwrap().status(), 422);
-    assert_eq!(get("/v1/skus/NOPE".into()).await.unwrap().status(), 404);
+    let unknown = uuid::Uuid::now_v7();
+    let reads = [
+        ("/v1/orders/not-a-uuid".to_owned(), 400),
+        (format!("/v1/orders/{unknown}"), 404),
+        (format!("/v1/orders/{unknown}/events"), 404),
+        ("/v1/orders?limit=0".to_owned(), 422),
+        ("/v1/orders?limit=abc".to_owned(), 422),
+        ("/v1/orders?status=shipped".to_owned(), 422),
+        ("/v1/orders?after=xyz".to_owned(), 422),
+        ("/v1/skus/NOPE".to_owned(), 404),
+        ("/v1/nowhere".to_owned(), 404),
+    ];
+    for (path, status) in reads {
+        let response = app.api_get(&path).await;
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+    }
 
     let put = |sku: &str, body: Value| {
         app.http
@@ -319,34 +302,14 @@ async fn list_pages_with_a_cursor_and_filters() {
         );
     }
 
-    let page1: Value = app
-        .http
-        .get(format!("{}/v1/orders?limit=2", app.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page1 = app.get_json(&format!("{}/v1/orders?limit=2", app.api)).await;
     let cursor = page1["next_cursor"].as_str().unwrap();
-    let page2: Value = app
-        .http
-        .get(format!("{}/v1/orders?limit=2&after={cursor}", app.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let evens: Value = app
-        .http
-        .get(format!("{}/v1/orders?customer_id=even&status=CREATED", app.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page2 = app
+        .get_json(&format!("{}/v1/orders?limit=2&after={cursor}", app.api))
+        .await;
+    let evens = app
+        .get_json(&format!("{}/v1/orders?customer_id=even&status=CREATED", app.api))
+        .await;
 
     let ids = |page: &Value| -> Vec<String> {
         page["orders"]
@@ -366,33 +329,9 @@ async fn list_pages_with_a_cursor_and_filters() {
 #[tokio::test]
 async fn health_readiness_and_openapi_answer() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.http
-            .get(format!("{}/healthz", app.api))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.http
-            .get(format!("{}/readyz", app.api))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let doc: Value = app
-        .http
-        .get(format!("{}/openapi.json", app.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(app.api_get("/healthz").await.status(), 200);
+    assert_eq!(app.api_get("/readyz").await.status(), 200);
+    let doc = app.get_json(&format!("{}/openapi.json", app.api)).await;
     for path in [
         "/v1/orders",
         "/v1/orders/{id}",

@@ -43,11 +43,7 @@ async fn cancel_while_reserved_and_paying_voids_the_hold() {
         .create_order("cancel-reserved", &[("A", 1)], "pm_sim_slow")
         .await;
     // PENDING: the authorization is on its way to the (slow) provider.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while app.order(id).await["payment"]["status"] != "PENDING" {
-        assert!(tokio::time::Instant::now() < deadline, "payment never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_for_payment(id, "PENDING").await;
 
     assert_eq!(app.cancel(id).await.status(), 202);
     let order = app.wait_terminal(id).await;
@@ -94,11 +90,7 @@ async fn cancel_after_capture_refunds_and_restocks() {
     let id = app
         .create_order("cancel-captured", &[("A", 2)], "pm_card_visa")
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while app.order(id).await["payment"]["status"] != "CAPTURED" {
-        assert!(tokio::time::Instant::now() < deadline, "never captured");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_payment(id, "CAPTURED").await;
 
     assert_eq!(app.cancel(id).await.status(), 202);
     let order = app.wait_terminal(id).await;

@@ -1,11 +1,10 @@
 //! Contention: no oversell, no deadlock, several worker processes.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{Options, order_body, spawn_app, spawn_app_with, worker_binary};
+use crate::helpers::{Killed, Options, order_body, spawn_app, spawn_app_with, spawn_worker_process};
 
 #[tokio::test]
 async fn hundred_concurrent_orders_for_one_unit_sell_it_exactly_once() {
@@ -15,18 +14,7 @@ async fn hundred_concurrent_orders_for_one_unit_sell_it_exactly_once() {
     let bodies: Vec<Value> = (0..100)
         .map(|i| order_body(&format!("c{i}"), &[("LAST", 1)], "pm_card_visa"))
         .collect();
-    let responses = futures::future::join_all(bodies.iter().map(|b| app.post_order(b))).await;
-    let mut ids = Vec::new();
-    for response in responses {
-        assert_eq!(response.status(), 202);
-        ids.push(
-            response.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .parse()
-                .unwrap(),
-        );
-    }
+    let ids = app.create_orders(&bodies).await;
     let mut fulfilled = 0;
     let mut out_of_stock = 0;
     for id in ids {
@@ -62,18 +50,7 @@ async fn multi_line_orders_in_opposite_sku_order_do_not_deadlock_and_conserve_st
             order_body(&format!("m{i}"), lines, "pm_card_visa")
         })
         .collect();
-    let responses = futures::future::join_all(bodies.iter().map(|b| app.post_order(b))).await;
-    let mut ids = Vec::new();
-    for response in responses {
-        assert_eq!(response.status(), 202);
-        ids.push(
-            response.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .parse()
-                .unwrap(),
-        );
-    }
+    let ids = app.create_orders(&bodies).await;
     for id in &ids {
         assert_eq!(app.wait_terminal(*id).await["status"], "FULFILLED");
     }
@@ -91,18 +68,8 @@ async fn multi_line_orders_in_opposite_sku_order_do_not_deadlock_and_conserve_st
     );
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn two_worker_processes_share_the_work_without_double_effects() {
-    let binary = worker_binary();
     let app = spawn_app_with(Options {
         worker: false,
         ..Options::default()
@@ -110,20 +77,7 @@ async fn two_worker_processes_share_the_work_without_double_effects() {
     .await;
     app.put_sku("S", 40, 1000).await;
     let workers: Vec<Killed> = (0..2)
-        .map(|_| {
-            Killed(
-                Command::new(&binary)
-                    .env("DATABASE_URL", &app.database_url)
-                    .env("ORDERFLOW_PAYMENTS_URL", &app.paysim)
-                    .env("ORDERFLOW_RETRY_BASE_MS", "200")
-                    .env("ORDERFLOW_WORKER_POLL_MS", "200")
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start orderflow-worker"),
-            )
-        })
+        .map(|_| spawn_worker_process(&app.database_url, &[("ORDERFLOW_PAYMENTS_URL", &app.paysim)]))
         .collect();
 
     let tokens = [
@@ -135,18 +89,7 @@ async fn two_worker_processes_share_the_work_without_double_effects() {
     let bodies: Vec<Value> = (0..50)
         .map(|i| order_body(&format!("p{i}"), &[("S", 1)], tokens[i % tokens.len()]))
         .collect();
-    let responses = futures::future::join_all(bodies.iter().map(|b| app.post_order(b))).await;
-    let mut ids = Vec::new();
-    for response in responses {
-        assert_eq!(response.status(), 202);
-        ids.push(
-            response.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .parse::<uuid::Uuid>()
-                .unwrap(),
-        );
-    }
+    let ids = app.create_orders(&bodies).await;
 
     let mut fulfilled = 0i64;
     for id in &ids {
@@ -174,33 +117,25 @@ async fn two_worker_processes_share_the_work_without_double_effects() {
     let sku = app.sku("S").await;
     assert_eq!(sku["on_hand"].as_i64(), Some(40 - fulfilled), "stock conserved");
     assert_eq!(sku["reserved"].as_i64(), Some(0));
-    let instances: i64 =
-        sqlx::query_scalar("select count(distinct split_part(worker, '-', 2)) from saga_steps")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    println!("steps were run by {instances} worker process(es); {fulfilled} of 50 fulfilled");
-    assert_eq!(workers.len(), 2);
+    // Instance names are host-pid-id: each process must have run some steps.
+    let names: Vec<String> = sqlx::query_scalar("select distinct worker from saga_steps")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    for worker in &workers {
+        let pid = format!("-{}-", worker.0.id());
+        assert!(
+            names.iter().any(|n| n.contains(&pid)),
+            "process {pid} ran no step: {names:?}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn several_workers_starting_at_once_on_a_new_database_all_migrate_and_run() {
-    let binary = worker_binary();
     let name = format!("orderflow_test_{}", uuid::Uuid::new_v4().simple());
     let url = format!("{}/{name}", crate::helpers::server_url());
-    let mut workers: Vec<Killed> = (0..3)
-        .map(|_| {
-            Killed(
-                Command::new(&binary)
-                    .env("DATABASE_URL", &url)
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start orderflow-worker"),
-            )
-        })
-        .collect();
+    let mut workers: Vec<Killed> = (0..3).map(|_| spawn_worker_process(&url, &[])).collect();
 
     // Every process registers its six queue workers once it has migrated and started.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

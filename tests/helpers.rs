@@ -2,7 +2,6 @@
 //! in-process worker; plus small helpers to drive and inspect orders.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use orderflow_shared::settings::WorkerSettings;
@@ -117,15 +116,18 @@ impl TestApp {
         );
     }
 
+    /// GETs `url` and parses the JSON answer, whatever its status.
+    pub async fn get_json(&self, url: &str) -> Value {
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// GETs a path of the API.
+    pub async fn api_get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.api)).send().await.unwrap()
+    }
+
     pub async fn sku(&self, sku: &str) -> Value {
-        self.http
-            .get(format!("{}/v1/skus/{sku}", self.api))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json(&format!("{}/v1/skus/{sku}", self.api)).await
     }
 
     /// POSTs an order with a fresh idempotency key; returns the response.
@@ -143,6 +145,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Sends all `bodies` at once (fresh keys); every one must be accepted. Returns the ids in body order.
+    pub async fn create_orders(&self, bodies: &[Value]) -> Vec<Uuid> {
+        let responses = futures::future::join_all(bodies.iter().map(|b| self.post_order(b))).await;
+        let mut ids = Vec::with_capacity(responses.len());
+        for response in responses {
+            assert_eq!(response.status(), 202, "create order");
+            let body: Value = response.json().await.unwrap();
+            ids.push(body["id"].as_str().unwrap().parse().unwrap());
+        }
+        ids
+    }
+
     /// Creates an order and returns its id.
     pub async fn create_order(&self, customer: &str, lines: &[(&str, i64)], token: &str) -> Uuid {
         let response = self.post_order(&order_body(customer, lines, token)).await;
@@ -152,25 +166,14 @@ impl TestApp {
     }
 
     pub async fn order(&self, id: Uuid) -> Value {
-        self.http
-            .get(format!("{}/v1/orders/{id}", self.api))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json(&format!("{}/v1/orders/{id}", self.api)).await
     }
 
     pub async fn events(&self, id: Uuid) -> Vec<Value> {
-        self.http
-            .get(format!("{}/v1/orders/{id}/events", self.api))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let events = self
+            .get_json(&format!("{}/v1/orders/{id}/events", self.api))
+            .await;
+        events.as_array().unwrap().clone()
     }
 
     pub async fn cancel(&self, id: Uuid) -> reqwest::Response {
@@ -183,19 +186,34 @@ impl TestApp {
     }
 
     /// Polls the order until its status is one of `wanted`; panics after `timeout`.
-    pub async fn wait_for(&self, id: Uuid, wanted: &[&str], timeout: Duration) -> Value {
+    /// Polls the order until `done(order)`; panics after `timeout`, showing the order as it was.
+    pub async fn wait_until(&self, id: Uuid, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let order = self.order(id).await;
-            if wanted.contains(&order["status"].as_str().unwrap_or_default()) {
+            if done(&order) {
                 return order;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "order {id} stuck: {order}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Polls the order until its status is one of `wanted`.
+    pub async fn wait_for(&self, id: Uuid, wanted: &[&str], timeout: Duration) -> Value {
+        self.wait_until(id, timeout, |o| {
+            wanted.contains(&o["status"].as_str().unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Polls the order until its payment is in `status`.
+    pub async fn wait_for_payment(&self, id: Uuid, status: &str) -> Value {
+        self.wait_until(id, Duration::from_secs(10), |o| o["payment"]["status"] == status)
+            .await
     }
 
     pub async fn wait_terminal(&self, id: Uuid) -> Value {
@@ -203,23 +221,19 @@ impl TestApp {
             .await
     }
 
+    /// Every intent in the simulator's ledger, in creation order.
+    pub async fn ledger(&self) -> Vec<Value> {
+        let ledger = self.get_json(&format!("{}/v1/sim/ledger", self.paysim)).await;
+        ledger["intents"].as_array().unwrap().clone()
+    }
+
     /// The simulator's intents whose metadata names this order.
     pub async fn intents_of(&self, id: Uuid) -> Vec<Value> {
-        let ledger: Value = self
-            .http
-            .get(format!("{}/v1/sim/ledger", self.paysim))
-            .send()
+        let id = id.to_string();
+        self.ledger()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ledger["intents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i["metadata"]["order_id"] == id.to_string())
-            .cloned()
+            .into_iter()
+            .filter(|i| i["metadata"]["order_id"] == id)
             .collect()
     }
 }
@@ -252,35 +266,44 @@ pub fn transitions(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// The `orderflow-worker` binary next to the test binary. The README's test command builds it first
-/// (`cargo build --workspace --bins`); if it is missing, it is built here with the test runner's variables
-/// removed (they would change cargo's fingerprints and rebuild half the dependency tree).
+/// The `orderflow-worker` binary next to the test binary (`target/<profile>/`). The README's test command builds
+/// it first (`cargo build --workspace --bins`).
 pub fn worker_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            // target/<profile>/deps/<test binary> -> target/<profile>/orderflow-worker
-            let binary = exe
-                .parent()
-                .and_then(|d| d.parent())
-                .unwrap()
-                .join("orderflow-worker");
-            if !binary.is_file() {
-                let mut cargo = std::process::Command::new(env!("CARGO"));
-                for (name, _) in std::env::vars() {
-                    if name.starts_with("CARGO_") && name != "CARGO_HOME" || name.starts_with("NEXTEST") {
-                        cargo.env_remove(name);
-                    }
-                }
-                let status = cargo
-                    .current_dir(env!("CARGO_MANIFEST_DIR"))
-                    .args(["build", "-p", "orderflow-worker", "--bin", "orderflow-worker"])
-                    .status()
-                    .expect("run cargo build");
-                assert!(status.success(), "building orderflow-worker failed");
-            }
-            binary
-        })
-        .clone()
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test binary> -> target/<profile>/orderflow-worker
+    let binary = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("orderflow-worker");
+    assert!(
+        binary.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (the README's test command does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A child process killed and reaped when dropped, so a failing test leaves no process behind.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts an `orderflow-worker` process on `database_url` with `env` on top, quiet and with fast retries.
+pub fn spawn_worker_process(database_url: &str, env: &[(&str, &str)]) -> Killed {
+    let mut command = std::process::Command::new(worker_binary());
+    command
+        .env("DATABASE_URL", database_url)
+        .env("ORDERFLOW_RETRY_BASE_MS", "200")
+        .env("ORDERFLOW_WORKER_POLL_MS", "200")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Killed(command.spawn().expect("start orderflow-worker"))
 }

@@ -92,16 +92,8 @@ async fn idempotency_key_replays_and_rejects_other_parameters() {
         other.json::<Value>().await.unwrap()["error"]["type"],
         "idempotency_error"
     );
-    let ledger: Value = app
-        .http
-        .get(format!("{}/v1/sim/ledger", app.paysim))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ledger["intents"].as_array().unwrap().len(), 1);
+    let ledger = app.ledger().await;
+    assert_eq!(ledger.len(), 1);
 }
 
 #[tokio::test]
@@ -146,17 +138,9 @@ async fn lost_response_drops_the_connection_once_but_keeps_the_hold() {
     let replay = create(&app, "lost", "pm_sim_lost_response", 100).await.unwrap();
     assert_eq!(replay.status(), 200);
     let intent: Value = replay.json().await.unwrap();
-    let ledger: Value = app
-        .http
-        .get(format!("{}/v1/sim/ledger", app.paysim))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ledger["intents"].as_array().unwrap().len(), 1, "one hold");
-    assert_eq!(ledger["intents"][0]["id"], intent["id"]);
+    let ledger = app.ledger().await;
+    assert_eq!(ledger.len(), 1, "one hold");
+    assert_eq!(ledger[0]["id"], intent["id"]);
 }
 
 #[tokio::test]

@@ -144,11 +144,18 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<orderflow_shared::jobs::EnqueueError> for ApiError {
     fn from(error: orderflow_shared::jobs::EnqueueError) -> Self {
+        Self::Internal(anyhow::Error::new(error).context("failed to enqueue a saga step"))
+    }
+}
+
+impl From<orderflow_shared::order::TransitionError> for ApiError {
+    fn from(error: orderflow_shared::order::TransitionError) -> Self {
         match error {
-            orderflow_shared::jobs::EnqueueError::Queue(apalis_error) => Self::Internal(
-                anyhow::Error::new(apalis_error).context("failed to enqueue the first saga step"),
-            ),
-            other => Self::Internal(anyhow::Error::new(other)),
+            orderflow_shared::order::TransitionError::Database(e) => e.into(),
+            orderflow_shared::order::TransitionError::Invalid(e) => Self::Conflict {
+                slug: "invalid-transition",
+                detail: e.to_string(),
+            },
         }
     }
 }

@@ -1,35 +1,25 @@
-//! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the handlers and types by utoipa.
+//! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the handlers and types by utoipa (which
+//! collects the schemas the paths use). Paths are named by module, so each gets its module's tag.
 
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{self as r};
+use crate::routes::{health, orders, skus};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "OrderFlow API", description = "Orders, stock and their saga."),
     paths(
-        r::health_paths::healthz,
-        r::health_paths::readyz,
-        r::sku_paths::upsert,
-        r::sku_paths::get,
-        r::order_paths::create,
-        r::order_paths::get,
-        r::order_paths::list,
-        r::order_paths::cancel,
-        r::order_paths::events,
-    ),
-    components(schemas(
-        crate::error::Problem,
-        r::UpsertSkuRequest,
-        r::SkuView,
-        r::CreateOrderRequest,
-        r::LineRequest,
-        r::OrderView,
-        r::PaymentView,
-        r::OrderList,
-        r::EventView,
-    ))
+        health::healthz,
+        health::readyz,
+        skus::upsert,
+        skus::get,
+        orders::create,
+        orders::get,
+        orders::list,
+        orders::cancel,
+        orders::events,
+    )
 )]
 pub struct ApiDoc;
 

@@ -24,18 +24,21 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
             }
         }
     }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+    newest_versioned(Path::new("/usr/lib/postgresql"), name)
+}
+
+/// `<root>/<version>/bin/<name>` of the highest numeric version (Debian's layout).
+fn newest_versioned(root: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(root)
         .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
-        .filter(|p| p.is_file())
-        .collect();
-    versions.sort_by_key(|p| {
-        p.components()
-            .nth(3)
-            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    versions.pop()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let binary = entry.path().join("bin").join(name);
+            binary.is_file().then_some((version, binary))
+        })
+        .max_by_key(|(version, _)| *version)
+        .map(|(_, binary)| binary)
 }
 
 fn is_root() -> bool {
@@ -137,4 +140,27 @@ impl Drop for PrivateCluster {
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_highest_version_wins_in_numeric_order() {
+        let root = std::env::temp_dir().join(format!("orderflow-pgbin-{}", std::process::id()));
+        for version in ["9", "15", "16", "not-a-version"] {
+            let bin = root.join(version).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::write(bin.join("initdb"), "").unwrap();
+        }
+
+        let found = newest_versioned(&root, "initdb");
+        let missing = newest_versioned(&root, "pg_ctl");
+        std::fs::remove_dir_all(&root).unwrap();
+
+        assert_eq!(found, Some(root.join("16").join("bin").join("initdb")));
+        assert_eq!(missing, None);
+    }
 }

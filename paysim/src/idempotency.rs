@@ -23,15 +23,13 @@ pub(crate) enum Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Keys {
     pub(crate) entries: HashMap<String, Entry>,
-    /// Requests seen per key, including ones that failed before executing (for `pm_sim_flaky`).
+    /// Requests seen per key (or per parameters without a key), including ones that failed before executing.
     pub(crate) attempts: HashMap<String, u32>,
 }
 
 pub(crate) enum Claim {
     /// Run the request; store its result under the key afterwards.
-    Run {
-        attempt: u32,
-    },
+    Run,
     Replay {
         status: StatusCode,
         body: Value,
@@ -40,44 +38,38 @@ pub(crate) enum Claim {
     Mismatch,
 }
 
+impl Entry {
+    fn fingerprint(&self) -> &str {
+        match self {
+            Self::InFlight { fingerprint } | Self::Done { fingerprint, .. } => fingerprint,
+        }
+    }
+}
+
 impl Keys {
+    /// Counts one more request for `counter` (a key, or the parameters of a request without one) and returns
+    /// the count: `pm_sim_flaky` and `pm_sim_lost_response` misbehave on given attempts.
+    pub(crate) fn count(&mut self, counter: &str) -> u32 {
+        let n = self.attempts.entry(counter.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
     pub(crate) fn claim(&mut self, key: &str, fingerprint: &str) -> Claim {
-        let attempt = {
-            let n = self.attempts.entry(key.to_owned()).or_insert(0);
-            *n += 1;
-            *n
-        };
         match self.entries.get(key) {
-            Some(Entry::Done {
-                fingerprint: f,
-                status,
-                body,
-            }) if f == fingerprint => Claim::Replay {
+            None => {
+                let entry = Entry::InFlight {
+                    fingerprint: fingerprint.to_owned(),
+                };
+                self.entries.insert(key.to_owned(), entry);
+                Claim::Run
+            }
+            Some(entry) if entry.fingerprint() != fingerprint => Claim::Mismatch,
+            Some(Entry::InFlight { .. }) => Claim::InFlight,
+            Some(Entry::Done { status, body, .. }) => Claim::Replay {
                 status: *status,
                 body: body.clone(),
             },
-            Some(Entry::Done { .. }) | Some(Entry::InFlight { .. }) if !self.same(key, fingerprint) => {
-                Claim::Mismatch
-            }
-            Some(Entry::InFlight { .. }) => Claim::InFlight,
-            _ => {
-                self.entries.insert(
-                    key.to_owned(),
-                    Entry::InFlight {
-                        fingerprint: fingerprint.to_owned(),
-                    },
-                );
-                Claim::Run { attempt }
-            }
-        }
-    }
-
-    fn same(&self, key: &str, fingerprint: &str) -> bool {
-        match self.entries.get(key) {
-            Some(Entry::InFlight { fingerprint: f }) | Some(Entry::Done { fingerprint: f, .. }) => {
-                f == fingerprint
-            }
-            None => true,
         }
     }
 

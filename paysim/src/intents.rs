@@ -57,8 +57,23 @@ enum Outcome {
     },
 }
 
+impl Outcome {
+    /// 200 with `body`: the usual answer of an executed request.
+    fn ok(body: Value) -> Self {
+        Self::Executed {
+            status: StatusCode::OK,
+            body,
+            drop_connection: false,
+        }
+    }
+}
+
 fn stripe_error(kind: &str, code: &str, message: &str) -> Value {
     json!({"error": {"type": kind, "code": code, "message": message}})
+}
+
+fn stripe_response(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
+    (status, Json(stripe_error(kind, code, message))).into_response()
 }
 
 fn invalid(code: &str, message: &str) -> Outcome {
@@ -79,76 +94,65 @@ fn unavailable() -> Outcome {
     }
 }
 
-fn parse_form(body: &Bytes) -> Result<Vec<(String, String)>, Box<Response>> {
-    serde_urlencoded::from_bytes(body).map_err(|e| {
-        Box::new(
-            (
-                StatusCode::BAD_REQUEST,
-                Json(stripe_error(
-                    "invalid_request_error",
-                    "parameter_invalid",
-                    &format!("Invalid form body: {e}"),
-                )),
-            )
-                .into_response(),
-        )
-    })
-}
+type Params = Vec<(String, String)>;
 
-/// Runs `op` under Stripe's idempotency rules and the configured random faults.
-async fn idempotent<F, Fut>(sim: &Sim, headers: &HeaderMap, fingerprint: String, op: F) -> Response
+/// Parses the form body of `POST {path}` and runs `op` on it under Stripe's idempotency rules and the configured
+/// random faults. `op` gets the simulator, the parameters and which attempt this is for its key (or, without a
+/// key, for its parameters).
+async fn idempotent<F, Fut>(sim: Sim, headers: &HeaderMap, path: String, body: &Bytes, op: F) -> Response
 where
-    F: FnOnce(u32) -> Fut,
+    F: FnOnce(Sim, Params, u32) -> Fut,
     Fut: Future<Output = Outcome>,
 {
+    let params: Params = match serde_urlencoded::from_bytes(body) {
+        Ok(params) => params,
+        Err(e) => {
+            let message = format!("Invalid form body: {e}");
+            return stripe_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "parameter_invalid",
+                &message,
+            );
+        }
+    };
+    let fingerprint = fingerprint(&path, &params);
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let claim = {
+    let (attempt, claim) = {
         let mut keys = sim.keys.lock().unwrap_or_else(|p| p.into_inner());
-        match &key {
-            Some(key) => keys.claim(key, &fingerprint),
-            None => {
-                let n = keys
-                    .attempts
-                    .entry(format!("fingerprint:{fingerprint}"))
-                    .or_insert(0);
-                *n += 1;
-                Claim::Run { attempt: *n }
-            }
-        }
+        let counter = key
+            .clone()
+            .unwrap_or_else(|| format!("fingerprint:{fingerprint}"));
+        let attempt = keys.count(&counter);
+        (attempt, key.as_deref().map(|k| keys.claim(k, &fingerprint)))
     };
-    let attempt = match claim {
-        Claim::Replay { status, body } => return (status, Json(body)).into_response(),
-        Claim::InFlight => {
-            return (
+    match claim {
+        Some(Claim::Replay { status, body }) => return (status, Json(body)).into_response(),
+        Some(Claim::InFlight) => {
+            return stripe_response(
                 StatusCode::CONFLICT,
-                Json(stripe_error(
-                    "idempotency_error",
-                    "idempotency_key_in_use",
-                    "There is currently another in-progress request using this Idempotent Key.",
-                )),
-            )
-                .into_response();
+                "idempotency_error",
+                "idempotency_key_in_use",
+                "There is currently another in-progress request using this Idempotent Key.",
+            );
         }
-        Claim::Mismatch => {
-            return (
+        Some(Claim::Mismatch) => {
+            return stripe_response(
                 StatusCode::BAD_REQUEST,
-                Json(stripe_error(
-                    "idempotency_error",
-                    "idempotency_key_reused",
-                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
-                )),
-            )
-                .into_response();
+                "idempotency_error",
+                "idempotency_key_reused",
+                "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+            );
         }
-        Claim::Run { attempt } => attempt,
-    };
+        Some(Claim::Run) | None => {}
+    }
     let outcome = if sim.config.fault_rate > 0.0 && rand::random::<f64>() < sim.config.fault_rate {
         unavailable()
     } else {
-        op(attempt).await
+        op(sim.clone(), params, attempt).await
     };
     let mut keys = sim.keys.lock().unwrap_or_else(|p| p.into_inner());
     match outcome {
@@ -203,14 +207,9 @@ fn intent_json(intent: &Intent) -> Value {
 
 /// `POST /v1/payment_intents` (amount, currency, payment_method, capture_method, confirm, metadata[…]).
 pub async fn create(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    let params = match parse_form(&body) {
-        Ok(p) => p,
-        Err(response) => return *response,
-    };
-    let fp = fingerprint("/v1/payment_intents", &params);
-    let sim2 = sim.clone();
-    idempotent(&sim, &headers, fp, move |attempt| async move {
-        create_intent(&sim2, &params, attempt).await
+    let path = "/v1/payment_intents".to_owned();
+    idempotent(sim, &headers, path, &body, |sim, params, attempt| async move {
+        create_intent(&sim, &params, attempt).await
     })
     .await
 }
@@ -308,14 +307,23 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
     }
 }
 
-fn no_such_intent(id: &str) -> Outcome {
-    Outcome::NotExecuted {
-        status: StatusCode::NOT_FOUND,
-        body: stripe_error(
-            "invalid_request_error",
-            "resource_missing",
-            &format!("No such payment_intent: '{id}'"),
-        ),
+fn no_such_intent(id: &str) -> (StatusCode, Value) {
+    let message = format!("No such payment_intent: '{id}'");
+    (
+        StatusCode::NOT_FOUND,
+        stripe_error("invalid_request_error", "resource_missing", &message),
+    )
+}
+
+/// Runs `f` on the intent `id` under the ledger's lock; a missing intent is a 404 that executed nothing.
+fn with_intent(sim: &Sim, id: &str, f: impl FnOnce(&mut Intent) -> Outcome) -> Outcome {
+    let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    match ledger.intents.get_mut(id) {
+        Some(intent) => f(intent),
+        None => {
+            let (status, body) = no_such_intent(id);
+            Outcome::NotExecuted { status, body }
+        }
     }
 }
 
@@ -337,15 +345,10 @@ pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>) -> Respons
     let ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
     match ledger.intents.get(&id) {
         Some(intent) => Json(intent_json(intent)).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(stripe_error(
-                "invalid_request_error",
-                "resource_missing",
-                &format!("No such payment_intent: '{id}'"),
-            )),
-        )
-            .into_response(),
+        None => {
+            let (status, body) = no_such_intent(&id);
+            (status, Json(body)).into_response()
+        }
     }
 }
 
@@ -356,38 +359,27 @@ pub async fn capture(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let params = match parse_form(&body) {
-        Ok(p) => p,
-        Err(response) => return *response,
-    };
-    let fp = fingerprint(&format!("/v1/payment_intents/{id}/capture"), &params);
-    let sim2 = sim.clone();
-    idempotent(&sim, &headers, fp, move |_| async move {
-        let mut ledger = sim2.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(intent) = ledger.intents.get_mut(&id) else {
-            return no_such_intent(&id);
-        };
-        if intent.status != "requires_capture" {
-            return unexpected_state(intent, "capture");
-        }
-        let amount = match param(&params, "amount_to_capture").map(str::parse::<i64>) {
-            None => intent.amount_capturable,
-            Some(Ok(a)) if a > 0 && a <= intent.amount_capturable => a,
-            Some(_) => {
-                return invalid(
-                    "parameter_invalid_integer",
-                    "amount_to_capture exceeds the capturable amount.",
-                );
+    let path = format!("/v1/payment_intents/{id}/capture");
+    idempotent(sim, &headers, path, &body, |sim, params, _| async move {
+        with_intent(&sim, &id, |intent| {
+            if intent.status != "requires_capture" {
+                return unexpected_state(intent, "capture");
             }
-        };
-        intent.amount_received = amount;
-        intent.amount_capturable = 0;
-        intent.status = "succeeded".to_owned();
-        Outcome::Executed {
-            status: StatusCode::OK,
-            body: intent_json(intent),
-            drop_connection: false,
-        }
+            let amount = match param(&params, "amount_to_capture").map(str::parse::<i64>) {
+                None => intent.amount_capturable,
+                Some(Ok(a)) if a > 0 && a <= intent.amount_capturable => a,
+                Some(_) => {
+                    return invalid(
+                        "parameter_invalid_integer",
+                        "amount_to_capture exceeds the capturable amount.",
+                    );
+                }
+            };
+            intent.amount_received = amount;
+            intent.amount_capturable = 0;
+            intent.status = "succeeded".to_owned();
+            Outcome::ok(intent_json(intent))
+        })
     })
     .await
 }
@@ -399,80 +391,60 @@ pub async fn cancel(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let params = match parse_form(&body) {
-        Ok(p) => p,
-        Err(response) => return *response,
-    };
-    let fp = fingerprint(&format!("/v1/payment_intents/{id}/cancel"), &params);
-    let sim2 = sim.clone();
-    idempotent(&sim, &headers, fp, move |_| async move {
-        let mut ledger = sim2.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(intent) = ledger.intents.get_mut(&id) else {
-            return no_such_intent(&id);
-        };
-        if matches!(intent.status.as_str(), "succeeded" | "canceled") {
-            return unexpected_state(intent, "cancel");
-        }
-        intent.amount_capturable = 0;
-        intent.status = "canceled".to_owned();
-        Outcome::Executed {
-            status: StatusCode::OK,
-            body: intent_json(intent),
-            drop_connection: false,
-        }
+    let path = format!("/v1/payment_intents/{id}/cancel");
+    idempotent(sim, &headers, path, &body, |sim, _, _| async move {
+        with_intent(&sim, &id, |intent| {
+            if matches!(intent.status.as_str(), "succeeded" | "canceled") {
+                return unexpected_state(intent, "cancel");
+            }
+            intent.amount_capturable = 0;
+            intent.status = "canceled".to_owned();
+            Outcome::ok(intent_json(intent))
+        })
     })
     .await
 }
 
 /// `POST /v1/refunds` (payment_intent, amount optional): refunds captured money.
 pub async fn refund(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    let params = match parse_form(&body) {
-        Ok(p) => p,
-        Err(response) => return *response,
-    };
-    let fp = fingerprint("/v1/refunds", &params);
-    let sim2 = sim.clone();
-    idempotent(&sim, &headers, fp, move |_| async move {
+    let path = "/v1/refunds".to_owned();
+    idempotent(sim, &headers, path, &body, |sim, params, _| async move {
         let Some(id) = param(&params, "payment_intent") else {
             return invalid("parameter_missing", "payment_intent is required.");
         };
-        let mut ledger = sim2.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(intent) = ledger.intents.get_mut(id) else {
-            return no_such_intent(id);
-        };
-        if intent.status != "succeeded" {
-            return unexpected_state(intent, "refund");
-        }
-        let refundable = intent.amount_received - intent.amount_refunded;
-        let amount = match param(&params, "amount").map(str::parse::<i64>) {
-            None => refundable,
-            Some(Ok(a)) if a > 0 && a <= refundable => a,
-            Some(_) => {
-                return invalid(
-                    "parameter_invalid_integer",
-                    "amount exceeds the refundable amount.",
-                );
+        with_intent(&sim, id, |intent| {
+            if intent.status != "succeeded" {
+                return unexpected_state(intent, "refund");
             }
-        };
-        if amount == 0 {
-            return Outcome::Executed {
-                status: StatusCode::BAD_REQUEST,
-                body: stripe_error(
-                    "invalid_request_error",
-                    "charge_already_refunded",
-                    "This charge has already been refunded.",
-                ),
-                drop_connection: false,
+            let refundable = intent.amount_received - intent.amount_refunded;
+            let amount = match param(&params, "amount").map(str::parse::<i64>) {
+                None => refundable,
+                Some(Ok(a)) if a > 0 && a <= refundable => a,
+                Some(_) => {
+                    return invalid(
+                        "parameter_invalid_integer",
+                        "amount exceeds the refundable amount.",
+                    );
+                }
             };
-        }
-        intent.amount_refunded += amount;
-        Outcome::Executed {
-            status: StatusCode::OK,
-            body: json!({"id": format!("re_{}", uuid::Uuid::new_v4().simple()), "object": "refund",
-                         "amount": amount, "currency": intent.currency, "payment_intent": intent.id,
-                         "status": "succeeded"}),
-            drop_connection: false,
-        }
+            if amount == 0 {
+                return Outcome::Executed {
+                    status: StatusCode::BAD_REQUEST,
+                    body: stripe_error(
+                        "invalid_request_error",
+                        "charge_already_refunded",
+                        "This charge has already been refunded.",
+                    ),
+                    drop_connection: false,
+                };
+            }
+            intent.amount_refunded += amount;
+            Outcome::ok(
+                json!({"id": format!("re_{}", uuid::Uuid::new_v4().simple()), "object": "refund",
+                               "amount": amount, "currency": intent.currency, "payment_intent": intent.id,
+                               "status": "succeeded"}),
+            )
+        })
     })
     .await
 }

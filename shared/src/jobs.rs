@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::order::OrderStatus;
+
 /// One saga step or compensation; each has its own apalis queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Step {
@@ -57,6 +59,26 @@ impl Step {
 
     pub fn is_compensation(self) -> bool {
         matches!(self, Self::ReleaseInventory | Self::CancelPayment)
+    }
+
+    /// The order status the step runs from; in any other status the step has nothing to do.
+    pub fn runs_from(self) -> OrderStatus {
+        match self {
+            Self::Reserve => OrderStatus::Created,
+            Self::Pay => OrderStatus::Reserved,
+            Self::Commit | Self::Fulfil => OrderStatus::Paid,
+            Self::ReleaseInventory | Self::CancelPayment => OrderStatus::Cancelling,
+        }
+    }
+
+    /// The compensation that undoes the step's effect, recorded in the step log before the effect happens.
+    /// Compensation always starts with releasing stock; cancel_payment follows it.
+    pub fn undo(self) -> Option<Step> {
+        match self {
+            Self::Reserve | Self::Commit => Some(Self::ReleaseInventory),
+            Self::Pay => Some(Self::CancelPayment),
+            Self::Fulfil | Self::ReleaseInventory | Self::CancelPayment => None,
+        }
     }
 }
 

@@ -192,9 +192,12 @@ pub struct NewOrder {
 const ORDER_COLUMNS: &str = "id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, \
      current_step, last_error, created_at, updated_at";
 
-/// Inserts the order in CREATED, its lines and its `order.created` event.
+/// Inserts the order in CREATED, its lines and its `order.created` event; returns the rows as written.
 #[tracing::instrument(skip_all, fields(order_id = %order.id), err)]
-pub async fn insert(conn: &mut PgConnection, order: &NewOrder) -> Result<OrderRow, sqlx::Error> {
+pub async fn insert(
+    conn: &mut PgConnection,
+    order: &NewOrder,
+) -> Result<(OrderRow, Vec<OrderLineRow>), sqlx::Error> {
     let row: OrderRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         r#"insert into orders (id, customer_id, currency, total, status, payment_token, current_step)
            values ($1, $2, $3, $4, 'CREATED', $5, 'reserve')
@@ -211,16 +214,17 @@ pub async fn insert(conn: &mut PgConnection, order: &NewOrder) -> Result<OrderRo
     let skus: Vec<&str> = order.lines.iter().map(|(sku, _, _)| sku.as_str()).collect();
     let quantities: Vec<i64> = order.lines.iter().map(|(_, q, _)| *q).collect();
     let prices: Vec<i64> = order.lines.iter().map(|(_, _, p)| *p).collect();
-    sqlx::query(
+    let lines: Vec<OrderLineRow> = sqlx::query_as(
         r#"insert into order_lines (order_id, line_no, sku, quantity, unit_price)
            select $1, ordinality::integer, sku, quantity, unit_price
-           from unnest($2::text[], $3::bigint[], $4::bigint[]) with ordinality as l(sku, quantity, unit_price)"#,
+           from unnest($2::text[], $3::bigint[], $4::bigint[]) with ordinality as l(sku, quantity, unit_price)
+           returning order_id, line_no, sku, quantity, unit_price"#,
     )
     .bind(order.id)
     .bind(&skus)
     .bind(&quantities)
     .bind(&prices)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
 
     events::append(
@@ -232,7 +236,10 @@ pub async fn insert(conn: &mut PgConnection, order: &NewOrder) -> Result<OrderRo
         None,
     )
     .await?;
-    Ok(row)
+    // INSERT … RETURNING promises no order.
+    let mut lines = lines;
+    lines.sort_by_key(|l| l.line_no);
+    Ok((row, lines))
 }
 
 pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
@@ -352,6 +359,21 @@ pub async fn transition(
     .await?;
     tracing::info!(from = %from, to = %to, reason, "order transition");
     Ok(to)
+}
+
+/// Moves the order to another saga step without a status change (the commit step hands over to fulfil, a
+/// compensation to the next).
+pub async fn set_current_step(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+    step: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("update orders set current_step = $2, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(step)
+        .execute(executor)
+        .await?;
+    Ok(())
 }
 
 /// Records the last error a step met, for operators.

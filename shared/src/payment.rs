@@ -14,6 +14,9 @@ pub mod status {
     pub const DECLINED: &str = "DECLINED";
     pub const VOIDED: &str = "VOIDED";
     pub const REFUNDED: &str = "REFUNDED";
+
+    /// Statuses in which money may still be held or taken: a cancellation must void or refund.
+    pub const OPEN: [&str; 3] = [PENDING, AUTHORIZED, CAPTURED];
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]

@@ -1,42 +1,37 @@
 //! The saga step log (`saga_steps`): a row per step attempt, written before the step's side effect and saying
 //! what undoes it, then closed with its outcome. The reconciler and operators read it.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
-pub struct StepRow {
-    pub id: i64,
-    pub order_id: Uuid,
-    pub step: String,
-    pub attempt: i32,
-    pub status: String,
-    pub undo: Option<String>,
-    pub worker: Option<String>,
-    pub error: Option<String>,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
+use crate::jobs::Step;
+
+/// Statuses of a step-log row; persisted, so never renamed.
+pub mod status {
+    pub const STARTED: &str = "STARTED";
+    pub const SUCCEEDED: &str = "SUCCEEDED";
+    pub const FAILED: &str = "FAILED";
+    /// The step found its work overtaken (the order left the step's state while a remote call was out).
+    pub const SKIPPED: &str = "SKIPPED";
 }
 
-/// Opens a step attempt (STARTED) and returns its id.
+/// Opens a step attempt (STARTED, with the compensation that undoes the step) and returns its id.
 pub async fn start(
     executor: impl PgExecutor<'_>,
     order_id: Uuid,
-    step: &str,
+    step: Step,
     attempt: u32,
-    undo: Option<&str>,
     worker: &str,
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         r#"insert into saga_steps (order_id, step, attempt, status, undo, worker)
-           values ($1, $2, $3, 'STARTED', $4, $5) returning id"#,
+           values ($1, $2, $3, $4, $5, $6) returning id"#,
     )
     .bind(order_id)
-    .bind(step)
-    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
-    .bind(undo)
+    .bind(step.name())
+    .bind(attempt_number(attempt))
+    .bind(status::STARTED)
+    .bind(step.undo().map(Step::name))
     .bind(worker)
     .fetch_one(executor)
     .await
@@ -58,12 +53,36 @@ pub async fn finish(
     Ok(())
 }
 
-pub async fn for_order(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<StepRow>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select id, order_id, step, attempt, status, undo, worker, error, started_at, finished_at
-           from saga_steps where order_id = $1 order by id"#,
+/// Closes the STARTED rows of a failed attempt as FAILED with `error`. If the attempt's own transaction rolled
+/// back (so it left no row), writes a FAILED row instead: every failed attempt is in the log.
+pub async fn fail_attempt(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    step: Step,
+    attempt: u32,
+    worker: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let closed = sqlx::query(
+        r#"update saga_steps set status = $5, error = $4, finished_at = now()
+           where order_id = $1 and step = $2 and attempt = $3 and status = $6"#,
     )
     .bind(order_id)
-    .fetch_all(executor)
-    .await
+    .bind(step.name())
+    .bind(attempt_number(attempt))
+    .bind(error)
+    .bind(status::FAILED)
+    .bind(status::STARTED)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if closed == 0 {
+        let id = start(&mut *conn, order_id, step, attempt, worker).await?;
+        finish(&mut *conn, id, status::FAILED, Some(error)).await?;
+    }
+    Ok(())
+}
+
+fn attempt_number(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
 }

@@ -7,12 +7,13 @@
 use std::time::Duration;
 
 use anyhow::anyhow;
+use orderflow_shared::inventory;
 use orderflow_shared::jobs::{self, Step, StepJob};
 use orderflow_shared::order::{self, CancelReason, OrderRow, OrderStatus, Transition};
-use orderflow_shared::payment::{self, status as pay};
+use orderflow_shared::payment::{self, PaymentRow, status as pay};
+use orderflow_shared::saga::{self, status as log};
 use orderflow_shared::settings::WorkerSettings;
-use orderflow_shared::{inventory, saga};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::StepError;
@@ -91,10 +92,7 @@ impl Saga {
     }
 
     async fn retry_later(&self, step: Step, job: StepJob, error: &anyhow::Error) -> Result<(), StepError> {
-        let message = format!("{error:#}");
-        let mut tx = self.pool.begin().await?;
-        close_open_attempts(&mut tx, job, step, &self.instance, &message).await?;
-        order::set_last_error(&mut *tx, job.order_id, &format!("{}: {message}", step.name())).await?;
+        let mut tx = self.record_failure(step, job, error).await?;
         let next = StepJob {
             order_id: job.order_id,
             attempt: job.attempt + 1,
@@ -113,10 +111,7 @@ impl Saga {
         reason: CancelReason,
         error: &anyhow::Error,
     ) -> Result<(), StepError> {
-        let message = format!("{error:#}");
-        let mut tx = self.pool.begin().await?;
-        close_open_attempts(&mut tx, job, step, &self.instance, &message).await?;
-        order::set_last_error(&mut *tx, job.order_id, &format!("{}: {message}", step.name())).await?;
+        let mut tx = self.record_failure(step, job, error).await?;
         let Some(order) = order::lock(&mut tx, job.order_id).await? else {
             tx.commit().await?;
             return Ok(());
@@ -141,39 +136,55 @@ impl Saga {
         Ok(())
     }
 
-    /// Locks the order and returns it if it is in `expected`; otherwise the step has nothing to do.
-    async fn lock_in(
+    /// Opens the transaction that records a failed attempt: the step log and `orders.last_error`.
+    async fn record_failure(
         &self,
-        conn: &mut PgConnection,
-        order_id: Uuid,
-        expected: OrderStatus,
-    ) -> Result<Option<OrderRow>, StepError> {
-        let Some(order) = order::lock(conn, order_id).await? else {
+        step: Step,
+        job: StepJob,
+        error: &anyhow::Error,
+    ) -> Result<Transaction<'static, Postgres>, StepError> {
+        let message = format!("{error:#}");
+        let mut tx = self.pool.begin().await?;
+        saga::fail_attempt(&mut tx, job.order_id, step, job.attempt, &self.instance, &message).await?;
+        order::set_last_error(&mut *tx, job.order_id, &format!("{}: {message}", step.name())).await?;
+        Ok(tx)
+    }
+
+    /// A step's first transaction: locks the order and, if it is in the status the step runs from, writes the
+    /// attempt's STARTED row. `None`: the step has nothing to do (already done, or overtaken by a cancel).
+    async fn open(&self, step: Step, job: StepJob) -> Result<Option<Opened>, StepError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(order) = order::lock(&mut tx, job.order_id).await? else {
             tracing::warn!("job for an order that does not exist; dropped");
             return Ok(None);
         };
-        if order.status() != expected {
-            tracing::debug!(status = %order.status(), expected = %expected, "order not in the step's state; nothing to do");
+        if order.status() != step.runs_from() {
+            tracing::debug!(status = %order.status(), "order not in the step's state; nothing to do");
             return Ok(None);
         }
-        Ok(Some(order))
+        let log_id = saga::start(&mut *tx, order.id, step, job.attempt, &self.instance).await?;
+        Ok(Some(Opened { tx, order, log_id }))
+    }
+
+    /// The transaction after a remote call: the order locked again, as it is now.
+    async fn relock(
+        &self,
+        order_id: Uuid,
+    ) -> Result<Option<(Transaction<'static, Postgres>, OrderRow)>, StepError> {
+        let mut tx = self.pool.begin().await?;
+        Ok(order::lock(&mut tx, order_id).await?.map(|order| (tx, order)))
     }
 
     /// Reserve: hold every line's stock, all or nothing, then queue payment; out of stock cancels at once.
     async fn reserve(&self, job: StepJob) -> Result<(), StepError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(order) = self.lock_in(&mut tx, job.order_id, OrderStatus::Created).await? else {
+        let Some(Opened {
+            mut tx,
+            order,
+            log_id,
+        }) = self.open(Step::Reserve, job).await?
+        else {
             return Ok(());
         };
-        let step_id = saga::start(
-            &mut *tx,
-            order.id,
-            Step::Reserve.name(),
-            job.attempt,
-            Some(Step::ReleaseInventory.name()),
-            &self.instance,
-        )
-        .await?;
         let lines: Vec<(String, i64)> = order::lines(&mut *tx, order.id)
             .await?
             .into_iter()
@@ -183,11 +194,11 @@ impl Saga {
             inventory::ReserveOutcome::Reserved => {
                 order::transition(&mut tx, &order, Transition::Reserve, Some(Step::Pay.name()), None).await?;
                 enqueue_first(&mut tx, Step::Pay, order.id).await?;
-                saga::finish(&mut *tx, step_id, "SUCCEEDED", None).await?;
+                saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
             }
             inventory::ReserveOutcome::OutOfStock => {
                 order::transition(&mut tx, &order, Transition::RejectOutOfStock, None, None).await?;
-                saga::finish(&mut *tx, step_id, "FAILED", Some("out of stock")).await?;
+                saga::finish(&mut *tx, log_id, log::FAILED, Some("out of stock")).await?;
             }
         }
         tx.commit().await?;
@@ -196,8 +207,12 @@ impl Saga {
 
     /// Pay: write PENDING and the step log, authorize a hold with the order's key, then record the verdict.
     async fn pay(&self, job: StepJob) -> Result<(), StepError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(order) = self.lock_in(&mut tx, job.order_id, OrderStatus::Reserved).await? else {
+        let Some(Opened {
+            mut tx,
+            order,
+            log_id,
+        }) = self.open(Step::Pay, job).await?
+        else {
             return Ok(());
         };
         let payment = payment::begin_authorization(
@@ -208,32 +223,16 @@ impl Saga {
             &order.payment_token,
         )
         .await?;
-        let step_id = saga::start(
-            &mut *tx,
-            order.id,
-            Step::Pay.name(),
-            job.attempt,
-            Some(Step::CancelPayment.name()),
-            &self.instance,
-        )
-        .await?;
         tx.commit().await?;
 
         failpoint_crash("worker.pay.before_authorize", &order.customer_id)?;
         let verdict = self
             .payments
-            .authorize(&AuthorizeRequest {
-                idempotency_key: &payment.idempotency_key,
-                order_id: order.id,
-                amount: payment.amount,
-                currency: &payment.currency,
-                payment_method: &payment.payment_token,
-            })
+            .authorize(&authorize_request(&payment))
             .await
             .map_err(StepError::from_provider)?;
 
-        let mut tx = self.pool.begin().await?;
-        let Some(order) = order::lock(&mut tx, order.id).await? else {
+        let Some((mut tx, order)) = self.relock(order.id).await? else {
             return Ok(());
         };
         let still_reserved = order.status() == OrderStatus::Reserved;
@@ -252,16 +251,11 @@ impl Saga {
                     order::transition(&mut tx, &order, Transition::Pay, Some(Step::Commit.name()), None)
                         .await?;
                     enqueue_first(&mut tx, Step::Commit, order.id).await?;
-                    saga::finish(&mut *tx, step_id, "SUCCEEDED", None).await?;
+                    saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
                 } else {
                     // Cancelled while the call was out; the cancel_payment compensation voids this hold.
-                    saga::finish(
-                        &mut *tx,
-                        step_id,
-                        "SKIPPED",
-                        Some("order left RESERVED during the call"),
-                    )
-                    .await?;
+                    let note = "order left RESERVED during the call";
+                    saga::finish(&mut *tx, log_id, log::SKIPPED, Some(note)).await?;
                 }
             }
             Authorization::Declined { provider_ref, code } => {
@@ -274,7 +268,7 @@ impl Saga {
                     Some(&code),
                 )
                 .await?;
-                saga::finish(&mut *tx, step_id, "FAILED", Some(&format!("declined: {code}"))).await?;
+                saga::finish(&mut *tx, log_id, log::FAILED, Some(&format!("declined: {code}"))).await?;
                 if still_reserved {
                     order::transition(
                         &mut tx,
@@ -294,8 +288,12 @@ impl Saga {
 
     /// Commit: phase two of the reservation (stock leaves on_hand), then capture the hold.
     async fn commit(&self, job: StepJob) -> Result<(), StepError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(order) = self.lock_in(&mut tx, job.order_id, OrderStatus::Paid).await? else {
+        let Some(Opened {
+            mut tx,
+            order,
+            log_id,
+        }) = self.open(Step::Commit, job).await?
+        else {
             return Ok(());
         };
         failpoint_crash("worker.commit.before", &order.customer_id)?;
@@ -306,23 +304,16 @@ impl Saga {
             ));
         };
         if payment.status == pay::CAPTURED {
-            return Ok(()); // This job already ran to the end; its transaction queued fulfil.
+            // This job already ran to the end and its transaction queued fulfil; dropping `tx` drops this
+            // attempt's log row with it.
+            return Ok(());
         }
-        let Some(provider_ref) = payment.provider_ref.clone() else {
+        let Some(provider_ref) = payment.provider_ref else {
             return Err(StepError::permanent(
                 CancelReason::PaymentFailed,
                 anyhow!("the hold has no provider reference"),
             ));
         };
-        let step_id = saga::start(
-            &mut *tx,
-            order.id,
-            Step::Commit.name(),
-            job.attempt,
-            Some(Step::ReleaseInventory.name()),
-            &self.instance,
-        )
-        .await?;
         if failpoint_hit("worker.commit.inventory", &order.customer_id) {
             return Err(StepError::permanent(
                 CancelReason::InventoryCommitFailed,
@@ -332,39 +323,32 @@ impl Saga {
         inventory::commit(&mut tx, order.id).await?;
         tx.commit().await?;
 
-        let captured = self
+        match self
             .payments
             .capture(&provider_ref, &payment::capture_key(order.id))
-            .await;
-        let captured = match captured {
-            Ok(()) => Ok(()),
+            .await
+        {
+            Ok(()) => {}
             // A repeat after a lost answer: the intent already moved to succeeded, which is what we wanted.
             Err(ProviderError::Rejected {
                 intent_status: Some(status),
                 ..
-            }) if status == "succeeded" => Ok(()),
-            Err(e) => Err(StepError::from_provider(e)),
-        };
-        captured?;
+            }) if status == "succeeded" => {}
+            Err(e) => return Err(StepError::from_provider(e)),
+        }
 
-        let mut tx = self.pool.begin().await?;
-        let Some(order) = order::lock(&mut tx, order.id).await? else {
+        let Some((mut tx, order)) = self.relock(order.id).await? else {
             return Ok(());
         };
         payment::set_status(&mut *tx, order.id, &[pay::AUTHORIZED], pay::CAPTURED, None, None).await?;
         if order.status() == OrderStatus::Paid {
-            set_current_step(&mut tx, order.id, Step::Fulfil).await?;
+            order::set_current_step(&mut *tx, order.id, Step::Fulfil.name()).await?;
             enqueue_first(&mut tx, Step::Fulfil, order.id).await?;
-            saga::finish(&mut *tx, step_id, "SUCCEEDED", None).await?;
+            saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
         } else {
             // Cancelled while capturing: cancel_payment sees CAPTURED and refunds.
-            saga::finish(
-                &mut *tx,
-                step_id,
-                "SKIPPED",
-                Some("order left PAID during the capture"),
-            )
-            .await?;
+            let note = "order left PAID during the capture";
+            saga::finish(&mut *tx, log_id, log::SKIPPED, Some(note)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -372,11 +356,16 @@ impl Saga {
 
     /// Fulfil: the money is captured and the stock committed; the order is done.
     async fn fulfil(&self, job: StepJob) -> Result<(), StepError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(order) = self.lock_in(&mut tx, job.order_id, OrderStatus::Paid).await? else {
+        let Some(Opened {
+            mut tx,
+            order,
+            log_id,
+        }) = self.open(Step::Fulfil, job).await?
+        else {
             return Ok(());
         };
         failpoint_crash("worker.fulfil.before", &order.customer_id)?;
+        // Fulfil is queued by the capture's own transaction; this guards against a job queued by hand.
         let captured = payment::find(&mut *tx, order.id)
             .await?
             .is_some_and(|p| p.status == pay::CAPTURED);
@@ -385,44 +374,27 @@ impl Saga {
                 "fulfil ran before the capture was recorded"
             )));
         }
-        let step_id = saga::start(
-            &mut *tx,
-            order.id,
-            Step::Fulfil.name(),
-            job.attempt,
-            None,
-            &self.instance,
-        )
-        .await?;
         order::transition(&mut tx, &order, Transition::Fulfil, None, None).await?;
-        saga::finish(&mut *tx, step_id, "SUCCEEDED", None).await?;
+        saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Compensation 1: give back the stock (reserved or committed), then queue the payment compensation.
     async fn release_inventory(&self, job: StepJob) -> Result<(), StepError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(order) = self
-            .lock_in(&mut tx, job.order_id, OrderStatus::Cancelling)
-            .await?
+        let Some(Opened {
+            mut tx,
+            order,
+            log_id,
+        }) = self.open(Step::ReleaseInventory, job).await?
         else {
             return Ok(());
         };
-        let step_id = saga::start(
-            &mut *tx,
-            order.id,
-            Step::ReleaseInventory.name(),
-            job.attempt,
-            None,
-            &self.instance,
-        )
-        .await?;
         let released = inventory::release(&mut tx, order.id).await?;
         tracing::info!(released, "stock released");
-        set_current_step(&mut tx, order.id, Step::CancelPayment).await?;
+        order::set_current_step(&mut *tx, order.id, Step::CancelPayment.name()).await?;
         enqueue_first(&mut tx, Step::CancelPayment, order.id).await?;
-        saga::finish(&mut *tx, step_id, "SUCCEEDED", None).await?;
+        saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -430,171 +402,115 @@ impl Saga {
     /// Compensation 2: void the hold or refund the capture (resolving an unknown authorization first by asking
     /// again with the same key), then end the order CANCELLED.
     async fn cancel_payment(&self, job: StepJob) -> Result<(), StepError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(order) = self
-            .lock_in(&mut tx, job.order_id, OrderStatus::Cancelling)
-            .await?
+        let Some(Opened {
+            mut tx,
+            order,
+            log_id,
+        }) = self.open(Step::CancelPayment, job).await?
         else {
             return Ok(());
         };
-        let payment = payment::find(&mut *tx, order.id).await?;
-        let open = payment
-            .as_ref()
-            .filter(|p| matches!(p.status.as_str(), pay::PENDING | pay::AUTHORIZED | pay::CAPTURED));
-        let Some(payment) = open.cloned() else {
+        let open = payment::find(&mut *tx, order.id)
+            .await?
+            .filter(|p| pay::OPEN.contains(&p.status.as_str()));
+        let Some(payment) = open else {
             order::transition(&mut tx, &order, Transition::FinishCancel, None, None).await?;
+            saga::finish(&mut *tx, log_id, log::SUCCEEDED, Some("no money held")).await?;
             tx.commit().await?;
             return Ok(());
         };
-        let step_id = saga::start(
-            &mut *tx,
-            order.id,
-            Step::CancelPayment.name(),
-            job.attempt,
-            None,
-            &self.instance,
-        )
-        .await?;
         tx.commit().await?;
 
-        let outcome = self.undo_payment(&payment).await?;
+        let (to, provider_ref) = self.undo_payment(&payment).await?;
 
-        let mut tx = self.pool.begin().await?;
-        let Some(order) = self
-            .lock_in(&mut tx, job.order_id, OrderStatus::Cancelling)
-            .await?
-        else {
+        let Some((mut tx, order)) = self.relock(order.id).await? else {
             return Ok(());
         };
-        let (to, provider_ref) = outcome;
-        let from = [pay::PENDING, pay::AUTHORIZED, pay::CAPTURED];
-        payment::set_status(&mut *tx, order.id, &from, to, provider_ref.as_deref(), None).await?;
+        if order.status() != OrderStatus::Cancelling {
+            return Ok(()); // Another run of this job finished it first.
+        }
+        payment::set_status(&mut *tx, order.id, &pay::OPEN, to, provider_ref.as_deref(), None).await?;
         order::transition(&mut tx, &order, Transition::FinishCancel, None, None).await?;
-        saga::finish(&mut *tx, step_id, "SUCCEEDED", None).await?;
+        saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Makes sure no money stays held or taken. Returns the payment's final status and, when it was learned
     /// here, the provider reference.
-    async fn undo_payment(
-        &self,
-        payment: &payment::PaymentRow,
-    ) -> Result<(&'static str, Option<String>), StepError> {
-        let transient = |e: ProviderError| match e {
+    async fn undo_payment(&self, payment: &PaymentRow) -> Result<(&'static str, Option<String>), StepError> {
+        // Compensations never give up on a rejection: they retry with backoff and leave the error visible.
+        let retry = |e: ProviderError| match e {
             ProviderError::Transient(_) => StepError::Transient(e.into()),
-            // Compensations never give up on a rejection: they retry with backoff and leave the error visible.
             ProviderError::Rejected { .. } => {
                 StepError::Transient(anyhow::Error::new(e).context("compensation rejected"))
             }
         };
         let order_id = payment.order_id;
-        let (status, provider_ref) = match payment.status.as_str() {
-            pay::PENDING => {
-                // The authorization's outcome is unknown: repeat it with the same key and parameters; the
-                // provider answers with what it did (or does it now), and we undo that.
-                let verdict = self
-                    .payments
-                    .authorize(&AuthorizeRequest {
-                        idempotency_key: &payment.idempotency_key,
-                        order_id,
-                        amount: payment.amount,
-                        currency: &payment.currency,
-                        payment_method: &payment.payment_token,
-                    })
-                    .await;
-                match verdict {
-                    Ok(Authorization::Authorized { provider_ref }) => ("AUTHORIZED", Some(provider_ref)),
-                    Ok(Authorization::Declined { provider_ref, .. }) => {
-                        return Ok((pay::DECLINED, provider_ref));
-                    }
-                    Err(ProviderError::Rejected { .. }) => return Ok((pay::DECLINED, None)),
-                    Err(e) => return Err(transient(e)),
-                }
+        let (status, provider_ref) = if payment.status == pay::PENDING {
+            // The authorization's outcome is unknown: repeat it with the same key and parameters; the
+            // provider answers with what it did (or does it now), and we undo that.
+            match self.payments.authorize(&authorize_request(payment)).await {
+                Ok(Authorization::Authorized { provider_ref }) => (pay::AUTHORIZED, Some(provider_ref)),
+                Ok(Authorization::Declined { provider_ref, .. }) => return Ok((pay::DECLINED, provider_ref)),
+                Err(ProviderError::Rejected { .. }) => return Ok((pay::DECLINED, None)),
+                Err(e) => return Err(retry(e)),
             }
-            other => (other, payment.provider_ref.clone()),
+        } else {
+            (payment.status.as_str(), payment.provider_ref.clone())
         };
-        let Some(reference) = provider_ref.clone() else {
+        let Some(reference) = provider_ref.as_deref() else {
             return Ok((pay::VOIDED, None));
         };
-        if status == pay::CAPTURED {
-            return self
-                .refund(order_id, &reference)
-                .await
-                .map(|s| (s, provider_ref))
-                .map_err(transient);
+        if status != pay::CAPTURED {
+            match self.payments.void(reference, &payment::void_key(order_id)).await {
+                Ok(()) => return Ok((pay::VOIDED, provider_ref)),
+                Err(ProviderError::Rejected {
+                    intent_status: Some(s),
+                    ..
+                }) if s == "canceled" => return Ok((pay::VOIDED, provider_ref)),
+                // Captured meanwhile (a capture raced the cancel): refund instead.
+                Err(ProviderError::Rejected {
+                    intent_status: Some(s),
+                    ..
+                }) if s == "succeeded" => {}
+                Err(e) => return Err(retry(e)),
+            }
         }
-        match self.payments.void(&reference, &payment::void_key(order_id)).await {
-            Ok(()) => Ok((pay::VOIDED, provider_ref)),
-            Err(ProviderError::Rejected {
-                intent_status: Some(s),
-                ..
-            }) if s == "canceled" => Ok((pay::VOIDED, provider_ref)),
-            // Captured meanwhile (a capture raced the cancel): refund instead.
-            Err(ProviderError::Rejected {
-                intent_status: Some(s),
-                ..
-            }) if s == "succeeded" => self
-                .refund(order_id, &reference)
-                .await
-                .map(|s| (s, provider_ref))
-                .map_err(transient),
-            Err(e) => Err(transient(e)),
-        }
-    }
-
-    async fn refund(&self, order_id: Uuid, reference: &str) -> Result<&'static str, ProviderError> {
         match self
             .payments
             .refund(reference, &payment::refund_key(order_id))
             .await
         {
-            Ok(()) => Ok(pay::REFUNDED),
+            Ok(()) => Ok((pay::REFUNDED, provider_ref)),
             Err(ProviderError::Rejected { code, .. }) if code == "charge_already_refunded" => {
-                Ok(pay::REFUNDED)
+                Ok((pay::REFUNDED, provider_ref))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(retry(e)),
         }
+    }
+}
+
+/// What `Saga::open` hands a step: its transaction, the locked order, and the attempt's log row.
+struct Opened {
+    tx: Transaction<'static, Postgres>,
+    order: OrderRow,
+    log_id: i64,
+}
+
+/// The authorization for a payment row: the same key and parameters every time, so a repeat is a replay.
+fn authorize_request(payment: &PaymentRow) -> AuthorizeRequest<'_> {
+    AuthorizeRequest {
+        idempotency_key: &payment.idempotency_key,
+        order_id: payment.order_id,
+        amount: payment.amount,
+        currency: &payment.currency,
+        payment_method: &payment.payment_token,
     }
 }
 
 async fn enqueue_first(conn: &mut PgConnection, step: Step, order_id: Uuid) -> Result<(), StepError> {
     jobs::enqueue(conn, step, StepJob { order_id, attempt: 1 }, None).await?;
-    Ok(())
-}
-
-async fn set_current_step(conn: &mut PgConnection, order_id: Uuid, step: Step) -> Result<(), sqlx::Error> {
-    sqlx::query("update orders set current_step = $2, updated_at = now() where id = $1")
-        .bind(order_id)
-        .bind(step.name())
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Marks this attempt's STARTED log rows FAILED (or writes a FAILED row if its transaction never committed).
-async fn close_open_attempts(
-    conn: &mut PgConnection,
-    job: StepJob,
-    step: Step,
-    instance: &str,
-    error: &str,
-) -> Result<(), sqlx::Error> {
-    let closed = sqlx::query(
-        r#"update saga_steps set status = 'FAILED', error = $4, finished_at = now()
-           where order_id = $1 and step = $2 and attempt = $3 and status = 'STARTED'"#,
-    )
-    .bind(job.order_id)
-    .bind(step.name())
-    .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
-    .bind(error)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if closed == 0 {
-        let id = saga::start(&mut *conn, job.order_id, step.name(), job.attempt, None, instance).await?;
-        saga::finish(&mut *conn, id, "FAILED", Some(error)).await?;
-    }
     Ok(())
 }
 

@@ -4,17 +4,11 @@ pub(crate) mod health;
 pub(crate) mod orders;
 pub(crate) mod skus;
 
-pub(crate) use health as health_paths;
-pub(crate) use orders as order_paths;
-pub(crate) use skus as sku_paths;
-
 use axum::Router;
+use axum::http::Uri;
 use axum::routing::{get, post, put};
 
 use crate::AppState;
-
-pub(crate) use orders::{CreateOrderRequest, EventView, LineRequest, OrderList, OrderView, PaymentView};
-pub(crate) use skus::{SkuView, UpsertSkuRequest};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -26,10 +20,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/events", get(orders::events))
-        .fallback(|| async {
+        .fallback(|uri: Uri| async move {
             crate::ApiError::NotFound {
                 what: "route",
-                id: "requested".to_owned(),
+                id: uri.path().to_owned(),
             }
         })
 }

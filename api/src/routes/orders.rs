@@ -104,14 +104,11 @@ impl OrderView {
     }
 }
 
-fn location(id: Uuid) -> HeaderValue {
-    HeaderValue::from_str(&format!("/v1/orders/{id}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("/v1/orders"))
-}
-
-fn accepted(status: StatusCode, id: Uuid, body: serde_json::Value) -> Response {
-    let mut response = (status, Json(body)).into_response();
-    response.headers_mut().insert(header::LOCATION, location(id));
+/// The response with `Location: /v1/orders/{id}`.
+fn with_location(mut response: Response, id: Uuid) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&format!("/v1/orders/{id}")) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
     response
 }
 
@@ -212,7 +209,10 @@ pub async fn create(
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::ACCEPTED);
-        return Ok(accepted(status, stored.order_id, stored.response_body));
+        return Ok(with_location(
+            (status, Json(stored.response_body)).into_response(),
+            stored.order_id,
+        ));
     }
 
     let sku_codes: Vec<&str> = lines.iter().map(|(sku, _)| sku.as_str()).collect();
@@ -249,8 +249,7 @@ pub async fn create(
         lines: priced.into_iter().map(|(sku, q, p)| (sku, q.get(), p)).collect(),
     };
     tracing::Span::current().record("order_id", tracing::field::display(new_order.id));
-    let row = order::insert(&mut tx, &new_order).await?;
-    let lines = order::lines(&mut *tx, row.id).await?;
+    let (row, lines) = order::insert(&mut tx, &new_order).await?;
     jobs::enqueue(
         &mut tx,
         Step::Reserve,
@@ -274,7 +273,10 @@ pub async fn create(
     .await?;
     tx.commit().await?;
     tracing::info!(order_id = %view.id, total = view.total, "order accepted");
-    Ok(accepted(StatusCode::ACCEPTED, view.id, body))
+    Ok(with_location(
+        (StatusCode::ACCEPTED, Json(body)).into_response(),
+        view.id,
+    ))
 }
 
 /// Failpoint `api.create_order.after_lock`: configured as `return(<key>)`, a create with that Idempotency-Key
@@ -439,14 +441,7 @@ pub async fn cancel(
                 Some(Step::ReleaseInventory.name()),
                 note.as_deref(),
             )
-            .await
-            .map_err(|e| match e {
-                order::TransitionError::Database(e) => ApiError::from(e),
-                order::TransitionError::Invalid(e) => ApiError::Conflict {
-                    slug: "invalid-transition",
-                    detail: e.to_string(),
-                },
-            })?;
+            .await?;
             jobs::enqueue(
                 &mut tx,
                 Step::ReleaseInventory,
@@ -461,9 +456,10 @@ pub async fn cancel(
     }
     tx.commit().await?;
     let view = load_view(&state.pool, id).await?;
-    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
-    response.headers_mut().insert(header::LOCATION, location(id));
-    Ok(response)
+    Ok(with_location(
+        (StatusCode::ACCEPTED, Json(view)).into_response(),
+        id,
+    ))
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
