@@ -15,6 +15,12 @@ pub fn server_url() -> String {
     std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
+/// Connections of one test's pool (API and in-process worker) and of each worker process a test starts.
+/// PostgreSQL allows 100 by default; nextest runs two tests at once, and the tests that start processes run one
+/// at a time (`.config/nextest.toml`), so the worst pair stays below it: 25 + 2×16 (+25 for the other test).
+const TEST_POOL: u32 = 25;
+const WORKER_PROCESS_POOL: &str = "16";
+
 pub struct TestApp {
     pub api: String,
     pub paysim: String,
@@ -59,7 +65,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     orderflow_shared::telemetry::init("warn");
     let name = format!("orderflow_test_{}", Uuid::new_v4().simple());
     let database_url = format!("{}/{name}", server_url());
-    let pool = orderflow_shared::db::connect(&database_url, 40)
+    let pool = orderflow_shared::db::connect(&database_url, TEST_POOL)
         .await
         .expect("connect");
     orderflow_shared::db::migrate(&pool).await.expect("migrate");
@@ -302,6 +308,7 @@ pub fn spawn_worker_process(database_url: &str, env: &[(&str, &str)]) -> Killed 
         .env("ORDERFLOW_RETRY_BASE_MS", "200")
         .env("ORDERFLOW_WORKER_POLL_MS", "200")
         .env("RUST_LOG", "warn")
+        .env("ORDERFLOW_DB_MAX_CONNECTIONS", WORKER_PROCESS_POOL)
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

@@ -9,4 +9,5 @@ mod cancellation;
 mod concurrency;
 mod idempotency;
 mod paysim;
+mod recovery;
 mod saga;

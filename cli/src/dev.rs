@@ -33,12 +33,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|u| !u.trim().is_empty());
     let url = settings::database_url();
-    let (pool, _cluster) = match db::connect(&url, 32).await {
+    let max_connections = settings::db_max_connections()?;
+    let (pool, _cluster) = match db::connect(&url, max_connections).await {
         Ok(pool) => (pool, None),
         Err(error @ db::DbError::Connect { .. }) if explicit.is_none() => {
             tracing::warn!(%error, "no PostgreSQL at the default address; starting a private one");
             let cluster = PrivateCluster::start()?;
-            let pool = db::connect(&cluster.url(), 32)
+            let pool = db::connect(&cluster.url(), max_connections)
                 .await
                 .context("failed to connect to the private cluster")?;
             (pool, Some(cluster))

@@ -43,6 +43,23 @@ pub fn database_url() -> String {
     env_or("DATABASE_URL", DEFAULT_DATABASE_URL)
 }
 
+/// Connections one process may hold (`ORDERFLOW_DB_MAX_CONNECTIONS`, default 32). Each worker process keeps
+/// six of them for LISTEN (one per queue), so it needs at least `MIN_WORKER_CONNECTIONS`. Keep the sum over all
+/// processes below PostgreSQL's `max_connections` (100 by default).
+pub fn db_max_connections() -> Result<u32, SettingsError> {
+    let value: u32 = env_parse("ORDERFLOW_DB_MAX_CONNECTIONS", 32)?;
+    if value == 0 {
+        return Err(SettingsError {
+            name: "ORDERFLOW_DB_MAX_CONNECTIONS",
+            message: "must be at least 1".to_owned(),
+        });
+    }
+    Ok(value)
+}
+
+/// Six LISTEN connections (one per queue) and room for steps and apalis's own fetches.
+pub const MIN_WORKER_CONNECTIONS: u32 = 8;
+
 pub fn api_addr() -> Result<SocketAddr, SettingsError> {
     env_parse("ORDERFLOW_API_ADDR", parse_default(DEFAULT_API_ADDR))
 }

@@ -8,7 +8,7 @@ use orderflow_shared::{db, shutdown, telemetry};
 async fn main() -> anyhow::Result<()> {
     telemetry::init("info,sqlx=warn,apalis=warn");
     let settings = WorkerSettings::from_env()?;
-    let pool = db::connect(&settings::database_url(), 32)
+    let pool = db::connect(&settings::database_url(), settings::db_max_connections()?)
         .await
         .context("failed to connect to PostgreSQL")?;
     db::migrate(&pool)
