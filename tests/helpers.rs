@@ -56,8 +56,13 @@ pub fn worker_settings(payments_url: &str) -> WorkerSettings {
         retry_base_delay: Duration::from_millis(200),
         retry_max_delay: Duration::from_secs(2),
         max_step_attempts: 8,
+        max_compensation_attempts: 12,
+        step_max_attempts: Default::default(),
         payments_timeout: Duration::from_secs(5),
         step_timeout: Duration::from_secs(30),
+        reservation_ttl: Duration::from_secs(900),
+        reconcile_interval: Duration::from_millis(250),
+        shutdown_grace: Duration::from_secs(10),
     }
 }
 
@@ -65,7 +70,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     orderflow_shared::telemetry::init("warn");
     let name = format!("orderflow_test_{}", Uuid::new_v4().simple());
     let database_url = format!("{}/{name}", server_url());
-    let pool = orderflow_shared::db::connect(&database_url, TEST_POOL)
+    let pool = orderflow_shared::db::connect(&database_url, TEST_POOL, "orderflow-tests")
         .await
         .expect("connect");
     orderflow_shared::db::migrate(&pool).await.expect("migrate");

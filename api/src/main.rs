@@ -7,7 +7,7 @@ use orderflow_shared::{db, settings, telemetry};
 async fn main() -> anyhow::Result<()> {
     telemetry::init("info,sqlx=warn");
     let url = settings::database_url();
-    let pool = db::connect(&url, settings::db_max_connections()?)
+    let pool = db::connect(&url, settings::db_max_connections()?, "orderflow-api")
         .await
         .context("failed to connect to PostgreSQL")?;
     db::migrate(&pool)

@@ -9,7 +9,7 @@ use orderflow_shared::settings::{self, WorkerSettings};
 use orderflow_shared::{db, inventory};
 use tokio::sync::watch;
 
-use crate::pgcluster::PrivateCluster;
+use orderflow_shared::pgcluster::PrivateCluster;
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -34,12 +34,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .filter(|u| !u.trim().is_empty());
     let url = settings::database_url();
     let max_connections = settings::db_max_connections()?;
-    let (pool, _cluster) = match db::connect(&url, max_connections).await {
+    let (pool, _cluster) = match db::connect(&url, max_connections, "orderflow-dev").await {
         Ok(pool) => (pool, None),
         Err(error @ db::DbError::Connect { .. }) if explicit.is_none() => {
             tracing::warn!(%error, "no PostgreSQL at the default address; starting a private one");
             let cluster = PrivateCluster::start()?;
-            let pool = db::connect(&cluster.url(), max_connections)
+            let pool = db::connect(&cluster.url(), max_connections, "orderflow-dev")
                 .await
                 .context("failed to connect to the private cluster")?;
             (pool, Some(cluster))

@@ -1,7 +1,6 @@
 //! `orderflow`: the command line. `orderflow dev` runs the whole product in one process for local use.
 
 mod dev;
-mod pgcluster;
 
 use clap::{Parser, Subcommand};
 

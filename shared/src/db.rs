@@ -23,9 +23,13 @@ pub enum DbError {
     Apalis(#[source] apalis_postgres::Error),
 }
 
-/// Connects a pool, creating the database first if it does not exist.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(url).map_err(DbError::Url)?;
+/// Connects a pool, creating the database first if it does not exist. `application_name` labels every
+/// connection in `pg_stat_activity`; a worker passes its instance name, which is how the reconciler tells that a
+/// worker process is gone (its connections close when it dies, even by `kill -9`).
+pub async fn connect(url: &str, max_connections: u32, application_name: &str) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(DbError::Url)?
+        .application_name(application_name);
     create_database_if_missing(&options).await?;
     PgPoolOptions::new()
         .max_connections(max_connections)
@@ -38,13 +42,13 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
         })
 }
 
-/// Applies pending migrations. Safe when several processes start at once: sqlx's migrator holds a
-/// PostgreSQL advisory lock while it runs, and apalis's migrator uses the same mechanism.
+/// Applies pending migrations, apalis's first (ours index its jobs table). Safe when several processes start at
+/// once: sqlx's migrator holds a PostgreSQL advisory lock while it runs, and apalis's uses the same mechanism.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await.map_err(DbError::Migrate)?;
     apalis_postgres::PostgresStorage::setup(pool)
         .await
         .map_err(DbError::Apalis)?;
+    MIGRATOR.run(pool).await.map_err(DbError::Migrate)?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub enum EventType {
     Fulfilled,
     CancellationStarted,
     Cancelled,
+    NeedsAttention,
 }
 
 impl EventType {
@@ -27,6 +28,7 @@ impl EventType {
             Self::Fulfilled => "order.fulfilled",
             Self::CancellationStarted => "order.cancellation_started",
             Self::Cancelled => "order.cancelled",
+            Self::NeedsAttention => "order.needs_attention",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use apalis::prelude::TaskId;
 use apalis_postgres::PgTask;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -57,6 +58,11 @@ impl Step {
         }
     }
 
+    /// The step named `name` (as in the step log and `orders.current_step`).
+    pub fn parse(name: &str) -> Option<Step> {
+        Self::ALL.into_iter().find(|step| step.name() == name)
+    }
+
     pub fn is_compensation(self) -> bool {
         matches!(self, Self::ReleaseInventory | Self::CancelPayment)
     }
@@ -101,21 +107,38 @@ pub enum EnqueueError {
     Encode(#[from] serde_json::Error),
     #[error("failed to enqueue the job: {0}")]
     Queue(#[from] apalis_postgres::Error),
+    #[error("failed to record the order's job: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
+/// How often apalis itself re-runs a job whose handler returned an error (it does so at once, with no backoff).
+/// Our handlers return an error only when they could not even record a failure (the database is gone); the
+/// reconciler takes over a job that used these up.
+pub const APALIS_MAX_ATTEMPTS: usize = 3;
+
 /// Enqueues `step` for `job` in the caller's transaction, to run after `delay` (whole seconds: apalis stores
-/// run_at in seconds).
+/// run_at in seconds), and records the new job as the order's `job_id`: for a saga that is not over, the job
+/// named there is the one that moves it on. Returns the job's id.
 pub async fn enqueue(
     conn: &mut PgConnection,
     step: Step,
     job: StepJob,
     delay: Option<Duration>,
-) -> Result<(), EnqueueError> {
-    let mut builder = apalis::prelude::TaskBuilder::new(serde_json::to_vec(&job)?);
+) -> Result<String, EnqueueError> {
+    let id = ulid::Ulid::generate();
+    let mut builder = apalis::prelude::TaskBuilder::new(serde_json::to_vec(&job)?)
+        .task_id(TaskId::from_ulid(id))
+        .max_attempts(APALIS_MAX_ATTEMPTS);
     if let Some(delay) = delay {
         builder = builder.run_after(delay);
     }
     let task: PgTask = builder.build();
-    apalis_postgres::queries::push_tasks(conn, step.queue(), vec![task]).await?;
-    Ok(())
+    apalis_postgres::queries::push_tasks(&mut *conn, step.queue(), vec![task]).await?;
+    let id = id.to_string();
+    sqlx::query("update orders set job_id = $2 where id = $1")
+        .bind(job.order_id)
+        .bind(&id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
 }

@@ -12,6 +12,8 @@ pub mod jobs;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod pgcluster;
+pub mod recovery;
 pub mod saga;
 pub mod settings;
 pub mod shutdown;

@@ -20,17 +20,24 @@ pub enum OrderStatus {
     /// Compensations (release stock, void or refund) are running; ends in `Cancelled`.
     Cancelling,
     Cancelled,
+    /// A compensation kept failing past its retry budget: parked, with its last error, for an operator. Not
+    /// terminal (money or stock may still be held), but nothing retries it by itself.
+    NeedsAttention,
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 6] = [
+    pub const ALL: [OrderStatus; 7] = [
         Self::Created,
         Self::Reserved,
         Self::Paid,
         Self::Fulfilled,
         Self::Cancelling,
         Self::Cancelled,
+        Self::NeedsAttention,
     ];
+
+    /// The statuses of a saga that is still running: the reconciler watches these.
+    pub const LIVE: [OrderStatus; 4] = [Self::Created, Self::Reserved, Self::Paid, Self::Cancelling];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,6 +47,7 @@ impl OrderStatus {
             Self::Fulfilled => "FULFILLED",
             Self::Cancelling => "CANCELLING",
             Self::Cancelled => "CANCELLED",
+            Self::NeedsAttention => "NEEDS_ATTENTION",
         }
     }
 
@@ -61,6 +69,7 @@ impl OrderStatus {
             (Paid, Transition::Fulfil) => Some(Fulfilled),
             (Created | Reserved | Paid, Transition::StartCancel(_)) => Some(Cancelling),
             (Cancelling, Transition::FinishCancel) => Some(Cancelled),
+            (Cancelling, Transition::Park) => Some(NeedsAttention),
             _ => None,
         };
         next.ok_or(InvalidTransition {
@@ -88,6 +97,8 @@ pub enum CancelReason {
     /// A step kept failing past its retry budget for a reason other than payment.
     StepFailed,
     CustomerRequest,
+    /// The reservation's hold ran out before payment started.
+    ReservationExpired,
 }
 
 impl CancelReason {
@@ -99,6 +110,7 @@ impl CancelReason {
             Self::InventoryCommitFailed => "inventory_commit_failed",
             Self::StepFailed => "step_failed",
             Self::CustomerRequest => "customer_request",
+            Self::ReservationExpired => "reservation_expired",
         }
     }
 }
@@ -112,6 +124,8 @@ pub enum Transition {
     Fulfil,
     StartCancel(CancelReason),
     FinishCancel,
+    /// A compensation used up its retries: park the saga for an operator.
+    Park,
 }
 
 impl Transition {
@@ -123,6 +137,7 @@ impl Transition {
             Self::Fulfil => "fulfil",
             Self::StartCancel(_) => "start_cancel",
             Self::FinishCancel => "finish_cancel",
+            Self::Park => "park",
         }
     }
 
@@ -133,6 +148,7 @@ impl Transition {
             Self::Fulfil => EventType::Fulfilled,
             Self::StartCancel(_) => EventType::CancellationStarted,
             Self::RejectOutOfStock | Self::FinishCancel => EventType::Cancelled,
+            Self::Park => EventType::NeedsAttention,
         }
     }
 }
@@ -157,6 +173,10 @@ pub struct OrderRow {
     pub cancel_note: Option<String>,
     pub current_step: Option<String>,
     pub last_error: Option<String>,
+    /// The apalis job that moves the saga on (see `jobs::enqueue`).
+    pub job_id: Option<String>,
+    /// Until when the reserved stock is held (set by the reserve step).
+    pub reserved_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -190,7 +210,7 @@ pub struct NewOrder {
 }
 
 const ORDER_COLUMNS: &str = "id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, \
-     current_step, last_error, created_at, updated_at";
+     current_step, last_error, job_id, reserved_until, created_at, updated_at";
 
 /// Inserts the order in CREATED, its lines and its `order.created` event; returns the rows as written.
 #[tracing::instrument(skip_all, fields(order_id = %order.id), err)]
@@ -256,6 +276,17 @@ pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Orde
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {ORDER_COLUMNS} from orders where id = $1 for update"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Like `lock`, but `None` at once when another transaction holds the row (SKIP LOCKED): for the reconciler,
+/// which leaves an order a step is working on alone.
+pub async fn try_lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {ORDER_COLUMNS} from orders where id = $1 for update skip locked"
     )))
     .bind(id)
     .fetch_optional(conn)
@@ -346,7 +377,7 @@ pub async fn transition(
         order
             .cancel_reason
             .as_deref()
-            .filter(|_| to == OrderStatus::Cancelled)
+            .filter(|_| matches!(to, OrderStatus::Cancelled | OrderStatus::NeedsAttention))
     });
     events::append(
         &mut *conn,
@@ -371,6 +402,20 @@ pub async fn set_current_step(
     sqlx::query("update orders set current_step = $2, updated_at = now() where id = $1")
         .bind(id)
         .bind(step)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Holds the order's reservation until `ttl` from now (the reserve step's promise to the customer).
+pub async fn hold_reservation(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+    ttl: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("update orders set reserved_until = now() + make_interval(secs => $2) where id = $1")
+        .bind(id)
+        .bind(ttl.as_secs_f64())
         .execute(executor)
         .await?;
     Ok(())
@@ -407,6 +452,7 @@ mod tests {
             Transition::Fulfil,
             Transition::StartCancel(CancelReason::CustomerRequest),
             Transition::FinishCancel,
+            Transition::Park,
         ]
     }
 
@@ -422,6 +468,7 @@ mod tests {
             (Paid, "fulfil", Fulfilled),
             (Paid, "start_cancel", Cancelling),
             (Cancelling, "finish_cancel", Cancelled),
+            (Cancelling, "park", NeedsAttention),
         ];
         for from in OrderStatus::ALL {
             for transition in all_transitions() {

@@ -1,7 +1,10 @@
 //! Configuration read from the environment, with local defaults so that nothing needs setting up to run.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use crate::jobs::Step;
 
 /// The PostgreSQL database every binary uses unless `DATABASE_URL` says otherwise.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orderflow";
@@ -87,23 +90,84 @@ pub struct WorkerSettings {
     pub retry_max_delay: Duration,
     /// Attempts of one forward step before the saga compensates.
     pub max_step_attempts: u32,
+    /// Attempts of one compensation step before the saga parks in NEEDS_ATTENTION.
+    pub max_compensation_attempts: u32,
+    /// Per-step overrides of the two budgets above (`ORDERFLOW_MAX_ATTEMPTS_<STEP>`).
+    pub step_max_attempts: HashMap<Step, u32>,
     /// Timeout of one call to the payment provider.
     pub payments_timeout: Duration,
     /// Upper bound of one step's run, far below apalis's orphan timeout.
     pub step_timeout: Duration,
+    /// How long a reservation holds stock before payment starts.
+    pub reservation_ttl: Duration,
+    /// How often the reconciler looks for orphaned jobs, stranded sagas and expired reservations.
+    pub reconcile_interval: Duration,
+    /// How long SIGTERM waits for in-flight steps.
+    pub shutdown_grace: Duration,
 }
 
 impl WorkerSettings {
     pub fn from_env() -> Result<Self, SettingsError> {
+        let mut step_max_attempts = HashMap::new();
+        for step in Step::ALL {
+            if let Some(value) = env_parse_opt::<u32>(step_attempts_variable(step))? {
+                step_max_attempts.insert(step, value.max(1));
+            }
+        }
         Ok(Self {
             payments_url: env_or("ORDERFLOW_PAYMENTS_URL", DEFAULT_PAYMENTS_URL),
             concurrency: env_parse("ORDERFLOW_WORKER_CONCURRENCY", 16)?,
             poll_interval: Duration::from_millis(env_parse("ORDERFLOW_WORKER_POLL_MS", 1_000)?),
             retry_base_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_BASE_MS", 1_000)?),
             retry_max_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_MAX_MS", 300_000)?),
-            max_step_attempts: env_parse("ORDERFLOW_MAX_STEP_ATTEMPTS", 8)?,
+            max_step_attempts: env_parse::<u32>("ORDERFLOW_MAX_STEP_ATTEMPTS", 8)?.max(1),
+            max_compensation_attempts: env_parse::<u32>("ORDERFLOW_MAX_COMPENSATION_ATTEMPTS", 12)?.max(1),
+            step_max_attempts,
             payments_timeout: Duration::from_millis(env_parse("ORDERFLOW_PAYMENTS_TIMEOUT_MS", 10_000)?),
             step_timeout: Duration::from_millis(env_parse("ORDERFLOW_STEP_TIMEOUT_MS", 60_000)?),
+            reservation_ttl: Duration::from_secs(env_parse("ORDERFLOW_RESERVATION_TTL_SECS", 900)?),
+            reconcile_interval: Duration::from_millis(env_parse("ORDERFLOW_RECONCILE_INTERVAL_MS", 1_000)?),
+            shutdown_grace: Duration::from_millis(env_parse("ORDERFLOW_SHUTDOWN_GRACE_MS", 30_000)?),
         })
+    }
+
+    /// The attempts `step` gets: its own override, else the budget of its kind.
+    pub fn max_attempts(&self, step: Step) -> u32 {
+        self.step_max_attempts
+            .get(&step)
+            .copied()
+            .unwrap_or(if step.is_compensation() {
+                self.max_compensation_attempts
+            } else {
+                self.max_step_attempts
+            })
+    }
+}
+
+/// The variable that overrides one step's attempts, e.g. `ORDERFLOW_MAX_ATTEMPTS_PAY`.
+pub fn step_attempts_variable(step: Step) -> &'static str {
+    match step {
+        Step::Reserve => "ORDERFLOW_MAX_ATTEMPTS_RESERVE",
+        Step::Pay => "ORDERFLOW_MAX_ATTEMPTS_PAY",
+        Step::Commit => "ORDERFLOW_MAX_ATTEMPTS_COMMIT",
+        Step::Fulfil => "ORDERFLOW_MAX_ATTEMPTS_FULFIL",
+        Step::ReleaseInventory => "ORDERFLOW_MAX_ATTEMPTS_RELEASE_INVENTORY",
+        Step::CancelPayment => "ORDERFLOW_MAX_ATTEMPTS_CANCEL_PAYMENT",
+    }
+}
+
+fn env_parse_opt<T>(name: &'static str) -> Result<Option<T>, SettingsError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => {
+            value.trim().parse().map(Some).map_err(|e: T::Err| SettingsError {
+                name,
+                message: format!("{value:?}: {e}"),
+            })
+        }
+        _ => Ok(None),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod payments;
+pub mod reconciler;
 pub mod saga;
 
 use std::future::Future;
@@ -16,20 +17,27 @@ use apalis_postgres::{Config, PostgresStorage};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use orderflow_shared::jobs::{Step, StepJob};
+use orderflow_shared::recovery;
 use orderflow_shared::settings::{MIN_WORKER_CONNECTIONS, WorkerSettings};
-use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
 pub use saga::Saga;
 
 /// A unique name for this process start: `host-pid-uuid`. apalis strands the jobs of a worker that restarts
-/// under the same name, so a name is never reused.
+/// under the same name, so a name is never reused. It is also the `application_name` of the process's presence
+/// connection, so it stays within PostgreSQL's 63 bytes and holds no `@` or `#` (queue worker names are
+/// `<queue>@<instance>#<generation>`).
 pub fn instance_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
+    let host: String = std::fs::read_to_string("/etc/hostname")
         .ok()
-        .map(|h| h.trim().to_owned())
+        .map(|h| h.trim().replace(['@', '#'], "-"))
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".to_owned());
+        .unwrap_or_else(|| "host".to_owned())
+        .chars()
+        .take(32)
+        .collect();
     let id = uuid::Uuid::now_v7().simple().to_string();
     format!("{host}-{}-{}", std::process::id(), &id[id.len() - 8..])
 }
@@ -48,15 +56,18 @@ async fn handle(job: StepJob, ctx: Data<StepContext>) -> Result<(), BoxDynError>
         .map_err(|e| Box::new(e) as BoxDynError)
 }
 
-/// How long shutdown waits for in-flight steps.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// First delay before restarting a queue worker that stopped on an error; doubles up to the maximum.
 const RESTART_BASE_DELAY: Duration = Duration::from_millis(500);
 const RESTART_MAX_DELAY: Duration = Duration::from_secs(30);
 /// A queue worker that ran this long before failing starts its restart backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
-/// Runs the worker until `shutdown` resolves, then lets in-flight steps finish (up to `SHUTDOWN_GRACE`).
+/// How often the presence connection is checked, and the cap of its reconnect delay.
+const PRESENCE_CHECK: Duration = Duration::from_secs(1);
+
+/// Runs the worker until `shutdown` resolves: one supervised apalis worker per step queue and the reconciler.
+/// Then it stops fetching, lets in-flight steps finish (up to `shutdown_grace`), hands back whatever it still
+/// holds and returns.
 pub async fn run(
     pool: PgPool,
     settings: WorkerSettings,
@@ -71,6 +82,7 @@ pub async fn run(
     let instance = instance_name();
     let payments = payments::PaymentsClient::new(&settings.payments_url, settings.payments_timeout)
         .context("failed to build the payment provider client")?;
+    let grace = settings.shutdown_grace;
     let saga = Arc::new(Saga {
         pool,
         payments,
@@ -79,7 +91,19 @@ pub async fn run(
     });
     tracing::info!(instance = %saga.instance, payments_url = %saga.settings.payments_url, "orderflow-worker starting");
 
+    // Present before fetching anything: without this connection, other workers take our jobs back.
+    let presence_options = saga
+        .pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .application_name(&saga.instance);
+    let presence = PgConnection::connect_with(&presence_options)
+        .await
+        .context("failed to open the worker's presence connection")?;
+
     let (stop, stopped) = watch::channel(false);
+    let presence = tokio::spawn(keep_presence(presence_options, presence, stopped.clone()));
     let queues: Vec<_> = Step::ALL
         .into_iter()
         .map(|step| {
@@ -90,28 +114,81 @@ pub async fn run(
             tokio::spawn(supervise(ctx, stopped.clone()))
         })
         .collect();
+    let reconciler = tokio::spawn(reconciler::run(saga.clone(), stopped.clone()));
     shutdown.await;
+    tracing::info!(?grace, "shutting down: no new jobs; waiting for in-flight steps");
     let _ = stop.send(true);
-    if tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(queues))
+    if tokio::time::timeout(grace, futures::future::join_all(queues))
         .await
         .is_err()
     {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight steps did not finish in time; exiting anyway");
+        tracing::warn!(
+            ?grace,
+            "in-flight steps did not finish in time; handing their jobs back"
+        );
     }
+    let _ = reconciler.await;
+    match recovery::release_jobs_of(&saga.pool, &saga.instance).await {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(released, "handed unfinished jobs back to the queue"),
+        Err(error) => {
+            tracing::warn!(%error, "could not hand jobs back; the reconciler of another worker will")
+        }
+    }
+    let _ = presence.await;
     tracing::info!("orderflow-worker stopped");
     Ok(())
+}
+
+/// Holds the presence connection (application_name = instance) open until shutdown, reconnecting when it drops.
+/// While it is down (PostgreSQL restarting), other workers may take this worker's jobs back; the steps are
+/// idempotent, so a job that then also finishes here does no harm.
+async fn keep_presence(
+    options: PgConnectOptions,
+    mut conn: PgConnection,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let stop = tokio::select! {
+            () = tokio::time::sleep(PRESENCE_CHECK) => false,
+            _ = stopped.wait_for(|stop| *stop) => true,
+        };
+        if stop {
+            let _ = conn.close().await;
+            return;
+        }
+        if conn.ping().await.is_ok() {
+            continue;
+        }
+        tracing::warn!("presence connection lost; reconnecting");
+        let mut delay = Duration::from_millis(100);
+        conn = loop {
+            match PgConnection::connect_with(&options).await {
+                Ok(conn) => break conn,
+                Err(error) => tracing::debug!(%error, "presence connection still down"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+            delay = (delay * 2).min(PRESENCE_CHECK);
+        };
+        tracing::info!("presence connection back");
+    }
 }
 
 /// Serves one step's queue until shutdown. apalis ends a worker for good when a single fetch fails (a dropped
 /// connection, a PostgreSQL restart) and its monitor restarts without delay, so this restarts the worker itself,
 /// under a fresh name (apalis strands the jobs of a name that comes back), after a capped exponential delay.
+/// The reconciler hands the jobs of the generation that stopped to the next one (a later generation of the same
+/// name has registered, so the earlier one is gone).
 async fn supervise(ctx: StepContext, mut stopped: watch::Receiver<bool>) {
     let step = ctx.step;
     let base = format!("{}@{}", step.queue(), ctx.saga.instance);
     let mut failures: u32 = 0;
     for generation in 0u64.. {
         let started = Instant::now();
-        let result = queue_worker(&ctx, format!("{base}-{generation}"), stopped.clone()).await;
+        let result = queue_worker(&ctx, format!("{base}#{generation}"), stopped.clone()).await;
         if *stopped.borrow() {
             return;
         }

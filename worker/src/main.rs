@@ -8,9 +8,13 @@ use orderflow_shared::{db, shutdown, telemetry};
 async fn main() -> anyhow::Result<()> {
     telemetry::init("info,sqlx=warn,apalis=warn");
     let settings = WorkerSettings::from_env()?;
-    let pool = db::connect(&settings::database_url(), settings::db_max_connections()?)
-        .await
-        .context("failed to connect to PostgreSQL")?;
+    let pool = db::connect(
+        &settings::database_url(),
+        settings::db_max_connections()?,
+        "orderflow-worker",
+    )
+    .await
+    .context("failed to connect to PostgreSQL")?;
     db::migrate(&pool)
         .await
         .context("failed to migrate the database")?;

@@ -31,8 +31,9 @@ pub struct Saga {
 
 impl Saga {
     /// Runs one job of `step` and settles its failure: a transient error is retried by a new delayed job, a
-    /// permanent one (or an exhausted budget) starts compensation. An `Err` here means even that could not be
-    /// written; apalis then runs the job again.
+    /// permanent one (or an exhausted budget) starts compensation, and a compensation out of attempts parks the
+    /// saga in NEEDS_ATTENTION. An `Err` here means even that could not be written; apalis then runs the job
+    /// again (a few times, see `jobs::APALIS_MAX_ATTEMPTS`) and after that the reconciler settles it.
     #[tracing::instrument(skip_all, fields(order_id = %job.order_id, step = step.name(), attempt = job.attempt), err)]
     pub async fn run(&self, step: Step, job: StepJob) -> Result<(), StepError> {
         let started = std::time::Instant::now();
@@ -50,36 +51,80 @@ impl Saga {
                 tracing::debug!(elapsed_ms, "step done");
                 Ok(())
             }
-            Err(StepError::Transient(error))
-                if step.is_compensation() || job.attempt < self.settings.max_step_attempts =>
-            {
-                tracing::warn!(
-                    elapsed_ms,
-                    error = format!("{error:#}"),
-                    "step failed; retrying later"
-                );
-                self.retry_later(step, job, &error).await
+            Err(error) => {
+                let mut tx = self.pool.begin().await?;
+                self.settle(&mut tx, step, job, error).await?;
+                tx.commit().await?;
+                Ok(())
             }
-            Err(StepError::Transient(error)) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "step retries exhausted; compensating"
-                );
+        }
+    }
+
+    /// Records a failed attempt of `step` (step log and `orders.last_error`) and decides what follows, in the
+    /// caller's transaction: retry later while the step has attempts left and the error is transient; else
+    /// compensate a forward step, or park a compensation. Nothing follows if the order has meanwhile left the
+    /// step's state (a cancel overtook it): the job that moved it owns the saga now.
+    pub(crate) async fn settle(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        step: Step,
+        job: StepJob,
+        error: StepError,
+    ) -> Result<(), StepError> {
+        let (retryable, reason, error) = match error {
+            StepError::Transient(error) => {
                 let reason = match step {
                     Step::Pay | Step::Commit => CancelReason::PaymentFailed,
                     _ => CancelReason::StepFailed,
                 };
-                self.compensate(step, job, reason, &error).await
+                (true, reason, error)
             }
-            Err(StepError::Permanent { reason, error }) => {
-                tracing::warn!(
-                    reason = reason.as_str(),
-                    error = format!("{error:#}"),
-                    "step failed for good; compensating"
-                );
-                self.compensate(step, job, reason, &error).await
-            }
+            StepError::Permanent { reason, error } => (false, reason, error),
+        };
+        let message = format!("{error:#}");
+        let Some(order) = order::lock(tx, job.order_id).await? else {
+            return Ok(());
+        };
+        saga::fail_attempt(tx, job.order_id, step, job.attempt, &self.instance, &message).await?;
+        order::set_last_error(&mut **tx, job.order_id, &format!("{}: {message}", step.name())).await?;
+        if order.status() != step.runs_from() {
+            tracing::info!(status = %order.status(), error = message, "step failed after the saga moved on");
+            return Ok(());
         }
+        let budget = self.settings.max_attempts(step);
+        if retryable && job.attempt < budget {
+            let delay = self.backoff(job.attempt);
+            tracing::warn!(error = message, ?delay, budget, "step failed; retrying later");
+            let next = StepJob {
+                order_id: job.order_id,
+                attempt: job.attempt + 1,
+            };
+            jobs::enqueue(tx, step, next, Some(delay)).await?;
+        } else if step.is_compensation() {
+            tracing::error!(
+                error = message,
+                budget,
+                "compensation failed for good; the saga needs attention"
+            );
+            order::transition(tx, &order, Transition::Park, Some(step.name()), None).await?;
+        } else {
+            tracing::warn!(
+                error = message,
+                reason = reason.as_str(),
+                retryable,
+                "step failed for good; compensating"
+            );
+            order::transition(
+                tx,
+                &order,
+                Transition::StartCancel(reason),
+                Some(Step::ReleaseInventory.name()),
+                None,
+            )
+            .await?;
+            enqueue_first(tx, Step::ReleaseInventory, job.order_id).await?;
+        }
+        Ok(())
     }
 
     /// Delay before attempt `attempt + 1`: base × 2^(attempt−1), capped, with up to 20% jitter.
@@ -89,65 +134,6 @@ impl Saga {
         let capped = exp.min(self.settings.retry_max_delay.as_millis() as u64);
         let jitter = rand::random_range(0..=capped / 5 + 1);
         Duration::from_millis(capped + jitter)
-    }
-
-    async fn retry_later(&self, step: Step, job: StepJob, error: &anyhow::Error) -> Result<(), StepError> {
-        let mut tx = self.record_failure(step, job, error).await?;
-        let next = StepJob {
-            order_id: job.order_id,
-            attempt: job.attempt + 1,
-        };
-        jobs::enqueue(&mut tx, step, next, Some(self.backoff(job.attempt))).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Starts compensation for a failed forward step: CANCELLING with `reason`, then the release job. A failed
-    /// compensation step only records its error: compensation steps retry (see `run`), never compensate.
-    async fn compensate(
-        &self,
-        step: Step,
-        job: StepJob,
-        reason: CancelReason,
-        error: &anyhow::Error,
-    ) -> Result<(), StepError> {
-        let mut tx = self.record_failure(step, job, error).await?;
-        let Some(order) = order::lock(&mut tx, job.order_id).await? else {
-            tx.commit().await?;
-            return Ok(());
-        };
-        if matches!(
-            order.status(),
-            OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid
-        ) {
-            order::transition(
-                &mut tx,
-                &order,
-                Transition::StartCancel(reason),
-                Some(Step::ReleaseInventory.name()),
-                None,
-            )
-            .await?;
-            enqueue_first(&mut tx, Step::ReleaseInventory, job.order_id).await?;
-        } else {
-            tracing::warn!(status = %order.status(), "cannot compensate from this status; left as is");
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Opens the transaction that records a failed attempt: the step log and `orders.last_error`.
-    async fn record_failure(
-        &self,
-        step: Step,
-        job: StepJob,
-        error: &anyhow::Error,
-    ) -> Result<Transaction<'static, Postgres>, StepError> {
-        let message = format!("{error:#}");
-        let mut tx = self.pool.begin().await?;
-        saga::fail_attempt(&mut tx, job.order_id, step, job.attempt, &self.instance, &message).await?;
-        order::set_last_error(&mut *tx, job.order_id, &format!("{}: {message}", step.name())).await?;
-        Ok(tx)
     }
 
     /// A step's first transaction: locks the order and, if it is in the status the step runs from, writes the
@@ -193,6 +179,7 @@ impl Saga {
         match inventory::reserve(&mut tx, order.id, &lines).await? {
             inventory::ReserveOutcome::Reserved => {
                 order::transition(&mut tx, &order, Transition::Reserve, Some(Step::Pay.name()), None).await?;
+                order::hold_reservation(&mut *tx, order.id, self.settings.reservation_ttl).await?;
                 enqueue_first(&mut tx, Step::Pay, order.id).await?;
                 saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
             }
@@ -509,7 +496,11 @@ fn authorize_request(payment: &PaymentRow) -> AuthorizeRequest<'_> {
     }
 }
 
-async fn enqueue_first(conn: &mut PgConnection, step: Step, order_id: Uuid) -> Result<(), StepError> {
+pub(crate) async fn enqueue_first(
+    conn: &mut PgConnection,
+    step: Step,
+    order_id: Uuid,
+) -> Result<(), StepError> {
     jobs::enqueue(conn, step, StepJob { order_id, attempt: 1 }, None).await?;
     Ok(())
 }

@@ -56,6 +56,11 @@ pub struct OrderView {
     pub cancel_note: Option<String>,
     /// The saga step the order is in or last finished.
     pub current_step: Option<String>,
+    /// Until when the reserved stock is held if payment has not started (RESERVED orders); past it the order
+    /// is cancelled with `reservation_expired`.
+    pub reserved_until: Option<DateTime<Utc>>,
+    /// The last error a saga step met, if any; for a NEEDS_ATTENTION order, why it is parked.
+    pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -98,6 +103,8 @@ impl OrderView {
             cancel_reason: row.cancel_reason,
             cancel_note: row.cancel_note,
             current_step: row.current_step,
+            reserved_until: row.reserved_until,
+            last_error: row.last_error,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
@@ -426,7 +433,7 @@ pub async fn cancel(
         id: id.to_string(),
     })?;
     match row.status() {
-        OrderStatus::Cancelling | OrderStatus::Cancelled => {}
+        OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
         OrderStatus::Fulfilled => {
             return Err(ApiError::Conflict {
                 slug: "order-fulfilled",

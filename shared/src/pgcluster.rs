@@ -1,5 +1,6 @@
-//! A private, throwaway PostgreSQL cluster for `orderflow dev` when no server is reachable: initdb into a
-//! temporary folder, start it on a free port, stop and delete it on exit.
+//! A private, throwaway PostgreSQL cluster: `orderflow dev` starts one when no server is reachable, and the
+//! tests that stop or crash PostgreSQL on purpose run on one. initdb into a temporary folder, start it on a free
+//! port, stop and delete it on drop.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -58,7 +59,8 @@ impl PrivateCluster {
             );
         };
         let run_as_postgres = is_root();
-        let dir = std::env::temp_dir().join(format!("orderflow-dev-{}", std::process::id()));
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let dir = std::env::temp_dir().join(format!("orderflow-pg-{}-{}", std::process::id(), &suffix[..8]));
         std::fs::create_dir_all(&dir).context("failed to create the cluster folder")?;
         if run_as_postgres {
             let status = Command::new("chown")
@@ -92,23 +94,41 @@ impl PrivateCluster {
                 ],
             )
             .context("initdb failed")?;
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            path(&cluster.dir)
-        );
-        let log = cluster.dir.join("postgres.log");
-        cluster
-            .run(
-                &cluster.pg_ctl,
-                &["-D", path(&data), "-l", path(&log), "-o", &options, "-w", "start"],
-            )
-            .context("pg_ctl start failed")?;
+        cluster.resume().context("pg_ctl start failed")?;
         tracing::info!(port, dir = %cluster.dir.display(), "started a private PostgreSQL cluster (deleted on exit)");
         Ok(cluster)
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/orderflow", self.port)
+        self.url_of("orderflow")
+    }
+
+    /// The URL of database `name` on this cluster.
+    pub fn url_of(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Stops the server. `immediate` is a crash as far as clients can tell: no checkpoint, every connection cut,
+    /// WAL replayed at the next start.
+    pub fn stop(&self, immediate: bool) -> anyhow::Result<()> {
+        let data = self.dir.join("data");
+        let mode = if immediate { "immediate" } else { "fast" };
+        self.run(&self.pg_ctl, &["-D", path(&data), "-m", mode, "-w", "stop"])
+    }
+
+    /// Starts the server again after `stop`, on the same port.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        let data = self.dir.join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            path(&self.dir)
+        );
+        let log = self.dir.join("postgres.log");
+        self.run(
+            &self.pg_ctl,
+            &["-D", path(&data), "-l", path(&log), "-o", &options, "-w", "start"],
+        )
     }
 
     fn run(&self, program: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -129,11 +149,7 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        let data = self.dir.join("data");
-        let _ = self.run(
-            &self.pg_ctl.clone(),
-            &["-D", path(&data), "-m", "fast", "-w", "stop"],
-        );
+        let _ = self.stop(false);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,230 @@
+//! What the reconciler reads and repairs: jobs held by workers that are gone, sagas whose job ended without
+//! moving them on, and reservations past their hold.
+//!
+//! Worker names are `<queue>@<instance>#<generation>` (see `orderflow_worker::instance_name`), and each worker
+//! process keeps a connection whose `application_name` is its instance. A fetched job's worker is gone when no
+//! connection of its instance is open (the process died, even by `kill -9`: the kernel closes its sockets and
+//! PostgreSQL ends their sessions at once) or when a later generation of the same queue worker registered (the
+//! process restarted that queue worker). Neither test involves a clock, so a slow worker is never taken for a
+//! dead one. This couples us to apalis's `jobs` and `workers` tables, read and written here only.
+
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::order::OrderStatus;
+
+/// The apalis job statuses this module reads and writes.
+pub mod job_status {
+    pub const PENDING: &str = "Pending";
+    pub const QUEUED: &str = "Queued";
+    pub const RUNNING: &str = "Running";
+    pub const DONE: &str = "Done";
+    pub const FAILED: &str = "Failed";
+    pub const KILLED: &str = "Killed";
+}
+
+/// A job taken back from a worker that is gone.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RescuedJob {
+    pub id: String,
+    pub queue: String,
+    /// The worker that held it.
+    pub worker: String,
+    /// `Pending` (runs again now) or `Killed` (it used up apalis's attempts; the reconciler settles its saga).
+    pub status: String,
+}
+
+/// Puts the fetched jobs of gone workers back to Pending, on the given queues. A job that keeps losing its
+/// worker (one that crashes the process, say) is marked Killed once it reaches its max_attempts, so it cannot
+/// loop; its saga is then settled as a failed attempt. Claims rows with SKIP LOCKED: safe from many processes.
+pub async fn rescue_orphaned_jobs(
+    executor: impl PgExecutor<'_>,
+    queues: &[&str],
+) -> Result<Vec<RescuedJob>, sqlx::Error> {
+    sqlx::query_as(
+        r#"with live as (
+               select distinct application_name from pg_stat_activity where application_name <> ''
+           ),
+           orphaned as (
+               select j.id, j.lock_by
+               from apalis.jobs j
+               where j.status in ('Queued', 'Running')
+                 and j.job_type = any($1)
+                 and j.lock_by is not null
+                 and (
+                     substring(j.lock_by from '@([^@#]+)#[0-9]+$') not in (select application_name from live)
+                     or exists (
+                         select 1 from apalis.workers w
+                         where w.worker_type = j.job_type
+                           and substring(w.id from '^(.*)#[0-9]+$') = substring(j.lock_by from '^(.*)#[0-9]+$')
+                           and substring(w.id from '#([0-9]+)$')::bigint
+                               > substring(j.lock_by from '#([0-9]+)$')::bigint
+                     )
+                 )
+               for update of j skip locked
+           )
+           update apalis.jobs j
+           set status = case when j.attempts + 1 >= j.max_attempts then 'Killed' else 'Pending' end,
+               done_at = case when j.attempts + 1 >= j.max_attempts then now() end,
+               lock_by = null,
+               lock_at = null,
+               attempts = j.attempts + 1,
+               last_result = jsonb_build_object('Err', 'its worker ' || orphaned.lock_by || ' is gone')
+           from orphaned
+           where j.id = orphaned.id
+           returning j.id, j.job_type as queue, orphaned.lock_by as worker, j.status"#,
+    )
+    .bind(queues)
+    .fetch_all(executor)
+    .await
+}
+
+/// Puts back to Pending whatever this worker instance still holds: called at the end of a graceful shutdown,
+/// when its steps have finished, so the next worker need not wait for the reconciler.
+pub async fn release_jobs_of(executor: impl PgExecutor<'_>, instance: &str) -> Result<u64, sqlx::Error> {
+    let released = sqlx::query(
+        r#"update apalis.jobs
+           set status = 'Pending', lock_by = null, lock_at = null,
+               last_result = jsonb_build_object('Err', 'released at shutdown by ' || lock_by)
+           where status in ('Queued', 'Running')
+             and substring(lock_by from '@([^@#]+)#[0-9]+$') = $1"#,
+    )
+    .bind(instance)
+    .execute(executor)
+    .await?;
+    Ok(released.rows_affected())
+}
+
+/// Live sagas whose job no longer moves them on: it finished (Done, Killed, or Failed with no apalis attempt
+/// left) or it is gone. Oldest first. Read without locks; `stranded_job` checks one again under the order lock.
+pub async fn stranded_sagas(executor: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"select o.id
+           from orders o
+           left join apalis.jobs j on j.id = o.job_id
+           where o.status = any($1)
+             and (j.id is null
+                  or j.status in ('Done', 'Killed')
+                  or (j.status = 'Failed' and j.attempts >= j.max_attempts))
+           order by o.updated_at
+           limit $2"#,
+    )
+    .bind(live_statuses())
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// The order's job as it is now, if it no longer moves the saga on: `Some((status or None if gone, the job's
+/// attempt))`. `None` when the job is alive (pending, scheduled, running, or failed with apalis retries left).
+pub async fn stranded_job(
+    conn: &mut PgConnection,
+    job_id: Option<&str>,
+) -> Result<Option<DeadJob>, sqlx::Error> {
+    let Some(job_id) = job_id else {
+        return Ok(Some(DeadJob::default()));
+    };
+    let row: Option<(String, i32, i32, Vec<u8>, Option<serde_json::Value>)> = sqlx::query_as(
+        "select status, attempts, max_attempts, job, last_result from apalis.jobs where id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((status, attempts, max_attempts, payload, last_result)) = row else {
+        return Ok(Some(DeadJob {
+            id: Some(job_id.to_owned()),
+            ..DeadJob::default()
+        }));
+    };
+    let dead = matches!(status.as_str(), job_status::DONE | job_status::KILLED)
+        || (status == job_status::FAILED && attempts >= max_attempts);
+    if !dead {
+        return Ok(None);
+    }
+    let attempt = serde_json::from_slice::<crate::jobs::StepJob>(&payload)
+        .map(|job| job.attempt)
+        .ok();
+    Ok(Some(DeadJob {
+        id: Some(job_id.to_owned()),
+        status: Some(status),
+        attempt,
+        last_result,
+    }))
+}
+
+/// A job that ended without moving its saga on.
+#[derive(Debug, Clone, Default)]
+pub struct DeadJob {
+    pub id: Option<String>,
+    /// Its apalis status; `None` when the row is gone.
+    pub status: Option<String>,
+    /// The step attempt it carried.
+    pub attempt: Option<u32>,
+    pub last_result: Option<serde_json::Value>,
+}
+
+impl DeadJob {
+    /// What happened, for the step log and `orders.last_error`.
+    pub fn describe(&self) -> String {
+        match (&self.id, &self.status) {
+            (None, _) => "the saga has no job".to_owned(),
+            (Some(id), None) => format!("job {id} is gone"),
+            (Some(id), Some(status)) => match &self.last_result {
+                Some(result) => format!("job {id} ended {status} without moving the saga on ({result})"),
+                None => format!("job {id} ended {status} without moving the saga on"),
+            },
+        }
+    }
+}
+
+/// Reserved orders past their hold with no authorization in flight, oldest deadline first. Read without locks;
+/// the caller checks each again under the order lock.
+pub async fn expired_reservations(
+    executor: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"select o.id
+           from orders o
+           where o.status = 'RESERVED'
+             and o.reserved_until < now()
+             and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'PENDING')
+           order by o.reserved_until
+           limit $1"#,
+    )
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// Whether the order's reservation is past its hold with no authorization in flight, now (under its lock).
+pub async fn reservation_expired(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"select exists (
+               select 1 from orders o
+               where o.id = $1 and o.status = 'RESERVED' and o.reserved_until < now()
+                 and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'PENDING'))"#,
+    )
+    .bind(order_id)
+    .fetch_one(executor)
+    .await
+}
+
+/// The highest attempt of `step` in the order's step log (0 if none).
+pub async fn last_logged_attempt(
+    executor: impl PgExecutor<'_>,
+    order_id: Uuid,
+    step: &str,
+) -> Result<u32, sqlx::Error> {
+    let attempt: Option<i32> =
+        sqlx::query_scalar("select max(attempt) from saga_steps where order_id = $1 and step = $2")
+            .bind(order_id)
+            .bind(step)
+            .fetch_one(executor)
+            .await?;
+    Ok(attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0))
+}
+
+fn live_statuses() -> Vec<&'static str> {
+    OrderStatus::LIVE.iter().map(|s| s.as_str()).collect()
+}

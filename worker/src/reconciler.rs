@@ -1,0 +1,179 @@
+//! The reconciler: runs in every worker process, every `reconcile_interval`, and leaves no saga behind.
+//!
+//! 1. Jobs fetched by a worker that is gone (killed, or a queue worker its process restarted) go back to
+//!    Pending at once, so another worker runs them: recovery takes about one interval after `kill -9`.
+//! 2. Reservations past their hold, with no authorization in flight, are released: the order is cancelled
+//!    with reason `reservation_expired`.
+//! 3. Sagas whose job ended without moving them on (it finished, died for good or vanished) are settled as a
+//!    failed attempt of the step they are in, exactly as a step failure is: retried later with backoff while the
+//!    step has attempts left, then compensated (or, for a compensation, parked in NEEDS_ATTENTION). The step
+//!    itself then finishes or undoes the work according to the step log and the payment row: a payment left
+//!    PENDING is asked again with the same idempotency key (resume) or voided (compensate), a capture is
+//!    replayed by its key (resume to fulfil) or refunded.
+//!
+//! Many processes run it at once: rows are claimed with SKIP LOCKED and every order is checked again under its
+//! row lock, which the steps take too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use orderflow_shared::jobs::{Step, StepJob};
+use orderflow_shared::order::{self, CancelReason, OrderRow, OrderStatus, Transition};
+use orderflow_shared::payment::{self, status as pay};
+use orderflow_shared::recovery::{self, DeadJob};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::error::StepError;
+use crate::saga::{Saga, enqueue_first};
+
+/// Orders looked at per pass and per kind; the next pass takes the rest.
+const BATCH: i64 = 200;
+const MAX_ERROR_DELAY: Duration = Duration::from_secs(30);
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub rescued_jobs: usize,
+    pub expired_reservations: usize,
+    pub settled_sagas: usize,
+}
+
+/// Runs passes until `stopped`; a pass that fails (the database is down) is retried with a capped backoff.
+pub async fn run(saga: Arc<Saga>, mut stopped: watch::Receiver<bool>) {
+    let interval = saga.settings.reconcile_interval;
+    let mut delay = interval;
+    loop {
+        match pass(&saga).await {
+            Ok(pass) => {
+                if pass != Pass::default() {
+                    tracing::info!(?pass, "reconciler pass");
+                }
+                delay = interval;
+            }
+            Err(error) => {
+                delay = (delay * 2).min(MAX_ERROR_DELAY);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    ?delay,
+                    "reconciler pass failed; backing off"
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// One pass over the three kinds of repair.
+pub async fn pass(saga: &Saga) -> anyhow::Result<Pass> {
+    let queues: Vec<&str> = Step::ALL.iter().map(|s| s.queue()).collect();
+    let rescued = recovery::rescue_orphaned_jobs(&saga.pool, &queues).await?;
+    for job in &rescued {
+        tracing::warn!(
+            job = job.id,
+            queue = job.queue,
+            worker = job.worker,
+            status = job.status,
+            "took a job back from a worker that is gone"
+        );
+    }
+    let mut result = Pass {
+        rescued_jobs: rescued.len(),
+        ..Pass::default()
+    };
+    for order_id in recovery::expired_reservations(&saga.pool, BATCH).await? {
+        if expire(saga, order_id).await? {
+            result.expired_reservations += 1;
+        }
+    }
+    for order_id in recovery::stranded_sagas(&saga.pool, BATCH).await? {
+        if settle_stranded(saga, order_id).await? {
+            result.settled_sagas += 1;
+        }
+    }
+    Ok(result)
+}
+
+/// Cancels a reserved order whose hold ran out, if it still has and no authorization started meanwhile.
+async fn expire(saga: &Saga, order_id: Uuid) -> anyhow::Result<bool> {
+    let mut tx = saga.pool.begin().await?;
+    let Some(order) = order::try_lock(&mut tx, order_id).await? else {
+        return Ok(false);
+    };
+    if !recovery::reservation_expired(&mut *tx, order_id).await? {
+        return Ok(false);
+    }
+    order::transition(
+        &mut tx,
+        &order,
+        Transition::StartCancel(CancelReason::ReservationExpired),
+        Some(Step::ReleaseInventory.name()),
+        None,
+    )
+    .await?;
+    enqueue_first(&mut tx, Step::ReleaseInventory, order_id)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    tx.commit().await?;
+    tracing::info!(%order_id, reserved_until = ?order.reserved_until, "reservation expired; releasing the stock");
+    Ok(true)
+}
+
+/// Settles a saga whose job no longer moves it on as a failed attempt of its current step.
+async fn settle_stranded(saga: &Saga, order_id: Uuid) -> anyhow::Result<bool> {
+    let mut tx = saga.pool.begin().await?;
+    let Some(order) = order::try_lock(&mut tx, order_id).await? else {
+        return Ok(false);
+    };
+    if !OrderStatus::LIVE.contains(&order.status()) {
+        return Ok(false);
+    }
+    let Some(dead) = recovery::stranded_job(&mut tx, order.job_id.as_deref()).await? else {
+        return Ok(false);
+    };
+    let step = current_step(&mut tx, &order).await?;
+    let logged = recovery::last_logged_attempt(&mut *tx, order_id, step.name()).await?;
+    let attempt = dead.attempt.unwrap_or(0).max(logged).max(1);
+    let reason = describe(&dead);
+    tracing::warn!(%order_id, step = step.name(), attempt, reason, "settling a stranded saga");
+    saga.settle(
+        &mut tx,
+        step,
+        StepJob { order_id, attempt },
+        StepError::Transient(anyhow!(reason)),
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+fn describe(dead: &DeadJob) -> String {
+    format!("reconciler: {}", dead.describe())
+}
+
+/// The step the saga is in: `orders.current_step` when it fits the status, else the one the status implies
+/// (a PAID order whose capture is recorded is in fulfil).
+async fn current_step(tx: &mut sqlx::PgConnection, order: &OrderRow) -> anyhow::Result<Step> {
+    let status = order.status();
+    if let Some(step) = order.current_step.as_deref().and_then(Step::parse)
+        && step.runs_from() == status
+    {
+        return Ok(step);
+    }
+    Ok(match status {
+        OrderStatus::Created => Step::Reserve,
+        OrderStatus::Reserved => Step::Pay,
+        OrderStatus::Paid => {
+            let captured = payment::find(&mut *tx, order.id)
+                .await?
+                .is_some_and(|p| p.status == pay::CAPTURED);
+            if captured { Step::Fulfil } else { Step::Commit }
+        }
+        _ => Step::ReleaseInventory,
+    })
+}
