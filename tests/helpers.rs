@@ -28,11 +28,14 @@ pub struct TestApp {
     pub pool: PgPool,
     pub http: reqwest::Client,
     stop: watch::Sender<bool>,
+    tune: fn(&mut WorkerSettings),
 }
 
 pub struct Options {
     pub worker: bool,
     pub sim: orderflow_paysim::SimConfig,
+    /// Changes to the in-process worker's settings (`worker_settings`).
+    pub tune: fn(&mut WorkerSettings),
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
         Self {
             worker: true,
             sim: orderflow_paysim::SimConfig::default(),
+            tune: |_| {},
         }
     }
 }
@@ -95,6 +99,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         pool,
         http: reqwest::Client::new(),
         stop,
+        tune: options.tune,
     };
     if options.worker {
         app.start_worker();
@@ -106,7 +111,8 @@ impl TestApp {
     /// Starts an in-process worker; it stops with the app.
     pub fn start_worker(&self) {
         let mut rx = self.stop.subscribe();
-        let settings = worker_settings(&self.paysim);
+        let mut settings = worker_settings(&self.paysim);
+        (self.tune)(&mut settings);
         tokio::spawn(orderflow_worker::run(self.pool.clone(), settings, async move {
             let _ = rx.wait_for(|s| *s).await;
         }));
@@ -277,19 +283,16 @@ pub fn transitions(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// The `orderflow-worker` binary next to the test binary (`target/<profile>/`). The README's test command builds
-/// it first (`cargo build --workspace --bins`).
-pub fn worker_binary() -> PathBuf {
+/// A binary of the workspace next to the test binary (`target/<profile>/`). The README's test command builds
+/// them first (`cargo build --workspace --bins …`).
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test binary> -> target/<profile>/orderflow-worker
-    let binary = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("orderflow-worker");
+    // target/<profile>/deps/<test binary> -> target/<profile>/<name>
+    let binary = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
     assert!(
         binary.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first (the README's test command does)",
+        "{} is missing: run `cargo build --workspace --bins --features orderflow-worker/failpoints` first \
+         (the README's test command does)",
         binary.display()
     );
     binary
@@ -297,6 +300,40 @@ pub fn worker_binary() -> PathBuf {
 
 /// A child process killed and reaped when dropped, so a failing test leaves no process behind.
 pub struct Killed(pub std::process::Child);
+
+impl Killed {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends `signal` (a `kill` name such as "TERM" or "KILL").
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Waits for the process to exit, up to `timeout`; its exit status, or `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -306,16 +343,79 @@ impl Drop for Killed {
 }
 
 /// Starts an `orderflow-worker` process on `database_url` with `env` on top, quiet and with fast retries.
+/// With `ORDERFLOW_TEST_LOG_DIR` set, its log (at info) goes to `<dir>/worker-<n>.log`, for debugging.
 pub fn spawn_worker_process(database_url: &str, env: &[(&str, &str)]) -> Killed {
-    let mut command = std::process::Command::new(worker_binary());
+    let Some(dir) = std::env::var_os("ORDERFLOW_TEST_LOG_DIR") else {
+        return spawn_process("orderflow-worker", database_url, env, None);
+    };
+    static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = PathBuf::from(dir).join(format!("worker-{}-{n}.log", std::process::id()));
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "info,sqlx=warn"));
+    spawn_process("orderflow-worker", database_url, &env, Some(&log))
+}
+
+/// Starts a workspace binary with the test defaults (fast retries, quiet) and `env` on top; its stderr goes to
+/// `log` if given.
+pub fn spawn_process(
+    name: &str,
+    database_url: &str,
+    env: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> Killed {
+    let mut command = std::process::Command::new(binary(name));
     command
         .env("DATABASE_URL", database_url)
         .env("ORDERFLOW_RETRY_BASE_MS", "200")
+        .env("ORDERFLOW_RETRY_MAX_MS", "2000")
         .env("ORDERFLOW_WORKER_POLL_MS", "200")
+        .env("ORDERFLOW_RECONCILE_INTERVAL_MS", "250")
         .env("RUST_LOG", "warn")
         .env("ORDERFLOW_DB_MAX_CONNECTIONS", WORKER_PROCESS_POOL)
         .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    Killed(command.spawn().expect("start orderflow-worker"))
+        .stdout(std::process::Stdio::null());
+    match log {
+        Some(path) => command.stderr(std::fs::File::create(path).unwrap()),
+        None => command.stderr(std::process::Stdio::null()),
+    };
+    Killed(command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}")))
+}
+
+/// The process id inside a worker instance name (`host-pid-suffix`), as recorded in the step log.
+pub fn pid_of_instance(instance: &str) -> u32 {
+    let mut parts = instance.rsplit('-');
+    let _suffix = parts.next();
+    parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {instance:?}"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `probe` until it returns `Some`; panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -162,3 +162,44 @@ async fn concurrent_request_with_a_key_in_flight_is_409() {
         "idempotency_key_in_use"
     );
 }
+
+#[tokio::test]
+async fn a_request_whose_client_hangs_up_still_completes_and_its_retry_replays_it() {
+    // pm_sim_slow answers after 2 s; the client gives up after 300 ms, as a killed worker would.
+    let app = spawn_app().await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let hung_up = impatient
+        .post(format!("{}/v1/payment_intents", app.paysim))
+        .header("Idempotency-Key", "hang-up")
+        .form(&[
+            ("amount", "700"),
+            ("currency", "usd"),
+            ("payment_method", "pm_sim_slow"),
+            ("capture_method", "manual"),
+            ("confirm", "true"),
+            ("metadata[order_id]", "hang-up"),
+        ])
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the client timed out");
+
+    // While the provider still works on it, the key is in use; once it is done, a retry gets its result.
+    let during = create(&app, "hang-up", "pm_sim_slow", 700).await.unwrap();
+    assert_eq!(during.status(), 409);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let after = create(&app, "hang-up", "pm_sim_slow", 700).await.unwrap();
+    assert_eq!(after.status(), 200);
+    let intent: Value = after.json().await.unwrap();
+    assert_eq!(intent["status"], "requires_capture");
+    let ledger = app.get_json(&format!("{}/v1/sim/ledger", app.paysim)).await;
+    let intents = ledger["intents"].as_array().unwrap();
+    assert_eq!(
+        intents.len(),
+        1,
+        "one hold, made by the first request: {intents:?}"
+    );
+    assert_eq!(intents[0]["id"], intent["id"]);
+}

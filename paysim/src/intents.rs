@@ -98,11 +98,12 @@ type Params = Vec<(String, String)>;
 
 /// Parses the form body of `POST {path}` and runs `op` on it under Stripe's idempotency rules and the configured
 /// random faults. `op` gets the simulator, the parameters and which attempt this is for its key (or, without a
-/// key, for its parameters).
+/// key, for its parameters). Like a real provider, a request that started executing runs to the end and stores
+/// its result even if the client hangs up meanwhile, so a retry with the same key replays it.
 async fn idempotent<F, Fut>(sim: Sim, headers: &HeaderMap, path: String, body: &Bytes, op: F) -> Response
 where
     F: FnOnce(Sim, Params, u32) -> Fut,
-    Fut: Future<Output = Outcome>,
+    Fut: Future<Output = Outcome> + Send + 'static,
 {
     let params: Params = match serde_urlencoded::from_bytes(body) {
         Ok(params) => params,
@@ -149,32 +150,54 @@ where
         }
         Some(Claim::Run) | None => {}
     }
-    let outcome = if sim.config.fault_rate > 0.0 && rand::random::<f64>() < sim.config.fault_rate {
-        unavailable()
+    let fault = sim.config.fault_rate > 0.0 && rand::random::<f64>() < sim.config.fault_rate;
+    let execution = if fault {
+        None
     } else {
-        op(sim.clone(), params, attempt).await
+        Some(op(sim.clone(), params, attempt))
     };
-    let mut keys = sim.keys.lock().unwrap_or_else(|p| p.into_inner());
-    match outcome {
-        Outcome::NotExecuted { status, body } => {
-            if let Some(key) = &key {
-                keys.release(key);
+    let settled = tokio::spawn(async move {
+        let outcome = match execution {
+            Some(execution) => execution.await,
+            None => unavailable(),
+        };
+        let mut keys = sim.keys.lock().unwrap_or_else(|p| p.into_inner());
+        match &outcome {
+            Outcome::NotExecuted { .. } => {
+                if let Some(key) = &key {
+                    keys.release(key);
+                }
             }
-            (status, Json(body)).into_response()
+            Outcome::Executed { status, body, .. } => {
+                if let Some(key) = &key {
+                    keys.store(key, &fingerprint, *status, body.clone());
+                }
+            }
         }
-        Outcome::Executed {
+        outcome
+    })
+    .await;
+    match settled {
+        Ok(Outcome::NotExecuted { status, body }) => (status, Json(body)).into_response(),
+        Ok(Outcome::Executed {
             status,
             body,
             drop_connection,
-        } => {
-            if let Some(key) = &key {
-                keys.store(key, &fingerprint, status, body.clone());
-            }
+        }) => {
             if drop_connection {
                 tracing::info!("dropping the connection instead of answering (simulated lost response)");
                 return lost_response();
             }
             (status, Json(body)).into_response()
+        }
+        Err(panic) => {
+            tracing::error!(%panic, "request handler panicked");
+            stripe_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "internal",
+                "The simulator failed to handle the request.",
+            )
         }
     }
 }

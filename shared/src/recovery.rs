@@ -79,6 +79,25 @@ pub async fn rescue_orphaned_jobs(
     .await
 }
 
+/// Wakes the workers of every queue that has a job due and waiting, with the notification apalis sends for a
+/// new job. apalis wakes idle workers on that notification and otherwise only on its 30 s heartbeat: its poll
+/// interval does not re-arm reliably after a fire (seen here: a rescued job waited 30 s), and nothing is
+/// notified when a delayed retry comes due or a rescued job goes back to Pending. Returns the queues woken.
+pub async fn wake_due_queues(executor: impl PgExecutor<'_>, queues: &[&str]) -> Result<u64, sqlx::Error> {
+    let woken: i64 = sqlx::query_scalar(
+        r#"select count(pg_notify('apalis::job::insert',
+                      json_build_object('job_type', job_type, 'id', id, 'run_at', run_at)::text))
+           from (select distinct on (job_type) job_type, id, run_at
+                 from apalis.jobs
+                 where status = 'Pending' and run_at <= now() and job_type = any($1)
+                 order by job_type, run_at) due"#,
+    )
+    .bind(queues)
+    .fetch_one(executor)
+    .await?;
+    Ok(u64::try_from(woken).unwrap_or(0))
+}
+
 /// Puts back to Pending whatever this worker instance still holds: called at the end of a graceful shutdown,
 /// when its steps have finished, so the next worker need not wait for the reconciler.
 pub async fn release_jobs_of(executor: impl PgExecutor<'_>, instance: &str) -> Result<u64, sqlx::Error> {
@@ -124,13 +143,20 @@ pub async fn stranded_job(
     let Some(job_id) = job_id else {
         return Ok(Some(DeadJob::default()));
     };
-    let row: Option<(String, i32, i32, Vec<u8>, Option<serde_json::Value>)> = sqlx::query_as(
+    let row: Option<JobRow> = sqlx::query_as(
         "select status, attempts, max_attempts, job, last_result from apalis.jobs where id = $1",
     )
     .bind(job_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((status, attempts, max_attempts, payload, last_result)) = row else {
+    let Some(JobRow {
+        status,
+        attempts,
+        max_attempts,
+        job: payload,
+        last_result,
+    }) = row
+    else {
         return Ok(Some(DeadJob {
             id: Some(job_id.to_owned()),
             ..DeadJob::default()
@@ -150,6 +176,15 @@ pub async fn stranded_job(
         attempt,
         last_result,
     }))
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    status: String,
+    attempts: i32,
+    max_attempts: i32,
+    job: Vec<u8>,
+    last_result: Option<serde_json::Value>,
 }
 
 /// A job that ended without moving its saga on.

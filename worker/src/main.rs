@@ -7,6 +7,9 @@ use orderflow_shared::{db, shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init("info,sqlx=warn,apalis=warn");
+    // Test builds only: failpoints configured by the FAILPOINTS variable (e.g. `name=return(customer)`).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let settings = WorkerSettings::from_env()?;
     let pool = db::connect(
         &settings::database_url(),

@@ -1,7 +1,8 @@
 //! The reconciler: runs in every worker process, every `reconcile_interval`, and leaves no saga behind.
 //!
 //! 1. Jobs fetched by a worker that is gone (killed, or a queue worker its process restarted) go back to
-//!    Pending at once, so another worker runs them: recovery takes about one interval after `kill -9`.
+//!    Pending at once, so another worker runs them: recovery takes about one interval after `kill -9`. Queues
+//!    with jobs due (rescued ones, delayed retries) get the wake-up apalis would send for a new job.
 //! 2. Reservations past their hold, with no authorization in flight, are released: the order is cancelled
 //!    with reason `reservation_expired`.
 //! 3. Sagas whose job ended without moving them on (it finished, died for good or vanished) are settled as a
@@ -81,6 +82,7 @@ pub async fn pass(saga: &Saga) -> anyhow::Result<Pass> {
             "took a job back from a worker that is gone"
         );
     }
+    recovery::wake_due_queues(&saga.pool, &queues).await?;
     let mut result = Pass {
         rescued_jobs: rescued.len(),
         ..Pass::default()

@@ -194,6 +194,14 @@ impl Saga {
 
     /// Pay: write PENDING and the step log, authorize a hold with the order's key, then record the verdict.
     async fn pay(&self, job: StepJob) -> Result<(), StepError> {
+        #[cfg(feature = "failpoints")]
+        if let Some(customer) = fail::eval("worker.pay.start", |arg| arg).flatten()
+            && order::find(&self.pool, job.order_id)
+                .await?
+                .is_some_and(|o| o.customer_id == customer)
+        {
+            return Err(StepError::Transient(anyhow!("failpoint worker.pay.start")));
+        }
         let Some(Opened {
             mut tx,
             order,
@@ -218,6 +226,7 @@ impl Saga {
             .authorize(&authorize_request(&payment))
             .await
             .map_err(StepError::from_provider)?;
+        failpoint_abort("worker.pay.after_authorize", &order.customer_id);
 
         let Some((mut tx, order)) = self.relock(order.id).await? else {
             return Ok(());
@@ -323,6 +332,7 @@ impl Saga {
             }) if status == "succeeded" => {}
             Err(e) => return Err(StepError::from_provider(e)),
         }
+        failpoint_abort("worker.commit.after_capture", &order.customer_id);
 
         let Some((mut tx, order)) = self.relock(order.id).await? else {
             return Ok(());
@@ -397,6 +407,7 @@ impl Saga {
         else {
             return Ok(());
         };
+        failpoint_crash("worker.cancel_payment.before", &order.customer_id)?;
         let open = payment::find(&mut *tx, order.id)
             .await?
             .filter(|p| pay::OPEN.contains(&p.status.as_str()));
@@ -516,6 +527,15 @@ fn failpoint_hit(name: &str, customer_id: &str) -> bool {
     {
         let _ = (name, customer_id);
         false
+    }
+}
+
+/// A failpoint that kills the whole process at this point, as `kill -9` would: nothing after it runs, no
+/// destructor, no shutdown. For tests that run the worker as a process.
+fn failpoint_abort(name: &str, customer_id: &str) {
+    if failpoint_hit(name, customer_id) {
+        tracing::error!(failpoint = name, "failpoint: aborting the process");
+        std::process::abort();
     }
 }
 

@@ -1,0 +1,289 @@
+//! Crashes: worker processes killed with SIGKILL (or aborting at a failpoint, which is the same to everyone
+//! else) at the worst moments, and sagas whose job vanished. Each saga must finish without a second hold or a
+//! second charge, on the surviving or the restarted worker, within seconds.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{Options, TestApp, eventually, pid_of_instance, spawn_app_with, spawn_worker_process};
+
+/// The recovery promise: sagas of a killed worker continue elsewhere within this.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
+
+fn without_worker(slow_ms: u64) -> Options {
+    Options {
+        worker: false,
+        sim: orderflow_paysim::SimConfig {
+            slow_delay: Duration::from_millis(slow_ms),
+            ..Default::default()
+        },
+        ..Options::default()
+    }
+}
+
+/// The worker instance of the latest `step` attempt of the order, once one has started.
+async fn started_by(app: &TestApp, id: Uuid, step: &str) -> Option<String> {
+    sqlx::query_scalar(
+        "select worker from saga_steps where order_id = $1 and step = $2 order by id desc limit 1",
+    )
+    .bind(id)
+    .bind(step)
+    .fetch_optional(&app.pool)
+    .await
+    .unwrap()
+    .flatten()
+}
+
+/// The instances that ran a SUCCEEDED `step` of the order.
+async fn succeeded_by(app: &TestApp, id: Uuid, step: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "select worker from saga_steps where order_id = $1 and step = $2 and status = 'SUCCEEDED'",
+    )
+    .bind(id)
+    .bind(step)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// Exactly one intent for the order, captured for the order's total: no second hold, no double charge.
+async fn assert_charged_once(app: &TestApp, id: Uuid, order: &Value) {
+    let intents = app.intents_of(id).await;
+    assert_eq!(intents.len(), 1, "one hold for {id}: {intents:?}");
+    assert_eq!(intents[0]["status"], "succeeded", "{intents:?}");
+    assert_eq!(intents[0]["amount_received"], order["total"], "{intents:?}");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_payment_hands_the_saga_to_the_survivor_within_seconds() {
+    let app = spawn_app_with(without_worker(1_500)).await;
+    app.put_sku("K", 5, 1000).await;
+    let env = [("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())];
+    let mut workers = [
+        spawn_worker_process(&app.database_url, &env),
+        spawn_worker_process(&app.database_url, &env),
+    ];
+
+    let id = app.create_order("kill-mid-pay", &[("K", 2)], "pm_sim_slow").await;
+    // The authorization takes 1.5 s at the provider: kill whoever is waiting for it.
+    let instance = eventually("the pay step to start", Duration::from_secs(20), || {
+        started_by(&app, id, "pay")
+    })
+    .await;
+    let victim = workers
+        .iter()
+        .position(|w| w.pid() == pid_of_instance(&instance))
+        .expect("the pay step runs in one of our workers");
+    workers[victim].signal("KILL");
+    let killed_at = Instant::now();
+    assert!(workers[victim].wait_exit(Duration::from_secs(5)).await.is_some());
+
+    let order = app
+        .wait_for(id, &["PAID", "FULFILLED", "CANCELLED"], Duration::from_secs(30))
+        .await;
+    let recovery = killed_at.elapsed();
+    println!("recovery after kill -9 mid-payment: {} ms", recovery.as_millis());
+    assert_ne!(order["status"], "CANCELLED", "resumed, not compensated: {order}");
+    assert!(recovery < RECOVERY_LIMIT, "took {recovery:?}");
+    let survivor = &workers[1 - victim];
+    let payers = succeeded_by(&app, id, "pay").await;
+    assert_eq!(payers.len(), 1, "{payers:?}");
+    assert_eq!(pid_of_instance(&payers[0]), survivor.pid());
+
+    let order = app.wait_terminal(id).await;
+    assert_eq!(order["status"], "FULFILLED", "{order}");
+    assert_charged_once(&app, id, &order).await;
+    let sku = app.sku("K").await;
+    assert_eq!(
+        (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
+        (Some(3), Some(0))
+    );
+}
+
+/// The worker dies right after the provider authorized, before it recorded anything: the payment row says
+/// PENDING, the provider holds the money. The next worker must ask again with the same key and go on.
+#[tokio::test]
+async fn a_worker_that_dies_after_the_authorization_is_resumed_by_its_successor_without_a_second_hold() {
+    let app = spawn_app_with(without_worker(0)).await;
+    app.put_sku("K", 5, 1000).await;
+    let env = [("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())];
+    let failpoint = [
+        ("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str()),
+        ("FAILPOINTS", "worker.pay.after_authorize=return(die-after-auth)"),
+    ];
+    let mut first = spawn_worker_process(&app.database_url, &failpoint);
+
+    let id = app
+        .create_order("die-after-auth", &[("K", 1)], "pm_card_visa")
+        .await;
+    let status = first
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the failpoint aborts the worker");
+    let died_at = Instant::now();
+    assert!(!status.success());
+    let payment: String = sqlx::query_scalar("select status from payments where order_id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        payment, "PENDING",
+        "the crash left the outcome unknown on our side"
+    );
+    assert_eq!(
+        app.intents_of(id).await.len(),
+        1,
+        "while the provider holds the money"
+    );
+
+    // The restarted worker (a new process, a new name) must pick up its predecessor's job.
+    let _second = spawn_worker_process(&app.database_url, &env);
+    let order = app.wait_terminal(id).await;
+    println!(
+        "saga resumed and finished {} ms after the crash",
+        died_at.elapsed().as_millis()
+    );
+    assert_eq!(order["status"], "FULFILLED", "{order}");
+    assert_charged_once(&app, id, &order).await;
+}
+
+/// The worker dies after the capture went through, before it recorded it: the saga must end FULFILLED with the
+/// stock committed once and the money captured once.
+#[tokio::test]
+async fn a_worker_that_dies_after_the_capture_is_finished_without_a_second_charge() {
+    let app = spawn_app_with(without_worker(0)).await;
+    app.put_sku("K", 5, 1000).await;
+    let env = [("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())];
+    let failpoint = [
+        ("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str()),
+        (
+            "FAILPOINTS",
+            "worker.commit.after_capture=return(die-after-capture)",
+        ),
+    ];
+    let mut first = spawn_worker_process(&app.database_url, &failpoint);
+
+    let id = app
+        .create_order("die-after-capture", &[("K", 2)], "pm_card_visa")
+        .await;
+    assert!(first.wait_exit(Duration::from_secs(20)).await.is_some());
+    let intents = app.intents_of(id).await;
+    assert_eq!(
+        intents[0]["status"], "succeeded",
+        "captured before the crash: {intents:?}"
+    );
+    assert_eq!(
+        app.order(id).await["payment"]["status"],
+        "AUTHORIZED",
+        "not recorded yet"
+    );
+
+    let _second = spawn_worker_process(&app.database_url, &env);
+    let order = app.wait_terminal(id).await;
+    assert_eq!(order["status"], "FULFILLED", "{order}");
+    assert_eq!(order["payment"]["status"], "CAPTURED");
+    assert_charged_once(&app, id, &order).await;
+    let sku = app.sku("K").await;
+    assert_eq!(
+        (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
+        (Some(3), Some(0)),
+        "committed once"
+    );
+}
+
+/// SIGTERM: the worker stops taking jobs, finishes the step in flight (a 1.5 s authorization), hands nothing
+/// half-done to anyone and exits 0.
+#[tokio::test]
+async fn sigterm_lets_the_step_in_flight_finish_and_exits_cleanly() {
+    let app = spawn_app_with(without_worker(1_500)).await;
+    app.put_sku("K", 5, 1000).await;
+    let env = [("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())];
+    let mut worker = spawn_worker_process(&app.database_url, &env);
+
+    let id = app.create_order("sigterm", &[("K", 1)], "pm_sim_slow").await;
+    let instance = eventually("the pay step to start", Duration::from_secs(20), || {
+        started_by(&app, id, "pay")
+    })
+    .await;
+    worker.signal("TERM");
+    let status = worker
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits within the grace period");
+    assert!(status.success(), "exit status {status:?}");
+
+    let order = app.order(id).await;
+    assert_eq!(order["status"], "PAID", "the step in flight finished: {order}");
+    assert_eq!(succeeded_by(&app, id, "pay").await, vec![instance.clone()]);
+    let held: i64 = sqlx::query_scalar(
+        "select count(*) from apalis.jobs where status in ('Queued', 'Running') and lock_by like $1",
+    )
+    .bind(format!("%@{instance}#%"))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0, "nothing left locked by the stopped worker");
+
+    // The next step (commit) waits in the queue for the next worker.
+    let _next = spawn_worker_process(&app.database_url, &env);
+    let order = app.wait_terminal(id).await;
+    assert_eq!(order["status"], "FULFILLED");
+    assert_charged_once(&app, id, &order).await;
+}
+
+/// The job that should move a saga on is gone (deleted by hand, a bad cleanup): the reconciler notices and
+/// resumes the saga from its step log.
+#[tokio::test]
+async fn a_saga_whose_job_vanished_is_resumed_by_the_reconciler() {
+    let app = spawn_app_with(without_worker(0)).await;
+    app.put_sku("V", 5, 1000).await;
+    let id = app.create_order("vanished", &[("V", 1)], "pm_card_visa").await;
+    let deleted = sqlx::query("delete from apalis.jobs where id = (select job_id from orders where id = $1)")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(deleted, 1);
+
+    app.start_worker();
+    let order = app.wait_terminal(id).await;
+
+    assert_eq!(order["status"], "FULFILLED", "{order}");
+    let (status, error): (String, String) = sqlx::query_as(
+        "select status, error from saga_steps where order_id = $1 and step = 'reserve' order by id limit 1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "FAILED");
+    assert!(
+        error.contains("reconciler") && error.contains("is gone"),
+        "{error}"
+    );
+}
+
+/// A job that ended (Done) without moving its saga on is settled as a failed attempt and the step retried.
+#[tokio::test]
+async fn a_saga_whose_job_ended_without_moving_it_is_resumed() {
+    let app = spawn_app_with(without_worker(0)).await;
+    app.put_sku("D", 5, 1000).await;
+    let id = app.create_order("done-job", &[("D", 1)], "pm_card_visa").await;
+    sqlx::query(
+        "update apalis.jobs set status = 'Done', done_at = now() where id = (select job_id from orders where id = $1)",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    app.start_worker();
+    let order = app.wait_terminal(id).await;
+
+    assert_eq!(order["status"], "FULFILLED", "{order}");
+    assert_eq!(app.sku("D").await["on_hand"], 4);
+}
