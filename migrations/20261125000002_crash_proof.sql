@@ -28,3 +28,6 @@ create index orders_reserved_until_idx on orders (reserved_until) where status =
 -- index for that (its own are for fetching Pending jobs). apalis's schema is set up before ours (db::migrate).
 create index if not exists orderflow_jobs_in_flight_idx on apalis.jobs (job_type)
     where status in ('Queued', 'Running');
+
+-- Attempts still open (STARTED): the reconciler closes those of workers that are gone.
+create index saga_steps_started_idx on saga_steps (worker) where status = 'STARTED';

@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod cancellation;
+mod chaos;
 mod concurrency;
 mod crash;
 mod idempotency;

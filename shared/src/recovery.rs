@@ -79,6 +79,21 @@ pub async fn rescue_orphaned_jobs(
     .await
 }
 
+/// Closes the open (STARTED) step attempts of worker processes that are gone as FAILED, so the step log says
+/// what happened to them. Returns how many it closed. (An attempt of a live worker is never touched: its
+/// instance still has its presence connection.)
+pub async fn close_attempts_of_gone_workers(executor: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
+    let closed = sqlx::query(
+        r#"update saga_steps
+           set status = 'FAILED', error = 'worker ' || worker || ' is gone', finished_at = now()
+           where status = 'STARTED'
+             and worker not in (select application_name from pg_stat_activity where application_name <> '')"#,
+    )
+    .execute(executor)
+    .await?;
+    Ok(closed.rows_affected())
+}
+
 /// Wakes the workers of every queue that has a job due and waiting, with the notification apalis sends for a
 /// new job. apalis wakes idle workers on that notification and otherwise only on its 30 s heartbeat: its poll
 /// interval does not re-arm reliably after a fire (seen here: a rescued job waited 30 s), and nothing is

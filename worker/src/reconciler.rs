@@ -82,6 +82,7 @@ pub async fn pass(saga: &Saga) -> anyhow::Result<Pass> {
             "took a job back from a worker that is gone"
         );
     }
+    recovery::close_attempts_of_gone_workers(&saga.pool).await?;
     recovery::wake_due_queues(&saga.pool, &queues).await?;
     let mut result = Pass {
         rescued_jobs: rescued.len(),

@@ -1,0 +1,470 @@
+//! The chaos test: the API and three worker processes, over a thousand multi-line orders on a few hot skus with
+//! every kind of payment (declines, flaky and lost responses, random provider faults) and some cancels by
+//! customers, while a random worker is killed with SIGKILL every few seconds and restarted, and PostgreSQL
+//! itself crashes once. Afterwards every order must be over, no unit oversold or lost, no hold left open, no
+//! order charged twice or charged and cancelled, and every transition recorded exactly once.
+//!
+//! Short mode (default, ≤ 3 minutes, run by `.ci/run`): 1,000 orders at 25 per second. Soak mode:
+//! `ORDERFLOW_CHAOS=soak`, with `ORDERFLOW_CHAOS_ORDERS` (default 10,000) orders at `ORDERFLOW_CHAOS_RATE` per
+//! second (default 40) and a PostgreSQL crash every quarter of them. Runs on a
+//! private cluster, since it crashes the server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use orderflow_shared::pgcluster::PrivateCluster;
+use rand::Rng;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::helpers::{Killed, eventually, free_port, spawn_process};
+
+const SKUS: [&str; 4] = ["HOT-1", "HOT-2", "HOT-3", "HOT-4"];
+const ON_HAND: i64 = 700;
+const PRICE: i64 = 1250;
+const WORKERS: usize = 3;
+const CLIENTS: usize = 12;
+/// Payment methods and their weights; slow authorizations keep steps in flight when a worker is killed.
+const TOKENS: [(&str, u32); 5] = [
+    ("pm_card_visa", 55),
+    ("pm_card_chargeDeclined", 10),
+    ("pm_sim_flaky", 10),
+    ("pm_sim_lost_response", 10),
+    ("pm_sim_slow", 15),
+];
+
+struct Plan {
+    orders: usize,
+    /// Orders submitted per second (open loop), so that the chaos spreads over the whole run.
+    rate: f64,
+    /// Submitted-order counts at which PostgreSQL crashes.
+    crashes: Vec<usize>,
+    drain: Duration,
+}
+
+impl Plan {
+    fn from_env() -> Self {
+        if std::env::var("ORDERFLOW_CHAOS").as_deref() == Ok("soak") {
+            let orders = std::env::var("ORDERFLOW_CHAOS_ORDERS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(10_000);
+            let rate = std::env::var("ORDERFLOW_CHAOS_RATE")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(40.0);
+            Self {
+                orders,
+                rate,
+                crashes: vec![orders / 4, orders / 2, orders * 3 / 4],
+                drain: Duration::from_secs(900),
+            }
+        } else {
+            Self {
+                orders: 1_000,
+                rate: 25.0,
+                crashes: vec![400],
+                drain: Duration::from_secs(120),
+            }
+        }
+    }
+}
+
+/// The real processes under test, restartable.
+struct Fleet {
+    url: String,
+    paysim: String,
+    workers: Vec<Killed>,
+}
+
+impl Fleet {
+    fn spawn_worker(&self) -> Killed {
+        spawn_process(
+            "orderflow-worker",
+            &self.url,
+            &[
+                ("ORDERFLOW_PAYMENTS_URL", self.paysim.as_str()),
+                ("ORDERFLOW_DB_MAX_CONNECTIONS", "14"),
+            ],
+            None,
+        )
+    }
+}
+
+fn random_order(rng: &mut impl Rng, i: usize) -> Value {
+    let mut skus = SKUS.to_vec();
+    let lines = rng.random_range(1..=3);
+    let mut chosen = Vec::new();
+    for _ in 0..lines {
+        let sku = skus.remove(rng.random_range(0..skus.len()));
+        chosen.push(json!({"sku": sku, "quantity": rng.random_range(1..=3)}));
+    }
+    let roll = rng.random_range(0..100);
+    let mut acc = 0;
+    let token = TOKENS
+        .iter()
+        .find(|(_, weight)| {
+            acc += weight;
+            roll < acc
+        })
+        .map_or("pm_card_visa", |(token, _)| token);
+    json!({"customer_id": format!("chaos-{i}"), "currency": "USD", "lines": chosen, "payment_token": token})
+}
+
+/// Submits one order until the API accepts it (retrying 503s, in-flight 409s and refused connections with the
+/// same Idempotency-Key, as a well-behaved client does). Returns its id.
+async fn submit(http: &reqwest::Client, api: &str, i: usize, body: &Value) -> Uuid {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = http
+            .post(format!("{api}/v1/orders"))
+            .header("Idempotency-Key", format!("chaos-{i}"))
+            .json(body)
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => {
+                let order: Value = r.json().await.unwrap();
+                return order["id"].as_str().unwrap().parse().unwrap();
+            }
+            Ok(r) if r.status() == 503 || r.status() == 409 => {}
+            Ok(r) => panic!(
+                "order {i} refused: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ),
+            Err(_) => {}
+        }
+        assert!(Instant::now() < deadline, "order {i} never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_invariant_intact() {
+    let plan = Plan::from_env();
+    let started = Instant::now();
+    let cluster = Arc::new(PrivateCluster::start().unwrap());
+    let url = cluster.url();
+
+    let sim = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let paysim = format!("http://{}", sim.local_addr().unwrap());
+    let faults = orderflow_paysim::SimConfig {
+        fault_rate: 0.05,
+        lost_response_rate: 0.03,
+        slow_delay: Duration::from_millis(500),
+    };
+    tokio::spawn(orderflow_paysim::run(sim, faults, std::future::pending()));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let api = format!("http://{addr}");
+    let _api_process = spawn_process(
+        "orderflow-api",
+        &url,
+        &[
+            ("ORDERFLOW_API_ADDR", &addr),
+            ("ORDERFLOW_DB_MAX_CONNECTIONS", "20"),
+        ],
+        None,
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    eventually("the API to be ready", Duration::from_secs(60), || async {
+        let ready = http.get(format!("{api}/readyz")).send().await.ok()?;
+        ready.status().is_success().then_some(())
+    })
+    .await;
+    for sku in SKUS {
+        let put = http
+            .put(format!("{api}/v1/skus/{sku}"))
+            .json(&json!({"on_hand": ON_HAND, "price": PRICE, "currency": "USD"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success());
+    }
+    let mut fleet = Fleet {
+        url: url.clone(),
+        paysim: paysim.clone(),
+        workers: Vec::new(),
+    };
+    for _ in 0..WORKERS {
+        let worker = fleet.spawn_worker();
+        fleet.workers.push(worker);
+    }
+    let fleet = Arc::new(Mutex::new(fleet));
+
+    // Chaos: kill -9 a random worker every 1.5–4 s and start a new one in its place; crash PostgreSQL at the
+    // planned points.
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let calm = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (fleet, calm, kills) = (fleet.clone(), calm.clone(), kills.clone());
+        tokio::spawn(async move {
+            while !calm.load(Ordering::Relaxed) {
+                let pause = rand::rng().random_range(1_500..4_000);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let mut fleet = fleet.lock().await;
+                let victim = rand::rng().random_range(0..fleet.workers.len());
+                fleet.workers[victim].signal("KILL");
+                let _ = fleet.workers[victim].wait_exit(Duration::from_secs(5)).await;
+                fleet.workers[victim] = fleet.spawn_worker();
+                kills.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let crasher = {
+        let (cluster, submitted, crashes) = (cluster.clone(), submitted.clone(), plan.crashes.clone());
+        tokio::spawn(async move {
+            for at in crashes {
+                while submitted.load(Ordering::Relaxed) < at {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let cluster = cluster.clone();
+                tokio::task::spawn_blocking(move || {
+                    cluster.stop(true).unwrap();
+                    std::thread::sleep(Duration::from_secs(2));
+                    cluster.resume().unwrap();
+                })
+                .await
+                .unwrap();
+            }
+        })
+    };
+
+    // Clients: submit every order (and cancel about one in twenty soon after).
+    let next = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (http, api, next, submitted) = (http.clone(), api.clone(), next.clone(), submitted.clone());
+            let (total, rate) = (plan.orders, plan.rate);
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return accepted;
+                    }
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into())
+                        .await;
+                    let (body, cancel) = {
+                        let mut rng = rand::rng();
+                        (random_order(&mut rng, i), rng.random_range(0..20) == 0)
+                    };
+                    let id = submit(&http, &api, i, &body).await;
+                    submitted.fetch_add(1, Ordering::Relaxed);
+                    if cancel {
+                        // A cancel is best effort: it may meet the outage or a fulfilled order.
+                        let _ = http.post(format!("{api}/v1/orders/{id}/cancel")).send().await;
+                    }
+                    accepted.push(id);
+                }
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for client in clients {
+        accepted.extend(client.await.unwrap());
+    }
+    let submit_time = started.elapsed();
+    crasher.await.unwrap();
+    calm.store(true, Ordering::Relaxed);
+    killer.await.unwrap();
+
+    // Drain: every accepted order must end, with the restarted fleet and no more chaos.
+    let pool = PgPool::connect(&url).await.unwrap();
+    let deadline = Instant::now() + plan.drain;
+    loop {
+        let open: i64 =
+            sqlx::query_scalar("select count(*) from orders where status not in ('FULFILLED', 'CANCELLED')")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if open == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let stuck: Vec<(Uuid, String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                "select o.id, o.status, o.current_step, o.last_error, j.status from orders o \
+                 left join apalis.jobs j on j.id = o.job_id \
+                 where o.status not in ('FULFILLED', 'CANCELLED') limit 20",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            panic!("{open} orders not finished after {:?}: {stuck:#?}", plan.drain);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let duration = started.elapsed();
+
+    // Every accepted order is there and over.
+    let orders: Vec<(Uuid, String, i64, Option<String>)> =
+        sqlx::query_as("select id, status, total, cancel_reason from orders")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        orders.len(),
+        plan.orders,
+        "one order per request, none lost, none doubled"
+    );
+    let by_id: HashMap<Uuid, (String, i64, Option<String>)> = orders
+        .iter()
+        .map(|(id, s, t, r)| (*id, (s.clone(), *t, r.clone())))
+        .collect();
+    for id in &accepted {
+        assert!(by_id.contains_key(id), "accepted order {id} is missing");
+    }
+
+    // Stock: nothing reserved, nothing oversold, and every unit that left on_hand went to a FULFILLED order.
+    let skus: Vec<(String, i64, i64)> =
+        sqlx::query_as("select sku, on_hand, reserved from skus order by sku")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let committed: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "select r.sku, sum(r.quantity)::bigint from reservations r join orders o on o.id = r.order_id \
+         where r.status = 'COMMITTED' and o.status = 'FULFILLED' group by r.sku",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    for (sku, on_hand, reserved) in &skus {
+        assert_eq!(*reserved, 0, "{sku}: nothing left reserved");
+        assert!(*on_hand >= 0, "{sku}: oversold");
+        let sold = committed.get(sku).copied().unwrap_or(0);
+        assert_eq!(ON_HAND, on_hand + sold, "{sku}: stock conserved");
+    }
+    let stray: i64 = sqlx::query_scalar(
+        "select count(*) from reservations r join orders o on o.id = r.order_id \
+         where (o.status = 'CANCELLED' and r.status <> 'RELEASED') \
+            or (o.status = 'FULFILLED' and r.status <> 'COMMITTED')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stray, 0, "reservations match their orders' ends");
+
+    // Money, from the provider's side: a FULFILLED order has exactly one intent, captured for its total; a
+    // CANCELLED one holds nothing and is charged nothing net.
+    let ledger: Value = http
+        .get(format!("{paysim}/v1/sim/ledger"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut intents: HashMap<Uuid, Vec<&Value>> = HashMap::new();
+    for intent in ledger["intents"].as_array().unwrap() {
+        if let Some(id) = intent["metadata"]["order_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+        {
+            intents.entry(id).or_default().push(intent);
+        }
+    }
+    for (id, (status, total, _)) in &by_id {
+        let mine = intents.get(id).cloned().unwrap_or_default();
+        let received: i64 = mine.iter().map(|i| i["amount_received"].as_i64().unwrap()).sum();
+        let refunded: i64 = mine.iter().map(|i| i["amount_refunded"].as_i64().unwrap()).sum();
+        let open = mine.iter().filter(|i| i["status"] == "requires_capture").count();
+        assert_eq!(open, 0, "order {id} ({status}) leaves a hold open: {mine:?}");
+        if status == "FULFILLED" {
+            assert_eq!(mine.len(), 1, "order {id}: exactly one intent: {mine:?}");
+            assert_eq!(
+                (received, refunded),
+                (*total, 0),
+                "order {id}: captured once: {mine:?}"
+            );
+        } else {
+            assert_eq!(
+                received - refunded,
+                0,
+                "order {id}: cancelled but charged: {mine:?}"
+            );
+        }
+    }
+
+    // The audit trail: per order, sequences 1..n chaining from → to, each status entered once, ending where
+    // the order is.
+    let events: Vec<(Uuid, i32, Option<String>, String)> = sqlx::query_as(
+        "select order_id, sequence, from_status, to_status from order_events order by order_id, sequence",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut trail: HashMap<Uuid, Vec<(i32, Option<String>, String)>> = HashMap::new();
+    for (id, sequence, from, to) in events {
+        trail.entry(id).or_default().push((sequence, from, to));
+    }
+    for (id, (status, _, _)) in &by_id {
+        let trail = trail
+            .get(id)
+            .unwrap_or_else(|| panic!("order {id} has no events"));
+        let mut previous: Option<String> = None;
+        let mut entered = std::collections::HashSet::new();
+        for (n, (sequence, from, to)) in trail.iter().enumerate() {
+            assert_eq!(*sequence as usize, n + 1, "order {id}: gap in {trail:?}");
+            assert_eq!(from, &previous, "order {id}: broken chain in {trail:?}");
+            assert!(
+                entered.insert(to.clone()),
+                "order {id}: {to} entered twice in {trail:?}"
+            );
+            previous = Some(to.clone());
+        }
+        assert_eq!(
+            previous.as_deref(),
+            Some(status.as_str()),
+            "order {id}: trail ends elsewhere"
+        );
+    }
+
+    // The step log: no attempt left open (a killed worker's attempt is closed when its job is taken back).
+    let open_steps: i64 = sqlx::query_scalar("select count(*) from saga_steps where status = 'STARTED'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(open_steps, 0, "step attempts left STARTED");
+
+    let count = |wanted: &str| by_id.values().filter(|(s, _, _)| s == wanted).count();
+    let reasons = |reason: &str| {
+        by_id
+            .values()
+            .filter(|(_, _, r)| r.as_deref() == Some(reason))
+            .count()
+    };
+    let rescued: i64 = sqlx::query_scalar(
+        "select count(*) from saga_steps where status = 'FAILED' and error like 'worker % is gone'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    println!(
+        "chaos: orders={} fulfilled={} cancelled={} (out_of_stock={} declined={} payment_failed={} customer={}) \
+         worker_kills={} pg_crashes={} attempts_cut_by_kills={} submit={:.1}s total={:.1}s invariants=held",
+        by_id.len(),
+        count("FULFILLED"),
+        count("CANCELLED"),
+        reasons("out_of_stock"),
+        reasons("payment_declined"),
+        reasons("payment_failed"),
+        reasons("customer_request"),
+        kills.load(Ordering::Relaxed),
+        plan.crashes.len(),
+        rescued,
+        submit_time.as_secs_f64(),
+        duration.as_secs_f64(),
+    );
+    assert!(kills.load(Ordering::Relaxed) >= 3, "the chaos happened");
+    pool.close().await;
+}
