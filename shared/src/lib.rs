@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod money;
 pub mod order;
+pub mod outbox;
 pub mod payment;
 pub mod pgcluster;
 pub mod recovery;
