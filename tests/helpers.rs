@@ -29,6 +29,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     stop: watch::Sender<bool>,
     tune: fn(&mut WorkerSettings),
+    relay: Option<orderflow_shared::settings::RelaySettings>,
 }
 
 pub struct Options {
@@ -36,6 +37,8 @@ pub struct Options {
     pub sim: orderflow_paysim::SimConfig,
     /// Changes to the in-process worker's settings (`worker_settings`).
     pub tune: fn(&mut WorkerSettings),
+    /// The in-process worker's outbox relay (off by default).
+    pub relay: Option<orderflow_shared::settings::RelaySettings>,
 }
 
 impl Default for Options {
@@ -44,6 +47,7 @@ impl Default for Options {
             worker: true,
             sim: orderflow_paysim::SimConfig::default(),
             tune: |_| {},
+            relay: None,
         }
     }
 }
@@ -67,6 +71,7 @@ pub fn worker_settings(payments_url: &str) -> WorkerSettings {
         reservation_ttl: Duration::from_secs(900),
         reconcile_interval: Duration::from_millis(250),
         shutdown_grace: Duration::from_secs(10),
+        relay: None,
     }
 }
 
@@ -100,6 +105,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         http: reqwest::Client::new(),
         stop,
         tune: options.tune,
+        relay: options.relay,
     };
     if options.worker {
         app.start_worker();
@@ -112,6 +118,7 @@ impl TestApp {
     pub fn start_worker(&self) {
         let mut rx = self.stop.subscribe();
         let mut settings = worker_settings(&self.paysim);
+        settings.relay = self.relay.clone();
         (self.tune)(&mut settings);
         tokio::spawn(orderflow_worker::run(self.pool.clone(), settings, async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -252,6 +259,13 @@ impl TestApp {
             .into_iter()
             .filter(|i| i["metadata"]["order_id"] == id)
             .collect()
+    }
+}
+
+impl TestApp {
+    /// A stop signal for tasks a test starts itself; it fires when the app is dropped.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 }
 

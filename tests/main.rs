@@ -9,6 +9,7 @@ mod cancellation;
 mod chaos;
 mod concurrency;
 mod crash;
+mod events;
 mod idempotency;
 mod outage;
 mod paysim;

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{health, orders, skus};
+use crate::routes::{feed, health, orders, skus};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,8 @@ use crate::routes::{health, orders, skus};
         orders::list,
         orders::cancel,
         orders::events,
+        feed::list,
+        health::metrics,
     )
 )]
 pub struct ApiDoc;

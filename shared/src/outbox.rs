@@ -116,10 +116,12 @@ pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<Outb
 }
 
 pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("update order_events set published_at = now() where id = any($1) and published_at is null")
-        .bind(ids)
-        .execute(conn)
-        .await?;
+    let done = sqlx::query(
+        "update order_events set published_at = now() where id = any($1) and published_at is null",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected())
 }
 

@@ -104,6 +104,38 @@ pub struct WorkerSettings {
     pub reconcile_interval: Duration,
     /// How long SIGTERM waits for in-flight steps.
     pub shutdown_grace: Duration,
+    /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
+    pub relay: Option<RelaySettings>,
+}
+
+/// Where and how the outbox relay publishes.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub nats_url: String,
+    /// The JetStream stream, created if missing (`ORDERFLOW_NATS_STREAM`, default `ORDERS`).
+    pub stream: String,
+    /// Subjects are `<prefix>.<event>` (`ORDERFLOW_NATS_SUBJECT_PREFIX`, default `orders`).
+    pub subject_prefix: String,
+    /// Events read and published per round (`ORDERFLOW_RELAY_BATCH`, default 500).
+    pub batch_size: i64,
+    /// How often an idle relay looks for new events (`ORDERFLOW_RELAY_IDLE_MS`, default 100).
+    pub idle_interval: Duration,
+}
+
+impl RelaySettings {
+    pub fn from_env() -> Result<Option<Self>, SettingsError> {
+        let nats_url = env_or("ORDERFLOW_NATS_URL", "");
+        if nats_url.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            nats_url,
+            stream: env_or("ORDERFLOW_NATS_STREAM", "ORDERS"),
+            subject_prefix: env_or("ORDERFLOW_NATS_SUBJECT_PREFIX", "orders"),
+            batch_size: env_parse::<i64>("ORDERFLOW_RELAY_BATCH", 500)?.max(1),
+            idle_interval: Duration::from_millis(env_parse("ORDERFLOW_RELAY_IDLE_MS", 100)?),
+        }))
+    }
 }
 
 impl WorkerSettings {
@@ -128,6 +160,7 @@ impl WorkerSettings {
             reservation_ttl: Duration::from_secs(env_parse("ORDERFLOW_RESERVATION_TTL_SECS", 900)?),
             reconcile_interval: Duration::from_millis(env_parse("ORDERFLOW_RECONCILE_INTERVAL_MS", 1_000)?),
             shutdown_grace: Duration::from_millis(env_parse("ORDERFLOW_SHUTDOWN_GRACE_MS", 30_000)?),
+            relay: RelaySettings::from_env()?,
         })
     }
 

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod payments;
 pub mod reconciler;
+pub mod relay;
 pub mod saga;
 
 use std::future::Future;
@@ -115,6 +116,11 @@ pub async fn run(
         })
         .collect();
     let reconciler = tokio::spawn(reconciler::run(saga.clone(), stopped.clone()));
+    let relay = saga.settings.relay.clone().map(|settings| {
+        let options = saga.pool.connect_options().as_ref().clone();
+        let stats = Arc::new(relay::RelayStats::default());
+        tokio::spawn(relay::run(options, settings, stats, stopped.clone()))
+    });
     shutdown.await;
     tracing::info!(?grace, "shutting down: no new jobs; waiting for in-flight steps");
     let _ = stop.send(true);
@@ -128,6 +134,9 @@ pub async fn run(
         );
     }
     let _ = reconciler.await;
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
     match recovery::release_jobs_of(&saga.pool, &saga.instance).await {
         Ok(0) => {}
         Ok(released) => tracing::info!(released, "handed unfinished jobs back to the queue"),

@@ -1,5 +1,6 @@
 //! The API's routes, one module per resource.
 
+pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod orders;
 pub(crate) mod skus;
@@ -20,6 +21,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/events", get(orders::events))
+        .route("/v1/events", get(feed::list))
+        .route("/metrics", get(health::metrics))
         .fallback(|uri: Uri| async move {
             crate::ApiError::NotFound {
                 what: "route",
