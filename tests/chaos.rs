@@ -2,7 +2,9 @@
 //! every kind of payment (declines, flaky and lost responses, random provider faults) and some cancels by
 //! customers, while a random worker is killed with SIGKILL every few seconds and restarted, and PostgreSQL
 //! itself crashes once. Afterwards every order must be over, no unit oversold or lost, no hold left open, no
-//! order charged twice or charged and cancelled, and every transition recorded exactly once.
+//! order charged twice or charged and cancelled, every transition recorded exactly once, and every event in
+//! NATS JetStream exactly once and in order per order (each worker also runs the outbox relay, so relays die
+//! mid-batch too). It reports the outbox lag sampled during the run.
 //!
 //! Short mode (default, ≤ 3 minutes, run by `.ci/run`): 1,000 orders at 25 per second. Soak mode:
 //! `ORDERFLOW_CHAOS=soak`, with `ORDERFLOW_CHAOS_ORDERS` (default 10,000) orders at `ORDERFLOW_CHAOS_RATE` per
@@ -21,8 +23,9 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::helpers::{Killed, eventually, free_port, spawn_process};
+use crate::helpers::{Killed, consume_stream, delete_stream, eventually, free_port, spawn_process};
 
+const NATS: &str = "nats://127.0.0.1:4222";
 const SKUS: [&str; 4] = ["HOT-1", "HOT-2", "HOT-3", "HOT-4"];
 /// Units per sku for each order planned: about 70% of the orders find stock, the rest end out_of_stock.
 const ON_HAND_PER_ORDER: f64 = 0.7;
@@ -79,6 +82,9 @@ impl Plan {
 struct Fleet {
     url: String,
     paysim: String,
+    /// Every worker also runs the outbox relay, to this test's own stream on the shared nats-server.
+    stream: String,
+    subjects: String,
     workers: Vec<Killed>,
 }
 
@@ -90,6 +96,9 @@ impl Fleet {
             &[
                 ("ORDERFLOW_PAYMENTS_URL", self.paysim.as_str()),
                 ("ORDERFLOW_DB_MAX_CONNECTIONS", "14"),
+                ("ORDERFLOW_NATS_URL", NATS),
+                ("ORDERFLOW_NATS_STREAM", self.stream.as_str()),
+                ("ORDERFLOW_NATS_SUBJECT_PREFIX", self.subjects.as_str()),
             ],
             None,
         )
@@ -190,11 +199,15 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
             .unwrap();
         assert!(put.status().is_success());
     }
+    let run_id = Uuid::new_v4().simple().to_string();
     let mut fleet = Fleet {
         url: url.clone(),
         paysim: paysim.clone(),
+        stream: format!("CHAOS_{}", run_id.to_uppercase()),
+        subjects: format!("chaos{run_id}"),
         workers: Vec::new(),
     };
+    let stream = fleet.stream.clone();
     for _ in 0..WORKERS {
         let worker = fleet.spawn_worker();
         fleet.workers.push(worker);
@@ -240,6 +253,32 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         })
     };
 
+    // The outbox lag (age of the oldest event not yet in JetStream), sampled every 200 ms.
+    let lag_samples = {
+        let (url, calm) = (url.clone(), calm.clone());
+        tokio::spawn(async move {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(1))
+                .connect_lazy(&url)
+                .unwrap();
+            let mut samples = Vec::new();
+            while !calm.load(Ordering::Relaxed) {
+                let lag: Result<f64, _> = sqlx::query_scalar(
+                    "select coalesce(extract(epoch from now() - min(created_at))::float8, 0) \
+                     from order_events where published_at is null",
+                )
+                .fetch_one(&pool)
+                .await;
+                if let Ok(lag) = lag {
+                    samples.push(lag);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            samples
+        })
+    };
+
     // Clients: submit every order (and cancel about one in twenty soon after).
     let next = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)
@@ -278,6 +317,13 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     crasher.await.unwrap();
     calm.store(true, Ordering::Relaxed);
     killer.await.unwrap();
+    let mut lags = lag_samples.await.unwrap();
+    lags.sort_by(f64::total_cmp);
+    let lag_at = |q: f64| {
+        lags.get(((lags.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
 
     // Drain: every accepted order must end, with the restarted fleet and no more chaos.
     let pool = PgPool::connect(&url).await.unwrap();
@@ -433,6 +479,37 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         );
     }
 
+    // The events in JetStream: each exactly once, in order per order, despite relays killed mid-batch.
+    let events_total: i64 = sqlx::query_scalar("select count(*) from order_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    eventually("the outbox to drain", Duration::from_secs(60), || async {
+        let left: i64 = sqlx::query_scalar("select count(*) from order_events where published_at is null")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (left == 0).then_some(())
+    })
+    .await;
+    let received = consume_stream(NATS, &stream, events_total as usize).await;
+    assert_eq!(
+        received.len() as i64,
+        events_total,
+        "every event in JetStream once"
+    );
+    let mut next_sequence: HashMap<Uuid, i32> = HashMap::new();
+    for r in &received {
+        let expected = next_sequence.entry(r.event.data.order_id).or_insert(1);
+        assert_eq!(
+            r.event.data.sequence, *expected,
+            "order {}: out of order or repeated",
+            r.event.subject
+        );
+        *expected += 1;
+    }
+    delete_stream(NATS, &stream).await;
+
     // The step log: no attempt left open (a killed worker's attempt is closed when its job is taken back).
     let open_steps: i64 = sqlx::query_scalar("select count(*) from saga_steps where status = 'STARTED'")
         .fetch_one(&pool)
@@ -455,7 +532,8 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     .unwrap();
     println!(
         "chaos: orders={} fulfilled={} cancelled={} (out_of_stock={} declined={} payment_failed={} customer={}) \
-         worker_kills={} pg_crashes={} attempts_cut_by_kills={} submit={:.1}s total={:.1}s invariants=held",
+         worker_kills={} pg_crashes={} attempts_cut_by_kills={} events={} outbox_lag_p50={:.2}s p99={:.2}s \
+         max={:.2}s submit={:.1}s total={:.1}s invariants=held",
         by_id.len(),
         count("FULFILLED"),
         count("CANCELLED"),
@@ -466,6 +544,10 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         kills.load(Ordering::Relaxed),
         plan.crashes.len(),
         rescued,
+        events_total,
+        lag_at(0.5),
+        lag_at(0.99),
+        lag_at(1.0),
         submit_time.as_secs_f64(),
         duration.as_secs_f64(),
     );

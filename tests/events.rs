@@ -8,13 +8,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use orderflow_shared::outbox::CloudEvent;
 use orderflow_shared::settings::RelaySettings;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{Killed, Options, TestApp, eventually, free_port, spawn_app_with, spawn_worker_process};
+use crate::helpers::{
+    Killed, Options, Received, TestApp, consume_stream as consume_all, delete_stream, eventually, free_port,
+    spawn_app_with, spawn_worker_process,
+};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -34,58 +36,6 @@ fn with_relay(relay: &RelaySettings) -> Options {
     Options {
         relay: Some(relay.clone()),
         ..Options::default()
-    }
-}
-
-/// One stored message: its subject, its Nats-Msg-Id and the CloudEvent.
-struct Received {
-    subject: String,
-    msg_id: String,
-    event: CloudEvent,
-}
-
-/// Reads the whole stream with a pull consumer, acknowledging each message, until `expected` arrived and the
-/// stream stays quiet for a moment.
-async fn consume_all(nats_url: &str, stream: &str, expected: usize) -> Vec<Received> {
-    let client = async_nats::connect(nats_url).await.unwrap();
-    let js = jetstream::new(client);
-    let stream = js.get_stream(stream).await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut received = Vec::new();
-    loop {
-        let wait = if received.len() >= expected { 500 } else { 10_000 };
-        match tokio::time::timeout(Duration::from_millis(wait), messages.next()).await {
-            Ok(Some(message)) => {
-                let message = message.unwrap();
-                let msg_id = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Msg-Id"))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default();
-                received.push(Received {
-                    subject: message.subject.to_string(),
-                    msg_id,
-                    event: serde_json::from_slice(&message.payload).unwrap(),
-                });
-                message.ack().await.unwrap();
-            }
-            _ => return received,
-        }
-    }
-}
-
-async fn delete_stream(nats_url: &str, stream: &str) {
-    if let Ok(client) = async_nats::connect(nats_url).await {
-        let _ = jetstream::new(client).delete_stream(stream).await;
     }
 }
 

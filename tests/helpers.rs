@@ -433,3 +433,60 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One stored message: its subject, its Nats-Msg-Id and the CloudEvent.
+pub struct Received {
+    pub subject: String,
+    pub msg_id: String,
+    pub event: orderflow_shared::outbox::CloudEvent,
+}
+
+/// Reads the whole stream with a pull consumer, acknowledging each message, until `expected` arrived and the
+/// stream stays quiet for a moment.
+pub async fn consume_stream(nats_url: &str, stream: &str, expected: usize) -> Vec<Received> {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut received = Vec::new();
+    loop {
+        let wait = if received.len() >= expected { 500 } else { 10_000 };
+        match tokio::time::timeout(
+            Duration::from_millis(wait),
+            futures::StreamExt::next(&mut messages),
+        )
+        .await
+        {
+            Ok(Some(message)) => {
+                let message = message.unwrap();
+                let msg_id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                received.push(Received {
+                    subject: message.subject.to_string(),
+                    msg_id,
+                    event: serde_json::from_slice(&message.payload).unwrap(),
+                });
+                message.ack().await.unwrap();
+            }
+            _ => return received,
+        }
+    }
+}
+
+pub async fn delete_stream(nats_url: &str, stream: &str) {
+    if let Ok(client) = async_nats::connect(nats_url).await {
+        let _ = async_nats::jetstream::new(client).delete_stream(stream).await;
+    }
+}
