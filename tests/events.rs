@@ -434,3 +434,63 @@ async fn the_events_feed_rejects_a_bad_cursor_or_limit_naming_the_parameter() {
         assert_eq!(problem["field"], field, "{query}: {problem}");
     }
 }
+
+/// The relay's throughput: `RELAY_BENCH_EVENTS` (default 50,000) unpublished events, one relay, timed until the
+/// outbox is empty. A measurement, not a check: run it with
+/// `cargo nextest run --cargo-profile release --run-ignored only -E 'test(relay_throughput)' --no-capture`.
+#[tokio::test]
+#[ignore = "benchmark; run on purpose"]
+async fn relay_throughput() {
+    let events: i64 = std::env::var("RELAY_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50_000);
+    let batch: i64 = std::env::var("ORDERFLOW_RELAY_BATCH")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    // Five events per order, as a full saga writes them.
+    let orders = events / 5;
+    sqlx::query(
+        "insert into orders (id, customer_id, currency, total, status, payment_token) \
+         select gen_random_uuid(), 'bench', 'USD', 1000, 'FULFILLED', 'pm_card_visa' from generate_series(1, $1)",
+    )
+    .bind(orders)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status) \
+         select gen_random_uuid(), o.id, s, 'order.paid', 'RESERVED', 'PAID' \
+         from orders o cross join generate_series(1, 5) s order by o.id, s",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let mut relay = relay_to(NATS);
+    relay.batch_size = batch;
+    let stats = Arc::new(orderflow_worker::relay::RelayStats::default());
+    let started = std::time::Instant::now();
+    tokio::spawn(orderflow_worker::relay::run(
+        app.pool.connect_options().as_ref().clone(),
+        relay.clone(),
+        stats.clone(),
+        app.stopped(),
+    ));
+    wait_all_published(&app, Duration::from_secs(600)).await;
+    let elapsed = started.elapsed();
+
+    let published = stats.published.load(Ordering::Relaxed);
+    println!(
+        "relay: {published} events in {:.2} s = {:.0} events/s (batch {batch})",
+        elapsed.as_secs_f64(),
+        published as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(published as i64, orders * 5);
+    delete_stream(NATS, &relay.stream).await;
+}
