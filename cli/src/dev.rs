@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use orderflow_shared::settings::{self, WorkerSettings};
+use orderflow_shared::settings::{self, RelaySettings, WorkerSettings};
 use orderflow_shared::{db, inventory};
 use tokio::sync::watch;
 
@@ -73,6 +73,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if std::env::var("ORDERFLOW_PAYMENTS_URL").is_err() {
         worker_settings.payments_url = paysim_url;
     }
+    // Publish events to a local NATS when one runs and nothing else was asked for.
+    if worker_settings.relay.is_none()
+        && std::env::var_os("ORDERFLOW_NATS_URL").is_none()
+        && tokio::net::TcpStream::connect(settings::DEFAULT_NATS_ADDR).await.is_ok()
+    {
+        worker_settings.relay = Some(RelaySettings::for_url(&format!("nats://{}", settings::DEFAULT_NATS_ADDR))?);
+    }
+    let nats = worker_settings
+        .relay
+        .as_ref()
+        .map(|r| format!("{} (stream {}, subjects {}.>)", r.nats_url, r.stream, r.subject_prefix));
 
     let paysim = tokio::spawn(orderflow_paysim::run(
         paysim_listener,
@@ -89,8 +100,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          curl -s -X POST http://{api_addr}/v1/orders -H 'Content-Type: application/json' \
          -H \"Idempotency-Key: $(date +%s%N)\" \
          -d '{{\"customer_id\":\"c1\",\"currency\":\"USD\",\"lines\":[{{\"sku\":\"mug-logo\",\"quantity\":2}}],\"payment_token\":\"pm_card_visa\"}}'\n\n  \
-         curl -s http://{api_addr}/v1/orders/<id from above>\n\nCtrl-C stops everything.\n",
-        args.paysim_addr
+         curl -s http://{api_addr}/v1/orders/<id from above>\n  \
+         curl -s http://{api_addr}/v1/events\n\nEvents to NATS: {}\nCtrl-C stops everything.\n",
+        args.paysim_addr,
+        nats.as_deref().unwrap_or("off (no NATS at 127.0.0.1:4222; the /v1/events feed serves them)"),
     );
 
     orderflow_shared::shutdown::signal().await;

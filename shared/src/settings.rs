@@ -11,6 +11,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/order
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_PAYSIM_ADDR: &str = "127.0.0.1:8090";
 pub const DEFAULT_PAYMENTS_URL: &str = "http://127.0.0.1:8090";
+/// Where `orderflow dev` looks for NATS when `ORDERFLOW_NATS_URL` is unset.
+pub const DEFAULT_NATS_ADDR: &str = "127.0.0.1:4222";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{name} is not valid: {message}")]
@@ -128,13 +130,18 @@ impl RelaySettings {
         if nats_url.trim().is_empty() {
             return Ok(None);
         }
-        Ok(Some(Self {
-            nats_url,
+        Self::for_url(&nats_url).map(Some)
+    }
+
+    /// The relay to `nats_url`, the rest from the environment or the defaults.
+    pub fn for_url(nats_url: &str) -> Result<Self, SettingsError> {
+        Ok(Self {
+            nats_url: nats_url.to_owned(),
             stream: env_or("ORDERFLOW_NATS_STREAM", "ORDERS"),
             subject_prefix: env_or("ORDERFLOW_NATS_SUBJECT_PREFIX", "orders"),
             batch_size: env_parse::<i64>("ORDERFLOW_RELAY_BATCH", 500)?.max(1),
             idle_interval: Duration::from_millis(env_parse("ORDERFLOW_RELAY_IDLE_MS", 100)?),
-        }))
+        })
     }
 }
 
