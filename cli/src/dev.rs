@@ -76,14 +76,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Publish events to a local NATS when one runs and nothing else was asked for.
     if worker_settings.relay.is_none()
         && std::env::var_os("ORDERFLOW_NATS_URL").is_none()
-        && tokio::net::TcpStream::connect(settings::DEFAULT_NATS_ADDR).await.is_ok()
+        && tokio::net::TcpStream::connect(settings::DEFAULT_NATS_ADDR)
+            .await
+            .is_ok()
     {
-        worker_settings.relay = Some(RelaySettings::for_url(&format!("nats://{}", settings::DEFAULT_NATS_ADDR))?);
+        worker_settings.relay = Some(RelaySettings::for_url(&format!(
+            "nats://{}",
+            settings::DEFAULT_NATS_ADDR
+        ))?);
     }
-    let nats = worker_settings
-        .relay
-        .as_ref()
-        .map(|r| format!("{} (stream {}, subjects {}.>)", r.nats_url, r.stream, r.subject_prefix));
+    let nats = worker_settings.relay.as_ref().map(|r| {
+        format!(
+            "{} (stream {}, subjects {}.>)",
+            r.nats_url, r.stream, r.subject_prefix
+        )
+    });
 
     let paysim = tokio::spawn(orderflow_paysim::run(
         paysim_listener,
@@ -103,7 +110,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          curl -s http://{api_addr}/v1/orders/<id from above>\n  \
          curl -s http://{api_addr}/v1/events\n\nEvents to NATS: {}\nCtrl-C stops everything.\n",
         args.paysim_addr,
-        nats.as_deref().unwrap_or("off (no NATS at 127.0.0.1:4222; the /v1/events feed serves them)"),
+        nats.as_deref()
+            .unwrap_or("off (no NATS at 127.0.0.1:4222; the /v1/events feed serves them)"),
     );
 
     orderflow_shared::shutdown::signal().await;
