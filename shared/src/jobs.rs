@@ -12,6 +12,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::order::OrderStatus;
+use crate::telemetry::TraceId;
 
 /// One saga step or compensation; each has its own apalis queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -95,6 +96,9 @@ pub struct StepJob {
     pub order_id: Uuid,
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// The order's trace (set by `enqueue` from the order row), for the step's log span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceId>,
 }
 
 fn first_attempt() -> u32 {
@@ -117,8 +121,8 @@ pub enum EnqueueError {
 pub const APALIS_MAX_ATTEMPTS: usize = 3;
 
 /// Enqueues `step` for `job` in the caller's transaction, to run after `delay` (whole seconds: apalis stores
-/// run_at in seconds), and records the new job as the order's `job_id`: for a saga that is not over, the job
-/// named there is the one that moves it on. Returns the job's id.
+/// run_at in seconds), records the new job as the order's `job_id` (for a saga that is not over, the job named
+/// there is the one that moves it on) and in `saga_jobs`, and carries the order's trace id. Returns the job's id.
 pub async fn enqueue(
     conn: &mut PgConnection,
     step: Step,
@@ -126,6 +130,18 @@ pub async fn enqueue(
     delay: Option<Duration>,
 ) -> Result<String, EnqueueError> {
     let id = ulid::Ulid::generate();
+    let job_id = id.to_string();
+    let trace: Option<String> =
+        sqlx::query_scalar("update orders set job_id = $2 where id = $1 returning trace_id")
+            .bind(job.order_id)
+            .bind(&job_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+    let job = StepJob {
+        trace: trace.and_then(|t| t.parse().ok()),
+        ..job
+    };
     let mut builder = apalis::prelude::TaskBuilder::new(serde_json::to_vec(&job)?)
         .task_id(TaskId::from_ulid(id))
         .max_attempts(APALIS_MAX_ATTEMPTS);
@@ -134,11 +150,12 @@ pub async fn enqueue(
     }
     let task: PgTask = builder.build();
     apalis_postgres::queries::push_tasks(&mut *conn, step.queue(), vec![task]).await?;
-    let id = id.to_string();
-    sqlx::query("update orders set job_id = $2 where id = $1")
+    sqlx::query("insert into saga_jobs (job_id, order_id, step, attempt) values ($1, $2, $3, $4)")
+        .bind(&job_id)
         .bind(job.order_id)
-        .bind(&id)
+        .bind(step.name())
+        .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
         .execute(&mut *conn)
         .await?;
-    Ok(id)
+    Ok(job_id)
 }

@@ -177,6 +177,8 @@ pub struct OrderRow {
     pub job_id: Option<String>,
     /// Until when the reserved stock is held (set by the reserve step).
     pub reserved_until: Option<DateTime<Utc>>,
+    /// The W3C trace id of the request that created the order.
+    pub trace_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -205,12 +207,13 @@ pub struct NewOrder {
     pub currency: String,
     pub total: i64,
     pub payment_token: String,
+    pub trace_id: Option<String>,
     /// (sku, quantity, unit price snapshot), in request order.
     pub lines: Vec<(String, i64, i64)>,
 }
 
 const ORDER_COLUMNS: &str = "id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, \
-     current_step, last_error, job_id, reserved_until, created_at, updated_at";
+     current_step, last_error, job_id, reserved_until, trace_id, created_at, updated_at";
 
 /// Inserts the order in CREATED, its lines and its `order.created` event; returns the rows as written.
 #[tracing::instrument(skip_all, fields(order_id = %order.id), err)]
@@ -219,8 +222,8 @@ pub async fn insert(
     order: &NewOrder,
 ) -> Result<(OrderRow, Vec<OrderLineRow>), sqlx::Error> {
     let row: OrderRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        r#"insert into orders (id, customer_id, currency, total, status, payment_token, current_step)
-           values ($1, $2, $3, $4, 'CREATED', $5, 'reserve')
+        r#"insert into orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id)
+           values ($1, $2, $3, $4, 'CREATED', $5, 'reserve', $6)
            returning {ORDER_COLUMNS}"#
     )))
     .bind(order.id)
@@ -228,6 +231,7 @@ pub async fn insert(
     .bind(&order.currency)
     .bind(order.total)
     .bind(&order.payment_token)
+    .bind(&order.trace_id)
     .fetch_one(&mut *conn)
     .await?;
 
@@ -423,7 +427,8 @@ pub async fn hold_reservation(
 
 /// Records the last error a step met, for operators.
 pub async fn set_last_error(executor: impl PgExecutor<'_>, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("update orders set last_error = $2, updated_at = now() where id = $1")
+    // Not `updated_at`: that is the saga's last progress, which a failure is not.
+    sqlx::query("update orders set last_error = $2 where id = $1")
         .bind(id)
         .bind(error)
         .execute(executor)

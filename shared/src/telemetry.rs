@@ -18,3 +18,96 @@ pub fn init(default_filter: &str) {
             .try_init()
     };
 }
+
+/// A W3C trace id (16 bytes, 32 lower-case hex digits). The API takes it from the request's `traceparent` or
+/// makes one; it is stored with the order and carried in every saga job, so the API's and the workers' logs of
+/// one order share it (the `trace_id` field of their spans).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId(pub u128);
+
+impl TraceId {
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4().as_u128())
+    }
+
+    /// The trace id of a `traceparent` header (`00-<trace id>-<parent id>-<flags>`), if it is well formed and
+    /// not all zeros.
+    pub fn from_traceparent(header: &str) -> Option<Self> {
+        let mut parts = header.trim().split('-');
+        let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if version.len() != 2 || parent.len() != 16 || flags.len() != 2 || version == "ff" {
+            return None;
+        }
+        trace.parse().ok()
+    }
+
+    /// A `traceparent` header for this trace, with `span` as the parent id, sampled.
+    pub fn traceparent(self, span: u64) -> String {
+        format!("00-{self}-{span:016x}-01")
+    }
+}
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::str::FromStr for TraceId {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let value = if valid {
+            u128::from_str_radix(s, 16).ok()
+        } else {
+            None
+        };
+        value
+            .filter(|v| *v != 0)
+            .map(Self)
+            .ok_or("not a trace id (32 lower-case hex digits, not all zero)")
+    }
+}
+
+impl serde::Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TraceId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_header_yields_its_trace_id_and_round_trips() {
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace = TraceId::from_traceparent(header).map(|t| t.to_string());
+        assert_eq!(trace.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let again = TraceId::from_traceparent(&TraceId(0xabc).traceparent(7)).map(|t| t.0);
+        assert_eq!(again, Some(0xabc));
+    }
+
+    #[test]
+    fn malformed_or_zero_trace_ids_are_refused() {
+        for header in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert!(TraceId::from_traceparent(header).is_none(), "{header}");
+        }
+    }
+}

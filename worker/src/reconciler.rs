@@ -146,7 +146,11 @@ async fn settle_stranded(saga: &Saga, order_id: Uuid) -> anyhow::Result<bool> {
     saga.settle(
         &mut tx,
         step,
-        StepJob { order_id, attempt },
+        StepJob {
+            order_id,
+            attempt,
+            trace: order.trace_id.as_deref().and_then(|t| t.parse().ok()),
+        },
         StepError::Transient(anyhow!(reason)),
     )
     .await

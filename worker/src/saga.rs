@@ -34,7 +34,12 @@ impl Saga {
     /// permanent one (or an exhausted budget) starts compensation, and a compensation out of attempts parks the
     /// saga in NEEDS_ATTENTION. An `Err` here means even that could not be written; apalis then runs the job
     /// again (a few times, see `jobs::APALIS_MAX_ATTEMPTS`) and after that the reconciler settles it.
-    #[tracing::instrument(skip_all, fields(order_id = %job.order_id, step = step.name(), attempt = job.attempt), err)]
+    #[tracing::instrument(skip_all, err, fields(
+        order_id = %job.order_id,
+        step = step.name(),
+        attempt = job.attempt,
+        trace_id = %job.trace.map(|t| t.to_string()).unwrap_or_default(),
+    ))]
     pub async fn run(&self, step: Step, job: StepJob) -> Result<(), StepError> {
         let started = std::time::Instant::now();
         let result = match step {
@@ -98,6 +103,7 @@ impl Saga {
             let next = StepJob {
                 order_id: job.order_id,
                 attempt: job.attempt + 1,
+                trace: job.trace,
             };
             jobs::enqueue(tx, step, next, Some(delay)).await?;
         } else if step.is_compensation() {
@@ -512,7 +518,12 @@ pub(crate) async fn enqueue_first(
     step: Step,
     order_id: Uuid,
 ) -> Result<(), StepError> {
-    jobs::enqueue(conn, step, StepJob { order_id, attempt: 1 }, None).await?;
+    let job = StepJob {
+        order_id,
+        attempt: 1,
+        trace: None,
+    };
+    jobs::enqueue(conn, step, job, None).await?;
     Ok(())
 }
 

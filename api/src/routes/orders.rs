@@ -15,6 +15,7 @@ use orderflow_shared::order::{
     self, CancelReason, NewOrder, OrderLineRow, OrderRow, OrderStatus, Transition,
 };
 use orderflow_shared::payment::{self, PaymentRow};
+use orderflow_shared::telemetry::TraceId;
 use orderflow_shared::{idempotency, inventory};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -189,13 +190,19 @@ fn validate(request: &CreateOrderRequest) -> Result<(Currency, Vec<(String, Quan
         (status = 409, description = "A request with this key is in flight", body = crate::error::Problem),
         (status = 422, description = "Invalid field, or the key was used with another body", body = crate::error::Problem),
     ))]
-#[tracing::instrument(skip_all, fields(order_id))]
+#[tracing::instrument(skip_all, fields(order_id, trace_id))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: JsonBody<CreateOrderRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceId::from_traceparent)
+        .unwrap_or_else(TraceId::random);
+    tracing::Span::current().record("trace_id", tracing::field::display(trace));
     let request = body.parsed;
     let customer_id = required_text("customer_id", &request.customer_id)?;
     let payment_token = required_text("payment_token", &request.payment_token)?;
@@ -253,6 +260,7 @@ pub async fn create(
         currency: currency.to_string(),
         total,
         payment_token,
+        trace_id: Some(trace.to_string()),
         lines: priced.into_iter().map(|(sku, q, p)| (sku, q.get(), p)).collect(),
     };
     tracing::Span::current().record("order_id", tracing::field::display(new_order.id));
@@ -263,6 +271,7 @@ pub async fn create(
         StepJob {
             order_id: row.id,
             attempt: 1,
+            trace: Some(trace),
         },
         None,
     )
@@ -280,10 +289,11 @@ pub async fn create(
     .await?;
     tx.commit().await?;
     tracing::info!(order_id = %view.id, total = view.total, "order accepted");
-    Ok(with_location(
-        (StatusCode::ACCEPTED, Json(body)).into_response(),
-        view.id,
-    ))
+    let mut response = with_location((StatusCode::ACCEPTED, Json(body)).into_response(), view.id);
+    if let Ok(value) = HeaderValue::from_str(&trace.traceparent(rand::random())) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    Ok(response)
 }
 
 /// Failpoint `api.create_order.after_lock`: configured as `return(<key>)`, a create with that Idempotency-Key
@@ -455,6 +465,7 @@ pub async fn cancel(
                 StepJob {
                     order_id: id,
                     attempt: 1,
+                    trace: None,
                 },
                 None,
             )
