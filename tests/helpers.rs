@@ -52,6 +52,20 @@ impl Default for Options {
     }
 }
 
+/// The tokens every test app accepts.
+pub const VIEWER_TOKEN: &str = "viewer-token-0123456789";
+pub const OPERATOR_TOKEN: &str = "operator-token-0123456789";
+
+pub fn admin_settings() -> orderflow_shared::settings::AdminSettings {
+    orderflow_shared::settings::AdminSettings {
+        tokens: orderflow_shared::settings::parse_admin_tokens(&format!(
+            "vera:viewer:{VIEWER_TOKEN},otto:operator:{OPERATOR_TOKEN}"
+        ))
+        .unwrap(),
+        stuck_after: Duration::from_secs(1),
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
@@ -96,7 +110,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     tokio::spawn(orderflow_paysim::run(sim_listener, options.sim, stopped()));
     let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", api_listener.local_addr().unwrap());
-    tokio::spawn(orderflow_api::run(api_listener, pool.clone(), stopped()));
+    tokio::spawn(orderflow_api::run(
+        api_listener,
+        pool.clone(),
+        admin_settings(),
+        stopped(),
+    ));
     let app = TestApp {
         api,
         paysim,

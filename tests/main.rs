@@ -4,11 +4,13 @@
 
 mod helpers;
 
+mod admin;
 mod bad_input;
 mod cancellation;
 mod chaos;
 mod concurrency;
 mod crash;
+mod dashboard;
 mod events;
 mod idempotency;
 mod outage;

@@ -30,6 +30,12 @@ pub enum ApiError {
     IdempotencyKeyInFlight,
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// No or an unknown admin token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token whose role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// PostgreSQL is unreachable or refusing work for now; the client may retry.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -52,6 +58,8 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -67,6 +75,8 @@ impl ApiError {
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
             Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::Unavailable(_) => "service-unavailable",
             Self::Internal(_) => "internal-error",
         }
@@ -116,6 +126,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"orderflow-admin\""),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

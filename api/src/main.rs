@@ -13,11 +13,15 @@ async fn main() -> anyhow::Result<()> {
     db::migrate(&pool)
         .await
         .context("failed to migrate the database")?;
+    let admin = settings::AdminSettings::from_env()?;
+    if admin.tokens.is_empty() {
+        tracing::warn!("ORDERFLOW_ADMIN_TOKENS is not set: the admin API and dashboard refuse everyone");
+    }
     let addr = settings::api_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("failed to bind {addr}"))?;
     tracing::info!(%addr, "orderflow-api listening");
-    orderflow_api::run(listener, pool, orderflow_shared::shutdown::signal()).await?;
+    orderflow_api::run(listener, pool, admin, orderflow_shared::shutdown::signal()).await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{feed, health, orders, skus};
+use crate::routes::{admin, feed, health, orders, skus};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,9 +21,30 @@ use crate::routes::{feed, health, orders, skus};
         orders::events,
         feed::list,
         health::metrics,
-    )
+        admin::queues,
+        admin::sagas,
+        admin::saga,
+        admin::retry,
+        admin::compensate,
+        admin::resolve,
+    ),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// The admin API's bearer tokens, as an OpenAPI security scheme.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

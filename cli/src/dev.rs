@@ -97,7 +97,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         orderflow_paysim::SimConfig::from_env()?,
         stopped(),
     ));
-    let api = tokio::spawn(orderflow_api::run(api_listener, pool.clone(), stopped()));
+    // Without configured tokens, dev makes one operator token for this run and prints it.
+    let mut admin = settings::AdminSettings::from_env()?;
+    let dev_token = admin.tokens.is_empty().then(|| {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        admin.tokens.push(settings::AdminToken {
+            name: "dev".to_owned(),
+            role: settings::Role::Operator,
+            token: token.clone(),
+        });
+        token
+    });
+    let api = tokio::spawn(orderflow_api::run(api_listener, pool.clone(), admin, stopped()));
     let worker = tokio::spawn(orderflow_worker::run(pool.clone(), worker_settings, stopped()));
 
     let api_addr = args.api_addr;
@@ -108,10 +119,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          -H \"Idempotency-Key: $(date +%s%N)\" \
          -d '{{\"customer_id\":\"c1\",\"currency\":\"USD\",\"lines\":[{{\"sku\":\"mug-logo\",\"quantity\":2}}],\"payment_token\":\"pm_card_visa\"}}'\n\n  \
          curl -s http://{api_addr}/v1/orders/<id from above>\n  \
-         curl -s http://{api_addr}/v1/events\n\nEvents to NATS: {}\nCtrl-C stops everything.\n",
+         curl -s http://{api_addr}/v1/events\n\nEvents to NATS: {}\n{}\nCtrl-C stops everything.\n",
         args.paysim_addr,
         nats.as_deref()
             .unwrap_or("off (no NATS at 127.0.0.1:4222; the /v1/events feed serves them)"),
+        match &dev_token {
+            Some(token) => format!(
+                "Dashboard: http://{api_addr}/admin (token {token})\n\
+                 CLI: ORDERFLOW_ADMIN_TOKEN={token} orderflow queues"
+            ),
+            None => format!("Dashboard: http://{api_addr}/admin (a token from ORDERFLOW_ADMIN_TOKENS)"),
+        },
     );
 
     orderflow_shared::shutdown::signal().await;

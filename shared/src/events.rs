@@ -17,6 +17,7 @@ pub enum EventType {
     CancellationStarted,
     Cancelled,
     NeedsAttention,
+    CancellationResumed,
 }
 
 impl EventType {
@@ -29,6 +30,7 @@ impl EventType {
             Self::CancellationStarted => "order.cancellation_started",
             Self::Cancelled => "order.cancelled",
             Self::NeedsAttention => "order.needs_attention",
+            Self::CancellationResumed => "order.cancellation_resumed",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! (several statements) or `impl PgExecutor` (one statement); the caller opens the transaction, so one business
 //! action commits or rolls back as a whole.
 
+pub mod admin;
 pub mod db;
 pub mod events;
 pub mod idempotency;

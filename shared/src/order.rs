@@ -70,6 +70,8 @@ impl OrderStatus {
             (Created | Reserved | Paid, Transition::StartCancel(_)) => Some(Cancelling),
             (Cancelling, Transition::FinishCancel) => Some(Cancelled),
             (Cancelling, Transition::Park) => Some(NeedsAttention),
+            (NeedsAttention, Transition::Resume) => Some(Cancelling),
+            (NeedsAttention, Transition::Resolve) => Some(Cancelled),
             _ => None,
         };
         next.ok_or(InvalidTransition {
@@ -99,6 +101,8 @@ pub enum CancelReason {
     CustomerRequest,
     /// The reservation's hold ran out before payment started.
     ReservationExpired,
+    /// An operator compensated the saga (admin API, CLI or dashboard).
+    OperatorRequest,
 }
 
 impl CancelReason {
@@ -111,6 +115,7 @@ impl CancelReason {
             Self::StepFailed => "step_failed",
             Self::CustomerRequest => "customer_request",
             Self::ReservationExpired => "reservation_expired",
+            Self::OperatorRequest => "operator_request",
         }
     }
 }
@@ -126,6 +131,10 @@ pub enum Transition {
     FinishCancel,
     /// A compensation used up its retries: park the saga for an operator.
     Park,
+    /// An operator retries a parked saga's compensation.
+    Resume,
+    /// An operator declares a parked saga repaired by hand: it ends CANCELLED.
+    Resolve,
 }
 
 impl Transition {
@@ -138,6 +147,8 @@ impl Transition {
             Self::StartCancel(_) => "start_cancel",
             Self::FinishCancel => "finish_cancel",
             Self::Park => "park",
+            Self::Resume => "resume",
+            Self::Resolve => "resolve",
         }
     }
 
@@ -147,8 +158,9 @@ impl Transition {
             Self::Pay => EventType::Paid,
             Self::Fulfil => EventType::Fulfilled,
             Self::StartCancel(_) => EventType::CancellationStarted,
-            Self::RejectOutOfStock | Self::FinishCancel => EventType::Cancelled,
+            Self::RejectOutOfStock | Self::FinishCancel | Self::Resolve => EventType::Cancelled,
             Self::Park => EventType::NeedsAttention,
+            Self::Resume => EventType::CancellationResumed,
         }
     }
 }
@@ -458,6 +470,8 @@ mod tests {
             Transition::StartCancel(CancelReason::CustomerRequest),
             Transition::FinishCancel,
             Transition::Park,
+            Transition::Resume,
+            Transition::Resolve,
         ]
     }
 
@@ -474,6 +488,8 @@ mod tests {
             (Paid, "start_cancel", Cancelling),
             (Cancelling, "finish_cancel", Cancelled),
             (Cancelling, "park", NeedsAttention),
+            (NeedsAttention, "resume", Cancelling),
+            (NeedsAttention, "resolve", Cancelled),
         ];
         for from in OrderStatus::ALL {
             for transition in all_transitions() {

@@ -11,6 +11,10 @@
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::jobs::Step;
+use crate::order::{OrderRow, OrderStatus};
+use crate::payment::{self, status as pay};
+
 /// The apalis job statuses this module reads and writes.
 pub mod job_status {
     pub const PENDING: &str = "Pending";
@@ -262,6 +266,29 @@ pub async fn reservation_expired(executor: impl PgExecutor<'_>, order_id: Uuid) 
     .bind(order_id)
     .fetch_one(executor)
     .await
+}
+
+/// The step the saga is in: `orders.current_step` when it fits the status, else the one the status implies
+/// (a PAID order whose capture is recorded is in fulfil).
+pub async fn current_step(tx: &mut PgConnection, order: &OrderRow) -> Result<Step, sqlx::Error> {
+    let status = order.status();
+    if let Some(step) = order.current_step.as_deref().and_then(Step::parse)
+        && step.runs_from() == status
+    {
+        return Ok(step);
+    }
+    Ok(match status {
+        OrderStatus::Created => Step::Reserve,
+        OrderStatus::Reserved => Step::Pay,
+        OrderStatus::Paid => {
+            let captured = payment::find(&mut *tx, order.id)
+                .await?
+                .is_some_and(|p| p.status == pay::CAPTURED);
+            if captured { Step::Fulfil } else { Step::Commit }
+        }
+        // CANCELLING, and a parked saga resumes its compensation.
+        _ => Step::ReleaseInventory,
+    })
 }
 
 /// The highest attempt of `step` in the order's step log (0 if none).

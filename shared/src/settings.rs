@@ -211,3 +211,152 @@ where
         _ => Ok(None),
     }
 }
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read queues, sagas and their history.
+    Viewer,
+    /// Also act: retry, compensate, resolve.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+/// One admin bearer token: whose it is (recorded with every action) and its role.
+#[derive(Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("token", &"***")
+            .finish()
+    }
+}
+
+/// The admin API's and dashboard's settings.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// `ORDERFLOW_ADMIN_TOKENS`: comma-separated `name:role:token` (role `viewer` or `operator`). Without any,
+    /// the admin API answers 401 to everyone.
+    pub tokens: Vec<AdminToken>,
+    /// A saga not over and without progress for this long is stuck (`ORDERFLOW_STUCK_AFTER_SECS`, default 60).
+    pub stuck_after: Duration,
+}
+
+impl AdminSettings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Ok(Self {
+            tokens: parse_admin_tokens(&env_or("ORDERFLOW_ADMIN_TOKENS", ""))?,
+            stuck_after: Duration::from_secs(env_parse("ORDERFLOW_STUCK_AFTER_SECS", 60)?),
+        })
+    }
+
+    /// The token's owner, comparing in constant time so a guess learns nothing from the timing.
+    pub fn authenticate(&self, presented: &str) -> Option<&AdminToken> {
+        self.tokens
+            .iter()
+            .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Parses `name:role:token[,name:role:token…]`.
+pub fn parse_admin_tokens(value: &str) -> Result<Vec<AdminToken>, SettingsError> {
+    let wrong = |message: String| SettingsError {
+        name: "ORDERFLOW_ADMIN_TOKENS",
+        message,
+    };
+    let mut tokens = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut parts = entry.splitn(3, ':');
+        let (Some(name), Some(role), Some(token)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(wrong(format!(
+                "{:?} is not name:role:token",
+                entry.split(':').next().unwrap_or("")
+            )));
+        };
+        let role = match role {
+            "viewer" => Role::Viewer,
+            "operator" => Role::Operator,
+            other => {
+                return Err(wrong(format!(
+                    "role {other:?} of {name:?} is not viewer or operator"
+                )));
+            }
+        };
+        if name.is_empty() || token.len() < 16 {
+            return Err(wrong(format!(
+                "{name:?} needs a name and a token of at least 16 characters"
+            )));
+        }
+        tokens.push(AdminToken {
+            name: name.to_owned(),
+            role,
+            token: token.to_owned(),
+        });
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn admin_tokens_parse_with_their_roles_and_bad_ones_are_named() {
+        let tokens =
+            parse_admin_tokens("ann:operator:0123456789abcdef, bob:viewer:fedcba9876543210").unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!((tokens[0].name.as_str(), tokens[0].role), ("ann", Role::Operator));
+        assert_eq!((tokens[1].name.as_str(), tokens[1].role), ("bob", Role::Viewer));
+        let settings = AdminSettings {
+            tokens,
+            stuck_after: Duration::from_secs(60),
+        };
+        assert_eq!(
+            settings.authenticate("fedcba9876543210").map(|t| t.name.as_str()),
+            Some("bob")
+        );
+        assert!(settings.authenticate("fedcba987654321").is_none());
+        assert!(
+            !format!("{settings:?}").contains("fedcba"),
+            "tokens never appear in logs"
+        );
+
+        for bad in [
+            "ann:admin:0123456789abcdef",
+            "ann:viewer:short",
+            "ann-viewer",
+            ":viewer:0123456789abcdef",
+        ] {
+            let error = parse_admin_tokens(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.starts_with("ORDERFLOW_ADMIN_TOKENS"), "{bad}: {error}");
+        }
+    }
+}

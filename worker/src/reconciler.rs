@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use orderflow_shared::jobs::{Step, StepJob};
-use orderflow_shared::order::{self, CancelReason, OrderRow, OrderStatus, Transition};
-use orderflow_shared::payment::{self, status as pay};
+use orderflow_shared::order::{self, CancelReason, OrderStatus, Transition};
 use orderflow_shared::recovery::{self, DeadJob};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -138,7 +137,7 @@ async fn settle_stranded(saga: &Saga, order_id: Uuid) -> anyhow::Result<bool> {
     let Some(dead) = recovery::stranded_job(&mut tx, order.job_id.as_deref()).await? else {
         return Ok(false);
     };
-    let step = current_step(&mut tx, &order).await?;
+    let step = recovery::current_step(&mut tx, &order).await?;
     let logged = recovery::last_logged_attempt(&mut *tx, order_id, step.name()).await?;
     let attempt = dead.attempt.unwrap_or(0).max(logged).max(1);
     let reason = describe(&dead);
@@ -161,26 +160,4 @@ async fn settle_stranded(saga: &Saga, order_id: Uuid) -> anyhow::Result<bool> {
 
 fn describe(dead: &DeadJob) -> String {
     format!("reconciler: {}", dead.describe())
-}
-
-/// The step the saga is in: `orders.current_step` when it fits the status, else the one the status implies
-/// (a PAID order whose capture is recorded is in fulfil).
-async fn current_step(tx: &mut sqlx::PgConnection, order: &OrderRow) -> anyhow::Result<Step> {
-    let status = order.status();
-    if let Some(step) = order.current_step.as_deref().and_then(Step::parse)
-        && step.runs_from() == status
-    {
-        return Ok(step);
-    }
-    Ok(match status {
-        OrderStatus::Created => Step::Reserve,
-        OrderStatus::Reserved => Step::Pay,
-        OrderStatus::Paid => {
-            let captured = payment::find(&mut *tx, order.id)
-                .await?
-                .is_some_and(|p| p.status == pay::CAPTURED);
-            if captured { Step::Fulfil } else { Step::Commit }
-        }
-        _ => Step::ReleaseInventory,
-    })
 }

@@ -1,5 +1,7 @@
 //! The API's routes, one module per resource.
 
+pub(crate) mod admin;
+pub(crate) mod dashboard;
 pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod orders;
@@ -23,6 +25,17 @@ pub fn router() -> Router<AppState> {
         .route("/v1/orders/{id}/events", get(orders::events))
         .route("/v1/events", get(feed::list))
         .route("/metrics", get(health::metrics))
+        .route("/admin", get(dashboard::overview))
+        .route("/admin/login", post(dashboard::login))
+        .route("/admin/logout", post(dashboard::logout))
+        .route("/admin/sagas/{id}", get(dashboard::saga))
+        .route("/admin/sagas/{id}/{action}", post(dashboard::saga_action))
+        .route("/admin/v1/queues", get(admin::queues))
+        .route("/admin/v1/sagas", get(admin::sagas))
+        .route("/admin/v1/sagas/{id}", get(admin::saga))
+        .route("/admin/v1/sagas/{id}/retry", post(admin::retry))
+        .route("/admin/v1/sagas/{id}/compensate", post(admin::compensate))
+        .route("/admin/v1/sagas/{id}/resolve", post(admin::resolve))
         .fallback(|uri: Uri| async move {
             crate::ApiError::NotFound {
                 what: "route",

@@ -81,7 +81,7 @@ pub struct PaymentView {
 }
 
 impl OrderView {
-    fn new(row: OrderRow, lines: Vec<OrderLineRow>, payment: Option<PaymentRow>) -> Self {
+    pub(crate) fn new(row: OrderRow, lines: Vec<OrderLineRow>, payment: Option<PaymentRow>) -> Self {
         Self {
             id: row.id,
             status: row.status,
@@ -309,7 +309,7 @@ async fn hold_key_failpoint(key: &str) {
     }
 }
 
-async fn load_view(executor: &sqlx::PgPool, id: Uuid) -> Result<OrderView, ApiError> {
+pub(crate) async fn load_view(executor: &sqlx::PgPool, id: Uuid) -> Result<OrderView, ApiError> {
     let row = order::find(executor, id).await?.ok_or(ApiError::NotFound {
         what: "order",
         id: id.to_string(),

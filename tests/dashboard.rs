@@ -1,0 +1,224 @@
+//! The dashboard in a real browser (Debian's headless Chromium through chromedriver): a saga stuck while the
+//! workers are stopped shows on the overview; after the workers return, an operator's click on Retry finishes
+//! it. Set `ORDERFLOW_SCREENSHOT_DIR` to keep screenshots of the pages.
+
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::helpers::{
+    Killed, OPERATOR_TOKEN, Options, VIEWER_TOKEN, eventually, free_port, spawn_app_with,
+    spawn_worker_process,
+};
+
+/// chromedriver on a free port and a headless Chromium session (the flags this machine needs: no sandbox as
+/// root, no background networking on a closed network, a fresh profile).
+async fn browser() -> (Killed, Client, std::path::PathBuf) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let port = free_port();
+    let driver = Killed(
+        std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (Debian: chromium-driver; .ci/run installs it)"),
+    );
+    let profile = std::env::temp_dir().join(format!("orderflow-chromium-{}", uuid::Uuid::new_v4().simple()));
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let client = eventually("chromedriver to start a session", Duration::from_secs(30), || {
+        let (url, capabilities) = (url.clone(), capabilities.clone());
+        async move {
+            ClientBuilder::rustls()
+                .ok()?
+                .capabilities(capabilities)
+                .connect(&url)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    (driver, client, profile)
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    if let Some(dir) = std::env::var_os("ORDERFLOW_SCREENSHOT_DIR") {
+        let png = client.screenshot().await.unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
+    }
+}
+
+async fn sign_in(client: &Client, api: &str, token: &str) {
+    client.goto(&format!("{api}/admin")).await.unwrap();
+    client
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_operator_sees_a_stuck_saga_and_a_click_on_retry_finishes_it() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        tune: |s| {
+            s.retry_base_delay = Duration::from_secs(600);
+            s.retry_max_delay = Duration::from_secs(600);
+        },
+        ..Options::default()
+    })
+    .await;
+    app.put_sku("tee-black-m", 10, 1999).await;
+
+    // A worker whose first payment call fails: the retry is ten minutes away. Then the workers stop.
+    let env = [
+        ("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str()),
+        ("ORDERFLOW_RETRY_BASE_MS", "600000"),
+        ("ORDERFLOW_RETRY_MAX_MS", "600000"),
+        ("FAILPOINTS", "worker.pay.before_authorize=return(browser)"),
+    ];
+    let mut worker = spawn_worker_process(&app.database_url, &env);
+    let id = app
+        .create_order("browser", &[("tee-black-m", 2)], "pm_card_visa")
+        .await;
+    app.wait_until(id, Duration::from_secs(20), |o| {
+        o["last_error"].as_str().is_some_and(|e| e.contains("failpoint"))
+    })
+    .await;
+    worker.signal("KILL");
+    worker.wait_exit(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    let (_driver, client, profile) = browser().await;
+    sign_in(&client, &app.api, OPERATOR_TOKEN).await;
+    let link = client
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css(&format!("#stuck a[href='/admin/sagas/{id}']")))
+        .await
+        .expect("the stuck saga is listed on the overview");
+    screenshot(&client, "dashboard-overview.png").await;
+    link.click().await.unwrap();
+    let page = client.source().await.unwrap();
+    assert!(
+        page.contains("RESERVED") && page.contains("failpoint worker.pay.before_authorize"),
+        "{page}"
+    );
+    assert!(page.contains("stuck-badge"));
+
+    // The workers return (without the fault, still with the ten-minute backoff): nothing moves by itself...
+    app.start_worker();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(app.order(id).await["status"], "RESERVED");
+    // ...until the operator clicks Retry.
+    client
+        .find(Locator::Id("retry"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let flash = client
+        .wait()
+        .for_element(Locator::Id("flash"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(flash.contains("pay attempt"), "{flash}");
+    let order = app
+        .wait_for(id, &["FULFILLED", "CANCELLED"], Duration::from_secs(20))
+        .await;
+    assert_eq!(order["status"], "FULFILLED");
+    client.refresh().await.unwrap();
+    let page = client.source().await.unwrap();
+    assert!(
+        page.contains(r#"<span class="badge FULFILLED">FULFILLED</span>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains("otto (operator)"),
+        "the action is recorded with who did it"
+    );
+    screenshot(&client, "dashboard-saga.png").await;
+
+    // A viewer sees the same page without the buttons.
+    client
+        .find(Locator::Css("header button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    sign_in(&client, &app.api, VIEWER_TOKEN).await;
+    client
+        .goto(&format!("{}/admin/sagas/{id}", app.api))
+        .await
+        .unwrap();
+    assert!(
+        client.find(Locator::Id("retry")).await.is_err(),
+        "no retry button for a viewer"
+    );
+    assert!(client.source().await.unwrap().contains("vera (viewer)"));
+
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}
+
+#[tokio::test]
+async fn the_dashboard_refuses_a_wrong_token_and_forged_forms() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let page = app.http.get(format!("{}/admin", app.api)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Sign in"));
+    let wrong = app
+        .http
+        .post(format!("{}/admin/login", app.api))
+        .form(&[("token", "guess-guess-guess-guess")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.text().await.unwrap().contains("not valid"));
+
+    app.put_sku("F", 5, 100).await;
+    let id = app.create_order("forged", &[("F", 1)], "pm_card_visa").await;
+    let forged = app
+        .http
+        .post(format!("{}/admin/sagas/{id}/compensate", app.api))
+        .header("Cookie", format!("orderflow_admin={OPERATOR_TOKEN}"))
+        .form(&[("csrf", "not-the-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(app.order(id).await["status"], "CREATED", "nothing happened");
+}
