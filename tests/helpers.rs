@@ -86,6 +86,7 @@ pub fn worker_settings(payments_url: &str) -> WorkerSettings {
         reconcile_interval: Duration::from_millis(250),
         shutdown_grace: Duration::from_secs(10),
         relay: None,
+        metrics_addr: None,
     }
 }
 

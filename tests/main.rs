@@ -13,6 +13,7 @@ mod crash;
 mod dashboard;
 mod events;
 mod idempotency;
+mod metrics;
 mod outage;
 mod paysim;
 mod reconciler;

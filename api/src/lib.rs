@@ -28,7 +28,9 @@ pub struct AppState {
 
 /// The whole router, for `run` and for tests that want it without a socket.
 pub fn router(pool: PgPool, admin: AdminSettings) -> Router {
+    orderflow_shared::telemetry::metrics();
     routes::router()
+        .route_layer(axum::middleware::from_fn(track_http))
         .with_state(AppState {
             pool,
             admin: Arc::new(admin),
@@ -41,6 +43,29 @@ pub fn router(pool: PgPool, admin: AdminSettings) -> Router {
                 .unwrap_or("unmatched");
             tracing::info_span!("http", method = %request.method(), route, uri = %request.uri())
         }))
+}
+
+/// Records each request's latency by method, route template and status
+/// (`orderflow_http_request_duration_seconds`).
+async fn track_http(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "orderflow_http_request_duration_seconds",
+        "method" => method,
+        "route" => route,
+        "status" => response.status().as_u16().to_string(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.

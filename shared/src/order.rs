@@ -405,6 +405,9 @@ pub async fn transition(
     )
     .await?;
     tracing::info!(from = %from, to = %to, reason, "order transition");
+    if let Transition::StartCancel(reason) = &transition {
+        metrics::counter!("orderflow_compensations_total", "reason" => reason.as_str()).increment(1);
+    }
     Ok(to)
 }
 

@@ -108,6 +108,8 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
     pub relay: Option<RelaySettings>,
+    /// Where the worker serves its own `/metrics` (`ORDERFLOW_WORKER_METRICS_ADDR`); off by default.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Where and how the outbox relay publishes.
@@ -168,6 +170,7 @@ impl WorkerSettings {
             reconcile_interval: Duration::from_millis(env_parse("ORDERFLOW_RECONCILE_INTERVAL_MS", 1_000)?),
             shutdown_grace: Duration::from_millis(env_parse("ORDERFLOW_SHUTDOWN_GRACE_MS", 30_000)?),
             relay: RelaySettings::from_env()?,
+            metrics_addr: env_parse_opt("ORDERFLOW_WORKER_METRICS_ADDR")?,
         })
     }
 

@@ -85,6 +85,74 @@ impl<'de> serde::Deserialize<'de> for TraceId {
     }
 }
 
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "orderflow_http_request_duration_seconds",
+        "HTTP request latency by method, route and status."
+    );
+    describe_histogram!(
+        "orderflow_saga_step_duration_seconds",
+        "Saga step run time by step and outcome."
+    );
+    describe_counter!(
+        "orderflow_compensations_total",
+        "Sagas that started compensating, by reason."
+    );
+    describe_gauge!(
+        "orderflow_queue_jobs",
+        "Jobs per queue and state (pending, scheduled, running, failed, dead)."
+    );
+    describe_gauge!(
+        "orderflow_queue_oldest_pending_seconds",
+        "Age of the oldest due job per queue (0 when none)."
+    );
+    describe_gauge!(
+        "orderflow_stuck_sagas",
+        "Sagas not over and without progress for longer than the stuck threshold."
+    );
+    describe_gauge!(
+        "orderflow_outbox_lag_seconds",
+        "Age of the oldest event not yet published to NATS (0 when none)."
+    );
+    describe_gauge!(
+        "orderflow_outbox_unpublished_events",
+        "Events not yet published to NATS."
+    );
+    describe_gauge!(
+        "orderflow_outbox_published_per_second",
+        "Events published per second over the last minute."
+    );
+}
+
+/// The process's Prometheus registry, installed on first use. Histograms measured in seconds get buckets from
+/// 1 ms to 10 s. If another recorder was installed first (it cannot be here), the handle renders an empty page.
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        const BUCKETS: [f64; 13] = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+        let builder = builder
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".to_owned()),
+                &BUCKETS,
+            )
+            .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; /metrics shows only what this one sees"
+            );
+        }
+        describe_metrics();
+        handle
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,9 @@ pub async fn run(
          (one LISTEN connection per queue stays open, plus room for steps)"
     );
     let instance = instance_name();
+    // Record step metrics from the first step on (rendered by ORDERFLOW_WORKER_METRICS_ADDR, or by the API's
+    // /metrics when both run in one process).
+    orderflow_shared::telemetry::metrics();
     let payments = payments::PaymentsClient::new(&settings.payments_url, settings.payments_timeout)
         .context("failed to build the payment provider client")?;
     let grace = settings.shutdown_grace;
@@ -116,6 +119,13 @@ pub async fn run(
         })
         .collect();
     let reconciler = tokio::spawn(reconciler::run(saga.clone(), stopped.clone()));
+    if let Some(addr) = saga.settings.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("failed to bind ORDERFLOW_WORKER_METRICS_ADDR {addr}"))?;
+        tracing::info!(%addr, "serving the worker's metrics at /metrics");
+        tokio::spawn(serve_metrics(listener, stopped.clone()));
+    }
     let relay = saga.settings.relay.clone().map(|settings| {
         let options = saga.pool.connect_options().as_ref().clone();
         let stats = Arc::new(relay::RelayStats::default());
@@ -147,6 +157,30 @@ pub async fn run(
     let _ = presence.await;
     tracing::info!("orderflow-worker stopped");
     Ok(())
+}
+
+/// The worker's own `/metrics`: step durations and outcomes, compensations by reason (the queue and saga gauges
+/// are the API's, read from PostgreSQL).
+async fn serve_metrics(listener: tokio::net::TcpListener, mut stopped: watch::Receiver<bool>) {
+    orderflow_shared::telemetry::metrics();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                orderflow_shared::telemetry::metrics().render(),
+            )
+        }),
+    );
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        tracing::warn!(%error, "the metrics endpoint stopped");
+    }
 }
 
 /// Holds the presence connection (application_name = instance) open until shutdown, reconnecting when it drops.

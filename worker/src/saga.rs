@@ -50,7 +50,15 @@ impl Saga {
             Step::ReleaseInventory => self.release_inventory(job).await,
             Step::CancelPayment => self.cancel_payment(job).await,
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_millis() as u64;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(StepError::Transient(_)) => "transient_error",
+            Err(StepError::Permanent { .. }) => "permanent_error",
+        };
+        metrics::histogram!("orderflow_saga_step_duration_seconds", "step" => step.name(), "outcome" => outcome)
+            .record(elapsed.as_secs_f64());
         match result {
             Ok(()) => {
                 tracing::debug!(elapsed_ms, "step done");

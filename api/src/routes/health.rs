@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use orderflow_shared::outbox;
+use orderflow_shared::{admin, outbox};
 use serde_json::{Value, json};
 
 use crate::{ApiError, AppState};
@@ -27,38 +27,37 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     ))
 }
 
-/// Prometheus text exposition. For now the outbox: its lag (age of the oldest unpublished event), how many
-/// events wait, and how many were published per second over the last minute.
+/// Prometheus text exposition: this process's own metrics (HTTP latency by route and status; in `orderflow dev`
+/// also the worker's step durations and compensations) and, read from PostgreSQL at scrape time, the queues'
+/// depth and oldest pending age, the stuck sagas and the outbox.
 #[utoipa::path(get, path = "/metrics", responses(
     (status = 200, description = "Prometheus text format", content_type = "text/plain"),
     (status = 503, description = "PostgreSQL is unreachable", body = crate::error::Problem),
 ))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let stats = outbox::stats(&state.pool).await?;
-    let mut body = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        body.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-        ));
-    };
-    gauge(
-        "orderflow_outbox_lag_seconds",
-        "Age of the oldest event not yet published to NATS (0 when none).",
-        stats.lag_seconds,
-    );
-    gauge(
-        "orderflow_outbox_unpublished_events",
-        "Events not yet published to NATS.",
-        stats.unpublished as f64,
-    );
-    gauge(
-        "orderflow_outbox_published_per_second",
-        "Events published to NATS per second, averaged over the last minute.",
-        stats.published_per_second,
-    );
+    for queue in admin::queues(&state.pool).await? {
+        for (kind, count) in [
+            ("pending", queue.pending),
+            ("scheduled", queue.scheduled),
+            ("running", queue.running),
+            ("failed", queue.failed),
+            ("dead", queue.dead),
+        ] {
+            metrics::gauge!("orderflow_queue_jobs", "queue" => queue.queue.clone(), "state" => kind)
+                .set(count as f64);
+        }
+        metrics::gauge!("orderflow_queue_oldest_pending_seconds", "queue" => queue.queue.clone())
+            .set(queue.oldest_pending_seconds.unwrap_or(0.0));
+    }
+    metrics::gauge!("orderflow_stuck_sagas")
+        .set(admin::stuck_count(&state.pool, state.admin.stuck_after).await? as f64);
+    let outbox = outbox::stats(&state.pool).await?;
+    metrics::gauge!("orderflow_outbox_lag_seconds").set(outbox.lag_seconds);
+    metrics::gauge!("orderflow_outbox_unpublished_events").set(outbox.unpublished as f64);
+    metrics::gauge!("orderflow_outbox_published_per_second").set(outbox.published_per_second);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        body,
+        orderflow_shared::telemetry::metrics().render(),
     )
         .into_response())
 }
