@@ -8,6 +8,7 @@ mod admin;
 mod bad_input;
 mod cancellation;
 mod chaos;
+mod cli;
 mod concurrency;
 mod crash;
 mod dashboard;

@@ -1,6 +1,7 @@
 //! `orderflow`: the command line. `orderflow dev` runs the whole product in one process for local use.
 
 mod dev;
+mod ops;
 
 use clap::{Parser, Subcommand};
 
@@ -19,12 +20,44 @@ struct Cli {
 enum Command {
     /// Run migrations, the API, a worker and the payment simulator in one process, with demo skus.
     Dev(dev::DevArgs),
+    /// Jobs per queue: pending, scheduled, running, failed, dead, and the oldest pending age.
+    Queues {
+        #[command(flatten)]
+        connection: ops::Connection,
+    },
+    /// List sagas, e.g. `orderflow sagas --stuck --older-than 5m`.
+    Sagas {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(flatten)]
+        args: ops::SagasArgs,
+    },
+    /// One saga's steps, jobs and events, or an action on it: `orderflow saga <id> retry|compensate|resolve`.
+    Saga {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(flatten)]
+        args: ops::SagaArgs,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    orderflow_shared::telemetry::init("info,sqlx=warn,apalis=warn");
-    match Cli::parse().command {
-        Command::Dev(args) => dev::run(args).await,
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev(args) => {
+            orderflow_shared::telemetry::init("info,sqlx=warn,apalis=warn");
+            dev::run(args).await
+        }
+        Command::Queues { connection } => ops::queues(connection).await,
+        Command::Sagas { connection, args } => ops::sagas(connection, args).await,
+        Command::Saga { connection, args } => ops::saga(connection, args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,385 @@
+//! The operators' commands (`queues`, `sagas`, `saga`): a client of the admin API. Tables for people by
+//! default, the API's JSON with `--json`. The token comes from `ORDERFLOW_ADMIN_TOKEN`, the API from
+//! `ORDERFLOW_ADMIN_URL` (default http://127.0.0.1:8080).
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+#[derive(clap::Args)]
+pub struct Connection {
+    /// The API's base URL.
+    #[arg(
+        long,
+        env = "ORDERFLOW_ADMIN_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// An admin token (viewer to read; operator to act).
+    #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SagasArgs {
+    /// Only sagas not over and without progress for a while (see --older-than).
+    #[arg(long)]
+    stuck: bool,
+    /// With --stuck: without progress for longer than this; otherwise: created longer ago (90s, 5m, 2h, 1d).
+    #[arg(long, value_name = "DURATION")]
+    older_than: Option<String>,
+    /// Order status, e.g. NEEDS_ATTENTION.
+    #[arg(long)]
+    status: Option<String>,
+    /// Current step, e.g. pay.
+    #[arg(long)]
+    step: Option<String>,
+    /// The last error contains this text.
+    #[arg(long)]
+    error: Option<String>,
+    /// At most this many (1–100).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+#[derive(clap::Args)]
+pub struct SagaArgs {
+    /// The saga's (order's) id.
+    id: String,
+    /// Act on it (operator token): retry the current step now, compensate (cancel), or resolve a
+    /// NEEDS_ATTENTION saga after repairing it by hand.
+    #[arg(value_parser = ["retry", "compensate", "resolve"])]
+    action: Option<String>,
+    /// Why, recorded with the action.
+    #[arg(long)]
+    note: Option<String>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Client {
+    fn new(connection: &Connection) -> anyhow::Result<Self> {
+        let Some(token) = connection.token.clone().filter(|t| !t.trim().is_empty()) else {
+            bail!("set ORDERFLOW_ADMIN_TOKEN (or --token) to an admin token from ORDERFLOW_ADMIN_TOKENS");
+        };
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()?,
+            url: connection.url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the OrderFlow API at {}", self.url))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let detail = body["detail"].as_str().unwrap_or("no detail");
+            bail!("{detail} ({status})");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.url)).query(query))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.url)).json(&body))
+            .await
+    }
+}
+
+/// Left-aligned columns, two spaces apart; numbers right-aligned.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let numeric: Vec<bool> = (0..headers.len())
+        .map(|i| !rows.is_empty() && rows.iter().all(|r| r[i].parse::<f64>().is_ok() || r[i] == "-"))
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if numeric[i] {
+                    format!("{c:>w$}", w = widths[i])
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn time(value: &Value) -> String {
+    value
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(|| text(value), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn queues(connection: Connection) -> anyhow::Result<()> {
+    let client = Client::new(&connection)?;
+    let body = client.get("/admin/v1/queues", &[]).await?;
+    if connection.json {
+        return print_json(&body);
+    }
+    let rows: Vec<Vec<String>> = body["queues"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|q| {
+            let oldest = q["oldest_pending_seconds"]
+                .as_f64()
+                .map_or("-".to_owned(), |s| format!("{s:.1}"));
+            vec![
+                text(&q["queue"]),
+                text(&q["pending"]),
+                text(&q["scheduled"]),
+                text(&q["running"]),
+                text(&q["failed"]),
+                text(&q["dead"]),
+                oldest,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "QUEUE",
+                "PENDING",
+                "SCHEDULED",
+                "RUNNING",
+                "FAILED",
+                "DEAD",
+                "OLDEST_S"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+pub async fn sagas(connection: Connection, args: SagasArgs) -> anyhow::Result<()> {
+    let client = Client::new(&connection)?;
+    let mut query = vec![("limit", args.limit.to_string())];
+    if args.stuck {
+        query.push(("stuck", "true".to_owned()));
+    }
+    match (args.stuck, args.older_than) {
+        (true, Some(older)) => query.push(("stuck_after", older)),
+        (false, Some(older)) => query.push(("older_than", older)),
+        _ => {}
+    }
+    for (name, value) in [
+        ("status", args.status),
+        ("step", args.step),
+        ("error", args.error),
+    ] {
+        if let Some(value) = value {
+            query.push((name, value));
+        }
+    }
+    let body = client.get("/admin/v1/sagas", &query).await?;
+    if connection.json {
+        return print_json(&body);
+    }
+    let sagas = body["sagas"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if sagas.is_empty() {
+        println!("no sagas match");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = sagas
+        .iter()
+        .map(|s| {
+            vec![
+                text(&s["id"]),
+                text(&s["status"]),
+                text(&s["current_step"]),
+                text(&s["job_status"]),
+                time(&s["last_progress_at"]),
+                text(&s["last_error"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["SAGA", "STATUS", "STEP", "JOB", "LAST_PROGRESS", "LAST_ERROR"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+pub async fn saga(connection: Connection, args: SagaArgs) -> anyhow::Result<()> {
+    let client = Client::new(&connection)?;
+    if let Some(action) = &args.action {
+        let body = client
+            .post(
+                &format!("/admin/v1/sagas/{}/{action}", args.id),
+                serde_json::json!({"note": args.note}),
+            )
+            .await?;
+        if connection.json {
+            return print_json(&body);
+        }
+        println!(
+            "{action} by {}: {} (saga is now {})",
+            text(&body["actor"]),
+            text(&body["outcome"]),
+            text(&body["order"]["status"])
+        );
+        return Ok(());
+    }
+    let body = client.get(&format!("/admin/v1/sagas/{}", args.id), &[]).await?;
+    if connection.json {
+        return print_json(&body);
+    }
+    let order = &body["order"];
+    println!(
+        "saga {}  {}{}  step {}  customer {}  total {} {}",
+        text(&order["id"]),
+        text(&order["status"]),
+        if body["stuck"] == true { " (stuck)" } else { "" },
+        text(&order["current_step"]),
+        text(&order["customer_id"]),
+        text(&order["total"]),
+        text(&order["currency"]),
+    );
+    if let Some(error) = order["last_error"].as_str() {
+        println!("last error: {error}");
+    }
+    if let Some(job) = body["current_job"].as_object() {
+        let alive = match job.get("worker_alive") {
+            Some(Value::Bool(false)) => " (worker gone)",
+            _ => "",
+        };
+        println!(
+            "current job {} {} {}{alive}",
+            text(&job["id"]),
+            text(&job["status"]),
+            job.get("worker").map(text).unwrap_or_default()
+        );
+    }
+    let steps: Vec<Vec<String>> = body["steps"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            vec![
+                text(&s["step"]),
+                text(&s["attempt"]),
+                text(&s["status"]),
+                time(&s["started_at"]),
+                s["duration_ms"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |d| format!("{d:.0}")),
+                text(&s["worker"]),
+                text(&s["error"]),
+            ]
+        })
+        .collect();
+    println!(
+        "\nSTEPS\n{}",
+        table(
+            &["STEP", "ATTEMPT", "STATUS", "STARTED", "MS", "WORKER", "ERROR"],
+            &steps
+        )
+    );
+    let events: Vec<Vec<String>> = body["events"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            vec![
+                text(&e["sequence"]),
+                text(&e["type"]),
+                format!("{} -> {}", text(&e["from"]), text(&e["to"])),
+                text(&e["reason"]),
+                time(&e["at"]),
+            ]
+        })
+        .collect();
+    println!(
+        "EVENTS\n{}",
+        table(&["#", "TYPE", "TRANSITION", "REASON", "AT"], &events)
+    );
+    let actions = body["actions"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !actions.is_empty() {
+        let rows: Vec<Vec<String>> = actions
+            .iter()
+            .map(|a| {
+                vec![
+                    text(&a["action"]),
+                    text(&a["actor"]),
+                    text(&a["outcome"]),
+                    time(&a["at"]),
+                ]
+            })
+            .collect();
+        println!("ACTIONS\n{}", table(&["ACTION", "BY", "OUTCOME", "AT"], &rows));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_text_left_and_numbers_right() {
+        let rows = vec![
+            vec!["orderflow.pay".to_owned(), "3".to_owned()],
+            vec!["q".to_owned(), "120".to_owned()],
+        ];
+        assert_eq!(
+            table(&["QUEUE", "PENDING"], &rows),
+            "QUEUE          PENDING\norderflow.pay        3\nq                  120\n"
+        );
+    }
+}
