@@ -20,3 +20,4 @@ mod paysim;
 mod reconciler;
 mod recovery;
 mod saga;
+mod tracing;
