@@ -1,5 +1,7 @@
 //! Idempotent order creation: replay, misuse of a key, a key still in flight, no key.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::helpers::{order_body, spawn_app};
@@ -124,4 +126,55 @@ async fn missing_key_is_a_bad_request() {
         "{problem}"
     );
     assert_eq!(order_count(&app).await, 0);
+}
+
+/// A client that hangs up while its request is inside the database transaction (a failpoint holds it there for
+/// a second) does not cut the handler short: it runs detached from the connection, commits, and leaves no pooled
+/// connection inside a transaction. (Cut inside `Pool::begin`, sqlx 0.9.0 would leave one holding its locks,
+/// launchbadge/sqlx#4393; the chaos test met it as an Idempotency-Key "in flight" for minutes.)
+#[tokio::test]
+async fn a_client_hanging_up_mid_request_does_not_cut_the_handler_short() {
+    let _scenario = fail::FailScenario::setup();
+    fail::cfg("api.create_order.after_lock", "return(hang-up)").unwrap();
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    app.put_sku("H", 10, 100).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/v1/orders", app.api))
+        .header("Idempotency-Key", "hang-up")
+        .json(&order_body("hang-up", &[("H", 1)], "pm_card_visa"))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client hung up");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let stored: i64 = sqlx::query_scalar("select count(*) from idempotency_keys where key = 'hang-up'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "the handler ran to its commit");
+    let open: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = current_database() \
+         and state like 'idle in transaction%' and pid <> pg_backend_pid()",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "no connection left inside a transaction");
+    let replay = app
+        .http
+        .post(format!("{}/v1/orders", app.api))
+        .header("Idempotency-Key", "hang-up")
+        .json(&order_body("hang-up", &[("H", 1)], "pm_card_visa"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202, "the retry gets the first answer");
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::MatchedPath;
 use axum::http::Request;
+use axum::response::IntoResponse;
 use orderflow_shared::settings::AdminSettings;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
@@ -35,6 +36,7 @@ pub fn router(pool: PgPool, admin: AdminSettings) -> Router {
             pool,
             admin: Arc::new(admin),
         })
+        .layer(axum::middleware::from_fn(detach))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let route = request
                 .extensions()
@@ -43,6 +45,16 @@ pub fn router(pool: PgPool, admin: AdminSettings) -> Router {
                 .unwrap_or("unmatched");
             tracing::info_span!("http", method = %request.method(), route, uri = %request.uri())
         }))
+}
+
+/// Runs each request's handler in its own task, so a client that hangs up does not cancel it halfway. Dropping
+/// a handler inside `Pool::begin` leaves a pooled PostgreSQL connection inside a transaction nobody ends (sqlx
+/// 0.9.0, launchbadge/sqlx#4393): the chaos test met it as an Idempotency-Key "in flight" for minutes.
+async fn detach(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(error) => ApiError::Internal(anyhow::anyhow!("request handler failed: {error}")).into_response(),
+    }
 }
 
 /// Records each request's latency by method, route template and status

@@ -113,7 +113,10 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let numeric: Vec<bool> = (0..headers.len())
-        .map(|i| !rows.is_empty() && rows.iter().all(|r| r[i].parse::<f64>().is_ok() || r[i] == "-"))
+        .map(|i| {
+            rows.iter().any(|r| r[i].parse::<f64>().is_ok())
+                && rows.iter().all(|r| r[i].parse::<f64>().is_ok() || r[i] == "-")
+        })
         .collect();
     let line = |cells: Vec<&str>| {
         let padded: Vec<String> = cells
@@ -297,11 +300,15 @@ pub async fn saga(connection: Connection, args: SagaArgs) -> anyhow::Result<()> 
             Some(Value::Bool(false)) => " (worker gone)",
             _ => "",
         };
+        let worker = job
+            .get("worker")
+            .and_then(Value::as_str)
+            .map(|w| format!(" on {w}"))
+            .unwrap_or_default();
         println!(
-            "current job {} {} {}{alive}",
+            "current job {} {}{worker}{alive}",
             text(&job["id"]),
-            text(&job["status"]),
-            job.get("worker").map(text).unwrap_or_default()
+            text(&job["status"])
         );
     }
     let steps: Vec<Vec<String>> = body["steps"]
@@ -323,13 +330,12 @@ pub async fn saga(connection: Connection, args: SagaArgs) -> anyhow::Result<()> 
             ]
         })
         .collect();
-    println!(
-        "\nSTEPS\n{}",
-        table(
-            &["STEP", "ATTEMPT", "STATUS", "STARTED", "MS", "WORKER", "ERROR"],
-            &steps
-        )
-    );
+    if steps.is_empty() {
+        println!("\nSTEPS\n(none has run yet)\n");
+    } else {
+        let headers = ["STEP", "ATTEMPT", "STATUS", "STARTED", "MS", "WORKER", "ERROR"];
+        println!("\nSTEPS\n{}", table(&headers, &steps));
+    }
     let events: Vec<Vec<String>> = body["events"]
         .as_array()
         .map(Vec::as_slice)

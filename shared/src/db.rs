@@ -27,9 +27,13 @@ pub enum DbError {
 /// connection in `pg_stat_activity`; a worker passes its instance name, which is how the reconciler tells that a
 /// worker process is gone (its connections close when it dies, even by `kill -9`).
 pub async fn connect(url: &str, max_connections: u32, application_name: &str) -> Result<PgPool, DbError> {
+    // A session left idle inside a transaction (a bug, a cancelled future) is ended by PostgreSQL after a
+    // minute, so it cannot hold row or advisory locks for ever. Our transactions never wait on anything outside
+    // the database.
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::Url)?
-        .application_name(application_name);
+        .application_name(application_name)
+        .options([("idle_in_transaction_session_timeout", "60s")]);
     create_database_if_missing(&options).await?;
     PgPoolOptions::new()
         .max_connections(max_connections)

@@ -50,11 +50,16 @@ struct StepContext {
     saga: Arc<Saga>,
 }
 
+/// Runs the step in its own task: apalis's step timeout (or a shutdown) drops the handler's future, and a step
+/// dropped inside `Pool::begin` would leave a pooled connection inside a transaction nobody ends (sqlx 0.9.0,
+/// launchbadge/sqlx#4393). Detached, the step always runs to its end (its provider calls have their own
+/// timeouts); a timed-out job is then settled by the reconciler like any other.
 async fn handle(job: StepJob, ctx: Data<StepContext>) -> Result<(), BoxDynError> {
-    ctx.saga
-        .run(ctx.step, job)
-        .await
-        .map_err(|e| Box::new(e) as BoxDynError)
+    let StepContext { step, saga } = (*ctx).clone();
+    match tokio::spawn(async move { saga.run(step, job).await }).await {
+        Ok(result) => result.map_err(|e| Box::new(e) as BoxDynError),
+        Err(error) => Err(Box::new(error) as BoxDynError),
+    }
 }
 
 /// First delay before restarting a queue worker that stopped on an error; doubles up to the maximum.
