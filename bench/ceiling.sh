@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The ceiling and the service in one run, on one fresh database, and the ratios between them.
+#
+#   cargo build --release --bin orderflow --bin orderflow-bench && bash bench/ceiling.sh
+#
+# 1. Starts `orderflow dev` (release; API, one worker, simulator) on database $DB, which it migrates.
+# 2. pgbench (-M prepared, $CLIENTS clients, $T s) with exactly our SQL: one order creation, one saga step
+#    (reserve, with apalis's claim and ack), one hot-sku reservation. Median of $RUNS runs each.
+# 3. orderflow-bench against the API: creation at the ceiling's rate (saturation), creation at half of it (p99
+#    against pgbench's p99 at the same rate, -R), full sagas at $SAGA_RATE, a hot sku.
+# 4. Prints the table and writes it to $OUT/ceiling.md. Stated: PostgreSQL settings as they are (durable).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DB=${DB:-orderflow_ceiling}
+SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}
+CLIENTS=${CLIENTS:-16}
+T=${T:-20}
+RUNS=${RUNS:-3}
+SAGA_RATE=${SAGA_RATE:-300}
+OUT=${OUT:-bench/results}
+API=127.0.0.1:18080
+mkdir -p "$OUT"
+
+psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB"
+DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= \
+  RUST_LOG=warn target/release/orderflow dev >"$OUT/dev.log" 2>&1 &
+DEV=$!
+trap 'kill $DEV 2>/dev/null; wait $DEV 2>/dev/null || true' EXIT
+for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
+curl -sf "http://$API/readyz" >/dev/null
+
+sql() { psql -qAt "$SERVER/$DB" -c "$1"; }
+sql "insert into skus (sku, on_hand, price, currency) select 'ceiling-' || i, 100000000, 100, 'USD' from generate_series(0, 49) i"
+sql "insert into skus (sku, on_hand, price, currency) values ('ceiling-hot', 1000000000, 100, 'USD')"
+
+commits() { sql "select xact_commit from pg_stat_database where datname = current_database()"; }
+
+# pgbench one script: prints "tps p99_ms" (p99 from the per-transaction log).
+pgb() {
+  local script=$1; shift
+  rm -f "$OUT"/pgbench_log.*
+  pgbench -n -M prepared -c "$CLIENTS" -j 2 -T "$T" -f "bench/pgbench/$script" -l --log-prefix="$OUT/pgbench_log" "$@" \
+    "$SERVER/$DB" 2>/dev/null | awk '/^tps/ {print $3}' | head -1 | tr -d '\n'
+  printf ' '
+  cat "$OUT"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.2f\n", a[int(NR*0.99)]/1000}'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# Pending jobs for the step script to claim: one per order, enough for the runs.
+STEP_JOBS=$(( 4000 * T * RUNS ))
+sql "insert into orders (id, customer_id, currency, total, status, payment_token, current_step)
+     select gen_random_uuid(), 'ceiling', 'USD', 100, 'CREATED', 'pm_card_visa', 'reserve' from generate_series(1, $STEP_JOBS)"
+sql "insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+     select 'S' || o.id, 'ceiling.step', convert_to('{\"order_id\":\"' || o.id || '\"}', 'UTF8'), 'Pending', 0, 3,
+            now() - interval '1 minute', 0, ''::hstore
+     from orders o where customer_id = 'ceiling'"
+
+# The step script claims jobs as apalis does, under worker names that must exist (apalis.jobs.lock_by is a key).
+sql "insert into apalis.workers (id, worker_type, storage_name, layers, last_seen)
+     select 'ceiling-worker-' || i, 'ceiling.step', 'PgStorage', '', now() from generate_series(0, 255) i"
+
+echo "== pgbench ceilings ($CLIENTS clients, ${T}s, median of $RUNS)"
+declare -A TPS P99
+for script in create_order.sql saga_step.sql hot_sku.sql; do
+  results=$(for _ in $(seq 1 "$RUNS"); do pgb "$script"; done)
+  TPS[$script]=$(echo "$results" | awk '{print $1}' | median)
+  P99[$script]=$(echo "$results" | awk '{print $2}' | median)
+  echo "$script: ${TPS[$script]} tps, p99 ${P99[$script]} ms"
+done
+
+CREATE_CEIL=${TPS[create_order.sql]%.*}
+HALF=$(( CREATE_CEIL / 2 ))
+echo "== pgbench create_order at half its ceiling ($HALF/s, -R)"
+PGB_HALF_P99=$(pgb create_order.sql -R "$HALF" | awk '{print $2}')
+
+bench() { target/release/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" \
+  --duration "$T" --warmup 3 "$@" >/dev/null; }
+echo "== service: creation at the ceiling's rate ($CREATE_CEIL/s)"
+C0=$(commits); bench --mode create --rate "$CREATE_CEIL" --label create-saturation; C1=$(commits)
+echo "== service: creation at half the ceiling ($HALF/s)"
+bench --mode create --rate "$HALF" --label create-half
+echo "== service: full sagas at $SAGA_RATE/s"
+S0=$(commits); bench --mode saga --rate "$SAGA_RATE" --label saga; S1=$(commits)
+echo "== service: hot sku at $SAGA_RATE/s"
+bench --mode hotsku --rate "$SAGA_RATE" --label hotsku
+
+j() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print(eval(sys.argv[1]))" "$2"; }
+SAT=$(j create-saturation "d['create_achieved_per_s']")
+HALF_P99=$(j create-half "d['create_latency']['p99_ms']")
+SAGAS=$(j saga "d['sagas_per_s']")
+SAGA_P99=$(j saga "d['saga_latency']['p99_ms']")
+HOT=$(j hotsku "d['sagas_per_s']")
+OVERSOLD=$(j hotsku "d['hot_sku']['oversold']")
+SAGA_COMMITS=$(j saga "round(d['commits_per_order'], 2)")
+
+python3 - "$OUT/ceiling.md" <<EOF
+import sys
+rows = [
+  ("Order creation at saturation", "${SAT}/s", "${TPS[create_order.sql]}/s", ${SAT} / ${TPS[create_order.sql]}, "≥ 0.7"),
+  ("p99 of creation at half the ceiling (${HALF}/s)", "${HALF_P99} ms", "${PGB_HALF_P99} ms (pgbench -R)", ${HALF_P99} / max(${PGB_HALF_P99}, 0.001), "≤ 1.25"),
+  ("Saga steps per second (4 per saga)", "$(python3 -c "print(round(${SAGAS} * 4, 1))")/s", "${TPS[saga_step.sql]}/s", ${SAGAS} * 4 / ${TPS[saga_step.sql]}, "—"),
+  ("Complete sagas per second (offered ${SAGA_RATE}/s)", "${SAGAS}/s, p99 ${SAGA_P99} ms", "—", None, "≥ 500"),
+  ("Hot sku, sagas per second (oversold: ${OVERSOLD})", "${HOT}/s", "${TPS[hot_sku.sql]}/s", ${HOT} / ${TPS[hot_sku.sql]}, "≥ 0.8"),
+  ("Commits per order (full saga, incl. the simulator-free steps)", "${SAGA_COMMITS}", "—", None, "—"),
+]
+out = ["| measure | service | ceiling | ratio | target |", "|---|---|---|---|---|"]
+for name, service, ceiling, ratio, target in rows:
+    out.append(f"| {name} | {service} | {ceiling} | {'—' if ratio is None else f'{ratio:.2f}'} | {target} |")
+text = "\n".join(out) + "\n"
+open(sys.argv[1], "w").write(text)
+print(text)
+EOF
