@@ -13,16 +13,17 @@ psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "cre
 results=()
 for kind in trivial chain; do
   flag=""; [ "$kind" = chain ] && flag="--chain"
-  results+=("$(node bench/peer/graphile.mjs "$SERVER/$DB" "$JOBS" "$kind")")
+  results+=("$(node bench/peer/graphile.mjs "$SERVER/$DB" "$JOBS" "$kind" | grep '^{')")
   results+=("$(target/release/orderflow-queue-bench --database-url "$SERVER/$DB" --jobs "$JOBS" $flag)")
 done
 printf '%s\n' "${results[@]}" | python3 -c '
 import json, sys
-rows = [json.loads(l) for l in sys.stdin if l.strip()]
+rows = [json.loads(l) for l in sys.stdin if l.startswith("{")]
+for r in rows:
+    print(json.dumps(r))
 print("| work | graphile-worker jobs/s | ours jobs/s | ours ÷ graphile-worker |")
 print("|---|---|---|---|")
 for kind in ("trivial", "chain4"):
     g = next(r for r in rows if r["system"] == "graphile-worker" and r["kind"] == kind)
     o = next(r for r in rows if r["system"] == "orderflow-apalis" and r["kind"] == kind)
-    print(f"| {kind} ({g[\"jobs\"]} jobs) | {g[\"jobs_per_s\"]:.0f} | {o[\"jobs_per_s\"]:.0f} | {o[\"jobs_per_s\"] / g[\"jobs_per_s\"]:.2f} |")
-'
+    print("| {} ({} jobs) | {:.0f} | {:.0f} | {:.2f} |".format(kind, g["jobs"], g["jobs_per_s"], o["jobs_per_s"], o["jobs_per_s"] / g["jobs_per_s"]))'

@@ -9,6 +9,7 @@ const chain = mode === "chain";
 const expected = chain ? jobs * 4 : jobs;
 let done = 0;
 
+// Both sides get 20 connections for 16 concurrent jobs.
 const utils = await makeWorkerUtils({ connectionString });
 await utils.migrate();
 const specs = [];
@@ -21,6 +22,7 @@ const started = process.hrtime.bigint();
 const runner = await run({
   connectionString,
   concurrency: 16,
+  maxPoolSize: 20,
   noHandleSignals: true,
   pollInterval: 100,
   taskList: {

@@ -17,7 +17,11 @@ use sqlx::PgPool;
 
 #[derive(Parser, Debug)]
 struct Args {
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/orderflow_peer")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/orderflow_peer"
+    )]
     database_url: String,
     /// Trivial jobs, or chains with --chain.
     #[arg(long, default_value_t = 10_000)]
@@ -63,13 +67,19 @@ async fn handle(job: Job, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let pool = PgPool::connect(&args.database_url).await?;
+    // Both sides get 20 connections for 16 concurrent jobs.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&args.database_url)
+        .await?;
     PostgresStorage::setup(&pool).await?;
     let queue = format!("bench.{}", uuid::Uuid::new_v4().simple());
     // Enqueue everything first, in batches, as the peer script does.
     for start in (0..args.jobs).step_by(1_000) {
         let tasks: Vec<apalis_postgres::PgTask> = (start..(start + 1_000).min(args.jobs))
-            .map(|i| TaskBuilder::new(serde_json::to_vec(&Job { chain: i, step: 1 }).unwrap_or_default()).build())
+            .map(|i| {
+                TaskBuilder::new(serde_json::to_vec(&Job { chain: i, step: 1 }).unwrap_or_default()).build()
+            })
             .collect();
         let mut tx = pool.begin().await?;
         apalis_postgres::queries::push_tasks(&mut *tx, &queue, tasks).await?;
