@@ -65,7 +65,9 @@ async fn screenshot(client: &Client, name: &str) {
 async fn sign_in(client: &Client, api: &str, token: &str) {
     client.goto(&format!("{api}/admin")).await.unwrap();
     client
-        .find(Locator::Id("token"))
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("token"))
         .await
         .unwrap()
         .send_keys(token)
@@ -172,6 +174,13 @@ async fn an_operator_sees_a_stuck_saga_and_a_click_on_retry_finishes_it() {
         .await
         .unwrap()
         .click()
+        .await
+        .unwrap();
+    // Signed out once the sign-in form is back (the click's navigation may still be under way).
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("token"))
         .await
         .unwrap();
     sign_in(&client, &app.api, VIEWER_TOKEN).await;
