@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::Admin;
-use crate::extract::{OptionalJson, OrderId};
+use crate::extract::{OptionalJson, OrderId, limit_param};
 use crate::routes::orders::{EventView, OrderView, load_view};
 use crate::{ApiError, AppState};
 
@@ -112,16 +112,7 @@ pub(crate) fn saga_filter(
     };
     let stuck_after =
         duration_param("stuck_after", params.stuck_after.as_deref())?.unwrap_or(default_stuck_after);
-    let limit = match params.limit.as_deref() {
-        None => 50,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| {
-                ApiError::validation("limit", format!("{raw:?} is not a whole number from 1 to 100"))
-            })?,
-    };
+    let limit = limit_param(params.limit.as_deref(), 50, 100)?;
     let after = params
         .after
         .as_deref()

@@ -6,6 +6,7 @@ use axum::extract::{Query, State};
 use orderflow_shared::outbox::{self, CloudEvent, Cursor};
 use serde::{Deserialize, Serialize};
 
+use crate::extract::limit_param;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -42,16 +43,7 @@ pub async fn list(
             .parse::<Cursor>()
             .map_err(|message| ApiError::validation("after", format!("{raw:?} {message}")))?,
     };
-    let limit = match params.limit.as_deref() {
-        None => 100,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| {
-                ApiError::validation("limit", format!("{raw:?} is not a whole number from 1 to 1000"))
-            })?,
-    };
+    let limit = limit_param(params.limit.as_deref(), 100, 1000)?;
     let rows = outbox::feed(&state.pool, after, limit).await?;
     let next_cursor = rows.last().map_or(after, |e| e.cursor()).to_string();
     Ok(Json(EventPage {

@@ -20,7 +20,7 @@ use orderflow_shared::{idempotency, inventory};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::extract::{JsonBody, OptionalJson, OrderId};
+use crate::extract::{JsonBody, OptionalJson, OrderId, limit_param};
 use crate::routes::skus::validate_sku;
 use crate::{ApiError, AppState};
 
@@ -363,16 +363,7 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let limit = match params.limit.as_deref() {
-        None => 20,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| {
-                ApiError::validation("limit", format!("{raw:?} is not a whole number from 1 to 100"))
-            })?,
-    };
+    let limit = limit_param(params.limit.as_deref(), 20, 100)?;
     let after = params
         .after
         .as_deref()
