@@ -131,13 +131,20 @@ pub async fn enqueue(
 ) -> Result<String, EnqueueError> {
     let id = ulid::Ulid::generate();
     let job_id = id.to_string();
-    let trace: Option<String> =
-        sqlx::query_scalar("update orders set job_id = $2 where id = $1 returning trace_id")
-            .bind(job.order_id)
-            .bind(&job_id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .flatten();
+    // One round trip for our bookkeeping: point the order at its new job, list the job under the order, and read
+    // the order's trace id for the payload.
+    let trace: Option<String> = sqlx::query_scalar(
+        r#"with o as (update orders set job_id = $2 where id = $1 returning id, trace_id),
+                s as (insert into saga_jobs (job_id, order_id, step, attempt) select $2, id, $3, $4 from o)
+           select trace_id from o"#,
+    )
+    .bind(job.order_id)
+    .bind(&job_id)
+    .bind(step.name())
+    .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
+    .fetch_optional(&mut *conn)
+    .await?
+    .flatten();
     let job = StepJob {
         trace: trace.and_then(|t| t.parse().ok()),
         ..job
@@ -150,12 +157,5 @@ pub async fn enqueue(
     }
     let task: PgTask = builder.build();
     apalis_postgres::queries::push_tasks(&mut *conn, step.queue(), vec![task]).await?;
-    sqlx::query("insert into saga_jobs (job_id, order_id, step, attempt) values ($1, $2, $3, $4)")
-        .bind(&job_id)
-        .bind(job.order_id)
-        .bind(step.name())
-        .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
-        .execute(&mut *conn)
-        .await?;
     Ok(job_id)
 }

@@ -35,13 +35,7 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value.trim().parse().map_err(|e: T::Err| SettingsError {
-            name,
-            message: format!("{value:?}: {e}"),
-        }),
-        _ => Ok(default),
-    }
+    Ok(env_parse_opt(name)?.unwrap_or(default))
 }
 
 pub fn database_url() -> String {

@@ -3,6 +3,7 @@
 //! on the order's row lock.
 
 pub mod error;
+mod failpoints;
 pub mod payments;
 pub mod reconciler;
 pub mod relay;

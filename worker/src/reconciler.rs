@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use orderflow_shared::jobs::{Step, StepJob};
 use orderflow_shared::order::{self, CancelReason, OrderStatus, Transition};
-use orderflow_shared::recovery::{self, DeadJob};
+use orderflow_shared::recovery;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -140,7 +140,7 @@ async fn settle_stranded(saga: &Saga, order_id: Uuid) -> anyhow::Result<bool> {
     let step = recovery::current_step(&mut tx, &order).await?;
     let logged = recovery::last_logged_attempt(&mut *tx, order_id, step.name()).await?;
     let attempt = dead.attempt.unwrap_or(0).max(logged).max(1);
-    let reason = describe(&dead);
+    let reason = format!("reconciler: {}", dead.describe());
     tracing::warn!(%order_id, step = step.name(), attempt, reason, "settling a stranded saga");
     saga.settle(
         &mut tx,
@@ -156,8 +156,4 @@ async fn settle_stranded(saga: &Saga, order_id: Uuid) -> anyhow::Result<bool> {
     .map_err(|e| anyhow!(e))?;
     tx.commit().await?;
     Ok(true)
-}
-
-fn describe(dead: &DeadJob) -> String {
-    format!("reconciler: {}", dead.describe())
 }

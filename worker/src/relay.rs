@@ -176,7 +176,8 @@ impl Relay {
         }
         let full = events.len() as i64 >= self.settings.batch_size;
         let (acked, failure) = publish_in_waves(&self.jetstream, &self.settings, &self.stats, events).await;
-        failpoint_abort("relay.after_publish");
+        // Test builds: die after JetStream stored the batch and before it is marked published.
+        crate::failpoints::abort("relay.after_publish", None);
         if !acked.is_empty() {
             outbox::mark_published(conn, &acked).await?;
         }
@@ -255,15 +256,4 @@ async fn publish_in_waves(
             }
         }
     }
-}
-
-/// Test builds: the relay process dies here, after JetStream stored a batch and before it was marked published.
-fn failpoint_abort(name: &str) {
-    #[cfg(feature = "failpoints")]
-    if fail::eval(name, |_| ()).is_some() {
-        tracing::error!(failpoint = name, "failpoint: aborting the process");
-        std::process::abort();
-    }
-    #[cfg(not(feature = "failpoints"))]
-    let _ = name;
 }

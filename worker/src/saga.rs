@@ -17,6 +17,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::StepError;
+use crate::failpoints;
 use crate::payments::{Authorization, AuthorizeRequest, PaymentsClient, ProviderError};
 
 /// Everything a step needs; one per worker process, shared by all its queues.
@@ -208,14 +209,6 @@ impl Saga {
 
     /// Pay: write PENDING and the step log, authorize a hold with the order's key, then record the verdict.
     async fn pay(&self, job: StepJob) -> Result<(), StepError> {
-        #[cfg(feature = "failpoints")]
-        if let Some(customer) = fail::eval("worker.pay.start", |arg| arg).flatten()
-            && order::find(&self.pool, job.order_id)
-                .await?
-                .is_some_and(|o| o.customer_id == customer)
-        {
-            return Err(StepError::Transient(anyhow!("failpoint worker.pay.start")));
-        }
         let Some(Opened {
             mut tx,
             order,
@@ -224,6 +217,8 @@ impl Saga {
         else {
             return Ok(());
         };
+        // Dropping `tx` here writes nothing: no step-log row, no PENDING payment (nothing in flight).
+        failpoints::crash("worker.pay.start", &order.customer_id)?;
         let payment = payment::begin_authorization(
             &mut *tx,
             order.id,
@@ -234,13 +229,13 @@ impl Saga {
         .await?;
         tx.commit().await?;
 
-        failpoint_crash("worker.pay.before_authorize", &order.customer_id)?;
+        failpoints::crash("worker.pay.before_authorize", &order.customer_id)?;
         let verdict = self
             .payments
             .authorize(&authorize_request(&payment))
             .await
             .map_err(StepError::from_provider)?;
-        failpoint_abort("worker.pay.after_authorize", &order.customer_id);
+        failpoints::abort("worker.pay.after_authorize", Some(&order.customer_id));
 
         let Some((mut tx, order)) = self.relock(order.id).await? else {
             return Ok(());
@@ -306,7 +301,7 @@ impl Saga {
         else {
             return Ok(());
         };
-        failpoint_crash("worker.commit.before", &order.customer_id)?;
+        failpoints::crash("worker.commit.before", &order.customer_id)?;
         let Some(payment) = payment::find(&mut *tx, order.id).await? else {
             return Err(StepError::permanent(
                 CancelReason::StepFailed,
@@ -324,7 +319,7 @@ impl Saga {
                 anyhow!("the hold has no provider reference"),
             ));
         };
-        if failpoint_hit("worker.commit.inventory", &order.customer_id) {
+        if failpoints::hit("worker.commit.inventory", Some(&order.customer_id)) {
             return Err(StepError::permanent(
                 CancelReason::InventoryCommitFailed,
                 anyhow!("failpoint worker.commit.inventory"),
@@ -346,7 +341,7 @@ impl Saga {
             }) if status == "succeeded" => {}
             Err(e) => return Err(StepError::from_provider(e)),
         }
-        failpoint_abort("worker.commit.after_capture", &order.customer_id);
+        failpoints::abort("worker.commit.after_capture", Some(&order.customer_id));
 
         let Some((mut tx, order)) = self.relock(order.id).await? else {
             return Ok(());
@@ -376,7 +371,7 @@ impl Saga {
         else {
             return Ok(());
         };
-        failpoint_crash("worker.fulfil.before", &order.customer_id)?;
+        failpoints::crash("worker.fulfil.before", &order.customer_id)?;
         // Fulfil is queued by the capture's own transaction; this guards against a job queued by hand.
         let captured = payment::find(&mut *tx, order.id)
             .await?
@@ -422,7 +417,7 @@ impl Saga {
         else {
             return Ok(());
         };
-        failpoint_crash("worker.cancel_payment.before", &order.customer_id)?;
+        failpoints::crash("worker.cancel_payment.before", &order.customer_id)?;
         let open = payment::find(&mut *tx, order.id)
             .await?
             .filter(|p| pay::OPEN.contains(&p.status.as_str()));
@@ -533,36 +528,5 @@ pub(crate) async fn enqueue_first(
         trace: None,
     };
     jobs::enqueue(conn, step, job, None).await?;
-    Ok(())
-}
-
-/// True when failpoint `name` is configured as `return(<customer_id>)` for this order's customer. Scoping by
-/// customer lets one test fail one order while others in the same process run normally.
-fn failpoint_hit(name: &str, customer_id: &str) -> bool {
-    #[cfg(feature = "failpoints")]
-    {
-        fail::eval(name, |arg| arg).flatten().as_deref() == Some(customer_id)
-    }
-    #[cfg(not(feature = "failpoints"))]
-    {
-        let _ = (name, customer_id);
-        false
-    }
-}
-
-/// A failpoint that kills the whole process at this point, as `kill -9` would: nothing after it runs, no
-/// destructor, no shutdown. For tests that run the worker as a process.
-fn failpoint_abort(name: &str, customer_id: &str) {
-    if failpoint_hit(name, customer_id) {
-        tracing::error!(failpoint = name, "failpoint: aborting the process");
-        std::process::abort();
-    }
-}
-
-/// A failpoint that simulates the step dying at this point (a transient failure of this attempt).
-fn failpoint_crash(name: &str, customer_id: &str) -> Result<(), StepError> {
-    if failpoint_hit(name, customer_id) {
-        return Err(StepError::Transient(anyhow!("failpoint {name}")));
-    }
     Ok(())
 }
