@@ -149,3 +149,69 @@ async fn slow_provider_still_completes() {
     assert_eq!(order["status"], "FULFILLED");
     assert_eq!(app.intents_of(id).await.len(), 1);
 }
+
+/// `jobs::enqueue` writes apalis's row itself, payload built in SQL: it must read back as the `StepJob` the
+/// worker decodes, with the order's trace, the asked delay, apalis's columns, and the order pointing at it.
+#[tokio::test]
+async fn an_enqueued_job_is_the_step_job_apalis_hands_the_worker() {
+    use orderflow_shared::jobs::{self, Step, StepJob};
+
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.put_sku("A", 5, 100).await;
+    let id = app.create_order("payload", &[("A", 1)], "pm_card_visa").await;
+    let trace: String = sqlx::query_scalar("select trace_id from orders where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+
+    let mut tx = app.pool.begin().await.unwrap();
+    let retry = StepJob {
+        order_id: id,
+        attempt: 3,
+        trace: None,
+    };
+    let job_id = jobs::enqueue(&mut tx, Step::Pay, retry, Some(Duration::from_secs(90)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    type Row = (String, Vec<u8>, String, i32, i32, f64, Option<String>);
+    let (queue, payload, status, attempts, max_attempts, delay, lock_by): Row = sqlx::query_as(
+        r#"select job_type, job, status, attempts, max_attempts,
+                  extract(epoch from run_at - now())::float8, lock_by
+           from apalis.jobs where id = $1"#,
+    )
+    .bind(&job_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let decoded: StepJob = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(decoded.order_id, id);
+    assert_eq!(decoded.attempt, 3);
+    assert_eq!(decoded.trace.map(|t| t.to_string()), Some(trace.clone()));
+    assert_eq!(
+        (queue.as_str(), status.as_str(), attempts, max_attempts, lock_by),
+        ("orderflow.pay", "Pending", 0, jobs::APALIS_MAX_ATTEMPTS, None)
+    );
+    assert!((88.0..=90.5).contains(&delay), "run_at is {delay} s away");
+
+    let (order_job, listed): (Option<String>, i64) = sqlx::query_as(
+        "select job_id, (select count(*) from saga_jobs where job_id = $2 and step = 'pay' and attempt = 3) \
+         from orders where id = $1",
+    )
+    .bind(id)
+    .bind(&job_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((order_job.as_deref(), listed), (Some(job_id.as_str()), 1));
+
+    // The API's first job carries the trace the API set, and a worker started now runs the saga from it.
+    app.start_worker();
+    assert_eq!(app.wait_terminal(id).await["status"], "FULFILLED");
+}

@@ -158,17 +158,6 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<orderflow_shared::jobs::EnqueueError> for ApiError {
-    fn from(error: orderflow_shared::jobs::EnqueueError) -> Self {
-        use orderflow_shared::jobs::EnqueueError;
-        match error {
-            // A lost connection while enqueueing is an outage (503), like any other database error.
-            EnqueueError::Database(e) | EnqueueError::Queue(apalis_postgres::Error::Database(e)) => e.into(),
-            other => Self::Internal(anyhow::Error::new(other).context("failed to enqueue a saga step")),
-        }
-    }
-}
-
 impl From<orderflow_shared::order::TransitionError> for ApiError {
     fn from(error: orderflow_shared::order::TransitionError) -> Self {
         match error {

@@ -2,10 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::PgExecutor;
 use uuid::Uuid;
-
-use crate::order::OrderStatus;
 
 /// Stable event type names: consumers subscribe to these, so they never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,32 +44,6 @@ pub struct EventRow {
     pub to_status: String,
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
-}
-
-/// Appends one event. The caller holds the order's row lock (or just inserted the order), so the per-order
-/// sequence cannot race.
-pub async fn append(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    event_type: EventType,
-    from: Option<OrderStatus>,
-    to: OrderStatus,
-    reason: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        r#"insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason)
-           select $1, $2, coalesce(max(sequence), 0) + 1, $3, $4, $5, $6
-           from order_events where order_id = $2"#,
-    )
-    .bind(Uuid::now_v7())
-    .bind(order_id)
-    .bind(event_type.as_str())
-    .bind(from.map(OrderStatus::as_str))
-    .bind(to.as_str())
-    .bind(reason)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 pub async fn for_order(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<EventRow>, sqlx::Error> {

@@ -1,12 +1,10 @@
 //! Saga jobs: the stable queue names and the payload, and enqueueing inside the caller's transaction.
 //!
-//! A job exists iff the transaction that enqueued it commits (`apalis_postgres::queries::push_tasks` on our
+//! A job exists iff the transaction that enqueued it commits (`enqueue` writes it on the caller's
 //! connection). Queue names are persisted in `apalis.jobs.job_type`: never rename one.
 
 use std::time::Duration;
 
-use apalis::prelude::TaskId;
-use apalis_postgres::PgTask;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -105,57 +103,67 @@ fn first_attempt() -> u32 {
     1
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum EnqueueError {
-    #[error("failed to encode the job: {0}")]
-    Encode(#[from] serde_json::Error),
-    #[error("failed to enqueue the job: {0}")]
-    Queue(#[from] apalis_postgres::Error),
-    #[error("failed to record the order's job: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
 /// How often apalis itself re-runs a job whose handler returned an error (it does so at once, with no backoff).
 /// Our handlers return an error only when they could not even record a failure (the database is gone); the
 /// reconciler takes over a job that used these up.
-pub const APALIS_MAX_ATTEMPTS: usize = 3;
+pub const APALIS_MAX_ATTEMPTS: i32 = 3;
 
-/// Enqueues `step` for `job` in the caller's transaction, to run after `delay` (whole seconds: apalis stores
-/// run_at in seconds), records the new job as the order's `job_id` (for a saga that is not over, the job named
-/// there is the one that moves it on) and in `saga_jobs`, and carries the order's trace id. Returns the job's id.
+/// Enqueues `step` for `job` in the caller's transaction, to run after `delay`, records the new job as the
+/// order's `job_id` (for a saga that is not over, the job named there is the one that moves it on) and in
+/// `saga_jobs`, and carries the order's trace id (the job's own, else the order's). Returns the job's id.
+///
+/// One statement, one round trip: it writes the apalis row itself, as `apalis_postgres::queries::push_tasks`
+/// would (`queries/task/sink.sql` of apalis-postgres 1.0: same columns, status `Pending`, no metadata), and
+/// builds the payload in SQL in `StepJob`'s JSON form. apalis's insert trigger notifies the queue's listeners
+/// as for any insert. `jobs_round_trip` in the tests pins the payload to what `StepJob` reads.
 pub async fn enqueue(
     conn: &mut PgConnection,
     step: Step,
     job: StepJob,
     delay: Option<Duration>,
-) -> Result<String, EnqueueError> {
-    let id = ulid::Ulid::generate();
-    let job_id = id.to_string();
-    // One round trip for our bookkeeping: point the order at its new job, list the job under the order, and read
-    // the order's trace id for the payload.
-    let trace: Option<String> = sqlx::query_scalar(
+) -> Result<String, sqlx::Error> {
+    let job_id = ulid::Ulid::generate().to_string();
+    sqlx::query(
         r#"with o as (update orders set job_id = $2 where id = $1 returning id, trace_id),
                 s as (insert into saga_jobs (job_id, order_id, step, attempt) select $2, id, $3, $4 from o)
-           select trace_id from o"#,
+           insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+           select $2, $5,
+                  convert_to(jsonb_strip_nulls(jsonb_build_object(
+                      'order_id', $1::uuid,
+                      'attempt', $4::integer,
+                      'trace', coalesce($6, (select trace_id from o where trace_id ~ '^[0-9a-f]{32}$'))
+                  ))::text, 'UTF8'),
+                  'Pending', 0, $7, now() + make_interval(secs => $8), 0, ''::hstore"#,
     )
     .bind(job.order_id)
     .bind(&job_id)
     .bind(step.name())
     .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
-    .fetch_optional(&mut *conn)
-    .await?
-    .flatten();
-    let job = StepJob {
-        trace: trace.and_then(|t| t.parse().ok()),
-        ..job
-    };
-    let mut builder = apalis::prelude::TaskBuilder::new(serde_json::to_vec(&job)?)
-        .task_id(TaskId::from_ulid(id))
-        .max_attempts(APALIS_MAX_ATTEMPTS);
-    if let Some(delay) = delay {
-        builder = builder.run_after(delay);
-    }
-    let task: PgTask = builder.build();
-    apalis_postgres::queries::push_tasks(&mut *conn, step.queue(), vec![task]).await?;
+    .bind(step.queue())
+    .bind(job.trace.map(|t| t.to_string()))
+    .bind(APALIS_MAX_ATTEMPTS)
+    .bind(delay.map_or(0.0, |d| d.as_secs_f64()))
+    .execute(&mut *conn)
+    .await?;
     Ok(job_id)
+}
+
+/// How every OrderFlow queue worker talks to apalis-postgres (the worker and `orderflow-queue-bench` share it):
+///
+/// - `batch_size` jobs per fetch: one round trip and one commit claim up to that many (a fetch with batch 1 is
+///   a durable commit per job, which capped a queue at a few hundred jobs/s). Fetched jobs wait in the worker's
+///   buffer while its slots are busy; apalis sends no heartbeat meanwhile, so the batch stays at most the
+///   worker's concurrency: the buffer then drains within one step timeout, far inside apalis's five-minute
+///   orphan window (a job re-run anyway is harmless: every step is idempotent).
+/// - No lock event: apalis would write `Running` in one more transaction before each job starts. A claimed job
+///   stays `Queued` under its worker's name until its result is written; our recovery, apalis's and the admin
+///   views all treat `Queued` and `Running` alike.
+/// - No result writes by apalis: its statement scans every job the worker ever ran. The handler reports to a
+///   [`crate::completion::Completer`] instead, which writes them by id, in batches.
+pub fn queue_config(queue: &str, batch_size: usize) -> apalis_postgres::Config {
+    apalis_postgres::Config::default()
+        .queue(queue)
+        .batch_size(batch_size.max(1))
+        .lock_tasks(false)
+        .persist_results(false)
 }

@@ -5,6 +5,7 @@
 //! action commits or rolls back as a whole.
 
 pub mod admin;
+pub mod completion;
 pub mod db;
 pub mod events;
 pub mod idempotency;

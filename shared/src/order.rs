@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::events::{self, EventType};
+use crate::events::EventType;
 
 /// Where an order is in its life. Persisted and shown as the upper-case strings of [`OrderStatus::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -224,7 +224,7 @@ pub struct NewOrder {
     pub lines: Vec<(String, i64, i64)>,
 }
 
-const ORDER_COLUMNS: &str = "id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, \
+pub(crate) const ORDER_COLUMNS: &str = "id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, \
      current_step, last_error, job_id, reserved_until, trace_id, created_at, updated_at";
 
 /// Inserts the order in CREATED, its lines and its `order.created` event; returns the rows as written.
@@ -233,10 +233,26 @@ pub async fn insert(
     conn: &mut PgConnection,
     order: &NewOrder,
 ) -> Result<(OrderRow, Vec<OrderLineRow>), sqlx::Error> {
+    let skus: Vec<&str> = order.lines.iter().map(|(sku, _, _)| sku.as_str()).collect();
+    let quantities: Vec<i64> = order.lines.iter().map(|(_, q, _)| *q).collect();
+    let prices: Vec<i64> = order.lines.iter().map(|(_, _, p)| *p).collect();
+    // The order, its lines (numbered from 1 in the given order) and its `order.created` event in one statement.
     let row: OrderRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        r#"insert into orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id)
-           values ($1, $2, $3, $4, 'CREATED', $5, 'reserve', $6)
-           returning {ORDER_COLUMNS}"#
+        r#"with o as (
+               insert into orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id)
+               values ($1, $2, $3, $4, 'CREATED', $5, 'reserve', $6)
+               returning {ORDER_COLUMNS}
+           ),
+           l as (
+               insert into order_lines (order_id, line_no, sku, quantity, unit_price)
+               select o.id, ordinality::integer, sku, quantity, unit_price
+               from o, unnest($7::text[], $8::bigint[], $9::bigint[]) with ordinality as l(sku, quantity, unit_price)
+           ),
+           e as (
+               insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status)
+               select $10, o.id, 1, $11, null, 'CREATED' from o
+           )
+           select * from o"#
     )))
     .bind(order.id)
     .bind(&order.customer_id)
@@ -244,37 +260,25 @@ pub async fn insert(
     .bind(order.total)
     .bind(&order.payment_token)
     .bind(&order.trace_id)
-    .fetch_one(&mut *conn)
-    .await?;
-
-    let skus: Vec<&str> = order.lines.iter().map(|(sku, _, _)| sku.as_str()).collect();
-    let quantities: Vec<i64> = order.lines.iter().map(|(_, q, _)| *q).collect();
-    let prices: Vec<i64> = order.lines.iter().map(|(_, _, p)| *p).collect();
-    let lines: Vec<OrderLineRow> = sqlx::query_as(
-        r#"insert into order_lines (order_id, line_no, sku, quantity, unit_price)
-           select $1, ordinality::integer, sku, quantity, unit_price
-           from unnest($2::text[], $3::bigint[], $4::bigint[]) with ordinality as l(sku, quantity, unit_price)
-           returning order_id, line_no, sku, quantity, unit_price"#,
-    )
-    .bind(order.id)
     .bind(&skus)
     .bind(&quantities)
     .bind(&prices)
-    .fetch_all(&mut *conn)
+    .bind(Uuid::now_v7())
+    .bind(EventType::Created.as_str())
+    .fetch_one(&mut *conn)
     .await?;
-
-    events::append(
-        &mut *conn,
-        order.id,
-        EventType::Created,
-        None,
-        OrderStatus::Created,
-        None,
-    )
-    .await?;
-    // INSERT … RETURNING promises no order.
-    let mut lines = lines;
-    lines.sort_by_key(|l| l.line_no);
+    let lines = order
+        .lines
+        .iter()
+        .zip(1..)
+        .map(|((sku, quantity, unit_price), line_no)| OrderLineRow {
+            order_id: order.id,
+            line_no,
+            sku: sku.clone(),
+            quantity: *quantity,
+            unit_price: *unit_price,
+        })
+        .collect();
     Ok((row, lines))
 }
 
@@ -373,36 +377,40 @@ pub async fn transition(
         Transition::RejectOutOfStock => Some(CancelReason::OutOfStock.as_str()),
         _ => None,
     };
-    sqlx::query(
-        r#"update orders
-           set status = $2,
-               cancel_reason = coalesce($3, cancel_reason),
-               cancel_note = coalesce($4, cancel_note),
-               current_step = $5,
-               updated_at = now()
-           where id = $1"#,
-    )
-    .bind(order.id)
-    .bind(to.as_str())
-    .bind(reason)
-    .bind(note)
-    .bind(next_step)
-    .execute(&mut *conn)
-    .await?;
     let event_reason = reason.or_else(|| {
         order
             .cancel_reason
             .as_deref()
             .filter(|_| matches!(to, OrderStatus::Cancelled | OrderStatus::NeedsAttention))
     });
-    events::append(
-        &mut *conn,
-        order.id,
-        transition.event_type(),
-        Some(from),
-        to,
-        event_reason,
+    // The status change and its event in one statement (one round trip); the caller holds the row lock, so the
+    // event's per-order sequence cannot race.
+    sqlx::query(
+        r#"with o as (
+               update orders
+               set status = $2,
+                   cancel_reason = coalesce($3, cancel_reason),
+                   cancel_note = coalesce($4, cancel_note),
+                   current_step = $5,
+                   updated_at = now()
+               where id = $1
+               returning id
+           )
+           insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason)
+           select $6, o.id, coalesce((select max(sequence) from order_events where order_id = $1), 0) + 1,
+                  $7, $8, $2, $9
+           from o"#,
     )
+    .bind(order.id)
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(note)
+    .bind(next_step)
+    .bind(Uuid::now_v7())
+    .bind(transition.event_type().as_str())
+    .bind(from.as_str())
+    .bind(event_reason)
+    .execute(&mut *conn)
     .await?;
     tracing::info!(from = %from, to = %to, reason, "order transition");
     if let Transition::StartCancel(reason) = &transition {

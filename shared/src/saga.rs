@@ -5,6 +5,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::jobs::Step;
+use crate::order::{ORDER_COLUMNS, OrderRow};
 
 /// Statuses of a step-log row; persisted, so never renamed.
 pub mod status {
@@ -13,6 +14,41 @@ pub mod status {
     pub const FAILED: &str = "FAILED";
     /// The step found its work overtaken (the order left the step's state while a remote call was out).
     pub const SKIPPED: &str = "SKIPPED";
+}
+
+/// A step's first statement: locks the order until the transaction ends and, if it is in the status `step`
+/// runs from, opens the attempt (as `start` does) in the same round trip. `None`: no such order; a `None`
+/// log id: the order is in another status and nothing was written.
+pub async fn lock_and_start(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    step: Step,
+    attempt: u32,
+    worker: &str,
+) -> Result<Option<(OrderRow, Option<i64>)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Locked {
+        #[sqlx(flatten)]
+        order: OrderRow,
+        log_id: Option<i64>,
+    }
+    let locked: Option<Locked> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        r#"with o as (select {ORDER_COLUMNS} from orders where id = $1 for update),
+                s as (insert into saga_steps (order_id, step, attempt, status, undo, worker)
+                      select id, $2, $3, $5, $6, $7 from o where status = $4
+                      returning id)
+           select o.*, (select id from s) as log_id from o"#
+    )))
+    .bind(order_id)
+    .bind(step.name())
+    .bind(attempt_number(attempt))
+    .bind(step.runs_from().as_str())
+    .bind(status::STARTED)
+    .bind(step.undo().map(Step::name))
+    .bind(worker)
+    .fetch_optional(conn)
+    .await?;
+    Ok(locked.map(|l| (l.order, l.log_id)))
 }
 
 /// Opens a step attempt (STARTED, with the compensation that undoes the step) and returns its id.

@@ -79,6 +79,8 @@ pub struct WorkerSettings {
     pub payments_url: String,
     /// Jobs one worker process runs at once, per queue.
     pub concurrency: usize,
+    /// Jobs fetched per round trip, per queue (`ORDERFLOW_WORKER_BATCH_SIZE`, at most `concurrency`).
+    pub batch_size: usize,
     /// How often an idle worker looks for delayed jobs (retries with backoff) besides LISTEN/NOTIFY.
     pub poll_interval: Duration,
     /// First retry delay of a transient step failure; doubles per attempt up to `retry_max_delay`.
@@ -151,7 +153,8 @@ impl WorkerSettings {
         }
         Ok(Self {
             payments_url: env_or("ORDERFLOW_PAYMENTS_URL", DEFAULT_PAYMENTS_URL),
-            concurrency: env_parse("ORDERFLOW_WORKER_CONCURRENCY", 16)?,
+            concurrency: env_parse::<usize>("ORDERFLOW_WORKER_CONCURRENCY", 16)?.max(1),
+            batch_size: env_parse::<usize>("ORDERFLOW_WORKER_BATCH_SIZE", 16)?.max(1),
             poll_interval: Duration::from_millis(env_parse("ORDERFLOW_WORKER_POLL_MS", 1_000)?),
             retry_base_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_BASE_MS", 1_000)?),
             retry_max_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_MAX_MS", 300_000)?),

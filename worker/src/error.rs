@@ -34,12 +34,6 @@ impl From<sqlx::Error> for StepError {
     }
 }
 
-impl From<orderflow_shared::jobs::EnqueueError> for StepError {
-    fn from(error: orderflow_shared::jobs::EnqueueError) -> Self {
-        Self::Transient(anyhow::Error::new(error))
-    }
-}
-
 impl From<TransitionError> for StepError {
     fn from(error: TransitionError) -> Self {
         match error {

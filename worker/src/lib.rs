@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use apalis::prelude::*;
-use apalis_postgres::{Config, PostgresStorage};
+use apalis_postgres::PostgresStorage;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use orderflow_shared::completion::Completer;
 use orderflow_shared::jobs::{Step, StepJob};
 use orderflow_shared::recovery;
 use orderflow_shared::settings::{MIN_WORKER_CONNECTIONS, WorkerSettings};
@@ -49,15 +50,31 @@ pub fn instance_name() -> String {
 struct StepContext {
     step: Step,
     saga: Arc<Saga>,
+    /// Records each job's end (see `orderflow_shared::completion`); one per queue worker generation.
+    completer: Option<Completer>,
 }
 
 /// Runs the step in its own task: apalis's step timeout (or a shutdown) drops the handler's future, and a step
 /// dropped inside `Pool::begin` would leave a pooled connection inside a transaction nobody ends (sqlx 0.9.0,
 /// launchbadge/sqlx#4393). Detached, the step always runs to its end (its provider calls have their own
-/// timeouts); a timed-out job is then settled by the reconciler like any other.
-async fn handle(job: StepJob, ctx: Data<StepContext>) -> Result<(), BoxDynError> {
-    let StepContext { step, saga } = (*ctx).clone();
-    match tokio::spawn(async move { saga.run(step, job).await }).await {
+/// timeouts) and then records the job's end itself, even if apalis stopped waiting for it.
+async fn handle(job: StepJob, ctx: Data<StepContext>, id: TaskId) -> Result<(), BoxDynError> {
+    let StepContext {
+        step,
+        saga,
+        completer,
+    } = (*ctx).clone();
+    let run = tokio::spawn(async move {
+        let result = saga.run(step, job).await;
+        if let Some(completer) = completer {
+            match &result {
+                Ok(()) => completer.done(&id),
+                Err(error) => completer.failed(&id, error),
+            }
+        }
+        result
+    });
+    match run.await {
         Ok(result) => result.map_err(|e| Box::new(e) as BoxDynError),
         Err(error) => Err(Box::new(error) as BoxDynError),
     }
@@ -120,6 +137,7 @@ pub async fn run(
             let ctx = StepContext {
                 step,
                 saga: saga.clone(),
+                completer: None,
             };
             tokio::spawn(supervise(ctx, stopped.clone()))
         })
@@ -269,14 +287,20 @@ fn queue_worker(
     mut stopped: watch::Receiver<bool>,
 ) -> BoxFuture<'static, Result<(), WorkerError>> {
     let settings = &ctx.saga.settings;
-    let config = Config::default().queue(ctx.step.queue()).batch_size(1);
+    let batch = settings.batch_size.min(settings.concurrency);
+    let config = orderflow_shared::jobs::queue_config(ctx.step.queue(), batch);
     let backend = PostgresStorage::<StepJob>::new(&ctx.saga.pool)
         .with_config(config)
         .with_pubsub()
         .poll_with_interval(settings.poll_interval);
-    WorkerBuilder::new(name)
+    let (completer, writer) = Completer::start(ctx.saga.pool.clone(), name.clone());
+    let ctx = StepContext {
+        completer: Some(completer),
+        ..ctx.clone()
+    };
+    let worker = WorkerBuilder::new(name)
         .backend(backend)
-        .data(ctx.clone())
+        .data(ctx)
         .concurrency(settings.concurrency)
         .timeout(settings.step_timeout)
         .parallelize(tokio::spawn)
@@ -285,5 +309,12 @@ fn queue_worker(
             let _ = stopped.wait_for(|stop| *stop).await;
             Ok::<(), std::io::Error>(())
         })
-        .boxed()
+        .boxed();
+    async move {
+        let result = worker.await;
+        // The worker's handlers are gone; the writer ends once the last detached step has reported.
+        let _ = writer.await;
+        result
+    }
+    .boxed()
 }

@@ -155,15 +155,15 @@ impl Saga {
     /// attempt's STARTED row. `None`: the step has nothing to do (already done, or overtaken by a cancel).
     async fn open(&self, step: Step, job: StepJob) -> Result<Option<Opened>, StepError> {
         let mut tx = self.pool.begin().await?;
-        let Some(order) = order::lock(&mut tx, job.order_id).await? else {
+        let opened = saga::lock_and_start(&mut tx, job.order_id, step, job.attempt, &self.instance).await?;
+        let Some((order, log_id)) = opened else {
             tracing::warn!("job for an order that does not exist; dropped");
             return Ok(None);
         };
-        if order.status() != step.runs_from() {
+        let Some(log_id) = log_id else {
             tracing::debug!(status = %order.status(), "order not in the step's state; nothing to do");
             return Ok(None);
-        }
-        let log_id = saga::start(&mut *tx, order.id, step, job.attempt, &self.instance).await?;
+        };
         Ok(Some(Opened { tx, order, log_id }))
     }
 

@@ -1,17 +1,18 @@
 //! `orderflow-queue-bench`: our queue layer (apalis-postgres configured as OrderFlow's worker runs it: one
-//! worker per queue, pubsub + poll, concurrency 16, batch 1 unless told) doing the peer benchmark's work, so the
+//! worker per queue, `jobs::queue_config`, pubsub + poll, concurrency 16, batch 8 unless told) doing the peer benchmark's work, so the
 //! two can be compared on the same database: N trivial jobs, or N chains of 4 jobs where each job enqueues the
 //! next in its own transaction. Prints jobs per second.
 //!
-//! `orderflow-queue-bench --database-url … --jobs 10000 [--chain] [--batch 1]`
+//! `orderflow-queue-bench --database-url … --jobs 10000 [--chain] [--batch 8]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
-use apalis_postgres::{Config, PostgresStorage};
+use apalis_postgres::PostgresStorage;
 use clap::Parser;
+use orderflow_shared::completion::Completer;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -29,7 +30,8 @@ struct Args {
     /// Chains of 4 steps instead of trivial jobs.
     #[arg(long)]
     chain: bool,
-    #[arg(long, default_value_t = 1)]
+    /// Jobs per fetch (the worker's `ORDERFLOW_WORKER_BATCH_SIZE`).
+    #[arg(long, default_value_t = 8)]
     batch: usize,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -44,12 +46,13 @@ struct Job {
 #[derive(Clone)]
 struct Ctx {
     pool: PgPool,
+    completer: Completer,
     done: Arc<AtomicU64>,
     chain: bool,
     queue: String,
 }
 
-async fn handle(job: Job, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+async fn handle(job: Job, ctx: Data<Ctx>, id: TaskId) -> Result<(), BoxDynError> {
     if ctx.chain && job.step < 4 {
         let mut tx = ctx.pool.begin().await?;
         let next = Job {
@@ -60,6 +63,7 @@ async fn handle(job: Job, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
         apalis_postgres::queries::push_tasks(&mut *tx, &ctx.queue, vec![task]).await?;
         tx.commit().await?;
     }
+    ctx.completer.done(&id);
     ctx.done.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -87,15 +91,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let expected = if args.chain { args.jobs * 4 } else { args.jobs };
     let done = Arc::new(AtomicU64::new(0));
+    let worker = format!("{queue}@bench#0");
+    let (completer, writer) = Completer::start(pool.clone(), worker.clone());
     let ctx = Ctx {
         pool: pool.clone(),
+        completer,
         done: done.clone(),
         chain: args.chain,
         queue: queue.clone(),
     };
     let started = Instant::now();
     let backend = PostgresStorage::<Job>::new(&pool)
-        .with_config(Config::default().queue(&queue).batch_size(args.batch))
+        .with_config(orderflow_shared::jobs::queue_config(&queue, args.batch))
         .with_pubsub()
         .poll_with_interval(Duration::from_millis(100));
     let finished = {
@@ -107,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
             Ok::<(), std::io::Error>(())
         }
     };
-    WorkerBuilder::new(format!("{queue}@bench#0"))
+    WorkerBuilder::new(worker)
         .backend(backend)
         .data(ctx)
         .concurrency(args.concurrency)
@@ -115,6 +122,8 @@ async fn main() -> anyhow::Result<()> {
         .build(handle)
         .run_until(finished)
         .await?;
+    // Counted once every completion is written.
+    writer.await?;
     let elapsed = started.elapsed().as_secs_f64();
     let n = done.load(Ordering::Relaxed);
     println!(
