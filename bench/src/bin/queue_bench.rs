@@ -1,9 +1,9 @@
 //! `orderflow-queue-bench`: our queue layer (apalis-postgres configured as OrderFlow's worker runs it: one
-//! worker per queue, `jobs::queue_config`, pubsub + poll, concurrency 16, batch 8 unless told) doing the peer benchmark's work, so the
+//! worker per queue, `jobs::queue_config`, pubsub + poll, concurrency 16, batch 16 unless told) doing the peer benchmark's work, so the
 //! two can be compared on the same database: N trivial jobs, or N chains of 4 jobs where each job enqueues the
 //! next in its own transaction. Prints jobs per second.
 //!
-//! `orderflow-queue-bench --database-url … --jobs 10000 [--chain] [--batch 8]`
+//! `orderflow-queue-bench --database-url … --jobs 10000 [--chain] [--batch 16]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +31,7 @@ struct Args {
     #[arg(long)]
     chain: bool,
     /// Jobs per fetch (the worker's `ORDERFLOW_WORKER_BATCH_SIZE`).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
