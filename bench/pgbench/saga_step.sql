@@ -4,8 +4,9 @@
 -- its event (one statement), the reservation's expiry, the next job with its bookkeeping (jobs::enqueue, one
 -- statement), close the step log. apalis's fetch (one per 16 jobs) and our batched completion are left out,
 -- so the ceiling is the step alone and the service does strictly more than it. Orders are pre-made CREATED
--- rows (bench/ceiling.sh); a repeat pick does the same writes.
-\set s random(0, 49)
+-- rows (bench/ceiling.sh); a repeat pick does the same writes. The stock comes from one of :skus skus
+-- (`-D skus=50`); with `-D skus=1` every client contends for one row: the hot-sku ceiling.
+\set s random(0, :skus - 1)
 \set k random(1, :orders)
 BEGIN;
 WITH o AS (SELECT id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,

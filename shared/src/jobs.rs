@@ -115,7 +115,7 @@ pub const APALIS_MAX_ATTEMPTS: i32 = 3;
 /// One statement, one round trip: it writes the apalis row itself, as `apalis_postgres::queries::push_tasks`
 /// would (`queries/task/sink.sql` of apalis-postgres 1.0: same columns, status `Pending`, no metadata), and
 /// builds the payload in SQL in `StepJob`'s JSON form. apalis's insert trigger notifies the queue's listeners
-/// as for any insert. `jobs_round_trip` in the tests pins the payload to what `StepJob` reads.
+/// as for any insert. `saga::an_enqueued_job_is_the_step_job_apalis_hands_the_worker` in the tests pins the payload to what `StepJob` reads.
 pub async fn enqueue(
     conn: &mut PgConnection,
     step: Step,
