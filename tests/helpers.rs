@@ -85,6 +85,7 @@ pub fn worker_settings(payments_url: &str) -> WorkerSettings {
         step_timeout: Duration::from_secs(30),
         reservation_ttl: Duration::from_secs(900),
         reconcile_interval: Duration::from_millis(250),
+        done_job_retention: Duration::from_secs(3_600),
         shutdown_grace: Duration::from_secs(10),
         relay: None,
         metrics_addr: None,

@@ -167,3 +167,80 @@ async fn each_step_has_its_own_attempt_budget() {
     }
     assert_eq!(app.sku("B").await["reserved"], 0);
 }
+
+#[tokio::test]
+async fn old_done_jobs_are_deleted_and_the_saga_keeps_its_history() {
+    let app = spawn_app_with(Options::default()).await;
+    app.put_sku("P", 10, 1000).await;
+    let id = app.create_order("purger", &[("P", 1)], "pm_card_visa").await;
+    let order = app.wait_for(id, &["FULFILLED"], Duration::from_secs(20)).await;
+    assert_eq!(order["status"], "FULFILLED", "{order}");
+    let jobs = orderflow_shared::admin::jobs(&app.pool, id).await.unwrap();
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(ids.len(), 4, "reserve, pay, commit, fulfil: {jobs:?}");
+    // The worker's completion writer records the ends in the background: wait until all four are Done.
+    for _ in 0..100 {
+        let done: i64 =
+            sqlx::query_scalar("select count(*) from apalis.jobs where id = any($1) and status = 'Done'")
+                .bind(&ids)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if done == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Two finished two hours ago, one failed two hours ago; the fourth just finished.
+    sqlx::query("update apalis.jobs set done_at = now() - interval '2 hours' where id = any($1)")
+        .bind(&ids[..3])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update apalis.jobs set status = 'Failed' where id = $1")
+        .bind(&ids[2])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let retention = Duration::from_secs(3_600);
+    let first = orderflow_shared::recovery::purge_done_jobs(&app.pool, retention, 1)
+        .await
+        .unwrap();
+    let rest = orderflow_shared::recovery::purge_done_jobs(&app.pool, retention, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first, rest),
+        (1, 1),
+        "a chunk deletes at most its limit; old Done jobs only"
+    );
+
+    let left: Vec<String> = sqlx::query_scalar("select id from apalis.jobs where id = any($1) order by id")
+        .bind(&ids)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let mut kept = vec![ids[2].clone(), ids[3].clone()];
+    kept.sort();
+    assert_eq!(left, kept, "the failed job and the recent Done job stay");
+    let history = orderflow_shared::admin::jobs(&app.pool, id).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|j| (j.id.clone(), j.status.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (ids[0].clone(), None),
+            (ids[1].clone(), None),
+            (ids[2].clone(), Some("Failed".to_owned())),
+            (ids[3].clone(), Some("Done".to_owned())),
+        ],
+        "the saga's job history keeps every job; a deleted one has no apalis status"
+    );
+    // A finished saga whose jobs are gone is not mistaken for a stranded one.
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    let order = app.order(id).await;
+    assert_eq!(order["status"], "FULFILLED", "{order}");
+    assert_eq!(transitions(&app.events(id).await).len(), 4);
+}

@@ -319,3 +319,28 @@ mod tests {
         assert_eq!(live_statuses_sql!(), format!("({})", live.join(", ")));
     }
 }
+
+/// Deletes up to `limit` Done jobs that finished more than `older_than` ago; returns how many it deleted. apalis
+/// never deletes a job, so without this `apalis.jobs` and its eight indexes grow with every job ever run, and
+/// every fetch and completion pays for it. Failed and Killed jobs stay for operators; a saga's own record of its
+/// jobs (`saga_jobs`) stays too, and the admin views show a deleted job with no apalis status. For the
+/// reconciler, a live saga whose current job was Done and is now gone is stranded either way.
+pub async fn purge_done_jobs(
+    executor: impl PgExecutor<'_>,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        r#"delete from apalis.jobs where id in (
+               select id from apalis.jobs
+               where status = $1 and done_at < now() - make_interval(secs => $2)
+               limit $3 for update skip locked)"#,
+    )
+    .bind(job_status::DONE)
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(deleted)
+}

@@ -100,6 +100,9 @@ pub struct WorkerSettings {
     pub reservation_ttl: Duration,
     /// How often the reconciler looks for orphaned jobs, stranded sagas and expired reservations.
     pub reconcile_interval: Duration,
+    /// How long a finished (Done) job stays in `apalis.jobs` before the reconciler deletes it. The saga's own
+    /// history (`saga_jobs`, `saga_steps`, `order_events`) is kept; only apalis's row goes.
+    pub done_job_retention: Duration,
     /// How long SIGTERM waits for in-flight steps.
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
@@ -165,6 +168,7 @@ impl WorkerSettings {
             step_timeout: Duration::from_millis(env_parse("ORDERFLOW_STEP_TIMEOUT_MS", 60_000)?),
             reservation_ttl: Duration::from_secs(env_parse("ORDERFLOW_RESERVATION_TTL_SECS", 900)?),
             reconcile_interval: Duration::from_millis(env_parse("ORDERFLOW_RECONCILE_INTERVAL_MS", 1_000)?),
+            done_job_retention: Duration::from_secs(env_parse("ORDERFLOW_DONE_JOB_RETENTION_SECS", 3_600)?),
             shutdown_grace: Duration::from_millis(env_parse("ORDERFLOW_SHUTDOWN_GRACE_MS", 30_000)?),
             relay: RelaySettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_WORKER_METRICS_ADDR")?,

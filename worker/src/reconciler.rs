@@ -11,6 +11,8 @@
 //!    itself then finishes or undoes the work according to the step log and the payment row: a payment left
 //!    PENDING is asked again with the same idempotency key (resume) or voided (compensate), a capture is
 //!    replayed by its key (resume to fulfil) or refunded.
+//! 4. Once a minute, Done jobs older than `done_job_retention` are deleted from `apalis.jobs` (see
+//!    `recovery::purge_done_jobs`), in chunks, so the queue table holds what is live plus a recent window.
 //!
 //! Many processes run it at once: rows are claimed with SKIP LOCKED and every order is checked again under its
 //! row lock, which the steps take too.
@@ -31,6 +33,11 @@ use crate::saga::{Saga, enqueue_first};
 /// Orders looked at per pass and per kind; the next pass takes the rest.
 const BATCH: i64 = 200;
 const MAX_ERROR_DELAY: Duration = Duration::from_secs(30);
+/// How often a process purges old Done jobs, and how many one statement deletes (a chunk is one short
+/// transaction; a purge stops after `PURGE_MAX_CHUNKS` and the next one goes on).
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+const PURGE_CHUNK: i64 = 5_000;
+const PURGE_MAX_CHUNKS: usize = 20;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +51,17 @@ pub struct Pass {
 pub async fn run(saga: Arc<Saga>, mut stopped: watch::Receiver<bool>) {
     let interval = saga.settings.reconcile_interval;
     let mut delay = interval;
+    // The first purge waits one interval: a fleet restarting together does not scan the table at once.
+    let mut next_purge = tokio::time::Instant::now() + PURGE_INTERVAL;
     loop {
+        if tokio::time::Instant::now() >= next_purge {
+            match purge(&saga).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "deleted old Done jobs"),
+                Err(error) => tracing::warn!(%error, "could not delete old Done jobs; next time"),
+            }
+            next_purge = tokio::time::Instant::now() + PURGE_INTERVAL;
+        }
         match pass(&saga).await {
             Ok(pass) => {
                 if pass != Pass::default() {
@@ -98,6 +115,20 @@ pub async fn pass(saga: &Saga) -> anyhow::Result<Pass> {
         }
     }
     Ok(result)
+}
+
+/// Deletes the Done jobs past their retention, a chunk at a time; returns how many.
+pub async fn purge(saga: &Saga) -> Result<u64, sqlx::Error> {
+    let mut purged = 0;
+    for _ in 0..PURGE_MAX_CHUNKS {
+        let deleted =
+            recovery::purge_done_jobs(&saga.pool, saga.settings.done_job_retention, PURGE_CHUNK).await?;
+        purged += deleted;
+        if deleted < PURGE_CHUNK as u64 {
+            break;
+        }
+    }
+    Ok(purged)
 }
 
 /// Cancels a reserved order whose hold ran out, if it still has and no authorization started meanwhile.
