@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}
 DB=${DB:-orderflow_peer}
 JOBS=${JOBS:-10000}
+# Both connect over loopback without TLS: node-postgres uses none unless told, sqlx and libpq would negotiate it
+# (sslmode=prefer). Both read PGSSLMODE.
+export PGSSLMODE=${PGSSLMODE:-disable}
 psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB"
 (cd bench/peer && npm install --no-audit --no-fund --silent >/dev/null)
 results=()

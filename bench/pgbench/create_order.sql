@@ -22,7 +22,7 @@ e AS (
     INSERT INTO order_events (event_id, order_id, sequence, event_type, from_status, to_status)
     SELECT gen_random_uuid(), o.id, 1, 'order.created', NULL, 'CREATED' FROM o)
 SELECT * FROM o \gset order_
-WITH o AS (UPDATE orders SET job_id = 'J' || :n::text || '-' || :client_id::text WHERE id = :order_id::uuid RETURNING id, trace_id),
+WITH o AS (UPDATE orders SET job_id = 'J' || :n::text || '-' || :client_id::text, current_step = 'reserve' WHERE id = :order_id::uuid RETURNING id, trace_id),
 s AS (INSERT INTO saga_jobs (job_id, order_id, step, attempt) SELECT 'J' || :n::text || '-' || :client_id::text, id, 'reserve', 1 FROM o)
 INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
 SELECT 'J' || :n::text || '-' || :client_id::text, 'ceiling.reserve',

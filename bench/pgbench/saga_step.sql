@@ -1,6 +1,6 @@
 -- One saga step's own transaction, statement for statement as the worker sends it for the reserve step
 -- (worker/src/saga.rs::reserve): lock the order and open the step log (saga::lock_and_start, one statement),
--- read the lines, the conditional stock update and reservation row inside a savepoint, the transition with
+-- read the lines, the conditional stock update and reservation row (one line: no savepoint), the transition with
 -- its event (one statement), the reservation's expiry, the next job with its bookkeeping (jobs::enqueue, one
 -- statement), close the step log. apalis's fetch (one per 16 jobs) and our batched completion are left out,
 -- so the ceiling is the step alone and the service does strictly more than it. Orders are pre-made CREATED
@@ -16,17 +16,15 @@ WITH o AS (SELECT id, customer_id, currency, total, status, payment_token, cance
            SELECT id, 'reserve', 1, 'STARTED', 'release_inventory', 'ceiling' FROM o RETURNING id)
 SELECT o.id AS order_id, (SELECT id FROM s) AS log_id FROM o \gset
 SELECT order_id, line_no, sku, quantity, unit_price FROM order_lines WHERE order_id = :order_id::uuid ORDER BY line_no;
-SAVEPOINT reserve;
 UPDATE skus SET reserved = reserved + 1, updated_at = now() WHERE sku = 'ceiling-' || :s::text AND on_hand - reserved >= 1;
 INSERT INTO reservations (order_id, sku, quantity, status) VALUES (:order_id::uuid, 'ceiling-' || :s::text, 1, 'RESERVED') ON CONFLICT DO NOTHING;
-RELEASE SAVEPOINT reserve;
-WITH o AS (UPDATE orders SET status = 'RESERVED', cancel_reason = coalesce(NULL, cancel_reason), cancel_note = coalesce(NULL, cancel_note),
+RELEASE WITH o AS (UPDATE orders SET status = 'RESERVED', cancel_reason = coalesce(NULL, cancel_reason), cancel_note = coalesce(NULL, cancel_note),
                   current_step = 'pay', updated_at = now() WHERE id = :order_id::uuid RETURNING id)
 INSERT INTO order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason)
 SELECT gen_random_uuid(), o.id, coalesce((SELECT max(sequence) FROM order_events WHERE order_id = :order_id::uuid), 0) + 1,
        'order.reserved', 'CREATED', 'RESERVED', NULL FROM o;
 UPDATE orders SET reserved_until = now() + make_interval(secs => 900) WHERE id = :order_id::uuid;
-WITH o AS (UPDATE orders SET job_id = 'J' || :log_id::text WHERE id = :order_id::uuid RETURNING id, trace_id),
+WITH o AS (UPDATE orders SET job_id = 'J' || :log_id::text, current_step = 'pay' WHERE id = :order_id::uuid RETURNING id, trace_id),
 s AS (INSERT INTO saga_jobs (job_id, order_id, step, attempt) SELECT 'J' || :log_id::text, id, 'pay', 1 FROM o)
 INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
 SELECT 'J' || :log_id::text, 'ceiling.next',

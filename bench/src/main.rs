@@ -49,7 +49,7 @@ struct Args {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/orderflow"
+        default_value = "postgres://postgres@127.0.0.1:5432/orderflow?sslmode=disable"
     )]
     database_url: String,
     /// Skus spread over (create and saga modes).

@@ -83,7 +83,8 @@ pub enum ReserveOutcome {
 
 /// Reserves every line of an order, all or nothing. Lines are taken in sku order; each is a conditional
 /// update (`on_hand - reserved >= quantity`) that the row lock makes atomic, so concurrent orders can never
-/// hold more than is on hand. On a shortfall the savepoint rolls back the lines already held.
+/// hold more than is on hand. On a shortfall the savepoint rolls back the lines already held (an order of one
+/// line needs none).
 #[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
 pub async fn reserve(
     conn: &mut PgConnection,
@@ -92,33 +93,53 @@ pub async fn reserve(
 ) -> Result<ReserveOutcome, sqlx::Error> {
     let mut sorted: Vec<&(String, i64)> = lines.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-
+    if let [(sku, quantity)] = sorted[..] {
+        // One line: a shortfall holds nothing, so no savepoint (two round trips fewer).
+        return match hold(conn, order_id, sku, *quantity).await? {
+            true => Ok(ReserveOutcome::Reserved),
+            false => Ok(ReserveOutcome::OutOfStock),
+        };
+    }
     let mut savepoint = conn.begin().await?;
     for (sku, quantity) in sorted {
-        let held = sqlx::query(
-            r#"update skus set reserved = reserved + $2, updated_at = now()
-               where sku = $1 and on_hand - reserved >= $2"#,
-        )
-        .bind(sku)
-        .bind(quantity)
-        .execute(&mut *savepoint)
-        .await?
-        .rows_affected();
-        if held == 0 {
+        if !hold(&mut savepoint, order_id, sku, *quantity).await? {
             savepoint.rollback().await?;
             return Ok(ReserveOutcome::OutOfStock);
         }
-        sqlx::query(
-            r#"insert into reservations (order_id, sku, quantity, status) values ($1, $2, $3, 'RESERVED')"#,
-        )
-        .bind(order_id)
-        .bind(sku)
-        .bind(quantity)
-        .execute(&mut *savepoint)
-        .await?;
     }
     savepoint.commit().await?;
     Ok(ReserveOutcome::Reserved)
+}
+
+/// Holds one line: the conditional update, then its reservation row. False (and nothing written) when the
+/// stock left is short.
+async fn hold(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    sku: &str,
+    quantity: i64,
+) -> Result<bool, sqlx::Error> {
+    let held = sqlx::query(
+        r#"update skus set reserved = reserved + $2, updated_at = now()
+           where sku = $1 and on_hand - reserved >= $2"#,
+    )
+    .bind(sku)
+    .bind(quantity)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if held == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        r#"insert into reservations (order_id, sku, quantity, status) values ($1, $2, $3, 'RESERVED')"#,
+    )
+    .bind(order_id)
+    .bind(sku)
+    .bind(quantity)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

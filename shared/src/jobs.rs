@@ -109,7 +109,8 @@ fn first_attempt() -> u32 {
 pub const APALIS_MAX_ATTEMPTS: i32 = 3;
 
 /// Enqueues `step` for `job` in the caller's transaction, to run after `delay`, records the new job as the
-/// order's `job_id` (for a saga that is not over, the job named there is the one that moves it on) and in
+/// order's `job_id` (for a saga that is not over, the job named there is the one that moves it on) and the step
+/// as its `current_step` (so a step handing over to the next needs no write of its own for it), and in
 /// `saga_jobs`, and carries the order's trace id (the job's own, else the order's). Returns the job's id.
 ///
 /// One statement, one round trip: it writes the apalis row itself, as `apalis_postgres::queries::push_tasks`
@@ -124,7 +125,7 @@ pub async fn enqueue(
 ) -> Result<String, sqlx::Error> {
     let job_id = ulid::Ulid::generate().to_string();
     sqlx::query(
-        r#"with o as (update orders set job_id = $2 where id = $1 returning id, trace_id),
+        r#"with o as (update orders set job_id = $2, current_step = $3 where id = $1 returning id, trace_id),
                 s as (insert into saga_jobs (job_id, order_id, step, attempt) select $2, id, $3, $4 from o)
            insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
            select $2, $5,

@@ -419,21 +419,6 @@ pub async fn transition(
     Ok(to)
 }
 
-/// Moves the order to another saga step without a status change (the commit step hands over to fulfil, a
-/// compensation to the next).
-pub async fn set_current_step(
-    executor: impl PgExecutor<'_>,
-    id: Uuid,
-    step: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("update orders set current_step = $2, updated_at = now() where id = $1")
-        .bind(id)
-        .bind(step)
-        .execute(executor)
-        .await?;
-    Ok(())
-}
-
 /// Holds the order's reservation until `ttl` from now (the reserve step's promise to the customer).
 pub async fn hold_reservation(
     executor: impl PgExecutor<'_>,

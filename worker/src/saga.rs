@@ -349,7 +349,6 @@ impl Saga {
         payment::set_status(&mut *tx, order.id, &[pay::AUTHORIZED], pay::CAPTURED, None, None).await?;
         if order.status() == OrderStatus::Paid {
             tracing::info!(provider_ref, "stock committed and payment captured");
-            order::set_current_step(&mut *tx, order.id, Step::Fulfil.name()).await?;
             enqueue_first(&mut tx, Step::Fulfil, order.id).await?;
             saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
         } else {
@@ -399,7 +398,6 @@ impl Saga {
         };
         let released = inventory::release(&mut tx, order.id).await?;
         tracing::info!(released, "stock released");
-        order::set_current_step(&mut *tx, order.id, Step::CancelPayment.name()).await?;
         enqueue_first(&mut tx, Step::CancelPayment, order.id).await?;
         saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
         tx.commit().await?;
