@@ -306,20 +306,6 @@ pub async fn last_logged_attempt(
     Ok(attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::order::OrderStatus;
-
-    #[test]
-    fn the_spelled_out_live_statuses_are_order_status_live() {
-        let live: Vec<String> = OrderStatus::LIVE
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect();
-        assert_eq!(live_statuses_sql!(), format!("({})", live.join(", ")));
-    }
-}
-
 /// Deletes up to `limit` Done jobs that finished more than `older_than` ago; returns how many it deleted. apalis
 /// never deletes a job, so without this `apalis.jobs` and its eight indexes grow with every job ever run, and
 /// every fetch and completion pays for it. Failed and Killed jobs stay for operators; a saga's own record of its
@@ -343,4 +329,18 @@ pub async fn purge_done_jobs(
     .await?
     .rows_affected();
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::order::OrderStatus;
+
+    #[test]
+    fn the_spelled_out_live_statuses_are_order_status_live() {
+        let live: Vec<String> = OrderStatus::LIVE
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(live_statuses_sql!(), format!("({})", live.join(", ")));
+    }
 }
