@@ -18,7 +18,7 @@ SELECT o.id AS order_id, (SELECT id FROM s) AS log_id FROM o \gset
 SELECT order_id, line_no, sku, quantity, unit_price FROM order_lines WHERE order_id = :order_id::uuid ORDER BY line_no;
 UPDATE skus SET reserved = reserved + 1, updated_at = now() WHERE sku = 'ceiling-' || :s::text AND on_hand - reserved >= 1;
 INSERT INTO reservations (order_id, sku, quantity, status) VALUES (:order_id::uuid, 'ceiling-' || :s::text, 1, 'RESERVED') ON CONFLICT DO NOTHING;
-RELEASE WITH o AS (UPDATE orders SET status = 'RESERVED', cancel_reason = coalesce(NULL, cancel_reason), cancel_note = coalesce(NULL, cancel_note),
+WITH o AS (UPDATE orders SET status = 'RESERVED', cancel_reason = coalesce(NULL, cancel_reason), cancel_note = coalesce(NULL, cancel_note),
                   current_step = 'pay', updated_at = now() WHERE id = :order_id::uuid RETURNING id)
 INSERT INTO order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason)
 SELECT gen_random_uuid(), o.id, coalesce((SELECT max(sequence) FROM order_events WHERE order_id = :order_id::uuid), 0) + 1,
