@@ -7,10 +7,12 @@
 #    creation runs it is replaced by `orderflow-api` alone (pgbench runs the creation SQL alone too).
 # 2. pgbench (-M prepared, $CLIENTS clients, $T s) with exactly our SQL: one order creation, one saga step
 #    (the reserve step's transaction), one hot-sku reservation (the same step on one sku). Median of $RUNS.
-# 3. orderflow-bench against the API (on its own database of the same server): creation at the ceiling's rate,
-#    creation at half of it (p99 against pgbench's p99 at the same rate, -R), full sagas and a hot sku offered at
-#    $SAGA_RATE per second (above what the machine finishes, so the achieved rate is the saturation rate).
-# 4. Creation once more at $ASYNC_RATE/s with synchronous_commit=off on the service's database (stated).
+# 3. orderflow-bench against the API (on its own database of the same server): full sagas and a hot sku offered
+#    at $SAGA_RATE per second (above what the machine finishes, so the achieved rate is the saturation rate),
+#    creation offered 1.5x the ceiling's rate (saturation), creation at half of it (p99 against pgbench's p99
+#    at the same rate, -R).
+# 4. Creation once more at $ASYNC_RATE/s with synchronous_commit=off on the service's database and on pgbench's
+#    (stated), p99 against pgbench's at the same rate.
 # 5. Prints the table and writes it to $OUT/ceiling.md. Stated: PostgreSQL settings as they are (durable) but
 #    for that one row; every connection over loopback without TLS (PGSSLMODE=disable).
 set -euo pipefail
@@ -84,8 +86,18 @@ done
 
 CREATE_CEIL=${TPS[create_order.sql]%.*}
 HALF=$(( CREATE_CEIL / 2 ))
+# Saturation: offered half again the ceiling's rate, so what the service achieves is its own limit, not ours.
+OVER=$(( CREATE_CEIL * 3 / 2 ))
 echo "== pgbench create_order at half its ceiling ($HALF/s, -R)"
 PGB_HALF_P99=$(pgb create_order.sql -R "$HALF" | awk '{print $2}')
+
+# pgbench's p99 for the same creation SQL at $ASYNC_RATE/s with synchronous_commit=off (its sessions start after).
+sql "alter database $PGDB set synchronous_commit = off"
+echo "== pgbench create_order at $ASYNC_RATE/s with synchronous_commit=off (-R)"
+PGB_ASYNC=$(pgb create_order.sql -R "$ASYNC_RATE")
+PGB_ASYNC_TPS=$(echo "$PGB_ASYNC" | awk '{print $1}')
+PGB_ASYNC_P99=$(echo "$PGB_ASYNC" | awk '{print $2}')
+sql "alter database $PGDB reset synchronous_commit"
 
 bench() { target/release/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" \
   --duration "$T" --warmup 3 "$@" >/dev/null; }
@@ -102,8 +114,8 @@ DEV=$!
 for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
 echo "== service: creation at half the ceiling ($HALF/s)"
 bench --mode create --rate "$HALF" --label create-half
-echo "== service: creation at the ceiling's rate ($CREATE_CEIL/s)"
-bench --mode create --rate "$CREATE_CEIL" --label create-saturation
+echo "== service: creation offered 1.5x the ceiling ($OVER/s)"
+bench --mode create --rate "$OVER" --label create-saturation
 # The same creation path with synchronous_commit=off (stated in the table): no fsync wait, so what is left is
 # CPU. New sessions pick the setting up, so the API restarts.
 kill $DEV; wait $DEV 2>/dev/null || true
@@ -122,6 +134,8 @@ SAGAS=$(j saga "d['sagas_per_s']")
 SAGA_P99=$(j saga "d['saga_latency']['p99_ms']")
 HOT=$(j hotsku "d['sagas_per_s']")
 OVERSOLD=$(j hotsku "d['hot_sku']['oversold']")
+SOLD=$(j hotsku "d['hot_sku']['sold']")
+STOCK=$(j hotsku "d['hot_sku']['stock']")
 SAGA_COMMITS=$(j saga "round(d['commits_per_order'], 2)")
 ASYNC_P99=$(j create-async "d['create_latency']['p99_ms']")
 ASYNC_ACHIEVED=$(j create-async "d['create_achieved_per_s']")
@@ -130,12 +144,12 @@ ASYNC_ERRORS=$(j create-async "d['errors']")
 python3 - "$OUT/ceiling.md" <<EOF
 import sys
 rows = [
-  ("Order creation at saturation", "${SAT}/s", "${TPS[create_order.sql]}/s", ${SAT} / ${TPS[create_order.sql]}, "≥ 0.7"),
+  ("Order creation at saturation (offered ${OVER}/s)", "${SAT}/s", "${TPS[create_order.sql]}/s", ${SAT} / ${TPS[create_order.sql]}, "≥ 0.7"),
   ("p99 of creation at half the ceiling (${HALF}/s)", "${HALF_P99} ms", "${PGB_HALF_P99} ms (pgbench -R)", ${HALF_P99} / max(${PGB_HALF_P99}, 0.001), "≤ 1.25"),
   ("Saga steps per second (4 per saga)", "$(python3 -c "print(round(${SAGAS} * 4, 1))")/s", "${TPS[saga_step.sql]}/s", ${SAGAS} * 4 / ${TPS[saga_step.sql]}, "—"),
   ("Complete sagas per second (offered ${SAGA_RATE}/s)", "${SAGAS}/s, p99 ${SAGA_P99} ms", "—", None, "≥ 500"),
-  ("Hot sku, sagas per second (oversold: ${OVERSOLD})", "${HOT}/s", "${TPS[hot_sku.sql]}/s", ${HOT} / ${TPS[hot_sku.sql]}, "≥ 0.8"),
-  ("p99 of creation at ${ASYNC_RATE}/s, synchronous_commit=off (achieved ${ASYNC_ACHIEVED}/s, ${ASYNC_ERRORS} over the in-flight cap)", "${ASYNC_P99} ms", "—", None, "< 5 ms"),
+  ("Hot sku, sagas per second (oversold: ${OVERSOLD}; sold ${SOLD} of a stock of ${STOCK})", "${HOT}/s", "${TPS[hot_sku.sql]}/s", ${HOT} / ${TPS[hot_sku.sql]}, "≥ 0.8"),
+  ("p99 of creation at ${ASYNC_RATE}/s, synchronous_commit=off (service achieved ${ASYNC_ACHIEVED}/s, ${ASYNC_ERRORS} over the in-flight cap; pgbench ${PGB_ASYNC_TPS} tps)", "${ASYNC_P99} ms", "${PGB_ASYNC_P99} ms (pgbench -R)", ${ASYNC_P99} / max(${PGB_ASYNC_P99}, 0.001), "< 5 ms"),
   ("Commits per order (full saga, incl. the simulator-free steps)", "${SAGA_COMMITS}", "—", None, "—"),
 ]
 out = ["| measure | service | ceiling | ratio | target |", "|---|---|---|---|---|"]
