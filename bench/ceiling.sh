@@ -79,7 +79,7 @@ declare -A TPS P99
 for run in "create_order.sql create_order.sql" "saga_step.sql saga_step.sql -D skus=50" "hot_sku.sql saga_step.sql -D skus=1"; do
   read -r name script vars <<<"$run"
   results=$(for _ in $(seq 1 "$RUNS"); do pgb "$script" $vars; done)
-  TPS[$name]=$(echo "$results" | awk '{print $1}' | median)
+  TPS[$name]=$(echo "$results" | awk '{print $1}' | median | awk '{printf "%.0f", $1}')
   P99[$name]=$(echo "$results" | awk '{print $2}' | median)
   echo "$name: ${TPS[$name]} tps, p99 ${P99[$name]} ms"
 done
@@ -128,11 +128,11 @@ bench --mode create --rate "$ASYNC_RATE" --label create-async
 psql -q "$SERVER/postgres" -c "alter database $DB reset synchronous_commit"
 
 j() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print(eval(sys.argv[1]))" "$2"; }
-SAT=$(j create-saturation "d['create_achieved_per_s']")
+SAT=$(j create-saturation "round(d['create_achieved_per_s'], 1)")
 HALF_P99=$(j create-half "d['create_latency']['p99_ms']")
-SAGAS=$(j saga "d['sagas_per_s']")
-SAGA_P99=$(j saga "d['saga_latency']['p99_ms']")
-HOT=$(j hotsku "d['sagas_per_s']")
+SAGAS=$(j saga "round(d['sagas_per_s'], 1)")
+SAGA_P99=$(j saga "round(d['saga_latency']['p99_ms'])")
+HOT=$(j hotsku "round(d['sagas_per_s'], 1)")
 OVERSOLD=$(j hotsku "d['hot_sku']['oversold']")
 SOLD=$(j hotsku "d['hot_sku']['sold']")
 STOCK=$(j hotsku "d['hot_sku']['stock']")
