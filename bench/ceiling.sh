@@ -135,6 +135,7 @@ SAGA_P99=$(j saga "round(d['saga_latency']['p99_ms'])")
 HOT=$(j hotsku "round(d['sagas_per_s'], 1)")
 OVERSOLD=$(j hotsku "d['hot_sku']['oversold']")
 SOLD=$(j hotsku "d['hot_sku']['sold']")
+HOT_RES=$(j hotsku "round(d['hot_sku']['reservations_per_s'], 1)")
 STOCK=$(j hotsku "d['hot_sku']['stock']")
 SAGA_COMMITS=$(j saga "round(d['commits_per_order'], 2)")
 ASYNC_P99=$(j create-async "d['create_latency']['p99_ms']")
@@ -148,7 +149,8 @@ rows = [
   ("p99 of creation at half the ceiling (${HALF}/s)", "${HALF_P99} ms", "${PGB_HALF_P99} ms (pgbench -R)", ${HALF_P99} / max(${PGB_HALF_P99}, 0.001), "≤ 1.25"),
   ("Saga steps per second (4 per saga)", "$(python3 -c "print(round(${SAGAS} * 4, 1))")/s", "${TPS[saga_step.sql]}/s", ${SAGAS} * 4 / ${TPS[saga_step.sql]}, "—"),
   ("Complete sagas per second (offered ${SAGA_RATE}/s)", "${SAGAS}/s, p99 ${SAGA_P99} ms", "—", None, "≥ 500"),
-  ("Hot sku, sagas per second (oversold: ${OVERSOLD}; sold ${SOLD} of a stock of ${STOCK})", "${HOT}/s", "${TPS[hot_sku.sql]}/s", ${HOT} / ${TPS[hot_sku.sql]}, "≥ 0.8"),
+  ("Hot sku, reservations decided per second (the ceiling's unit of work)", "${HOT_RES}/s", "${TPS[hot_sku.sql]}/s", ${HOT_RES} / ${TPS[hot_sku.sql]}, "≥ 0.8"),
+  ("Hot sku, complete sagas per second (oversold: ${OVERSOLD}; sold ${SOLD} of a stock of ${STOCK})", "${HOT}/s", "${TPS[hot_sku.sql]}/s", ${HOT} / ${TPS[hot_sku.sql]}, "—"),
   ("p99 of creation at ${ASYNC_RATE}/s, synchronous_commit=off (service achieved ${ASYNC_ACHIEVED}/s, ${ASYNC_ERRORS} over the in-flight cap; pgbench ${PGB_ASYNC_TPS} tps)", "${ASYNC_P99} ms", "${PGB_ASYNC_P99} ms (pgbench -R)", ${ASYNC_P99} / max(${PGB_ASYNC_P99}, 0.001), "< 5 ms"),
   ("Commits per order (full saga, incl. the simulator-free steps)", "${SAGA_COMMITS}", "—", None, "—"),
 ]

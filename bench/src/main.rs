@@ -343,7 +343,21 @@ async fn main() -> anyhow::Result<()> {
             .fetch_one(&pool)
             .await?;
             let oversold = sold > hot_stock || on_hand < 0 || on_hand + sold != hot_stock;
-            report["hot_sku"] = json!({"stock": hot_stock, "sold": sold, "on_hand": on_hand, "reserved": reserved, "oversold": oversold});
+            // What the hot-sku ceiling measures is the reservation itself: orders whose reserve step decided
+            // (held the stock or found it gone), per second from the first order's due time to the last decision.
+            let (decided, last_decision): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+                "select count(distinct order_id), max(finished_at) from saga_steps \
+                 where order_id = any($1) and step = 'reserve' and status in ('SUCCEEDED', 'FAILED')",
+            )
+            .bind(&ids)
+            .fetch_one(&pool)
+            .await?;
+            let reservations_per_s = match (first_due, last_decision) {
+                (Some(a), Some(b)) if b > a => decided as f64 / ((b - a).num_milliseconds() as f64 / 1000.0),
+                _ => 0.0,
+            };
+            report["hot_sku"] = json!({"stock": hot_stock, "sold": sold, "on_hand": on_hand, "reserved": reserved,
+                "oversold": oversold, "reservations_decided": decided, "reservations_per_s": reservations_per_s});
             if oversold {
                 eprintln!("OVERSOLD: stock {hot_stock}, sold {sold}, on_hand {on_hand}");
             }
