@@ -169,6 +169,29 @@ async fn an_enqueued_job_is_the_step_job_apalis_hands_the_worker() {
         .await
         .unwrap();
 
+    // The order was written with its first job in one statement (order::insert): the order names it, and it is
+    // the reserve step's job for this order, attempt 1, with the order's trace.
+    let (first_id, step, queue, payload, status, listed): (String, String, String, Vec<u8>, String, i64) =
+        sqlx::query_as(
+            r#"select o.job_id, o.current_step, j.job_type, j.job, j.status,
+                      (select count(*) from saga_jobs s where s.job_id = o.job_id and s.step = 'reserve' and s.attempt = 1)
+               from orders o join apalis.jobs j on j.id = o.job_id where o.id = $1"#,
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let first: StepJob = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        (first.order_id, first.attempt, first.trace.map(|t| t.to_string())),
+        (id, 1, Some(trace.clone()))
+    );
+    assert_eq!(
+        (step.as_str(), queue.as_str(), status.as_str(), listed),
+        ("reserve", "orderflow.reserve", "Pending", 1),
+        "first job {first_id}"
+    );
+
     let mut tx = app.pool.begin().await.unwrap();
     let retry = StepJob {
         order_id: id,
@@ -202,7 +225,7 @@ async fn an_enqueued_job_is_the_step_job_apalis_hands_the_worker() {
 
     let (order_job, listed): (Option<String>, i64) = sqlx::query_as(
         "select job_id, (select count(*) from saga_jobs where job_id = $2 and step = 'pay' and attempt = 3) \
-         from orders where id = $1",
+         from orders where id = $1 and current_step = 'pay'",
     )
     .bind(id)
     .bind(&job_id)

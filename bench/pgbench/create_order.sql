@@ -1,6 +1,6 @@
 -- One order creation, statement for statement as POST /v1/orders sends it (api/src/routes/orders.rs::create):
 -- idempotency lock and lookup, sku prices, the order with its lines and created event (order::insert, one
--- statement), the first job with its bookkeeping (jobs::enqueue, one statement; apalis's notify trigger
+-- statement, together with its first job and that job's bookkeeping: jobs::job_ctes; apalis's notify trigger
 -- fires), the idempotency record. Two lines, like the service benchmark's average.
 \set n random(1, 1000000000)
 \set s random(0, 49)
@@ -9,8 +9,9 @@ SELECT pg_try_advisory_xact_lock(hashtextextended('orderflow.idempotency:' || 'c
 SELECT request_hash, order_id, response_status, response_body FROM idempotency_keys WHERE key = 'ceiling-' || :n::text || '-' || :client_id::text;
 SELECT sku, on_hand, reserved, price, currency, created_at, updated_at FROM skus WHERE sku = ANY (ARRAY['ceiling-' || :s::text, 'ceiling-' || ((:s + 1) % 50)]);
 WITH o AS (
-    INSERT INTO orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id)
-    VALUES (gen_random_uuid(), 'ceiling', 'USD', 300, 'CREATED', 'pm_card_visa', 'reserve', md5(:n::text))
+    INSERT INTO orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id, job_id)
+    VALUES (gen_random_uuid(), 'ceiling', 'USD', 300, 'CREATED', 'pm_card_visa', 'reserve', md5(:n::text),
+            'J' || :n::text || '-' || :client_id::text)
     RETURNING id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
               last_error, job_id, reserved_until, trace_id, created_at, updated_at),
 l AS (
@@ -20,15 +21,15 @@ l AS (
          WITH ORDINALITY AS l(sku, quantity, unit_price)),
 e AS (
     INSERT INTO order_events (event_id, order_id, sequence, event_type, from_status, to_status)
-    SELECT gen_random_uuid(), o.id, 1, 'order.created', NULL, 'CREATED' FROM o)
+    SELECT gen_random_uuid(), o.id, 1, 'order.created', NULL, 'CREATED' FROM o),
+s AS (INSERT INTO saga_jobs (job_id, order_id, step, attempt) SELECT 'J' || :n::text || '-' || :client_id::text, id, 'reserve', 1 FROM o),
+j AS (INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+      SELECT 'J' || :n::text || '-' || :client_id::text, 'ceiling.reserve',
+             convert_to(jsonb_strip_nulls(jsonb_build_object('order_id', o.id, 'attempt', 1::integer,
+                 'trace', coalesce(NULL, CASE WHEN o.trace_id ~ '^[0-9a-f]{32}$' THEN o.trace_id END)))::text, 'UTF8'),
+             'Pending', 0, 3, now() + make_interval(secs => 0), 0, ''::hstore
+      FROM o)
 SELECT * FROM o \gset order_
-WITH o AS (UPDATE orders SET job_id = 'J' || :n::text || '-' || :client_id::text, current_step = 'reserve' WHERE id = :order_id::uuid RETURNING id, trace_id),
-s AS (INSERT INTO saga_jobs (job_id, order_id, step, attempt) SELECT 'J' || :n::text || '-' || :client_id::text, id, 'reserve', 1 FROM o)
-INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-SELECT 'J' || :n::text || '-' || :client_id::text, 'ceiling.reserve',
-       convert_to(jsonb_strip_nulls(jsonb_build_object('order_id', :order_id::uuid, 'attempt', 1,
-           'trace', coalesce(NULL, (SELECT trace_id FROM o WHERE trace_id ~ '^[0-9a-f]{32}$'))))::text, 'UTF8'),
-       'Pending', 0, 3, now() + make_interval(secs => 0), 0, ''::hstore;
 INSERT INTO idempotency_keys (key, request_hash, order_id, response_status, response_body)
   VALUES ('ceiling-' || :n::text || '-' || :client_id::text, sha256(:n::text::bytea), :order_id::uuid, 202, '{}'::jsonb);
 COMMIT;

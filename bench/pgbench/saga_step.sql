@@ -25,11 +25,13 @@ SELECT gen_random_uuid(), o.id, coalesce((SELECT max(sequence) FROM order_events
        'order.reserved', 'CREATED', 'RESERVED', NULL FROM o;
 UPDATE orders SET reserved_until = now() + make_interval(secs => 900) WHERE id = :order_id::uuid;
 WITH o AS (UPDATE orders SET job_id = 'J' || :log_id::text, current_step = 'pay' WHERE id = :order_id::uuid RETURNING id, trace_id),
-s AS (INSERT INTO saga_jobs (job_id, order_id, step, attempt) SELECT 'J' || :log_id::text, id, 'pay', 1 FROM o)
-INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-SELECT 'J' || :log_id::text, 'ceiling.next',
-       convert_to(jsonb_strip_nulls(jsonb_build_object('order_id', :order_id::uuid, 'attempt', 1,
-           'trace', coalesce(NULL, (SELECT trace_id FROM o WHERE trace_id ~ '^[0-9a-f]{32}$'))))::text, 'UTF8'),
-       'Pending', 0, 3, now() + make_interval(secs => 0), 0, ''::hstore;
+s AS (INSERT INTO saga_jobs (job_id, order_id, step, attempt) SELECT 'J' || :log_id::text, id, 'pay', 1 FROM o),
+j AS (INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+      SELECT 'J' || :log_id::text, 'ceiling.next',
+             convert_to(jsonb_strip_nulls(jsonb_build_object('order_id', o.id, 'attempt', 1::integer,
+                 'trace', coalesce(NULL, CASE WHEN o.trace_id ~ '^[0-9a-f]{32}$' THEN o.trace_id END)))::text, 'UTF8'),
+             'Pending', 0, 3, now() + make_interval(secs => 0), 0, ''::hstore
+      FROM o)
+SELECT 1;
 UPDATE saga_steps SET status = 'SUCCEEDED', error = NULL, finished_at = now() WHERE id = :log_id::bigint;
 COMMIT;

@@ -123,30 +123,65 @@ pub async fn enqueue(
     job: StepJob,
     delay: Option<Duration>,
 ) -> Result<String, sqlx::Error> {
-    let job_id = ulid::Ulid::generate().to_string();
-    sqlx::query(
-        r#"with o as (update orders set job_id = $2, current_step = $3 where id = $1 returning id, trace_id),
-                s as (insert into saga_jobs (job_id, order_id, step, attempt) select $2, id, $3, $4 from o)
-           insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-           select $2, $5,
-                  convert_to(jsonb_strip_nulls(jsonb_build_object(
-                      'order_id', $1::uuid,
-                      'attempt', $4::integer,
-                      'trace', coalesce($6, (select trace_id from o where trace_id ~ '^[0-9a-f]{32}$'))
-                  ))::text, 'UTF8'),
-                  'Pending', 0, $7, now() + make_interval(secs => $8), 0, ''::hstore"#,
+    let job_id = new_job_id();
+    let statement = format!(
+        "with o as (update orders set job_id = $2, current_step = $3 where id = $1 returning id, trace_id), {} \
+         select 1",
+        job_ctes(2)
+    );
+    bind_job(
+        sqlx::query(sqlx::AssertSqlSafe(statement)).bind(job.order_id),
+        &job_id,
+        step,
+        &job,
+        delay,
     )
-    .bind(job.order_id)
-    .bind(&job_id)
-    .bind(step.name())
-    .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
-    .bind(step.queue())
-    .bind(job.trace.map(|t| t.to_string()))
-    .bind(APALIS_MAX_ATTEMPTS)
-    .bind(delay.map_or(0.0, |d| d.as_secs_f64()))
     .execute(&mut *conn)
     .await?;
     Ok(job_id)
+}
+
+/// A fresh job id: a ULID, so ids sort by creation.
+pub(crate) fn new_job_id() -> String {
+    ulid::Ulid::generate().to_string()
+}
+
+/// The two CTEs that write a step job for the order in CTE `o` (its `id` and `trace_id`): the `saga_jobs` row
+/// and the apalis row. Their seven parameters start at `$first`, in `bind_job`'s order. Data-modifying CTEs run
+/// whether or not the statement reads them, so a statement can end in any `select`.
+pub(crate) fn job_ctes(first: usize) -> String {
+    let [job, step, attempt, queue, trace, max_attempts, delay] =
+        std::array::from_fn(|i| format!("${}", first + i));
+    format!(
+        r#"s as (insert into saga_jobs (job_id, order_id, step, attempt) select {job}, id, {step}, {attempt} from o),
+           j as (insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+                 select {job}, {queue},
+                        convert_to(jsonb_strip_nulls(jsonb_build_object(
+                            'order_id', o.id,
+                            'attempt', {attempt}::integer,
+                            'trace', coalesce({trace}, case when o.trace_id ~ '^[0-9a-f]{{32}}$' then o.trace_id end)
+                        ))::text, 'UTF8'),
+                        'Pending', 0, {max_attempts}, now() + make_interval(secs => {delay}), 0, ''::hstore
+                 from o)"#
+    )
+}
+
+/// Binds `job_ctes`'s seven parameters, in order.
+pub(crate) fn bind_job<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    job_id: &str,
+    step: Step,
+    job: &StepJob,
+    delay: Option<Duration>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(job_id.to_owned())
+        .bind(step.name())
+        .bind(i32::try_from(job.attempt).unwrap_or(i32::MAX))
+        .bind(step.queue())
+        .bind(job.trace.map(|t| t.to_string()))
+        .bind(APALIS_MAX_ATTEMPTS)
+        .bind(delay.map_or(0.0, |d| d.as_secs_f64()))
 }
 
 /// How every OrderFlow queue worker talks to apalis-postgres (the worker and `orderflow-queue-bench` share it):

@@ -4,10 +4,11 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::events::EventType;
+use crate::jobs::{self, Step, StepJob};
 
 /// Where an order is in its life. Persisted and shown as the upper-case strings of [`OrderStatus::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -227,7 +228,8 @@ pub struct NewOrder {
 pub(crate) const ORDER_COLUMNS: &str = "id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, \
      current_step, last_error, job_id, reserved_until, trace_id, created_at, updated_at";
 
-/// Inserts the order in CREATED, its lines and its `order.created` event; returns the rows as written.
+/// Inserts the order in CREATED, its lines, its `order.created` event and its first saga job (reserve, with
+/// its `saga_jobs` row, as `jobs::enqueue` writes one); returns the rows as written.
 #[tracing::instrument(skip_all, fields(order_id = %order.id), err)]
 pub async fn insert(
     conn: &mut PgConnection,
@@ -236,11 +238,17 @@ pub async fn insert(
     let skus: Vec<&str> = order.lines.iter().map(|(sku, _, _)| sku.as_str()).collect();
     let quantities: Vec<i64> = order.lines.iter().map(|(_, q, _)| *q).collect();
     let prices: Vec<i64> = order.lines.iter().map(|(_, _, p)| *p).collect();
-    // The order, its lines (numbered from 1 in the given order) and its `order.created` event in one statement.
-    let row: OrderRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let first = StepJob {
+        order_id: order.id,
+        attempt: 1,
+        trace: None, // the job takes the order's trace id
+    };
+    // One statement, one round trip: the order already names its first job, so nothing updates it again.
+    let statement = format!(
         r#"with o as (
-               insert into orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id)
-               values ($1, $2, $3, $4, 'CREATED', $5, 'reserve', $6)
+               insert into orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id,
+                                   job_id)
+               values ($1, $2, $3, $4, 'CREATED', $5, $13, $6, $12)
                returning {ORDER_COLUMNS}
            ),
            l as (
@@ -251,22 +259,27 @@ pub async fn insert(
            e as (
                insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status)
                select $10, o.id, 1, $11, null, 'CREATED' from o
-           )
-           select * from o"#
-    )))
-    .bind(order.id)
-    .bind(&order.customer_id)
-    .bind(&order.currency)
-    .bind(order.total)
-    .bind(&order.payment_token)
-    .bind(&order.trace_id)
-    .bind(&skus)
-    .bind(&quantities)
-    .bind(&prices)
-    .bind(Uuid::now_v7())
-    .bind(EventType::Created.as_str())
-    .fetch_one(&mut *conn)
-    .await?;
+           ),
+           {}
+           select * from o"#,
+        jobs::job_ctes(12)
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(statement))
+        .bind(order.id)
+        .bind(&order.customer_id)
+        .bind(&order.currency)
+        .bind(order.total)
+        .bind(&order.payment_token)
+        .bind(&order.trace_id)
+        .bind(&skus)
+        .bind(&quantities)
+        .bind(&prices)
+        .bind(Uuid::now_v7())
+        .bind(EventType::Created.as_str());
+    let row = jobs::bind_job(query, &jobs::new_job_id(), Step::Reserve, &first, None)
+        .fetch_one(&mut *conn)
+        .await?;
+    let row = OrderRow::from_row(&row)?;
     let lines = order
         .lines
         .iter()

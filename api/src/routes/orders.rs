@@ -264,18 +264,8 @@ pub async fn create(
         lines: priced.into_iter().map(|(sku, q, p)| (sku, q.get(), p)).collect(),
     };
     tracing::Span::current().record("order_id", tracing::field::display(new_order.id));
+    // The order, its lines, its event and its first job (reserve) in one statement.
     let (row, lines) = order::insert(&mut tx, &new_order).await?;
-    jobs::enqueue(
-        &mut tx,
-        Step::Reserve,
-        StepJob {
-            order_id: row.id,
-            attempt: 1,
-            trace: Some(trace),
-        },
-        None,
-    )
-    .await?;
     let view = OrderView::new(row, lines, None);
     let body = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.into()))?;
     idempotency::store(
