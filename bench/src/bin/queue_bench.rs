@@ -76,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
         .max_connections(20)
         .connect(&args.database_url)
         .await?;
-    PostgresStorage::setup(&pool).await?;
+    // apalis's schema as OrderFlow deploys it: apalis's migrations, then ours (which index its jobs table and
+    // drop apalis's duplicate indexes).
+    orderflow_shared::db::migrate(&pool).await?;
     let queue = format!("bench.{}", uuid::Uuid::new_v4().simple());
     // Enqueue everything first, in batches, as the peer script does.
     for start in (0..args.jobs).step_by(1_000) {
