@@ -111,7 +111,8 @@ pub const APALIS_MAX_ATTEMPTS: i32 = 3;
 /// Enqueues `step` for `job` in the caller's transaction, to run after `delay`, records the new job as the
 /// order's `job_id` (for a saga that is not over, the job named there is the one that moves it on) and the step
 /// as its `current_step` (so a step handing over to the next needs no write of its own for it), and in
-/// `saga_jobs`, and carries the order's trace id (the job's own, else the order's). Returns the job's id.
+/// `saga_jobs`, and carries the order's trace id (the job's own, else the order's). Returns the job's id. The
+/// caller holds the order's row lock; for an order that does not exist it writes nothing.
 ///
 /// One statement, one round trip: it writes the apalis row itself, as `apalis_postgres::queries::push_tasks`
 /// would (`queries/task/sink.sql` of apalis-postgres 1.0: same columns, status `Pending`, no metadata), and
