@@ -3,6 +3,7 @@
 //! A job exists iff the transaction that enqueued it commits (`enqueue` writes it on the caller's
 //! connection). Queue names are persisted in `apalis.jobs.job_type`: never rename one.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -124,14 +125,16 @@ pub async fn enqueue(
     job: StepJob,
     delay: Option<Duration>,
 ) -> Result<String, sqlx::Error> {
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "with o as (update orders set job_id = $2, current_step = $3 where id = $1 returning id, trace_id), {} \
+             select 1",
+            job_ctes(2)
+        )
+    });
     let job_id = new_job_id();
-    let statement = format!(
-        "with o as (update orders set job_id = $2, current_step = $3 where id = $1 returning id, trace_id), {} \
-         select 1",
-        job_ctes(2)
-    );
     bind_job(
-        sqlx::query(sqlx::AssertSqlSafe(statement)).bind(job.order_id),
+        sqlx::query(sqlx::AssertSqlSafe(STATEMENT.as_str())).bind(job.order_id),
         &job_id,
         step,
         &job,

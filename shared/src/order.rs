@@ -1,6 +1,7 @@
 //! The order: its states, the one transition table that moves it, and the `orders` / `order_lines` SQL.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -244,8 +245,9 @@ pub async fn insert(
         trace: None, // the job takes the order's trace id
     };
     // One statement, one round trip: the order already names its first job, so nothing updates it again.
-    let statement = format!(
-        r#"with o as (
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            r#"with o as (
                insert into orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id,
                                    job_id)
                values ($1, $2, $3, $4, 'CREATED', $5, $13, $6, $12)
@@ -262,9 +264,10 @@ pub async fn insert(
            ),
            {}
            select * from o"#,
-        jobs::job_ctes(12)
-    );
-    let query = sqlx::query(sqlx::AssertSqlSafe(statement))
+            jobs::job_ctes(12)
+        )
+    });
+    let query = sqlx::query(sqlx::AssertSqlSafe(STATEMENT.as_str()))
         .bind(order.id)
         .bind(&order.customer_id)
         .bind(&order.currency)
