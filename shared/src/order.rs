@@ -244,7 +244,9 @@ pub async fn insert(
         attempt: 1,
         trace: None, // the job takes the order's trace id
     };
-    // One statement, one round trip: the order already names its first job, so nothing updates it again.
+    // One statement, one round trip: the order already names its first job, so nothing updates it again. The
+    // job's parameters follow the order's ($12 on, in `jobs::bind_job`'s order): the order takes its job id ($12)
+    // and its current step ($13) from them.
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         format!(
             r#"with o as (

@@ -307,7 +307,7 @@ pub async fn last_logged_attempt(
 }
 
 /// Deletes up to `limit` Done jobs that finished more than `older_than` ago; returns how many it deleted. apalis
-/// never deletes a job, so without this `apalis.jobs` and its eight indexes grow with every job ever run, and
+/// never deletes a job, so without this `apalis.jobs` and its indexes grow with every job ever run, and
 /// every fetch and completion pays for it. Failed and Killed jobs stay for operators; a saga's own record of its
 /// jobs (`saga_jobs`) stays too, and the admin views show a deleted job with no apalis status. For the
 /// reconciler, a live saga whose current job was Done and is now gone is stranded either way.

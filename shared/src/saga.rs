@@ -1,6 +1,8 @@
 //! The saga step log (`saga_steps`): a row per step attempt, written before the step's side effect and saying
 //! what undoes it, then closed with its outcome. The reconciler and operators read it.
 
+use std::sync::LazyLock;
+
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -32,22 +34,25 @@ pub async fn lock_and_start(
         order: OrderRow,
         log_id: Option<i64>,
     }
-    let locked: Option<Locked> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        r#"with o as (select {ORDER_COLUMNS} from orders where id = $1 for update),
-                s as (insert into saga_steps (order_id, step, attempt, status, undo, worker)
-                      select id, $2, $3, $5, $6, $7 from o where status = $4
-                      returning id)
-           select o.*, (select id from s) as log_id from o"#
-    )))
-    .bind(order_id)
-    .bind(step.name())
-    .bind(attempt_number(attempt))
-    .bind(step.runs_from().as_str())
-    .bind(status::STARTED)
-    .bind(step.undo().map(Step::name))
-    .bind(worker)
-    .fetch_optional(conn)
-    .await?;
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            r#"with o as (select {ORDER_COLUMNS} from orders where id = $1 for update),
+                    s as (insert into saga_steps (order_id, step, attempt, status, undo, worker)
+                          select id, $2, $3, $5, $6, $7 from o where status = $4
+                          returning id)
+               select o.*, (select id from s) as log_id from o"#
+        )
+    });
+    let locked: Option<Locked> = sqlx::query_as(sqlx::AssertSqlSafe(STATEMENT.as_str()))
+        .bind(order_id)
+        .bind(step.name())
+        .bind(attempt_number(attempt))
+        .bind(step.runs_from().as_str())
+        .bind(status::STARTED)
+        .bind(step.undo().map(Step::name))
+        .bind(worker)
+        .fetch_optional(conn)
+        .await?;
     Ok(locked.map(|l| (l.order, l.log_id)))
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::jobs::Step;
 
 /// The PostgreSQL database every binary uses unless `DATABASE_URL` says otherwise. On loopback, without TLS:
-/// encrypting a same-host connection protects nothing and cost ~12% of the machine's CPU in the saga benchmark
-/// (docs/PERFORMANCE.md). A `DATABASE_URL` of your own keeps its own `sslmode` (`prefer` when unset).
+/// encrypting a same-host connection protects nothing, and turning it off took 10–18% off the CPU per saga in one
+/// run of `bench/cpu-per-saga.sh` (docs/PERFORMANCE.md). A `DATABASE_URL` of your own keeps its own `sslmode` (`prefer` when unset).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orderflow?sslmode=disable";
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_PAYSIM_ADDR: &str = "127.0.0.1:8090";

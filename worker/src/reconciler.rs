@@ -118,7 +118,7 @@ pub async fn pass(saga: &Saga) -> anyhow::Result<Pass> {
 }
 
 /// Deletes the Done jobs past their retention, a chunk at a time; returns how many.
-pub async fn purge(saga: &Saga) -> Result<u64, sqlx::Error> {
+async fn purge(saga: &Saga) -> Result<u64, sqlx::Error> {
     let mut purged = 0;
     for _ in 0..PURGE_MAX_CHUNKS {
         let deleted =
