@@ -75,6 +75,7 @@ pub fn worker_settings(payments_url: &str) -> WorkerSettings {
         payments_url: payments_url.to_owned(),
         concurrency: 16,
         batch_size: 8,
+        step_batch: 64,
         poll_interval: Duration::from_millis(200),
         retry_base_delay: Duration::from_millis(200),
         retry_max_delay: Duration::from_secs(2),

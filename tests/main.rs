@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin;
 mod bad_input;
+mod batch;
 mod cancellation;
 mod chaos;
 mod cli;

@@ -331,6 +331,18 @@ pub async fn try_lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderR
     .await
 }
 
+/// Locks many orders at once (in id order, so two transactions locking overlapping sets cannot deadlock) and
+/// reads them; orders that do not exist are missing from the result. For steps run for many orders together.
+pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<OrderRow>, sqlx::Error> {
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        format!("select {ORDER_COLUMNS} from orders where id = any($1) order by id for update")
+    });
+    sqlx::query_as(sqlx::AssertSqlSafe(STATEMENT.as_str()))
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
 pub async fn lines(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<OrderLineRow>, sqlx::Error> {
     sqlx::query_as(
         "select order_id, line_no, sku, quantity, unit_price from order_lines where order_id = $1 order by line_no",
@@ -378,6 +390,45 @@ pub async fn list(executor: impl PgExecutor<'_>, filter: &ListFilter) -> Result<
     .await
 }
 
+/// What a transition writes, worked out (and validated against the table) before anything reaches the
+/// database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTransition {
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    /// The cancel reason the order takes (a cancel's own, or out of stock).
+    pub reason: Option<&'static str>,
+    /// The reason the event carries: the transition's own, or the order's for the cancel's last events.
+    pub event_reason: Option<String>,
+    pub event_type: EventType,
+}
+
+impl PlannedTransition {
+    /// Validates `transition` from the order's current status.
+    pub fn new(order: &OrderRow, transition: &Transition) -> Result<Self, InvalidTransition> {
+        let from = order.status();
+        let to = from.apply(transition)?;
+        let reason = match transition {
+            Transition::StartCancel(reason) => Some(reason.as_str()),
+            Transition::RejectOutOfStock => Some(CancelReason::OutOfStock.as_str()),
+            _ => None,
+        };
+        let event_reason = reason.map(str::to_owned).or_else(|| {
+            order
+                .cancel_reason
+                .clone()
+                .filter(|_| matches!(to, OrderStatus::Cancelled | OrderStatus::NeedsAttention))
+        });
+        Ok(Self {
+            from,
+            to,
+            reason,
+            event_reason,
+            event_type: transition.event_type(),
+        })
+    }
+}
+
 /// Applies `transition` to a locked order: validates it against the table, writes the new status and appends
 /// the event, in the caller's transaction. Returns the new status.
 #[tracing::instrument(skip_all, fields(order_id = %order.id, transition = transition.name()), err)]
@@ -388,19 +439,7 @@ pub async fn transition(
     next_step: Option<&str>,
     note: Option<&str>,
 ) -> Result<OrderStatus, TransitionError> {
-    let from = order.status();
-    let to = from.apply(&transition)?;
-    let reason = match &transition {
-        Transition::StartCancel(reason) => Some(reason.as_str()),
-        Transition::RejectOutOfStock => Some(CancelReason::OutOfStock.as_str()),
-        _ => None,
-    };
-    let event_reason = reason.or_else(|| {
-        order
-            .cancel_reason
-            .as_deref()
-            .filter(|_| matches!(to, OrderStatus::Cancelled | OrderStatus::NeedsAttention))
-    });
+    let planned = PlannedTransition::new(order, &transition)?;
     // The status change and its event in one statement (one round trip); the caller holds the row lock, so the
     // event's per-order sequence cannot race.
     sqlx::query(
@@ -420,21 +459,21 @@ pub async fn transition(
            from o"#,
     )
     .bind(order.id)
-    .bind(to.as_str())
-    .bind(reason)
+    .bind(planned.to.as_str())
+    .bind(planned.reason)
     .bind(note)
     .bind(next_step)
     .bind(Uuid::now_v7())
-    .bind(transition.event_type().as_str())
-    .bind(from.as_str())
-    .bind(event_reason)
+    .bind(planned.event_type.as_str())
+    .bind(planned.from.as_str())
+    .bind(&planned.event_reason)
     .execute(&mut *conn)
     .await?;
-    tracing::info!(from = %from, to = %to, reason, "order transition");
+    tracing::info!(from = %planned.from, to = %planned.to, reason = planned.reason, "order transition");
     if let Transition::StartCancel(reason) = &transition {
         metrics::counter!("orderflow_compensations_total", "reason" => reason.as_str()).increment(1);
     }
-    Ok(to)
+    Ok(planned.to)
 }
 
 /// Holds the order's reservation until `ttl` from now (the reserve step's promise to the customer).

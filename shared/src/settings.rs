@@ -83,6 +83,10 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// Jobs fetched per round trip, per queue (`ORDERFLOW_WORKER_BATCH_SIZE`, at most `concurrency`).
     pub batch_size: usize,
+    /// Most orders one batched step runs for at once (`ORDERFLOW_WORKER_STEP_BATCH`): reserve, pay, commit and
+    /// fulfil run the jobs a queue worker has in hand together, in a few set-based statements and one commit.
+    /// A batch is also bounded by the jobs in hand (`concurrency`). 1 runs every step one order at a time.
+    pub step_batch: usize,
     /// How often an idle worker looks for delayed jobs (retries with backoff) besides LISTEN/NOTIFY.
     pub poll_interval: Duration,
     /// First retry delay of a transient step failure; doubles per attempt up to `retry_max_delay`.
@@ -160,6 +164,7 @@ impl WorkerSettings {
             payments_url: env_or("ORDERFLOW_PAYMENTS_URL", DEFAULT_PAYMENTS_URL),
             concurrency: env_parse::<usize>("ORDERFLOW_WORKER_CONCURRENCY", 16)?.max(1),
             batch_size: env_parse::<usize>("ORDERFLOW_WORKER_BATCH_SIZE", 16)?.max(1),
+            step_batch: env_parse::<usize>("ORDERFLOW_WORKER_STEP_BATCH", 64)?.max(1),
             poll_interval: Duration::from_millis(env_parse("ORDERFLOW_WORKER_POLL_MS", 1_000)?),
             retry_base_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_BASE_MS", 1_000)?),
             retry_max_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_MAX_MS", 300_000)?),

@@ -2,6 +2,7 @@
 //! settings). Run as many `orderflow-worker` processes as needed; steps are idempotent and serialize per order
 //! on the order's row lock.
 
+pub mod batch;
 pub mod error;
 mod failpoints;
 pub mod payments;
@@ -26,6 +27,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
+use batch::Batcher;
 pub use saga::Saga;
 
 /// A unique name for this process start: `host-pid-uuid`. apalis strands the jobs of a worker that restarts
@@ -52,6 +54,8 @@ struct StepContext {
     saga: Arc<Saga>,
     /// Records each job's end (see `orderflow_shared::completion`); one per queue worker generation.
     completer: Option<Completer>,
+    /// Gathers the jobs in hand into batches (see `batch`); for the steps that batch, when batching is on.
+    batcher: Option<Batcher>,
 }
 
 /// Runs the step in its own task: apalis's step timeout (or a shutdown) drops the handler's future, and a step
@@ -63,9 +67,13 @@ async fn handle(job: StepJob, ctx: Data<StepContext>, id: TaskId) -> Result<(), 
         step,
         saga,
         completer,
+        batcher,
     } = (*ctx).clone();
     let run = tokio::spawn(async move {
-        let result = saga.run(step, job).await;
+        let result = match batcher {
+            Some(batcher) => batcher.run(job).await,
+            None => saga.run(step, job).await,
+        };
         if let Some(completer) = completer {
             match &result {
                 Ok(()) => completer.done(&id),
@@ -138,6 +146,7 @@ pub async fn run(
                 step,
                 saga: saga.clone(),
                 completer: None,
+                batcher: None,
             };
             tokio::spawn(supervise(ctx, stopped.clone()))
         })
@@ -294,8 +303,15 @@ fn queue_worker(
         .with_pubsub()
         .poll_with_interval(settings.poll_interval);
     let (completer, writer) = Completer::start(ctx.saga.pool.clone(), name.clone());
+    let (batcher, gatherer) = if batch::batches(ctx.step) && settings.step_batch > 1 {
+        let (batcher, gatherer) = Batcher::start(ctx.saga.clone(), ctx.step, settings.step_batch);
+        (Some(batcher), Some(gatherer))
+    } else {
+        (None, None)
+    };
     let ctx = StepContext {
         completer: Some(completer),
+        batcher,
         ..ctx.clone()
     };
     let worker = WorkerBuilder::new(name)
@@ -312,8 +328,12 @@ fn queue_worker(
         .boxed();
     async move {
         let result = worker.await;
-        // The worker's handlers are gone; the writer ends once the last detached step has reported.
+        // The worker's handlers are gone; the writer and the gatherer end once the last detached step has
+        // reported.
         let _ = writer.await;
+        if let Some(gatherer) = gatherer {
+            let _ = gatherer.await;
+        }
         result
     }
     .boxed()

@@ -65,13 +65,21 @@ impl Saga {
                 tracing::debug!(elapsed_ms, "step done");
                 Ok(())
             }
-            Err(error) => {
-                let mut tx = self.pool.begin().await?;
-                self.settle(&mut tx, step, job, error).await?;
-                tx.commit().await?;
-                Ok(())
-            }
+            Err(error) => self.settle_alone(step, job, error).await,
         }
+    }
+
+    /// `settle` in a transaction of its own.
+    pub(crate) async fn settle_alone(
+        &self,
+        step: Step,
+        job: StepJob,
+        error: StepError,
+    ) -> Result<(), StepError> {
+        let mut tx = self.pool.begin().await?;
+        self.settle(&mut tx, step, job, error).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records a failed attempt of `step` (step log and `orders.last_error`) and decides what follows, in the
@@ -228,16 +236,34 @@ impl Saga {
         )
         .await?;
         tx.commit().await?;
+        let verdict = self.authorize(&order.customer_id, &payment).await?;
+        self.record_authorization(order.id, log_id, verdict).await
+    }
 
-        failpoints::crash("worker.pay.before_authorize", &order.customer_id)?;
+    /// The pay step's remote call: asks the provider for the hold that `payment` (PENDING, committed) promises.
+    pub(crate) async fn authorize(
+        &self,
+        customer_id: &str,
+        payment: &PaymentRow,
+    ) -> Result<Authorization, StepError> {
+        failpoints::crash("worker.pay.before_authorize", customer_id)?;
         let verdict = self
             .payments
-            .authorize(&authorize_request(&payment))
+            .authorize(&authorize_request(payment))
             .await
             .map_err(StepError::from_provider)?;
-        failpoints::abort("worker.pay.after_authorize", Some(&order.customer_id));
+        failpoints::abort("worker.pay.after_authorize", Some(customer_id));
+        Ok(verdict)
+    }
 
-        let Some((mut tx, order)) = self.relock(order.id).await? else {
+    /// The pay step's last transaction: the provider's verdict recorded on the order as it now is.
+    pub(crate) async fn record_authorization(
+        &self,
+        order_id: Uuid,
+        log_id: i64,
+        verdict: Authorization,
+    ) -> Result<(), StepError> {
+        let Some((mut tx, order)) = self.relock(order_id).await? else {
             return Ok(());
         };
         let still_reserved = order.status() == OrderStatus::Reserved;
@@ -259,8 +285,7 @@ impl Saga {
                     saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
                 } else {
                     // Cancelled while the call was out; the cancel_payment compensation voids this hold.
-                    let note = "order left RESERVED during the call";
-                    saga::finish(&mut *tx, log_id, log::SKIPPED, Some(note)).await?;
+                    saga::finish(&mut *tx, log_id, log::SKIPPED, Some(LEFT_RESERVED)).await?;
                 }
             }
             Authorization::Declined { provider_ref, code } => {
@@ -327,21 +352,7 @@ impl Saga {
         }
         inventory::commit(&mut tx, order.id).await?;
         tx.commit().await?;
-
-        match self
-            .payments
-            .capture(&provider_ref, &payment::capture_key(order.id))
-            .await
-        {
-            Ok(()) => {}
-            // A repeat after a lost answer: the intent already moved to succeeded, which is what we wanted.
-            Err(ProviderError::Rejected {
-                intent_status: Some(status),
-                ..
-            }) if status == "succeeded" => {}
-            Err(e) => return Err(StepError::from_provider(e)),
-        }
-        failpoints::abort("worker.commit.after_capture", Some(&order.customer_id));
+        self.capture(&order, &provider_ref).await?;
 
         let Some((mut tx, order)) = self.relock(order.id).await? else {
             return Ok(());
@@ -353,10 +364,28 @@ impl Saga {
             saga::finish(&mut *tx, log_id, log::SUCCEEDED, None).await?;
         } else {
             // Cancelled while capturing: cancel_payment sees CAPTURED and refunds.
-            let note = "order left PAID during the capture";
-            saga::finish(&mut *tx, log_id, log::SKIPPED, Some(note)).await?;
+            saga::finish(&mut *tx, log_id, log::SKIPPED, Some(LEFT_PAID)).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The commit step's remote call: captures the hold (a repeat is harmless: same key).
+    pub(crate) async fn capture(&self, order: &OrderRow, provider_ref: &str) -> Result<(), StepError> {
+        match self
+            .payments
+            .capture(provider_ref, &payment::capture_key(order.id))
+            .await
+        {
+            Ok(()) => {}
+            // A repeat after a lost answer: the intent already moved to succeeded, which is what we wanted.
+            Err(ProviderError::Rejected {
+                intent_status: Some(status),
+                ..
+            }) if status == "succeeded" => {}
+            Err(e) => return Err(StepError::from_provider(e)),
+        }
+        failpoints::abort("worker.commit.after_capture", Some(&order.customer_id));
         Ok(())
     }
 
@@ -496,6 +525,10 @@ impl Saga {
         }
     }
 }
+
+/// Step-log notes of a step whose remote call was overtaken by a cancel.
+pub(crate) const LEFT_RESERVED: &str = "order left RESERVED during the call";
+pub(crate) const LEFT_PAID: &str = "order left PAID during the capture";
 
 /// What `Saga::open` hands a step: its transaction, the locked order, and the attempt's log row.
 struct Opened {

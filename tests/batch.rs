@@ -1,0 +1,262 @@
+//! Steps run for many orders at once (`orderflow_worker::batch`): the same outcomes as one order at a time,
+//! first come first served on stock, idempotent when a batch runs again, and the odd job handed to the
+//! one-order path. The batches are driven by hand here (no worker running) so each one's make-up is known.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderflow_shared::jobs::{Step, StepJob};
+use orderflow_worker::Saga;
+use orderflow_worker::payments::PaymentsClient;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{Options, TestApp, spawn_app_with, worker_settings};
+
+async fn app_without_worker() -> TestApp {
+    spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await
+}
+
+fn saga(app: &TestApp) -> Arc<Saga> {
+    Arc::new(Saga {
+        pool: app.pool.clone(),
+        payments: PaymentsClient::new(&app.paysim, Duration::from_secs(5)).unwrap(),
+        settings: worker_settings(&app.paysim),
+        instance: "batch-test".to_owned(),
+    })
+}
+
+fn jobs(ids: &[Uuid]) -> Vec<StepJob> {
+    ids.iter()
+        .map(|&order_id| StepJob {
+            order_id,
+            attempt: 1,
+            trace: None,
+        })
+        .collect()
+}
+
+async fn statuses(app: &TestApp, ids: &[Uuid]) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(app.order(*id).await["status"].as_str().unwrap().to_owned());
+    }
+    out
+}
+
+/// The step-log rows of `step` for the orders, as (status, count).
+async fn step_log(pool: &PgPool, step: &str, ids: &[Uuid]) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "select status, count(*) from saga_steps where step = $1 and order_id = any($2) group by status order by status",
+    )
+    .bind(step)
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The pending jobs of `queue` for the orders, as the payloads apalis hands the worker.
+async fn queued(pool: &PgPool, queue: &str, ids: &[Uuid]) -> Vec<StepJob> {
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+        "select job from apalis.jobs where job_type = $1 and status = 'Pending' \
+         and (convert_from(job, 'UTF8')::jsonb ->> 'order_id')::uuid = any($2)",
+    )
+    .bind(queue)
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    payloads
+        .iter()
+        .map(|p| serde_json::from_slice(p).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reserve_batch_sells_the_stock_first_come_first_served_and_a_rerun_changes_nothing() {
+    let app = app_without_worker().await;
+    app.put_sku("HOT", 5, 1_000).await;
+    app.put_sku("SIDE", 1, 500).await;
+    let saga = saga(&app);
+    // In batch order: three singles, a two-line order whose SIDE fits but whose HOT does not once the stock
+    // is gone, a single that takes SIDE after all (the misfit held nothing), then more singles than stock.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.create_order(&format!("a{i}"), &[("HOT", 1)], "pm_card_visa")
+                .await,
+        );
+    }
+    ids.push(
+        app.create_order("big", &[("SIDE", 1), ("HOT", 3)], "pm_card_visa")
+            .await,
+    );
+    ids.push(app.create_order("side", &[("SIDE", 1)], "pm_card_visa").await);
+    for i in 0..4 {
+        ids.push(
+            app.create_order(&format!("b{i}"), &[("HOT", 1)], "pm_card_visa")
+                .await,
+        );
+    }
+
+    let results = saga.run_batch(Step::Reserve, jobs(&ids)).await;
+
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let expected = [
+        "RESERVED",
+        "RESERVED",
+        "RESERVED",
+        "CANCELLED",
+        "RESERVED",
+        "RESERVED",
+        "RESERVED",
+        "CANCELLED",
+        "CANCELLED",
+    ];
+    assert_eq!(statuses(&app, &ids).await, expected);
+    assert_eq!(app.order(ids[3]).await["cancel_reason"], "out_of_stock");
+    let hot = app.sku("HOT").await;
+    let side = app.sku("SIDE").await;
+    assert_eq!(
+        (hot["on_hand"].as_i64(), hot["reserved"].as_i64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(
+        (side["on_hand"].as_i64(), side["reserved"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let log = step_log(&app.pool, "reserve", &ids).await;
+    assert_eq!(log, [("FAILED".to_owned(), 3), ("SUCCEEDED".to_owned(), 6)]);
+    // Each reserved order has its pay job, in `StepJob`'s form, and names it; the reservation is held.
+    let reserved: Vec<Uuid> = [0, 1, 2, 4, 5, 6].map(|i| ids[i]).to_vec();
+    let mut pay_jobs: Vec<Uuid> = queued(&app.pool, "orderflow.pay", &ids)
+        .await
+        .into_iter()
+        .map(|j| {
+            assert_eq!(j.attempt, 1);
+            j.order_id
+        })
+        .collect();
+    pay_jobs.sort();
+    let mut want = reserved.clone();
+    want.sort();
+    assert_eq!(pay_jobs, want);
+    for id in &reserved {
+        let order = app.order(*id).await;
+        assert_eq!(order["current_step"], "pay");
+        assert!(order["reserved_until"].is_string(), "{order}");
+        let kinds: Vec<String> = app
+            .events(*id)
+            .await
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kinds, ["order.created", "order.reserved"]);
+    }
+
+    // apalis re-runs a job whose ack was lost: the same batch again finds nothing to do.
+    let again = saga.run_batch(Step::Reserve, jobs(&ids)).await;
+
+    assert!(again.iter().all(Result::is_ok));
+    assert_eq!(statuses(&app, &ids).await, expected);
+    assert_eq!(app.sku("HOT").await["reserved"].as_i64(), Some(5));
+    assert_eq!(step_log(&app.pool, "reserve", &ids).await, log);
+    assert_eq!(queued(&app.pool, "orderflow.pay", &ids).await.len(), 6);
+}
+
+#[tokio::test]
+async fn batches_carry_orders_to_fulfilled_charge_once_and_send_a_decline_to_compensation() {
+    let app = app_without_worker().await;
+    app.put_sku("W", 100, 1_000).await;
+    let saga = saga(&app);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            app.create_order(&format!("w{i}"), &[("W", 2)], "pm_card_visa")
+                .await,
+        );
+    }
+    let declined = app
+        .create_order("declined", &[("W", 1)], "pm_card_chargeDeclined")
+        .await;
+    ids.push(declined);
+    let paid: Vec<Uuid> = ids[..6].to_vec();
+
+    assert!(
+        saga.run_batch(Step::Reserve, jobs(&ids))
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    // The same order twice in one batch: the repeat runs alone after the batch and finds nothing to do.
+    let mut pay = jobs(&ids);
+    pay.push(pay[0]);
+    assert!(saga.run_batch(Step::Pay, pay).await.iter().all(Result::is_ok));
+    assert!(
+        saga.run_batch(Step::Commit, jobs(&paid))
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    // A commit job that runs again after its capture was recorded goes the one-order way: nothing changes.
+    assert!(
+        saga.run_batch(Step::Commit, jobs(&paid[..2]))
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    assert!(
+        saga.run_batch(Step::Fulfil, jobs(&paid))
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+
+    assert_eq!(statuses(&app, &paid).await, vec!["FULFILLED"; 6]);
+    let w = app.sku("W").await;
+    // Six orders of 2 committed; the declined order's unit is still reserved until its compensation runs.
+    assert_eq!(
+        (w["on_hand"].as_i64(), w["reserved"].as_i64()),
+        (Some(88), Some(1))
+    );
+    for id in &paid {
+        let order = app.order(*id).await;
+        assert_eq!(order["payment"]["status"], "CAPTURED", "{order}");
+        let intents = app.intents_of(*id).await;
+        assert_eq!(intents.len(), 1, "one hold per order: {intents:?}");
+        assert_eq!(intents[0]["status"], "succeeded");
+        let kinds: Vec<String> = app
+            .events(*id)
+            .await
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["order.created", "order.reserved", "order.paid", "order.fulfilled"]
+        );
+    }
+    for step in ["reserve", "pay", "commit", "fulfil"] {
+        assert_eq!(
+            step_log(&app.pool, step, &paid).await,
+            [("SUCCEEDED".to_owned(), 6)],
+            "{step}"
+        );
+    }
+    let d: Value = app.order(declined).await;
+    assert_eq!(d["status"], "CANCELLING");
+    assert_eq!(d["cancel_reason"], "payment_declined");
+    assert_eq!(d["payment"]["status"], "DECLINED");
+    assert_eq!(
+        queued(&app.pool, "orderflow.release_inventory", &[declined])
+            .await
+            .len(),
+        1
+    );
+}
