@@ -162,8 +162,8 @@ impl WorkerSettings {
         }
         Ok(Self {
             payments_url: env_or("ORDERFLOW_PAYMENTS_URL", DEFAULT_PAYMENTS_URL),
-            concurrency: env_parse::<usize>("ORDERFLOW_WORKER_CONCURRENCY", 16)?.max(1),
-            batch_size: env_parse::<usize>("ORDERFLOW_WORKER_BATCH_SIZE", 16)?.max(1),
+            concurrency: env_parse::<usize>("ORDERFLOW_WORKER_CONCURRENCY", 128)?.max(1),
+            batch_size: env_parse::<usize>("ORDERFLOW_WORKER_BATCH_SIZE", 64)?.max(1),
             step_batch: env_parse::<usize>("ORDERFLOW_WORKER_STEP_BATCH", 64)?.max(1),
             poll_interval: Duration::from_millis(env_parse("ORDERFLOW_WORKER_POLL_MS", 1_000)?),
             retry_base_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_BASE_MS", 1_000)?),

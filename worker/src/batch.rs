@@ -24,7 +24,7 @@ use orderflow_shared::order::{self, OrderRow, OrderStatus, PlannedTransition, Tr
 use orderflow_shared::payment::{self, status as pay};
 use orderflow_shared::saga::{self, Ending, status as log};
 use sqlx::{Postgres, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -40,8 +40,12 @@ pub fn batches(step: Step) -> bool {
 
 type Reply = oneshot::Sender<Result<(), StepError>>;
 
-/// Gathers one queue worker's jobs into batches: whatever jobs are waiting when a batch starts go together (up
-/// to `max`), so a lone job runs at once and a busy queue fills its batches. Batches run concurrently.
+/// Batches of one step that one queue worker runs at once. Jobs arriving while they run wait and form the next
+/// batch, so batches grow with the load by themselves: a lone job runs at once, a busy queue fills its batches
+/// (as group commit does). Two, so a batch waiting on the provider does not hold the next one back.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Gathers one queue worker's jobs into batches of up to `max`.
 #[derive(Debug, Clone)]
 pub struct Batcher {
     tx: mpsc::UnboundedSender<(StepJob, Reply)>,
@@ -68,12 +72,28 @@ impl Batcher {
 }
 
 async fn gather(saga: Arc<Saga>, step: Step, max: usize, mut rx: mpsc::UnboundedReceiver<(StepJob, Reply)>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut waiting = Vec::with_capacity(max);
-    while rx.recv_many(&mut waiting, max).await > 0 {
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if rx.recv_many(&mut waiting, max).await == 0 {
+            return;
+        }
+        // The jobs apalis hands over together arrive one task after another: let those already woken join.
+        tokio::task::yield_now().await;
+        while waiting.len() < max {
+            match rx.try_recv() {
+                Ok(job) => waiting.push(job),
+                Err(_) => break,
+            }
+        }
         let (jobs, replies): (Vec<StepJob>, Vec<Reply>) = waiting.drain(..).unzip();
         let saga = saga.clone();
         tokio::spawn(async move {
             let results = saga.run_batch(step, jobs).await;
+            drop(slot);
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
             }

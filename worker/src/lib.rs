@@ -88,6 +88,10 @@ async fn handle(job: StepJob, ctx: Data<StepContext>, id: TaskId) -> Result<(), 
     }
 }
 
+/// Most jobs a queue that runs one job at a time (the compensations, or every queue with batching off) runs at
+/// once per process: each holds a pooled connection while it runs.
+const ONE_BY_ONE_CONCURRENCY: usize = 16;
+
 /// First delay before restarting a queue worker that stopped on an error; doubles up to the maximum.
 const RESTART_BASE_DELAY: Duration = Duration::from_millis(500);
 const RESTART_MAX_DELAY: Duration = Duration::from_secs(30);
@@ -296,14 +300,22 @@ fn queue_worker(
     mut stopped: watch::Receiver<bool>,
 ) -> BoxFuture<'static, Result<(), WorkerError>> {
     let settings = &ctx.saga.settings;
-    let batch = settings.batch_size.min(settings.concurrency);
+    let batched = batch::batches(ctx.step) && settings.step_batch > 1;
+    // A batched queue holds one connection per batch, whatever its concurrency; a queue run one job at a time
+    // holds one per job, so it stays within what the pool can serve.
+    let concurrency = if batched {
+        settings.concurrency
+    } else {
+        settings.concurrency.min(ONE_BY_ONE_CONCURRENCY)
+    };
+    let batch = settings.batch_size.min(concurrency);
     let config = orderflow_shared::jobs::queue_config(ctx.step.queue(), batch);
     let backend = PostgresStorage::<StepJob>::new(&ctx.saga.pool)
         .with_config(config)
         .with_pubsub()
         .poll_with_interval(settings.poll_interval);
     let (completer, writer) = Completer::start(ctx.saga.pool.clone(), name.clone());
-    let (batcher, gatherer) = if batch::batches(ctx.step) && settings.step_batch > 1 {
+    let (batcher, gatherer) = if batched {
         let (batcher, gatherer) = Batcher::start(ctx.saga.clone(), ctx.step, settings.step_batch);
         (Some(batcher), Some(gatherer))
     } else {
@@ -317,7 +329,7 @@ fn queue_worker(
     let worker = WorkerBuilder::new(name)
         .backend(backend)
         .data(ctx)
-        .concurrency(settings.concurrency)
+        .concurrency(concurrency)
         .timeout(settings.step_timeout)
         .parallelize(tokio::spawn)
         .build(handle)
