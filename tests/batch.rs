@@ -260,3 +260,84 @@ async fn batches_carry_orders_to_fulfilled_charge_once_and_send_a_decline_to_com
         1
     );
 }
+
+#[tokio::test]
+async fn a_batch_that_fails_before_it_ends_writes_nothing_and_its_jobs_run_alone() {
+    let _scenario = fail::FailScenario::setup();
+    fail::cfg("worker.batch.before_end", "return(c2)").unwrap();
+    let app = app_without_worker().await;
+    app.put_sku("S", 3, 1_000).await;
+    let saga = saga(&app);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.create_order(&format!("c{i}"), &[("S", 1)], "pm_card_visa").await);
+    }
+
+    let results = saga.run_batch(Step::Reserve, jobs(&ids)).await;
+
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // The batch rolled back (its STARTED rows with it) and each job ran alone: the stock sold once, one
+    // closed attempt per order.
+    let mut ended = statuses(&app, &ids).await;
+    ended.sort();
+    assert_eq!(ended, ["CANCELLED", "CANCELLED", "RESERVED", "RESERVED", "RESERVED"]);
+    let s = app.sku("S").await;
+    assert_eq!((s["on_hand"].as_i64(), s["reserved"].as_i64()), (Some(3), Some(3)));
+    assert_eq!(
+        step_log(&app.pool, "reserve", &ids).await,
+        [("FAILED".to_owned(), 2), ("SUCCEEDED".to_owned(), 3)]
+    );
+    assert_eq!(queued(&app.pool, "orderflow.pay", &ids).await.len(), 3);
+    // The batch did write its five attempts before it failed: their ids were drawn and rolled back.
+    let first_id: i64 = sqlx::query_scalar("select min(id) from saga_steps")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(first_id > 5, "the batch never reached its failpoint: first step-log id {first_id}");
+}
+
+#[tokio::test]
+async fn a_pay_batch_that_fails_after_its_calls_retries_later_without_a_second_hold() {
+    let _scenario = fail::FailScenario::setup();
+    let app = app_without_worker().await;
+    app.put_sku("P", 10, 1_000).await;
+    let saga = saga(&app);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(app.create_order(&format!("p{i}"), &[("P", 1)], "pm_card_visa").await);
+    }
+    assert!(saga.run_batch(Step::Reserve, jobs(&ids)).await.iter().all(Result::is_ok));
+    fail::cfg("worker.batch.before_record", "return(p1)").unwrap();
+
+    let results = saga.run_batch(Step::Pay, jobs(&ids)).await;
+
+    // The holds were placed, but recording them failed: each attempt is settled as a transient failure, with
+    // a second attempt queued after the backoff.
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(statuses(&app, &ids).await, vec!["RESERVED"; 3]);
+    assert_eq!(step_log(&app.pool, "pay", &ids).await, [("FAILED".to_owned(), 3)]);
+    let retries = queued(&app.pool, "orderflow.pay", &ids).await;
+    let retries: Vec<StepJob> = retries.into_iter().filter(|j| j.attempt == 2).collect();
+    assert_eq!(retries.len(), 3, "{retries:?}");
+    for id in &ids {
+        assert_eq!(app.order(*id).await["payment"]["status"], "PENDING");
+        let intents = app.intents_of(*id).await;
+        assert_eq!(intents.len(), 1, "{intents:?}");
+        assert_eq!(intents[0]["status"], "requires_capture");
+    }
+
+    fail::remove("worker.batch.before_record");
+    let results = saga.run_batch(Step::Pay, retries).await;
+
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(statuses(&app, &ids).await, vec!["PAID"; 3]);
+    assert_eq!(
+        step_log(&app.pool, "pay", &ids).await,
+        [("FAILED".to_owned(), 3), ("SUCCEEDED".to_owned(), 3)]
+    );
+    for id in &ids {
+        assert_eq!(app.order(*id).await["payment"]["status"], "AUTHORIZED");
+        // The retry repeated the authorization with the same key: the provider replayed it.
+        assert_eq!(app.intents_of(*id).await.len(), 1);
+    }
+}

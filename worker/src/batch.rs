@@ -271,6 +271,7 @@ impl Saga {
                 },
             })
             .collect();
+        fail_batch("worker.batch.before_end", &members)?;
         let planned = saga::end_many(&mut tx, &endings).await?;
         tx.commit().await?;
         for (m, p) in members.iter().zip(&planned) {
@@ -325,6 +326,7 @@ impl Saga {
         let mut others = Vec::new();
         let recorded = async {
             let mut tx = self.pool.begin().await?;
+            fail_batch("worker.batch.before_record", answered.iter().map(|(m, _)| *m))?;
             let ids: Vec<Uuid> = answered.iter().map(|(m, _)| m.order.id).collect();
             let now: HashMap<Uuid, OrderRow> = order::lock_many(&mut tx, &ids)
                 .await?
@@ -440,6 +442,7 @@ impl Saga {
         }
         let recorded = async {
             let mut tx = self.pool.begin().await?;
+            fail_batch("worker.batch.before_record", captured.iter().copied())?;
             let ids: Vec<Uuid> = captured.iter().map(|m| m.order.id).collect();
             let now = order::lock_many(&mut tx, &ids).await?;
             let moves: Vec<(Uuid, Option<&str>)> = now.iter().map(|o| (o.id, None)).collect();
@@ -513,6 +516,7 @@ impl Saga {
                 hold_for: None,
             })
             .collect();
+        fail_batch("worker.batch.before_end", &members)?;
         let planned = saga::end_many(&mut tx, &endings).await?;
         tx.commit().await?;
         for (m, p) in members.iter().zip(&planned) {
@@ -556,4 +560,14 @@ fn log_done(step: Step, job: &StepJob, planned: Option<&PlannedTransition>, mess
         Some(p) => tracing::info!(from = %p.from, to = %p.to, reason = p.reason, "order transition"),
         None => tracing::info!("{message}"),
     }
+}
+
+/// Failpoints of the batch itself (tests): armed for a customer (`return(<customer id>)`), the batch that holds
+/// one of its orders fails at that point as if its transaction had failed there, taking the whole batch with it.
+fn fail_batch<'a>(name: &str, members: impl IntoIterator<Item = &'a Member>) -> Result<(), StepError> {
+    let mut members = members.into_iter();
+    if members.any(|m| failpoints::armed(name, &m.order.customer_id)) {
+        return Err(StepError::Transient(anyhow!("failpoint {name}")));
+    }
+    Ok(())
 }
