@@ -270,7 +270,10 @@ async fn a_batch_that_fails_before_it_ends_writes_nothing_and_its_jobs_run_alone
     let saga = saga(&app);
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(app.create_order(&format!("c{i}"), &[("S", 1)], "pm_card_visa").await);
+        ids.push(
+            app.create_order(&format!("c{i}"), &[("S", 1)], "pm_card_visa")
+                .await,
+        );
     }
 
     let results = saga.run_batch(Step::Reserve, jobs(&ids)).await;
@@ -280,9 +283,15 @@ async fn a_batch_that_fails_before_it_ends_writes_nothing_and_its_jobs_run_alone
     // closed attempt per order.
     let mut ended = statuses(&app, &ids).await;
     ended.sort();
-    assert_eq!(ended, ["CANCELLED", "CANCELLED", "RESERVED", "RESERVED", "RESERVED"]);
+    assert_eq!(
+        ended,
+        ["CANCELLED", "CANCELLED", "RESERVED", "RESERVED", "RESERVED"]
+    );
     let s = app.sku("S").await;
-    assert_eq!((s["on_hand"].as_i64(), s["reserved"].as_i64()), (Some(3), Some(3)));
+    assert_eq!(
+        (s["on_hand"].as_i64(), s["reserved"].as_i64()),
+        (Some(3), Some(3))
+    );
     assert_eq!(
         step_log(&app.pool, "reserve", &ids).await,
         [("FAILED".to_owned(), 2), ("SUCCEEDED".to_owned(), 3)]
@@ -293,7 +302,10 @@ async fn a_batch_that_fails_before_it_ends_writes_nothing_and_its_jobs_run_alone
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert!(first_id > 5, "the batch never reached its failpoint: first step-log id {first_id}");
+    assert!(
+        first_id > 5,
+        "the batch never reached its failpoint: first step-log id {first_id}"
+    );
 }
 
 #[tokio::test]
@@ -304,9 +316,17 @@ async fn a_pay_batch_that_fails_after_its_calls_retries_later_without_a_second_h
     let saga = saga(&app);
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(app.create_order(&format!("p{i}"), &[("P", 1)], "pm_card_visa").await);
+        ids.push(
+            app.create_order(&format!("p{i}"), &[("P", 1)], "pm_card_visa")
+                .await,
+        );
     }
-    assert!(saga.run_batch(Step::Reserve, jobs(&ids)).await.iter().all(Result::is_ok));
+    assert!(
+        saga.run_batch(Step::Reserve, jobs(&ids))
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
     fail::cfg("worker.batch.before_record", "return(p1)").unwrap();
 
     let results = saga.run_batch(Step::Pay, jobs(&ids)).await;

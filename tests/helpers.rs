@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use orderflow_shared::jobs::Step;
 use orderflow_shared::settings::WorkerSettings;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -73,6 +74,7 @@ pub async fn spawn_app() -> TestApp {
 pub fn worker_settings(payments_url: &str) -> WorkerSettings {
     WorkerSettings {
         payments_url: payments_url.to_owned(),
+        steps: Step::ALL.to_vec(),
         concurrency: 16,
         batch_size: 8,
         step_batch: 64,

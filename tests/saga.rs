@@ -238,3 +238,49 @@ async fn an_enqueued_job_is_the_step_job_apalis_hands_the_worker() {
     app.start_worker();
     assert_eq!(app.wait_terminal(id).await["status"], "FULFILLED");
 }
+
+#[tokio::test]
+async fn a_worker_runs_only_the_steps_it_is_given_and_another_takes_the_rest() {
+    use orderflow_shared::jobs::Step;
+    let app = spawn_app_with(Options {
+        tune: |settings| settings.steps = vec![Step::Reserve],
+        ..Options::default()
+    })
+    .await;
+    app.put_sku("S", 10, 100).await;
+    let ids = app
+        .create_orders(
+            &(0..4)
+                .map(|i| crate::helpers::order_body(&format!("steps-{i}"), &[("S", 1)], "pm_card_visa"))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    for id in &ids {
+        app.wait_for(*id, &["RESERVED"], Duration::from_secs(20)).await;
+    }
+    // Past a few of the reserve-only worker's polls, nothing has run the pay step: its jobs wait in their queue.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for id in &ids {
+        assert_eq!(app.order(*id).await["status"], "RESERVED");
+    }
+    let waiting: i64 = sqlx::query_scalar(
+        "select count(*) from apalis.jobs where job_type = 'orderflow.pay' and status = 'Pending'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 4);
+
+    // A worker with every step finishes the sagas.
+    let mut stopped = app.stopped();
+    tokio::spawn(orderflow_worker::run(
+        app.pool.clone(),
+        crate::helpers::worker_settings(&app.paysim),
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
+    for id in &ids {
+        assert_eq!(app.wait_terminal(*id).await["status"], "FULFILLED");
+    }
+}

@@ -4,7 +4,10 @@
 //!
 //! - `create`: order creation only (latency = the API's answer).
 //! - `saga`: submit to FULFILLED or CANCELLED, read from the database's events.
-//! - `hotsku`: every order for one sku with stock for half of them; checks that nothing was oversold.
+//! - `hotsku`: every order for one sku with stock for half of them; checks that nothing was oversold. With
+//!   `--backlog-ready <file>` the orders are made first (run the API without a worker reserving), then the
+//!   file is written and the bench waits for a worker started then to decide every reservation: the rate of
+//!   the reservations alone on a backlog, as the pgbench hot-sku ceiling measures them.
 //!
 //! Writes `<out>/<label>.json`, `<out>/<label>.md` and `<out>/<label>.svg` (latency over time).
 
@@ -67,6 +70,10 @@ struct Args {
     /// How long to wait for sagas to end after the load (saga and hotsku modes).
     #[arg(long, default_value_t = 180)]
     drain: u64,
+    /// Hot sku on a backlog: once every order is made, write this file and wait for the reserve steps to
+    /// decide them all (start the reserving worker when it appears); sagas are not waited for.
+    #[arg(long)]
+    backlog_ready: Option<std::path::PathBuf>,
 }
 
 /// One request's fate.
@@ -279,14 +286,24 @@ async fn main() -> anyhow::Result<()> {
     if matches!(args.mode, Mode::Saga | Mode::Hotsku) {
         let orders: Vec<(Uuid, DateTime<Utc>)> = measured.iter().filter_map(|s| s.order).collect();
         let ids: Vec<Uuid> = orders.iter().map(|(id, _)| *id).collect();
+        if let Some(ready) = &args.backlog_ready {
+            std::fs::write(ready, format!("{}\n", ids.len()))
+                .with_context(|| format!("cannot write {}", ready.display()))?;
+            eprintln!(
+                "backlog of {} orders made; waiting for their reservations",
+                ids.len()
+            );
+        }
+        // On a backlog only the reservations are waited for (the worker that drains it may run nothing else).
+        let open_query = if args.backlog_ready.is_some() {
+            "select count(*) from orders o where id = any($1) and not exists (select 1 from saga_steps s \
+             where s.order_id = o.id and s.step = 'reserve' and s.status in ('SUCCEEDED', 'FAILED'))"
+        } else {
+            "select count(*) from orders where id = any($1) and status not in ('FULFILLED', 'CANCELLED')"
+        };
         let deadline = Instant::now() + Duration::from_secs(args.drain);
         loop {
-            let open: i64 = sqlx::query_scalar(
-                "select count(*) from orders where id = any($1) and status not in ('FULFILLED', 'CANCELLED')",
-            )
-            .bind(&ids)
-            .fetch_one(&pool)
-            .await?;
+            let open: i64 = sqlx::query_scalar(open_query).bind(&ids).fetch_one(&pool).await?;
             if open == 0 || Instant::now() > deadline {
                 report["sagas_unfinished"] = json!(open);
                 break;
@@ -336,30 +353,47 @@ async fn main() -> anyhow::Result<()> {
                     .bind(&skus[0])
                     .fetch_one(&pool)
                     .await?;
-            let sold: i64 = sqlx::query_scalar(
-                "select coalesce(sum(quantity), 0)::bigint from reservations where sku = $1 and status = 'COMMITTED'",
+            // Sold: committed after payment; held: reserved and not yet committed or released.
+            let (sold, held): (i64, i64) = sqlx::query_as(
+                "select coalesce(sum(quantity) filter (where status = 'COMMITTED'), 0)::bigint, \
+                        coalesce(sum(quantity) filter (where status = 'RESERVED'), 0)::bigint \
+                 from reservations where sku = $1",
             )
             .bind(&skus[0])
             .fetch_one(&pool)
             .await?;
-            let oversold = sold > hot_stock || on_hand < 0 || on_hand + sold != hot_stock;
+            let oversold = sold + held > hot_stock
+                || on_hand < 0
+                || on_hand + sold != hot_stock
+                || reserved != held
+                || reserved > on_hand;
             // What the hot-sku ceiling measures is the reservation itself: orders whose reserve step decided
-            // (held the stock or found it gone), per second from the first order's due time to the last decision.
-            let (decided, last_decision): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-                "select count(distinct order_id), max(finished_at) from saga_steps \
-                 where order_id = any($1) and step = 'reserve' and status in ('SUCCEEDED', 'FAILED')",
-            )
-            .bind(&ids)
-            .fetch_one(&pool)
-            .await?;
-            let reservations_per_s = match (first_due, last_decision) {
+            // (held the stock or found it gone), per second from the first order's due time (on a backlog: the
+            // first reserve step's start) to the last decision.
+            let (decided, first_start, last_decision): (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+                sqlx::query_as(
+                    "select count(distinct order_id), min(started_at), max(finished_at) from saga_steps \
+                     where order_id = any($1) and step = 'reserve' and status in ('SUCCEEDED', 'FAILED')",
+                )
+                .bind(&ids)
+                .fetch_one(&pool)
+                .await?;
+            let from = if args.backlog_ready.is_some() {
+                first_start
+            } else {
+                first_due
+            };
+            let reservations_per_s = match (from, last_decision) {
                 (Some(a), Some(b)) if b > a => decided as f64 / ((b - a).num_milliseconds() as f64 / 1000.0),
                 _ => 0.0,
             };
-            report["hot_sku"] = json!({"stock": hot_stock, "sold": sold, "on_hand": on_hand, "reserved": reserved,
-                "oversold": oversold, "reservations_decided": decided, "reservations_per_s": reservations_per_s});
+            report["hot_sku"] = json!({"stock": hot_stock, "sold": sold, "held": held, "on_hand": on_hand,
+                "reserved": reserved, "oversold": oversold, "backlog": args.backlog_ready.is_some(),
+                "reservations_decided": decided, "reservations_per_s": reservations_per_s});
             if oversold {
-                eprintln!("OVERSOLD: stock {hot_stock}, sold {sold}, on_hand {on_hand}");
+                eprintln!(
+                    "OVERSOLD: stock {hot_stock}, sold {sold}, held {held}, on_hand {on_hand}, reserved {reserved}"
+                );
             }
         }
     }

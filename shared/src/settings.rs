@@ -79,7 +79,14 @@ fn parse_default(addr: &str) -> SocketAddr {
 pub struct WorkerSettings {
     /// Base URL of the payment provider (the simulator by default; Stripe's API shape).
     pub payments_url: String,
-    /// Jobs one worker process runs at once, per queue.
+    /// The step queues this process works (`ORDERFLOW_WORKER_STEPS`, names separated by commas, e.g.
+    /// `reserve,commit`; default all six). A step no running worker takes waits in its queue: every step needs
+    /// at least one process. Dedicated processes let an operator size or place one step apart (pay next to the
+    /// payment provider, reserve on its own while a backlog drains).
+    pub steps: Vec<Step>,
+    /// Jobs one worker process has in hand at once, per queue (`ORDERFLOW_WORKER_CONCURRENCY`, default 192: a
+    /// batched queue runs two batches of up to 64 while the next 64 wait, so a busy queue's next batch is full
+    /// when a slot frees).
     pub concurrency: usize,
     /// Jobs fetched per round trip, per queue (`ORDERFLOW_WORKER_BATCH_SIZE`, at most `concurrency`).
     pub batch_size: usize,
@@ -162,7 +169,8 @@ impl WorkerSettings {
         }
         Ok(Self {
             payments_url: env_or("ORDERFLOW_PAYMENTS_URL", DEFAULT_PAYMENTS_URL),
-            concurrency: env_parse::<usize>("ORDERFLOW_WORKER_CONCURRENCY", 128)?.max(1),
+            steps: parse_steps(&env_or("ORDERFLOW_WORKER_STEPS", ""))?,
+            concurrency: env_parse::<usize>("ORDERFLOW_WORKER_CONCURRENCY", 192)?.max(1),
             batch_size: env_parse::<usize>("ORDERFLOW_WORKER_BATCH_SIZE", 64)?.max(1),
             step_batch: env_parse::<usize>("ORDERFLOW_WORKER_STEP_BATCH", 64)?.max(1),
             poll_interval: Duration::from_millis(env_parse("ORDERFLOW_WORKER_POLL_MS", 1_000)?),
@@ -193,6 +201,29 @@ impl WorkerSettings {
                 self.max_step_attempts
             })
     }
+}
+
+/// The steps named in `list` (comma-separated, as in the step log), in `Step::ALL`'s order; all of them for an
+/// empty list.
+pub fn parse_steps(list: &str) -> Result<Vec<Step>, SettingsError> {
+    let mut named = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        let step = Step::parse(name).ok_or_else(|| SettingsError {
+            name: "ORDERFLOW_WORKER_STEPS",
+            message: format!(
+                "no step is called {name:?}; the steps are {}",
+                Step::ALL.map(Step::name).join(", ")
+            ),
+        })?;
+        named.push(step);
+    }
+    if named.is_empty() {
+        return Ok(Step::ALL.to_vec());
+    }
+    Ok(Step::ALL
+        .into_iter()
+        .filter(|step| named.contains(step))
+        .collect())
 }
 
 /// The variable that overrides one step's attempts, e.g. `ORDERFLOW_MAX_ATTEMPTS_PAY`.
@@ -369,5 +400,20 @@ mod tests {
                 .unwrap_or_default();
             assert!(error.starts_with("ORDERFLOW_ADMIN_TOKENS"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn worker_steps_parse_in_queue_order_and_an_unknown_one_is_named() {
+        assert_eq!(parse_steps("").unwrap(), Step::ALL.to_vec());
+        assert_eq!(parse_steps(" , ").unwrap(), Step::ALL.to_vec());
+        assert_eq!(
+            parse_steps("commit, reserve,commit").unwrap(),
+            vec![Step::Reserve, Step::Commit]
+        );
+        let error = parse_steps("reserve,charge").unwrap_err().to_string();
+        assert!(
+            error.starts_with("ORDERFLOW_WORKER_STEPS") && error.contains("\"charge\""),
+            "{error}"
+        );
     }
 }

@@ -128,7 +128,8 @@ pub async fn run(
         settings,
         instance,
     });
-    tracing::info!(instance = %saga.instance, payments_url = %saga.settings.payments_url, "orderflow-worker starting");
+    let steps: Vec<&str> = saga.settings.steps.iter().map(|step| step.name()).collect();
+    tracing::info!(instance = %saga.instance, payments_url = %saga.settings.payments_url, steps = %steps.join(","), "orderflow-worker starting");
 
     // Present before fetching anything: without this connection, other workers take our jobs back.
     let presence_options = saga
@@ -143,7 +144,10 @@ pub async fn run(
 
     let (stop, stopped) = watch::channel(false);
     let presence = tokio::spawn(keep_presence(presence_options, presence, stopped.clone()));
-    let queues: Vec<_> = Step::ALL
+    let queues: Vec<_> = saga
+        .settings
+        .steps
+        .clone()
         .into_iter()
         .map(|step| {
             let ctx = StepContext {
