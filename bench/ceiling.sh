@@ -57,7 +57,8 @@ kill $MIGRATE; wait $MIGRATE 2>/dev/null || true
 DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= \
   RUST_LOG=warn target/release/orderflow dev >"$OUT/dev.log" 2>&1 &
 DEV=$!
-trap 'kill $DEV 2>/dev/null; wait $DEV 2>/dev/null || true' EXIT
+WORKER=
+trap 'kill $DEV $WORKER 2>/dev/null; wait $DEV $WORKER 2>/dev/null || true' EXIT
 for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
 curl -sf "http://$API/readyz" >/dev/null
 
@@ -166,6 +167,7 @@ DATABASE_URL="$SERVER/$BACKLOG_DB" ORDERFLOW_WORKER_STEPS=reserve ORDERFLOW_NATS
 WORKER=$!
 wait $BENCH
 kill $WORKER; wait $WORKER 2>/dev/null || true
+WORKER=
 
 j() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print(eval(sys.argv[1]))" "$2"; }
 SAT=$(j create-saturation "round(d['create_achieved_per_s'], 1)")
