@@ -305,7 +305,12 @@ async fn main() -> anyhow::Result<()> {
         loop {
             let open: i64 = sqlx::query_scalar(open_query).bind(&ids).fetch_one(&pool).await?;
             if open == 0 || Instant::now() > deadline {
-                report["sagas_unfinished"] = json!(open);
+                let key = if args.backlog_ready.is_some() {
+                    "reservations_undecided"
+                } else {
+                    "sagas_unfinished"
+                };
+                report[key] = json!(open);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
