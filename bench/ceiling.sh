@@ -36,8 +36,8 @@ SAGA_RATE=${SAGA_RATE:-1000}
 # Orders per batched step in the ceiling: ORDERFLOW_WORKER_STEP_BATCH's default, the most a worker batch holds.
 BATCH=${BATCH:-64}
 ASYNC_RATE=${ASYNC_RATE:-1000}
-# The hot-sku backlog: big enough that the worker's start (new connections, first plans) is a small part of
-# its drain; made below the API's saturation (the rate it is made at does not enter the measure).
+# The hot-sku backlog: 10,000 orders, a drain of a few seconds; made below the API's saturation (the rate it is
+# made at does not enter the measure).
 BACKLOG=${BACKLOG:-10000}
 BACKLOG_RATE=${BACKLOG_RATE:-500}
 # Ceiling and service connect alike, over loopback without TLS (libpq and sqlx both read PGSSLMODE): TLS on a
@@ -125,23 +125,24 @@ echo "== service: full sagas at $SAGA_RATE/s"
 bench --mode saga --rate "$SAGA_RATE" --label saga
 echo "== service: hot sku at $SAGA_RATE/s"
 bench --mode hotsku --rate "$SAGA_RATE" --label hotsku
+# Stops what serves $API and starts `orderflow-api` alone on database $1, logging to $OUT/$2.
+api_alone() {
+  kill $DEV; wait $DEV 2>/dev/null || true
+  DATABASE_URL="$SERVER/$1" ORDERFLOW_API_ADDR=$API RUST_LOG=warn target/release/orderflow-api >"$OUT/$2" 2>&1 &
+  DEV=$!
+  for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
+}
 # Creation is measured on the API alone, as pgbench measures the creation SQL alone: the worker is stopped so
 # that it does not spend the same two cores on the sagas of the orders being created (those are measured above).
-kill $DEV; wait $DEV 2>/dev/null || true
-DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API RUST_LOG=warn target/release/orderflow-api >"$OUT/api.log" 2>&1 &
-DEV=$!
-for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
+api_alone "$DB" api.log
 echo "== service: creation at half the ceiling ($HALF/s)"
 bench --mode create --rate "$HALF" --label create-half
 echo "== service: creation offered 1.5x the ceiling ($OVER/s)"
 bench --mode create --rate "$OVER" --label create-saturation
 # The same creation path with synchronous_commit=off (stated in the table): no fsync wait, so what is left is
 # CPU. New sessions pick the setting up, so the API restarts.
-kill $DEV; wait $DEV 2>/dev/null || true
 psql -q "$SERVER/postgres" -c "alter database $DB set synchronous_commit = off"
-DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API RUST_LOG=warn target/release/orderflow-api >"$OUT/api-async.log" 2>&1 &
-DEV=$!
-for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
+api_alone "$DB" api-async.log
 echo "== service: creation at $ASYNC_RATE/s with synchronous_commit=off"
 bench --mode create --rate "$ASYNC_RATE" --label create-async
 psql -q "$SERVER/postgres" -c "alter database $DB reset synchronous_commit"
@@ -149,12 +150,9 @@ psql -q "$SERVER/postgres" -c "alter database $DB reset synchronous_commit"
 # The hot sku on a backlog: the API alone (durable again) makes the orders, then a worker that runs only the
 # reserve step decides them, as pgbench's batched hot-sku script decides pre-made orders. On a database of its
 # own: the creation runs above left their orders' reserve jobs waiting in the same queue.
-kill $DEV; wait $DEV 2>/dev/null || true
 BACKLOG_DB=${DB}_backlog
 psql -q "$SERVER/postgres" -c "drop database if exists $BACKLOG_DB with (force)" -c "create database $BACKLOG_DB"
-DATABASE_URL="$SERVER/$BACKLOG_DB" ORDERFLOW_API_ADDR=$API RUST_LOG=warn target/release/orderflow-api >"$OUT/api-backlog.log" 2>&1 &
-DEV=$!
-for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
+api_alone "$BACKLOG_DB" api-backlog.log
 echo "== service: hot sku on a backlog ($BACKLOG orders made, then drained by a reserve-only worker)"
 READY="$OUT/hotsku-backlog.ready"
 rm -f "$READY"

@@ -141,10 +141,15 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 impl TestApp {
     /// Starts an in-process worker; it stops with the app.
     pub fn start_worker(&self) {
+        self.start_worker_with(self.tune);
+    }
+
+    /// Starts an in-process worker with `tune` applied to its settings instead of the app's own changes.
+    pub fn start_worker_with(&self, tune: fn(&mut WorkerSettings)) {
         let mut rx = self.stop.subscribe();
         let mut settings = worker_settings(&self.paysim);
         settings.relay = self.relay.clone();
-        (self.tune)(&mut settings);
+        tune(&mut settings);
         tokio::spawn(orderflow_worker::run(self.pool.clone(), settings, async move {
             let _ = rx.wait_for(|s| *s).await;
         }));

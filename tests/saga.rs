@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Options, spawn_app, spawn_app_with, transitions};
+use orderflow_shared::jobs::Step;
+
+use crate::helpers::{Options, order_body, spawn_app, spawn_app_with, transitions};
 
 #[tokio::test]
 async fn happy_path_reaches_fulfilled_with_one_capture_and_committed_stock() {
@@ -241,7 +243,6 @@ async fn an_enqueued_job_is_the_step_job_apalis_hands_the_worker() {
 
 #[tokio::test]
 async fn a_worker_runs_only_the_steps_it_is_given_and_another_takes_the_rest() {
-    use orderflow_shared::jobs::Step;
     let app = spawn_app_with(Options {
         tune: |settings| settings.steps = vec![Step::Reserve],
         ..Options::default()
@@ -251,7 +252,7 @@ async fn a_worker_runs_only_the_steps_it_is_given_and_another_takes_the_rest() {
     let ids = app
         .create_orders(
             &(0..4)
-                .map(|i| crate::helpers::order_body(&format!("steps-{i}"), &[("S", 1)], "pm_card_visa"))
+                .map(|i| order_body(&format!("steps-{i}"), &[("S", 1)], "pm_card_visa"))
                 .collect::<Vec<_>>(),
         )
         .await;
@@ -272,14 +273,7 @@ async fn a_worker_runs_only_the_steps_it_is_given_and_another_takes_the_rest() {
     assert_eq!(waiting, 4);
 
     // A worker with every step finishes the sagas.
-    let mut stopped = app.stopped();
-    tokio::spawn(orderflow_worker::run(
-        app.pool.clone(),
-        crate::helpers::worker_settings(&app.paysim),
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        },
-    ));
+    app.start_worker_with(|_| {});
     for id in &ids {
         assert_eq!(app.wait_terminal(*id).await["status"], "FULFILLED");
     }

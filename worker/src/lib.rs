@@ -147,9 +147,8 @@ pub async fn run(
     let queues: Vec<_> = saga
         .settings
         .steps
-        .clone()
-        .into_iter()
-        .map(|step| {
+        .iter()
+        .map(|&step| {
             let ctx = StepContext {
                 step,
                 saga: saga.clone(),
