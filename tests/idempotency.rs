@@ -106,6 +106,86 @@ async fn many_concurrent_requests_with_one_key_create_one_order() {
     assert_eq!(order_count(&app).await, 1);
 }
 
+/// Creation reads a key's record in the same statement that takes its lock, so a request that commits the same
+/// key just before the lock is won is not seen by that read. The test plays that other request with a
+/// transaction of its own (it writes the key without the API's lock, as such a request has released it): the
+/// API's insert of the key waits for it, fails on the key once it commits, and the request replays its record.
+#[tokio::test]
+async fn a_key_committed_after_the_first_read_is_replayed_not_created_twice() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    app.put_sku("A", 5, 1000).await;
+    let body = order_body("idem", &[("A", 1)], "pm_card_visa");
+    let earlier = app
+        .post_order_with_key(&order_body("other", &[("A", 1)], "pm_card_visa"), "key-other")
+        .await;
+    let earlier: Value = earlier.json().await.unwrap();
+    let earlier_id: uuid::Uuid = earlier["id"].as_str().unwrap().parse().unwrap();
+    let stored = serde_json::json!({"id": earlier_id, "stored": "by the other request"});
+    let mut other = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into idempotency_keys (key, request_hash, order_id, response_status, response_body) \
+         values ('key-late', $1, $2, 202, $3)",
+    )
+    .bind(orderflow_shared::idempotency::fingerprint(&body))
+    .bind(earlier_id)
+    .bind(&stored)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+
+    let request = app.post_order_with_key(&body, "key-late");
+    let commit_later = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        other.commit().await.unwrap();
+    };
+    let (response, ()) = tokio::join!(request, commit_later);
+
+    assert_eq!(response.status(), 202);
+    assert_eq!(
+        response.headers()["location"],
+        format!("/v1/orders/{earlier_id}").as_str()
+    );
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        stored,
+        "the other request's answer"
+    );
+    assert_eq!(order_count(&app).await, 1, "no second order");
+}
+
+/// The creation response is built before the insert (so its idempotency record is written in the same
+/// statement): it must be the order exactly as stored.
+#[tokio::test]
+async fn the_creation_response_is_the_order_as_stored() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    app.put_sku("A", 5, 1000).await;
+    app.put_sku("B", 5, 250).await;
+
+    let response = app
+        .post_order_with_key(
+            &order_body("asis", &[("A", 1), ("B", 3)], "pm_card_visa"),
+            "key-asis",
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let created: Value = response.json().await.unwrap();
+    let id: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let read = app.order(id).await;
+
+    assert_eq!(created, read, "timestamps included");
+    assert_eq!(created["status"], "CREATED");
+    assert_eq!(created["total"], 1750);
+    assert_eq!(created["current_step"], "reserve");
+}
+
 #[tokio::test]
 async fn missing_key_is_a_bad_request() {
     let app = spawn_app().await;

@@ -146,7 +146,7 @@ pub async fn enqueue(
 }
 
 /// A fresh job id: a ULID, so ids sort by creation.
-pub(crate) fn new_job_id() -> String {
+pub fn new_job_id() -> String {
     ulid::Ulid::generate().to_string()
 }
 

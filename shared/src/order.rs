@@ -5,10 +5,12 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::events::EventType;
+use crate::idempotency::{self, NewRecord, StoredResponse};
+use crate::inventory::SkuRow;
 use crate::jobs::{self, Step, StepJob};
 
 /// Where an order is in its life. Persisted and shown as the upper-case strings of [`OrderStatus::as_str`].
@@ -224,18 +226,131 @@ pub struct NewOrder {
     pub trace_id: Option<String>,
     /// (sku, quantity, unit price snapshot), in request order.
     pub lines: Vec<(String, i64, i64)>,
+    /// Its first job's id (reserve): see [`jobs::new_job_id`].
+    pub job_id: String,
+    /// The creating transaction's timestamp ([`Admission::now`]), so the rows below are the rows as written.
+    pub created_at: DateTime<Utc>,
+}
+
+impl NewOrder {
+    /// The order's row as [`insert`] writes it.
+    pub fn row(&self) -> OrderRow {
+        OrderRow {
+            id: self.id,
+            customer_id: self.customer_id.clone(),
+            currency: self.currency.clone(),
+            total: self.total,
+            status: OrderStatus::Created.as_str().to_owned(),
+            payment_token: self.payment_token.clone(),
+            cancel_reason: None,
+            cancel_note: None,
+            current_step: Some(Step::Reserve.name().to_owned()),
+            last_error: None,
+            job_id: Some(self.job_id.clone()),
+            reserved_until: None,
+            trace_id: self.trace_id.clone(),
+            created_at: self.created_at,
+            updated_at: self.created_at,
+        }
+    }
+
+    /// The order's lines as [`insert`] writes them, numbered from 1 in request order.
+    pub fn line_rows(&self) -> Vec<OrderLineRow> {
+        self.lines
+            .iter()
+            .zip(1..)
+            .map(|((sku, quantity, unit_price), line_no)| OrderLineRow {
+                order_id: self.id,
+                line_no,
+                sku: sku.clone(),
+                quantity: *quantity,
+                unit_price: *unit_price,
+            })
+            .collect()
+    }
 }
 
 pub(crate) const ORDER_COLUMNS: &str = "id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, \
      current_step, last_error, job_id, reserved_until, trace_id, created_at, updated_at";
 
-/// Inserts the order in CREATED, its lines, its `order.created` event and its first saga job (reserve, with
-/// its `saga_jobs` row, as `jobs::enqueue` writes one); returns the rows as written.
+/// What order creation reads before it writes, in one round trip (see [`admit`]).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Whether this transaction now holds the request's Idempotency-Key; if not, a request with the same key
+    /// is in flight, and nothing else was read.
+    pub key_held: bool,
+    /// The record of an earlier request with the key; if there is one, the skus were not read.
+    pub stored: Option<StoredResponse>,
+    /// The skus the order names that exist.
+    pub skus: Vec<SkuRow>,
+    /// The transaction's timestamp: the order's `created_at`.
+    pub now: DateTime<Utc>,
+}
+
+/// Takes the lock of the Idempotency-Key `key` for the rest of the transaction and reads, in the same
+/// statement, the key's stored record, the skus `skus` and the transaction's timestamp (see
+/// [`crate::idempotency`] for the one race this leaves and how it ends).
+#[tracing::instrument(skip_all, err)]
+pub async fn admit(conn: &mut PgConnection, key: &str, skus: &[&str]) -> Result<Admission, sqlx::Error> {
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            r#"with l as (select {} as held)
+               select l.held, now() as now,
+                      i.request_hash, i.order_id, i.response_status, i.response_body,
+                      s.sku, s.on_hand, s.reserved, s.price, s.currency, s.created_at, s.updated_at
+               from l
+               left join idempotency_keys i on l.held and i.key = $1
+               left join skus s on l.held and i.key is null and s.sku = any($2)"#,
+            idempotency::try_lock_sql(1)
+        )
+    });
+    let rows = sqlx::query(sqlx::AssertSqlSafe(STATEMENT.as_str()))
+        .bind(key)
+        .bind(skus)
+        .fetch_all(&mut *conn)
+        .await?;
+    let first = rows.first().ok_or_else(|| sqlx::Error::RowNotFound)?;
+    let stored = match first.try_get::<Option<Uuid>, _>("order_id")? {
+        Some(order_id) => Some(StoredResponse {
+            request_hash: first.try_get("request_hash")?,
+            order_id,
+            response_status: first.try_get("response_status")?,
+            response_body: first.try_get("response_body")?,
+        }),
+        None => None,
+    };
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(sku) = row.try_get::<Option<String>, _>("sku")? {
+            found.push(SkuRow {
+                sku,
+                on_hand: row.try_get("on_hand")?,
+                reserved: row.try_get("reserved")?,
+                price: row.try_get("price")?,
+                currency: row.try_get("currency")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            });
+        }
+    }
+    Ok(Admission {
+        key_held: first.try_get("held")?,
+        stored,
+        skus: found,
+        now: first.try_get("now")?,
+    })
+}
+
+/// Inserts the order in CREATED (its row is [`NewOrder::row`]), its lines, its `order.created` event, its first
+/// saga job (reserve, with its `saga_jobs` row, as `jobs::enqueue` writes one) and the request's idempotency
+/// record, in one statement. A key written meanwhile by another request fails it on
+/// [`idempotency::KEY_CONSTRAINT`].
 #[tracing::instrument(skip_all, fields(order_id = %order.id), err)]
 pub async fn insert(
     conn: &mut PgConnection,
     order: &NewOrder,
-) -> Result<(OrderRow, Vec<OrderLineRow>), sqlx::Error> {
+    record: &NewRecord<'_>,
+) -> Result<(), sqlx::Error> {
     let skus: Vec<&str> = order.lines.iter().map(|(sku, _, _)| sku.as_str()).collect();
     let quantities: Vec<i64> = order.lines.iter().map(|(_, q, _)| *q).collect();
     let prices: Vec<i64> = order.lines.iter().map(|(_, _, p)| *p).collect();
@@ -245,15 +360,15 @@ pub async fn insert(
         trace: None, // the job takes the order's trace id
     };
     // One statement, one round trip: the order already names its first job, so nothing updates it again. The
-    // job's parameters follow the order's ($12 on, in `jobs::bind_job`'s order): the order takes its job id ($12)
-    // and its current step ($13) from them.
+    // job's parameters follow the order's ($13 on, in `jobs::bind_job`'s order): the order takes its job id ($13)
+    // and its current step ($14) from them; the idempotency record's follow ($20 on).
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         format!(
             r#"with o as (
                insert into orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id,
-                                   job_id)
-               values ($1, $2, $3, $4, 'CREATED', $5, $13, $6, $12)
-               returning {ORDER_COLUMNS}
+                                   job_id, created_at, updated_at)
+               values ($1, $2, $3, $4, 'CREATED', $5, $14, $6, $13, $12, $12)
+               returning id, trace_id
            ),
            l as (
                insert into order_lines (order_id, line_no, sku, quantity, unit_price)
@@ -264,9 +379,11 @@ pub async fn insert(
                insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status)
                select $10, o.id, 1, $11, null, 'CREATED' from o
            ),
+           {},
            {}
-           select * from o"#,
-            jobs::job_ctes(12)
+           select 1"#,
+            jobs::job_ctes(13),
+            idempotency::record_cte(20)
         )
     });
     let query = sqlx::query(sqlx::AssertSqlSafe(STATEMENT.as_str()))
@@ -280,24 +397,13 @@ pub async fn insert(
         .bind(&quantities)
         .bind(&prices)
         .bind(Uuid::now_v7())
-        .bind(EventType::Created.as_str());
-    let row = jobs::bind_job(query, &jobs::new_job_id(), Step::Reserve, &first, None)
-        .fetch_one(&mut *conn)
+        .bind(EventType::Created.as_str())
+        .bind(order.created_at);
+    let query = jobs::bind_job(query, &order.job_id, Step::Reserve, &first, None);
+    idempotency::bind_record(query, record)
+        .execute(&mut *conn)
         .await?;
-    let row = OrderRow::from_row(&row)?;
-    let lines = order
-        .lines
-        .iter()
-        .zip(1..)
-        .map(|((sku, quantity, unit_price), line_no)| OrderLineRow {
-            order_id: order.id,
-            line_no,
-            sku: sku.clone(),
-            quantity: *quantity,
-            unit_price: *unit_price,
-        })
-        .collect();
-    Ok((row, lines))
+    Ok(())
 }
 
 pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {

@@ -18,6 +18,7 @@ use orderflow_shared::payment::{self, PaymentRow};
 use orderflow_shared::telemetry::TraceId;
 use orderflow_shared::{idempotency, inventory};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::extract::{JsonBody, OptionalJson, OrderId, limit_param};
@@ -208,37 +209,105 @@ pub async fn create(
     let payment_token = required_text("payment_token", &request.payment_token)?;
     let (currency, lines) = validate(&request)?;
     let fingerprint = idempotency::fingerprint(&body.value);
+    let creation = Creation {
+        key: &key,
+        fingerprint: &fingerprint,
+        customer_id,
+        payment_token,
+        currency,
+        lines,
+        trace,
+    };
+    // A request that committed the same key just as this one took the key's lock is not seen by the first
+    // read (see `idempotency`); this one's insert then fails on the key, and the second pass replays it.
+    let outcome = match create_once(&state, &creation).await {
+        Err(CreateError::KeyTaken) => create_once(&state, &creation).await,
+        other => other,
+    };
+    let created = match outcome {
+        Ok(created) => created,
+        Err(CreateError::Api(error)) => return Err(error),
+        // Taken again on the second pass: only a request still in flight could have.
+        Err(CreateError::KeyTaken) => return Err(ApiError::IdempotencyKeyInFlight),
+    };
+    let mut response = with_location(
+        (created.status, Json(created.body)).into_response(),
+        created.order_id,
+    );
+    if !created.replayed
+        && let Ok(value) = HeaderValue::from_str(&trace.traceparent(rand::random()))
+    {
+        response.headers_mut().insert("traceparent", value);
+    }
+    Ok(response)
+}
 
+/// The response to a create request: a new order's, or the stored one of a repeat.
+struct Created {
+    status: StatusCode,
+    body: Value,
+    order_id: Uuid,
+    replayed: bool,
+}
+
+/// A validated create request.
+struct Creation<'a> {
+    key: &'a str,
+    fingerprint: &'a [u8],
+    customer_id: String,
+    payment_token: String,
+    currency: Currency,
+    lines: Vec<(String, Quantity)>,
+    trace: TraceId,
+}
+
+enum CreateError {
+    Api(ApiError),
+    /// Another request committed this Idempotency-Key after this one's first read.
+    KeyTaken,
+}
+
+impl<E: Into<ApiError>> From<E> for CreateError {
+    fn from(error: E) -> Self {
+        Self::Api(error.into())
+    }
+}
+
+/// One pass of order creation in one transaction, three statements: the key's lock with what creation reads
+/// (`order::admit`), the order with everything it writes (`order::insert`), commit. Returns the response, the
+/// stored one for a repeat.
+async fn create_once(state: &AppState, request: &Creation<'_>) -> Result<Created, CreateError> {
     let mut tx = state.pool.begin().await?;
-    if !idempotency::try_lock(&mut tx, &key).await? {
-        return Err(ApiError::IdempotencyKeyInFlight);
+    let sku_codes: Vec<&str> = request.lines.iter().map(|(sku, _)| sku.as_str()).collect();
+    let admission = order::admit(&mut tx, request.key, &sku_codes).await?;
+    if !admission.key_held {
+        return Err(ApiError::IdempotencyKeyInFlight.into());
     }
     #[cfg(feature = "failpoints")]
-    hold_key_failpoint(&key).await;
-    if let Some(stored) = idempotency::find(&mut *tx, &key).await? {
-        if stored.request_hash != fingerprint {
-            return Err(ApiError::IdempotencyKeyReused);
+    hold_key_failpoint(request.key).await;
+    if let Some(stored) = admission.stored {
+        if stored.request_hash != request.fingerprint {
+            return Err(ApiError::IdempotencyKeyReused.into());
         }
         let status = u16::try_from(stored.response_status)
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::ACCEPTED);
-        return Ok(with_location(
-            (status, Json(stored.response_body)).into_response(),
-            stored.order_id,
-        ));
+        return Ok(Created {
+            status,
+            body: stored.response_body,
+            order_id: stored.order_id,
+            replayed: true,
+        });
     }
 
-    let sku_codes: Vec<&str> = lines.iter().map(|(sku, _)| sku.as_str()).collect();
-    let catalogue: HashMap<String, inventory::SkuRow> = inventory::find_many(&mut *tx, &sku_codes)
-        .await?
-        .into_iter()
-        .map(|s| (s.sku.clone(), s))
-        .collect();
-    let mut priced = Vec::with_capacity(lines.len());
-    for (i, (sku, quantity)) in lines.iter().enumerate() {
+    let catalogue: HashMap<&str, &inventory::SkuRow> =
+        admission.skus.iter().map(|s| (s.sku.as_str(), s)).collect();
+    let currency = &request.currency;
+    let mut priced = Vec::with_capacity(request.lines.len());
+    for (i, (sku, quantity)) in request.lines.iter().enumerate() {
         let row = catalogue
-            .get(sku)
+            .get(sku.as_str())
             .ok_or_else(|| ApiError::validation(format!("lines[{i}].sku"), format!("unknown sku {sku:?}")))?;
         if row.currency != currency.as_str() {
             return Err(ApiError::validation(
@@ -247,7 +316,8 @@ pub async fn create(
                     "sku {sku:?} is priced in {}, the order is in {currency}",
                     row.currency
                 ),
-            ));
+            )
+            .into());
         }
         priced.push((sku.clone(), *quantity, row.price));
     }
@@ -256,34 +326,38 @@ pub async fn create(
 
     let new_order = NewOrder {
         id: Uuid::now_v7(),
-        customer_id,
+        customer_id: request.customer_id.clone(),
         currency: currency.to_string(),
         total,
-        payment_token,
-        trace_id: Some(trace.to_string()),
+        payment_token: request.payment_token.clone(),
+        trace_id: Some(request.trace.to_string()),
         lines: priced.into_iter().map(|(sku, q, p)| (sku, q.get(), p)).collect(),
+        job_id: jobs::new_job_id(),
+        created_at: admission.now,
     };
     tracing::Span::current().record("order_id", tracing::field::display(new_order.id));
-    // The order, its lines, its event and its first job (reserve) in one statement.
-    let (row, lines) = order::insert(&mut tx, &new_order).await?;
-    let view = OrderView::new(row, lines, None);
+    // The response is known before the insert (the rows as they will be written), so the idempotency record
+    // goes in the same statement as the order, its lines, its event and its first job (reserve).
+    let view = OrderView::new(new_order.row(), new_order.line_rows(), None);
     let body = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.into()))?;
-    idempotency::store(
-        &mut *tx,
-        &key,
-        &fingerprint,
-        view.id,
-        StatusCode::ACCEPTED.as_u16(),
-        &body,
-    )
-    .await?;
+    let record = idempotency::NewRecord {
+        key: request.key,
+        request_hash: request.fingerprint,
+        response_status: StatusCode::ACCEPTED.as_u16(),
+        response_body: &body,
+    };
+    match order::insert(&mut tx, &new_order, &record).await {
+        Err(error) if idempotency::is_key_taken(&error) => return Err(CreateError::KeyTaken),
+        other => other?,
+    }
     tx.commit().await?;
     tracing::info!(order_id = %view.id, total = view.total, "order accepted");
-    let mut response = with_location((StatusCode::ACCEPTED, Json(body)).into_response(), view.id);
-    if let Ok(value) = HeaderValue::from_str(&trace.traceparent(rand::random())) {
-        response.headers_mut().insert("traceparent", value);
-    }
-    Ok(response)
+    Ok(Created {
+        status: StatusCode::ACCEPTED,
+        body,
+        order_id: view.id,
+        replayed: false,
+    })
 }
 
 /// Failpoint `api.create_order.after_lock`: configured as `return(<key>)`, a create with that Idempotency-Key
