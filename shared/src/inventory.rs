@@ -35,15 +35,6 @@ pub async fn find(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<Sku
     .await
 }
 
-pub async fn find_many(executor: impl PgExecutor<'_>, skus: &[&str]) -> Result<Vec<SkuRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {SKU_COLUMNS} from skus where sku = any($1)"
-    )))
-    .bind(skus)
-    .fetch_all(executor)
-    .await
-}
-
 /// Creates the sku or sets its stock and price. Returns the row and whether it was created. Lowering `on_hand`
 /// below what is reserved fails on [`RESERVED_LE_ON_HAND`].
 pub async fn upsert(
