@@ -144,6 +144,8 @@ sql "alter database $PGDB reset synchronous_commit"
 
 bench() { target/release/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" \
   --duration "$T" --warmup 3 "$@" >/dev/null; }
+# A figure from a run's results: j <label> <python expression over its JSON, d>.
+j() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print(eval(sys.argv[1]))" "$2"; }
 # Sagas first: creation runs leave a backlog of sagas behind them that the worker would still be working off.
 echo "== service: full sagas at $SAGA_RATE/s"
 bench --mode saga --rate "$SAGA_RATE" --label saga
@@ -155,7 +157,7 @@ SUSTAINED_P99=0
 for rate in $SAGA_STEPS; do
   echo "== service: full sagas at $rate/s (sustained?)"
   bench --mode saga --rate "$rate" --label "saga-$rate"
-  read -r done_rate unfinished p99 < <(python3 -c "import json; d=json.load(open('$OUT/saga-$rate.json')); print(d['sagas_per_s'], d.get('sagas_unfinished', 0), round(d['saga_latency']['p99_ms']))")
+  read -r done_rate unfinished p99 <<<"$(j "saga-$rate" "' '.join(map(str, (d['sagas_per_s'], d.get('sagas_unfinished', 0), round(d['saga_latency']['p99_ms']))))")"
   echo "   $done_rate sagas/s, $unfinished unfinished, submit-to-end p99 $p99 ms"
   if [ "$unfinished" = 0 ] && awk -v a="$done_rate" -v r="$rate" 'BEGIN {exit !(a >= 0.95 * r)}'; then
     SUSTAINED=$rate; SUSTAINED_RATE=$(printf '%.1f' "$done_rate"); SUSTAINED_P99=$p99
@@ -210,7 +212,6 @@ wait $BENCH
 kill $WORKER; wait $WORKER 2>/dev/null || true
 WORKER=
 
-j() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print(eval(sys.argv[1]))" "$2"; }
 SAT=$(j create-saturation "round(d['create_achieved_per_s'], 1)")
 HALF_P99=$(j create-half "d['create_latency']['p99_ms']")
 SAGAS=$(j saga "round(d['sagas_per_s'], 1)")

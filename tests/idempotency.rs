@@ -6,6 +6,15 @@ use serde_json::Value;
 
 use crate::helpers::{order_body, spawn_app};
 
+/// The API without an in-process worker: orders stay as created.
+async fn without_worker() -> crate::helpers::TestApp {
+    crate::helpers::spawn_app_with(crate::helpers::Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await
+}
+
 async fn order_count(app: &crate::helpers::TestApp) -> i64 {
     sqlx::query_scalar("select count(*) from orders")
         .fetch_one(&app.pool)
@@ -112,11 +121,7 @@ async fn many_concurrent_requests_with_one_key_create_one_order() {
 /// API's insert of the key waits for it, fails on the key once it commits, and the request replays its record.
 #[tokio::test]
 async fn a_key_committed_after_the_first_read_is_replayed_not_created_twice() {
-    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = without_worker().await;
     app.put_sku("A", 5, 1000).await;
     let body = order_body("idem", &[("A", 1)], "pm_card_visa");
     let earlier = app
@@ -161,11 +166,7 @@ async fn a_key_committed_after_the_first_read_is_replayed_not_created_twice() {
 /// statement): it must be the order exactly as stored.
 #[tokio::test]
 async fn the_creation_response_is_the_order_as_stored() {
-    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = without_worker().await;
     app.put_sku("A", 5, 1000).await;
     app.put_sku("B", 5, 250).await;
 
@@ -216,11 +217,7 @@ async fn missing_key_is_a_bad_request() {
 async fn a_client_hanging_up_mid_request_does_not_cut_the_handler_short() {
     let _scenario = fail::FailScenario::setup();
     fail::cfg("api.create_order.after_lock", "return(hang-up)").unwrap();
-    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = without_worker().await;
     app.put_sku("H", 10, 100).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))

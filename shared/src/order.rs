@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgExecutor, Row};
+use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::events::EventType;
@@ -309,28 +309,17 @@ pub async fn admit(conn: &mut PgConnection, key: &str, skus: &[&str]) -> Result<
         .bind(skus)
         .fetch_all(&mut *conn)
         .await?;
-    let first = rows.first().ok_or_else(|| sqlx::Error::RowNotFound)?;
+    let first = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+    // The joins leave the record's columns null when there is none, and the sku columns null on the one row
+    // without a sku.
     let stored = match first.try_get::<Option<Uuid>, _>("order_id")? {
-        Some(order_id) => Some(StoredResponse {
-            request_hash: first.try_get("request_hash")?,
-            order_id,
-            response_status: first.try_get("response_status")?,
-            response_body: first.try_get("response_body")?,
-        }),
+        Some(_) => Some(StoredResponse::from_row(first)?),
         None => None,
     };
     let mut found = Vec::with_capacity(rows.len());
     for row in &rows {
-        if let Some(sku) = row.try_get::<Option<String>, _>("sku")? {
-            found.push(SkuRow {
-                sku,
-                on_hand: row.try_get("on_hand")?,
-                reserved: row.try_get("reserved")?,
-                price: row.try_get("price")?,
-                currency: row.try_get("currency")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-            });
+        if row.try_get::<Option<String>, _>("sku")?.is_some() {
+            found.push(SkuRow::from_row(row)?);
         }
     }
     Ok(Admission {
