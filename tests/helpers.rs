@@ -327,16 +327,15 @@ pub fn transitions(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// A binary of the workspace next to the test binary (`target/<profile>/`). The README's test command builds
-/// them first (`cargo build --workspace --bins …`).
+/// A binary of the workspace next to the test binary (`target/<profile>/`). The README's test command
+/// (`tests/run.sh`) builds them with the tests.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test binary> -> target/<profile>/<name>
     let binary = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
     assert!(
         binary.is_file(),
-        "{} is missing: run `cargo build --workspace --bins --features orderflow-worker/failpoints` first \
-         (the README's test command does)",
+        "{} is missing: run the tests with `bash tests/run.sh`, which builds it",
         binary.display()
     );
     binary
