@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use orderflow_shared::jobs::Step;
+use orderflow_shared::flow::Step;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -321,7 +321,7 @@ async fn a_parked_saga_can_be_retried_and_then_resolved_after_manual_repair() {
     let _scenario = fail::FailScenario::setup();
     fail::cfg("worker.cancel_payment.before", "return(parked)").unwrap();
     let app = spawn_app_with(Options {
-        tune: |s| s.max_compensation_attempts = 2,
+        tune: |s| s.attempts.compensation = 2,
         ..Options::default()
     })
     .await;

@@ -1,13 +1,11 @@
-//! Steps run for many orders at once (`orderflow_worker::batch`): the same outcomes as one order at a time,
-//! first come first served on stock, idempotent when a batch runs again, and the odd job handed to the
-//! one-order path. The batches are driven by hand here (no worker running) so each one's make-up is known.
+//! Steps run for many orders at once (`orderflow_worker::runner`): the same outcomes as one order at a time,
+//! first come first served on stock, idempotent when a batch runs again, an order named twice run once, and a
+//! batch that fails before its commit run again order by order. The batches are driven by hand here (no worker
+//! running) so each one's make-up is known.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use orderflow_shared::jobs::{Step, StepJob};
-use orderflow_worker::Saga;
-use orderflow_worker::payments::PaymentsClient;
+use orderflow_shared::flow::Step;
+use orderflow_shared::queue::StepJob;
+use orderflow_worker::Runner;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -22,13 +20,13 @@ async fn app_without_worker() -> TestApp {
     .await
 }
 
-fn saga(app: &TestApp) -> Arc<Saga> {
-    Arc::new(Saga {
-        pool: app.pool.clone(),
-        payments: PaymentsClient::new(&app.paysim, Duration::from_secs(5)).unwrap(),
-        settings: worker_settings(&app.paysim),
-        instance: "batch-test".to_owned(),
-    })
+fn runner(app: &TestApp) -> Runner {
+    Runner::new(
+        app.pool.clone(),
+        worker_settings(&app.paysim),
+        "batch-test".to_owned(),
+    )
+    .unwrap()
 }
 
 fn jobs(ids: &[Uuid]) -> Vec<StepJob> {
@@ -83,7 +81,7 @@ async fn a_reserve_batch_sells_the_stock_first_come_first_served_and_a_rerun_cha
     let app = app_without_worker().await;
     app.put_sku("HOT", 5, 1_000).await;
     app.put_sku("SIDE", 1, 500).await;
-    let saga = saga(&app);
+    let runner = runner(&app);
     // In batch order: three singles, a two-line order whose SIDE fits but whose HOT does not once the stock
     // is gone, a single that takes SIDE after all (the misfit held nothing), then more singles than stock.
     let mut ids = Vec::new();
@@ -105,7 +103,7 @@ async fn a_reserve_batch_sells_the_stock_first_come_first_served_and_a_rerun_cha
         );
     }
 
-    let results = saga.run_batch(Step::Reserve, jobs(&ids)).await;
+    let results = runner.run_batch(Step::Reserve, jobs(&ids)).await;
 
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let expected = [
@@ -161,7 +159,7 @@ async fn a_reserve_batch_sells_the_stock_first_come_first_served_and_a_rerun_cha
     }
 
     // apalis re-runs a job whose ack was lost: the same batch again finds nothing to do.
-    let again = saga.run_batch(Step::Reserve, jobs(&ids)).await;
+    let again = runner.run_batch(Step::Reserve, jobs(&ids)).await;
 
     assert!(again.iter().all(Result::is_ok));
     assert_eq!(statuses(&app, &ids).await, expected);
@@ -174,7 +172,7 @@ async fn a_reserve_batch_sells_the_stock_first_come_first_served_and_a_rerun_cha
 async fn batches_carry_orders_to_fulfilled_charge_once_and_send_a_decline_to_compensation() {
     let app = app_without_worker().await;
     app.put_sku("W", 100, 1_000).await;
-    let saga = saga(&app);
+    let runner = runner(&app);
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(
@@ -189,7 +187,8 @@ async fn batches_carry_orders_to_fulfilled_charge_once_and_send_a_decline_to_com
     let paid: Vec<Uuid> = ids[..6].to_vec();
 
     assert!(
-        saga.run_batch(Step::Reserve, jobs(&ids))
+        runner
+            .run_batch(Step::Reserve, jobs(&ids))
             .await
             .iter()
             .all(Result::is_ok)
@@ -197,22 +196,25 @@ async fn batches_carry_orders_to_fulfilled_charge_once_and_send_a_decline_to_com
     // The same order twice in one batch: the repeat runs alone after the batch and finds nothing to do.
     let mut pay = jobs(&ids);
     pay.push(pay[0]);
-    assert!(saga.run_batch(Step::Pay, pay).await.iter().all(Result::is_ok));
+    assert!(runner.run_batch(Step::Pay, pay).await.iter().all(Result::is_ok));
     assert!(
-        saga.run_batch(Step::Commit, jobs(&paid))
+        runner
+            .run_batch(Step::Commit, jobs(&paid))
             .await
             .iter()
             .all(Result::is_ok)
     );
-    // A commit job that runs again after its capture was recorded goes the one-order way: nothing changes.
+    // A commit job that runs again after its capture was recorded finds its work done: nothing changes.
     assert!(
-        saga.run_batch(Step::Commit, jobs(&paid[..2]))
+        runner
+            .run_batch(Step::Commit, jobs(&paid[..2]))
             .await
             .iter()
             .all(Result::is_ok)
     );
     assert!(
-        saga.run_batch(Step::Fulfil, jobs(&paid))
+        runner
+            .run_batch(Step::Fulfil, jobs(&paid))
             .await
             .iter()
             .all(Result::is_ok)
@@ -267,7 +269,7 @@ async fn a_batch_that_fails_before_it_ends_writes_nothing_and_its_jobs_run_alone
     fail::cfg("worker.batch.before_end", "return(c2)").unwrap();
     let app = app_without_worker().await;
     app.put_sku("S", 3, 1_000).await;
-    let saga = saga(&app);
+    let runner = runner(&app);
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
@@ -276,10 +278,10 @@ async fn a_batch_that_fails_before_it_ends_writes_nothing_and_its_jobs_run_alone
         );
     }
 
-    let results = saga.run_batch(Step::Reserve, jobs(&ids)).await;
+    let results = runner.run_batch(Step::Reserve, jobs(&ids)).await;
 
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    // The batch rolled back (its STARTED rows with it) and each job ran alone: the stock sold once, one
+    // The batch rolled back (its step-log rows with it) and each job ran alone: the stock sold once, one
     // closed attempt per order.
     let mut ended = statuses(&app, &ids).await;
     ended.sort();
@@ -313,7 +315,7 @@ async fn a_pay_batch_that_fails_after_its_calls_retries_later_without_a_second_h
     let _scenario = fail::FailScenario::setup();
     let app = app_without_worker().await;
     app.put_sku("P", 10, 1_000).await;
-    let saga = saga(&app);
+    let runner = runner(&app);
     let mut ids = Vec::new();
     for i in 0..3 {
         ids.push(
@@ -322,14 +324,15 @@ async fn a_pay_batch_that_fails_after_its_calls_retries_later_without_a_second_h
         );
     }
     assert!(
-        saga.run_batch(Step::Reserve, jobs(&ids))
+        runner
+            .run_batch(Step::Reserve, jobs(&ids))
             .await
             .iter()
             .all(Result::is_ok)
     );
     fail::cfg("worker.batch.before_record", "return(p1)").unwrap();
 
-    let results = saga.run_batch(Step::Pay, jobs(&ids)).await;
+    let results = runner.run_batch(Step::Pay, jobs(&ids)).await;
 
     // The holds were placed, but recording them failed: each attempt is settled as a transient failure, with
     // a second attempt queued after the backoff.
@@ -347,7 +350,7 @@ async fn a_pay_batch_that_fails_after_its_calls_retries_later_without_a_second_h
     }
 
     fail::remove("worker.batch.before_record");
-    let results = saga.run_batch(Step::Pay, retries).await;
+    let results = runner.run_batch(Step::Pay, retries).await;
 
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(statuses(&app, &ids).await, vec!["PAID"; 3]);

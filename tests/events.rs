@@ -27,7 +27,7 @@ fn relay_to(nats_url: &str) -> RelaySettings {
         nats_url: nats_url.to_owned(),
         stream: format!("TEST_{}", id.to_uppercase()),
         subject_prefix: format!("t{id}"),
-        batch_size: 50,
+        page_size: 50,
         idle_interval: Duration::from_millis(50),
     }
 }
@@ -437,7 +437,8 @@ async fn the_events_feed_rejects_a_bad_cursor_or_limit_naming_the_parameter() {
 
 /// The relay's throughput: `RELAY_BENCH_EVENTS` (default 50,000) unpublished events, one relay, timed until the
 /// outbox is empty. A measurement, not a check: run it with
-/// `cargo nextest run --cargo-profile release --run-ignored only -E 'test(relay_throughput)' --no-capture`.
+/// `cargo nextest run --cargo-profile release --run-ignored only -E 'test(relay_throughput)' --no-capture`
+/// (`ORDERFLOW_RELAY_PAGE_SIZE` to try another page size).
 #[tokio::test]
 #[ignore = "benchmark; run on purpose"]
 async fn relay_throughput() {
@@ -445,7 +446,7 @@ async fn relay_throughput() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(50_000);
-    let batch: i64 = std::env::var("ORDERFLOW_RELAY_BATCH")
+    let page_size: i64 = std::env::var("ORDERFLOW_RELAY_PAGE_SIZE")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(500);
@@ -473,7 +474,7 @@ async fn relay_throughput() {
     .await
     .unwrap();
     let mut relay = relay_to(NATS);
-    relay.batch_size = batch;
+    relay.page_size = page_size;
     let stats = Arc::new(orderflow_worker::relay::RelayStats::default());
     let started = std::time::Instant::now();
     tokio::spawn(orderflow_worker::relay::run(
@@ -487,7 +488,7 @@ async fn relay_throughput() {
 
     let published = stats.published.load(Ordering::Relaxed);
     println!(
-        "relay: {published} events in {:.2} s = {:.0} events/s (batch {batch})",
+        "relay: {published} events in {:.2} s = {:.0} events/s (page size {page_size})",
         elapsed.as_secs_f64(),
         published as f64 / elapsed.as_secs_f64()
     );

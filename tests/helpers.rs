@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use orderflow_shared::jobs::Step;
 use orderflow_shared::settings::WorkerSettings;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -71,27 +70,21 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
 
+/// The shipped settings, quicker where a test would otherwise wait: a smaller worker, short retries, polls and
+/// reconciler passes, and the simulator at `payments_url`.
 pub fn worker_settings(payments_url: &str) -> WorkerSettings {
     WorkerSettings {
         payments_url: payments_url.to_owned(),
-        steps: Step::ALL.to_vec(),
         concurrency: 16,
-        batch_size: 8,
-        step_batch: 64,
+        fetch_size: 8,
         poll_interval: Duration::from_millis(200),
         retry_base_delay: Duration::from_millis(200),
         retry_max_delay: Duration::from_secs(2),
-        max_step_attempts: 8,
-        max_compensation_attempts: 12,
-        step_max_attempts: Default::default(),
         payments_timeout: Duration::from_secs(5),
         step_timeout: Duration::from_secs(30),
-        reservation_ttl: Duration::from_secs(900),
         reconcile_interval: Duration::from_millis(250),
-        done_job_retention: Duration::from_secs(3_600),
         shutdown_grace: Duration::from_secs(10),
-        relay: None,
-        metrics_addr: None,
+        ..WorkerSettings::default()
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use orderflow_shared::jobs::Step;
+use orderflow_shared::flow::Step;
 
 use crate::helpers::{Options, TestApp, spawn_app_with, transitions};
 
@@ -93,7 +93,7 @@ async fn a_compensation_that_keeps_failing_parks_the_order_needing_attention() {
     let _scenario = fail::FailScenario::setup();
     fail::cfg("worker.cancel_payment.before", "return(stuck)").unwrap();
     let app = spawn_app_with(Options {
-        tune: |s| s.max_compensation_attempts = 3,
+        tune: |s| s.attempts.compensation = 3,
         ..Options::default()
     })
     .await;
@@ -141,8 +141,8 @@ async fn each_step_has_its_own_attempt_budget() {
     fail::cfg("worker.pay.before_authorize", "return(budget)").unwrap();
     let app = spawn_app_with(Options {
         tune: |s| {
-            s.max_step_attempts = 8;
-            s.step_max_attempts.insert(Step::Pay, 2);
+            s.attempts.forward = 8;
+            s.attempts.per_step.insert(Step::Pay, 2);
         },
         ..Options::default()
     })
@@ -175,7 +175,9 @@ async fn old_done_jobs_are_deleted_and_the_saga_keeps_its_history() {
     let id = app.create_order("purger", &[("P", 1)], "pm_card_visa").await;
     let order = app.wait_for(id, &["FULFILLED"], Duration::from_secs(20)).await;
     assert_eq!(order["status"], "FULFILLED", "{order}");
-    let jobs = orderflow_shared::admin::jobs(&app.pool, id).await.unwrap();
+    let jobs = orderflow_shared::queue::views::jobs_of_order(&app.pool, id)
+        .await
+        .unwrap();
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     assert_eq!(ids.len(), 4, "reserve, pay, commit, fulfil: {jobs:?}");
     // The worker's completion writer records the ends in the background: wait until all four are Done.
@@ -204,10 +206,10 @@ async fn old_done_jobs_are_deleted_and_the_saga_keeps_its_history() {
         .unwrap();
 
     let retention = Duration::from_secs(3_600);
-    let first = orderflow_shared::recovery::purge_done_jobs(&app.pool, retention, 1)
+    let first = orderflow_shared::queue::upkeep::purge_done_jobs(&app.pool, retention, 1)
         .await
         .unwrap();
-    let rest = orderflow_shared::recovery::purge_done_jobs(&app.pool, retention, 100)
+    let rest = orderflow_shared::queue::upkeep::purge_done_jobs(&app.pool, retention, 100)
         .await
         .unwrap();
     assert_eq!(
@@ -224,11 +226,13 @@ async fn old_done_jobs_are_deleted_and_the_saga_keeps_its_history() {
     let mut kept = vec![ids[2].clone(), ids[3].clone()];
     kept.sort();
     assert_eq!(left, kept, "the failed job and the recent Done job stay");
-    let history = orderflow_shared::admin::jobs(&app.pool, id).await.unwrap();
+    let history = orderflow_shared::queue::views::jobs_of_order(&app.pool, id)
+        .await
+        .unwrap();
     assert_eq!(
         history
             .iter()
-            .map(|j| (j.id.clone(), j.status.clone()))
+            .map(|j| (j.id.clone(), j.status.map(|s| s.as_str().to_owned())))
             .collect::<Vec<_>>(),
         vec![
             (ids[0].clone(), None),

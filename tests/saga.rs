@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use orderflow_shared::jobs::Step;
+use orderflow_shared::flow::Step;
 
 use crate::helpers::{Options, order_body, spawn_app, spawn_app_with, transitions};
 
@@ -152,11 +152,14 @@ async fn slow_provider_still_completes() {
     assert_eq!(app.intents_of(id).await.len(), 1);
 }
 
-/// `jobs::enqueue` writes apalis's row itself, payload built in SQL: it must read back as the `StepJob` the
-/// worker decodes, with the order's trace, the asked delay, apalis's columns, and the order pointing at it.
+/// The statements that queue jobs (order creation, `order::advance`) write apalis's row themselves, payload built
+/// in SQL by the queue's one job SQL: it must read back as the `StepJob` the worker decodes, with the order's
+/// trace, the asked delay, apalis's columns, and the order pointing at it.
 #[tokio::test]
 async fn an_enqueued_job_is_the_step_job_apalis_hands_the_worker() {
-    use orderflow_shared::jobs::{self, Step, StepJob};
+    use orderflow_shared::flow::Step;
+    use orderflow_shared::order::{self, Move};
+    use orderflow_shared::queue::{self, NextJob, StepJob};
 
     let app = spawn_app_with(Options {
         worker: false,
@@ -171,7 +174,7 @@ async fn an_enqueued_job_is_the_step_job_apalis_hands_the_worker() {
         .await
         .unwrap();
 
-    // The order was written with its first job in one statement (order::insert): the order names it, and it is
+    // The order was written with its first job in one statement (order creation): the order names it, and it is
     // the reserve step's job for this order, attempt 1, with the order's trace.
     let (first_id, step, queue, payload, status, listed): (String, String, String, Vec<u8>, String, i64) =
         sqlx::query_as(
@@ -195,15 +198,25 @@ async fn an_enqueued_job_is_the_step_job_apalis_hands_the_worker() {
     );
 
     let mut tx = app.pool.begin().await.unwrap();
-    let retry = StepJob {
-        order_id: id,
+    let locked = order::lock(&mut tx, id).await.unwrap().unwrap();
+    let retry = NextJob {
+        step: Step::Pay,
         attempt: 3,
+        delay: Some(Duration::from_secs(90)),
         trace: None,
     };
-    let job_id = jobs::enqueue(&mut tx, Step::Pay, retry, Some(Duration::from_secs(90)))
+    let queued = Move {
+        next: Some(retry),
+        ..Move::new(&locked)
+    };
+    order::advance(&mut tx, &[queued]).await.unwrap();
+    tx.commit().await.unwrap();
+    let job_id: String = sqlx::query_scalar("select job_id from orders where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
         .await
         .unwrap();
-    tx.commit().await.unwrap();
+    assert_ne!(job_id, first_id, "the order names its new job");
 
     type Row = (String, Vec<u8>, String, i32, i32, f64, Option<String>);
     let (queue, payload, status, attempts, max_attempts, delay, lock_by): Row = sqlx::query_as(
@@ -221,7 +234,7 @@ async fn an_enqueued_job_is_the_step_job_apalis_hands_the_worker() {
     assert_eq!(decoded.trace.map(|t| t.to_string()), Some(trace.clone()));
     assert_eq!(
         (queue.as_str(), status.as_str(), attempts, max_attempts, lock_by),
-        ("orderflow.pay", "Pending", 0, jobs::APALIS_MAX_ATTEMPTS, None)
+        ("orderflow.pay", "Pending", 0, queue::APALIS_MAX_ATTEMPTS, None)
     );
     assert!((88.0..=90.5).contains(&delay), "run_at is {delay} s away");
 

@@ -4,6 +4,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use orderflow_shared::operator::Operator;
 use orderflow_shared::settings::Role;
 
 use crate::{ApiError, AppState};
@@ -16,15 +17,11 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Refuses unless the caller may act.
-    pub fn require_operator(&self) -> Result<(), ApiError> {
-        if self.role == Role::Operator {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "{} is a viewer; retry, compensate and resolve need an operator token",
-                self.name
-            )))
+    /// The caller as the operator actions know them.
+    pub fn operator(&self) -> Operator {
+        Operator {
+            name: self.name.clone(),
+            role: self.role,
         }
     }
 }

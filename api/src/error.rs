@@ -3,6 +3,10 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use orderflow_shared::input::FieldError;
+use orderflow_shared::operator::ActionError;
+use orderflow_shared::order::create::CreateError;
+use orderflow_shared::order::{CancelError, TransitionError};
 use orderflow_shared::{db, inventory};
 use serde::Serialize;
 
@@ -158,14 +162,71 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<orderflow_shared::order::TransitionError> for ApiError {
-    fn from(error: orderflow_shared::order::TransitionError) -> Self {
+impl From<TransitionError> for ApiError {
+    fn from(error: TransitionError) -> Self {
         match error {
-            orderflow_shared::order::TransitionError::Database(e) => e.into(),
-            orderflow_shared::order::TransitionError::Invalid(e) => Self::Conflict {
+            TransitionError::Database(e) => e.into(),
+            TransitionError::Invalid(e) => Self::Conflict {
                 slug: "invalid-transition",
                 detail: e.to_string(),
             },
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> Self {
+        Self::Validation {
+            field: error.field,
+            message: error.message,
+        }
+    }
+}
+
+impl From<CreateError> for ApiError {
+    fn from(error: CreateError) -> Self {
+        match error {
+            CreateError::Invalid(e) => e.into(),
+            CreateError::KeyInFlight => Self::IdempotencyKeyInFlight,
+            CreateError::KeyReused => Self::IdempotencyKeyReused,
+            CreateError::Render(e) => {
+                Self::Internal(anyhow::Error::new(e).context("failed to render the order"))
+            }
+            CreateError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(error: CancelError) -> Self {
+        match error {
+            CancelError::NotFound(id) => Self::NotFound {
+                what: "order",
+                id: id.to_string(),
+            },
+            CancelError::Fulfilled(_) => Self::Conflict {
+                slug: "order-fulfilled",
+                detail: error.to_string(),
+            },
+            CancelError::Invalid(e) => e.into(),
+            CancelError::Transition(e) => e.into(),
+        }
+    }
+}
+
+impl From<ActionError> for ApiError {
+    fn from(error: ActionError) -> Self {
+        match error {
+            ActionError::NotFound(id) => Self::NotFound {
+                what: "saga",
+                id: id.to_string(),
+            },
+            ActionError::ViewerCannotAct(_) => Self::Forbidden(error.to_string()),
+            ActionError::NotAllowed(detail) => Self::Conflict {
+                slug: "action-not-allowed",
+                detail,
+            },
+            ActionError::Transition(e) => e.into(),
         }
     }
 }

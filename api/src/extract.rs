@@ -89,16 +89,3 @@ impl<S: Send + Sync> FromRequestParts<S> for OrderId {
             .map_err(|_| ApiError::BadRequest(format!("order id {raw:?} is not a UUID")))
     }
 }
-
-/// The `limit` query parameter of a list: `default` when absent, else a whole number from 1 to `max`.
-pub fn limit_param(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
-    let Some(raw) = raw else {
-        return Ok(default);
-    };
-    raw.parse::<i64>()
-        .ok()
-        .filter(|l| (1..=max).contains(l))
-        .ok_or_else(|| {
-            ApiError::validation("limit", format!("{raw:?} is not a whole number from 1 to {max}"))
-        })
-}

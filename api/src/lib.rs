@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod openapi;
 mod routes;
+mod views;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,61 +1,24 @@
-//! What operators see and do: queue counts, sagas (stuck or not) with their steps, jobs, events and the
-//! operators' own actions. Read by the admin API; the actions themselves live there.
+//! What operators read: sagas (stuck or not), filtered and paged, and how the admin views parse durations. A
+//! saga's own story comes from its owners (`step_log`, `queue::views`, `events`, `operator`); what operators do
+//! is `operator`.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::jobs::Step;
-
-/// One queue's jobs by state.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct QueueStats {
-    pub queue: String,
-    /// Due and waiting for a worker.
-    pub pending: i64,
-    /// Waiting for their time (retries with backoff).
-    pub scheduled: i64,
-    /// Fetched by a worker (Queued or Running).
-    pub running: i64,
-    /// Failed, with apalis attempts left (re-run at once).
-    pub failed: i64,
-    /// Killed, or failed with no attempt left: the reconciler settles their sagas.
-    pub dead: i64,
-    /// Age of the oldest due job, if any.
-    pub oldest_pending_seconds: Option<f64>,
-}
-
-/// Every saga queue, with zeros for the idle ones.
-pub async fn queues(executor: impl PgExecutor<'_>) -> Result<Vec<QueueStats>, sqlx::Error> {
-    let names: Vec<&str> = Step::ALL.iter().map(|s| s.queue()).collect();
-    sqlx::query_as(
-        r#"select q.queue,
-                  count(j.id) filter (where j.status = 'Pending' and j.run_at <= now()) as pending,
-                  count(j.id) filter (where j.status = 'Pending' and j.run_at > now()) as scheduled,
-                  count(j.id) filter (where j.status in ('Queued', 'Running')) as running,
-                  count(j.id) filter (where j.status = 'Failed' and j.attempts < j.max_attempts) as failed,
-                  count(j.id) filter (where j.status = 'Killed'
-                                       or (j.status = 'Failed' and j.attempts >= j.max_attempts)) as dead,
-                  extract(epoch from now() - min(j.run_at) filter (
-                      where j.status = 'Pending' and j.run_at <= now()))::float8 as oldest_pending_seconds
-           from unnest($1::text[]) with ordinality as q(queue, n)
-           left join apalis.jobs j on j.job_type = q.queue and j.status <> 'Done'
-           group by q.queue, q.n
-           order by q.n"#,
-    )
-    .bind(names)
-    .fetch_all(executor)
-    .await
-}
+use crate::flow::Step;
+use crate::input::{self, FieldError};
+use crate::order::{CancelReason, OrderStatus};
+use crate::queue::{JobStatus, views};
 
 /// Filters of the saga list.
 #[derive(Debug, Clone, Default)]
 pub struct SagaFilter {
-    pub status: Option<String>,
-    pub step: Option<String>,
+    pub status: Option<OrderStatus>,
+    pub step: Option<Step>,
     /// Created more than this long ago.
     pub older_than: Option<Duration>,
     /// `last_error` contains this (case-insensitive).
@@ -67,33 +30,102 @@ pub struct SagaFilter {
     pub limit: i64,
 }
 
+/// The saga list's query as operators send it (`GET /admin/v1/sagas`); empty values count as absent.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct SagaQuery {
+    /// Order status (upper case).
+    pub status: Option<String>,
+    /// Current step (`reserve`, `pay`, `commit`, `fulfil`, `release_inventory`, `cancel_payment`).
+    pub step: Option<String>,
+    /// Created longer ago than this (`90s`, `5m`, `2h`, `1d`).
+    pub older_than: Option<String>,
+    /// `last_error` contains this text.
+    pub error: Option<String>,
+    /// `true`: only sagas not over without progress for longer than `stuck_after`.
+    pub stuck: Option<String>,
+    /// The stuck threshold; default `ORDERFLOW_STUCK_AFTER_SECS` (60 s).
+    pub stuck_after: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
+    /// 1–100, default 50.
+    pub limit: Option<String>,
+}
+
+impl SagaQuery {
+    /// The filter the query asks for; `default_stuck_after` when it names no threshold.
+    pub fn filter(&self, default_stuck_after: Duration) -> Result<SagaFilter, FieldError> {
+        let stuck = match given(&self.stuck) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(FieldError::new(
+                    "stuck",
+                    format!("{other:?} is not true or false"),
+                ));
+            }
+        };
+        let stuck_after = duration("stuck_after", given(&self.stuck_after))?.unwrap_or(default_stuck_after);
+        Ok(SagaFilter {
+            status: given(&self.status)
+                .map(|s| input::one_of("status", s, &OrderStatus::ALL, OrderStatus::as_str))
+                .transpose()?,
+            step: given(&self.step)
+                .map(|s| input::one_of("step", s, &Step::ALL, Step::name))
+                .transpose()?,
+            older_than: duration("older_than", given(&self.older_than))?,
+            error: given(&self.error).map(str::to_owned),
+            stuck_after: stuck.then_some(stuck_after),
+            after: input::id_cursor(given(&self.after))?,
+            limit: input::limit(self.limit.as_deref(), 50, 100)?,
+        })
+    }
+}
+
+/// A query value, if given and not empty.
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
+fn duration(field: &str, raw: Option<&str>) -> Result<Option<Duration>, FieldError> {
+    raw.map(|raw| {
+        parse_duration(raw).ok_or_else(|| {
+            FieldError::new(
+                field,
+                format!("{raw:?} is not a duration such as 90s, 5m, 2h or 1d"),
+            )
+        })
+    })
+    .transpose()
+}
+
 /// A saga in a list.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SagaSummary {
     pub id: Uuid,
-    pub status: String,
-    pub current_step: Option<String>,
+    pub status: OrderStatus,
+    pub current_step: Option<Step>,
     pub customer_id: String,
     pub total: i64,
     pub currency: String,
-    pub cancel_reason: Option<String>,
+    pub cancel_reason: Option<CancelReason>,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     /// The saga's last progress (a transition or a step handing over).
     pub last_progress_at: DateTime<Utc>,
-    /// The apalis status of the job that should move it on.
-    pub job_status: Option<String>,
+    /// The job that should move it on.
+    #[serde(skip)]
+    pub job_id: Option<String>,
+    /// That job's apalis status (none once its row is purged).
+    #[sqlx(default)]
+    pub job_status: Option<JobStatus>,
 }
 
-pub async fn sagas(
-    executor: impl PgExecutor<'_>,
-    filter: &SagaFilter,
-) -> Result<Vec<SagaSummary>, sqlx::Error> {
-    sqlx::query_as(
+/// A page of sagas, oldest first, with their jobs' statuses.
+pub async fn sagas(conn: &mut PgConnection, filter: &SagaFilter) -> Result<Vec<SagaSummary>, sqlx::Error> {
+    let mut sagas: Vec<SagaSummary> = sqlx::query_as(
         r#"select o.id, o.status, o.current_step, o.customer_id, o.total, o.currency, o.cancel_reason,
-                  o.last_error, o.created_at, o.updated_at as last_progress_at, j.status as job_status
+                  o.last_error, o.created_at, o.updated_at as last_progress_at, o.job_id
            from orders o
-           left join apalis.jobs j on j.id = o.job_id
            where ($1::text is null or o.status = $1)
              and ($2::text is null or o.current_step = $2)
              and ($3::float8 is null or o.created_at < now() - make_interval(secs => $3))
@@ -105,15 +137,21 @@ pub async fn sagas(
            order by o.id
            limit $7"#,
     )
-    .bind(filter.status.as_deref())
-    .bind(filter.step.as_deref())
+    .bind(filter.status)
+    .bind(filter.step)
     .bind(filter.older_than.map(|d| d.as_secs_f64()))
     .bind(filter.error.as_deref())
     .bind(filter.stuck_after.map(|d| d.as_secs_f64()))
     .bind(filter.after)
     .bind(filter.limit)
-    .fetch_all(executor)
-    .await
+    .fetch_all(&mut *conn)
+    .await?;
+    let job_ids: Vec<&str> = sagas.iter().filter_map(|s| s.job_id.as_deref()).collect();
+    let statuses = views::job_statuses(&mut *conn, &job_ids).await?;
+    for saga in &mut sagas {
+        saga.job_status = saga.job_id.as_deref().and_then(|id| statuses.get(id)).copied();
+    }
+    Ok(sagas)
 }
 
 /// Live sagas (or parked ones) without progress for longer than `after`.
@@ -126,137 +164,6 @@ pub async fn stuck_count(executor: impl PgExecutor<'_>, after: Duration) -> Resu
     .bind(after.as_secs_f64())
     .fetch_one(executor)
     .await
-}
-
-/// One attempt of one step, from the step log.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct StepAttempt {
-    pub step: String,
-    pub attempt: i32,
-    pub status: String,
-    /// The compensation that undoes it.
-    pub undo: Option<String>,
-    pub worker: Option<String>,
-    pub error: Option<String>,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub duration_ms: Option<f64>,
-}
-
-pub async fn steps(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<StepAttempt>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select step, attempt, status, undo, worker, error, started_at, finished_at,
-                  (extract(epoch from finished_at - started_at) * 1000)::float8 as duration_ms
-           from saga_steps where order_id = $1 order by id"#,
-    )
-    .bind(order_id)
-    .fetch_all(executor)
-    .await
-}
-
-/// One job of a saga, as apalis has it now (`status` null once cleaned up).
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct SagaJob {
-    pub id: String,
-    pub step: String,
-    pub attempt: i32,
-    pub enqueued_at: DateTime<Utc>,
-    pub status: Option<String>,
-    pub run_at: Option<DateTime<Utc>>,
-    pub worker: Option<String>,
-    pub apalis_attempts: Option<i32>,
-    pub done_at: Option<DateTime<Utc>>,
-    pub last_result: Option<serde_json::Value>,
-}
-
-pub async fn jobs(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<SagaJob>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select s.job_id as id, s.step, s.attempt, s.created_at as enqueued_at, j.status, j.run_at,
-                  j.lock_by as worker, j.attempts as apalis_attempts, j.done_at, j.last_result
-           from saga_jobs s left join apalis.jobs j on j.id = s.job_id
-           where s.order_id = $1 order by s.created_at, s.job_id"#,
-    )
-    .bind(order_id)
-    .fetch_all(executor)
-    .await
-}
-
-/// An operator's action on a saga.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct AdminAction {
-    pub action: String,
-    pub actor: String,
-    pub role: String,
-    pub outcome: String,
-    pub detail: Option<String>,
-    pub at: DateTime<Utc>,
-}
-
-pub async fn actions(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<AdminAction>, sqlx::Error> {
-    sqlx::query_as(
-        "select action, actor, role, outcome, detail, created_at as at from admin_actions \
-         where order_id = $1 order by id",
-    )
-    .bind(order_id)
-    .fetch_all(executor)
-    .await
-}
-
-pub async fn record_action(
-    executor: impl PgExecutor<'_>,
-    order_id: Uuid,
-    action: &str,
-    actor: &str,
-    role: &str,
-    outcome: &str,
-    detail: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into admin_actions (order_id, action, actor, role, outcome, detail) values ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(order_id)
-    .bind(action)
-    .bind(actor)
-    .bind(role)
-    .bind(outcome)
-    .bind(detail)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Whether the worker instance of an apalis worker name (`<queue>@<instance>#<generation>`) is connected.
-pub async fn worker_alive(executor: impl PgExecutor<'_>, worker: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "select exists (select 1 from pg_stat_activity \
-         where application_name = substring($1 from '@([^@#]+)#[0-9]+$'))",
-    )
-    .bind(worker)
-    .fetch_one(executor)
-    .await
-}
-
-/// Marks the saga's job superseded (an operator retried or compensated the saga), so that two jobs never run
-/// the same saga side by side: a waiting one always, a fetched one only if its worker is gone (`orphaned`).
-/// Returns whether it was still open.
-pub async fn supersede_job(
-    executor: impl PgExecutor<'_>,
-    job_id: &str,
-    by: &str,
-    orphaned: bool,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        r#"update apalis.jobs set status = 'Killed', done_at = now(), lock_by = null,
-               last_result = jsonb_build_object('Err', 'superseded by ' || $2)
-           where id = $1
-             and (status in ('Pending', 'Failed') or ($3 and status in ('Queued', 'Running')))"#,
-    )
-    .bind(job_id)
-    .bind(by)
-    .bind(orphaned)
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected() > 0)
 }
 
 /// Parses `90`, `90s`, `5m`, `2h`, `1d` into a duration.

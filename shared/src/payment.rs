@@ -1,27 +1,62 @@
-//! The order's payment as we know it (`payments`): one row per order, mirroring the provider's intent.
-
-use std::sync::LazyLock;
+//! The order's payment as we know it (`payments`): one row per order, mirroring the provider's intent, and the
+//! idempotency keys every call to the provider carries. The provider's client is the worker's
+//! (`orderflow_worker::provider`).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::order::OrderRow;
 
-/// Statuses of our payment row. PENDING means "the authorization may or may not have reached the provider":
-/// whoever finds it asks the provider again with the same idempotency key.
-pub mod status {
-    pub const PENDING: &str = "PENDING";
-    pub const AUTHORIZED: &str = "AUTHORIZED";
-    pub const CAPTURED: &str = "CAPTURED";
-    pub const DECLINED: &str = "DECLINED";
-    pub const VOIDED: &str = "VOIDED";
-    pub const REFUNDED: &str = "REFUNDED";
+/// The status of our payment row. Persisted: never renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentStatus {
+    /// The authorization may or may not have reached the provider: whoever finds it asks the provider again
+    /// with the same idempotency key.
+    Pending,
+    Authorized,
+    Captured,
+    Declined,
+    Voided,
+    Refunded,
+}
+
+impl PaymentStatus {
+    pub const ALL: [PaymentStatus; 6] = [
+        Self::Pending,
+        Self::Authorized,
+        Self::Captured,
+        Self::Declined,
+        Self::Voided,
+        Self::Refunded,
+    ];
 
     /// Statuses in which money may still be held or taken: a cancellation must void or refund.
-    pub const OPEN: [&str; 3] = [PENDING, AUTHORIZED, CAPTURED];
+    pub const OPEN: [PaymentStatus; 3] = [Self::Pending, Self::Authorized, Self::Captured];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Authorized => "AUTHORIZED",
+            Self::Captured => "CAPTURED",
+            Self::Declined => "DECLINED",
+            Self::Voided => "VOIDED",
+            Self::Refunded => "REFUNDED",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+
+    pub fn is_open(self) -> bool {
+        Self::OPEN.contains(&self)
+    }
 }
+
+stored_as_text!(PaymentStatus);
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
 pub struct PaymentRow {
@@ -31,7 +66,7 @@ pub struct PaymentRow {
     pub amount: i64,
     pub currency: String,
     pub payment_token: String,
-    pub status: String,
+    pub status: PaymentStatus,
     pub decline_code: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -55,146 +90,126 @@ pub fn refund_key(order_id: Uuid) -> String {
     format!("orderflow-{order_id}-refund")
 }
 
-const PAYMENT_COLUMNS: &str = "order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, \
-     decline_code, created_at, updated_at";
-
 pub async fn find(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {PAYMENT_COLUMNS} from payments where order_id = $1"
-    )))
+    sqlx::query_as(
+        r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
+                  created_at, updated_at
+           from payments where order_id = $1"#,
+    )
     .bind(order_id)
     .fetch_optional(executor)
     .await
-}
-
-/// Records that an authorization is about to be sent (PENDING), unless a row exists already; returns the row.
-pub async fn begin_authorization(
-    executor: impl PgExecutor<'_>,
-    order_id: Uuid,
-    amount: i64,
-    currency: &str,
-    payment_token: &str,
-) -> Result<PaymentRow, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        r#"with inserted as (
-             insert into payments (order_id, idempotency_key, amount, currency, payment_token, status)
-             values ($1, $2, $3, $4, $5, 'PENDING')
-             on conflict (order_id) do nothing
-             returning {PAYMENT_COLUMNS}
-           )
-           select {PAYMENT_COLUMNS} from inserted
-           union all
-           select {PAYMENT_COLUMNS} from payments where order_id = $1 and not exists (select 1 from inserted)"#
-    )))
-    .bind(order_id)
-    .bind(authorization_key(order_id))
-    .bind(amount)
-    .bind(currency)
-    .bind(payment_token)
-    .fetch_one(executor)
-    .await
-}
-
-/// `begin_authorization` for many orders in one statement: a PENDING row for each order that has none, and
-/// every order's row as it now is (in no particular order).
-pub async fn begin_authorizations(
-    executor: impl PgExecutor<'_>,
-    orders: &[&OrderRow],
-) -> Result<Vec<PaymentRow>, sqlx::Error> {
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            r#"with v as (
-                   select * from unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[])
-                       as v(order_id, idempotency_key, amount, currency, payment_token)
-               ),
-               inserted as (
-                   insert into payments (order_id, idempotency_key, amount, currency, payment_token, status)
-                   select order_id, idempotency_key, amount, currency, payment_token, 'PENDING' from v
-                   on conflict (order_id) do nothing
-                   returning {PAYMENT_COLUMNS}
-               )
-               select {PAYMENT_COLUMNS} from inserted
-               union all
-               select {PAYMENT_COLUMNS} from payments
-               where order_id in (select order_id from v) and order_id not in (select order_id from inserted)"#
-        )
-    });
-    let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
-    let keys: Vec<String> = ids.iter().map(|id| authorization_key(*id)).collect();
-    let amounts: Vec<i64> = orders.iter().map(|o| o.total).collect();
-    let currencies: Vec<&str> = orders.iter().map(|o| o.currency.as_str()).collect();
-    let tokens: Vec<&str> = orders.iter().map(|o| o.payment_token.as_str()).collect();
-    sqlx::query_as(sqlx::AssertSqlSafe(STATEMENT.as_str()))
-        .bind(&ids)
-        .bind(&keys)
-        .bind(&amounts)
-        .bind(&currencies)
-        .bind(&tokens)
-        .fetch_all(executor)
-        .await
-}
-
-/// `set_status` for many orders in one statement, each with its own provider reference (or none); returns how
-/// many moved.
-pub async fn set_status_many(
-    executor: impl PgExecutor<'_>,
-    from: &[&str],
-    to: &str,
-    moves: &[(Uuid, Option<&str>)],
-) -> Result<u64, sqlx::Error> {
-    let ids: Vec<Uuid> = moves.iter().map(|(id, _)| *id).collect();
-    let refs: Vec<Option<&str>> = moves.iter().map(|(_, r)| *r).collect();
-    let moved = sqlx::query(
-        r#"update payments
-           set status = $3, provider_ref = coalesce(m.provider_ref, payments.provider_ref), updated_at = now()
-           from unnest($1::uuid[], $4::text[]) as m(order_id, provider_ref)
-           where payments.order_id = m.order_id and payments.status = any($2)"#,
-    )
-    .bind(&ids)
-    .bind(from)
-    .bind(to)
-    .bind(&refs)
-    .execute(executor)
-    .await?
-    .rows_affected();
-    Ok(moved)
-}
-
-/// Moves the payment to `to` if it is in one of `from`; returns whether it moved. Sets the provider reference
-/// and decline code when given.
-pub async fn set_status(
-    executor: impl PgExecutor<'_>,
-    order_id: Uuid,
-    from: &[&str],
-    to: &str,
-    provider_ref: Option<&str>,
-    decline_code: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    let moved = sqlx::query(
-        r#"update payments
-           set status = $3, provider_ref = coalesce($4, provider_ref), decline_code = coalesce($5, decline_code),
-               updated_at = now()
-           where order_id = $1 and status = any($2)"#,
-    )
-    .bind(order_id)
-    .bind(from)
-    .bind(to)
-    .bind(provider_ref)
-    .bind(decline_code)
-    .execute(executor)
-    .await?
-    .rows_affected();
-    Ok(moved == 1)
 }
 
 pub async fn find_many(
     executor: impl PgExecutor<'_>,
     order_ids: &[Uuid],
 ) -> Result<Vec<PaymentRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {PAYMENT_COLUMNS} from payments where order_id = any($1)"
-    )))
+    sqlx::query_as(
+        r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
+                  created_at, updated_at
+           from payments where order_id = any($1)"#,
+    )
     .bind(order_ids)
     .fetch_all(executor)
     .await
+}
+
+/// Records that each order's authorization is about to be sent (PENDING, with its key), unless the order has a
+/// payment row already (a re-run: its key is the same), in one statement; returns every order's row as it now
+/// is, in no particular order.
+pub async fn begin_authorizations(
+    executor: impl PgExecutor<'_>,
+    orders: &[&OrderRow],
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+    let keys: Vec<String> = ids.iter().map(|id| authorization_key(*id)).collect();
+    let amounts: Vec<i64> = orders.iter().map(|o| o.total).collect();
+    let currencies: Vec<&str> = orders.iter().map(|o| o.currency.as_str()).collect();
+    let tokens: Vec<&str> = orders.iter().map(|o| o.payment_token.as_str()).collect();
+    sqlx::query_as(
+        r#"with v as (
+               select * from unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[])
+                   as v(order_id, idempotency_key, amount, currency, payment_token)
+           ),
+           inserted as (
+               insert into payments (order_id, idempotency_key, amount, currency, payment_token, status)
+               select order_id, idempotency_key, amount, currency, payment_token, 'PENDING' from v
+               on conflict (order_id) do nothing
+               returning order_id, idempotency_key, provider_ref, amount, currency, payment_token, status,
+                         decline_code, created_at, updated_at
+           )
+           select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
+                  created_at, updated_at
+           from inserted
+           union all
+           select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
+                  created_at, updated_at
+           from payments
+           where order_id in (select order_id from v) and order_id not in (select order_id from inserted)"#,
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&amounts)
+    .bind(&currencies)
+    .bind(&tokens)
+    .fetch_all(executor)
+    .await
+}
+
+/// What the provider said of one order's payment: its new status and, when learned, its reference and decline
+/// code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub order_id: Uuid,
+    pub status: PaymentStatus,
+    pub provider_ref: Option<String>,
+    pub decline_code: Option<String>,
+}
+
+/// Records many payments' outcomes in one statement: each row moves to its outcome's status if it is in one of
+/// `from` (a row that moved on meanwhile is left alone), keeping its reference and decline code unless the
+/// outcome brings them. Returns how many moved.
+pub async fn record(
+    executor: impl PgExecutor<'_>,
+    from: &[PaymentStatus],
+    outcomes: &[Outcome],
+) -> Result<u64, sqlx::Error> {
+    if outcomes.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = outcomes.iter().map(|o| o.order_id).collect();
+    let statuses: Vec<PaymentStatus> = outcomes.iter().map(|o| o.status).collect();
+    let refs: Vec<Option<&str>> = outcomes.iter().map(|o| o.provider_ref.as_deref()).collect();
+    let codes: Vec<Option<&str>> = outcomes.iter().map(|o| o.decline_code.as_deref()).collect();
+    let moved = sqlx::query(
+        r#"update payments
+           set status = m.status, provider_ref = coalesce(m.provider_ref, payments.provider_ref),
+               decline_code = coalesce(m.decline_code, payments.decline_code), updated_at = now()
+           from unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) as m(order_id, status, provider_ref, decline_code)
+           where payments.order_id = m.order_id and payments.status = any($5)"#,
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&refs)
+    .bind(&codes)
+    .bind(from)
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payment_statuses_round_trip_and_the_open_ones_hold_money() {
+        for status in PaymentStatus::ALL {
+            assert_eq!(PaymentStatus::parse(status.as_str()), Some(status));
+        }
+        assert!(PaymentStatus::Captured.is_open());
+        assert!(!PaymentStatus::Voided.is_open());
+    }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::jobs::Step;
+use crate::flow::{Budgets, Step};
 
 /// The PostgreSQL database every binary uses unless `DATABASE_URL` says otherwise. On loopback, without TLS:
 /// encrypting a same-host connection protects nothing, and turning it off took 10–18% off the CPU per saga in one
@@ -74,49 +74,50 @@ fn parse_default(addr: &str) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
-/// Settings of the saga worker.
+/// Settings of the saga worker. `Default` is the shipped configuration; [`WorkerSettings::from_env`] reads each
+/// field's variable over it.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    /// Base URL of the payment provider (the simulator by default; Stripe's API shape).
+    /// Base URL of the payment provider (`ORDERFLOW_PAYMENTS_URL`; the simulator by default; Stripe's API shape).
     pub payments_url: String,
     /// The step queues this process works (`ORDERFLOW_WORKER_STEPS`, names separated by commas, e.g.
     /// `reserve,commit`; default all six). A step no running worker takes waits in its queue: every step needs
     /// at least one process. Dedicated processes let an operator size or place one step apart (pay next to the
     /// payment provider, reserve on its own while a backlog drains).
     pub steps: Vec<Step>,
-    /// Jobs one worker process has in hand at once, per queue (`ORDERFLOW_WORKER_CONCURRENCY`, default 192: a
-    /// batched queue runs two batches of up to 64 while the next 64 wait, so a busy queue's next batch is full
-    /// when a slot frees).
+    /// Jobs one worker process has in hand at once, per queue (`ORDERFLOW_WORKER_CONCURRENCY`, default 192: two
+    /// batches of up to 64 run while the next 64 wait, so a busy queue's next batch is full when a slot frees).
     pub concurrency: usize,
-    /// Jobs fetched per round trip, per queue (`ORDERFLOW_WORKER_BATCH_SIZE`, at most `concurrency`).
-    pub batch_size: usize,
-    /// Most orders one batched step runs for at once (`ORDERFLOW_WORKER_STEP_BATCH`): reserve, pay, commit and
-    /// fulfil run the jobs a queue worker has in hand together, in a few set-based statements and one commit.
-    /// A batch is also bounded by the jobs in hand (`concurrency`). 1 runs every step one order at a time.
+    /// Jobs claimed per fetch, per queue (`ORDERFLOW_WORKER_FETCH_SIZE`, default 64, at most `concurrency`).
+    pub fetch_size: usize,
+    /// Most orders one step runs for at once (`ORDERFLOW_WORKER_STEP_BATCH`, default 64): a step runs the jobs
+    /// its queue worker has in hand together, in a few set-based statements and one commit. A batch is also
+    /// bounded by the jobs in hand (`concurrency`). 1 runs every step one order at a time.
     pub step_batch: usize,
-    /// How often an idle worker looks for delayed jobs (retries with backoff) besides LISTEN/NOTIFY.
+    /// How often an idle worker looks for delayed jobs (retries with backoff) besides LISTEN/NOTIFY
+    /// (`ORDERFLOW_WORKER_POLL_MS`).
     pub poll_interval: Duration,
-    /// First retry delay of a transient step failure; doubles per attempt up to `retry_max_delay`.
+    /// First retry delay of a transient step failure (`ORDERFLOW_RETRY_BASE_MS`); doubles per attempt up to
+    /// `retry_max_delay` (`ORDERFLOW_RETRY_MAX_MS`).
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
-    /// Attempts of one forward step before the saga compensates.
-    pub max_step_attempts: u32,
-    /// Attempts of one compensation step before the saga parks in NEEDS_ATTENTION.
-    pub max_compensation_attempts: u32,
-    /// Per-step overrides of the two budgets above (`ORDERFLOW_MAX_ATTEMPTS_<STEP>`).
-    pub step_max_attempts: HashMap<Step, u32>,
-    /// Timeout of one call to the payment provider.
+    /// Attempts per step before it gives up (`ORDERFLOW_MAX_STEP_ATTEMPTS`, `ORDERFLOW_MAX_COMPENSATION_ATTEMPTS`,
+    /// `ORDERFLOW_MAX_ATTEMPTS_<STEP>`).
+    pub attempts: Budgets,
+    /// Timeout of one call to the payment provider (`ORDERFLOW_PAYMENTS_TIMEOUT_MS`).
     pub payments_timeout: Duration,
-    /// Upper bound of one step's run, far below apalis's orphan timeout.
+    /// Upper bound of one step's run, far below apalis's orphan timeout (`ORDERFLOW_STEP_TIMEOUT_MS`).
     pub step_timeout: Duration,
-    /// How long a reservation holds stock before payment starts.
+    /// How long a reservation holds stock before payment starts (`ORDERFLOW_RESERVATION_TTL_SECS`).
     pub reservation_ttl: Duration,
-    /// How often the reconciler looks for orphaned jobs, stranded sagas and expired reservations.
+    /// How often the reconciler looks for orphaned jobs, stranded sagas and expired reservations
+    /// (`ORDERFLOW_RECONCILE_INTERVAL_MS`).
     pub reconcile_interval: Duration,
-    /// How long a finished (Done) job stays in `apalis.jobs` before the reconciler deletes it. The saga's own
-    /// history (`saga_jobs`, `saga_steps`, `order_events`) is kept; only apalis's row goes.
+    /// How long a finished (Done) job stays in `apalis.jobs` before the reconciler deletes it
+    /// (`ORDERFLOW_DONE_JOB_RETENTION_SECS`). The saga's own history (`saga_jobs`, `saga_steps`,
+    /// `order_events`) is kept; only apalis's row goes.
     pub done_job_retention: Duration,
-    /// How long SIGTERM waits for in-flight steps.
+    /// How long SIGTERM waits for in-flight steps (`ORDERFLOW_SHUTDOWN_GRACE_MS`).
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
     pub relay: Option<RelaySettings>,
@@ -124,18 +125,55 @@ pub struct WorkerSettings {
     pub metrics_addr: Option<SocketAddr>,
 }
 
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            payments_url: DEFAULT_PAYMENTS_URL.to_owned(),
+            steps: Step::ALL.to_vec(),
+            concurrency: 192,
+            fetch_size: 64,
+            step_batch: 64,
+            poll_interval: Duration::from_millis(1_000),
+            retry_base_delay: Duration::from_millis(1_000),
+            retry_max_delay: Duration::from_millis(300_000),
+            attempts: Budgets::default(),
+            payments_timeout: Duration::from_millis(10_000),
+            step_timeout: Duration::from_millis(60_000),
+            reservation_ttl: Duration::from_secs(900),
+            reconcile_interval: Duration::from_millis(1_000),
+            done_job_retention: Duration::from_secs(3_600),
+            shutdown_grace: Duration::from_millis(30_000),
+            relay: None,
+            metrics_addr: None,
+        }
+    }
+}
+
 /// Where and how the outbox relay publishes.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
+    /// `ORDERFLOW_NATS_URL`.
     pub nats_url: String,
     /// The JetStream stream, created if missing (`ORDERFLOW_NATS_STREAM`, default `ORDERS`).
     pub stream: String,
     /// Subjects are `<prefix>.<event>` (`ORDERFLOW_NATS_SUBJECT_PREFIX`, default `orders`).
     pub subject_prefix: String,
-    /// Events read and published per round (`ORDERFLOW_RELAY_BATCH`, default 500).
-    pub batch_size: i64,
+    /// Events read from the outbox and published per round (`ORDERFLOW_RELAY_PAGE_SIZE`, default 500).
+    pub page_size: i64,
     /// How often an idle relay looks for new events (`ORDERFLOW_RELAY_IDLE_MS`, default 100).
     pub idle_interval: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            nats_url: format!("nats://{DEFAULT_NATS_ADDR}"),
+            stream: "ORDERS".to_owned(),
+            subject_prefix: "orders".to_owned(),
+            page_size: 500,
+            idle_interval: Duration::from_millis(100),
+        }
+    }
 }
 
 impl RelaySettings {
@@ -149,57 +187,92 @@ impl RelaySettings {
 
     /// The relay to `nats_url`, the rest from the environment or the defaults.
     pub fn for_url(nats_url: &str) -> Result<Self, SettingsError> {
+        let default = Self::default();
         Ok(Self {
             nats_url: nats_url.to_owned(),
-            stream: env_or("ORDERFLOW_NATS_STREAM", "ORDERS"),
-            subject_prefix: env_or("ORDERFLOW_NATS_SUBJECT_PREFIX", "orders"),
-            batch_size: env_parse::<i64>("ORDERFLOW_RELAY_BATCH", 500)?.max(1),
-            idle_interval: Duration::from_millis(env_parse("ORDERFLOW_RELAY_IDLE_MS", 100)?),
+            stream: env_or("ORDERFLOW_NATS_STREAM", &default.stream),
+            subject_prefix: env_or("ORDERFLOW_NATS_SUBJECT_PREFIX", &default.subject_prefix),
+            page_size: renamed(
+                "ORDERFLOW_RELAY_PAGE_SIZE",
+                "ORDERFLOW_RELAY_BATCH",
+                default.page_size,
+            )?
+            .max(1),
+            idle_interval: env_millis("ORDERFLOW_RELAY_IDLE_MS", default.idle_interval)?,
         })
     }
 }
 
 impl WorkerSettings {
     pub fn from_env() -> Result<Self, SettingsError> {
-        let mut step_max_attempts = HashMap::new();
+        let default = Self::default();
+        let mut per_step = HashMap::new();
         for step in Step::ALL {
             if let Some(value) = env_parse_opt::<u32>(step_attempts_variable(step))? {
-                step_max_attempts.insert(step, value.max(1));
+                per_step.insert(step, value.max(1));
             }
         }
         Ok(Self {
-            payments_url: env_or("ORDERFLOW_PAYMENTS_URL", DEFAULT_PAYMENTS_URL),
+            payments_url: env_or("ORDERFLOW_PAYMENTS_URL", &default.payments_url),
             steps: parse_steps(&env_or("ORDERFLOW_WORKER_STEPS", ""))?,
-            concurrency: env_parse::<usize>("ORDERFLOW_WORKER_CONCURRENCY", 192)?.max(1),
-            batch_size: env_parse::<usize>("ORDERFLOW_WORKER_BATCH_SIZE", 64)?.max(1),
-            step_batch: env_parse::<usize>("ORDERFLOW_WORKER_STEP_BATCH", 64)?.max(1),
-            poll_interval: Duration::from_millis(env_parse("ORDERFLOW_WORKER_POLL_MS", 1_000)?),
-            retry_base_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_BASE_MS", 1_000)?),
-            retry_max_delay: Duration::from_millis(env_parse("ORDERFLOW_RETRY_MAX_MS", 300_000)?),
-            max_step_attempts: env_parse::<u32>("ORDERFLOW_MAX_STEP_ATTEMPTS", 8)?.max(1),
-            max_compensation_attempts: env_parse::<u32>("ORDERFLOW_MAX_COMPENSATION_ATTEMPTS", 12)?.max(1),
-            step_max_attempts,
-            payments_timeout: Duration::from_millis(env_parse("ORDERFLOW_PAYMENTS_TIMEOUT_MS", 10_000)?),
-            step_timeout: Duration::from_millis(env_parse("ORDERFLOW_STEP_TIMEOUT_MS", 60_000)?),
-            reservation_ttl: Duration::from_secs(env_parse("ORDERFLOW_RESERVATION_TTL_SECS", 900)?),
-            reconcile_interval: Duration::from_millis(env_parse("ORDERFLOW_RECONCILE_INTERVAL_MS", 1_000)?),
-            done_job_retention: Duration::from_secs(env_parse("ORDERFLOW_DONE_JOB_RETENTION_SECS", 3_600)?),
-            shutdown_grace: Duration::from_millis(env_parse("ORDERFLOW_SHUTDOWN_GRACE_MS", 30_000)?),
+            concurrency: env_parse("ORDERFLOW_WORKER_CONCURRENCY", default.concurrency)?.max(1),
+            fetch_size: renamed(
+                "ORDERFLOW_WORKER_FETCH_SIZE",
+                "ORDERFLOW_WORKER_BATCH_SIZE",
+                default.fetch_size,
+            )?
+            .max(1),
+            step_batch: env_parse("ORDERFLOW_WORKER_STEP_BATCH", default.step_batch)?.max(1),
+            poll_interval: env_millis("ORDERFLOW_WORKER_POLL_MS", default.poll_interval)?,
+            retry_base_delay: env_millis("ORDERFLOW_RETRY_BASE_MS", default.retry_base_delay)?,
+            retry_max_delay: env_millis("ORDERFLOW_RETRY_MAX_MS", default.retry_max_delay)?,
+            attempts: Budgets {
+                forward: env_parse("ORDERFLOW_MAX_STEP_ATTEMPTS", default.attempts.forward)?.max(1),
+                compensation: env_parse(
+                    "ORDERFLOW_MAX_COMPENSATION_ATTEMPTS",
+                    default.attempts.compensation,
+                )?
+                .max(1),
+                per_step,
+            },
+            payments_timeout: env_millis("ORDERFLOW_PAYMENTS_TIMEOUT_MS", default.payments_timeout)?,
+            step_timeout: env_millis("ORDERFLOW_STEP_TIMEOUT_MS", default.step_timeout)?,
+            reservation_ttl: env_secs("ORDERFLOW_RESERVATION_TTL_SECS", default.reservation_ttl)?,
+            reconcile_interval: env_millis("ORDERFLOW_RECONCILE_INTERVAL_MS", default.reconcile_interval)?,
+            done_job_retention: env_secs("ORDERFLOW_DONE_JOB_RETENTION_SECS", default.done_job_retention)?,
+            shutdown_grace: env_millis("ORDERFLOW_SHUTDOWN_GRACE_MS", default.shutdown_grace)?,
             relay: RelaySettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_WORKER_METRICS_ADDR")?,
         })
     }
+}
 
-    /// The attempts `step` gets: its own override, else the budget of its kind.
-    pub fn max_attempts(&self, step: Step) -> u32 {
-        self.step_max_attempts
-            .get(&step)
-            .copied()
-            .unwrap_or(if step.is_compensation() {
-                self.max_compensation_attempts
-            } else {
-                self.max_step_attempts
-            })
+/// A duration in milliseconds from `name`, or `default`.
+fn env_millis(name: &'static str, default: Duration) -> Result<Duration, SettingsError> {
+    let millis = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    Ok(Duration::from_millis(env_parse(name, millis)?))
+}
+
+/// A duration in seconds from `name`, or `default`.
+fn env_secs(name: &'static str, default: Duration) -> Result<Duration, SettingsError> {
+    Ok(Duration::from_secs(env_parse(name, default.as_secs())?))
+}
+
+/// A setting that was renamed: the new variable, else the old one (still read, with a warning), else `default`.
+fn renamed<T>(name: &'static str, old: &'static str, default: T) -> Result<T, SettingsError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    if let Some(value) = env_parse_opt(name)? {
+        return Ok(value);
+    }
+    match env_parse_opt(old)? {
+        Some(value) => {
+            tracing::warn!("{old} is deprecated; it is now called {name}");
+            Ok(value)
+        }
+        None => Ok(default),
     }
 }
 
@@ -301,11 +374,21 @@ pub struct AdminSettings {
     pub stuck_after: Duration,
 }
 
+impl Default for AdminSettings {
+    /// No tokens (the admin API refuses everyone) and a minute without progress for stuck.
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            stuck_after: Duration::from_secs(60),
+        }
+    }
+}
+
 impl AdminSettings {
     pub fn from_env() -> Result<Self, SettingsError> {
         Ok(Self {
             tokens: parse_admin_tokens(&env_or("ORDERFLOW_ADMIN_TOKENS", ""))?,
-            stuck_after: Duration::from_secs(env_parse("ORDERFLOW_STUCK_AFTER_SECS", 60)?),
+            stuck_after: env_secs("ORDERFLOW_STUCK_AFTER_SECS", Self::default().stuck_after)?,
         })
     }
 

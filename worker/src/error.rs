@@ -1,8 +1,9 @@
 //! How a step fails: transient (retry with backoff) or permanent (compensate), decided where the error happens.
 
+use orderflow_shared::flow::Failure;
 use orderflow_shared::order::{CancelReason, TransitionError};
 
-use crate::payments::ProviderError;
+use crate::provider::ProviderError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -22,6 +23,22 @@ impl StepError {
         Self::Permanent {
             reason,
             error: error.into(),
+        }
+    }
+
+    /// The failure as the flow weighs it (see `flow::after_failure`).
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Transient(_) => Failure::Transient,
+            Self::Permanent { reason, .. } => Failure::Permanent(*reason),
+        }
+    }
+
+    /// The label of the step-duration metric's `outcome`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Transient(_) => "transient_error",
+            Self::Permanent { .. } => "permanent_error",
         }
     }
 }

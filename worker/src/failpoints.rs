@@ -22,24 +22,6 @@ pub fn hit(name: &str, customer_id: Option<&str>) -> bool {
     }
 }
 
-/// True when failpoint `name` is configured for `customer_id` (`return(<customer id>)`), without evaluating
-/// it: a one-shot failpoint stays armed for the code path that will hit it. The step batches use this to leave
-/// such an order to the one-order path.
-pub fn armed(name: &str, customer_id: &str) -> bool {
-    #[cfg(feature = "failpoints")]
-    {
-        let argument = format!("({customer_id})");
-        fail::list()
-            .iter()
-            .any(|(point, actions)| point == name && actions.contains(&argument))
-    }
-    #[cfg(not(feature = "failpoints"))]
-    {
-        let _ = (name, customer_id);
-        false
-    }
-}
-
 /// Kills the whole process here, as `kill -9` would: nothing after it runs, no destructor, no shutdown. For
 /// tests that run the worker as a process.
 pub fn abort(name: &str, customer_id: Option<&str>) {

@@ -1,14 +1,29 @@
-//! The saga worker: one apalis worker per step queue, all sharing one `Saga` (pool, payment client,
+//! The saga worker: one apalis worker per step queue, all sharing one [`Runner`] (pool, payment provider,
 //! settings). Run as many `orderflow-worker` processes as needed; steps are idempotent and serialize per order
 //! on the order's row lock.
+//!
+//! # Layout
+//! - `lib.rs` (here): the process: one supervised apalis worker per step queue, the presence connection that
+//!   tells other workers this process is alive, graceful shutdown, the worker's own `/metrics`.
+//! - [`steps`]: one file per saga step (reserve, pay, commit, fulfil, release_inventory, cancel_payment) with
+//!   everything about it: what it reads, decides and writes, its provider call, its failpoints.
+//! - [`runner`]: runs a step for a batch of jobs (one or many orders alike), executes what the step decided,
+//!   settles failures (retry with backoff, cancel, park), and gathers a queue's jobs into batches.
+//! - [`reconciler`]: every process's repair loop: jobs of gone workers, expired reservations, stranded runners,
+//!   old Done jobs.
+//! - [`provider`]: the payment provider's HTTP client (Stripe's PaymentIntents shape).
+//! - [`relay`]: the outbox relay to NATS JetStream.
+//! - [`error`]: how a step fails (transient or permanent); `failpoints`: the test-only failpoints.
+//!
+//! The saga's rules (which step follows which, what undoes what, budgets) are `orderflow_shared::flow`'s.
 
-pub mod batch;
 pub mod error;
 mod failpoints;
-pub mod payments;
+pub mod provider;
 pub mod reconciler;
 pub mod relay;
-pub mod saga;
+pub mod runner;
+mod steps;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,16 +34,15 @@ use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use orderflow_shared::completion::Completer;
-use orderflow_shared::jobs::{Step, StepJob};
-use orderflow_shared::recovery;
+use orderflow_shared::flow::Step;
+use orderflow_shared::queue::completion::Completer;
+use orderflow_shared::queue::{StepJob, upkeep};
 use orderflow_shared::settings::{MIN_WORKER_CONNECTIONS, WorkerSettings};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
-use batch::Batcher;
-pub use saga::Saga;
+pub use runner::{Batcher, Runner};
 
 /// A unique name for this process start: `host-pid-uuid`. apalis strands the jobs of a worker that restarts
 /// under the same name, so a name is never reused. It is also the `application_name` of the process's presence
@@ -51,10 +65,10 @@ pub fn instance_name() -> String {
 #[derive(Clone)]
 struct StepContext {
     step: Step,
-    saga: Arc<Saga>,
-    /// Records each job's end (see `orderflow_shared::completion`); one per queue worker generation.
+    runner: Arc<Runner>,
+    /// Records each job's end (see `orderflow_shared::queue::completion`); one per queue worker generation.
     completer: Option<Completer>,
-    /// Gathers the jobs in hand into batches (see `batch`); for the steps that batch, when batching is on.
+    /// Gathers the jobs in hand into batches (see `runner`); one per queue worker generation.
     batcher: Option<Batcher>,
 }
 
@@ -65,14 +79,14 @@ struct StepContext {
 async fn handle(job: StepJob, ctx: Data<StepContext>, id: TaskId) -> Result<(), BoxDynError> {
     let StepContext {
         step,
-        saga,
+        runner,
         completer,
         batcher,
     } = (*ctx).clone();
     let run = tokio::spawn(async move {
         let result = match batcher {
             Some(batcher) => batcher.run(job).await,
-            None => saga.run(step, job).await,
+            None => runner.run_batch(step, vec![job]).await.pop().unwrap_or(Ok(())),
         };
         if let Some(completer) = completer {
             match &result {
@@ -87,10 +101,6 @@ async fn handle(job: StepJob, ctx: Data<StepContext>, id: TaskId) -> Result<(), 
         Err(error) => Err(Box::new(error) as BoxDynError),
     }
 }
-
-/// Most jobs a queue that runs one job at a time (the compensations, or every queue with batching off) runs at
-/// once per process: each holds a pooled connection while it runs.
-const ONE_BY_ONE_CONCURRENCY: usize = 16;
 
 /// First delay before restarting a queue worker that stopped on an error; doubles up to the maximum.
 const RESTART_BASE_DELAY: Duration = Duration::from_millis(500);
@@ -119,55 +129,50 @@ pub async fn run(
     // Record step metrics from the first step on (rendered by ORDERFLOW_WORKER_METRICS_ADDR, or by the API's
     // /metrics when both run in one process).
     orderflow_shared::telemetry::metrics();
-    let payments = payments::PaymentsClient::new(&settings.payments_url, settings.payments_timeout)
-        .context("failed to build the payment provider client")?;
     let grace = settings.shutdown_grace;
-    let saga = Arc::new(Saga {
-        pool,
-        payments,
-        settings,
-        instance,
-    });
-    let steps: Vec<&str> = saga.settings.steps.iter().map(|step| step.name()).collect();
-    tracing::info!(instance = %saga.instance, payments_url = %saga.settings.payments_url, steps = %steps.join(","), "orderflow-worker starting");
+    let runner = Arc::new(
+        Runner::new(pool, settings, instance).context("failed to build the payment provider client")?,
+    );
+    let steps: Vec<&str> = runner.settings.steps.iter().map(|step| step.name()).collect();
+    tracing::info!(instance = %runner.instance, payments_url = %runner.settings.payments_url, steps = %steps.join(","), "orderflow-worker starting");
 
     // Present before fetching anything: without this connection, other workers take our jobs back.
-    let presence_options = saga
+    let presence_options = runner
         .pool
         .connect_options()
         .as_ref()
         .clone()
-        .application_name(&saga.instance);
+        .application_name(&runner.instance);
     let presence = PgConnection::connect_with(&presence_options)
         .await
         .context("failed to open the worker's presence connection")?;
 
     let (stop, stopped) = watch::channel(false);
     let presence = tokio::spawn(keep_presence(presence_options, presence, stopped.clone()));
-    let queues: Vec<_> = saga
+    let queues: Vec<_> = runner
         .settings
         .steps
         .iter()
         .map(|&step| {
             let ctx = StepContext {
                 step,
-                saga: saga.clone(),
+                runner: runner.clone(),
                 completer: None,
                 batcher: None,
             };
             tokio::spawn(supervise(ctx, stopped.clone()))
         })
         .collect();
-    let reconciler = tokio::spawn(reconciler::run(saga.clone(), stopped.clone()));
-    if let Some(addr) = saga.settings.metrics_addr {
+    let reconciler = tokio::spawn(reconciler::run(runner.clone(), stopped.clone()));
+    if let Some(addr) = runner.settings.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("failed to bind ORDERFLOW_WORKER_METRICS_ADDR {addr}"))?;
         tracing::info!(%addr, "serving the worker's metrics at /metrics");
         tokio::spawn(serve_metrics(listener, stopped.clone()));
     }
-    let relay = saga.settings.relay.clone().map(|settings| {
-        let options = saga.pool.connect_options().as_ref().clone();
+    let relay = runner.settings.relay.clone().map(|settings| {
+        let options = runner.pool.connect_options().as_ref().clone();
         let stats = Arc::new(relay::RelayStats::default());
         tokio::spawn(relay::run(options, settings, stats, stopped.clone()))
     });
@@ -187,7 +192,7 @@ pub async fn run(
     if let Some(relay) = relay {
         let _ = relay.await;
     }
-    match recovery::release_jobs_of(&saga.pool, &saga.instance).await {
+    match upkeep::release_jobs_of(&runner.pool, &runner.instance).await {
         Ok(0) => {}
         Ok(released) => tracing::info!(released, "handed unfinished jobs back to the queue"),
         Err(error) => {
@@ -267,7 +272,7 @@ async fn keep_presence(
 /// name has registered, so the earlier one is gone).
 async fn supervise(ctx: StepContext, mut stopped: watch::Receiver<bool>) {
     let step = ctx.step;
-    let base = format!("{}@{}", step.queue(), ctx.saga.instance);
+    let base = format!("{}@{}", step.queue(), ctx.runner.instance);
     let mut failures: u32 = 0;
     for generation in 0u64.. {
         let started = Instant::now();
@@ -302,31 +307,25 @@ fn queue_worker(
     name: String,
     mut stopped: watch::Receiver<bool>,
 ) -> BoxFuture<'static, Result<(), WorkerError>> {
-    let settings = &ctx.saga.settings;
-    let batched = batch::batches(ctx.step) && settings.step_batch > 1;
-    // A batched queue holds one connection per batch, whatever its concurrency; a queue run one job at a time
+    let settings = &ctx.runner.settings;
+    // A queue holds one connection per batch in flight, whatever its concurrency; with batches of one order it
     // holds one per job, so it stays within what the pool can serve.
-    let concurrency = if batched {
+    let concurrency = if settings.step_batch > 1 {
         settings.concurrency
     } else {
-        settings.concurrency.min(ONE_BY_ONE_CONCURRENCY)
+        settings.concurrency.min(runner::ONE_BY_ONE_IN_FLIGHT)
     };
-    let batch = settings.batch_size.min(concurrency);
-    let config = orderflow_shared::jobs::queue_config(ctx.step.queue(), batch);
-    let backend = PostgresStorage::<StepJob>::new(&ctx.saga.pool)
+    let fetch_size = settings.fetch_size.min(concurrency);
+    let config = orderflow_shared::queue::queue_config(ctx.step.queue(), fetch_size);
+    let backend = PostgresStorage::<StepJob>::new(&ctx.runner.pool)
         .with_config(config)
         .with_pubsub()
         .poll_with_interval(settings.poll_interval);
-    let (completer, writer) = Completer::start(ctx.saga.pool.clone(), name.clone());
-    let (batcher, gatherer) = if batched {
-        let (batcher, gatherer) = Batcher::start(ctx.saga.clone(), ctx.step, settings.step_batch);
-        (Some(batcher), Some(gatherer))
-    } else {
-        (None, None)
-    };
+    let (completer, writer) = Completer::start(ctx.runner.pool.clone(), name.clone());
+    let (batcher, gatherer) = Batcher::start(ctx.runner.clone(), ctx.step, settings.step_batch);
     let ctx = StepContext {
         completer: Some(completer),
-        batcher,
+        batcher: Some(batcher),
         ..ctx.clone()
     };
     let worker = WorkerBuilder::new(name)
@@ -346,9 +345,7 @@ fn queue_worker(
         // The worker's handlers are gone; the writer and the gatherer end once the last detached step has
         // reported.
         let _ = writer.await;
-        if let Some(gatherer) = gatherer {
-            let _ = gatherer.await;
-        }
+        let _ = gatherer.await;
         result
     }
     .boxed()

@@ -12,7 +12,7 @@
 //!    PENDING is asked again with the same idempotency key (resume) or voided (compensate), a capture is
 //!    replayed by its key (resume to fulfil) or refunded.
 //! 4. Once a minute, Done jobs older than `done_job_retention` are deleted from `apalis.jobs` (see
-//!    `recovery::purge_done_jobs`), in chunks, so the queue table holds what is live plus a recent window.
+//!    `queue::upkeep::purge_done_jobs`), in chunks, so the queue table holds what is live plus a recent window.
 //!
 //! Many processes run it at once: rows are claimed with SKIP LOCKED and every order is checked again under its
 //! row lock, which the steps take too.
@@ -21,17 +21,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use orderflow_shared::jobs::{Step, StepJob};
-use orderflow_shared::order::{self, CancelReason, OrderStatus, Transition};
-use orderflow_shared::recovery;
+use orderflow_shared::flow::{self, Step};
+use orderflow_shared::order::{self, CancelReason, OrderStatus};
+use orderflow_shared::queue::{StepJob, upkeep};
+use orderflow_shared::{operator, step_log};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::StepError;
-use crate::saga::{Saga, enqueue_first};
+use crate::runner::Runner;
 
 /// Orders looked at per pass and per kind; the next pass takes the rest.
-const BATCH: i64 = 200;
+const PER_PASS: i64 = 200;
 const MAX_ERROR_DELAY: Duration = Duration::from_secs(30);
 /// How often a process purges old Done jobs, and how many one statement deletes (a chunk is one short
 /// transaction; a purge stops after `PURGE_MAX_CHUNKS` and the next one goes on).
@@ -48,21 +49,21 @@ pub struct Pass {
 }
 
 /// Runs passes until `stopped`; a pass that fails (the database is down) is retried with a capped backoff.
-pub async fn run(saga: Arc<Saga>, mut stopped: watch::Receiver<bool>) {
-    let interval = saga.settings.reconcile_interval;
+pub async fn run(runner: Arc<Runner>, mut stopped: watch::Receiver<bool>) {
+    let interval = runner.settings.reconcile_interval;
     let mut delay = interval;
     // The first purge waits one interval: a fleet restarting together does not scan the table at once.
     let mut next_purge = tokio::time::Instant::now() + PURGE_INTERVAL;
     loop {
         if tokio::time::Instant::now() >= next_purge {
-            match purge(&saga).await {
+            match purge(&runner).await {
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "deleted old Done jobs"),
                 Err(error) => tracing::warn!(%error, "could not delete old Done jobs; next time"),
             }
             next_purge = tokio::time::Instant::now() + PURGE_INTERVAL;
         }
-        match pass(&saga).await {
+        match pass(&runner).await {
             Ok(pass) => {
                 if pass != Pass::default() {
                     tracing::info!(?pass, "reconciler pass");
@@ -86,9 +87,9 @@ pub async fn run(saga: Arc<Saga>, mut stopped: watch::Receiver<bool>) {
 }
 
 /// One pass over the three kinds of repair.
-pub async fn pass(saga: &Saga) -> anyhow::Result<Pass> {
+pub async fn pass(runner: &Runner) -> anyhow::Result<Pass> {
     let queues: Vec<&str> = Step::ALL.iter().map(|s| s.queue()).collect();
-    let rescued = recovery::rescue_orphaned_jobs(&saga.pool, &queues).await?;
+    let rescued = upkeep::rescue_orphaned_jobs(&runner.pool, &queues).await?;
     for job in &rescued {
         tracing::warn!(
             job = job.id,
@@ -98,19 +99,19 @@ pub async fn pass(saga: &Saga) -> anyhow::Result<Pass> {
             "took a job back from a worker that is gone"
         );
     }
-    recovery::close_attempts_of_gone_workers(&saga.pool).await?;
-    recovery::wake_due_queues(&saga.pool, &queues).await?;
+    step_log::close_attempts_of_gone_workers(&runner.pool).await?;
+    upkeep::wake_due_queues(&runner.pool, &queues).await?;
     let mut result = Pass {
         rescued_jobs: rescued.len(),
         ..Pass::default()
     };
-    for order_id in recovery::expired_reservations(&saga.pool, BATCH).await? {
-        if expire(saga, order_id).await? {
+    for order_id in order::expired_reservations(&runner.pool, PER_PASS).await? {
+        if expire(runner, order_id).await? {
             result.expired_reservations += 1;
         }
     }
-    for order_id in recovery::stranded_sagas(&saga.pool, BATCH).await? {
-        if settle_stranded(saga, order_id).await? {
+    for order_id in upkeep::stranded_sagas(&runner.pool, PER_PASS).await? {
+        if settle_stranded(runner, order_id).await? {
             result.settled_sagas += 1;
         }
     }
@@ -118,11 +119,11 @@ pub async fn pass(saga: &Saga) -> anyhow::Result<Pass> {
 }
 
 /// Deletes the Done jobs past their retention, a chunk at a time; returns how many.
-async fn purge(saga: &Saga) -> Result<u64, sqlx::Error> {
+async fn purge(runner: &Runner) -> Result<u64, sqlx::Error> {
     let mut purged = 0;
     for _ in 0..PURGE_MAX_CHUNKS {
         let deleted =
-            recovery::purge_done_jobs(&saga.pool, saga.settings.done_job_retention, PURGE_CHUNK).await?;
+            upkeep::purge_done_jobs(&runner.pool, runner.settings.done_job_retention, PURGE_CHUNK).await?;
         purged += deleted;
         if deleted < PURGE_CHUNK as u64 {
             break;
@@ -132,59 +133,47 @@ async fn purge(saga: &Saga) -> Result<u64, sqlx::Error> {
 }
 
 /// Cancels a reserved order whose hold ran out, if it still has and no authorization started meanwhile.
-async fn expire(saga: &Saga, order_id: Uuid) -> anyhow::Result<bool> {
-    let mut tx = saga.pool.begin().await?;
+async fn expire(runner: &Runner, order_id: Uuid) -> anyhow::Result<bool> {
+    let mut tx = runner.pool.begin().await?;
     let Some(order) = order::try_lock(&mut tx, order_id).await? else {
         return Ok(false);
     };
-    if !recovery::reservation_expired(&mut *tx, order_id).await? {
+    if !order::reservation_expired(&mut *tx, order_id).await? {
         return Ok(false);
     }
-    order::transition(
-        &mut tx,
-        &order,
-        Transition::StartCancel(CancelReason::ReservationExpired),
-        Some(Step::ReleaseInventory.name()),
-        None,
-    )
-    .await?;
-    enqueue_first(&mut tx, Step::ReleaseInventory, order_id)
-        .await
-        .map_err(|e| anyhow!(e))?;
+    let planned = flow::start_cancellation(&mut tx, &order, CancelReason::ReservationExpired, None).await?;
     tx.commit().await?;
+    planned.log();
     tracing::info!(%order_id, reserved_until = ?order.reserved_until, "reservation expired; releasing the stock");
     Ok(true)
 }
 
 /// Settles a saga whose job no longer moves it on as a failed attempt of its current step.
-async fn settle_stranded(saga: &Saga, order_id: Uuid) -> anyhow::Result<bool> {
-    let mut tx = saga.pool.begin().await?;
+async fn settle_stranded(runner: &Runner, order_id: Uuid) -> anyhow::Result<bool> {
+    let mut tx = runner.pool.begin().await?;
     let Some(order) = order::try_lock(&mut tx, order_id).await? else {
         return Ok(false);
     };
-    if !OrderStatus::LIVE.contains(&order.status()) {
+    if !OrderStatus::LIVE.contains(&order.status) {
         return Ok(false);
     }
-    let Some(dead) = recovery::stranded_job(&mut tx, order.job_id.as_deref()).await? else {
+    let Some(dead) = upkeep::stranded_job(&mut tx, order.job_id.as_deref()).await? else {
         return Ok(false);
     };
-    let step = recovery::current_step(&mut tx, &order).await?;
-    let logged = recovery::last_logged_attempt(&mut *tx, order_id, step.name()).await?;
+    let step = operator::current_step(&mut tx, &order).await?;
+    let logged = step_log::last_attempt(&mut *tx, order_id, step).await?;
     let attempt = dead.attempt.unwrap_or(0).max(logged).max(1);
     let reason = format!("reconciler: {}", dead.describe());
     tracing::warn!(%order_id, step = step.name(), attempt, reason, "settling a stranded saga");
-    saga.settle(
-        &mut tx,
-        step,
-        StepJob {
-            order_id,
-            attempt,
-            trace: order.trace_id.as_deref().and_then(|t| t.parse().ok()),
-        },
-        StepError::Transient(anyhow!(reason)),
-    )
-    .await
-    .map_err(|e| anyhow!(e))?;
+    let job = StepJob {
+        order_id,
+        attempt,
+        trace: order.trace_id.as_deref().and_then(|t| t.parse().ok()),
+    };
+    runner
+        .settle(&mut tx, step, job, StepError::Transient(anyhow!(reason)))
+        .await
+        .map_err(|e| anyhow!(e))?;
     tx.commit().await?;
     Ok(true)
 }

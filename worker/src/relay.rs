@@ -170,11 +170,11 @@ impl Relay {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(Step::Follower);
         };
-        let events = outbox::unpublished(conn, self.settings.batch_size).await?;
+        let events = outbox::unpublished(conn, self.settings.page_size).await?;
         if events.is_empty() {
             return Ok(Step::Idle);
         }
-        let full = events.len() as i64 >= self.settings.batch_size;
+        let full = events.len() as i64 >= self.settings.page_size;
         let (acked, failure) = publish_in_waves(&self.jetstream, &self.settings, &self.stats, events).await;
         // Test builds: die after JetStream stored the batch and before it is marked published.
         crate::failpoints::abort("relay.after_publish", None);

@@ -10,13 +10,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use orderflow_shared::admin::{self, SagaFilter};
+use orderflow_shared::operator::{self, Action};
+use orderflow_shared::queue::views as queue_views;
 use orderflow_shared::settings::Role;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::{self, Admin};
-use crate::routes::admin::{Action, SagaDetail, act, saga_detail};
+use crate::views::{self, SagaDetail};
 use crate::{ApiError, AppState};
 
 pub const SESSION_COOKIE: &str = "orderflow_admin";
@@ -111,9 +113,9 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resu
     let Some((who, _)) = session(&state, &headers) else {
         return Ok(sign_in_page(None).into_response());
     };
-    let queues = admin::queues(&state.pool).await?;
+    let queues = queue_views::queue_stats(&state.pool).await?;
     let stuck = admin::sagas(
-        &state.pool,
+        &mut *state.pool.acquire().await?,
         &SagaFilter {
             stuck_after: Some(state.admin.stuck_after),
             limit: 100,
@@ -154,9 +156,9 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resu
             let _ = write!(
                 body,
                 r#"<tr><td><a href="/admin/sagas/{id}">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="error">{}</td></tr>"#,
-                badge(&s.status),
-                esc(s.current_step.as_deref().unwrap_or("—")),
-                s.job_status.as_deref().map_or("gone".to_owned(), badge),
+                badge(s.status.as_str()),
+                esc(s.current_step.map_or("—", |step| step.name())),
+                s.job_status.map_or("gone".to_owned(), |j| badge(j.as_str())),
                 esc(&s.customer_id),
                 s.last_progress_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 esc(s.last_error.as_deref().unwrap_or("")),
@@ -206,7 +208,7 @@ fn timeline(detail: &SagaDetail) -> String {
     let mut body = format!(
         r#"<h1>Saga <code>{}</code> {}</h1><p>Customer {} · {} {} · created {} · last progress {}{}</p>"#,
         o.id,
-        badge(&o.status),
+        badge(o.status.as_str()),
         esc(&o.customer_id),
         o.total,
         esc(&o.currency),
@@ -230,7 +232,7 @@ fn timeline(detail: &SagaDetail) -> String {
             body,
             "<p>Current job <code>{}</code> {} {}</p>",
             esc(&job.id),
-            job.status.as_deref().map_or("(gone)".to_owned(), badge),
+            job.status.map_or("(gone)".to_owned(), |j| badge(j.as_str())),
             match (&job.worker, job.worker_alive) {
                 (Some(w), Some(true)) => format!("on {}", esc(w)),
                 (Some(w), _) => format!(r#"on {} <span class="badge FAILED">worker gone</span>"#, esc(w)),
@@ -243,9 +245,9 @@ fn timeline(detail: &SagaDetail) -> String {
         let _ = write!(
             body,
             r#"<tr><td>{}</td><td class="num">{}</td><td>{}</td><td class="muted">{}</td><td>{}</td><td class="num">{}</td><td class="error">{}</td></tr>"#,
-            esc(&s.step),
+            esc(s.step.name()),
             s.attempt,
-            badge(&s.status),
+            badge(s.status.as_str()),
             esc(s.worker.as_deref().unwrap_or("")),
             s.started_at.format("%H:%M:%S%.3f"),
             s.duration_ms.map_or("—".to_owned(), |d| format!("{d:.0} ms")),
@@ -258,9 +260,9 @@ fn timeline(detail: &SagaDetail) -> String {
             body,
             r#"<tr><td><code>{}</code></td><td>{}</td><td class="num">{}</td><td>{}</td><td>{}</td><td class="muted">{}</td></tr>"#,
             esc(&j.id),
-            esc(&j.step),
+            esc(j.step.name()),
             j.attempt,
-            j.status.as_deref().map_or("(cleaned up)".to_owned(), badge),
+            j.status.map_or("(cleaned up)".to_owned(), |j| badge(j.as_str())),
             j.run_at
                 .map_or("—".to_owned(), |t| t.format("%H:%M:%S").to_string()),
             esc(j.worker.as_deref().unwrap_or(""))
@@ -311,7 +313,7 @@ pub async fn saga(
     };
     let id =
         Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("saga id {id:?} is not a UUID")))?;
-    let detail = saga_detail(&state, id).await?;
+    let detail = views::saga(&state.pool, id, state.admin.stuck_after).await?;
     let mut body = String::new();
     if let Some(done) = &flash.done {
         let _ = write!(body, r#"<p class="flash" id="flash">{}</p>"#, esc(done));
@@ -363,21 +365,24 @@ pub async fn saga_action(
     }
     let id =
         Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("saga id {id:?} is not a UUID")))?;
-    let action = match action.as_str() {
-        "retry" => Action::Retry,
-        "compensate" => Action::Compensate,
-        "resolve" => Action::Resolve,
-        other => {
-            return Err(ApiError::NotFound {
-                what: "action",
-                id: other.to_owned(),
-            });
-        }
-    };
-    let message = match act(&state, id, action, &who, Some("from the dashboard")).await {
+    let action = Action::parse(&action).ok_or(ApiError::NotFound {
+        what: "action",
+        id: action.clone(),
+    })?;
+    let message = match operator::act(
+        &state.pool,
+        id,
+        action,
+        &who.operator(),
+        Some("from the dashboard"),
+    )
+    .await
+    {
         Ok(outcome) => format!("{}: {outcome}", action.as_str()),
-        Err(ApiError::Conflict { detail, .. }) => format!("{} refused: {detail}", action.as_str()),
-        Err(other) => return Err(other),
+        Err(error) => match ApiError::from(error) {
+            ApiError::Conflict { detail, .. } => format!("{} refused: {detail}", action.as_str()),
+            other => return Err(other),
+        },
     };
     let query: String = form_urlencoded(&message);
     Ok(Redirect::to(&format!("/admin/sagas/{id}?done={query}")).into_response())

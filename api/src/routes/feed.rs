@@ -3,10 +3,10 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
+use orderflow_shared::input;
 use orderflow_shared::outbox::{self, CloudEvent, Cursor};
 use serde::{Deserialize, Serialize};
 
-use crate::extract::limit_param;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -43,7 +43,7 @@ pub async fn list(
             .parse::<Cursor>()
             .map_err(|message| ApiError::validation("after", format!("{raw:?} {message}")))?,
     };
-    let limit = limit_param(params.limit.as_deref(), 100, 1000)?;
+    let limit = input::limit(params.limit.as_deref(), 100, 1000)?;
     let rows = outbox::feed(&state.pool, after, limit).await?;
     let next_cursor = rows.last().map_or(after, |e| e.cursor()).to_string();
     Ok(Json(EventPage {

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use orderflow_shared::queue::views as queue_views;
 use orderflow_shared::{admin, outbox};
 use serde_json::{Value, json};
 
@@ -35,7 +36,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     (status = 503, description = "PostgreSQL is unreachable", body = crate::error::Problem),
 ))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    for queue in admin::queues(&state.pool).await? {
+    for queue in queue_views::queue_stats(&state.pool).await? {
         for (kind, count) in [
             ("pending", queue.pending),
             ("scheduled", queue.scheduled),

@@ -3,11 +3,13 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use orderflow_shared::inventory::{self, SkuRow};
+use orderflow_shared::input::FieldError;
+use orderflow_shared::inventory;
 use orderflow_shared::money::{self, Currency};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::extract::JsonBody;
+use crate::views::SkuView;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -19,51 +21,6 @@ pub struct UpsertSkuRequest {
     pub price: i64,
     /// ISO 4217 code.
     pub currency: String,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SkuView {
-    pub sku: String,
-    pub on_hand: i64,
-    pub reserved: i64,
-    /// on_hand − reserved: what new orders can still take.
-    pub available: i64,
-    pub price: i64,
-    pub currency: String,
-}
-
-impl From<SkuRow> for SkuView {
-    fn from(row: SkuRow) -> Self {
-        Self {
-            available: row.on_hand - row.reserved,
-            sku: row.sku,
-            on_hand: row.on_hand,
-            reserved: row.reserved,
-            price: row.price,
-            currency: row.currency,
-        }
-    }
-}
-
-/// A sku code: 1–64 characters of letters, digits, `.`, `_`, `-`, starting with a letter or digit. The same
-/// rule is the table's `skus_sku_format` CHECK.
-pub fn validate_sku(field: &str, sku: &str) -> Result<(), ApiError> {
-    let valid = !sku.is_empty()
-        && sku.len() <= 64
-        && sku.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && sku
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::validation(
-            field,
-            format!(
-                "{sku:?} is not a sku code (1-64 letters, digits, '.', '_' or '-', starting alphanumeric)"
-            ),
-        ))
-    }
 }
 
 /// Creates a sku (201) or sets its stock and price (200).
@@ -79,11 +36,11 @@ pub async fn upsert(
     Path(sku): Path<String>,
     body: JsonBody<UpsertSkuRequest>,
 ) -> Result<(StatusCode, Json<SkuView>), ApiError> {
-    validate_sku("sku", &sku)?;
+    inventory::check_sku_code("sku", &sku)?;
     let request = body.parsed;
-    let on_hand = money::parse_stock(request.on_hand).map_err(|e| ApiError::validation("on_hand", e))?;
-    let price = money::parse_price(request.price).map_err(|e| ApiError::validation("price", e))?;
-    let currency = Currency::parse(&request.currency).map_err(|e| ApiError::validation("currency", e))?;
+    let on_hand = money::parse_stock(request.on_hand).map_err(|e| FieldError::new("on_hand", e))?;
+    let price = money::parse_price(request.price).map_err(|e| FieldError::new("price", e))?;
+    let currency = Currency::parse(&request.currency).map_err(|e| FieldError::new("currency", e))?;
     let (row, created) = inventory::upsert(&state.pool, &sku, on_hand, price, currency.as_str()).await?;
     let status = if created {
         StatusCode::CREATED

@@ -1,9 +1,9 @@
 //! `orderflow-queue-bench`: our queue layer (apalis-postgres configured as OrderFlow's worker runs it: one
-//! worker per queue, `jobs::queue_config`, pubsub + poll, concurrency 16, batch 16 unless told) doing the peer benchmark's work, so the
+//! worker per queue, `queue::queue_config`, pubsub + poll, concurrency 16, fetch 16 unless told) doing the peer benchmark's work, so the
 //! two can be compared on the same database: N trivial jobs, or N chains of 4 jobs where each job enqueues the
 //! next in its own transaction. Prints jobs per second.
 //!
-//! `orderflow-queue-bench --database-url … --jobs 10000 [--chain] [--batch 16]`
+//! `orderflow-queue-bench --database-url … --jobs 10000 [--chain] [--fetch-size 16]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use clap::Parser;
-use orderflow_shared::completion::Completer;
+use orderflow_shared::queue::completion::Completer;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -30,9 +30,9 @@ struct Args {
     /// Chains of 4 steps instead of trivial jobs.
     #[arg(long)]
     chain: bool,
-    /// Jobs per fetch (the worker's `ORDERFLOW_WORKER_BATCH_SIZE`).
+    /// Jobs per fetch (the worker's `ORDERFLOW_WORKER_FETCH_SIZE`).
     #[arg(long, default_value_t = 16)]
-    batch: usize,
+    fetch_size: usize,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
 }
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let backend = PostgresStorage::<Job>::new(&pool)
-        .with_config(orderflow_shared::jobs::queue_config(&queue, args.batch))
+        .with_config(orderflow_shared::queue::queue_config(&queue, args.fetch_size))
         .with_pubsub()
         .poll_with_interval(Duration::from_millis(100));
     let finished = {
@@ -129,10 +129,10 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let n = done.load(Ordering::Relaxed);
     println!(
-        "{{\"system\":\"orderflow-apalis\",\"kind\":\"{}\",\"jobs\":{n},\"seconds\":{elapsed:.3},\"jobs_per_s\":{:.1},\"batch\":{}}}",
+        "{{\"system\":\"orderflow-apalis\",\"kind\":\"{}\",\"jobs\":{n},\"seconds\":{elapsed:.3},\"jobs_per_s\":{:.1},\"fetch_size\":{}}}",
         if args.chain { "chain4" } else { "trivial" },
         n as f64 / elapsed,
-        args.batch
+        args.fetch_size
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The payment provider client: Stripe's PaymentIntents API over HTTP, form-encoded, every call with an
-//! idempotency key derived from the order. It sorts every answer into what the saga needs to decide:
-//! authorized, declined, rejected for good, or unknown (retry with the same key).
+//! The payment provider's client: Stripe's PaymentIntents API over HTTP, form-encoded, every call with an
+//! idempotency key derived from the order (`orderflow_shared::payment`'s keys). It sorts every answer into what
+//! the saga needs to decide: authorized, declined, rejected for good, or unknown (retry with the same key). Our
+//! record of a payment is `orderflow_shared::payment`'s table.
 
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ pub enum Authorization {
 }
 
 #[derive(Debug, Clone)]
-pub struct PaymentsClient {
+pub struct Provider {
     http: reqwest::Client,
     base_url: String,
 }
@@ -54,7 +55,7 @@ pub struct AuthorizeRequest<'a> {
     pub payment_method: &'a str,
 }
 
-impl PaymentsClient {
+impl Provider {
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)

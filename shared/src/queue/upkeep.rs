@@ -1,29 +1,17 @@
-//! What the reconciler reads and repairs: jobs held by workers that are gone, sagas whose job ended without
-//! moving them on, and reservations past their hold.
+//! What the reconciler repairs on apalis's tables: jobs held by workers that are gone, queues with jobs due that
+//! nobody was woken for, sagas whose job ended without moving them on, and Done rows past their retention.
 //!
 //! Worker names are `<queue>@<instance>#<generation>` (see `orderflow_worker::instance_name`), and each worker
 //! process keeps a connection whose `application_name` is its instance. A fetched job's worker is gone when no
 //! connection of its instance is open (the process died, even by `kill -9`: the kernel closes its sockets and
 //! PostgreSQL ends their sessions at once) or when a later generation of the same queue worker registered (the
 //! process restarted that queue worker). Neither test involves a clock, so a slow worker is never taken for a
-//! dead one. This couples us to apalis's `jobs` and `workers` tables, read and written here only.
+//! dead one.
 
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::jobs::Step;
-use crate::order::{OrderRow, OrderStatus};
-use crate::payment::{self, status as pay};
-
-/// The apalis job statuses this module reads and writes.
-pub mod job_status {
-    pub const PENDING: &str = "Pending";
-    pub const QUEUED: &str = "Queued";
-    pub const RUNNING: &str = "Running";
-    pub const DONE: &str = "Done";
-    pub const FAILED: &str = "Failed";
-    pub const KILLED: &str = "Killed";
-}
+use crate::queue::{JobStatus, StepJob};
 
 /// A job taken back from a worker that is gone.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -79,21 +67,6 @@ pub async fn rescue_orphaned_jobs(
     .bind(queues)
     .fetch_all(executor)
     .await
-}
-
-/// Closes the open (STARTED) step attempts of worker processes that are gone as FAILED, so the step log says
-/// what happened to them. Returns how many it closed. (An attempt of a live worker is never touched: its
-/// instance still has its presence connection.)
-pub async fn close_attempts_of_gone_workers(executor: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
-    let closed = sqlx::query(
-        r#"update saga_steps
-           set status = 'FAILED', error = 'worker ' || worker || ' is gone', finished_at = now()
-           where status = 'STARTED'
-             and worker not in (select application_name from pg_stat_activity where application_name <> '')"#,
-    )
-    .execute(executor)
-    .await?;
-    Ok(closed.rows_affected())
 }
 
 /// Wakes the workers of every queue that has a job due and waiting, with the notification apalis sends for a
@@ -185,12 +158,12 @@ pub async fn stranded_job(
             ..DeadJob::default()
         }));
     };
-    let dead = matches!(status.as_str(), job_status::DONE | job_status::KILLED)
-        || (status == job_status::FAILED && attempts >= max_attempts);
+    let dead = matches!(status, JobStatus::Done | JobStatus::Killed)
+        || (status == JobStatus::Failed && attempts >= max_attempts);
     if !dead {
         return Ok(None);
     }
-    let attempt = serde_json::from_slice::<crate::jobs::StepJob>(&payload)
+    let attempt = serde_json::from_slice::<StepJob>(&payload)
         .map(|job| job.attempt)
         .ok();
     Ok(Some(DeadJob {
@@ -203,7 +176,7 @@ pub async fn stranded_job(
 
 #[derive(sqlx::FromRow)]
 struct JobRow {
-    status: String,
+    status: JobStatus,
     attempts: i32,
     max_attempts: i32,
     job: Vec<u8>,
@@ -215,7 +188,7 @@ struct JobRow {
 pub struct DeadJob {
     pub id: Option<String>,
     /// Its apalis status; `None` when the row is gone.
-    pub status: Option<String>,
+    pub status: Option<JobStatus>,
     /// The step attempt it carried.
     pub attempt: Option<u32>,
     pub last_result: Option<serde_json::Value>,
@@ -228,82 +201,14 @@ impl DeadJob {
             (None, _) => "the saga has no job".to_owned(),
             (Some(id), None) => format!("job {id} is gone"),
             (Some(id), Some(status)) => match &self.last_result {
-                Some(result) => format!("job {id} ended {status} without moving the saga on ({result})"),
-                None => format!("job {id} ended {status} without moving the saga on"),
+                Some(result) => format!(
+                    "job {id} ended {} without moving the saga on ({result})",
+                    status.as_str()
+                ),
+                None => format!("job {id} ended {} without moving the saga on", status.as_str()),
             },
         }
     }
-}
-
-/// Reserved orders past their hold with no authorization in flight, oldest deadline first. Read without locks;
-/// the caller checks each again under the order lock.
-pub async fn expired_reservations(
-    executor: impl PgExecutor<'_>,
-    limit: i64,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        r#"select o.id
-           from orders o
-           where o.status = 'RESERVED'
-             and o.reserved_until < now()
-             and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'PENDING')
-           order by o.reserved_until
-           limit $1"#,
-    )
-    .bind(limit)
-    .fetch_all(executor)
-    .await
-}
-
-/// Whether the order's reservation is past its hold with no authorization in flight, now (under its lock).
-pub async fn reservation_expired(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        r#"select exists (
-               select 1 from orders o
-               where o.id = $1 and o.status = 'RESERVED' and o.reserved_until < now()
-                 and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'PENDING'))"#,
-    )
-    .bind(order_id)
-    .fetch_one(executor)
-    .await
-}
-
-/// The step the saga is in: `orders.current_step` when it fits the status, else the one the status implies
-/// (a PAID order whose capture is recorded is in fulfil).
-pub async fn current_step(tx: &mut PgConnection, order: &OrderRow) -> Result<Step, sqlx::Error> {
-    let status = order.status();
-    if let Some(step) = order.current_step.as_deref().and_then(Step::parse)
-        && step.runs_from() == status
-    {
-        return Ok(step);
-    }
-    Ok(match status {
-        OrderStatus::Created => Step::Reserve,
-        OrderStatus::Reserved => Step::Pay,
-        OrderStatus::Paid => {
-            let captured = payment::find(&mut *tx, order.id)
-                .await?
-                .is_some_and(|p| p.status == pay::CAPTURED);
-            if captured { Step::Fulfil } else { Step::Commit }
-        }
-        // CANCELLING, and a parked saga resumes its compensation.
-        _ => Step::ReleaseInventory,
-    })
-}
-
-/// The highest attempt of `step` in the order's step log (0 if none).
-pub async fn last_logged_attempt(
-    executor: impl PgExecutor<'_>,
-    order_id: Uuid,
-    step: &str,
-) -> Result<u32, sqlx::Error> {
-    let attempt: Option<i32> =
-        sqlx::query_scalar("select max(attempt) from saga_steps where order_id = $1 and step = $2")
-            .bind(order_id)
-            .bind(step)
-            .fetch_one(executor)
-            .await?;
-    Ok(attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0))
 }
 
 /// Deletes up to `limit` Done jobs that finished more than `older_than` ago; returns how many it deleted. apalis
@@ -322,7 +227,7 @@ pub async fn purge_done_jobs(
                where status = $1 and done_at < now() - make_interval(secs => $2)
                limit $3 for update skip locked)"#,
     )
-    .bind(job_status::DONE)
+    .bind(JobStatus::Done.as_str())
     .bind(older_than.as_secs_f64())
     .bind(limit)
     .execute(executor)

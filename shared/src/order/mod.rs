@@ -1,20 +1,26 @@
-//! The order: its states, the one transition table that moves it, and the `orders` / `order_lines` SQL.
+//! The order: its states, the one transition table that moves it, its rows and the reads of them. Creating an
+//! order is [`create`] (its request parsed by [`request`]); moving one on is [`advance`], the one statement that
+//! writes an order's status, its events, its step attempts and its next job.
+
+pub mod advance;
+pub mod create;
+pub mod request;
 
 use std::fmt;
-use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection, PgExecutor, Row};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::events::EventType;
-use crate::idempotency::{self, NewRecord, StoredResponse};
-use crate::inventory::SkuRow;
-use crate::jobs::{self, Step, StepJob};
+use crate::flow::{self, Step};
+use crate::input::{self, FieldError};
+
+pub use advance::{Move, advance};
 
 /// Where an order is in its life. Persisted and shown as the upper-case strings of [`OrderStatus::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Created,
@@ -59,6 +65,7 @@ impl OrderStatus {
         Self::ALL.into_iter().find(|s| s.as_str() == value)
     }
 
+    /// The saga is over: nothing moves the order any more.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Fulfilled | Self::Cancelled)
     }
@@ -85,6 +92,8 @@ impl OrderStatus {
     }
 }
 
+stored_as_text!(OrderStatus);
+
 impl fmt::Display for OrderStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -92,7 +101,8 @@ impl fmt::Display for OrderStatus {
 }
 
 /// Why an order was cancelled. Persisted as the snake_case strings of [`CancelReason::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     OutOfStock,
     PaymentDeclined,
@@ -122,7 +132,24 @@ impl CancelReason {
             Self::OperatorRequest => "operator_request",
         }
     }
+
+    pub const ALL: [CancelReason; 8] = [
+        Self::OutOfStock,
+        Self::PaymentDeclined,
+        Self::PaymentFailed,
+        Self::InventoryCommitFailed,
+        Self::StepFailed,
+        Self::CustomerRequest,
+        Self::ReservationExpired,
+        Self::OperatorRequest,
+    ];
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == value)
+    }
 }
+
+stored_as_text!(CancelReason);
 
 /// One explicit move of the state machine. Each has a stable event type for the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,13 +210,14 @@ pub struct OrderRow {
     pub customer_id: String,
     pub currency: String,
     pub total: i64,
-    pub status: String,
+    pub status: OrderStatus,
     pub payment_token: String,
-    pub cancel_reason: Option<String>,
+    pub cancel_reason: Option<CancelReason>,
     pub cancel_note: Option<String>,
-    pub current_step: Option<String>,
+    /// The step the saga is in (queued or running), or the compensation it parked in; `None` once it is over.
+    pub current_step: Option<Step>,
     pub last_error: Option<String>,
-    /// The apalis job that moves the saga on (see `jobs::enqueue`).
+    /// The apalis job that moves the saga on (see [`advance`]).
     pub job_id: Option<String>,
     /// Until when the reserved stock is held (set by the reserve step).
     pub reserved_until: Option<DateTime<Utc>>,
@@ -197,13 +225,6 @@ pub struct OrderRow {
     pub trace_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-impl OrderRow {
-    /// The parsed status; the table's CHECK constraint guarantees one of ours.
-    pub fn status(&self) -> OrderStatus {
-        OrderStatus::parse(&self.status).unwrap_or(OrderStatus::Created)
-    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -215,201 +236,25 @@ pub struct OrderLineRow {
     pub unit_price: i64,
 }
 
-/// A validated order ready to insert.
-#[derive(Debug, Clone)]
-pub struct NewOrder {
-    pub id: Uuid,
-    pub customer_id: String,
-    pub currency: String,
-    pub total: i64,
-    pub payment_token: String,
-    pub trace_id: Option<String>,
-    /// (sku, quantity, unit price snapshot), in request order.
-    pub lines: Vec<(String, i64, i64)>,
-    /// Its first job's id (reserve): see [`jobs::new_job_id`].
-    pub job_id: String,
-    /// The creating transaction's timestamp ([`Admission::now`]), so the rows below are the rows as written.
-    pub created_at: DateTime<Utc>,
-}
-
-impl NewOrder {
-    /// The order's row as [`insert`] writes it.
-    pub fn row(&self) -> OrderRow {
-        OrderRow {
-            id: self.id,
-            customer_id: self.customer_id.clone(),
-            currency: self.currency.clone(),
-            total: self.total,
-            status: OrderStatus::Created.as_str().to_owned(),
-            payment_token: self.payment_token.clone(),
-            cancel_reason: None,
-            cancel_note: None,
-            current_step: Some(Step::Reserve.name().to_owned()),
-            last_error: None,
-            job_id: Some(self.job_id.clone()),
-            reserved_until: None,
-            trace_id: self.trace_id.clone(),
-            created_at: self.created_at,
-            updated_at: self.created_at,
-        }
-    }
-
-    /// The order's lines as [`insert`] writes them, numbered from 1 in request order.
-    pub fn line_rows(&self) -> Vec<OrderLineRow> {
-        self.lines
-            .iter()
-            .zip(1..)
-            .map(|((sku, quantity, unit_price), line_no)| OrderLineRow {
-                order_id: self.id,
-                line_no,
-                sku: sku.clone(),
-                quantity: *quantity,
-                unit_price: *unit_price,
-            })
-            .collect()
-    }
-}
-
-pub(crate) const ORDER_COLUMNS: &str = "id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, \
-     current_step, last_error, job_id, reserved_until, trace_id, created_at, updated_at";
-
-/// What order creation reads before it writes, in one round trip (see [`admit`]).
-#[derive(Debug, Clone)]
-pub struct Admission {
-    /// Whether this transaction now holds the request's Idempotency-Key; if not, a request with the same key
-    /// is in flight, and nothing else was read.
-    pub key_held: bool,
-    /// The record of an earlier request with the key; if there is one, the skus were not read.
-    pub stored: Option<StoredResponse>,
-    /// The skus the order names that exist.
-    pub skus: Vec<SkuRow>,
-    /// The transaction's timestamp: the order's `created_at`.
-    pub now: DateTime<Utc>,
-}
-
-/// Takes the lock of the Idempotency-Key `key` for the rest of the transaction and reads, in the same
-/// statement, the key's stored record, the skus `skus` and the transaction's timestamp (see
-/// [`crate::idempotency`] for the one race this leaves and how it ends).
-#[tracing::instrument(skip_all, err)]
-pub async fn admit(conn: &mut PgConnection, key: &str, skus: &[&str]) -> Result<Admission, sqlx::Error> {
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            r#"with l as (select {} as held)
-               select l.held, now() as now,
-                      i.request_hash, i.order_id, i.response_status, i.response_body,
-                      s.sku, s.on_hand, s.reserved, s.price, s.currency, s.created_at, s.updated_at
-               from l
-               left join idempotency_keys i on l.held and i.key = $1
-               left join skus s on l.held and i.key is null and s.sku = any($2)"#,
-            idempotency::try_lock_sql(1)
-        )
-    });
-    let rows = sqlx::query(sqlx::AssertSqlSafe(STATEMENT.as_str()))
-        .bind(key)
-        .bind(skus)
-        .fetch_all(&mut *conn)
-        .await?;
-    let first = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-    // The joins leave the record's columns null when there is none, and the sku columns null on the one row
-    // without a sku.
-    let stored = match first.try_get::<Option<Uuid>, _>("order_id")? {
-        Some(_) => Some(StoredResponse::from_row(first)?),
-        None => None,
-    };
-    let mut found = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if row.try_get::<Option<String>, _>("sku")?.is_some() {
-            found.push(SkuRow::from_row(row)?);
-        }
-    }
-    Ok(Admission {
-        key_held: first.try_get("held")?,
-        stored,
-        skus: found,
-        now: first.try_get("now")?,
-    })
-}
-
-/// Inserts the order in CREATED (its row is [`NewOrder::row`]), its lines, its `order.created` event, its first
-/// saga job (reserve, with its `saga_jobs` row, as `jobs::enqueue` writes one) and the request's idempotency
-/// record, in one statement. A key written meanwhile by another request fails it on
-/// [`idempotency::KEY_CONSTRAINT`].
-#[tracing::instrument(skip_all, fields(order_id = %order.id), err)]
-pub async fn insert(
-    conn: &mut PgConnection,
-    order: &NewOrder,
-    record: &NewRecord<'_>,
-) -> Result<(), sqlx::Error> {
-    let skus: Vec<&str> = order.lines.iter().map(|(sku, _, _)| sku.as_str()).collect();
-    let quantities: Vec<i64> = order.lines.iter().map(|(_, q, _)| *q).collect();
-    let prices: Vec<i64> = order.lines.iter().map(|(_, _, p)| *p).collect();
-    let first = StepJob {
-        order_id: order.id,
-        attempt: 1,
-        trace: None, // the job takes the order's trace id
-    };
-    // One statement, one round trip: the order already names its first job, so nothing updates it again. The
-    // job's parameters follow the order's ($13 on, in `jobs::bind_job`'s order): the order takes its job id ($13)
-    // and its current step ($14) from them; the idempotency record's follow ($20 on).
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            r#"with o as (
-               insert into orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id,
-                                   job_id, created_at, updated_at)
-               values ($1, $2, $3, $4, 'CREATED', $5, $14, $6, $13, $12, $12)
-               returning id, trace_id
-           ),
-           l as (
-               insert into order_lines (order_id, line_no, sku, quantity, unit_price)
-               select o.id, ordinality::integer, sku, quantity, unit_price
-               from o, unnest($7::text[], $8::bigint[], $9::bigint[]) with ordinality as l(sku, quantity, unit_price)
-           ),
-           e as (
-               insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status)
-               select $10, o.id, 1, $11, null, 'CREATED' from o
-           ),
-           {},
-           {}
-           select 1"#,
-            jobs::job_ctes(13),
-            idempotency::record_cte(20)
-        )
-    });
-    let query = sqlx::query(sqlx::AssertSqlSafe(STATEMENT.as_str()))
-        .bind(order.id)
-        .bind(&order.customer_id)
-        .bind(&order.currency)
-        .bind(order.total)
-        .bind(&order.payment_token)
-        .bind(&order.trace_id)
-        .bind(&skus)
-        .bind(&quantities)
-        .bind(&prices)
-        .bind(Uuid::now_v7())
-        .bind(EventType::Created.as_str())
-        .bind(order.created_at);
-    let query = jobs::bind_job(query, &order.job_id, Step::Reserve, &first, None);
-    idempotency::bind_record(query, record)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {ORDER_COLUMNS} from orders where id = $1"
-    )))
+    sqlx::query_as(
+        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
+                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+           from orders where id = $1"#,
+    )
     .bind(id)
     .fetch_optional(executor)
     .await
 }
 
-/// Reads the order and locks its row until the transaction ends. Every saga step and the cancel endpoint take
-/// this lock first, so steps of one order never interleave.
+/// Reads the order and locks its row until the transaction ends. Every saga step, the API's cancel and the
+/// operators' actions take this lock first, so nothing else moves an order while one of them does.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {ORDER_COLUMNS} from orders where id = $1 for update"
-    )))
+    sqlx::query_as(
+        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
+                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+           from orders where id = $1 for update"#,
+    )
     .bind(id)
     .fetch_optional(conn)
     .await
@@ -418,9 +263,11 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
 /// Like `lock`, but `None` at once when another transaction holds the row (SKIP LOCKED): for the reconciler,
 /// which leaves an order a step is working on alone.
 pub async fn try_lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {ORDER_COLUMNS} from orders where id = $1 for update skip locked"
-    )))
+    sqlx::query_as(
+        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
+                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+           from orders where id = $1 for update skip locked"#,
+    )
     .bind(id)
     .fetch_optional(conn)
     .await
@@ -429,10 +276,11 @@ pub async fn try_lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderR
 /// Locks many orders at once (in id order, so two transactions locking overlapping sets cannot deadlock) and
 /// reads them; orders that do not exist are missing from the result. For steps run for many orders together.
 pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<OrderRow>, sqlx::Error> {
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-        format!("select {ORDER_COLUMNS} from orders where id = any($1) order by id for update")
-    });
-    sqlx::query_as(sqlx::AssertSqlSafe(STATEMENT.as_str()))
+    sqlx::query_as(
+        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
+                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+           from orders where id = any($1) order by id for update"#,
+    )
         .bind(ids)
         .fetch_all(conn)
         .await
@@ -467,17 +315,46 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
+/// The order list's query as clients send it.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only orders in this status (upper case).
+    pub status: Option<String>,
+    pub customer_id: Option<String>,
+    /// 1–100, default 20.
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
+}
+
+impl ListQuery {
+    pub fn filter(&self) -> Result<ListFilter, FieldError> {
+        Ok(ListFilter {
+            status: self
+                .status
+                .as_deref()
+                .map(|s| input::one_of("status", s, &OrderStatus::ALL, OrderStatus::as_str))
+                .transpose()?,
+            customer_id: self.customer_id.clone(),
+            after: input::id_cursor(self.after.as_deref())?,
+            limit: input::limit(self.limit.as_deref(), 20, 100)?,
+        })
+    }
+}
+
 /// A page of orders in id order (UUIDv7 ids, so creation order).
 pub async fn list(executor: impl PgExecutor<'_>, filter: &ListFilter) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        r#"select {ORDER_COLUMNS} from orders
+    sqlx::query_as(
+        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
+                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+           from orders
            where ($1::text is null or status = $1)
              and ($2::text is null or customer_id = $2)
              and ($3::uuid is null or id > $3)
            order by id
-           limit $4"#
-    )))
-    .bind(filter.status.map(OrderStatus::as_str))
+           limit $4"#,
+    )
+    .bind(filter.status)
     .bind(filter.customer_id.as_deref())
     .bind(filter.after)
     .bind(filter.limit)
@@ -492,26 +369,25 @@ pub struct PlannedTransition {
     pub from: OrderStatus,
     pub to: OrderStatus,
     /// The cancel reason the order takes (a cancel's own, or out of stock).
-    pub reason: Option<&'static str>,
+    pub reason: Option<CancelReason>,
     /// The reason the event carries: the transition's own, or the order's for the cancel's last events.
-    pub event_reason: Option<String>,
+    pub event_reason: Option<CancelReason>,
     pub event_type: EventType,
 }
 
 impl PlannedTransition {
     /// Validates `transition` from the order's current status.
     pub fn new(order: &OrderRow, transition: &Transition) -> Result<Self, InvalidTransition> {
-        let from = order.status();
+        let from = order.status;
         let to = from.apply(transition)?;
         let reason = match transition {
-            Transition::StartCancel(reason) => Some(reason.as_str()),
-            Transition::RejectOutOfStock => Some(CancelReason::OutOfStock.as_str()),
+            Transition::StartCancel(reason) => Some(*reason),
+            Transition::RejectOutOfStock => Some(CancelReason::OutOfStock),
             _ => None,
         };
-        let event_reason = reason.map(str::to_owned).or_else(|| {
+        let event_reason = reason.or_else(|| {
             order
                 .cancel_reason
-                .clone()
                 .filter(|_| matches!(to, OrderStatus::Cancelled | OrderStatus::NeedsAttention))
         });
         Ok(Self {
@@ -522,78 +398,96 @@ impl PlannedTransition {
             event_type: transition.event_type(),
         })
     }
-}
 
-/// Applies `transition` to a locked order: validates it against the table, writes the new status and appends
-/// the event, in the caller's transaction. Returns the new status.
-#[tracing::instrument(skip_all, fields(order_id = %order.id, transition = transition.name()), err)]
-pub async fn transition(
-    conn: &mut PgConnection,
-    order: &OrderRow,
-    transition: Transition,
-    next_step: Option<&str>,
-    note: Option<&str>,
-) -> Result<OrderStatus, TransitionError> {
-    let planned = PlannedTransition::new(order, &transition)?;
-    // The status change and its event in one statement (one round trip); the caller holds the row lock, so the
-    // event's per-order sequence cannot race.
-    sqlx::query(
-        r#"with o as (
-               update orders
-               set status = $2,
-                   cancel_reason = coalesce($3, cancel_reason),
-                   cancel_note = coalesce($4, cancel_note),
-                   current_step = $5,
-                   updated_at = now()
-               where id = $1
-               returning id
-           )
-           insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason)
-           select $6, o.id, coalesce((select max(sequence) from order_events where order_id = $1), 0) + 1,
-                  $7, $8, $2, $9
-           from o"#,
-    )
-    .bind(order.id)
-    .bind(planned.to.as_str())
-    .bind(planned.reason)
-    .bind(note)
-    .bind(next_step)
-    .bind(Uuid::now_v7())
-    .bind(planned.event_type.as_str())
-    .bind(planned.from.as_str())
-    .bind(&planned.event_reason)
-    .execute(&mut *conn)
-    .await?;
-    tracing::info!(from = %planned.from, to = %planned.to, reason = planned.reason, "order transition");
-    if let Transition::StartCancel(reason) = &transition {
-        metrics::counter!("orderflow_compensations_total", "reason" => reason.as_str()).increment(1);
+    /// Logs the move, in the caller's span (a step's carries the order's trace id).
+    pub fn log(&self) {
+        tracing::info!(from = %self.from, to = %self.to, reason = self.reason.map(CancelReason::as_str), "order transition");
     }
-    Ok(planned.to)
 }
 
-/// Holds the order's reservation until `ttl` from now (the reserve step's promise to the customer).
-pub async fn hold_reservation(
-    executor: impl PgExecutor<'_>,
+/// A customer's cancel request (`POST /v1/orders/{id}/cancel`, the body optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// Free text kept with the order (at most 500 characters).
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("order {0} does not exist")]
+    NotFound(Uuid),
+    #[error("order {0} is FULFILLED and can no longer be cancelled")]
+    Fulfilled(Uuid),
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+}
+
+impl From<sqlx::Error> for CancelError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Transition(TransitionError::Database(error))
+    }
+}
+
+/// The customer asks to cancel order `id`: a saga still going forward starts its cancellation
+/// (`customer_request`, with the customer's words); one already cancelling, cancelled or parked is left as it is,
+/// so repeating the request is harmless; a fulfilled order can no longer be cancelled.
+pub async fn request_cancellation(
+    pool: &PgPool,
     id: Uuid,
-    ttl: std::time::Duration,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("update orders set reserved_until = now() + make_interval(secs => $2) where id = $1")
-        .bind(id)
-        .bind(ttl.as_secs_f64())
-        .execute(executor)
-        .await?;
+    request: &CancelRequest,
+) -> Result<(), CancelError> {
+    let note = input::optional_text("reason", request.reason.as_deref(), 500)?;
+    let mut tx = pool.begin().await?;
+    let order = lock(&mut tx, id).await?.ok_or(CancelError::NotFound(id))?;
+    match order.status {
+        OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
+        OrderStatus::Fulfilled => return Err(CancelError::Fulfilled(id)),
+        OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid => {
+            let planned =
+                flow::start_cancellation(&mut tx, &order, CancelReason::CustomerRequest, note.as_deref())
+                    .await?;
+            planned.log();
+        }
+    }
+    tx.commit().await?;
     Ok(())
 }
 
-/// Records the last error a step met, for operators.
-pub async fn set_last_error(executor: impl PgExecutor<'_>, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
-    // Not `updated_at`: that is the saga's last progress, which a failure is not.
-    sqlx::query("update orders set last_error = $2 where id = $1")
-        .bind(id)
-        .bind(error)
-        .execute(executor)
-        .await?;
-    Ok(())
+/// Reserved orders past their hold with no authorization in flight, oldest deadline first: the reconciler
+/// cancels them (`reservation_expired`). Read without locks; [`reservation_expired`] checks one again under its
+/// lock.
+pub async fn expired_reservations(
+    executor: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"select o.id
+           from orders o
+           where o.status = 'RESERVED'
+             and o.reserved_until < now()
+             and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'PENDING')
+           order by o.reserved_until
+           limit $1"#,
+    )
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// Whether the order's reservation is past its hold with no authorization in flight, now (under its lock).
+pub async fn reservation_expired(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"select exists (
+               select 1 from orders o
+               where o.id = $1 and o.status = 'RESERVED' and o.reserved_until < now()
+                 and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'PENDING'))"#,
+    )
+    .bind(order_id)
+    .fetch_one(executor)
+    .await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -675,6 +569,14 @@ mod tests {
     fn paying_a_cancelled_order_is_rejected_with_a_clear_message() {
         let err = Cancelled.apply(&Transition::Pay).err().map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some("cannot pay an order that is CANCELLED"));
+    }
+
+    #[test]
+    fn cancel_reasons_round_trip() {
+        for reason in CancelReason::ALL {
+            assert_eq!(CancelReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(CancelReason::parse("because"), None);
     }
 
     #[test]

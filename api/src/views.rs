@@ -1,0 +1,295 @@
+//! What the API answers: the JSON shapes of orders, skus, events and sagas, and the reads that assemble them.
+//! Handlers (in `routes`) and the dashboard shape their answers from these; no route module needs another.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use orderflow_shared::admin::SagaSummary;
+use orderflow_shared::events::{self, EventRow};
+use orderflow_shared::flow::Step;
+use orderflow_shared::inventory::SkuRow;
+use orderflow_shared::operator::{self, RecordedAction};
+use orderflow_shared::order::create::NewOrder;
+use orderflow_shared::order::{self, CancelReason, OrderLineRow, OrderRow, OrderStatus};
+use orderflow_shared::payment::{self, PaymentRow, PaymentStatus};
+use orderflow_shared::queue::JobStatus;
+use orderflow_shared::queue::views::{self as queue_views, QueueStats, SagaJob};
+use orderflow_shared::step_log::{self, Attempt};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::ApiError;
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderView {
+    pub id: Uuid,
+    pub status: OrderStatus,
+    pub customer_id: String,
+    pub currency: String,
+    pub total: i64,
+    pub lines: Vec<LineView>,
+    pub payment: Option<PaymentView>,
+    pub cancel_reason: Option<CancelReason>,
+    /// The customer's own words when they cancelled, if any.
+    pub cancel_note: Option<String>,
+    /// The saga step the order is in (or the compensation it parked in).
+    pub current_step: Option<Step>,
+    /// Until when the reserved stock is held if payment has not started (RESERVED orders); past it the order
+    /// is cancelled with `reservation_expired`.
+    pub reserved_until: Option<DateTime<Utc>>,
+    /// The last error a saga step met, if any; for a NEEDS_ATTENTION order, why it is parked.
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LineView {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PaymentView {
+    pub status: PaymentStatus,
+    pub provider_ref: Option<String>,
+    pub amount: i64,
+}
+
+impl OrderView {
+    pub fn new(row: OrderRow, lines: Vec<OrderLineRow>, payment: Option<PaymentRow>) -> Self {
+        Self {
+            id: row.id,
+            status: row.status,
+            customer_id: row.customer_id,
+            currency: row.currency,
+            total: row.total,
+            lines: lines
+                .into_iter()
+                .map(|l| LineView {
+                    sku: l.sku,
+                    quantity: l.quantity,
+                    unit_price: l.unit_price,
+                })
+                .collect(),
+            payment: payment.map(|p| PaymentView {
+                status: p.status,
+                provider_ref: p.provider_ref,
+                amount: p.amount,
+            }),
+            cancel_reason: row.cancel_reason,
+            cancel_note: row.cancel_note,
+            current_step: row.current_step,
+            reserved_until: row.reserved_until,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+
+    /// A new order as its creation writes it (the response stored with its Idempotency-Key).
+    pub fn created(order: &NewOrder) -> Self {
+        Self::new(order.row(), order.line_rows(), None)
+    }
+}
+
+/// The order with its lines and payment.
+pub async fn order(pool: &PgPool, id: Uuid) -> Result<OrderView, ApiError> {
+    let row = order::find(pool, id).await?.ok_or(ApiError::NotFound {
+        what: "order",
+        id: id.to_string(),
+    })?;
+    let lines = order::lines(pool, id).await?;
+    let payment = payment::find(pool, id).await?;
+    Ok(OrderView::new(row, lines, payment))
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderList {
+    pub orders: Vec<OrderView>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of orders with their lines and payments (three reads, whatever the page's size).
+pub async fn orders(pool: &PgPool, filter: &order::ListFilter) -> Result<OrderList, ApiError> {
+    let rows = order::list(pool, filter).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut lines: HashMap<Uuid, Vec<OrderLineRow>> = HashMap::new();
+    for line in order::lines_of(pool, &ids).await? {
+        lines.entry(line.order_id).or_default().push(line);
+    }
+    let mut payments: HashMap<Uuid, PaymentRow> = payment::find_many(pool, &ids)
+        .await?
+        .into_iter()
+        .map(|p| (p.order_id, p))
+        .collect();
+    let next_cursor = (rows.len() as i64 == filter.limit)
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    let orders = rows
+        .into_iter()
+        .map(|row| {
+            let id = row.id;
+            OrderView::new(row, lines.remove(&id).unwrap_or_default(), payments.remove(&id))
+        })
+        .collect();
+    Ok(OrderList { orders, next_cursor })
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub event_id: Uuid,
+    pub sequence: i32,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl From<EventRow> for EventView {
+    fn from(e: EventRow) -> Self {
+        Self {
+            event_id: e.event_id,
+            sequence: e.sequence,
+            event_type: e.event_type,
+            from: e.from_status,
+            to: e.to_status,
+            reason: e.reason,
+            at: e.created_at,
+        }
+    }
+}
+
+/// The order's events, oldest first; 404 for an order that does not exist.
+pub async fn events_of(pool: &PgPool, id: Uuid) -> Result<Vec<EventView>, ApiError> {
+    if order::find(pool, id).await?.is_none() {
+        return Err(ApiError::NotFound {
+            what: "order",
+            id: id.to_string(),
+        });
+    }
+    Ok(events::for_order(pool, id)
+        .await?
+        .into_iter()
+        .map(EventView::from)
+        .collect())
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SkuView {
+    pub sku: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    /// on_hand − reserved: what new orders can still take.
+    pub available: i64,
+    pub price: i64,
+    pub currency: String,
+}
+
+impl From<SkuRow> for SkuView {
+    fn from(row: SkuRow) -> Self {
+        Self {
+            available: row.on_hand - row.reserved,
+            sku: row.sku,
+            on_hand: row.on_hand,
+            reserved: row.reserved,
+            price: row.price,
+            currency: row.currency,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<QueueStats>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SagaList {
+    pub sagas: Vec<SagaSummary>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CurrentJob {
+    pub id: String,
+    pub status: Option<JobStatus>,
+    pub worker: Option<String>,
+    /// Whether the worker holding it is still connected (false: the reconciler will take it back).
+    pub worker_alive: Option<bool>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SagaDetail {
+    pub order: OrderView,
+    /// Not over and without progress for longer than the stuck threshold.
+    pub stuck: bool,
+    pub last_progress_at: DateTime<Utc>,
+    /// The job that should move the saga on.
+    pub current_job: Option<CurrentJob>,
+    pub steps: Vec<Attempt>,
+    pub jobs: Vec<SagaJob>,
+    pub events: Vec<EventView>,
+    pub actions: Vec<RecordedAction>,
+}
+
+/// One saga's whole story: the order, its step attempts, jobs, events and operator actions.
+pub async fn saga(pool: &PgPool, id: Uuid, stuck_after: std::time::Duration) -> Result<SagaDetail, ApiError> {
+    let row = order::find(pool, id).await?.ok_or(ApiError::NotFound {
+        what: "saga",
+        id: id.to_string(),
+    })?;
+    let jobs = queue_views::jobs_of_order(pool, id).await?;
+    let current_job = match row.job_id.as_deref() {
+        None => None,
+        Some(job_id) => {
+            let job = jobs.iter().find(|j| j.id == job_id);
+            let worker = job.and_then(|j| j.worker.clone());
+            let worker_alive = match &worker {
+                Some(w) => Some(queue_views::worker_alive(pool, w).await?),
+                None => None,
+            };
+            Some(CurrentJob {
+                id: job_id.to_owned(),
+                status: job.and_then(|j| j.status),
+                worker,
+                worker_alive,
+            })
+        }
+    };
+    let stuck = !row.status.is_terminal()
+        && (Utc::now() - row.updated_at)
+            .to_std()
+            .is_ok_and(|age| age > stuck_after);
+    let last_progress_at = row.updated_at;
+    let lines = order::lines(pool, id).await?;
+    let payment = payment::find(pool, id).await?;
+    Ok(SagaDetail {
+        order: OrderView::new(row, lines, payment),
+        stuck,
+        last_progress_at,
+        current_job,
+        steps: step_log::attempts_of(pool, id).await?,
+        jobs,
+        events: events::for_order(pool, id)
+            .await?
+            .into_iter()
+            .map(EventView::from)
+            .collect(),
+        actions: operator::actions_of(pool, id).await?,
+    })
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActionResult {
+    pub action: String,
+    pub actor: String,
+    /// What was done.
+    pub outcome: String,
+    pub order: OrderView,
+}

@@ -1,0 +1,567 @@
+//! The saga's flow, written down once: the steps in order and every rule about each of them (its queue, the
+//! status it runs from, where its success takes the order and what runs next, what undoes it, the cancel reason
+//! its failure gives, its attempt budget), where a saga in a given state resumes, what follows a failed attempt,
+//! and how an attempt ends. The worker's runner, the reconciler, the operator actions and the API read it here;
+//! none of them restates it.
+//!
+//! ```text
+//! forward:      reserve ──▶ pay ──▶ commit ──▶ fulfil
+//!               CREATED     RESERVED  PAID      PAID (captured) ──▶ FULFILLED
+//!                  └─ out of stock ──▶ CANCELLED
+//! cancellation: any forward state ──▶ CANCELLING: release_inventory ──▶ cancel_payment ──▶ CANCELLED
+//!                                     a compensation out of attempts ──▶ NEEDS_ATTENTION (an operator resumes it)
+//! ```
+//!
+//! The status moves themselves are the transition table, `order::OrderStatus::apply`; the rows they write are
+//! `order::advance`'s.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use crate::order::{
+    self, CancelReason, Move, OrderRow, OrderStatus, PlannedTransition, Transition, TransitionError,
+};
+use crate::queue::NextJob;
+use crate::step_log::AttemptStatus;
+
+/// One saga step or compensation; each has its own queue. Persisted by name (`Step::name`) in the step log,
+/// `orders.current_step` and `saga_jobs`, and by queue name in `apalis.jobs`: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Reserve,
+    Pay,
+    Commit,
+    Fulfil,
+    ReleaseInventory,
+    CancelPayment,
+}
+
+impl Step {
+    /// In the flow's order: the forward steps, then the compensations.
+    pub const ALL: [Step; 6] = [
+        Self::Reserve,
+        Self::Pay,
+        Self::Commit,
+        Self::Fulfil,
+        Self::ReleaseInventory,
+        Self::CancelPayment,
+    ];
+
+    /// The step a new order starts with; order creation queues it.
+    pub const FIRST: Step = Self::Reserve;
+
+    /// The step a cancellation starts with, from any state (see [`start_cancellation`]). Stock goes back first,
+    /// then the money (void or refund), so a refund never precedes the release of what it paid for.
+    pub const FIRST_COMPENSATION: Step = Self::ReleaseInventory;
+
+    /// The queue (apalis `job_type`) of the step.
+    pub fn queue(self) -> &'static str {
+        match self {
+            Self::Reserve => "orderflow.reserve",
+            Self::Pay => "orderflow.pay",
+            Self::Commit => "orderflow.commit",
+            Self::Fulfil => "orderflow.fulfil",
+            Self::ReleaseInventory => "orderflow.release_inventory",
+            Self::CancelPayment => "orderflow.cancel_payment",
+        }
+    }
+
+    /// The step's name in the step log, `orders.current_step` and `ORDERFLOW_WORKER_STEPS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reserve => "reserve",
+            Self::Pay => "pay",
+            Self::Commit => "commit",
+            Self::Fulfil => "fulfil",
+            Self::ReleaseInventory => "release_inventory",
+            Self::CancelPayment => "cancel_payment",
+        }
+    }
+
+    /// The step named `name`.
+    pub fn parse(name: &str) -> Option<Step> {
+        Self::ALL.into_iter().find(|step| step.name() == name)
+    }
+
+    /// Compensations undo forward steps; they run only in CANCELLING and never start another cancellation.
+    pub fn is_compensation(self) -> bool {
+        matches!(self, Self::ReleaseInventory | Self::CancelPayment)
+    }
+
+    /// The status the step runs from; in any other status it has nothing to do (done already, or overtaken).
+    pub fn runs_from(self) -> OrderStatus {
+        match self {
+            Self::Reserve => OrderStatus::Created,
+            Self::Pay => OrderStatus::Reserved,
+            Self::Commit | Self::Fulfil => OrderStatus::Paid,
+            Self::ReleaseInventory | Self::CancelPayment => OrderStatus::Cancelling,
+        }
+    }
+
+    /// The transition a success makes. Commit captures without a status of its own (the order stays PAID until
+    /// fulfil), release_inventory hands over to cancel_payment, which ends the cancellation.
+    pub fn on_success(self) -> Option<Transition> {
+        match self {
+            Self::Reserve => Some(Transition::Reserve),
+            Self::Pay => Some(Transition::Pay),
+            Self::Commit | Self::ReleaseInventory => None,
+            Self::Fulfil => Some(Transition::Fulfil),
+            Self::CancelPayment => Some(Transition::FinishCancel),
+        }
+    }
+
+    /// The step queued when this one succeeds; `None` ends the saga.
+    pub fn next(self) -> Option<Step> {
+        match self {
+            Self::Reserve => Some(Self::Pay),
+            Self::Pay => Some(Self::Commit),
+            Self::Commit => Some(Self::Fulfil),
+            Self::Fulfil | Self::CancelPayment => None,
+            Self::ReleaseInventory => Some(Self::CancelPayment),
+        }
+    }
+
+    /// The compensation that undoes the step's effect, recorded in the step log before the effect happens.
+    pub fn undo(self) -> Option<Step> {
+        match self {
+            Self::Reserve | Self::Commit => Some(Self::ReleaseInventory),
+            Self::Pay => Some(Self::CancelPayment),
+            Self::Fulfil | Self::ReleaseInventory | Self::CancelPayment => None,
+        }
+    }
+
+    /// The reason a forward step's cancellation gives when its attempts run out without a reason of its own
+    /// (a permanent failure names one: a decline, a failed inventory commit).
+    pub fn failure_reason(self) -> CancelReason {
+        match self {
+            Self::Pay | Self::Commit => CancelReason::PaymentFailed,
+            _ => CancelReason::StepFailed,
+        }
+    }
+}
+
+stored_as_text!(Step, name);
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Attempts a step gets before it gives up: a forward step then starts the cancellation, a compensation parks
+/// the saga in NEEDS_ATTENTION.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budgets {
+    /// Every forward step's (`ORDERFLOW_MAX_STEP_ATTEMPTS`).
+    pub forward: u32,
+    /// Every compensation's (`ORDERFLOW_MAX_COMPENSATION_ATTEMPTS`): more, as a compensation has no fallback.
+    pub compensation: u32,
+    /// One step's own, over its kind's (`ORDERFLOW_MAX_ATTEMPTS_<STEP>`).
+    pub per_step: HashMap<Step, u32>,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            forward: 8,
+            compensation: 12,
+            per_step: HashMap::new(),
+        }
+    }
+}
+
+impl Budgets {
+    /// The attempts `step` gets.
+    pub fn of(&self, step: Step) -> u32 {
+        self.per_step
+            .get(&step)
+            .copied()
+            .unwrap_or(if step.is_compensation() {
+                self.compensation
+            } else {
+                self.forward
+            })
+    }
+}
+
+/// How an attempt failed, as the step decided where the error happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth another attempt (connection trouble, timeouts, the provider briefly unable).
+    Transient,
+    /// No attempt can succeed: the saga is cancelled with this reason.
+    Permanent(CancelReason),
+}
+
+/// What follows a failed attempt of a step, while the order is still in the step's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// The same step again, as attempt `attempt`, after a backoff.
+    Retry { attempt: u32 },
+    /// A forward step gives up: the cancellation starts with this reason.
+    Cancel(CancelReason),
+    /// A compensation gives up: the saga parks in NEEDS_ATTENTION for an operator.
+    Park,
+}
+
+/// What follows failed attempt `attempt` (1-based) of `step` with `budget` attempts: a transient failure is
+/// retried while attempts are left; then, or at once for a permanent one, a forward step cancels (with the
+/// failure's reason, else [`Step::failure_reason`]) and a compensation parks.
+pub fn after_failure(step: Step, attempt: u32, budget: u32, failure: Failure) -> AfterFailure {
+    match failure {
+        Failure::Transient if attempt < budget => AfterFailure::Retry { attempt: attempt + 1 },
+        _ if step.is_compensation() => AfterFailure::Park,
+        Failure::Permanent(reason) => AfterFailure::Cancel(reason),
+        Failure::Transient => AfterFailure::Cancel(step.failure_reason()),
+    }
+}
+
+/// The step a saga in `status` resumes with (the reconciler settling a stranded saga, an operator's retry):
+/// `current_step` when it fits the status (a parked saga resumes the compensation it parked in), else the one
+/// the status implies (a PAID order whose capture is recorded is in fulfil). `None` for a saga that is over.
+pub fn resume(status: OrderStatus, current_step: Option<Step>, capture_recorded: bool) -> Option<Step> {
+    let fits = |step: Step| match status {
+        OrderStatus::NeedsAttention => step.is_compensation(),
+        status => step.runs_from() == status,
+    };
+    if let Some(step) = current_step.filter(|step| fits(*step)) {
+        return Some(step);
+    }
+    match status {
+        OrderStatus::Created => Some(Step::Reserve),
+        OrderStatus::Reserved => Some(Step::Pay),
+        OrderStatus::Paid if capture_recorded => Some(Step::Fulfil),
+        OrderStatus::Paid => Some(Step::Commit),
+        OrderStatus::Cancelling | OrderStatus::NeedsAttention => Some(Step::FIRST_COMPENSATION),
+        OrderStatus::Fulfilled | OrderStatus::Cancelled => None,
+    }
+}
+
+/// How one attempt of a step ends, as the step decided it: what the step log records, how the order moves and
+/// what runs next. Built by the constructors below, which apply the flow's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub status: AttemptStatus,
+    /// Why, for the step log (a decline code, "out of stock").
+    pub note: Option<String>,
+    pub transition: Option<Transition>,
+    /// The step queued next (its first attempt).
+    pub next: Option<Step>,
+    /// The reservation is held until this long from now (the reserve step's promise).
+    pub hold_for: Option<Duration>,
+}
+
+impl Ending {
+    /// `step` did its work: the order moves as a success of `step` moves it and the next step is queued.
+    pub fn succeeded(step: Step) -> Self {
+        Self {
+            status: AttemptStatus::Succeeded,
+            note: None,
+            transition: step.on_success(),
+            next: step.next(),
+            hold_for: None,
+        }
+    }
+
+    /// The step cannot do its work and the saga cannot go on: the cancellation starts with `reason`.
+    pub fn cancel(reason: CancelReason, note: impl Into<String>) -> Self {
+        Self {
+            status: AttemptStatus::Failed,
+            note: Some(note.into()),
+            transition: Some(Transition::StartCancel(reason)),
+            next: Some(Step::FIRST_COMPENSATION),
+            hold_for: None,
+        }
+    }
+
+    /// The step failed and `transition` ends the saga (out of stock), or with none the order stays where it is
+    /// (the saga moved on while the step's call was out).
+    pub fn failed(note: impl Into<String>, transition: Option<Transition>) -> Self {
+        Self {
+            status: AttemptStatus::Failed,
+            note: Some(note.into()),
+            transition,
+            next: None,
+            hold_for: None,
+        }
+    }
+
+    /// The step found its work overtaken: the order left the step's state while its remote call was out, and the
+    /// step that moved it owns the saga now.
+    pub fn overtaken(note: impl Into<String>) -> Self {
+        Self {
+            status: AttemptStatus::Skipped,
+            note: Some(note.into()),
+            transition: None,
+            next: None,
+            hold_for: None,
+        }
+    }
+
+    pub fn with_note(self, note: impl Into<String>) -> Self {
+        Self {
+            note: Some(note.into()),
+            ..self
+        }
+    }
+
+    pub fn holding_stock_for(self, ttl: Duration) -> Self {
+        Self {
+            hold_for: Some(ttl),
+            ..self
+        }
+    }
+}
+
+/// The move that starts the cancellation of `order`: CANCELLING with `reason` (and the customer's or operator's
+/// `note`), and [`Step::FIRST_COMPENSATION`] queued. The same move as a step's [`Ending::cancel`]; a caller may
+/// add to it (the worker records the failure that led to it in the same statement).
+pub fn cancellation<'a>(order: &'a OrderRow, reason: CancelReason, note: Option<&str>) -> Move<'a> {
+    Move {
+        transition: Some(Transition::StartCancel(reason)),
+        next: Some(NextJob::first(Step::FIRST_COMPENSATION)),
+        cancel_note: note.map(str::to_owned),
+        ..Move::new(order)
+    }
+}
+
+/// Starts the cancellation of an order the caller has locked ([`cancellation`]), in the caller's transaction: the
+/// one way a saga starts compensating outside a step's own ending. The API's cancel, an operator's compensate and
+/// the reconciler's expiry call it; a step out of attempts writes the same move. An order whose status may not be
+/// cancelled is a `TransitionError::Invalid`.
+pub async fn start_cancellation(
+    conn: &mut PgConnection,
+    order: &OrderRow,
+    reason: CancelReason,
+    note: Option<&str>,
+) -> Result<PlannedTransition, TransitionError> {
+    let mut planned = order::advance(conn, &[cancellation(order, reason, note)]).await?;
+    planned
+        .pop()
+        .flatten()
+        .ok_or(TransitionError::Database(sqlx::Error::RowNotFound))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use super::*;
+
+    fn order_in(status: OrderStatus) -> OrderRow {
+        let now = chrono::Utc::now();
+        OrderRow {
+            id: uuid::Uuid::now_v7(),
+            customer_id: "c1".to_owned(),
+            currency: "USD".to_owned(),
+            total: 100,
+            status,
+            payment_token: "pm_card_visa".to_owned(),
+            cancel_reason: None,
+            cancel_note: None,
+            current_step: status_step(status),
+            last_error: None,
+            job_id: None,
+            reserved_until: None,
+            trace_id: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn status_step(status: OrderStatus) -> Option<Step> {
+        resume(status, None, false)
+    }
+
+    /// The whole flow, written out once more by hand: for every step, its queue, its state, where its success
+    /// goes, what follows it and what undoes it.
+    #[test]
+    fn the_flow_is_exactly_the_documented_one() {
+        use OrderStatus::*;
+        type Row = (
+            Step,
+            &'static str,
+            OrderStatus,
+            Option<&'static str>,
+            Option<Step>,
+            Option<Step>,
+        );
+        let table: [Row; 6] = [
+            (
+                Step::Reserve,
+                "orderflow.reserve",
+                Created,
+                Some("reserve"),
+                Some(Step::Pay),
+                Some(Step::ReleaseInventory),
+            ),
+            (
+                Step::Pay,
+                "orderflow.pay",
+                Reserved,
+                Some("pay"),
+                Some(Step::Commit),
+                Some(Step::CancelPayment),
+            ),
+            (
+                Step::Commit,
+                "orderflow.commit",
+                Paid,
+                None,
+                Some(Step::Fulfil),
+                Some(Step::ReleaseInventory),
+            ),
+            (Step::Fulfil, "orderflow.fulfil", Paid, Some("fulfil"), None, None),
+            (
+                Step::ReleaseInventory,
+                "orderflow.release_inventory",
+                Cancelling,
+                None,
+                Some(Step::CancelPayment),
+                None,
+            ),
+            (
+                Step::CancelPayment,
+                "orderflow.cancel_payment",
+                Cancelling,
+                Some("finish_cancel"),
+                None,
+                None,
+            ),
+        ];
+        assert_eq!(table.map(|row| row.0), Step::ALL);
+        for (step, queue, from, success, next, undo) in table {
+            assert_eq!(step.queue(), queue);
+            assert_eq!(step.runs_from(), from, "{step}");
+            assert_eq!(step.on_success().map(|t| t.name()), success, "{step}");
+            assert_eq!(step.next(), next, "{step}");
+            assert_eq!(step.undo(), undo, "{step}");
+            assert_eq!(Step::parse(step.name()), Some(step));
+            // A success moves the order only along the transition table.
+            if let Some(transition) = step.on_success() {
+                let to = from
+                    .apply(&transition)
+                    .expect("a step's success is in the transition table");
+                if let Some(next) = step.next() {
+                    assert_eq!(next.runs_from(), to, "{step} hands {next} an order it runs from");
+                }
+            }
+        }
+        assert_eq!(Step::parse("charge"), None);
+        assert_eq!(Step::FIRST.runs_from(), Created);
+        assert!(Step::FIRST_COMPENSATION.is_compensation());
+    }
+
+    #[test]
+    fn every_forward_step_can_be_cancelled_and_the_cancellation_starts_where_compensations_run() {
+        for step in Step::ALL.into_iter().filter(|s| !s.is_compensation()) {
+            let to = step
+                .runs_from()
+                .apply(&Transition::StartCancel(CancelReason::CustomerRequest))
+                .expect("a forward state can start a cancellation");
+            assert_eq!(to, Step::FIRST_COMPENSATION.runs_from(), "{step}");
+        }
+        let ending = Ending::cancel(CancelReason::PaymentDeclined, "declined: card_declined");
+        assert_eq!(ending.next, Some(Step::FIRST_COMPENSATION));
+        assert_eq!(ending.status, AttemptStatus::Failed);
+        // A step's cancelling ending and a cancellation started from outside move the order alike.
+        let order = order_in(OrderStatus::Reserved);
+        let started = cancellation(&order, CancelReason::PaymentDeclined, None);
+        assert_eq!(started.transition, ending.transition);
+        assert_eq!(started.next.map(|n| n.step), ending.next);
+    }
+
+    #[test]
+    fn a_failure_retries_while_attempts_are_left_then_cancels_or_parks() {
+        use AfterFailure::*;
+        assert_eq!(
+            after_failure(Step::Pay, 1, 3, Failure::Transient),
+            Retry { attempt: 2 }
+        );
+        assert_eq!(
+            after_failure(Step::Pay, 3, 3, Failure::Transient),
+            Cancel(CancelReason::PaymentFailed)
+        );
+        assert_eq!(
+            after_failure(Step::Commit, 8, 8, Failure::Transient),
+            Cancel(CancelReason::PaymentFailed)
+        );
+        assert_eq!(
+            after_failure(Step::Reserve, 8, 8, Failure::Transient),
+            Cancel(CancelReason::StepFailed)
+        );
+        assert_eq!(
+            after_failure(Step::Fulfil, 8, 8, Failure::Transient),
+            Cancel(CancelReason::StepFailed)
+        );
+        // A permanent failure cancels at once, with its own reason.
+        assert_eq!(
+            after_failure(
+                Step::Commit,
+                1,
+                8,
+                Failure::Permanent(CancelReason::InventoryCommitFailed)
+            ),
+            Cancel(CancelReason::InventoryCommitFailed)
+        );
+        // A compensation never cancels: it retries, then parks, whatever the failure.
+        assert_eq!(
+            after_failure(Step::CancelPayment, 2, 12, Failure::Transient),
+            Retry { attempt: 3 }
+        );
+        assert_eq!(
+            after_failure(Step::CancelPayment, 12, 12, Failure::Transient),
+            Park
+        );
+        assert_eq!(
+            after_failure(
+                Step::ReleaseInventory,
+                1,
+                12,
+                Failure::Permanent(CancelReason::StepFailed)
+            ),
+            Park
+        );
+    }
+
+    #[test]
+    fn budgets_are_per_kind_with_per_step_overrides() {
+        let mut budgets = Budgets::default();
+        assert_eq!((budgets.of(Step::Pay), budgets.of(Step::CancelPayment)), (8, 12));
+        budgets.per_step.insert(Step::Pay, 2);
+        assert_eq!((budgets.of(Step::Pay), budgets.of(Step::Commit)), (2, 8));
+    }
+
+    #[test]
+    fn a_saga_resumes_where_its_state_says() {
+        use OrderStatus::*;
+        // current_step when it fits the status.
+        assert_eq!(resume(Paid, Some(Step::Fulfil), false), Some(Step::Fulfil));
+        assert_eq!(
+            resume(Cancelling, Some(Step::CancelPayment), false),
+            Some(Step::CancelPayment)
+        );
+        assert_eq!(
+            resume(NeedsAttention, Some(Step::CancelPayment), false),
+            Some(Step::CancelPayment)
+        );
+        // Otherwise the status says.
+        assert_eq!(resume(Created, None, false), Some(Step::Reserve));
+        assert_eq!(resume(Reserved, Some(Step::Reserve), false), Some(Step::Pay));
+        assert_eq!(resume(Paid, None, false), Some(Step::Commit));
+        assert_eq!(resume(Paid, Some(Step::Pay), true), Some(Step::Fulfil));
+        assert_eq!(
+            resume(Cancelling, Some(Step::Pay), false),
+            Some(Step::ReleaseInventory)
+        );
+        assert_eq!(
+            resume(NeedsAttention, Some(Step::Pay), false),
+            Some(Step::ReleaseInventory)
+        );
+        assert_eq!(resume(Fulfilled, Some(Step::Fulfil), true), None);
+        assert_eq!(resume(Cancelled, None, false), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! What is wrong with a client's input, and where: [`FieldError`] names the field by its path in the request
+//! (`lines[0].quantity`), so every rejection of a field reads the same whichever module checks it.
+
+/// Longest free text a field takes (names, tokens, keys).
+pub const MAX_TEXT: usize = 255;
+
+/// A field with a value that is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The field's path in the request, such as `lines[0].quantity`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// `value` trimmed, if it is not empty and at most `MAX_TEXT` characters.
+pub fn required_text(field: &str, value: &str) -> Result<String, FieldError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if trimmed.chars().count() > MAX_TEXT {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_TEXT} characters"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// `value` trimmed, `None` if it is empty; at most `max` characters.
+pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, FieldError> {
+    let text = value.map(str::trim).filter(|v| !v.is_empty());
+    if text.is_some_and(|t| t.chars().count() > max) {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(text.map(str::to_owned))
+}
+
+/// The `limit` of a list: `default` when absent, else a whole number from 1 to `max`.
+pub fn limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, FieldError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    raw.parse::<i64>()
+        .ok()
+        .filter(|l| (1..=max).contains(l))
+        .ok_or_else(|| FieldError::new("limit", format!("{raw:?} is not a whole number from 1 to {max}")))
+}
+
+/// An id cursor (`after`): the last id of the previous page, when given.
+pub fn id_cursor(raw: Option<&str>) -> Result<Option<uuid::Uuid>, FieldError> {
+    raw.map(|raw| {
+        uuid::Uuid::parse_str(raw).map_err(|_| FieldError::new("after", format!("{raw:?} is not a cursor")))
+    })
+    .transpose()
+}
+
+/// One of an enum's stable names (`parse`), or the field's error listing them all.
+pub fn one_of<T: Copy>(
+    field: &str,
+    raw: &str,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> Result<T, FieldError> {
+    all.iter().copied().find(|v| name(*v) == raw).ok_or_else(|| {
+        let known: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+        FieldError::new(field, format!("{raw:?} is not one of {}", known.join(", ")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_trimmed_and_bounded() {
+        assert_eq!(required_text("f", "  a b "), Ok("a b".to_owned()));
+        assert_eq!(
+            required_text("f", "  ").map_err(|e| e.to_string()),
+            Err("f: must not be empty".to_owned())
+        );
+        assert!(required_text("f", &"x".repeat(MAX_TEXT + 1)).is_err());
+        assert_eq!(optional_text("note", Some("  "), 5), Ok(None));
+        assert_eq!(optional_text("note", Some(" hi "), 5), Ok(Some("hi".to_owned())));
+        assert!(optional_text("note", Some("toolong"), 5).is_err());
+    }
+
+    #[test]
+    fn limits_and_cursors_name_what_is_wrong() {
+        assert_eq!(limit(None, 20, 100), Ok(20));
+        assert_eq!(limit(Some("100"), 20, 100), Ok(100));
+        for bad in ["0", "101", "-1", "ten", ""] {
+            assert_eq!(
+                limit(Some(bad), 20, 100).map_err(|e| e.field),
+                Err("limit".to_owned()),
+                "{bad}"
+            );
+        }
+        assert_eq!(id_cursor(None), Ok(None));
+        assert_eq!(id_cursor(Some("x")).map_err(|e| e.field), Err("after".to_owned()));
+        assert_eq!(
+            one_of("n", "b", &[1, 2], |v| if v == 1 { "a" } else { "b" }),
+            Ok(2)
+        );
+        assert_eq!(
+            one_of("n", "c", &[1, 2], |v| if v == 1 { "a" } else { "b" }).map_err(|e| e.message),
+            Err("\"c\" is not one of a, b".to_owned())
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! Fulfil (PAID → FULFILLED): the money is captured and the stock committed; the order is done. Commit queues it
+//! in the transaction that records the capture, so it only guards against a job queued by hand: before the
+//! capture is recorded it fails (transient) and is retried.
+//!
+//! Failpoint: `worker.fulfil.before` (a transient failure, nothing written).
+
+use std::collections::HashSet;
+
+use anyhow::anyhow;
+use orderflow_shared::flow::{Ending, Step};
+use orderflow_shared::order::OrderRow;
+use orderflow_shared::payment::{self, PaymentStatus};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::StepError;
+use crate::failpoints;
+use crate::runner::Runner;
+use crate::steps::{Decision, NoCall, SagaStep};
+
+pub(crate) struct Fulfil;
+
+impl SagaStep for Fulfil {
+    const STEP: Step = Step::Fulfil;
+    type Call = NoCall;
+    type Answer = NoCall;
+
+    async fn decide(
+        _runner: &Runner,
+        conn: &mut PgConnection,
+        orders: &[&OrderRow],
+    ) -> Result<Vec<Decision<NoCall>>, StepError> {
+        let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+        let captured: HashSet<Uuid> = payment::find_many(&mut *conn, &ids)
+            .await?
+            .into_iter()
+            .filter(|p| p.status == PaymentStatus::Captured)
+            .map(|p| p.order_id)
+            .collect();
+        Ok(orders
+            .iter()
+            .map(|order| {
+                if let Err(error) = failpoints::crash("worker.fulfil.before", &order.customer_id) {
+                    return Decision::Fail(error);
+                }
+                if !captured.contains(&order.id) {
+                    return Decision::Fail(StepError::Transient(anyhow!(
+                        "fulfil ran before the capture was recorded"
+                    )));
+                }
+                Decision::End(Ending::succeeded(Self::STEP))
+            })
+            .collect())
+    }
+}

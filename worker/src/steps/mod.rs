@@ -1,0 +1,102 @@
+//! The saga's steps, one file each: what the step reads, what it decides, what it writes, its remote call and
+//! its failpoints. A step is written once, for any number of orders: the runner (`crate::runner`) hands it the
+//! orders of a batch, locked and in the state the step runs from, and executes what it decides, for one order or
+//! for sixty-four alike. Where a step sits in the saga (what follows it, what undoes it, what its failure does)
+//! is `orderflow_shared::flow`'s.
+//!
+//! A step decides, per order ([`Decision`]):
+//! - **end** the attempt now ([`Ending`]: succeeded, failed, cancel), with the step's writes done in the runner's
+//!   transaction (set-based, for all the orders at once), which also ends the attempt, moves the order and
+//!   queues the next job;
+//! - **skip**: nothing to do (a re-run that finds its work done); nothing is written;
+//! - **fail**: transient (retried with backoff) or permanent (the saga is cancelled); nothing is written for
+//!   the order in this transaction, and the runner settles the failure;
+//! - **call** the payment provider: the runner commits the attempt as STARTED with the step's writes so far (the
+//!   step log before the side effect), makes the call, then hands the answer, with the order as it is by then,
+//!   to [`SagaStep::record`], which decides how the attempt ends.
+
+mod cancel_payment;
+mod commit;
+mod fulfil;
+mod pay;
+mod release_inventory;
+mod reserve;
+
+use std::future::Future;
+
+use orderflow_shared::flow::{Ending, Step};
+use orderflow_shared::order::OrderRow;
+use sqlx::PgConnection;
+
+use crate::error::StepError;
+use crate::runner::Runner;
+
+pub(crate) use cancel_payment::CancelPayment;
+pub(crate) use commit::Commit;
+pub(crate) use fulfil::Fulfil;
+pub(crate) use pay::Pay;
+pub(crate) use release_inventory::ReleaseInventory;
+pub(crate) use reserve::Reserve;
+
+/// What a step decided for one order.
+#[derive(Debug)]
+pub(crate) enum Decision<C> {
+    /// End the attempt now, as the ending says.
+    End(Ending),
+    /// Nothing to do; nothing is recorded.
+    Skip,
+    /// The attempt failed before anything was written for the order.
+    Fail(StepError),
+    /// Commit the attempt, then make this call and [`SagaStep::record`] its answer.
+    Call(C),
+}
+
+/// The answer of a step that calls no one: it has no value, so such a step can never decide [`Decision::Call`].
+#[derive(Debug)]
+pub(crate) enum NoCall {}
+
+/// One step of the saga. The runner calls `decide` with the batch's orders (each locked, in
+/// `STEP.runs_from()`, its attempt number known to the runner); a step with a remote call also implements
+/// `call` and `record`.
+pub(crate) trait SagaStep: Send + Sync + 'static {
+    const STEP: Step;
+    /// What the step asks of the provider for one order.
+    type Call: Send + Sync + 'static;
+    /// What the provider answered.
+    type Answer: Send + Sync + 'static;
+
+    /// Decides for each of `orders` (in order: one decision each), doing the step's writes for those that go on
+    /// in the runner's transaction, set-based. An order decided `Skip` or `Fail` must have nothing written for
+    /// it: the transaction commits the others.
+    fn decide(
+        runner: &Runner,
+        conn: &mut PgConnection,
+        orders: &[&OrderRow],
+    ) -> impl Future<Output = Result<Vec<Decision<Self::Call>>, StepError>> + Send;
+
+    /// The remote call for one order, after its attempt (and the writes before it) committed.
+    fn call(
+        runner: &Runner,
+        order: &OrderRow,
+        call: &Self::Call,
+    ) -> impl Future<Output = Result<Self::Answer, StepError>> + Send {
+        let _ = (runner, order, call);
+        async {
+            Err(StepError::Transient(anyhow::anyhow!(
+                "{} makes no call",
+                Self::STEP
+            )))
+        }
+    }
+
+    /// Records the answers in a second transaction: each order as it is now (locked again; it may have moved
+    /// while the call was out) with its answer; returns how each attempt ends, in order.
+    fn record(
+        runner: &Runner,
+        conn: &mut PgConnection,
+        answered: &[(&OrderRow, &Self::Answer)],
+    ) -> impl Future<Output = Result<Vec<Ending>, StepError>> + Send {
+        let _ = (runner, conn, answered);
+        async { Ok(Vec::new()) }
+    }
+}
