@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod extract;
 mod openapi;
+mod pages;
 mod routes;
 mod views;
 

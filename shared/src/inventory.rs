@@ -96,10 +96,10 @@ pub enum ReserveOutcome {
     OutOfStock,
 }
 
-/// Reserves many orders' lines in one transaction, each order all or nothing, first come first served in the
-/// order given (an order that does not fit leaves its stock to the orders after it). It locks every sku the
-/// orders name, in sorted order, decides on the locked counts, then writes every hold in two statements; the
-/// CHECK constraint still stands behind it. A sku that does not exist is out of stock, as for `reserve`.
+/// Reserves the lines of one order or many in the caller's transaction, each order all or nothing, first come
+/// first served in the order given (an order that does not fit leaves its stock to the orders after it). It locks
+/// every sku the orders name, in sorted order, decides on the locked counts, then writes every hold in one
+/// statement; the CHECK constraint still stands behind it. A sku that does not exist is out of stock.
 #[tracing::instrument(skip_all, fields(orders = orders.len()), err)]
 pub async fn reserve_many(
     conn: &mut PgConnection,
@@ -178,18 +178,26 @@ fn decide(free: &mut HashMap<String, i64>, orders: &[(Uuid, Vec<(String, i64)>)]
         .collect()
 }
 
-/// Phase two for many orders at once, as `commit` does for one: their RESERVED units leave stock. The skus are
-/// locked in sorted order first. Returns how many reservations it committed.
-#[tracing::instrument(skip_all, fields(orders = order_ids.len()), err)]
-pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+/// Locks the skus the orders hold units of, in sorted order, before their reservations change: two transactions
+/// changing overlapping skus then wait on each other in one order, never in a cycle. `for no key update` is the
+/// lock the `update` itself takes (see `reserve_many`).
+async fn lock_skus_held_by(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<(), sqlx::Error> {
     sqlx::query(
         r#"select 1 from skus
-           where sku in (select sku from reservations where order_id = any($1) and status = 'RESERVED')
+           where sku in (select sku from reservations where order_id = any($1) and status <> 'RELEASED')
            order by sku for no key update"#,
     )
     .bind(order_ids)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Phase two for one order or many: their RESERVED units leave stock (`on_hand` and `reserved` both drop).
+/// Idempotent: a COMMITTED reservation is left alone. Returns how many reservations it committed.
+#[tracing::instrument(skip_all, fields(orders = order_ids.len()), err)]
+pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    lock_skus_held_by(conn, order_ids).await?;
     let committed: i64 = sqlx::query_scalar(
         r#"with r as (
                update reservations set status = 'COMMITTED', updated_at = now()
@@ -210,20 +218,13 @@ pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<
     Ok(committed as u64)
 }
 
-/// Compensation for many orders at once: gives back everything they hold. RESERVED units leave `reserved`;
+/// Compensation for one order or many: gives back everything they hold. RESERVED units leave `reserved`;
 /// COMMITTED units (taken from stock but never shipped) return to `on_hand`; the reservations become RELEASED.
 /// The skus are locked in sorted order first. Idempotent (a RELEASED reservation is left alone). Returns how many
 /// reservations it released.
 #[tracing::instrument(skip_all, fields(orders = order_ids.len()), err)]
 pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
-    sqlx::query(
-        r#"select 1 from skus
-           where sku in (select sku from reservations where order_id = any($1) and status <> 'RELEASED')
-           order by sku for no key update"#,
-    )
-    .bind(order_ids)
-    .execute(&mut *conn)
-    .await?;
+    lock_skus_held_by(conn, order_ids).await?;
     // The reservations are read (and locked) before they change: `returning` would give their new status only.
     let released: i64 = sqlx::query_scalar(
         r#"with held as (

@@ -1,0 +1,114 @@
+//! The dashboard's pages: askama templates (`api/templates/`), compiled with the code and escaping everything
+//! they show by default. The dashboard's handlers (`routes::dashboard`) fill them from `crate::views`.
+
+use askama::Template;
+use axum::response::{Html, IntoResponse, Response};
+use orderflow_shared::admin::SagaSummary;
+use orderflow_shared::queue::views::QueueStats;
+
+use crate::ApiError;
+use crate::auth::Admin;
+use crate::views::SagaDetail;
+
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+pub struct SignIn<'a> {
+    pub title: &'a str,
+    pub who: Option<&'a Admin>,
+    pub refresh: bool,
+    /// Why the last sign-in failed.
+    pub message: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+pub struct Overview<'a> {
+    pub title: &'a str,
+    pub who: Option<&'a Admin>,
+    /// The overview reloads itself every 5 s.
+    pub refresh: bool,
+    pub queues: &'a [QueueStats],
+    pub stuck: &'a [SagaSummary],
+    pub stuck_after_secs: u64,
+}
+
+#[derive(Template)]
+#[template(path = "saga.html")]
+pub struct Saga<'a> {
+    pub title: &'a str,
+    pub who: Option<&'a Admin>,
+    pub refresh: bool,
+    pub detail: &'a SagaDetail,
+    /// The outcome of the last action, shown once after its redirect.
+    pub flash: Option<&'a str>,
+    /// The session's CSRF token, for operators (who see the actions); none for viewers.
+    pub csrf: Option<&'a str>,
+    /// The actions' buttons: (action, class, label).
+    pub actions: &'a [(&'a str, &'a str, &'a str)],
+}
+
+/// Renders a page as an HTML response.
+pub fn render(page: &impl Template) -> Result<Response, ApiError> {
+    let html = page.render().map_err(|e| {
+        ApiError::Internal(anyhow::Error::new(e).context("failed to render a dashboard page"))
+    })?;
+    Ok(Html(html).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use chrono::Utc;
+    use orderflow_shared::order::OrderStatus;
+    use uuid::Uuid;
+
+    use super::*;
+
+    const HOSTILE: &str = "<script>alert(\"x\")</script>";
+
+    #[test]
+    fn what_a_page_shows_is_escaped() {
+        let stuck = [SagaSummary {
+            id: Uuid::now_v7(),
+            status: OrderStatus::Paid,
+            current_step: None,
+            customer_id: HOSTILE.to_owned(),
+            total: 100,
+            currency: "USD".to_owned(),
+            cancel_reason: None,
+            last_error: Some(HOSTILE.to_owned()),
+            created_at: Utc::now(),
+            last_progress_at: Utc::now(),
+            job_id: None,
+            job_status: None,
+        }];
+        let who = Admin {
+            name: HOSTILE.to_owned(),
+            role: orderflow_shared::settings::Role::Viewer,
+        };
+        let html = Overview {
+            title: "Overview",
+            who: Some(&who),
+            refresh: true,
+            queues: &[],
+            stuck: &stuck,
+            stuck_after_secs: 60,
+        }
+        .render()
+        .unwrap();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(
+            html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"),
+            "{html}"
+        );
+        let html = SignIn {
+            title: "Sign in",
+            who: None,
+            refresh: false,
+            message: Some(HOSTILE),
+        }
+        .render()
+        .unwrap();
+        assert!(!html.contains("<script>"), "{html}");
+    }
+}
