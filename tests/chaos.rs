@@ -11,7 +11,7 @@
 //! second (default 40) and a PostgreSQL crash every quarter of them. Runs on a
 //! private cluster, since it crashes the server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::helpers::{Killed, consume_stream, delete_stream, eventually, free_port, spawn_process};
+use crate::invariants;
 
 const NATS: &str = "nats://127.0.0.1:4222";
 const SKUS: [&str; 4] = ["HOT-1", "HOT-2", "HOT-3", "HOT-4"];
@@ -353,130 +354,16 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     }
     let duration = started.elapsed();
 
-    // Every accepted order is there and over.
-    let orders: Vec<(Uuid, String, i64, Option<String>)> =
-        sqlx::query_as("select id, status, total, cancel_reason from orders")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    // Every accepted order is there and over, and every invariant holds (stock, money, audit trail, step log).
+    let initial: Vec<(&str, i64)> = SKUS.iter().map(|sku| (*sku, on_hand)).collect();
+    let by_id = invariants::all_hold(&pool, &http, &paysim, &initial).await;
     assert_eq!(
-        orders.len(),
+        by_id.len(),
         plan.orders,
         "one order per request, none lost, none doubled"
     );
-    let by_id: HashMap<Uuid, (String, i64, Option<String>)> = orders
-        .iter()
-        .map(|(id, s, t, r)| (*id, (s.clone(), *t, r.clone())))
-        .collect();
     for id in &accepted {
         assert!(by_id.contains_key(id), "accepted order {id} is missing");
-    }
-
-    // Stock: nothing reserved, nothing oversold, and every unit that left on_hand went to a FULFILLED order.
-    let skus: Vec<(String, i64, i64)> =
-        sqlx::query_as("select sku, on_hand, reserved from skus order by sku")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    let committed: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "select r.sku, sum(r.quantity)::bigint from reservations r join orders o on o.id = r.order_id \
-         where r.status = 'COMMITTED' and o.status = 'FULFILLED' group by r.sku",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
-    let initial = on_hand;
-    for (sku, on_hand, reserved) in &skus {
-        assert_eq!(*reserved, 0, "{sku}: nothing left reserved");
-        assert!(*on_hand >= 0, "{sku}: oversold");
-        let sold = committed.get(sku).copied().unwrap_or(0);
-        assert_eq!(initial, on_hand + sold, "{sku}: stock conserved");
-    }
-    let stray: i64 = sqlx::query_scalar(
-        "select count(*) from reservations r join orders o on o.id = r.order_id \
-         where (o.status = 'CANCELLED' and r.status <> 'RELEASED') \
-            or (o.status = 'FULFILLED' and r.status <> 'COMMITTED')",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(stray, 0, "reservations match their orders' ends");
-
-    // Money, from the provider's side: a FULFILLED order has exactly one intent, captured for its total; a
-    // CANCELLED one holds nothing and is charged nothing net.
-    let ledger: Value = http
-        .get(format!("{paysim}/v1/sim/ledger"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut intents: HashMap<Uuid, Vec<&Value>> = HashMap::new();
-    for intent in ledger["intents"].as_array().unwrap() {
-        if let Some(id) = intent["metadata"]["order_id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-        {
-            intents.entry(id).or_default().push(intent);
-        }
-    }
-    for (id, (status, total, _)) in &by_id {
-        let mine = intents.get(id).cloned().unwrap_or_default();
-        let received: i64 = mine.iter().map(|i| i["amount_received"].as_i64().unwrap()).sum();
-        let refunded: i64 = mine.iter().map(|i| i["amount_refunded"].as_i64().unwrap()).sum();
-        let open = mine.iter().filter(|i| i["status"] == "requires_capture").count();
-        assert_eq!(open, 0, "order {id} ({status}) leaves a hold open: {mine:?}");
-        if status == "FULFILLED" {
-            assert_eq!(mine.len(), 1, "order {id}: exactly one intent: {mine:?}");
-            assert_eq!(
-                (received, refunded),
-                (*total, 0),
-                "order {id}: captured once: {mine:?}"
-            );
-        } else {
-            assert_eq!(
-                received - refunded,
-                0,
-                "order {id}: cancelled but charged: {mine:?}"
-            );
-        }
-    }
-
-    // The audit trail: per order, sequences 1..n chaining from → to, each status entered once, ending where
-    // the order is.
-    let events: Vec<(Uuid, i32, Option<String>, String)> = sqlx::query_as(
-        "select order_id, sequence, from_status, to_status from order_events order by order_id, sequence",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let mut trail: HashMap<Uuid, Vec<(i32, Option<String>, String)>> = HashMap::new();
-    for (id, sequence, from, to) in events {
-        trail.entry(id).or_default().push((sequence, from, to));
-    }
-    for (id, (status, _, _)) in &by_id {
-        let trail = trail
-            .get(id)
-            .unwrap_or_else(|| panic!("order {id} has no events"));
-        let mut previous: Option<String> = None;
-        let mut entered = std::collections::HashSet::new();
-        for (n, (sequence, from, to)) in trail.iter().enumerate() {
-            assert_eq!(*sequence as usize, n + 1, "order {id}: gap in {trail:?}");
-            assert_eq!(from, &previous, "order {id}: broken chain in {trail:?}");
-            assert!(
-                entered.insert(to.clone()),
-                "order {id}: {to} entered twice in {trail:?}"
-            );
-            previous = Some(to.clone());
-        }
-        assert_eq!(
-            previous.as_deref(),
-            Some(status.as_str()),
-            "order {id}: trail ends elsewhere"
-        );
     }
 
     // The events in JetStream: each exactly once, in order per order, despite relays killed mid-batch.
@@ -510,18 +397,11 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     }
     delete_stream(NATS, &stream).await;
 
-    // The step log: no attempt left open (a killed worker's attempt is closed when its job is taken back).
-    let open_steps: i64 = sqlx::query_scalar("select count(*) from saga_steps where status = 'STARTED'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(open_steps, 0, "step attempts left STARTED");
-
-    let count = |wanted: &str| by_id.values().filter(|(s, _, _)| s == wanted).count();
+    let count = |wanted: &str| by_id.values().filter(|o| o.status == wanted).count();
     let reasons = |reason: &str| {
         by_id
             .values()
-            .filter(|(_, _, r)| r.as_deref() == Some(reason))
+            .filter(|o| o.cancel_reason.as_deref() == Some(reason))
             .count()
     };
     let rescued: i64 = sqlx::query_scalar(

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{Killed, Options, order_body, spawn_app, spawn_app_with, spawn_worker_process};
+use crate::invariants;
 
 #[tokio::test]
 async fn hundred_concurrent_orders_for_one_unit_sell_it_exactly_once() {
@@ -117,6 +118,7 @@ async fn two_worker_processes_share_the_work_without_double_effects() {
     let sku = app.sku("S").await;
     assert_eq!(sku["on_hand"].as_i64(), Some(40 - fulfilled), "stock conserved");
     assert_eq!(sku["reserved"].as_i64(), Some(0));
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("S", 40)]).await;
     // Instance names are host-pid-id: each process must have run some steps.
     let names: Vec<String> = sqlx::query_scalar("select distinct worker from saga_steps")
         .fetch_all(&app.pool)

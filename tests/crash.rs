@@ -8,6 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::{Options, TestApp, eventually, pid_of_instance, spawn_app_with, spawn_worker_process};
+use crate::invariants;
 
 /// The recovery promise: sagas of a killed worker continue elsewhere within this.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
@@ -100,6 +101,7 @@ async fn a_worker_killed_mid_payment_hands_the_saga_to_the_survivor_within_secon
         (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
         (Some(3), Some(0))
     );
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("K", 5)]).await;
 }
 
 /// The worker dies right after the provider authorized, before it recorded anything: the payment row says
@@ -148,6 +150,7 @@ async fn a_worker_that_dies_after_the_authorization_is_resumed_by_its_successor_
     );
     assert_eq!(order["status"], "FULFILLED", "{order}");
     assert_charged_once(&app, id, &order).await;
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("K", 5)]).await;
 }
 
 /// The worker dies after the capture went through, before it recorded it: the saga must end FULFILLED with the
@@ -192,6 +195,7 @@ async fn a_worker_that_dies_after_the_capture_is_finished_without_a_second_charg
         (Some(3), Some(0)),
         "committed once"
     );
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("K", 5)]).await;
 }
 
 /// SIGTERM: the worker stops taking jobs, finishes the step in flight (a 1.5 s authorization), hands nothing
@@ -232,6 +236,7 @@ async fn sigterm_lets_the_step_in_flight_finish_and_exits_cleanly() {
     let order = app.wait_terminal(id).await;
     assert_eq!(order["status"], "FULFILLED");
     assert_charged_once(&app, id, &order).await;
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("K", 5)]).await;
 }
 
 /// The job that should move a saga on is gone (deleted by hand, a bad cleanup): the reconciler notices and
@@ -265,6 +270,7 @@ async fn a_saga_whose_job_vanished_is_resumed_by_the_reconciler() {
         error.contains("reconciler") && error.contains("is gone"),
         "{error}"
     );
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("V", 5)]).await;
 }
 
 /// A job that ended (Done) without moving its saga on is settled as a failed attempt and the step retried.
@@ -286,4 +292,5 @@ async fn a_saga_whose_job_ended_without_moving_it_is_resumed() {
 
     assert_eq!(order["status"], "FULFILLED", "{order}");
     assert_eq!(app.sku("D").await["on_hand"], 4);
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("D", 5)]).await;
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+mod invariants;
 
 mod admin;
 mod bad_input;
@@ -13,6 +14,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod dashboard;
+mod docs;
 mod events;
 mod idempotency;
 mod metrics;
@@ -21,4 +23,5 @@ mod paysim;
 mod reconciler;
 mod recovery;
 mod saga;
+mod sqlx_cache;
 mod tracing;

@@ -8,6 +8,7 @@ use orderflow_shared::pgcluster::PrivateCluster;
 use serde_json::{Value, json};
 
 use crate::helpers::{eventually, free_port, order_body, spawn_process};
+use crate::invariants;
 
 async fn post_order(
     http: &reqwest::Client,
@@ -127,6 +128,9 @@ async fn during_a_database_outage_the_api_answers_503_and_everything_recovers_by
         .await;
         assert_eq!(status, "FULFILLED", "order {id}");
     }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    invariants::all_hold(&pool, &http, &paysim, &[("O", 10)]).await;
+    pool.close().await;
 
     // Nobody was restarted, and the worker backed off instead of spinning while the server was down.
     assert!(api_process.is_running() && worker.is_running());

@@ -1,5 +1,17 @@
 //! OrderFlow's HTTP API: a thin layer that validates requests, writes orders together with their first saga
-//! job, and reads state back. All the saga's work happens in `orderflow-worker`.
+//! job, and reads state back. All the saga's work happens in `orderflow-worker`; every rule is in
+//! `orderflow-shared`.
+//!
+//! # Layout
+//! - `routes/`: one module per resource (`orders`, `skus`, `feed`, `health`, `admin`, `dashboard`); each handler
+//!   extracts its input, calls one domain function of `orderflow-shared` and shapes the answer. No route module
+//!   imports another.
+//! - `views.rs`: the JSON shapes the API answers with and the reads that assemble them; `pages.rs` with
+//!   `api/templates/`: the dashboard's HTML (askama, escaping by default).
+//! - `error.rs`: `ApiError`, the one mapping of every failure to an HTTP status and an RFC 9457 problem.
+//! - `extract.rs`: extractors whose rejections are problems naming the field; `auth.rs`: admin tokens and the
+//!   dashboard's session cookie; `openapi.rs`: the generated OpenAPI document.
+//! - here: the router with its layers (a handler runs detached from its client; latency by route) and `run`.
 
 mod auth;
 mod error;

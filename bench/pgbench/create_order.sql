@@ -1,8 +1,8 @@
--- One order creation, statement for statement as POST /v1/orders sends it (api/src/routes/orders.rs::create_once):
--- the idempotency key's lock with what creation reads (order::admit: the key's record, the skus' prices, the
--- transaction's timestamp), then the order with its lines, its created event, its first job and that job's
--- bookkeeping (jobs::job_ctes; apalis's notify trigger fires) and the idempotency record (idempotency::record_cte),
--- in one statement (order::insert). Two lines, like the service benchmark's average.
+-- One order creation, statement for statement as POST /v1/orders sends it (shared/src/order/create.rs): the
+-- idempotency key's lock with what creation reads (admit: the key's record, the skus' prices, the transaction's
+-- timestamp), then the order with its lines, its created event, the idempotency record and its first job with
+-- that job's saga_jobs row (the queue's job inserts; apalis's notify trigger fires), in one statement (insert).
+-- Two lines, like the service benchmark's average.
 \set n random(1, 1000000000)
 \set s random(0, 49)
 BEGIN;
@@ -19,24 +19,32 @@ WITH o AS (
     VALUES (gen_random_uuid(), 'ceiling', 'USD', 300, 'CREATED', 'pm_card_visa', 'reserve', md5(:n::text),
             'J' || :n::text || '-' || :client_id::text, now(), now())
     RETURNING id, trace_id),
-l AS (
+lines AS (
     INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)
     SELECT o.id, ordinality::integer, sku, quantity, unit_price
     FROM o, unnest(ARRAY['ceiling-' || :s::text, 'ceiling-' || ((:s + 1) % 50)], ARRAY[1, 2]::bigint[], ARRAY[100, 100]::bigint[])
          WITH ORDINALITY AS l(sku, quantity, unit_price)),
-e AS (
+created AS (
     INSERT INTO order_events (event_id, order_id, sequence, event_type, from_status, to_status)
     SELECT gen_random_uuid(), o.id, 1, 'order.created', NULL, 'CREATED' FROM o),
-s AS (INSERT INTO saga_jobs (job_id, order_id, step, attempt) SELECT 'J' || :n::text || '-' || :client_id::text, id, 'reserve', 1 FROM o),
-j AS (INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-      SELECT 'J' || :n::text || '-' || :client_id::text, 'ceiling.reserve',
-             convert_to(jsonb_strip_nulls(jsonb_build_object('order_id', o.id, 'attempt', 1::integer,
-                 'trace', coalesce(NULL, CASE WHEN o.trace_id ~ '^[0-9a-f]{32}$' THEN o.trace_id END)))::text, 'UTF8'),
-             'Pending', 0, 3, now() + make_interval(secs => 0), 0, ''::hstore
-      FROM o),
-k AS (INSERT INTO idempotency_keys (key, request_hash, order_id, response_status, response_body)
+key_record AS (INSERT INTO idempotency_keys (key, request_hash, order_id, response_status, response_body)
       SELECT 'ceiling-' || :n::text || '-' || :client_id::text, sha256(:n::text::bytea), o.id, 202,
              '{"status": "CREATED", "current_step": "reserve", "lines": [{"sku": "ceiling-0", "quantity": 1, "unit_price": 100}, {"sku": "ceiling-1", "quantity": 2, "unit_price": 100}], "total": 300, "currency": "USD", "customer_id": "ceiling", "payment": null, "cancel_reason": null, "cancel_note": null, "reserved_until": null, "last_error": null, "created_at": "2026-12-03T08:00:00.000000Z", "updated_at": "2026-12-03T08:00:00.000000Z", "id": "0193a0a0-0000-7000-8000-000000000000"}'::jsonb
-      FROM o)
+      FROM o),
+new_jobs AS (
+    SELECT o.id AS order_id, 'J' || :n::text || '-' || :client_id::text AS job_id, 'reserve' AS step,
+           'ceiling.reserve' AS queue, 1 AS attempt, 0::double precision AS delay_secs,
+           CASE WHEN o.trace_id ~ '^[0-9a-f]{32}$' THEN o.trace_id END AS trace
+    FROM o),
+saga_job_rows AS (
+    INSERT INTO saga_jobs (job_id, order_id, step, attempt)
+    SELECT job_id, order_id, step, attempt FROM new_jobs),
+apalis_job_rows AS (
+    INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+    SELECT job_id, queue,
+           convert_to(jsonb_strip_nulls(jsonb_build_object(
+               'order_id', order_id, 'attempt', attempt, 'trace', trace))::text, 'UTF8'),
+           'Pending', 0, 3, now() + make_interval(secs => delay_secs), 0, ''::hstore
+    FROM new_jobs)
 SELECT 1;
 COMMIT;

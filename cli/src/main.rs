@@ -1,4 +1,11 @@
 //! `orderflow`: the command line. `orderflow dev` runs the whole product in one process for local use.
+//!
+//! # Layout
+//! - here: the commands and their arguments;
+//! - `dev.rs`: `orderflow dev` (migrations, API, worker, simulator and, when needed, a private PostgreSQL, in one
+//!   process; demo skus);
+//! - `ops.rs`: the operators' commands, a client of the admin API (`queues`, `sagas`, and `saga <id>` with
+//!   `retry`, `compensate` or `resolve`).
 
 mod dev;
 mod ops;

@@ -4,6 +4,13 @@
 //! response, slowness); optional random faults add load-time noise. `GET /v1/sim/ledger` shows the money.
 //!
 //! State is in memory and lives as long as the process, like a sandbox account that is reset on restart.
+//!
+//! # Layout
+//! - here: the simulator's knobs (`SimConfig`) and its router and `run`;
+//! - `intents.rs`: PaymentIntents (create and confirm, retrieve, capture, cancel), refunds, the ledger, the test
+//!   payment methods' behaviours;
+//! - `idempotency.rs`: Stripe's `Idempotency-Key` semantics (a repeat replays the first answer; the same key with
+//!   other parameters is refused).
 
 mod idempotency;
 mod intents;

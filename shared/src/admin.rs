@@ -99,7 +99,7 @@ fn duration(field: &str, raw: Option<&str>) -> Result<Option<Duration>, FieldErr
 }
 
 /// A saga in a list.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SagaSummary {
     pub id: Uuid,
     pub status: OrderStatus,
@@ -116,15 +116,16 @@ pub struct SagaSummary {
     #[serde(skip)]
     pub job_id: Option<String>,
     /// That job's apalis status (none once its row is purged).
-    #[sqlx(default)]
     pub job_status: Option<JobStatus>,
 }
 
 /// A page of sagas, oldest first, with their jobs' statuses.
 pub async fn sagas(conn: &mut PgConnection, filter: &SagaFilter) -> Result<Vec<SagaSummary>, sqlx::Error> {
-    let mut sagas: Vec<SagaSummary> = sqlx::query_as(
-        r#"select o.id, o.status, o.current_step, o.customer_id, o.total, o.currency, o.cancel_reason,
-                  o.last_error, o.created_at, o.updated_at as last_progress_at, o.job_id
+    let mut sagas = sqlx::query_as!(
+        SagaSummary,
+        r#"select o.id, o.status as "status: _", o.current_step as "current_step: _", o.customer_id, o.total,
+                  o.currency, o.cancel_reason as "cancel_reason: _", o.last_error, o.created_at,
+                  o.updated_at as last_progress_at, o.job_id, null::text as "job_status: _"
            from orders o
            where ($1::text is null or o.status = $1)
              and ($2::text is null or o.current_step = $2)
@@ -136,14 +137,14 @@ pub async fn sagas(conn: &mut PgConnection, filter: &SagaFilter) -> Result<Vec<S
              and ($6::uuid is null or o.id > $6)
            order by o.id
            limit $7"#,
+        filter.status.map(OrderStatus::as_str),
+        filter.step.map(Step::name),
+        filter.older_than.map(|d| d.as_secs_f64()),
+        filter.error.as_deref(),
+        filter.stuck_after.map(|d| d.as_secs_f64()),
+        filter.after,
+        filter.limit
     )
-    .bind(filter.status)
-    .bind(filter.step)
-    .bind(filter.older_than.map(|d| d.as_secs_f64()))
-    .bind(filter.error.as_deref())
-    .bind(filter.stuck_after.map(|d| d.as_secs_f64()))
-    .bind(filter.after)
-    .bind(filter.limit)
     .fetch_all(&mut *conn)
     .await?;
     let job_ids: Vec<&str> = sagas.iter().filter_map(|s| s.job_id.as_deref()).collect();
@@ -156,12 +157,12 @@ pub async fn sagas(conn: &mut PgConnection, filter: &SagaFilter) -> Result<Vec<S
 
 /// Live sagas (or parked ones) without progress for longer than `after`.
 pub async fn stuck_count(executor: impl PgExecutor<'_>, after: Duration) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        r#"select count(*) from orders
+    sqlx::query_scalar!(
+        r#"select count(*) as "stuck!" from orders
            where status in ('CREATED', 'RESERVED', 'PAID', 'CANCELLING', 'NEEDS_ATTENTION')
              and updated_at < now() - make_interval(secs => $1)"#,
+        after.as_secs_f64()
     )
-    .bind(after.as_secs_f64())
     .fetch_one(executor)
     .await
 }

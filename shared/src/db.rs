@@ -68,15 +68,18 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), Db
             url: redact(&url),
             source,
         })?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|source| DbError::Create {
-            name: name.clone(),
-            source,
-        })?;
+    let exists = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#,
+        &name
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(|source| DbError::Create {
+        name: name.clone(),
+        source,
+    })?;
     if !exists {
+        // A name, not a value: it cannot be a parameter, so the statement is built (quoted) and not checked.
         let statement = format!("create database \"{}\"", name.replace('"', "\"\""));
         match sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(&mut conn)

@@ -19,6 +19,17 @@ pub enum EventType {
 }
 
 impl EventType {
+    pub const ALL: [EventType; 8] = [
+        Self::Created,
+        Self::Reserved,
+        Self::Paid,
+        Self::Fulfilled,
+        Self::CancellationStarted,
+        Self::Cancelled,
+        Self::NeedsAttention,
+        Self::CancellationResumed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "order.created",
@@ -33,7 +44,7 @@ impl EventType {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct EventRow {
     pub id: i64,
     pub event_id: Uuid,
@@ -47,11 +58,30 @@ pub struct EventRow {
 }
 
 pub async fn for_order(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<EventRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        EventRow,
         r#"select id, event_id, order_id, sequence, event_type, from_status, to_status, reason, created_at
            from order_events where order_id = $1 order by sequence"#,
+        order_id
     )
-    .bind(order_id)
     .fetch_all(executor)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Consumers learn the subjects from the README: it names every event type's (`orders.<type>`).
+    #[test]
+    fn the_readme_names_every_event_type() {
+        let readme = include_str!("../../README.md");
+        for event in EventType::ALL {
+            let subject = event.as_str().replacen("order.", "orders.", 1);
+            assert!(
+                readme.contains(&format!("`{subject}`")),
+                "README.md does not name {subject}"
+            );
+        }
+    }
 }

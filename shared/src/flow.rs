@@ -24,6 +24,7 @@ use sqlx::PgConnection;
 use crate::order::{
     self, CancelReason, Move, OrderRow, OrderStatus, PlannedTransition, Transition, TransitionError,
 };
+use crate::payment::{self, PaymentStatus};
 use crate::queue::NextJob;
 use crate::step_log::AttemptStatus;
 
@@ -241,6 +242,15 @@ pub fn resume(status: OrderStatus, current_step: Option<Step>, capture_recorded:
     }
 }
 
+/// The step a live saga is in ([`resume`]), reading whether its capture is recorded when it is PAID.
+pub async fn current_step(conn: &mut PgConnection, order: &OrderRow) -> Result<Step, sqlx::Error> {
+    let capture_recorded = order.status == OrderStatus::Paid
+        && payment::find(&mut *conn, order.id)
+            .await?
+            .is_some_and(|p| p.status == PaymentStatus::Captured);
+    Ok(resume(order.status, order.current_step, capture_recorded).unwrap_or(Step::FIRST_COMPENSATION))
+}
+
 /// How one attempt of a step ends, as the step decided it: what the step log records, how the order moves and
 /// what runs next. Built by the constructors below, which apply the flow's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,6 +343,7 @@ pub fn cancellation<'a>(order: &'a OrderRow, reason: CancelReason, note: Option<
 /// one way a saga starts compensating outside a step's own ending. The API's cancel, an operator's compensate and
 /// the reconciler's expiry call it; a step out of attempts writes the same move. An order whose status may not be
 /// cancelled is a `TransitionError::Invalid`.
+#[tracing::instrument(skip_all, fields(order_id = %order.id, reason = reason.as_str()), err)]
 pub async fn start_cancellation(
     conn: &mut PgConnection,
     order: &OrderRow,
@@ -453,6 +464,45 @@ mod tests {
         assert_eq!(Step::parse("charge"), None);
         assert_eq!(Step::FIRST.runs_from(), Created);
         assert!(Step::FIRST_COMPENSATION.is_compensation());
+    }
+
+    /// The table in docs/ARCHITECTURE.md ("The flow") is this module's flow.
+    #[test]
+    fn the_architecture_doc_shows_the_flow_of_the_code() {
+        let doc = include_str!("../../docs/ARCHITECTURE.md");
+        let section = doc
+            .split("## The flow")
+            .nth(1)
+            .and_then(|s| s.split("\n\n").nth(1))
+            .unwrap_or_default();
+        let documented: Vec<Vec<String>> = section
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| step"))
+            .map(|row| {
+                row.trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().trim_matches('`').to_owned())
+                    .collect()
+            })
+            .collect();
+        let name = |step: Option<Step>| step.map_or("—".to_owned(), |s| s.name().to_owned());
+        let code: Vec<Vec<String>> = Step::ALL
+            .iter()
+            .map(|step| {
+                vec![
+                    step.name().to_owned(),
+                    step.queue().to_owned(),
+                    step.runs_from().as_str().to_owned(),
+                    step.on_success().map_or("—".to_owned(), |t| t.name().to_owned()),
+                    name(step.next()),
+                    name(step.undo()),
+                ]
+            })
+            .collect();
+        assert_eq!(
+            documented, code,
+            "docs/ARCHITECTURE.md's flow differs from flow::Step"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn fingerprint(body: &Value) -> Vec<u8> {
 }
 
 /// A key's record as stored: what a repeat of the request gets back.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct StoredResponse {
     pub request_hash: Vec<u8>,
     pub order_id: Uuid,

@@ -37,7 +37,7 @@ pub fn check_sku_code(field: &str, code: &str) -> Result<(), FieldError> {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct SkuRow {
     pub sku: String,
     pub on_hand: i64,
@@ -49,10 +49,11 @@ pub struct SkuRow {
 }
 
 pub async fn find(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<SkuRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        SkuRow,
         "select sku, on_hand, reserved, price, currency, created_at, updated_at from skus where sku = $1",
+        sku
     )
-    .bind(sku)
     .fetch_optional(executor)
     .await
 }
@@ -66,27 +67,30 @@ pub async fn upsert(
     price: i64,
     currency: &str,
 ) -> Result<(SkuRow, bool), sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Upserted {
-        #[sqlx(flatten)]
-        row: SkuRow,
-        created: bool,
-    }
     // `xmax = 0` holds only for a freshly inserted row: it tells created from updated in one round trip.
-    let upserted: Upserted = sqlx::query_as(
+    let upserted = sqlx::query!(
         r#"insert into skus (sku, on_hand, price, currency) values ($1, $2, $3, $4)
            on conflict (sku) do update
              set on_hand = excluded.on_hand, price = excluded.price, currency = excluded.currency,
                  updated_at = now()
-           returning sku, on_hand, reserved, price, currency, created_at, updated_at, (xmax = 0) as created"#,
+           returning sku, on_hand, reserved, price, currency, created_at, updated_at, (xmax = 0) as "created!""#,
+        sku,
+        on_hand,
+        price,
+        currency
     )
-    .bind(sku)
-    .bind(on_hand)
-    .bind(price)
-    .bind(currency)
     .fetch_one(executor)
     .await?;
-    Ok((upserted.row, upserted.created))
+    let row = SkuRow {
+        sku: upserted.sku,
+        on_hand: upserted.on_hand,
+        reserved: upserted.reserved,
+        price: upserted.price,
+        currency: upserted.currency,
+        created_at: upserted.created_at,
+        updated_at: upserted.updated_at,
+    };
+    Ok((row, upserted.created))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,13 +118,13 @@ pub async fn reserve_many(
     // `for no key update` is the lock the UPDATE itself takes. `for update` would also block the foreign-key
     // checks (KEY SHARE) of orders being created, which lock their skus in request order: a lock cycle with
     // API requests (seen under load: creations queued behind batches for seconds).
-    let locked: Vec<(String, i64)> = sqlx::query_as(
-        "select sku, on_hand - reserved from skus where sku = any($1) order by sku for no key update",
+    let locked = sqlx::query!(
+        r#"select sku, on_hand - reserved as "free!" from skus where sku = any($1) order by sku for no key update"#,
+        &skus as &[&str]
     )
-    .bind(&skus)
     .fetch_all(&mut *conn)
     .await?;
-    let mut free: HashMap<String, i64> = locked.into_iter().collect();
+    let mut free: HashMap<String, i64> = locked.into_iter().map(|row| (row.sku, row.free)).collect();
     let outcomes = decide(&mut free, orders);
     let (mut held_orders, mut held_skus, mut held_quantities) = (Vec::new(), Vec::new(), Vec::new());
     for ((order_id, lines), outcome) in orders.iter().zip(&outcomes) {
@@ -133,7 +137,7 @@ pub async fn reserve_many(
         }
     }
     if !held_orders.is_empty() {
-        sqlx::query(
+        sqlx::query!(
             r#"with r as (
                    insert into reservations (order_id, sku, quantity, status)
                    select h.order_id, h.sku, h.quantity, 'RESERVED'
@@ -143,10 +147,10 @@ pub async fn reserve_many(
                update skus set reserved = skus.reserved + a.quantity, updated_at = now()
                from (select sku, sum(quantity)::bigint as quantity from r group by sku) as a
                where skus.sku = a.sku"#,
+            &held_orders,
+            &held_skus as &[&str],
+            &held_quantities
         )
-        .bind(&held_orders)
-        .bind(&held_skus)
-        .bind(&held_quantities)
         .execute(&mut *conn)
         .await?;
     }
@@ -182,13 +186,13 @@ fn decide(free: &mut HashMap<String, i64>, orders: &[(Uuid, Vec<(String, i64)>)]
 /// changing overlapping skus then wait on each other in one order, never in a cycle. `for no key update` is the
 /// lock the `update` itself takes (see `reserve_many`).
 async fn lock_skus_held_by(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        r#"select 1 from skus
+    sqlx::query!(
+        r#"select sku from skus
            where sku in (select sku from reservations where order_id = any($1) and status <> 'RELEASED')
            order by sku for no key update"#,
+        order_ids
     )
-    .bind(order_ids)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
     Ok(())
 }
@@ -198,7 +202,7 @@ async fn lock_skus_held_by(conn: &mut PgConnection, order_ids: &[Uuid]) -> Resul
 #[tracing::instrument(skip_all, fields(orders = order_ids.len()), err)]
 pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
     lock_skus_held_by(conn, order_ids).await?;
-    let committed: i64 = sqlx::query_scalar(
+    let committed = sqlx::query_scalar!(
         r#"with r as (
                update reservations set status = 'COMMITTED', updated_at = now()
                where order_id = any($1) and status = 'RESERVED'
@@ -210,9 +214,9 @@ pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<
                                updated_at = now()
                from a where skus.sku = a.sku
            )
-           select coalesce(sum(n), 0)::bigint from a"#,
+           select coalesce(sum(n), 0)::bigint as "committed!" from a"#,
+        order_ids
     )
-    .bind(order_ids)
     .fetch_one(&mut *conn)
     .await?;
     Ok(committed as u64)
@@ -226,7 +230,7 @@ pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<
 pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
     lock_skus_held_by(conn, order_ids).await?;
     // The reservations are read (and locked) before they change: `returning` would give their new status only.
-    let released: i64 = sqlx::query_scalar(
+    let released = sqlx::query_scalar!(
         r#"with held as (
                select order_id, sku, quantity, status from reservations
                where order_id = any($1) and status <> 'RELEASED'
@@ -247,9 +251,9 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
                                updated_at = now()
                from a where skus.sku = a.sku
            )
-           select count(*) from held"#,
+           select count(*) as "released!" from held"#,
+        order_ids
     )
-    .bind(order_ids)
     .fetch_one(&mut *conn)
     .await?;
     Ok(released as u64)

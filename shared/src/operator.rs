@@ -8,8 +8,7 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::flow::{self, Step};
-use crate::order::{self, CancelReason, Move, OrderRow, OrderStatus, Transition, TransitionError};
-use crate::payment::{self, PaymentStatus};
+use crate::order::{self, CancelReason, Move, OrderStatus, Transition, TransitionError};
 use crate::queue::{JobStatus, NextJob, upkeep, views};
 use crate::settings::Role;
 use crate::step_log;
@@ -69,6 +68,7 @@ impl From<sqlx::Error> for ActionError {
 }
 
 /// Carries out `action` on saga `id` for `who` and records it, in one transaction; returns what was done.
+#[tracing::instrument(skip_all, fields(order_id = %id, action = action.as_str(), actor = who.name), err)]
 pub async fn act(
     pool: &PgPool,
     id: Uuid,
@@ -99,7 +99,7 @@ pub async fn act(
             format!("resumed the compensation: {step} attempt {attempt} queued")
         }
         (Action::Retry, status) if OrderStatus::LIVE.contains(&status) => {
-            let step = current_step(&mut tx, &order).await?;
+            let step = flow::current_step(&mut tx, &order).await?;
             if let Some(job_id) = order.job_id.as_deref() {
                 let orphaned = running_job_is_orphaned(&mut tx, id, job_id, step).await?;
                 views::supersede_job(&mut *tx, job_id, &by, orphaned).await?;
@@ -152,15 +152,6 @@ pub async fn act(
     Ok(outcome)
 }
 
-/// The step a live saga is in (see [`flow::resume`]), reading whether its capture is recorded when it is PAID.
-pub async fn current_step(conn: &mut PgConnection, order: &OrderRow) -> Result<Step, sqlx::Error> {
-    let capture_recorded = order.status == OrderStatus::Paid
-        && payment::find(&mut *conn, order.id)
-            .await?
-            .is_some_and(|p| p.status == PaymentStatus::Captured);
-    Ok(flow::resume(order.status, order.current_step, capture_recorded).unwrap_or(Step::FIRST_COMPENSATION))
-}
-
 /// Whether the saga's job may be superseded although a worker fetched it: only if that worker is gone. A job
 /// running on a live worker refuses the retry (two jobs must never drive one saga).
 async fn running_job_is_orphaned(
@@ -191,7 +182,7 @@ async fn running_job_is_orphaned(
 }
 
 /// An operator's action on a saga, as recorded.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecordedAction {
     pub action: String,
     pub actor: String,
@@ -209,15 +200,15 @@ async fn record(
     outcome: &str,
     note: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "insert into admin_actions (order_id, action, actor, role, outcome, detail) values ($1, $2, $3, $4, $5, $6)",
+        order_id,
+        action.as_str(),
+        who.name,
+        who.role.as_str(),
+        outcome,
+        note
     )
-    .bind(order_id)
-    .bind(action.as_str())
-    .bind(&who.name)
-    .bind(who.role.as_str())
-    .bind(outcome)
-    .bind(note)
     .execute(executor)
     .await?;
     Ok(())
@@ -228,11 +219,11 @@ pub async fn actions_of(
     executor: impl PgExecutor<'_>,
     order_id: Uuid,
 ) -> Result<Vec<RecordedAction>, sqlx::Error> {
-    sqlx::query_as(
-        "select action, actor, role, outcome, detail, created_at as at from admin_actions \
-         where order_id = $1 order by id",
+    sqlx::query_as!(
+        RecordedAction,
+        "select action, actor, role, outcome, detail, created_at as at from admin_actions where order_id = $1 order by id",
+        order_id
     )
-    .bind(order_id)
     .fetch_all(executor)
     .await
 }

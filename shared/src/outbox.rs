@@ -11,7 +11,7 @@ use uuid::Uuid;
 pub const SOURCE: &str = "urn:orderflow:orders";
 
 /// One event with the order facts its consumers need.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct OutboxEvent {
     pub id: i64,
     pub txid: i64,
@@ -35,8 +35,7 @@ pub struct CloudEvent {
     /// The event id (a UUID); JetStream's `Nats-Msg-Id` too, so a re-sent event is dropped as a duplicate.
     pub id: Uuid,
     pub source: String,
-    /// `order.created`, `order.reserved`, `order.paid`, `order.fulfilled`, `order.cancellation_started`,
-    /// `order.cancelled`, `order.needs_attention`.
+    /// The transition's event type, one of `events::EventType` (`order.created`, `order.paid`, …).
     #[serde(rename = "type")]
     pub event_type: String,
     /// The order id.
@@ -97,29 +96,28 @@ impl OutboxEvent {
     }
 }
 
-const EVENT_COLUMNS: &str = "e.id, e.txid::text::bigint as txid, e.event_id, e.order_id, e.sequence, e.event_type, \
-     e.from_status, e.to_status, e.reason, e.created_at, o.customer_id, o.total, o.currency";
-
 /// The oldest unpublished events, up to `limit`, in id order (per order that is commit order: a transition
 /// takes the order's row lock, so the next event of an order is inserted after the previous one committed).
 pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxEvent>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        r#"select {EVENT_COLUMNS}
+    sqlx::query_as!(
+        OutboxEvent,
+        r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence, e.event_type,
+                  e.from_status, e.to_status, e.reason, e.created_at, o.customer_id, o.total, o.currency
            from order_events e join orders o on o.id = e.order_id
            where e.published_at is null
            order by e.id
-           limit $1"#
-    )))
-    .bind(limit)
+           limit $1"#,
+        limit
+    )
     .fetch_all(conn)
     .await
 }
 
 pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "update order_events set published_at = now() where id = any($1) and published_at is null",
+        ids
     )
-    .bind(ids)
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
@@ -158,23 +156,25 @@ pub async fn feed(
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        r#"select {EVENT_COLUMNS}
+    sqlx::query_as!(
+        OutboxEvent,
+        r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence, e.event_type,
+                  e.from_status, e.to_status, e.reason, e.created_at, o.customer_id, o.total, o.currency
            from order_events e join orders o on o.id = e.order_id
            where (e.txid, e.id) > ($1::text::xid8, $2)
              and e.txid < pg_snapshot_xmin(pg_current_snapshot())
            order by e.txid, e.id
-           limit $3"#
-    )))
-    .bind(after.txid.to_string())
-    .bind(after.id)
-    .bind(limit)
+           limit $3"#,
+        after.txid.to_string(),
+        after.id,
+        limit
+    )
     .fetch_all(executor)
     .await
 }
 
 /// How far behind the relay is.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct OutboxStats {
     pub unpublished: i64,
     /// Age of the oldest unpublished event (0 when none): the outbox lag.
@@ -184,13 +184,14 @@ pub struct OutboxStats {
 }
 
 pub async fn stats(executor: impl PgExecutor<'_>) -> Result<OutboxStats, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        OutboxStats,
         r#"select
-             (select count(*) from order_events where published_at is null) as unpublished,
+             (select count(*) from order_events where published_at is null) as "unpublished!",
              coalesce((select extract(epoch from now() - min(created_at))::float8
-                       from order_events where published_at is null), 0) as lag_seconds,
+                       from order_events where published_at is null), 0) as "lag_seconds!",
              (select count(*) from order_events where published_at > now() - interval '1 minute')::float8 / 60
-               as published_per_second"#,
+               as "published_per_second!""#
     )
     .fetch_one(executor)
     .await

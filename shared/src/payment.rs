@@ -58,7 +58,7 @@ impl PaymentStatus {
 
 stored_as_text!(PaymentStatus);
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PaymentRow {
     pub order_id: Uuid,
     pub idempotency_key: String,
@@ -91,12 +91,13 @@ pub fn refund_key(order_id: Uuid) -> String {
 }
 
 pub async fn find(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
-                  created_at, updated_at
+    sqlx::query_as!(
+        PaymentRow,
+        r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status as "status: _",
+                  decline_code, created_at, updated_at
            from payments where order_id = $1"#,
+        order_id
     )
-    .bind(order_id)
     .fetch_optional(executor)
     .await
 }
@@ -105,12 +106,13 @@ pub async fn find_many(
     executor: impl PgExecutor<'_>,
     order_ids: &[Uuid],
 ) -> Result<Vec<PaymentRow>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
-                  created_at, updated_at
+    sqlx::query_as!(
+        PaymentRow,
+        r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status as "status: _",
+                  decline_code, created_at, updated_at
            from payments where order_id = any($1)"#,
+        order_ids
     )
-    .bind(order_ids)
     .fetch_all(executor)
     .await
 }
@@ -127,7 +129,9 @@ pub async fn begin_authorizations(
     let amounts: Vec<i64> = orders.iter().map(|o| o.total).collect();
     let currencies: Vec<&str> = orders.iter().map(|o| o.currency.as_str()).collect();
     let tokens: Vec<&str> = orders.iter().map(|o| o.payment_token.as_str()).collect();
-    sqlx::query_as(
+    // `union all` makes every column nullable to the checker; each comes from a row of `payments`, so none is.
+    sqlx::query_as!(
+        PaymentRow,
         r#"with v as (
                select * from unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[])
                    as v(order_id, idempotency_key, amount, currency, payment_token)
@@ -139,20 +143,21 @@ pub async fn begin_authorizations(
                returning order_id, idempotency_key, provider_ref, amount, currency, payment_token, status,
                          decline_code, created_at, updated_at
            )
-           select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
-                  created_at, updated_at
+           select order_id as "order_id!", idempotency_key as "idempotency_key!", provider_ref,
+                  amount as "amount!", currency as "currency!", payment_token as "payment_token!",
+                  status as "status!: _", decline_code, created_at as "created_at!", updated_at as "updated_at!"
            from inserted
            union all
            select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
                   created_at, updated_at
            from payments
            where order_id in (select order_id from v) and order_id not in (select order_id from inserted)"#,
+        &ids,
+        &keys,
+        &amounts,
+        &currencies as &[&str],
+        &tokens as &[&str]
     )
-    .bind(&ids)
-    .bind(&keys)
-    .bind(&amounts)
-    .bind(&currencies)
-    .bind(&tokens)
     .fetch_all(executor)
     .await
 }
@@ -179,21 +184,22 @@ pub async fn record(
         return Ok(0);
     }
     let ids: Vec<Uuid> = outcomes.iter().map(|o| o.order_id).collect();
-    let statuses: Vec<PaymentStatus> = outcomes.iter().map(|o| o.status).collect();
+    let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
     let refs: Vec<Option<&str>> = outcomes.iter().map(|o| o.provider_ref.as_deref()).collect();
     let codes: Vec<Option<&str>> = outcomes.iter().map(|o| o.decline_code.as_deref()).collect();
-    let moved = sqlx::query(
+    let moved = sqlx::query!(
         r#"update payments
            set status = m.status, provider_ref = coalesce(m.provider_ref, payments.provider_ref),
                decline_code = coalesce(m.decline_code, payments.decline_code), updated_at = now()
            from unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) as m(order_id, status, provider_ref, decline_code)
            where payments.order_id = m.order_id and payments.status = any($5)"#,
+        &ids,
+        &statuses as &[&str],
+        &refs as &[Option<&str>],
+        &codes as &[Option<&str>],
+        &from as &[&str]
     )
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&refs)
-    .bind(&codes)
-    .bind(from)
     .execute(executor)
     .await?
     .rows_affected();

@@ -51,19 +51,20 @@ pub async fn start_many(
 ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
     let ids: Vec<Uuid> = attempts.iter().map(|(id, _)| *id).collect();
     let numbers: Vec<i32> = attempts.iter().map(|(_, a)| attempt_number(*a)).collect();
-    sqlx::query_as(
+    let started = sqlx::query!(
         r#"insert into saga_steps (order_id, step, attempt, status, undo, worker)
            select a.order_id, $3, a.attempt, 'STARTED', $4, $5
            from unnest($1::uuid[], $2::integer[]) as a(order_id, attempt)
            returning order_id, id"#,
+        &ids,
+        &numbers,
+        step.name(),
+        step.undo().map(Step::name),
+        worker
     )
-    .bind(&ids)
-    .bind(&numbers)
-    .bind(step)
-    .bind(step.undo())
-    .bind(worker)
     .fetch_all(executor)
-    .await
+    .await?;
+    Ok(started.into_iter().map(|row| (row.order_id, row.id)).collect())
 }
 
 /// Records attempt `attempt` of `step` as FAILED with `error`: its STARTED rows (written before a remote call)
@@ -77,7 +78,7 @@ pub async fn fail_attempt(
     worker: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         r#"with closed as (
                update saga_steps set status = 'FAILED', error = $4, finished_at = now()
                where order_id = $1 and step = $2 and attempt = $3 and status = 'STARTED'
@@ -86,13 +87,13 @@ pub async fn fail_attempt(
            insert into saga_steps (order_id, step, attempt, status, undo, worker, error, finished_at)
            select $1, $2, $3, 'FAILED', $5, $6, $4, now()
            where not exists (select 1 from closed)"#,
+        order_id,
+        step.name(),
+        attempt_number(attempt),
+        error,
+        step.undo().map(Step::name),
+        worker
     )
-    .bind(order_id)
-    .bind(step)
-    .bind(attempt_number(attempt))
-    .bind(error)
-    .bind(step.undo())
-    .bind(worker)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -104,12 +105,13 @@ pub async fn last_attempt(
     order_id: Uuid,
     step: Step,
 ) -> Result<u32, sqlx::Error> {
-    let attempt: Option<i32> =
-        sqlx::query_scalar("select max(attempt) from saga_steps where order_id = $1 and step = $2")
-            .bind(order_id)
-            .bind(step)
-            .fetch_one(executor)
-            .await?;
+    let attempt = sqlx::query_scalar!(
+        "select max(attempt) from saga_steps where order_id = $1 and step = $2",
+        order_id,
+        step.name()
+    )
+    .fetch_one(executor)
+    .await?;
     Ok(attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0))
 }
 
@@ -117,11 +119,11 @@ pub async fn last_attempt(
 /// happened to them; returns how many. An attempt of a live worker is never touched: its instance still has its
 /// presence connection (see `queue::upkeep`).
 pub async fn close_attempts_of_gone_workers(executor: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
-    let closed = sqlx::query(
+    let closed = sqlx::query!(
         r#"update saga_steps
            set status = 'FAILED', error = 'worker ' || worker || ' is gone', finished_at = now()
            where status = 'STARTED'
-             and worker not in (select application_name from pg_stat_activity where application_name <> '')"#,
+             and worker not in (select application_name from pg_stat_activity where application_name <> '')"#
     )
     .execute(executor)
     .await?;
@@ -129,7 +131,7 @@ pub async fn close_attempts_of_gone_workers(executor: impl PgExecutor<'_>) -> Re
 }
 
 /// One attempt of one step, as operators see it.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub step: Step,
     pub attempt: i32,
@@ -145,12 +147,13 @@ pub struct Attempt {
 
 /// The order's attempts, in the order they started.
 pub async fn attempts_of(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<Attempt>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select step, attempt, status, undo, worker, error, started_at, finished_at,
-                  (extract(epoch from finished_at - started_at) * 1000)::float8 as duration_ms
+    sqlx::query_as!(
+        Attempt,
+        r#"select step as "step: _", attempt, status as "status: _", undo as "undo: _", worker, error, started_at,
+                  finished_at, (extract(epoch from finished_at - started_at) * 1000)::float8 as duration_ms
            from saga_steps where order_id = $1 order by id"#,
+        order_id
     )
-    .bind(order_id)
     .fetch_all(executor)
     .await
 }

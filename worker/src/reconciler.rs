@@ -24,7 +24,7 @@ use anyhow::anyhow;
 use orderflow_shared::flow::{self, Step};
 use orderflow_shared::order::{self, CancelReason, OrderStatus};
 use orderflow_shared::queue::{StepJob, upkeep};
-use orderflow_shared::{operator, step_log};
+use orderflow_shared::step_log;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -95,7 +95,7 @@ pub async fn pass(runner: &Runner) -> anyhow::Result<Pass> {
             job = job.id,
             queue = job.queue,
             worker = job.worker,
-            status = job.status,
+            status = job.status.as_str(),
             "took a job back from a worker that is gone"
         );
     }
@@ -160,7 +160,7 @@ async fn settle_stranded(runner: &Runner, order_id: Uuid) -> anyhow::Result<bool
     let Some(dead) = upkeep::stranded_job(&mut tx, order.job_id.as_deref()).await? else {
         return Ok(false);
     };
-    let step = operator::current_step(&mut tx, &order).await?;
+    let step = flow::current_step(&mut tx, &order).await?;
     let logged = step_log::last_attempt(&mut *tx, order_id, step).await?;
     let attempt = dead.attempt.unwrap_or(0).max(logged).max(1);
     let reason = format!("reconciler: {}", dead.describe());

@@ -126,8 +126,7 @@ impl Relay {
             let mut conn = PgConnection::connect_with(&self.options)
                 .await
                 .context("relay: cannot reach PostgreSQL")?;
-            let leader: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
-                .bind(LEADER_LOCK)
+            let leader = sqlx::query_scalar!(r#"select pg_try_advisory_lock($1) as "leader!""#, LEADER_LOCK)
                 .fetch_one(&mut conn)
                 .await?;
             if !leader {

@@ -84,19 +84,11 @@ impl Runner {
     /// `queue::APALIS_MAX_ATTEMPTS`) and after that the reconciler settles it.
     pub async fn run_batch(&self, step: Step, jobs: Vec<StepJob>) -> Vec<Result<(), StepError>> {
         let span = tracing::info_span!("batch", step = step.name(), jobs = jobs.len());
-        let run = match step {
-            Step::Reserve => self.run::<steps::Reserve>(jobs),
-            Step::Pay => self.run::<steps::Pay>(jobs),
-            Step::Commit => self.run::<steps::Commit>(jobs),
-            Step::Fulfil => self.run::<steps::Fulfil>(jobs),
-            Step::ReleaseInventory => self.run::<steps::ReleaseInventory>(jobs),
-            Step::CancelPayment => self.run::<steps::CancelPayment>(jobs),
-        };
-        run.instrument(span).await
+        steps::run(self, step, jobs).instrument(span).await
     }
 
     /// Runs `S` for the jobs (boxed: a failed batch runs its jobs again through it).
-    fn run<S: SagaStep>(&self, jobs: Vec<StepJob>) -> BoxFuture<'_, Vec<Result<(), StepError>>> {
+    pub(crate) fn run<S: SagaStep>(&self, jobs: Vec<StepJob>) -> BoxFuture<'_, Vec<Result<(), StepError>>> {
         async move {
             let started = Instant::now();
             let mut seen = HashSet::with_capacity(jobs.len());

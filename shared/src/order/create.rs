@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::events::EventType;
@@ -96,37 +96,58 @@ pub struct Admission {
 /// transaction's timestamp.
 #[tracing::instrument(skip_all, err)]
 pub async fn admit(conn: &mut PgConnection, key: &str, skus: &[&str]) -> Result<Admission, sqlx::Error> {
-    let rows = sqlx::query(
+    // Every column is nullable here: the key's record and the skus come through left joins.
+    let rows = sqlx::query!(
         r#"with l as (select pg_try_advisory_xact_lock(hashtextextended('orderflow.idempotency:' || $1, 0)) as held)
-           select l.held, now() as now,
-                  i.request_hash, i.order_id, i.response_status, i.response_body,
-                  s.sku, s.on_hand, s.reserved, s.price, s.currency, s.created_at, s.updated_at
+           select l.held as "held!", now() as "now!",
+                  i.request_hash as "request_hash?", i.order_id as "key_order_id?",
+                  i.response_status as "response_status?", i.response_body as "response_body?",
+                  s.sku as "sku?", s.on_hand as "on_hand?", s.reserved as "reserved?", s.price as "price?",
+                  s.currency as "currency?", s.created_at as "created_at?", s.updated_at as "updated_at?"
            from l
            left join idempotency_keys i on l.held and i.key = $1
            left join skus s on l.held and i.key is null and s.sku = any($2)"#,
+        key,
+        skus as &[&str]
     )
-    .bind(key)
-    .bind(skus)
     .fetch_all(&mut *conn)
     .await?;
     let first = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-    // The joins leave the record's columns null when there is none, and the sku columns null on the one row
-    // without a sku.
-    let stored = match first.try_get::<Option<Uuid>, _>("order_id")? {
-        Some(_) => Some(StoredResponse::from_row(first)?),
-        None => None,
-    };
-    let mut found = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if row.try_get::<Option<String>, _>("sku")?.is_some() {
-            found.push(SkuRow::from_row(row)?);
+    let stored = match (
+        &first.request_hash,
+        first.key_order_id,
+        first.response_status,
+        &first.response_body,
+    ) {
+        (Some(request_hash), Some(order_id), Some(response_status), Some(response_body)) => {
+            Some(StoredResponse {
+                request_hash: request_hash.clone(),
+                order_id,
+                response_status,
+                response_body: response_body.clone(),
+            })
         }
-    }
+        _ => None,
+    };
+    let found = rows
+        .iter()
+        .filter_map(|row| {
+            Some(SkuRow {
+                sku: row.sku.clone()?,
+                on_hand: row.on_hand?,
+                reserved: row.reserved?,
+                price: row.price?,
+                currency: row.currency.clone()?,
+                created_at: row.created_at?,
+                updated_at: row.updated_at?,
+            })
+        })
+        .collect();
     Ok(Admission {
-        key_held: first.try_get("held")?,
+        key_held: first.held,
         stored,
         skus: found,
-        now: first.try_get("now")?,
+        now: first.now,
     })
 }
 

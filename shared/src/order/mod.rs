@@ -204,7 +204,7 @@ pub struct InvalidTransition {
 }
 
 /// An order row as the saga and the API read it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct OrderRow {
     pub id: Uuid,
     pub customer_id: String,
@@ -227,7 +227,7 @@ pub struct OrderRow {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OrderLineRow {
     pub order_id: Uuid,
     pub line_no: i32,
@@ -237,12 +237,14 @@ pub struct OrderLineRow {
 }
 
 pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
-                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+    sqlx::query_as!(
+        OrderRow,
+        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+                  cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
+                  job_id, reserved_until, trace_id, created_at, updated_at
            from orders where id = $1"#,
+        id
     )
-    .bind(id)
     .fetch_optional(executor)
     .await
 }
@@ -250,12 +252,14 @@ pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Orde
 /// Reads the order and locks its row until the transaction ends. Every saga step, the API's cancel and the
 /// operators' actions take this lock first, so nothing else moves an order while one of them does.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
-                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+    sqlx::query_as!(
+        OrderRow,
+        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+                  cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
+                  job_id, reserved_until, trace_id, created_at, updated_at
            from orders where id = $1 for update"#,
+        id
     )
-    .bind(id)
     .fetch_optional(conn)
     .await
 }
@@ -263,12 +267,14 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
 /// Like `lock`, but `None` at once when another transaction holds the row (SKIP LOCKED): for the reconciler,
 /// which leaves an order a step is working on alone.
 pub async fn try_lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
-                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+    sqlx::query_as!(
+        OrderRow,
+        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+                  cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
+                  job_id, reserved_until, trace_id, created_at, updated_at
            from orders where id = $1 for update skip locked"#,
+        id
     )
-    .bind(id)
     .fetch_optional(conn)
     .await
 }
@@ -276,32 +282,36 @@ pub async fn try_lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderR
 /// Locks many orders at once (in id order, so two transactions locking overlapping sets cannot deadlock) and
 /// reads them; orders that do not exist are missing from the result. For steps run for many orders together.
 pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
-                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+    sqlx::query_as!(
+        OrderRow,
+        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+                  cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
+                  job_id, reserved_until, trace_id, created_at, updated_at
            from orders where id = any($1) order by id for update"#,
+        ids
     )
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+    .fetch_all(conn)
+    .await
 }
 
 pub async fn lines(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<OrderLineRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        OrderLineRow,
         "select order_id, line_no, sku, quantity, unit_price from order_lines where order_id = $1 order by line_no",
+        order_id
     )
-    .bind(order_id)
     .fetch_all(executor)
     .await
 }
 
 /// Lines of many orders at once, for list pages.
 pub async fn lines_of(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<OrderLineRow>, sqlx::Error> {
-    sqlx::query_as(
-        "select order_id, line_no, sku, quantity, unit_price from order_lines where order_id = any($1) \
-         order by order_id, line_no",
+    sqlx::query_as!(
+        OrderLineRow,
+        r#"select order_id, line_no, sku, quantity, unit_price from order_lines where order_id = any($1)
+           order by order_id, line_no"#,
+        ids
     )
-    .bind(ids)
     .fetch_all(executor)
     .await
 }
@@ -344,20 +354,22 @@ impl ListQuery {
 
 /// A page of orders in id order (UUIDv7 ids, so creation order).
 pub async fn list(executor: impl PgExecutor<'_>, filter: &ListFilter) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select id, customer_id, currency, total, status, payment_token, cancel_reason, cancel_note, current_step,
-                  last_error, job_id, reserved_until, trace_id, created_at, updated_at
+    sqlx::query_as!(
+        OrderRow,
+        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+                  cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
+                  job_id, reserved_until, trace_id, created_at, updated_at
            from orders
            where ($1::text is null or status = $1)
              and ($2::text is null or customer_id = $2)
              and ($3::uuid is null or id > $3)
            order by id
            limit $4"#,
+        filter.status.map(OrderStatus::as_str),
+        filter.customer_id.as_deref(),
+        filter.after,
+        filter.limit
     )
-    .bind(filter.status)
-    .bind(filter.customer_id.as_deref())
-    .bind(filter.after)
-    .bind(filter.limit)
     .fetch_all(executor)
     .await
 }
@@ -434,6 +446,7 @@ impl From<sqlx::Error> for CancelError {
 /// The customer asks to cancel order `id`: a saga still going forward starts its cancellation
 /// (`customer_request`, with the customer's words); one already cancelling, cancelled or parked is left as it is,
 /// so repeating the request is harmless; a fulfilled order can no longer be cancelled.
+#[tracing::instrument(skip_all, fields(order_id = %id), err)]
 pub async fn request_cancellation(
     pool: &PgPool,
     id: Uuid,
@@ -463,7 +476,7 @@ pub async fn expired_reservations(
     executor: impl PgExecutor<'_>,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         r#"select o.id
            from orders o
            where o.status = 'RESERVED'
@@ -471,21 +484,22 @@ pub async fn expired_reservations(
              and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'PENDING')
            order by o.reserved_until
            limit $1"#,
+        limit
     )
-    .bind(limit)
     .fetch_all(executor)
     .await
 }
 
 /// Whether the order's reservation is past its hold with no authorization in flight, now (under its lock).
 pub async fn reservation_expired(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         r#"select exists (
                select 1 from orders o
                where o.id = $1 and o.status = 'RESERVED' and o.reserved_until < now()
-                 and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'PENDING'))"#,
+                 and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'PENDING'))
+           as "expired!""#,
+        order_id
     )
-    .bind(order_id)
     .fetch_one(executor)
     .await
 }
@@ -549,6 +563,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The table in docs/ARCHITECTURE.md ("State machine") is this one: every row a move the code makes, every
+    /// move the code makes a row.
+    #[test]
+    fn the_architecture_doc_shows_the_transition_table_of_the_code() {
+        let doc = include_str!("../../../docs/ARCHITECTURE.md");
+        let section = doc
+            .split("## State machine")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap_or_default();
+        let mut documented = Vec::new();
+        for row in section
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| from"))
+        {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            let [froms, transition, to, event] = cells[..] else {
+                panic!("a row of four cells: {row}");
+            };
+            for from in froms.split(',').map(str::trim) {
+                documented.push((
+                    from.to_owned(),
+                    transition.to_owned(),
+                    to.to_owned(),
+                    event.trim_matches('`').to_owned(),
+                ));
+            }
+        }
+        let mut code = Vec::new();
+        for from in OrderStatus::ALL {
+            for transition in all_transitions() {
+                if let Ok(to) = from.apply(&transition) {
+                    code.push((
+                        from.as_str().to_owned(),
+                        transition.name().to_owned(),
+                        to.as_str().to_owned(),
+                        transition.event_type().as_str().to_owned(),
+                    ));
+                }
+            }
+        }
+        documented.sort();
+        code.sort();
+        assert_eq!(
+            documented, code,
+            "docs/ARCHITECTURE.md's state machine differs from OrderStatus::apply"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! idempotent step, which the recovery already does for jobs whose worker is gone.
 //!
 //! A job stays `Queued` (or `Running`) under its worker's name until its completion is written; a worker that
-//! dies first leaves it to the reconciler (`recovery::rescue_orphaned_jobs`), exactly as before.
+//! dies first leaves it to the reconciler (`queue::upkeep::rescue_orphaned_jobs`), exactly as before.
 
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -83,22 +83,23 @@ async fn write(pool: &PgPool, worker: &str, batch: &[Completion]) -> Result<(), 
         })
         .collect();
     let mut tx = pool.begin().await?;
+    // A setting, not a query of the schema: nothing for the compile-time check to check.
     sqlx::query("set local synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
     // Only jobs still claimed by this worker: one the reconciler handed to another worker meanwhile is theirs.
     // `coalesce` keeps the planner off the `lock_by` index, which leads to every job the worker ever ran (the
     // trap apalis's own statement falls into); the rows are found by primary key.
-    sqlx::query(
+    sqlx::query!(
         r#"update apalis.jobs j
            set status = c.status, attempts = j.attempts + 1, last_result = c.result, done_at = now()
            from unnest($1::text[], $2::text[], $3::jsonb[]) as c(id, status, result)
            where j.id = c.id and coalesce(j.lock_by, '') = $4 and j.status in ('Queued', 'Running')"#,
+        &ids as &[&str],
+        &statuses as &[&str],
+        &results,
+        worker
     )
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&results)
-    .bind(worker)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

@@ -14,14 +14,14 @@ use uuid::Uuid;
 use crate::queue::{JobStatus, StepJob};
 
 /// A job taken back from a worker that is gone.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct RescuedJob {
     pub id: String,
     pub queue: String,
     /// The worker that held it.
     pub worker: String,
     /// `Pending` (runs again now) or `Killed` (it used up apalis's attempts; the reconciler settles its saga).
-    pub status: String,
+    pub status: JobStatus,
 }
 
 /// Puts the fetched jobs of gone workers back to Pending, on the given queues. A job that keeps losing its
@@ -31,7 +31,8 @@ pub async fn rescue_orphaned_jobs(
     executor: impl PgExecutor<'_>,
     queues: &[&str],
 ) -> Result<Vec<RescuedJob>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        RescuedJob,
         r#"with live as (
                select distinct application_name from pg_stat_activity where application_name <> ''
            ),
@@ -62,9 +63,9 @@ pub async fn rescue_orphaned_jobs(
                last_result = jsonb_build_object('Err', 'its worker ' || orphaned.lock_by || ' is gone')
            from orphaned
            where j.id = orphaned.id
-           returning j.id, j.job_type as queue, orphaned.lock_by as worker, j.status"#,
+           returning j.id, j.job_type as queue, orphaned.lock_by as "worker!", j.status as "status: _""#,
+        queues as &[&str]
     )
-    .bind(queues)
     .fetch_all(executor)
     .await
 }
@@ -74,9 +75,10 @@ pub async fn rescue_orphaned_jobs(
 /// interval does not re-arm reliably after a fire (seen here: a rescued job waited 30 s), and nothing is
 /// notified when a delayed retry comes due or a rescued job goes back to Pending. Returns the queues woken.
 pub async fn wake_due_queues(executor: impl PgExecutor<'_>, queues: &[&str]) -> Result<u64, sqlx::Error> {
-    let woken: i64 = sqlx::query_scalar(
+    let woken = sqlx::query_scalar!(
         r#"select count(pg_notify('apalis::job::insert',
                       json_build_object('job_type', q.job_type, 'id', due.id, 'run_at', due.run_at)::text))
+                  as "woken!"
            from unnest($1::text[]) as q(job_type)
            cross join lateral (
                select j.id, j.run_at from apalis.jobs j
@@ -84,8 +86,8 @@ pub async fn wake_due_queues(executor: impl PgExecutor<'_>, queues: &[&str]) -> 
                order by j.priority desc, j.run_at
                limit 1
            ) due"#,
+        queues as &[&str]
     )
-    .bind(queues)
     .fetch_one(executor)
     .await?;
     Ok(u64::try_from(woken).unwrap_or(0))
@@ -94,38 +96,32 @@ pub async fn wake_due_queues(executor: impl PgExecutor<'_>, queues: &[&str]) -> 
 /// Puts back to Pending whatever this worker instance still holds: called at the end of a graceful shutdown,
 /// when its steps have finished, so the next worker need not wait for the reconciler.
 pub async fn release_jobs_of(executor: impl PgExecutor<'_>, instance: &str) -> Result<u64, sqlx::Error> {
-    let released = sqlx::query(
+    let released = sqlx::query!(
         r#"update apalis.jobs
            set status = 'Pending', lock_by = null, lock_at = null,
                last_result = jsonb_build_object('Err', 'released at shutdown by ' || lock_by)
            where status in ('Queued', 'Running')
              and substring(lock_by from '@([^@#]+)#[0-9]+$') = $1"#,
+        instance
     )
-    .bind(instance)
     .execute(executor)
     .await?;
     Ok(released.rows_affected())
 }
 
-/// The live statuses as an SQL list. Spelled out, not bound: a literal list lets PostgreSQL use the partial
-/// index `orders_live_updated_at_idx` in a generic plan. A unit test keeps it equal to `OrderStatus::LIVE`.
-macro_rules! live_statuses_sql {
-    () => {
-        "('CREATED', 'RESERVED', 'PAID', 'CANCELLING')"
-    };
-}
-
 /// Live sagas whose job no longer moves them on: it finished (Done, Killed, or Failed with no apalis attempt
 /// left) or it is gone. Oldest first. Read without locks; `stranded_job` checks one again under the order lock.
+/// The live statuses are spelled out, not bound: a literal list lets PostgreSQL use the partial index
+/// `orders_live_updated_at_idx` in a generic plan; a unit test keeps it equal to `OrderStatus::LIVE`.
 pub async fn stranded_sagas(executor: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(concat!(
-        "select o.id from orders o left join apalis.jobs j on j.id = o.job_id where o.status in ",
-        live_statuses_sql!(),
-        " and (j.id is null or j.status in ('Done', 'Killed') \
-           or (j.status = 'Failed' and j.attempts >= j.max_attempts)) \
-         order by o.updated_at limit $1"
-    ))
-    .bind(limit)
+    sqlx::query_scalar!(
+        r#"select o.id from orders o left join apalis.jobs j on j.id = o.job_id
+           where o.status in ('CREATED', 'RESERVED', 'PAID', 'CANCELLING')
+             and (j.id is null or j.status in ('Done', 'Killed')
+                  or (j.status = 'Failed' and j.attempts >= j.max_attempts))
+           order by o.updated_at limit $1"#,
+        limit
+    )
     .fetch_all(executor)
     .await
 }
@@ -139,10 +135,11 @@ pub async fn stranded_job(
     let Some(job_id) = job_id else {
         return Ok(Some(DeadJob::default()));
     };
-    let row: Option<JobRow> = sqlx::query_as(
-        "select status, attempts, max_attempts, job, last_result from apalis.jobs where id = $1",
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"select status as "status: _", attempts, max_attempts, job, last_result from apalis.jobs where id = $1"#,
+        job_id
     )
-    .bind(job_id)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(JobRow {
@@ -174,7 +171,6 @@ pub async fn stranded_job(
     }))
 }
 
-#[derive(sqlx::FromRow)]
 struct JobRow {
     status: JobStatus,
     attempts: i32,
@@ -221,15 +217,14 @@ pub async fn purge_done_jobs(
     older_than: std::time::Duration,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let deleted = sqlx::query(
+    let deleted = sqlx::query!(
         r#"delete from apalis.jobs where id in (
                select id from apalis.jobs
-               where status = $1 and done_at < now() - make_interval(secs => $2)
-               limit $3 for update skip locked)"#,
+               where status = 'Done' and done_at < now() - make_interval(secs => $1)
+               limit $2 for update skip locked)"#,
+        older_than.as_secs_f64(),
+        limit
     )
-    .bind(JobStatus::Done.as_str())
-    .bind(older_than.as_secs_f64())
-    .bind(limit)
     .execute(executor)
     .await?
     .rows_affected();
@@ -246,6 +241,10 @@ mod tests {
             .iter()
             .map(|s| format!("'{}'", s.as_str()))
             .collect();
-        assert_eq!(live_statuses_sql!(), format!("({})", live.join(", ")));
+        let spelled = format!("where o.status in ({})", live.join(", "));
+        assert!(
+            include_str!("upkeep.rs").contains(&spelled),
+            "stranded_sagas does not say {spelled}"
+        );
     }
 }

@@ -12,7 +12,7 @@ use crate::flow::Step;
 use crate::queue::JobStatus;
 
 /// One queue's jobs by state.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueStats {
     pub queue: String,
     /// Due and waiting for a worker.
@@ -32,22 +32,23 @@ pub struct QueueStats {
 /// Every saga queue, in the flow's order, with zeros for the idle ones.
 pub async fn queue_stats(executor: impl PgExecutor<'_>) -> Result<Vec<QueueStats>, sqlx::Error> {
     let names: Vec<&str> = Step::ALL.iter().map(|s| s.queue()).collect();
-    sqlx::query_as(
-        r#"select q.queue,
-                  count(j.id) filter (where j.status = 'Pending' and j.run_at <= now()) as pending,
-                  count(j.id) filter (where j.status = 'Pending' and j.run_at > now()) as scheduled,
-                  count(j.id) filter (where j.status in ('Queued', 'Running')) as running,
-                  count(j.id) filter (where j.status = 'Failed' and j.attempts < j.max_attempts) as failed,
+    sqlx::query_as!(
+        QueueStats,
+        r#"select q.queue as "queue!",
+                  count(j.id) filter (where j.status = 'Pending' and j.run_at <= now()) as "pending!",
+                  count(j.id) filter (where j.status = 'Pending' and j.run_at > now()) as "scheduled!",
+                  count(j.id) filter (where j.status in ('Queued', 'Running')) as "running!",
+                  count(j.id) filter (where j.status = 'Failed' and j.attempts < j.max_attempts) as "failed!",
                   count(j.id) filter (where j.status = 'Killed'
-                                       or (j.status = 'Failed' and j.attempts >= j.max_attempts)) as dead,
+                                       or (j.status = 'Failed' and j.attempts >= j.max_attempts)) as "dead!",
                   extract(epoch from now() - min(j.run_at) filter (
                       where j.status = 'Pending' and j.run_at <= now()))::float8 as oldest_pending_seconds
            from unnest($1::text[]) with ordinality as q(queue, n)
            left join apalis.jobs j on j.job_type = q.queue and j.status <> 'Done'
            group by q.queue, q.n
            order by q.n"#,
+        &names as &[&str]
     )
-    .bind(names)
     .fetch_all(executor)
     .await
 }
@@ -57,16 +58,17 @@ pub async fn job_statuses(
     executor: impl PgExecutor<'_>,
     job_ids: &[&str],
 ) -> Result<HashMap<String, JobStatus>, sqlx::Error> {
-    let rows: Vec<(String, JobStatus)> =
-        sqlx::query_as("select id, status from apalis.jobs where id = any($1)")
-            .bind(job_ids)
-            .fetch_all(executor)
-            .await?;
-    Ok(rows.into_iter().collect())
+    let rows = sqlx::query!(
+        r#"select id, status as "status: JobStatus" from apalis.jobs where id = any($1)"#,
+        job_ids as &[&str]
+    )
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row.status)).collect())
 }
 
 /// One job of a saga, as apalis has it now (`status` null once cleaned up).
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SagaJob {
     pub id: String,
     pub step: Step,
@@ -85,24 +87,26 @@ pub async fn jobs_of_order(
     executor: impl PgExecutor<'_>,
     order_id: Uuid,
 ) -> Result<Vec<SagaJob>, sqlx::Error> {
-    sqlx::query_as(
-        r#"select s.job_id as id, s.step, s.attempt, s.created_at as enqueued_at, j.status, j.run_at,
-                  j.lock_by as worker, j.attempts as apalis_attempts, j.done_at, j.last_result
+    sqlx::query_as!(
+        SagaJob,
+        r#"select s.job_id as id, s.step as "step: _", s.attempt, s.created_at as enqueued_at,
+                  j.status as "status?: _", j.run_at as "run_at?", j.lock_by as worker,
+                  j.attempts as "apalis_attempts?", j.done_at, j.last_result
            from saga_jobs s left join apalis.jobs j on j.id = s.job_id
            where s.order_id = $1 order by s.created_at, s.job_id"#,
+        order_id
     )
-    .bind(order_id)
     .fetch_all(executor)
     .await
 }
 
 /// Whether the worker instance of an apalis worker name (`<queue>@<instance>#<generation>`) is connected.
 pub async fn worker_alive(executor: impl PgExecutor<'_>, worker: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "select exists (select 1 from pg_stat_activity \
-         where application_name = substring($1 from '@([^@#]+)#[0-9]+$'))",
+    sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_stat_activity
+                          where application_name = substring($1 from '@([^@#]+)#[0-9]+$')) as "alive!""#,
+        worker
     )
-    .bind(worker)
     .fetch_one(executor)
     .await
 }
@@ -116,15 +120,15 @@ pub async fn supersede_job(
     by: &str,
     orphaned: bool,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         r#"update apalis.jobs set status = 'Killed', done_at = now(), lock_by = null,
                last_result = jsonb_build_object('Err', 'superseded by ' || $2)
            where id = $1
              and (status in ('Pending', 'Failed') or ($3 and status in ('Queued', 'Running')))"#,
+        job_id,
+        by,
+        orphaned
     )
-    .bind(job_id)
-    .bind(by)
-    .bind(orphaned)
     .execute(executor)
     .await?;
     Ok(done.rows_affected() > 0)

@@ -24,19 +24,37 @@ mod reserve;
 
 use std::future::Future;
 
+use futures::future::BoxFuture;
 use orderflow_shared::flow::{Ending, Step};
 use orderflow_shared::order::OrderRow;
+use orderflow_shared::queue::StepJob;
 use sqlx::PgConnection;
 
 use crate::error::StepError;
 use crate::runner::Runner;
 
-pub(crate) use cancel_payment::CancelPayment;
-pub(crate) use commit::Commit;
-pub(crate) use fulfil::Fulfil;
-pub(crate) use pay::Pay;
-pub(crate) use release_inventory::ReleaseInventory;
-pub(crate) use reserve::Reserve;
+use cancel_payment::CancelPayment;
+use commit::Commit;
+use fulfil::Fulfil;
+use pay::Pay;
+use release_inventory::ReleaseInventory;
+use reserve::Reserve;
+
+/// Runs `step` for a batch of jobs: the one place that maps a step of the flow to its file.
+pub(crate) fn run(
+    runner: &Runner,
+    step: Step,
+    jobs: Vec<StepJob>,
+) -> BoxFuture<'_, Vec<Result<(), StepError>>> {
+    match step {
+        Step::Reserve => runner.run::<Reserve>(jobs),
+        Step::Pay => runner.run::<Pay>(jobs),
+        Step::Commit => runner.run::<Commit>(jobs),
+        Step::Fulfil => runner.run::<Fulfil>(jobs),
+        Step::ReleaseInventory => runner.run::<ReleaseInventory>(jobs),
+        Step::CancelPayment => runner.run::<CancelPayment>(jobs),
+    }
+}
 
 /// What a step decided for one order.
 #[derive(Debug)]

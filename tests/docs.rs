@@ -1,0 +1,80 @@
+//! The README's lists are the code's: every variable OrderFlow reads is in its configuration table and every
+//! variable there is read somewhere, so the table cannot drift from `settings`. (The transition table, the flow
+//! and the event types are checked against the code by unit tests in `orderflow-shared`.)
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `ORDERFLOW_…` names that appear as whole words in `text`.
+fn variables(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("ORDERFLOW_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| {
+                !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == '<' || c == '>')
+            })
+            .unwrap_or(tail.len());
+        found.insert(tail[..end].trim_end_matches('_').to_owned());
+        rest = &tail[end..];
+    }
+    found
+}
+
+fn sources(dir: &Path, out: &mut String) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+}
+
+#[test]
+fn the_readme_configuration_table_is_every_variable_the_code_reads() {
+    let root = workspace();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let table: String = readme
+        .split("## Configuration")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.split(" | ").next().unwrap_or_default().to_owned() + "\n")
+        .collect();
+    let documented = variables(&table);
+    let mut code = String::new();
+    for crate_dir in ["shared", "api", "worker", "paysim", "cli", "tests"] {
+        sources(&root.join(crate_dir), &mut code);
+    }
+    // String literals only: the name as the code passes it to the environment.
+    let read: BTreeSet<String> = variables(&code)
+        .into_iter()
+        .filter(|name| code.contains(&format!("\"{name}\"")))
+        .map(|name| match name.strip_prefix("ORDERFLOW_MAX_ATTEMPTS_") {
+            // One row covers the per-step budgets.
+            Some(step) if !step.is_empty() => "ORDERFLOW_MAX_ATTEMPTS_<STEP>".to_owned(),
+            _ => name,
+        })
+        .collect();
+    let missing: Vec<&String> = read.difference(&documented).collect();
+    let stale: Vec<&String> = documented.difference(&read).collect();
+    assert!(
+        missing.is_empty(),
+        "read by the code but not in the README's table: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "in the README's table but read nowhere: {stale:?}"
+    );
+}

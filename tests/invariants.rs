@@ -1,0 +1,186 @@
+//! What every crash must leave intact, checked once every order is over: stock accounted for, money matching the
+//! orders on the provider's side, each order's audit trail whole, no step attempt left open. The chaos test
+//! checks them after its storm; the other crash tests (kills, outages, several workers) after theirs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// An order as it ended.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub status: String,
+    pub total: i64,
+    pub cancel_reason: Option<String>,
+}
+
+/// Every order, as it ended. Panics on an order that is not over.
+pub async fn ended_orders(pool: &PgPool) -> HashMap<Uuid, Ended> {
+    let orders: Vec<(Uuid, String, i64, Option<String>)> =
+        sqlx::query_as("select id, status, total, cancel_reason from orders")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    orders
+        .into_iter()
+        .map(|(id, status, total, cancel_reason)| {
+            assert!(
+                status == "FULFILLED" || status == "CANCELLED",
+                "order {id} is {status}, not over"
+            );
+            (
+                id,
+                Ended {
+                    status,
+                    total,
+                    cancel_reason,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Stock: nothing reserved, nothing oversold, every unit that left `on_hand` went to a FULFILLED order (each
+/// sku's `initial` stock is what is on hand plus what was sold), and every reservation matches its order's end.
+pub async fn stock_is_accounted_for(pool: &PgPool, initial: &[(&str, i64)]) {
+    let skus: Vec<(String, i64, i64)> =
+        sqlx::query_as("select sku, on_hand, reserved from skus order by sku")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let committed: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "select r.sku, sum(r.quantity)::bigint from reservations r join orders o on o.id = r.order_id \
+         where r.status = 'COMMITTED' and o.status = 'FULFILLED' group by r.sku",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    for (sku, on_hand, reserved) in &skus {
+        assert_eq!(*reserved, 0, "{sku}: nothing left reserved");
+        assert!(*on_hand >= 0, "{sku}: oversold");
+        if let Some((_, initial)) = initial.iter().find(|(s, _)| s == sku) {
+            let sold = committed.get(sku).copied().unwrap_or(0);
+            assert_eq!(*initial, on_hand + sold, "{sku}: stock conserved");
+        }
+    }
+    let stray: i64 = sqlx::query_scalar(
+        "select count(*) from reservations r join orders o on o.id = r.order_id \
+         where (o.status = 'CANCELLED' and r.status <> 'RELEASED') \
+            or (o.status = 'FULFILLED' and r.status <> 'COMMITTED')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(stray, 0, "reservations match their orders' ends");
+}
+
+/// Money, from the provider's side (the simulator's ledger at `paysim`): a FULFILLED order has exactly one
+/// intent, captured for its total; a CANCELLED one holds nothing and is charged nothing net.
+pub async fn money_matches_orders(orders: &HashMap<Uuid, Ended>, http: &reqwest::Client, paysim: &str) {
+    let ledger: Value = http
+        .get(format!("{paysim}/v1/sim/ledger"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut intents: HashMap<Uuid, Vec<&Value>> = HashMap::new();
+    for intent in ledger["intents"].as_array().unwrap() {
+        if let Some(id) = intent["metadata"]["order_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+        {
+            intents.entry(id).or_default().push(intent);
+        }
+    }
+    for (id, order) in orders {
+        let mine = intents.get(id).cloned().unwrap_or_default();
+        let received: i64 = mine.iter().map(|i| i["amount_received"].as_i64().unwrap()).sum();
+        let refunded: i64 = mine.iter().map(|i| i["amount_refunded"].as_i64().unwrap()).sum();
+        let open = mine.iter().filter(|i| i["status"] == "requires_capture").count();
+        assert_eq!(
+            open, 0,
+            "order {id} ({}) leaves a hold open: {mine:?}",
+            order.status
+        );
+        if order.status == "FULFILLED" {
+            assert_eq!(mine.len(), 1, "order {id}: exactly one intent: {mine:?}");
+            assert_eq!(
+                (received, refunded),
+                (order.total, 0),
+                "order {id}: captured once: {mine:?}"
+            );
+        } else {
+            assert_eq!(
+                received - refunded,
+                0,
+                "order {id}: cancelled but charged: {mine:?}"
+            );
+        }
+    }
+}
+
+/// The audit trail: per order, sequences 1..n chaining from → to, each status entered once, ending where the
+/// order is.
+pub async fn audit_trails_are_whole(pool: &PgPool, orders: &HashMap<Uuid, Ended>) {
+    let events: Vec<(Uuid, i32, Option<String>, String)> = sqlx::query_as(
+        "select order_id, sequence, from_status, to_status from order_events order by order_id, sequence",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut trail: HashMap<Uuid, Vec<(i32, Option<String>, String)>> = HashMap::new();
+    for (id, sequence, from, to) in events {
+        trail.entry(id).or_default().push((sequence, from, to));
+    }
+    for (id, order) in orders {
+        let trail = trail
+            .get(id)
+            .unwrap_or_else(|| panic!("order {id} has no events"));
+        let mut previous: Option<String> = None;
+        let mut entered = HashSet::new();
+        for (n, (sequence, from, to)) in trail.iter().enumerate() {
+            assert_eq!(*sequence as usize, n + 1, "order {id}: gap in {trail:?}");
+            assert_eq!(from, &previous, "order {id}: broken chain in {trail:?}");
+            assert!(
+                entered.insert(to.clone()),
+                "order {id}: {to} entered twice in {trail:?}"
+            );
+            previous = Some(to.clone());
+        }
+        assert_eq!(
+            previous.as_deref(),
+            Some(order.status.as_str()),
+            "order {id}: trail ends elsewhere"
+        );
+    }
+}
+
+/// The step log: no attempt left open (a killed worker's attempt is closed when its job is taken back).
+pub async fn no_attempt_left_open(pool: &PgPool) {
+    let open_steps: i64 = sqlx::query_scalar("select count(*) from saga_steps where status = 'STARTED'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(open_steps, 0, "step attempts left STARTED");
+}
+
+/// Every invariant above, for a test whose orders are all over; returns the orders as they ended.
+pub async fn all_hold(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    paysim: &str,
+    initial_stock: &[(&str, i64)],
+) -> HashMap<Uuid, Ended> {
+    let orders = ended_orders(pool).await;
+    stock_is_accounted_for(pool, initial_stock).await;
+    money_matches_orders(&orders, http, paysim).await;
+    audit_trails_are_whole(pool, &orders).await;
+    no_attempt_left_open(pool).await;
+    orders
+}
