@@ -110,10 +110,10 @@ sql "alter table ceiling_orders add primary key (k)"
 echo "== pgbench ceilings ($CLIENTS clients, ${T}s, median of $RUNS)"
 declare -A TPS P99
 # name, script, its variables: the hot sku is the saga step with every order's stock on one sku.
-for run in "create_order.sql create_order.sql" "saga_step.sql saga_step_batch.sql -D skus=50 -D clients=$CLIENTS -D batch=1" \
-           "hot_sku.sql saga_step_batch.sql -D skus=1 -D clients=$CLIENTS -D batch=1" \
-           "batch_step.sql saga_step_batch.sql -D skus=50 -D clients=$CLIENTS -D batch=$BATCH" \
-           "batch_hot_sku.sql saga_step_batch.sql -D skus=1 -D clients=$CLIENTS -D batch=$BATCH"; do
+for run in "create_order create_order.sql" "one_step saga_step_batch.sql -D skus=50 -D clients=$CLIENTS -D batch=1" \
+           "one_hot_sku saga_step_batch.sql -D skus=1 -D clients=$CLIENTS -D batch=1" \
+           "batch_step saga_step_batch.sql -D skus=50 -D clients=$CLIENTS -D batch=$BATCH" \
+           "batch_hot_sku saga_step_batch.sql -D skus=1 -D clients=$CLIENTS -D batch=$BATCH"; do
   read -r name script vars <<<"$run"
   results=$(for _ in $(seq 1 "$RUNS"); do pgb "$script" $vars; done)
   TPS[$name]=$(echo "$results" | awk '{print $1}' | median | awk '{printf "%.0f", $1}')
@@ -121,11 +121,11 @@ for run in "create_order.sql create_order.sql" "saga_step.sql saga_step_batch.sq
   echo "$name: ${TPS[$name]} tps, p99 ${P99[$name]} ms"
 done
 # A batched transaction does $BATCH steps (reservations).
-BATCH_STEPS=$(( ${TPS[batch_step.sql]} * BATCH ))
-BATCH_HOT=$(( ${TPS[batch_hot_sku.sql]} * BATCH ))
+BATCH_STEPS=$(( ${TPS[batch_step]} * BATCH ))
+BATCH_HOT=$(( ${TPS[batch_hot_sku]} * BATCH ))
 echo "batched: $BATCH_STEPS steps/s, hot sku $BATCH_HOT reservations/s"
 
-CREATE_CEIL=${TPS[create_order.sql]%.*}
+CREATE_CEIL=${TPS[create_order]%.*}
 HALF=$(( CREATE_CEIL / 2 ))
 # Saturation: offered half again the ceiling's rate, so what the service achieves is its own limit, not ours.
 OVER=$(( CREATE_CEIL * 3 / 2 ))
@@ -237,15 +237,15 @@ BACKLOG_OVERSOLD=$(j hotsku-backlog "d['hot_sku']['oversold']")
 python3 - "$OUT/ceiling.md" <<EOF
 import sys
 rows = [
-  ("Order creation at saturation (offered ${OVER}/s; API alone, pool of ${CREATE_CONNECTIONS})", "${SAT}/s", "${TPS[create_order.sql]}/s", ${SAT} / ${TPS[create_order.sql]}, "≥ 0.7"),
+  ("Order creation at saturation (offered ${OVER}/s; API alone, pool of ${CREATE_CONNECTIONS})", "${SAT}/s", "${TPS[create_order]}/s", ${SAT} / ${TPS[create_order]}, "≥ 0.7"),
   ("p99 of creation at half the ceiling (${HALF}/s; API alone, pool of ${CREATE_CONNECTIONS})", "${HALF_P99} ms", "${PGB_HALF_P99} ms (pgbench -R, ${PGB_HALF_CLIENTS} clients)", ${HALF_P99} / max(${PGB_HALF_P99}, 0.001), "≤ 1.25"),
   ("Saga steps per second (4 per saga) against the batched step (${BATCH} orders per transaction)", "$(python3 -c "print(round(${SAGAS} * 4, 1))")/s", "${BATCH_STEPS}/s", ${SAGAS} * 4 / ${BATCH_STEPS}, "—"),
-  ("Saga steps per second against the step for a batch of one order (reference)", "$(python3 -c "print(round(${SAGAS} * 4, 1))")/s", "${TPS[saga_step.sql]}/s", ${SAGAS} * 4 / ${TPS[saga_step.sql]}, "—"),
+  ("Saga steps per second against the step for a batch of one order (reference)", "$(python3 -c "print(round(${SAGAS} * 4, 1))")/s", "${TPS[one_step]}/s", ${SAGAS} * 4 / ${TPS[one_step]}, "—"),
   ("Complete sagas per second, sustained: the highest offered rate of ${SAGA_STEPS// /, }/s whose sagas all ended at ≥ 95% of it", "${SUSTAINED_RATE:-0}/s at ${SUSTAINED}/s offered, submit-to-end p99 ${SUSTAINED_P99} ms", "—", None, "≥ 500"),
   ("Complete sagas per second, overloaded (offered ${SAGA_RATE}/s)", "${SAGAS}/s, p99 ${SAGA_P99} ms", "—", None, "—"),
   ("Hot sku on a backlog, reservations decided per second by a reserve-only worker (${BACKLOG_DECIDED} decided, ${BACKLOG_HELD} held of a stock of ${BACKLOG_STOCK}; oversold: ${BACKLOG_OVERSOLD}) against the batched hot-sku step", "${BACKLOG_RES}/s", "${BATCH_HOT}/s", ${BACKLOG_RES} / ${BATCH_HOT}, "≥ 0.8"),
   ("Hot sku, full sagas, reservations decided per second (offered ${SAGA_RATE}/s) against the batched hot-sku step", "${HOT_RES}/s", "${BATCH_HOT}/s", ${HOT_RES} / ${BATCH_HOT}, "— (creation-bound)"),
-  ("Hot sku, reservations decided per second against the hot-sku step for a batch of one (reference)", "${HOT_RES}/s", "${TPS[hot_sku.sql]}/s", ${HOT_RES} / ${TPS[hot_sku.sql]}, "—"),
+  ("Hot sku, reservations decided per second against the hot-sku step for a batch of one (reference)", "${HOT_RES}/s", "${TPS[one_hot_sku]}/s", ${HOT_RES} / ${TPS[one_hot_sku]}, "—"),
   ("Hot sku, complete sagas per second (oversold: ${OVERSOLD}; sold ${SOLD} of a stock of ${STOCK})", "${HOT}/s", "—", None, "—"),
   ("p99 of creation at ${ASYNC_RATE}/s, synchronous_commit=off (API alone, pool of ${CREATE_CONNECTIONS}; service achieved ${ASYNC_ACHIEVED}/s, ${ASYNC_ERRORS} over the in-flight cap; pgbench ${PGB_ASYNC_TPS} tps)", "${ASYNC_P99} ms", "${PGB_ASYNC_P99} ms (pgbench -R, ${PGB_ASYNC_CLIENTS} clients)", ${ASYNC_P99} / max(${PGB_ASYNC_P99}, 0.001), "< 5 ms"),
   ("Commits per order (full saga, incl. the simulator-free steps)", "${SAGA_COMMITS}", "—", None, "—"),

@@ -156,10 +156,10 @@ impl From<EventRow> for EventView {
         Self {
             event_id: e.event_id,
             sequence: e.sequence,
-            event_type: e.event_type,
-            from: e.from_status,
-            to: e.to_status,
-            reason: e.reason,
+            event_type: e.event_type.as_str().to_owned(),
+            from: e.from_status.map(|s| s.as_str().to_owned()),
+            to: e.to_status.as_str().to_owned(),
+            reason: e.reason.map(|r| r.as_str().to_owned()),
             at: e.created_at,
         }
     }

@@ -1,9 +1,10 @@
 //! The append-only audit trail of order transitions (`order_events`), which is also the outbox.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgExecutor;
 use uuid::Uuid;
+
+use crate::order::{CancelReason, OrderStatus};
 
 /// Stable event type names: consumers subscribe to these, so they never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,25 +43,34 @@ impl EventType {
             Self::CancellationResumed => "order.cancellation_resumed",
         }
     }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == value)
+    }
 }
 
-#[derive(Debug, Clone, Serialize)]
+stored_as_text!(EventType);
+
+/// One transition as recorded.
+#[derive(Debug, Clone)]
 pub struct EventRow {
     pub id: i64,
     pub event_id: Uuid,
     pub order_id: Uuid,
     pub sequence: i32,
-    pub event_type: String,
-    pub from_status: Option<String>,
-    pub to_status: String,
-    pub reason: Option<String>,
+    pub event_type: EventType,
+    pub from_status: Option<OrderStatus>,
+    pub to_status: OrderStatus,
+    /// The cancel reason the transition carries.
+    pub reason: Option<CancelReason>,
     pub created_at: DateTime<Utc>,
 }
 
 pub async fn for_order(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Vec<EventRow>, sqlx::Error> {
     sqlx::query_as!(
         EventRow,
-        r#"select id, event_id, order_id, sequence, event_type, from_status, to_status, reason, created_at
+        r#"select id, event_id, order_id, sequence, event_type as "event_type: _", from_status as "from_status: _",
+                  to_status as "to_status: _", reason as "reason: _", created_at
            from order_events where order_id = $1 order by sequence"#,
         order_id
     )
@@ -73,6 +83,14 @@ mod tests {
     use super::*;
 
     /// Consumers learn the subjects from the README: it names every event type's (`orders.<type>`).
+    #[test]
+    fn event_types_round_trip() {
+        for event in EventType::ALL {
+            assert_eq!(EventType::parse(event.as_str()), Some(event));
+        }
+        assert_eq!(EventType::parse("order.shipped"), None);
+    }
+
     #[test]
     fn the_readme_names_every_event_type() {
         let readme = include_str!("../../README.md");

@@ -252,17 +252,18 @@ pub async fn current_step(conn: &mut PgConnection, order: &OrderRow) -> Result<S
 }
 
 /// How one attempt of a step ends, as the step decided it: what the step log records, how the order moves and
-/// what runs next. Built by the constructors below, which apply the flow's rules.
+/// what runs next. Built only by the constructors below, which apply the flow's rules (so no ending leaves an
+/// attempt STARTED); `order::Move::ending` writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ending {
-    pub status: AttemptStatus,
+    pub(crate) status: AttemptStatus,
     /// Why, for the step log (a decline code, "out of stock").
-    pub note: Option<String>,
-    pub transition: Option<Transition>,
+    pub(crate) note: Option<String>,
+    pub(crate) transition: Option<Transition>,
     /// The step queued next (its first attempt).
-    pub next: Option<Step>,
+    pub(crate) next: Option<Step>,
     /// The reservation is held until this long from now (the reserve step's promise).
-    pub hold_for: Option<Duration>,
+    pub(crate) hold_for: Option<Duration>,
 }
 
 impl Ending {
@@ -331,9 +332,10 @@ impl Ending {
 /// `note`), and [`Step::FIRST_COMPENSATION`] queued. The same move as a step's [`Ending::cancel`]; a caller may
 /// add to it (the worker records the failure that led to it in the same statement).
 pub fn cancellation<'a>(order: &'a OrderRow, reason: CancelReason, note: Option<&str>) -> Move<'a> {
+    let cancel = Ending::cancel(reason, reason.as_str());
     Move {
-        transition: Some(Transition::StartCancel(reason)),
-        next: Some(NextJob::first(Step::FIRST_COMPENSATION)),
+        transition: cancel.transition,
+        next: cancel.next.map(NextJob::first),
         cancel_note: note.map(str::to_owned),
         ..Move::new(order)
     }

@@ -68,6 +68,42 @@ macro_rules! stored_as_text {
     };
 }
 
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde::Serialize;
+
+    /// The API shows a stored enum through serde and stores it through `as_str`/`name`: both spell it alike, so a
+    /// client reads the value the database holds.
+    fn same<T: Serialize + Copy>(all: &[T], name: impl Fn(T) -> &'static str) {
+        for value in all {
+            assert_eq!(
+                serde_json::to_value(value).unwrap(),
+                serde_json::json!(name(*value))
+            );
+        }
+    }
+
+    #[test]
+    fn every_stored_enum_is_spelled_alike_in_json_and_in_the_database() {
+        same(&crate::order::OrderStatus::ALL, crate::order::OrderStatus::as_str);
+        same(
+            &crate::order::CancelReason::ALL,
+            crate::order::CancelReason::as_str,
+        );
+        same(&crate::flow::Step::ALL, crate::flow::Step::name);
+        same(
+            &crate::step_log::AttemptStatus::ALL,
+            crate::step_log::AttemptStatus::as_str,
+        );
+        same(
+            &crate::payment::PaymentStatus::ALL,
+            crate::payment::PaymentStatus::as_str,
+        );
+        same(&crate::queue::JobStatus::ALL, crate::queue::JobStatus::as_str);
+    }
+}
+
 pub mod admin;
 pub mod db;
 pub mod events;

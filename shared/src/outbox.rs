@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::events::EventType;
+use crate::order::{CancelReason, OrderStatus};
+
 /// CloudEvents `source` of every OrderFlow event.
 pub const SOURCE: &str = "urn:orderflow:orders";
 
@@ -18,10 +21,10 @@ pub struct OutboxEvent {
     pub event_id: Uuid,
     pub order_id: Uuid,
     pub sequence: i32,
-    pub event_type: String,
-    pub from_status: Option<String>,
-    pub to_status: String,
-    pub reason: Option<String>,
+    pub event_type: EventType,
+    pub from_status: Option<OrderStatus>,
+    pub to_status: OrderStatus,
+    pub reason: Option<CancelReason>,
     pub created_at: DateTime<Utc>,
     pub customer_id: String,
     pub total: i64,
@@ -64,16 +67,16 @@ impl OutboxEvent {
             specversion: "1.0".to_owned(),
             id: self.event_id,
             source: SOURCE.to_owned(),
-            event_type: self.event_type.clone(),
+            event_type: self.event_type.as_str().to_owned(),
             subject: self.order_id.to_string(),
             time: self.created_at,
             datacontenttype: "application/json".to_owned(),
             data: EventData {
                 order_id: self.order_id,
                 sequence: self.sequence,
-                from: self.from_status.clone(),
-                to: self.to_status.clone(),
-                reason: self.reason.clone(),
+                from: self.from_status.map(|s| s.as_str().to_owned()),
+                to: self.to_status.as_str().to_owned(),
+                reason: self.reason.map(|r| r.as_str().to_owned()),
                 customer_id: self.customer_id.clone(),
                 total: self.total,
                 currency: self.currency.clone(),
@@ -83,7 +86,8 @@ impl OutboxEvent {
 
     /// The NATS subject: `<prefix>.<type without "order.">`, e.g. `orders.paid`.
     pub fn subject(&self, prefix: &str) -> String {
-        let kind = self.event_type.strip_prefix("order.").unwrap_or(&self.event_type);
+        let event_type = self.event_type.as_str();
+        let kind = event_type.strip_prefix("order.").unwrap_or(event_type);
         format!("{prefix}.{kind}")
     }
 
@@ -101,8 +105,9 @@ impl OutboxEvent {
 pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxEvent>, sqlx::Error> {
     sqlx::query_as!(
         OutboxEvent,
-        r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence, e.event_type,
-                  e.from_status, e.to_status, e.reason, e.created_at, o.customer_id, o.total, o.currency
+        r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence,
+                  e.event_type as "event_type: _", e.from_status as "from_status: _", e.to_status as "to_status: _",
+                  e.reason as "reason: _", e.created_at, o.customer_id, o.total, o.currency
            from order_events e join orders o on o.id = e.order_id
            where e.published_at is null
            order by e.id
@@ -158,8 +163,9 @@ pub async fn feed(
 ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
     sqlx::query_as!(
         OutboxEvent,
-        r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence, e.event_type,
-                  e.from_status, e.to_status, e.reason, e.created_at, o.customer_id, o.total, o.currency
+        r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence,
+                  e.event_type as "event_type: _", e.from_status as "from_status: _", e.to_status as "to_status: _",
+                  e.reason as "reason: _", e.created_at, o.customer_id, o.total, o.currency
            from order_events e join orders o on o.id = e.order_id
            where (e.txid, e.id) > ($1::text::xid8, $2)
              and e.txid < pg_snapshot_xmin(pg_current_snapshot())

@@ -6,10 +6,17 @@ use anyhow::anyhow;
 
 use crate::error::StepError;
 
-/// True when failpoint `name` is configured and, if `customer_id` is given, configured for that customer.
+/// True when failpoint `name` is configured and, if `customer_id` is given, configured for that customer. It is
+/// evaluated (which counts against a counted failpoint such as `1*return(c)`) only for the customer it is set for:
+/// the other orders of a batch must not use it up.
 pub fn hit(name: &str, customer_id: Option<&str>) -> bool {
     #[cfg(feature = "failpoints")]
     {
+        if let Some(customer_id) = customer_id
+            && !armed(name, customer_id)
+        {
+            return false;
+        }
         match fail::eval(name, |arg| arg) {
             None => false,
             Some(arg) => customer_id.is_none_or(|c| arg.as_deref() == Some(c)),
@@ -20,6 +27,16 @@ pub fn hit(name: &str, customer_id: Option<&str>) -> bool {
         let _ = (name, customer_id);
         false
     }
+}
+
+/// Whether failpoint `name` is set for `customer_id` (`return(<customer id>)`, counted or not), without
+/// evaluating it.
+#[cfg(feature = "failpoints")]
+fn armed(name: &str, customer_id: &str) -> bool {
+    let argument = format!("({customer_id})");
+    fail::list()
+        .iter()
+        .any(|(point, actions)| point == name && actions.contains(&argument))
 }
 
 /// Kills the whole process here, as `kill -9` would: nothing after it runs, no destructor, no shutdown. For

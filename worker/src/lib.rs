@@ -9,7 +9,7 @@
 //!   everything about it: what it reads, decides and writes, its provider call, its failpoints.
 //! - [`runner`]: runs a step for a batch of jobs (one or many orders alike), executes what the step decided,
 //!   settles failures (retry with backoff, cancel, park), and gathers a queue's jobs into batches.
-//! - [`reconciler`]: every process's repair loop: jobs of gone workers, expired reservations, stranded runners,
+//! - [`reconciler`]: every process's repair loop: jobs of gone workers, expired reservations, stranded sagas,
 //!   old Done jobs.
 //! - [`provider`]: the payment provider's HTTP client (Stripe's PaymentIntents shape).
 //! - [`relay`]: the outbox relay to NATS JetStream.
@@ -61,15 +61,13 @@ pub fn instance_name() -> String {
     format!("{host}-{}-{}", std::process::id(), &id[id.len() - 8..])
 }
 
-/// What each apalis worker carries to its handler.
+/// What each apalis worker carries to its handler; one per queue worker generation.
 #[derive(Clone)]
 struct StepContext {
-    step: Step,
-    runner: Arc<Runner>,
-    /// Records each job's end (see `orderflow_shared::queue::completion`); one per queue worker generation.
-    completer: Option<Completer>,
-    /// Gathers the jobs in hand into batches (see `runner`); one per queue worker generation.
-    batcher: Option<Batcher>,
+    /// Records each job's end (see `orderflow_shared::queue::completion`).
+    completer: Completer,
+    /// Gathers the jobs in hand into batches and runs them (see `runner`).
+    batcher: Batcher,
 }
 
 /// Runs the step in its own task: apalis's step timeout (or a shutdown) drops the handler's future, and a step
@@ -77,22 +75,12 @@ struct StepContext {
 /// launchbadge/sqlx#4393). Detached, the step always runs to its end (its provider calls have their own
 /// timeouts) and then records the job's end itself, even if apalis stopped waiting for it.
 async fn handle(job: StepJob, ctx: Data<StepContext>, id: TaskId) -> Result<(), BoxDynError> {
-    let StepContext {
-        step,
-        runner,
-        completer,
-        batcher,
-    } = (*ctx).clone();
+    let StepContext { completer, batcher } = (*ctx).clone();
     let run = tokio::spawn(async move {
-        let result = match batcher {
-            Some(batcher) => batcher.run(job).await,
-            None => runner.run_batch(step, vec![job]).await.pop().unwrap_or(Ok(())),
-        };
-        if let Some(completer) = completer {
-            match &result {
-                Ok(()) => completer.done(&id),
-                Err(error) => completer.failed(&id, error),
-            }
+        let result = batcher.submit(job).await;
+        match &result {
+            Ok(()) => completer.done(&id),
+            Err(error) => completer.failed(&id, error),
         }
         result
     });
@@ -153,15 +141,7 @@ pub async fn run(
         .settings
         .steps
         .iter()
-        .map(|&step| {
-            let ctx = StepContext {
-                step,
-                runner: runner.clone(),
-                completer: None,
-                batcher: None,
-            };
-            tokio::spawn(supervise(ctx, stopped.clone()))
-        })
+        .map(|&step| tokio::spawn(supervise(runner.clone(), step, stopped.clone())))
         .collect();
     let reconciler = tokio::spawn(reconciler::run(runner.clone(), stopped.clone()));
     if let Some(addr) = runner.settings.metrics_addr {
@@ -270,13 +250,12 @@ async fn keep_presence(
 /// under a fresh name (apalis strands the jobs of a name that comes back), after a capped exponential delay.
 /// The reconciler hands the jobs of the generation that stopped to the next one (a later generation of the same
 /// name has registered, so the earlier one is gone).
-async fn supervise(ctx: StepContext, mut stopped: watch::Receiver<bool>) {
-    let step = ctx.step;
-    let base = format!("{}@{}", step.queue(), ctx.runner.instance);
+async fn supervise(runner: Arc<Runner>, step: Step, mut stopped: watch::Receiver<bool>) {
+    let base = format!("{}@{}", step.queue(), runner.instance);
     let mut failures: u32 = 0;
     for generation in 0u64.. {
         let started = Instant::now();
-        let result = queue_worker(&ctx, format!("{base}#{generation}"), stopped.clone()).await;
+        let result = queue_worker(&runner, step, format!("{base}#{generation}"), stopped.clone()).await;
         if *stopped.borrow() {
             return;
         }
@@ -303,11 +282,12 @@ async fn supervise(ctx: StepContext, mut stopped: watch::Receiver<bool>) {
 /// plain function returning a boxed future: built inside `supervise`'s async body, apalis's worker future trips
 /// rustc's higher-ranked `Send` check ("implementation of `FnOnce` is not general enough").
 fn queue_worker(
-    ctx: &StepContext,
+    runner: &Arc<Runner>,
+    step: Step,
     name: String,
     mut stopped: watch::Receiver<bool>,
 ) -> BoxFuture<'static, Result<(), WorkerError>> {
-    let settings = &ctx.runner.settings;
+    let settings = &runner.settings;
     // A queue holds one connection per batch in flight, whatever its concurrency; with batches of one order it
     // holds one per job, so it stays within what the pool can serve.
     let concurrency = if settings.step_batch > 1 {
@@ -316,18 +296,14 @@ fn queue_worker(
         settings.concurrency.min(runner::ONE_BY_ONE_IN_FLIGHT)
     };
     let fetch_size = settings.fetch_size.min(concurrency);
-    let config = orderflow_shared::queue::queue_config(ctx.step.queue(), fetch_size);
-    let backend = PostgresStorage::<StepJob>::new(&ctx.runner.pool)
+    let config = orderflow_shared::queue::queue_config(step.queue(), fetch_size);
+    let backend = PostgresStorage::<StepJob>::new(&runner.pool)
         .with_config(config)
         .with_pubsub()
         .poll_with_interval(settings.poll_interval);
-    let (completer, writer) = Completer::start(ctx.runner.pool.clone(), name.clone());
-    let (batcher, gatherer) = Batcher::start(ctx.runner.clone(), ctx.step, settings.step_batch);
-    let ctx = StepContext {
-        completer: Some(completer),
-        batcher: Some(batcher),
-        ..ctx.clone()
-    };
+    let (completer, writer) = Completer::start(runner.pool.clone(), name.clone());
+    let (batcher, gatherer) = Batcher::start(runner.clone(), step, settings.step_batch);
+    let ctx = StepContext { completer, batcher };
     let worker = WorkerBuilder::new(name)
         .backend(backend)
         .data(ctx)

@@ -105,14 +105,22 @@ pub async fn pass(runner: &Runner) -> anyhow::Result<Pass> {
         rescued_jobs: rescued.len(),
         ..Pass::default()
     };
+    // One order that cannot be repaired (a row this version cannot read, say) is logged and left for the next
+    // pass; it does not stop the repairs of the others.
     for order_id in order::expired_reservations(&runner.pool, PER_PASS).await? {
-        if expire(runner, order_id).await? {
-            result.expired_reservations += 1;
+        match expire(runner, order_id).await {
+            Ok(expired) => result.expired_reservations += usize::from(expired),
+            Err(error) => {
+                tracing::warn!(%order_id, error = format!("{error:#}"), "could not expire a reservation")
+            }
         }
     }
     for order_id in upkeep::stranded_sagas(&runner.pool, PER_PASS).await? {
-        if settle_stranded(runner, order_id).await? {
-            result.settled_sagas += 1;
+        match settle_stranded(runner, order_id).await {
+            Ok(settled) => result.settled_sagas += usize::from(settled),
+            Err(error) => {
+                tracing::warn!(%order_id, error = format!("{error:#}"), "could not settle a stranded saga")
+            }
         }
     }
     Ok(result)

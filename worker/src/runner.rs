@@ -19,8 +19,9 @@
 //! committed STARTED attempts (with their PENDING payments, or committed stock), which the jobs' re-runs or the
 //! reconciler finish.
 //!
-//! Batches grow with the load by themselves: a queue runs at most two at once, and the jobs that arrive
-//! meanwhile form the next (as group commit does). A lone job runs at once; a busy queue fills its batches.
+//! Batches grow with the load by themselves: a queue runs at most two at once (sixteen batches of one with
+//! `ORDERFLOW_WORKER_STEP_BATCH=1`), and the jobs that arrive meanwhile form the next (as group commit does). A
+//! lone job runs at once; a busy queue fills its batches up to `ORDERFLOW_WORKER_STEP_BATCH`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -84,11 +85,14 @@ impl Runner {
     /// `queue::APALIS_MAX_ATTEMPTS`) and after that the reconciler settles it.
     pub async fn run_batch(&self, step: Step, jobs: Vec<StepJob>) -> Vec<Result<(), StepError>> {
         let span = tracing::info_span!("batch", step = step.name(), jobs = jobs.len());
-        steps::run(self, step, jobs).instrument(span).await
+        steps::dispatch(self, step, jobs).instrument(span).await
     }
 
     /// Runs `S` for the jobs (boxed: a failed batch runs its jobs again through it).
-    pub(crate) fn run<S: SagaStep>(&self, jobs: Vec<StepJob>) -> BoxFuture<'_, Vec<Result<(), StepError>>> {
+    pub(crate) fn run_step<S: SagaStep>(
+        &self,
+        jobs: Vec<StepJob>,
+    ) -> BoxFuture<'_, Vec<Result<(), StepError>>> {
         async move {
             let started = Instant::now();
             let mut seen = HashSet::with_capacity(jobs.len());
@@ -99,7 +103,7 @@ impl Runner {
                 Ok(outcomes) => outcomes,
                 Err(error) if batch.len() > 1 => {
                     tracing::warn!(error = %format!("{error:#}"), "the batch failed before its commit; its jobs run one by one");
-                    let alone = batch.iter().map(|job| self.run::<S>(vec![*job]));
+                    let alone = batch.iter().map(|job| self.run_step::<S>(vec![*job]));
                     join_all(alone)
                         .await
                         .into_iter()
@@ -133,7 +137,7 @@ impl Runner {
                 results[index] = Some(result);
             }
             if !repeats.is_empty() {
-                let again = self.run::<S>(repeats.iter().map(|&i| jobs[i]).collect()).await;
+                let again = self.run_step::<S>(repeats.iter().map(|&i| jobs[i]).collect()).await;
                 for (index, result) in repeats.into_iter().zip(again) {
                     results[index] = Some(result);
                 }
@@ -449,8 +453,8 @@ impl Batcher {
         (Self { tx }, gatherer)
     }
 
-    /// Runs `job` in the next batch and returns its result.
-    pub async fn run(&self, job: StepJob) -> Result<(), StepError> {
+    /// Hands `job` to the next batch and returns its result.
+    pub async fn submit(&self, job: StepJob) -> Result<(), StepError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((job, reply))

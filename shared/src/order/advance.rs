@@ -91,27 +91,28 @@ impl<'a> Move<'a> {
 /// how many elements an array parameter has and plans index lookups for that many orders; it takes any set
 /// function's output for 100 rows, and then hash-joined `orders` and `saga_steps` with full scans (seen in
 /// EXPLAIN on a bench database: every move scanned both tables).
+/// Every persisted name is its `name()` / `as_str()`, as everywhere else, never serde's spelling of the enum.
 #[derive(Debug, Serialize)]
 struct MoveRow<'a> {
     id: Uuid,
     worker: Option<&'a str>,
-    step: Option<Step>,
+    step: Option<&'static str>,
     attempt: Option<i32>,
     log_id: Option<i64>,
     log_status: Option<&'static str>,
     log_note: Option<&'a str>,
-    undo: Option<Step>,
+    undo: Option<&'static str>,
     to_status: Option<&'static str>,
-    cancel_reason: Option<CancelReason>,
+    cancel_reason: Option<&'static str>,
     cancel_note: Option<&'a str>,
     event_id: Option<Uuid>,
     event_type: Option<&'static str>,
     from_status: Option<&'static str>,
-    event_reason: Option<CancelReason>,
+    event_reason: Option<&'static str>,
     set_step: bool,
-    current_step: Option<Step>,
+    current_step: Option<&'static str>,
     job_id: Option<String>,
-    job_step: Option<Step>,
+    job_step: Option<&'static str>,
     queue: Option<&'static str>,
     job_attempt: Option<i32>,
     run_after: Option<f64>,
@@ -157,7 +158,7 @@ pub async fn advance(
             MoveRow {
                 id: m.order.id,
                 worker: m.attempt.as_ref().map(|a| a.of.worker),
-                step: m.attempt.as_ref().map(|a| a.of.step),
+                step: m.attempt.as_ref().map(|a| a.of.step.name()),
                 attempt: m
                     .attempt
                     .as_ref()
@@ -165,18 +166,18 @@ pub async fn advance(
                 log_id: m.attempt.as_ref().and_then(|a| a.of.log_id),
                 log_status: m.attempt.as_ref().map(|a| a.status.as_str()),
                 log_note: m.attempt.as_ref().and_then(|a| a.note.as_deref()),
-                undo: m.attempt.as_ref().and_then(|a| a.of.step.undo()),
+                undo: m.attempt.as_ref().and_then(|a| a.of.step.undo()).map(Step::name),
                 to_status: p.as_ref().map(|p| p.to.as_str()),
-                cancel_reason: p.as_ref().and_then(|p| p.reason),
+                cancel_reason: p.as_ref().and_then(|p| p.reason).map(CancelReason::as_str),
                 cancel_note: m.cancel_note.as_deref(),
                 event_id: p.as_ref().map(|_| Uuid::now_v7()),
                 event_type: p.as_ref().map(|p| p.event_type.as_str()),
                 from_status: p.as_ref().map(|p| p.from.as_str()),
-                event_reason: p.as_ref().and_then(|p| p.event_reason),
+                event_reason: p.as_ref().and_then(|p| p.event_reason).map(CancelReason::as_str),
                 set_step: current_step.is_some(),
-                current_step: current_step.flatten(),
+                current_step: current_step.flatten().map(Step::name),
                 job_id: m.next.map(|_| queue::new_job_id()),
-                job_step: m.next.map(|n| n.step),
+                job_step: m.next.map(|n| n.step.name()),
                 queue: m.next.map(|n| n.step.queue()),
                 job_attempt: m.next.map(|n| crate::step_log::attempt_number(n.attempt)),
                 run_after: m.next.map(|n| n.delay.map_or(0.0, |d| d.as_secs_f64())),

@@ -89,7 +89,7 @@ impl SagaStep for CancelPayment {
                 if still_cancelling(order) {
                     Ending::succeeded(Self::STEP)
                 } else {
-                    Ending::overtaken("another run of cancel_payment finished the cancellation first")
+                    Ending::overtaken("order left CANCELLING while the call was out")
                 }
             })
             .collect())

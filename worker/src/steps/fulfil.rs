@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::error::StepError;
 use crate::failpoints;
 use crate::runner::Runner;
-use crate::steps::{Decision, NoCall, SagaStep};
+use crate::steps::{Decision, NoCall, SagaStep, calls_no_one};
 
 pub(crate) struct Fulfil;
 
@@ -24,6 +24,7 @@ impl SagaStep for Fulfil {
     const STEP: Step = Step::Fulfil;
     type Call = NoCall;
     type Answer = NoCall;
+    calls_no_one!();
 
     async fn decide(
         _runner: &Runner,

@@ -1,7 +1,7 @@
 //! The saga's steps, one file each: what the step reads, what it decides, what it writes, its remote call and
 //! its failpoints. A step is written once, for any number of orders: the runner (`crate::runner`) hands it the
 //! orders of a batch, locked and in the state the step runs from, and executes what it decides, for one order or
-//! for sixty-four alike. Where a step sits in the saga (what follows it, what undoes it, what its failure does)
+//! for a full batch alike. Where a step sits in the saga (what follows it, what undoes it, what its failure does)
 //! is `orderflow_shared::flow`'s.
 //!
 //! A step decides, per order ([`Decision`]):
@@ -41,18 +41,18 @@ use release_inventory::ReleaseInventory;
 use reserve::Reserve;
 
 /// Runs `step` for a batch of jobs: the one place that maps a step of the flow to its file.
-pub(crate) fn run(
+pub(crate) fn dispatch(
     runner: &Runner,
     step: Step,
     jobs: Vec<StepJob>,
 ) -> BoxFuture<'_, Vec<Result<(), StepError>>> {
     match step {
-        Step::Reserve => runner.run::<Reserve>(jobs),
-        Step::Pay => runner.run::<Pay>(jobs),
-        Step::Commit => runner.run::<Commit>(jobs),
-        Step::Fulfil => runner.run::<Fulfil>(jobs),
-        Step::ReleaseInventory => runner.run::<ReleaseInventory>(jobs),
-        Step::CancelPayment => runner.run::<CancelPayment>(jobs),
+        Step::Reserve => runner.run_step::<Reserve>(jobs),
+        Step::Pay => runner.run_step::<Pay>(jobs),
+        Step::Commit => runner.run_step::<Commit>(jobs),
+        Step::Fulfil => runner.run_step::<Fulfil>(jobs),
+        Step::ReleaseInventory => runner.run_step::<ReleaseInventory>(jobs),
+        Step::CancelPayment => runner.run_step::<CancelPayment>(jobs),
     }
 }
 
@@ -92,20 +92,13 @@ pub(crate) trait SagaStep: Send + Sync + 'static {
         orders: &[&OrderRow],
     ) -> impl Future<Output = Result<Vec<Decision<Self::Call>>, StepError>> + Send;
 
-    /// The remote call for one order, after its attempt (and the writes before it) committed.
+    /// The remote call for one order, after its attempt (and the writes before it) committed. A step that calls
+    /// no one says so with [`calls_no_one!`].
     fn call(
         runner: &Runner,
         order: &OrderRow,
         call: &Self::Call,
-    ) -> impl Future<Output = Result<Self::Answer, StepError>> + Send {
-        let _ = (runner, order, call);
-        async {
-            Err(StepError::Transient(anyhow::anyhow!(
-                "{} makes no call",
-                Self::STEP
-            )))
-        }
-    }
+    ) -> impl Future<Output = Result<Self::Answer, StepError>> + Send;
 
     /// Records the answers in a second transaction: each order as it is now (locked again; it may have moved
     /// while the call was out) with its answer; returns how each attempt ends, in order.
@@ -113,8 +106,31 @@ pub(crate) trait SagaStep: Send + Sync + 'static {
         runner: &Runner,
         conn: &mut PgConnection,
         answered: &[(&OrderRow, &Self::Answer)],
-    ) -> impl Future<Output = Result<Vec<Ending>, StepError>> + Send {
-        let _ = (runner, conn, answered);
-        async { Ok(Vec::new()) }
-    }
+    ) -> impl Future<Output = Result<Vec<Ending>, StepError>> + Send;
 }
+
+/// The `call` and `record` of a step that calls no one (`type Call = NoCall`): neither can run, since no value of
+/// `NoCall` exists to decide a call with. A step that does call writes both; neither is left to a default.
+macro_rules! calls_no_one {
+    () => {
+        async fn call(
+            _runner: &$crate::runner::Runner,
+            _order: &orderflow_shared::order::OrderRow,
+            call: &$crate::steps::NoCall,
+        ) -> Result<$crate::steps::NoCall, $crate::error::StepError> {
+            match *call {}
+        }
+
+        async fn record(
+            _runner: &$crate::runner::Runner,
+            _conn: &mut sqlx::PgConnection,
+            answered: &[(&orderflow_shared::order::OrderRow, &$crate::steps::NoCall)],
+        ) -> Result<Vec<orderflow_shared::flow::Ending>, $crate::error::StepError> {
+            match answered.first() {
+                Some((_, answer)) => match **answer {},
+                None => Ok(Vec::new()),
+            }
+        }
+    };
+}
+use calls_no_one;

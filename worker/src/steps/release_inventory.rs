@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::error::StepError;
 use crate::runner::Runner;
-use crate::steps::{Decision, NoCall, SagaStep};
+use crate::steps::{Decision, NoCall, SagaStep, calls_no_one};
 
 pub(crate) struct ReleaseInventory;
 
@@ -18,6 +18,7 @@ impl SagaStep for ReleaseInventory {
     const STEP: Step = Step::ReleaseInventory;
     type Call = NoCall;
     type Answer = NoCall;
+    calls_no_one!();
 
     async fn decide(
         _runner: &Runner,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::error::StepError;
 use crate::runner::Runner;
-use crate::steps::{Decision, NoCall, SagaStep};
+use crate::steps::{Decision, NoCall, SagaStep, calls_no_one};
 
 pub(crate) struct Reserve;
 
@@ -23,6 +23,7 @@ impl SagaStep for Reserve {
     const STEP: Step = Step::Reserve;
     type Call = NoCall;
     type Answer = NoCall;
+    calls_no_one!();
 
     async fn decide(
         runner: &Runner,
