@@ -1,6 +1,7 @@
-//! The README's lists are the code's: every variable OrderFlow reads is in its configuration table and every
-//! variable there is read somewhere, so the table cannot drift from `settings`. (The transition table, the flow
-//! and the event types are checked against the code by unit tests in `orderflow-shared`.)
+//! The docs' lists and the benchmark's copies are the code's: every variable OrderFlow reads is in the README's
+//! configuration table and every variable there is read somewhere, so the table cannot drift from `settings`;
+//! the pgbench scripts send the service's own SQL. (The transition table, the flow and the event types are checked
+//! against the code by unit tests in `orderflow-shared`.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -76,5 +77,39 @@ fn the_readme_configuration_table_is_every_variable_the_code_reads() {
     assert!(
         stale.is_empty(),
         "in the README's table but read nowhere: {stale:?}"
+    );
+}
+
+/// Lower case, one space for any run of white space, none inside parentheses: how two copies of one SQL statement
+/// are compared whatever their layout.
+fn normalized(sql: &str) -> String {
+    let words = sql
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    words.replace("( ", "(").replace(" )", ")")
+}
+
+/// The pgbench scripts the ceiling runs (bench/pgbench) send the service's own SQL: the statement that ends a
+/// step's attempts (`order::advance`) word for word, and the queue's job inserts in order creation's script.
+#[test]
+fn the_ceiling_scripts_send_the_services_sql() {
+    let root = workspace();
+    let read = |script: &str| std::fs::read_to_string(root.join("bench/pgbench").join(script)).unwrap();
+    // The harness passes the moves as a pgbench variable where the service binds $1.
+    let batch = normalized(&read("saga_step_batch.sql").replace(":moves::jsonb[]", "$1::jsonb[]"));
+    assert!(
+        batch.contains(&normalized(orderflow_shared::order::advance::STATEMENT)),
+        "bench/pgbench/saga_step_batch.sql no longer sends order::advance's statement"
+    );
+    let jobs = normalized(orderflow_shared::step_job_inserts!());
+    assert!(
+        batch.contains(&jobs),
+        "saga_step_batch.sql: the job inserts differ"
+    );
+    assert!(
+        normalized(&read("create_order.sql")).contains(&jobs),
+        "create_order.sql: the job inserts differ"
     );
 }

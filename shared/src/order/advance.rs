@@ -121,6 +121,64 @@ struct MoveRow<'a> {
     last_error: Option<&'a str>,
 }
 
+/// The statement. Composed with the queue's job inserts (the one piece of SQL that writes a job row), so not a `query!`.
+/// The order row is written where the move changes it; the event's sequence is the order's next (the caller
+/// holds the order's lock, so it cannot race). Public for the benchmark's copy (bench/pgbench), which a test
+/// keeps equal to it.
+pub const STATEMENT: &str = concat!(
+    r#"with t as (
+           select t.* from unnest($1::jsonb[]) as m(move), jsonb_to_record(m.move) as t(
+               id uuid, worker text, step text, attempt integer, log_id bigint, log_status text, log_note text,
+               undo text, to_status text, cancel_reason text, cancel_note text, event_id uuid, event_type text,
+               from_status text, event_reason text, set_step boolean, current_step text, job_id text,
+               job_step text, queue text, job_attempt integer, run_after double precision, trace text,
+               hold_secs double precision, last_error text)
+       ),
+       attempts_closed as (
+           update saga_steps set status = t.log_status, error = t.log_note, finished_at = now()
+           from t where saga_steps.id = t.log_id
+       ),
+       attempts_recorded as (
+           insert into saga_steps (order_id, step, attempt, status, undo, worker, error, finished_at)
+           select t.id, t.step, t.attempt, t.log_status, t.undo, t.worker, t.log_note, now()
+           from t where t.log_status is not null and t.log_id is null
+       ),
+       o as (
+           update orders
+           set status = coalesce(t.to_status, orders.status),
+               cancel_reason = coalesce(t.cancel_reason, orders.cancel_reason),
+               cancel_note = coalesce(t.cancel_note, orders.cancel_note),
+               current_step = case when t.set_step then t.current_step else orders.current_step end,
+               job_id = coalesce(t.job_id, orders.job_id),
+               reserved_until = coalesce(now() + make_interval(secs => t.hold_secs), orders.reserved_until),
+               last_error = coalesce(t.last_error, orders.last_error),
+               updated_at = case when t.to_status is null then orders.updated_at else now() end
+           from t
+           where orders.id = t.id
+             and (t.to_status is not null or t.job_id is not null or t.hold_secs is not null
+                  or t.last_error is not null)
+           returning orders.id, orders.trace_id
+       ),
+       events as (
+           insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason)
+           select t.event_id, t.id,
+                  coalesce((select max(sequence) from order_events x where x.order_id = t.id), 0) + 1,
+                  t.event_type, t.from_status, t.to_status, t.event_reason
+           from t where t.to_status is not null
+       ),
+       new_jobs as (
+           select t.id as order_id, t.job_id, t.job_step as step, t.queue, t.job_attempt as attempt,
+                  t.run_after as delay_secs,
+                  coalesce(t.trace, case when o.trace_id ~ '^[0-9a-f]{32}$' then o.trace_id end) as trace
+           from t join o on o.id = t.id
+           where t.job_id is not null
+       ),
+       "#,
+    crate::step_job_inserts!(),
+    r#"
+       select count(*) from o"#
+);
+
 /// Writes `moves` (each for a different order) in one statement, in the caller's transaction: per move the
 /// attempt's row (closing its STARTED row, or a new one), the order row (written once), the transition's event
 /// and the next job. Every transition is validated against the table first; an invalid one writes nothing at
@@ -187,62 +245,7 @@ pub async fn advance(
             }
         })
         .collect();
-    // Composed with the queue's job inserts (the one piece of SQL that writes a job row), so not a `query!`.
-    // The order row is written where the move changes it; the event's sequence is the order's next (the caller
-    // holds the order's lock, so it cannot race).
-    const STATEMENT: &str = concat!(
-        r#"with t as (
-               select t.* from unnest($1::jsonb[]) as m(move), jsonb_to_record(m.move) as t(
-                   id uuid, worker text, step text, attempt integer, log_id bigint, log_status text, log_note text,
-                   undo text, to_status text, cancel_reason text, cancel_note text, event_id uuid, event_type text,
-                   from_status text, event_reason text, set_step boolean, current_step text, job_id text,
-                   job_step text, queue text, job_attempt integer, run_after double precision, trace text,
-                   hold_secs double precision, last_error text)
-           ),
-           attempts_closed as (
-               update saga_steps set status = t.log_status, error = t.log_note, finished_at = now()
-               from t where saga_steps.id = t.log_id
-           ),
-           attempts_recorded as (
-               insert into saga_steps (order_id, step, attempt, status, undo, worker, error, finished_at)
-               select t.id, t.step, t.attempt, t.log_status, t.undo, t.worker, t.log_note, now()
-               from t where t.log_status is not null and t.log_id is null
-           ),
-           o as (
-               update orders
-               set status = coalesce(t.to_status, orders.status),
-                   cancel_reason = coalesce(t.cancel_reason, orders.cancel_reason),
-                   cancel_note = coalesce(t.cancel_note, orders.cancel_note),
-                   current_step = case when t.set_step then t.current_step else orders.current_step end,
-                   job_id = coalesce(t.job_id, orders.job_id),
-                   reserved_until = coalesce(now() + make_interval(secs => t.hold_secs), orders.reserved_until),
-                   last_error = coalesce(t.last_error, orders.last_error),
-                   updated_at = case when t.to_status is null then orders.updated_at else now() end
-               from t
-               where orders.id = t.id
-                 and (t.to_status is not null or t.job_id is not null or t.hold_secs is not null
-                      or t.last_error is not null)
-               returning orders.id, orders.trace_id
-           ),
-           events as (
-               insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason)
-               select t.event_id, t.id,
-                      coalesce((select max(sequence) from order_events x where x.order_id = t.id), 0) + 1,
-                      t.event_type, t.from_status, t.to_status, t.event_reason
-               from t where t.to_status is not null
-           ),
-           new_jobs as (
-               select t.id as order_id, t.job_id, t.job_step as step, t.queue, t.job_attempt as attempt,
-                      t.run_after as delay_secs,
-                      coalesce(t.trace, case when o.trace_id ~ '^[0-9a-f]{32}$' then o.trace_id end) as trace
-               from t join o on o.id = t.id
-               where t.job_id is not null
-           ),
-           "#,
-        crate::step_job_inserts!(),
-        r#"
-           select count(*) from o"#
-    );
+
     sqlx::query(STATEMENT)
         .bind(rows.iter().map(sqlx::types::Json).collect::<Vec<_>>())
         .execute(&mut *conn)
