@@ -25,6 +25,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The binaries measured: another directory runs an earlier build, for a before/after in one session.
+BIN=${BIN:-target/release}
 DB=${DB:-orderflow_ceiling}
 # pgbench writes rows the service would take for its own (CREATED orders, jobs): it gets a twin database on the
 # same server, with the same schema.
@@ -55,12 +57,12 @@ mkdir -p "$OUT"
 psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB" \
   -c "drop database if exists $PGDB with (force)" -c "create database $PGDB"
 # The twin's schema: the API migrates a database at start-up.
-DATABASE_URL="$SERVER/$PGDB" ORDERFLOW_API_ADDR=127.0.0.1:18081 target/release/orderflow-api >"$OUT/migrate.log" 2>&1 &
+DATABASE_URL="$SERVER/$PGDB" ORDERFLOW_API_ADDR=127.0.0.1:18081 $BIN/orderflow-api >"$OUT/migrate.log" 2>&1 &
 MIGRATE=$!
 for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:18081/readyz" >/dev/null && break; sleep 1; done
 kill $MIGRATE; wait $MIGRATE 2>/dev/null || true
 DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= \
-  RUST_LOG=warn target/release/orderflow dev >"$OUT/dev.log" 2>&1 &
+  RUST_LOG=warn $BIN/orderflow dev >"$OUT/dev.log" 2>&1 &
 DEV=$!
 WORKER=
 trap 'kill $DEV $WORKER 2>/dev/null; wait $DEV $WORKER 2>/dev/null || true' EXIT
@@ -143,7 +145,7 @@ PGB_ASYNC_P99=$(echo "$PGB_ASYNC" | awk '{print $2}')
 PGB_ASYNC_CLIENTS=$(echo "$PGB_ASYNC" | awk '{print $3}')
 sql "alter database $PGDB reset synchronous_commit"
 
-bench() { target/release/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" \
+bench() { $BIN/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" \
   --duration "$T" --warmup 3 "$@" >/dev/null; }
 # A figure from a run's results: j <label> <python expression over its JSON, d>.
 j() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print(eval(sys.argv[1]))" "$2"; }
@@ -176,7 +178,7 @@ bench --mode hotsku --rate "$SAGA_RATE" --label hotsku
 api_alone() {
   kill $DEV; wait $DEV 2>/dev/null || true
   DATABASE_URL="$SERVER/$1" ORDERFLOW_API_ADDR=$API RUST_LOG=warn ORDERFLOW_DB_MAX_CONNECTIONS=${3:-32} \
-    target/release/orderflow-api >"$OUT/$2" 2>&1 &
+    $BIN/orderflow-api >"$OUT/$2" 2>&1 &
   DEV=$!
   for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
 }
@@ -204,12 +206,12 @@ api_alone "$BACKLOG_DB" api-backlog.log
 echo "== service: hot sku on a backlog ($BACKLOG orders made, then drained by a reserve-only worker)"
 READY="$OUT/hotsku-backlog.ready"
 rm -f "$READY"
-target/release/orderflow-bench --api "http://$API" --database-url "$SERVER/$BACKLOG_DB" --out "$OUT" --duration $(( BACKLOG / BACKLOG_RATE )) \
+$BIN/orderflow-bench --api "http://$API" --database-url "$SERVER/$BACKLOG_DB" --out "$OUT" --duration $(( BACKLOG / BACKLOG_RATE )) \
   --warmup 0 --mode hotsku --rate "$BACKLOG_RATE" --label hotsku-backlog --backlog-ready "$READY" >/dev/null &
 BENCH=$!
 while [ ! -f "$READY" ] && kill -0 $BENCH 2>/dev/null; do sleep 0.2; done
 DATABASE_URL="$SERVER/$BACKLOG_DB" ORDERFLOW_WORKER_STEPS=reserve ORDERFLOW_NATS_URL= RUST_LOG=warn \
-  target/release/orderflow-worker >"$OUT/worker-backlog.log" 2>&1 &
+  $BIN/orderflow-worker >"$OUT/worker-backlog.log" 2>&1 &
 WORKER=$!
 wait $BENCH
 kill $WORKER; wait $WORKER 2>/dev/null || true

@@ -7,6 +7,8 @@
 #   cargo build --release --bin orderflow-api --bin orderflow-bench && RATE=1000 bash bench/cpu-per-order.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The binaries measured: another directory runs an earlier build, for a before/after in one session.
+BIN=${BIN:-target/release}
 RATE=${RATE:-1000}
 ASYNC=${ASYNC:-1}
 T=${T:-15}
@@ -22,11 +24,11 @@ orders() { psql -qAt "$SERVER/$DB" -c "select count(*) from orders"; }
 
 psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB"
 if [ "$ASYNC" = 1 ]; then psql -q "$SERVER/postgres" -c "alter database $DB set synchronous_commit = off"; fi
-DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API RUST_LOG=warn target/release/orderflow-api >"$OUT.api.log" 2>&1 &
+DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API RUST_LOG=warn $BIN/orderflow-api >"$OUT.api.log" 2>&1 &
 APIPID=$!
 trap 'kill $APIPID 2>/dev/null; wait $APIPID 2>/dev/null || true' EXIT
 for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 0.5; done
-target/release/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --mode create \
+$BIN/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --mode create \
   --rate "$RATE" --duration "$T" --warmup 3 --label create >/dev/null 2>&1 &
 BENCH=$!
 sleep 6   # past the warm-up

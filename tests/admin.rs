@@ -16,10 +16,10 @@ fn without_worker() -> Options {
 }
 
 async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) -> reqwest::Response {
-    let mut request = app.http.get(format!("{}{path}", app.api));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
+    let request = match token {
+        Some(token) => app.http.get(format!("{}{path}", app.api)).bearer_auth(token),
+        None => app.anonymous.get(format!("{}{path}", app.api)),
+    };
     request.send().await.unwrap()
 }
 

@@ -23,7 +23,9 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::helpers::{Killed, consume_stream, delete_stream, eventually, free_port, spawn_process};
+use crate::helpers::{
+    Killed, consume_stream, delete_stream, eventually, free_port, keyed_client, spawn_process,
+};
 use crate::invariants;
 
 const NATS: &str = "nats://127.0.0.1:4222";
@@ -182,15 +184,13 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         ],
         None,
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let probe = reqwest::Client::new();
     eventually("the API to be ready", Duration::from_secs(60), || async {
-        let ready = http.get(format!("{api}/readyz")).send().await.ok()?;
+        let ready = probe.get(format!("{api}/readyz")).send().await.ok()?;
         ready.status().is_success().then_some(())
     })
     .await;
+    let http = keyed_client(&url, Duration::from_secs(10)).await;
     for sku in SKUS {
         let put = http
             .put(format!("{api}/v1/skus/{sku}"))

@@ -153,3 +153,116 @@ async fn actions_need_an_operator_and_errors_say_what_is_wrong() {
         .unwrap();
     assert_eq!(action, "fraud");
 }
+
+#[tokio::test]
+async fn keys_are_created_listed_and_revoked_from_the_command_line() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let viewer = orderflow(
+        &app,
+        Some(VIEWER_TOKEN),
+        &["keys", "create", "--name", "shop", "--scope", "orders:read"],
+    )
+    .await;
+    assert!(!viewer.ok && viewer.stderr.contains("403"), "{}", viewer.stderr);
+    let missing = orderflow(&app, Some(OPERATOR_TOKEN), &["keys", "create", "--name", "shop"]).await;
+    assert!(
+        !missing.ok && missing.stderr.contains("--scope"),
+        "clap asks for a scope: {}",
+        missing.stderr
+    );
+    let unknown = orderflow(
+        &app,
+        Some(OPERATOR_TOKEN),
+        &["keys", "create", "--name", "shop", "--scope", "orders:delete"],
+    )
+    .await;
+    assert!(
+        !unknown.ok && unknown.stderr.contains("orders:delete") && unknown.stderr.contains("422"),
+        "{}",
+        unknown.stderr
+    );
+
+    let created = orderflow(
+        &app,
+        Some(OPERATOR_TOKEN),
+        &[
+            "keys",
+            "create",
+            "--name",
+            "storefront",
+            "--scope",
+            "orders:write,orders:read",
+            "--scope",
+            "catalog:read",
+            "--rate",
+            "25",
+        ],
+    )
+    .await;
+    assert!(created.ok, "{}", created.stderr);
+    assert!(
+        created
+            .stdout
+            .contains("orders:read,orders:write,catalog:read at 25/s"),
+        "{}",
+        created.stdout
+    );
+    let secret = created
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("ofk_"))
+        .unwrap_or_else(|| panic!("the secret is printed: {}", created.stdout))
+        .to_owned();
+    let works = app
+        .anonymous
+        .get(format!("{}/v1/orders", app.api))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(works.status(), 200, "the printed key works");
+
+    let list = orderflow(&app, Some(VIEWER_TOKEN), &["keys", "list"]).await;
+    assert!(list.ok, "{}", list.stderr);
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("SCOPES") && lines[0].contains("REVOKED"),
+        "{}",
+        list.stdout
+    );
+    let row = lines.iter().find(|l| l.contains("storefront")).unwrap();
+    assert!(
+        row.contains(&secret[..12]) && !list.stdout.contains(&secret),
+        "the hint, never the secret: {row}"
+    );
+    let id = row.split_whitespace().next().unwrap().to_owned();
+
+    let revoked = orderflow(&app, Some(OPERATOR_TOKEN), &["keys", "revoke", &id]).await;
+    assert!(revoked.ok, "{}", revoked.stderr);
+    assert!(revoked.stdout.contains("revoked at"), "{}", revoked.stdout);
+    let json: Value = serde_json::from_str(
+        &orderflow(&app, Some(VIEWER_TOKEN), &["keys", "list", "--json"])
+            .await
+            .stdout,
+    )
+    .unwrap();
+    let key = json["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert!(key["revoked_at"].is_string(), "{key}");
+    let gone = orderflow(
+        &app,
+        Some(OPERATOR_TOKEN),
+        &["keys", "revoke", &Uuid::now_v7().to_string()],
+    )
+    .await;
+    assert!(!gone.ok && gone.stderr.contains("404"), "{}", gone.stderr);
+}

@@ -8,7 +8,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 use crate::helpers::{
-    Killed, OPERATOR_TOKEN, Options, VIEWER_TOKEN, eventually, free_port, spawn_app_with,
+    Killed, OPERATOR_TOKEN, Options, TestApp, VIEWER_TOKEN, eventually, free_port, spawn_app_with,
     spawn_worker_process,
 };
 
@@ -230,4 +230,156 @@ async fn the_dashboard_refuses_a_wrong_token_and_forged_forms() {
         .unwrap();
     assert_eq!(forged.status(), 403);
     assert_eq!(app.order(id).await["status"], "CREATED", "nothing happened");
+}
+
+/// Signs in over plain HTTP; the session cookie (`name=value`).
+async fn session(app: &TestApp, token: &str) -> String {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/admin/login", app.api))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// A dashboard page's HTML, with the session cookie.
+async fn page(app: &TestApp, cookie: &str, path: &str) -> String {
+    let response = app
+        .anonymous
+        .get(format!("{}{path}", app.api))
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.text().await.unwrap()
+}
+
+/// The keys page over plain HTTP (the session cookie by hand): an operator creates a key, sees its secret once,
+/// and revokes it; a viewer sees the keys without the forms; a forged form makes nothing.
+#[tokio::test]
+async fn operators_create_and_revoke_keys_on_the_keys_page() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let operator = session(&app, OPERATOR_TOKEN).await;
+    let keys_page = page(&app, &operator, "/admin/keys").await;
+    assert!(
+        keys_page.contains(&app.key[..12]) && keys_page.contains(r#"id="new-key""#),
+        "{keys_page}"
+    );
+    let csrf = keys_page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+
+    let forged = app
+        .anonymous
+        .post(format!("{}/admin/keys", app.api))
+        .header("Cookie", &operator)
+        .form(&[("csrf", "forged"), ("name", "evil"), ("scope", "orders:read")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let refused = app
+        .anonymous
+        .post(format!("{}/admin/keys", app.api))
+        .header("Cookie", &operator)
+        .form(&[("csrf", csrf.as_str()), ("name", "shop")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422, "no scope ticked");
+    assert!(refused.text().await.unwrap().contains("Not created: scopes"));
+    let made: i64 = sqlx::query_scalar("select count(*) from api_keys where created_by = 'otto'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(made, 0, "neither the forged nor the refused form made a key");
+
+    let created = app
+        .anonymous
+        .post(format!("{}/admin/keys", app.api))
+        .header("Cookie", &operator)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "<b>shop</b>"),
+            ("scope", "orders:write"),
+            ("scope", "catalog:read"),
+            ("rate_per_second", "7"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let created = created.text().await.unwrap();
+    let secret = created
+        .split(r#"<code id="secret">"#)
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap()
+        .to_owned();
+    assert!(secret.starts_with("ofk_"), "{created}");
+    assert!(
+        created.contains("&#60;b&#62;shop&#60;/b&#62;") && !created.contains("<b>shop"),
+        "escaped: {created}"
+    );
+    let works = app
+        .anonymous
+        .get(format!("{}/v1/skus/NONE", app.api))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(works.status(), 404, "the key works (catalog:read)");
+    let listed = page(&app, &operator, "/admin/keys").await;
+    assert!(!listed.contains(&secret), "the secret is shown once");
+    assert!(
+        listed.contains("7/s") && listed.contains("orders:write"),
+        "{listed}"
+    );
+
+    let viewer = page(&app, &session(&app, VIEWER_TOKEN).await, "/admin/keys").await;
+    assert!(
+        viewer.contains(&secret[..12]) && !viewer.contains("new-key") && !viewer.contains("id=\"revoke-"),
+        "{viewer}"
+    );
+
+    let id: uuid::Uuid = sqlx::query_scalar("select id from api_keys where created_by = 'otto'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let revoked = app
+        .anonymous
+        .post(format!("{}/admin/keys/{id}/revoke", app.api))
+        .header("Cookie", &operator)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200, "redirected to the keys page");
+    assert!(
+        revoked
+            .text()
+            .await
+            .unwrap()
+            .contains("Revoked &#60;b&#62;shop&#60;/b&#62;")
+    );
+    let actions: Vec<String> =
+        sqlx::query_scalar("select action from admin_actions where api_key_id = $1 order by id")
+            .bind(id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(actions, ["key_create", "key_revoke"]);
 }

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use orderflow_shared::settings::WorkerSettings;
+use orderflow_shared::api_key::{self, Scope};
+use orderflow_shared::settings::{ApiSettings, KeySettings, Role, WorkerSettings};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -26,7 +27,12 @@ pub struct TestApp {
     pub paysim: String,
     pub database_url: String,
     pub pool: PgPool,
+    /// A client sending [`TestApp::key`] with every request.
     pub http: reqwest::Client,
+    /// An API key with every scope, at the highest rate a key may have.
+    pub key: String,
+    /// A client sending no key.
+    pub anonymous: reqwest::Client,
     stop: watch::Sender<bool>,
     tune: fn(&mut WorkerSettings),
     relay: Option<orderflow_shared::settings::RelaySettings>,
@@ -64,6 +70,47 @@ pub fn admin_settings() -> orderflow_shared::settings::AdminSettings {
         .unwrap(),
         stuck_after: Duration::from_secs(1),
     }
+}
+
+/// A new API key with `scopes` and `rate` per second, created by the operator "tests"; its secret.
+pub async fn create_key(pool: &PgPool, scopes: &[Scope], rate: i32) -> String {
+    let request = api_key::NewKeyRequest {
+        name: format!(
+            "tests {}",
+            scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+        ),
+        scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        rate_per_second: Some(rate),
+    };
+    api_key::create(
+        &mut pool.acquire().await.unwrap(),
+        &request,
+        rate,
+        "tests",
+        Role::Operator,
+    )
+    .await
+    .unwrap()
+    .secret
+}
+
+/// `builder`'s client, sending `key` with every request (a request's own `Authorization` replaces it).
+pub fn client_with_key(key: &str, builder: reqwest::ClientBuilder) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+    );
+    builder.default_headers(headers).build().unwrap()
+}
+
+/// A client with a new every-scope key for the database at `database_url` (already migrated: an API or worker
+/// process on it is ready), for tests that run the API as a process.
+pub async fn keyed_client(database_url: &str, timeout: Duration) -> reqwest::Client {
+    let pool = PgPool::connect(database_url).await.unwrap();
+    let key = create_key(&pool, &Scope::ALL, api_key::MAX_RATE).await;
+    pool.close().await;
+    client_with_key(&key, reqwest::Client::builder().timeout(timeout))
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -112,15 +159,21 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     tokio::spawn(orderflow_api::run(
         api_listener,
         pool.clone(),
-        admin_settings(),
+        ApiSettings {
+            admin: admin_settings(),
+            keys: KeySettings::default(),
+        },
         stopped(),
     ));
+    let key = create_key(&pool, &Scope::ALL, api_key::MAX_RATE).await;
     let app = TestApp {
         api,
         paysim,
         database_url,
         pool,
-        http: reqwest::Client::new(),
+        http: client_with_key(&key, reqwest::Client::builder()),
+        key,
+        anonymous: reqwest::Client::new(),
         stop,
         tune: options.tune,
         relay: options.relay,

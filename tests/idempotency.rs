@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{order_body, spawn_app};
+use crate::helpers::{client_with_key, order_body, spawn_app};
 
 /// The API without an in-process worker: orders stay as created.
 async fn without_worker() -> crate::helpers::TestApp {
@@ -219,10 +219,10 @@ async fn a_client_hanging_up_mid_request_does_not_cut_the_handler_short() {
     fail::cfg("api.create_order.after_lock", "return(hang-up)").unwrap();
     let app = without_worker().await;
     app.put_sku("H", 10, 100).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let impatient = client_with_key(
+        &app.key,
+        reqwest::Client::builder().timeout(Duration::from_millis(300)),
+    );
     let gave_up = impatient
         .post(format!("{}/v1/orders", app.api))
         .header("Idempotency-Key", "hang-up")

@@ -4,6 +4,7 @@
 
 mod helpers;
 mod invariants;
+mod keys;
 
 mod admin;
 mod bad_input;
@@ -16,6 +17,7 @@ mod crash;
 mod dashboard;
 mod docs;
 mod events;
+mod front_door;
 mod idempotency;
 mod metrics;
 mod outage;

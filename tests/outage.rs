@@ -7,7 +7,7 @@ use std::time::Duration;
 use orderflow_shared::pgcluster::PrivateCluster;
 use serde_json::{Value, json};
 
-use crate::helpers::{eventually, free_port, order_body, spawn_process};
+use crate::helpers::{eventually, free_port, keyed_client, order_body, spawn_process};
 use crate::invariants;
 
 async fn post_order(
@@ -54,15 +54,13 @@ async fn during_a_database_outage_the_api_answers_503_and_everything_recovers_by
         ],
         Some(&worker_log),
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap();
+    let probe = reqwest::Client::new();
     eventually("the API to be ready", Duration::from_secs(30), || async {
-        let ready = http.get(format!("{api}/readyz")).send().await.ok()?;
+        let ready = probe.get(format!("{api}/readyz")).send().await.ok()?;
         ready.status().is_success().then_some(())
     })
     .await;
+    let http = keyed_client(&url, Duration::from_secs(15)).await;
     let sku = http
         .put(format!("{api}/v1/skus/O"))
         .json(&json!({"on_hand": 10, "price": 500, "currency": "USD"}))

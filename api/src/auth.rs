@@ -17,6 +17,18 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Refuses (403) a viewer trying to `act`.
+    pub fn must_operate(&self, act: &str) -> Result<(), ApiError> {
+        if self.role == Role::Operator {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "{} is a viewer and cannot {act}",
+                self.name
+            )))
+        }
+    }
+
     /// The caller as the operator actions know them.
     pub fn operator(&self) -> Operator {
         Operator {

@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use orderflow_shared::api_key::CreateKeyError;
 use orderflow_shared::input::FieldError;
 use orderflow_shared::operator::ActionError;
 use orderflow_shared::order::create::CreateError;
@@ -37,6 +38,18 @@ pub enum ApiError {
     /// No or an unknown admin token.
     #[error("{0}")]
     Unauthorized(String),
+    /// No API key on a `/v1` route.
+    #[error("an API key is required: Authorization: Bearer ofk_…")]
+    KeyRequired,
+    /// A malformed, an unknown or a revoked API key on a `/v1` route.
+    #[error("{0}")]
+    KeyInvalid(&'static str),
+    /// The API key lacks the scope the route needs.
+    #[error("this API key lacks the scope {0}")]
+    MissingScope(orderflow_shared::api_key::Scope),
+    /// The API key made more requests than its rate allows; retry after this many seconds.
+    #[error("this API key is over its rate; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
     /// A valid token whose role may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -62,8 +75,9 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unauthorized(_) | Self::KeyRequired | Self::KeyInvalid(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::MissingScope(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,8 +93,10 @@ impl ApiError {
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
             Self::UnsupportedMediaType => "unsupported-media-type",
-            Self::Unauthorized(_) => "unauthorized",
+            Self::Unauthorized(_) | Self::KeyRequired | Self::KeyInvalid(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
+            Self::MissingScope(_) => "insufficient-scope",
+            Self::RateLimited { .. } => "rate-limited",
             Self::Unavailable(_) => "service-unavailable",
             Self::Internal(_) => "internal-error",
         }
@@ -130,11 +146,31 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"orderflow-admin\""),
-            );
+        let challenge = match &self {
+            // RFC 6750: no error code when no credentials came; `invalid_token` for a key that is not one.
+            Self::KeyRequired => Some("Bearer realm=\"orderflow\""),
+            Self::KeyInvalid(_) => Some("Bearer realm=\"orderflow\", error=\"invalid_token\""),
+            Self::Unauthorized(_) => Some("Bearer realm=\"orderflow-admin\""),
+            Self::MissingScope(scope) => {
+                // RFC 6750: a valid token without the scope the resource needs.
+                let value =
+                    format!("Bearer realm=\"orderflow\", error=\"insufficient_scope\", scope=\"{scope}\"");
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        if let Self::RateLimited { retry_after } = &self
+            && let Ok(value) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -227,6 +263,15 @@ impl From<ActionError> for ApiError {
                 detail,
             },
             ActionError::Transition(e) => e.into(),
+        }
+    }
+}
+
+impl From<CreateKeyError> for ApiError {
+    fn from(error: CreateKeyError) -> Self {
+        match error {
+            CreateKeyError::Invalid(e) => e.into(),
+            CreateKeyError::Database(e) => e.into(),
         }
     }
 }

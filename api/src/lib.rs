@@ -14,6 +14,7 @@
 //! - here: the router with its layers (a handler runs detached from its client; latency by route) and `run`.
 
 mod auth;
+mod caller;
 mod error;
 mod extract;
 mod openapi;
@@ -28,28 +29,34 @@ use axum::Router;
 use axum::extract::MatchedPath;
 use axum::http::Request;
 use axum::response::IntoResponse;
-use orderflow_shared::settings::AdminSettings;
+use orderflow_shared::settings::{AdminSettings, ApiSettings, KeySettings};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
-/// What every handler shares: the pool and the admin settings. The API keeps no other state.
+/// What every handler shares: the pool, the settings and the API keys seen lately (with their rate-limit
+/// buckets). The API keeps no other state.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub admin: Arc<AdminSettings>,
+    pub key_settings: Arc<KeySettings>,
+    pub keys: Arc<caller::KeyCache>,
 }
 
 /// The whole router, for `run` and for tests that want it without a socket.
-pub fn router(pool: PgPool, admin: AdminSettings) -> Router {
+pub fn router(pool: PgPool, settings: ApiSettings) -> Router {
     orderflow_shared::telemetry::metrics();
-    routes::router()
+    let state = AppState {
+        pool,
+        admin: Arc::new(settings.admin),
+        keys: Arc::new(caller::KeyCache::new(settings.keys.cache_ttl)),
+        key_settings: Arc::new(settings.keys),
+    };
+    routes::router(state.clone())
         .route_layer(axum::middleware::from_fn(track_http))
-        .with_state(AppState {
-            pool,
-            admin: Arc::new(admin),
-        })
+        .with_state(state)
         .layer(axum::middleware::from_fn(detach))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let route = request
@@ -98,10 +105,10 @@ async fn track_http(
 pub async fn run(
     listener: tokio::net::TcpListener,
     pool: PgPool,
-    admin: AdminSettings,
+    settings: ApiSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(pool, admin))
+    axum::serve(listener, router(pool, settings))
         .with_graceful_shutdown(shutdown)
         .await
 }

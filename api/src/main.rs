@@ -13,8 +13,8 @@ async fn main() -> anyhow::Result<()> {
     db::migrate(&pool)
         .await
         .context("failed to migrate the database")?;
-    let admin = settings::AdminSettings::from_env()?;
-    if admin.tokens.is_empty() {
+    let api_settings = settings::ApiSettings::from_env()?;
+    if api_settings.admin.tokens.is_empty() {
         tracing::warn!("ORDERFLOW_ADMIN_TOKENS is not set: the admin API and dashboard refuse everyone");
     }
     let addr = settings::api_addr()?;
@@ -22,6 +22,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to bind {addr}"))?;
     tracing::info!(%addr, "orderflow-api listening");
-    orderflow_api::run(listener, pool, admin, orderflow_shared::shutdown::signal()).await?;
+    orderflow_api::run(listener, pool, api_settings, orderflow_shared::shutdown::signal()).await?;
     Ok(())
 }

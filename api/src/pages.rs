@@ -4,6 +4,7 @@
 use askama::Template;
 use axum::response::{Html, IntoResponse, Response};
 use orderflow_shared::admin::SagaSummary;
+use orderflow_shared::api_key::{ApiKey, CreatedKey, Scope};
 use orderflow_shared::queue::views::QueueStats;
 
 use crate::ApiError;
@@ -45,6 +46,23 @@ pub struct Saga<'a> {
     pub csrf: Option<&'a str>,
     /// The actions' buttons: (action, class, label).
     pub actions: &'a [(&'a str, &'a str, &'a str)],
+}
+
+#[derive(Template)]
+#[template(path = "keys.html")]
+pub struct Keys<'a> {
+    pub title: &'a str,
+    pub who: Option<&'a Admin>,
+    pub refresh: bool,
+    pub keys: &'a [ApiKey],
+    /// A key just created, its secret shown this once (the page answers the form; the secret is in no URL).
+    pub created: Option<&'a CreatedKey>,
+    /// The outcome of the last revocation, or why a creation was refused.
+    pub flash: Option<&'a str>,
+    /// The session's CSRF token, for operators (who may create and revoke); none for viewers.
+    pub csrf: Option<&'a str>,
+    pub scopes: &'a [Scope],
+    pub default_rate: i32,
 }
 
 /// Renders a page as an HTML response.

@@ -18,6 +18,8 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use orderflow_shared::api_key::{self, Scope};
+use orderflow_shared::settings::Role;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
@@ -136,7 +138,28 @@ async fn main() -> anyhow::Result<()> {
     let pool = PgPool::connect(&args.database_url)
         .await
         .with_context(|| format!("cannot reach {}", args.database_url))?;
+    // A key of its own, every scope, at the highest rate a key may have: the bench measures the service, not
+    // its rate limit.
+    let key = api_key::create(
+        &mut *pool.acquire().await?,
+        &api_key::NewKeyRequest {
+            name: format!("orderflow-bench {label}"),
+            scopes: Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
+            rate_per_second: Some(api_key::MAX_RATE),
+        },
+        api_key::MAX_RATE,
+        "orderflow-bench",
+        Role::Operator,
+    )
+    .await
+    .context("cannot create the bench's API key")?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.secret))?,
+    );
     let http = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(60))
         .build()?;

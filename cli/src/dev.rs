@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use orderflow_shared::api_key::{self, NewKeyRequest, Scope};
 use orderflow_shared::settings::{self, RelaySettings, WorkerSettings};
 use orderflow_shared::{db, inventory};
 use tokio::sync::watch;
@@ -98,7 +99,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         stopped(),
     ));
     // Without configured tokens, dev makes one operator token for this run and prints it.
-    let mut admin = settings::AdminSettings::from_env()?;
+    let mut api_settings = settings::ApiSettings::from_env()?;
+    let admin = &mut api_settings.admin;
     let dev_token = admin.tokens.is_empty().then(|| {
         let token = uuid::Uuid::new_v4().simple().to_string();
         admin.tokens.push(settings::AdminToken {
@@ -108,18 +110,41 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         });
         token
     });
-    let api = tokio::spawn(orderflow_api::run(api_listener, pool.clone(), admin, stopped()));
+    // And an API key with every scope, new each run (a key is shown only when it is created).
+    let key = api_key::create(
+        &mut *pool.acquire().await?,
+        &NewKeyRequest {
+            name: "dev".to_owned(),
+            scopes: Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
+            rate_per_second: None,
+        },
+        api_settings.keys.default_rate,
+        "orderflow dev",
+        settings::Role::Operator,
+    )
+    .await
+    .context("failed to create the dev API key")?
+    .secret;
+    let api = tokio::spawn(orderflow_api::run(
+        api_listener,
+        pool.clone(),
+        api_settings,
+        stopped(),
+    ));
     let worker = tokio::spawn(orderflow_worker::run(pool.clone(), worker_settings, stopped()));
 
     let api_addr = args.api_addr;
     println!(
         "\nOrderFlow is running: API http://{api_addr}, payment simulator http://{}\n\
-         Demo skus: tee-black-m, mug-logo, sticker-pack (USD). Try:\n\n  \
-         curl -s -X POST http://{api_addr}/v1/orders -H 'Content-Type: application/json' \
-         -H \"Idempotency-Key: $(date +%s%N)\" \
-         -d '{{\"customer_id\":\"c1\",\"currency\":\"USD\",\"lines\":[{{\"sku\":\"mug-logo\",\"quantity\":2}}],\"payment_token\":\"pm_card_visa\"}}'\n\n  \
-         curl -s http://{api_addr}/v1/orders/<id from above>\n  \
-         curl -s http://{api_addr}/v1/events\n\nEvents to NATS: {}\n{}\nCtrl-C stops everything.\n",
+         Demo skus: tee-black-m, mug-logo, sticker-pack (USD).\n\
+         API key (every scope; shown this once): {key}\n\nTry (each line works as pasted):\n\n\
+         export ORDERFLOW_KEY={key}\n\
+         order=$(curl -s -o /dev/null -w '%header{{location}}' -X POST http://{api_addr}/v1/orders \
+         -H \"Authorization: Bearer $ORDERFLOW_KEY\" -H 'Content-Type: application/json' -H \"Idempotency-Key: $(date +%s%N)\" \
+         -d '{{\"customer_id\":\"c1\",\"currency\":\"USD\",\"lines\":[{{\"sku\":\"mug-logo\",\"quantity\":2}}],\"payment_token\":\"pm_card_visa\"}}')\n\
+         sleep 1; curl -s http://{api_addr}$order -H \"Authorization: Bearer $ORDERFLOW_KEY\"\n\
+         curl -s http://{api_addr}/v1/events -H \"Authorization: Bearer $ORDERFLOW_KEY\"\n\n\
+         Events to NATS: {}\n{}\nCtrl-C stops everything.\n",
         args.paysim_addr,
         nats.as_deref()
             .unwrap_or("off (no NATS at 127.0.0.1:4222; the /v1/events feed serves them)"),

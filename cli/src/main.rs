@@ -5,7 +5,7 @@
 //! - `dev.rs`: `orderflow dev` (migrations, API, worker, simulator and, when needed, a private PostgreSQL, in one
 //!   process; demo skus);
 //! - `ops.rs`: the operators' commands, a client of the admin API (`queues`, `sagas`, and `saga <id>` with
-//!   `retry`, `compensate` or `resolve`).
+//!   `retry`, `compensate` or `resolve`; `keys create|list|revoke`).
 
 mod dev;
 mod ops;
@@ -46,6 +46,14 @@ enum Command {
         #[command(flatten)]
         args: ops::SagaArgs,
     },
+    /// API keys: `orderflow keys create --name storefront --scope orders:write --scope orders:read`, `keys list`,
+    /// `keys revoke <id>`.
+    Keys {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(subcommand)]
+        command: ops::KeysCommand,
+    },
 }
 
 #[tokio::main]
@@ -59,6 +67,7 @@ async fn main() -> std::process::ExitCode {
         Command::Queues { connection } => ops::queues(connection).await,
         Command::Sagas { connection, args } => ops::sagas(connection, args).await,
         Command::Saga { connection, args } => ops::saga(connection, args).await,
+        Command::Keys { connection, command } => ops::keys(connection, command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

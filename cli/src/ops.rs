@@ -1,4 +1,4 @@
-//! The operators' commands (`queues`, `sagas`, `saga`): a client of the admin API. Tables for people by
+//! The operators' commands (`queues`, `sagas`, `saga`, `keys`): a client of the admin API. Tables for people by
 //! default, the API's JSON with `--json`. The token comes from `ORDERFLOW_ADMIN_TOKEN`, the API from
 //! `ORDERFLOW_ADMIN_URL` (default http://127.0.0.1:8080).
 
@@ -56,6 +56,30 @@ pub struct SagaArgs {
     /// Why, recorded with the action.
     #[arg(long)]
     note: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum KeysCommand {
+    /// Create a key (operator token); its secret is printed this once.
+    Create {
+        /// Who or what uses it, e.g. storefront.
+        #[arg(long)]
+        name: String,
+        /// A scope it may use: orders:read, orders:write, catalog:read, catalog:write, events:read (repeat, or
+        /// separate with commas).
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Requests per second (default: the API's ORDERFLOW_API_KEY_RATE).
+        #[arg(long)]
+        rate: Option<i32>,
+    },
+    /// Every key, newest first, revoked ones too (never a secret).
+    List,
+    /// Revoke a key (operator token): every API process refuses it within ORDERFLOW_API_KEY_CACHE_SECS.
+    Revoke {
+        /// The key's id (from `keys list`).
+        id: String,
+    },
 }
 
 struct Client {
@@ -371,6 +395,96 @@ pub async fn saga(connection: Connection, args: SagaArgs) -> anyhow::Result<()> 
         println!("ACTIONS\n{}", table(&["ACTION", "BY", "OUTCOME", "AT"], &rows));
     }
     Ok(())
+}
+
+pub async fn keys(connection: Connection, command: KeysCommand) -> anyhow::Result<()> {
+    let client = Client::new(&connection)?;
+    match command {
+        KeysCommand::Create { name, scopes, rate } => {
+            let body = client
+                .post(
+                    "/admin/v1/keys",
+                    serde_json::json!({"name": name, "scopes": scopes, "rate_per_second": rate}),
+                )
+                .await?;
+            if connection.json {
+                return print_json(&body);
+            }
+            println!(
+                "created key {} ({}) with {} at {}/s\n\n  {}\n\nKeep it now: it is not shown again.",
+                text(&body["id"]),
+                text(&body["name"]),
+                scope_list(&body["scopes"]),
+                text(&body["rate_per_second"]),
+                text(&body["secret"]),
+            );
+        }
+        KeysCommand::List => {
+            let body = client.get("/admin/v1/keys", &[]).await?;
+            if connection.json {
+                return print_json(&body);
+            }
+            let keys = body["keys"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if keys.is_empty() {
+                println!("no keys yet: orderflow keys create --name <who> --scope <scope>");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        text(&k["id"]),
+                        text(&k["name"]),
+                        text(&k["hint"]),
+                        scope_list(&k["scopes"]),
+                        text(&k["rate_per_second"]),
+                        time(&k["created_at"]),
+                        time(&k["last_used_at"]),
+                        time(&k["revoked_at"]),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "KEY",
+                        "SCOPES",
+                        "RATE",
+                        "CREATED",
+                        "LAST_USED",
+                        "REVOKED"
+                    ],
+                    &rows
+                )
+            );
+        }
+        KeysCommand::Revoke { id } => {
+            let body = client
+                .post(&format!("/admin/v1/keys/{id}/revoke"), Value::Null)
+                .await?;
+            if connection.json {
+                return print_json(&body);
+            }
+            println!(
+                "key {} ({}, {}) revoked at {}",
+                text(&body["id"]),
+                text(&body["name"]),
+                text(&body["hint"]),
+                time(&body["revoked_at"])
+            );
+        }
+    }
+    Ok(())
+}
+
+fn scope_list(value: &Value) -> String {
+    value
+        .as_array()
+        .map(|scopes| scopes.iter().map(text).collect::<Vec<_>>().join(","))
+        .unwrap_or_else(|| text(value))
 }
 
 #[cfg(test)]

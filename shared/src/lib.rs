@@ -105,6 +105,7 @@ mod tests {
 }
 
 pub mod admin;
+pub mod api_key;
 pub mod db;
 pub mod events;
 pub mod flow;

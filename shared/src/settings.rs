@@ -364,6 +364,59 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
+/// The API process's settings.
+#[derive(Debug, Clone, Default)]
+pub struct ApiSettings {
+    pub admin: AdminSettings,
+    pub keys: KeySettings,
+}
+
+impl ApiSettings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Ok(Self {
+            admin: AdminSettings::from_env()?,
+            keys: KeySettings::from_env()?,
+        })
+    }
+}
+
+/// API keys, as the API process handles them.
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    /// Requests per second a new key may make unless its creator says otherwise (`ORDERFLOW_API_KEY_RATE`, 100;
+    /// bursts of twice as many), per API process.
+    pub default_rate: i32,
+    /// How long an API process trusts a key it looked up (`ORDERFLOW_API_KEY_CACHE_SECS`, 5): a revoked key stops
+    /// working within this long.
+    pub cache_ttl: Duration,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            default_rate: 100,
+            cache_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+impl KeySettings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let default = Self::default();
+        let rate: i32 = env_parse("ORDERFLOW_API_KEY_RATE", default.default_rate)?;
+        if !(1..=crate::api_key::MAX_RATE).contains(&rate) {
+            return Err(SettingsError {
+                name: "ORDERFLOW_API_KEY_RATE",
+                message: format!("must be from 1 to {}", crate::api_key::MAX_RATE),
+            });
+        }
+        Ok(Self {
+            default_rate: rate,
+            cache_ttl: env_secs("ORDERFLOW_API_KEY_CACHE_SECS", default.cache_ttl)?,
+        })
+    }
+}
+
 /// The admin API's and dashboard's settings.
 #[derive(Debug, Clone)]
 pub struct AdminSettings {

@@ -1,17 +1,20 @@
 //! The admin API under `/admin/v1`: queues, sagas (stuck or not) and one saga's whole story, for viewers; and
 //! for operators the actions retry, compensate and resolve (`orderflow_shared::operator`), each recorded with
-//! who and when.
+//! who and when; and API keys: viewers list them, operators create and revoke them.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use orderflow_shared::admin::{self, SagaQuery};
+use orderflow_shared::api_key::{self, ApiKey, CreatedKey, NewKeyRequest};
 use orderflow_shared::input;
 use orderflow_shared::operator::{self, Action};
 use orderflow_shared::queue::views as queue_views;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::auth::Admin;
-use crate::extract::{OptionalJson, OrderId};
+use crate::extract::{JsonBody, OptionalJson, OrderId};
 use crate::views::{self, ActionResult, QueueList, SagaDetail, SagaList};
 use crate::{ApiError, AppState};
 
@@ -119,4 +122,70 @@ pub async fn resolve(
     OptionalJson(body): OptionalJson<ActionRequest>,
 ) -> Result<Json<ActionResult>, ApiError> {
     act(state, admin, id, Action::Resolve, body).await
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyList {
+    /// Newest first, revoked keys too.
+    pub keys: Vec<ApiKey>,
+}
+
+#[utoipa::path(get, path = "/admin/v1/keys", security(("bearer" = [])), responses(
+    (status = 200, description = "Every API key (never a secret)", body = KeyList),
+    (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
+))]
+pub async fn keys(State(state): State<AppState>, _admin: Admin) -> Result<Json<KeyList>, ApiError> {
+    Ok(Json(KeyList {
+        keys: api_key::list(&state.pool).await?,
+    }))
+}
+
+/// Creates an API key: the answer holds its secret, shown this once.
+#[utoipa::path(post, path = "/admin/v1/keys", request_body = NewKeyRequest, security(("bearer" = [])), responses(
+    (status = 201, description = "The key, with its secret", body = CreatedKey),
+    (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
+    (status = 403, description = "A viewer token", body = crate::error::Problem),
+    (status = 422, description = "Invalid field; `field` names it", body = crate::error::Problem),
+))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: JsonBody<NewKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    admin.must_operate("create an API key")?;
+    let mut conn = state.pool.acquire().await?;
+    let created = api_key::create(
+        &mut conn,
+        &body.parsed,
+        state.key_settings.default_rate,
+        &admin.name,
+        admin.role,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Revokes an API key: within `ORDERFLOW_API_KEY_CACHE_SECS` every API process refuses it. Repeating it is
+/// harmless.
+#[utoipa::path(post, path = "/admin/v1/keys/{id}/revoke", security(("bearer" = [])), responses(
+    (status = 200, description = "The key, revoked", body = ApiKey),
+    (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
+    (status = 403, description = "A viewer token", body = crate::error::Problem),
+    (status = 404, description = "No such key", body = crate::error::Problem),
+))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<ApiKey>, ApiError> {
+    admin.must_operate("revoke an API key")?;
+    let not_found = || ApiError::NotFound {
+        what: "key",
+        id: id.clone(),
+    };
+    let key_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let key = api_key::revoke(&state.pool, key_id, &admin.name, admin.role)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(key))
 }

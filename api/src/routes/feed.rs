@@ -7,6 +7,7 @@ use orderflow_shared::input;
 use orderflow_shared::outbox::{self, CloudEvent, Cursor};
 use serde::{Deserialize, Serialize};
 
+use crate::caller::{Authorized, EventsRead};
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -29,12 +30,13 @@ pub struct EventPage {
 /// Events after a cursor. Only events of transactions older than every transaction still running are served, so
 /// nothing can later appear behind a cursor already handed out; an event shows up here a moment after its
 /// transition commits.
-#[utoipa::path(get, path = "/v1/events", params(FeedParams), responses(
+#[utoipa::path(get, path = "/v1/events", params(FeedParams), security(("api_key" = ["events:read"])), responses(
     (status = 200, description = "A page of events", body = EventPage),
     (status = 422, description = "Invalid cursor or limit", body = crate::error::Problem),
 ))]
 pub async fn list(
     State(state): State<AppState>,
+    _caller: Authorized<EventsRead>,
     Query(params): Query<FeedParams>,
 ) -> Result<Json<EventPage>, ApiError> {
     let after = match params.after.as_deref() {

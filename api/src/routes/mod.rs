@@ -11,31 +11,39 @@ use axum::Router;
 use axum::http::Uri;
 use axum::routing::{get, post, put};
 
-use crate::AppState;
+use crate::{AppState, caller};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(crate::openapi::serve))
+/// Every route. Those under `/v1` need an API key (`crate::caller`); each handler also names the scope it needs.
+pub fn router(state: AppState) -> Router<AppState> {
+    let v1 = Router::new()
         .route("/v1/skus/{sku}", put(skus::upsert).get(skus::get))
         .route("/v1/orders", post(orders::create).get(orders::list))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/events", get(orders::events))
         .route("/v1/events", get(feed::list))
+        .route_layer(axum::middleware::from_fn_with_state(state, caller::require_key));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(crate::openapi::serve))
         .route("/metrics", get(health::metrics))
         .route("/admin", get(dashboard::overview))
         .route("/admin/login", post(dashboard::login))
         .route("/admin/logout", post(dashboard::logout))
         .route("/admin/sagas/{id}", get(dashboard::saga))
         .route("/admin/sagas/{id}/{action}", post(dashboard::saga_action))
+        .route("/admin/keys", get(dashboard::keys).post(dashboard::create_key))
+        .route("/admin/keys/{id}/revoke", post(dashboard::revoke_key))
         .route("/admin/v1/queues", get(admin::queues))
         .route("/admin/v1/sagas", get(admin::sagas))
         .route("/admin/v1/sagas/{id}", get(admin::saga))
         .route("/admin/v1/sagas/{id}/retry", post(admin::retry))
         .route("/admin/v1/sagas/{id}/compensate", post(admin::compensate))
         .route("/admin/v1/sagas/{id}/resolve", post(admin::resolve))
+        .route("/admin/v1/keys", get(admin::keys).post(admin::create_key))
+        .route("/admin/v1/keys/{id}/revoke", post(admin::revoke_key))
         .fallback(|uri: Uri| async move {
             crate::ApiError::NotFound {
                 what: "route",

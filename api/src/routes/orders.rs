@@ -14,6 +14,7 @@ use orderflow_shared::order::{self, CancelRequest, ListQuery};
 use orderflow_shared::telemetry::TraceId;
 use uuid::Uuid;
 
+use crate::caller::{Authorized, OrdersRead, OrdersWrite};
 use crate::extract::{JsonBody, OptionalJson, OrderId};
 use crate::views::{self, EventView, OrderList, OrderView};
 use crate::{ApiError, AppState};
@@ -42,7 +43,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// Accepts an order: 202 with the order in CREATED; the saga runs in the worker.
-#[utoipa::path(post, path = "/v1/orders", request_body = CreateOrderRequest,
+#[utoipa::path(post, path = "/v1/orders", security(("api_key" = ["orders:write"])), request_body = CreateOrderRequest,
     params(("Idempotency-Key" = String, Header, description = "1–255 characters; a repeat replays the first response")),
     responses(
         (status = 202, description = "Accepted; the saga has been queued", body = OrderView),
@@ -52,6 +53,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     ))]
 pub async fn create(
     State(state): State<AppState>,
+    _caller: Authorized<OrdersWrite>,
     headers: HeaderMap,
     body: JsonBody<CreateOrderRequest>,
 ) -> Result<Response, ApiError> {
@@ -83,20 +85,25 @@ pub async fn create(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/orders/{id}", responses(
+#[utoipa::path(get, path = "/v1/orders/{id}", security(("api_key" = ["orders:read"])), responses(
     (status = 200, description = "The order", body = OrderView),
     (status = 404, description = "No such order", body = crate::error::Problem),
 ))]
-pub async fn get(State(state): State<AppState>, OrderId(id): OrderId) -> Result<Json<OrderView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    _caller: Authorized<OrdersRead>,
+    OrderId(id): OrderId,
+) -> Result<Json<OrderView>, ApiError> {
     Ok(Json(views::order(&state.pool, id).await?))
 }
 
-#[utoipa::path(get, path = "/v1/orders", params(ListQuery), responses(
+#[utoipa::path(get, path = "/v1/orders", params(ListQuery), security(("api_key" = ["orders:read"])), responses(
     (status = 200, description = "A page of orders, oldest first", body = OrderList),
     (status = 422, description = "Invalid parameter", body = crate::error::Problem),
 ))]
 pub async fn list(
     State(state): State<AppState>,
+    _caller: Authorized<OrdersRead>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<OrderList>, ApiError> {
     let filter = query.filter()?;
@@ -104,7 +111,7 @@ pub async fn list(
 }
 
 /// Starts cancellation: 202; compensations run in the worker. Repeating it is harmless.
-#[utoipa::path(post, path = "/v1/orders/{id}/cancel", request_body(content = Option<CancelRequest>), responses(
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", security(("api_key" = ["orders:write"])), request_body(content = Option<CancelRequest>), responses(
     (status = 202, description = "Cancellation started (or already under way or done)", body = OrderView),
     (status = 404, description = "No such order", body = crate::error::Problem),
     (status = 409, description = "The order is fulfilled", body = crate::error::Problem),
@@ -112,6 +119,7 @@ pub async fn list(
 #[tracing::instrument(skip_all, fields(order_id = %id))]
 pub async fn cancel(
     State(state): State<AppState>,
+    _caller: Authorized<OrdersWrite>,
     OrderId(id): OrderId,
     OptionalJson(body): OptionalJson<CancelRequest>,
 ) -> Result<Response, ApiError> {
@@ -124,12 +132,13 @@ pub async fn cancel(
 }
 
 /// The order's transitions, oldest first.
-#[utoipa::path(get, path = "/v1/orders/{id}/events", responses(
+#[utoipa::path(get, path = "/v1/orders/{id}/events", security(("api_key" = ["orders:read"])), responses(
     (status = 200, description = "The transitions in order", body = [EventView]),
     (status = 404, description = "No such order", body = crate::error::Problem),
 ))]
 pub async fn events(
     State(state): State<AppState>,
+    _caller: Authorized<OrdersRead>,
     OrderId(id): OrderId,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
     Ok(Json(views::events_of(&state.pool, id).await?))

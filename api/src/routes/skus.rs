@@ -8,6 +8,7 @@ use orderflow_shared::inventory;
 use orderflow_shared::money::{self, Currency};
 use serde::Deserialize;
 
+use crate::caller::{Authorized, CatalogRead, CatalogWrite};
 use crate::extract::JsonBody;
 use crate::views::SkuView;
 use crate::{ApiError, AppState};
@@ -24,7 +25,7 @@ pub struct UpsertSkuRequest {
 }
 
 /// Creates a sku (201) or sets its stock and price (200).
-#[utoipa::path(put, path = "/v1/skus/{sku}", request_body = UpsertSkuRequest, responses(
+#[utoipa::path(put, path = "/v1/skus/{sku}", security(("api_key" = ["catalog:write"])), request_body = UpsertSkuRequest, responses(
     (status = 201, description = "Created", body = SkuView),
     (status = 200, description = "Updated", body = SkuView),
     (status = 409, description = "on_hand below the reserved units", body = crate::error::Problem),
@@ -33,6 +34,7 @@ pub struct UpsertSkuRequest {
 #[tracing::instrument(skip_all, fields(sku = %sku))]
 pub async fn upsert(
     State(state): State<AppState>,
+    _caller: Authorized<CatalogWrite>,
     Path(sku): Path<String>,
     body: JsonBody<UpsertSkuRequest>,
 ) -> Result<(StatusCode, Json<SkuView>), ApiError> {
@@ -50,11 +52,15 @@ pub async fn upsert(
     Ok((status, Json(row.into())))
 }
 
-#[utoipa::path(get, path = "/v1/skus/{sku}", responses(
+#[utoipa::path(get, path = "/v1/skus/{sku}", security(("api_key" = ["catalog:read"])), responses(
     (status = 200, description = "The sku", body = SkuView),
     (status = 404, description = "No such sku", body = crate::error::Problem),
 ))]
-pub async fn get(State(state): State<AppState>, Path(sku): Path<String>) -> Result<Json<SkuView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    _caller: Authorized<CatalogRead>,
+    Path(sku): Path<String>,
+) -> Result<Json<SkuView>, ApiError> {
     let row = inventory::find(&state.pool, &sku)
         .await?
         .ok_or(ApiError::NotFound { what: "sku", id: sku })?;

@@ -1,0 +1,106 @@
+//! The README's front door: `orderflow dev` on a fresh database prints an API key and lines that work as pasted,
+//! and the README's "Try it" block works against it with that key.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{Killed, binary, eventually, free_port, server_url};
+
+/// Runs `script` in bash (`set -euo pipefail`) with `ORDERFLOW_KEY` set, and returns its stdout.
+async fn bash(script: &str, key: &str) -> String {
+    let output = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{script}"))
+        .env("ORDERFLOW_KEY", key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{script}\nfailed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The JSON documents in `text`, one after another (curl prints them without separators).
+fn documents(text: &str) -> Vec<Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test]
+async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
+    let database_url = format!(
+        "{}/orderflow_test_{}",
+        server_url(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let api = format!("127.0.0.1:{}", free_port());
+    let paysim = format!("127.0.0.1:{}", free_port());
+    let log = std::env::temp_dir().join(format!("orderflow-dev-{}.log", uuid::Uuid::new_v4().simple()));
+    // NATS off: this test's events stay in its database's feed.
+    let _dev = Killed(
+        std::process::Command::new(binary("orderflow"))
+            .args(["dev", "--api-addr", &api, "--paysim-addr", &paysim])
+            .env("DATABASE_URL", &database_url)
+            .env("ORDERFLOW_ADMIN_TOKENS", "")
+            .env("ORDERFLOW_NATS_URL", "")
+            .env("RUST_LOG", "warn")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let printed = eventually(
+        "orderflow dev to print its lines",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("Ctrl-C stops everything").then_some(text)
+        },
+    )
+    .await;
+
+    // The lines after "Try", up to the blank line that ends them.
+    let block: Vec<&str> = printed
+        .lines()
+        .skip_while(|l| !l.starts_with("Try"))
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert!(block[0].starts_with("export ORDERFLOW_KEY=ofk_"), "{printed}");
+    let key = block[0].trim_start_matches("export ORDERFLOW_KEY=");
+    let out = bash(&block.join("\n"), "").await;
+    let answers = documents(&out);
+    assert_eq!(answers.len(), 2, "the order, then the feed: {out}");
+    assert_eq!(answers[0]["customer_id"], "c1", "{out}");
+    assert!(
+        answers[1]["events"].as_array().is_some_and(|e| !e.is_empty()),
+        "{out}"
+    );
+
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let try_it = readme
+        .split("## Try it")
+        .nth(1)
+        .and_then(|section| section.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .unwrap();
+    let out = bash(
+        &format!("{}\nsleep 1", try_it.replace("localhost:8080", &api)),
+        key,
+    )
+    .await;
+    let answers = documents(&out);
+    assert_eq!(answers.len(), 3, "the sku, the order, its events: {out}");
+    assert_eq!(answers[0]["sku"], "tee-black-m", "{out}");
+    assert_eq!(answers[1]["lines"][0]["sku"], "tee-black-m", "{out}");
+    assert_eq!(answers[2][0]["type"], "order.created", "{out}");
+}
