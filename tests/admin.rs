@@ -222,11 +222,8 @@ async fn retry_runs_a_stuck_step_now_and_the_saga_page_tells_the_whole_story() {
     .await;
     app.put_sku("R", 5, 100).await;
     let id = app.create_order("slowpoke", &[("R", 1)], "pm_card_visa").await;
-    let order = app
-        .wait_until(id, Duration::from_secs(10), |o| {
-            o["last_error"].as_str().is_some_and(|e| e.contains("failpoint"))
-        })
-        .await;
+    let order = app.wait_for_error(id, "failpoint", Duration::from_secs(10)).await;
+    assert_eq!(order["error_code"], "step_retrying", "{order}");
     assert_eq!(
         order["status"], "RESERVED",
         "waiting ten minutes for its second attempt"
@@ -343,10 +340,16 @@ async fn a_parked_saga_can_be_retried_and_then_resolved_after_manual_repair() {
             .contains("cancel_payment attempt 3"),
         "{result}"
     );
-    app.wait_until(id, Duration::from_secs(20), |o| {
-        o["status"] == "NEEDS_ATTENTION" && o["last_error"].as_str().is_some_and(|e| e.contains("failpoint"))
-    })
-    .await;
+    app.wait_for(id, &["NEEDS_ATTENTION"], Duration::from_secs(20))
+        .await;
+    let detail = admin_json(&app, &format!("/admin/v1/sagas/{id}")).await;
+    assert!(
+        detail["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failpoint")),
+        "the admin view keeps the step's error text: {detail}"
+    );
+    assert_eq!(detail["order"]["error_code"], "needs_attention");
     let failed: i64 = sqlx::query_scalar(
         "select count(*) from saga_steps where order_id = $1 and step = 'cancel_payment' and status = 'FAILED'",
     )

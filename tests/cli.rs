@@ -266,3 +266,35 @@ async fn keys_are_created_listed_and_revoked_from_the_command_line() {
     .await;
     assert!(!gone.ok && gone.stderr.contains("404"), "{}", gone.stderr);
 }
+
+#[tokio::test]
+async fn what_customers_and_providers_wrote_is_printed_with_control_characters_escaped() {
+    let (app, id) = stuck_app().await;
+    // Written past the API's checks, as a row from before them or a provider's error text could be.
+    sqlx::query("update orders set customer_id = $2, last_error = $3 where id = $1")
+        .bind(id)
+        .bind("\u{1b}[2J\u{1b}]0;pwned\u{7}")
+        .bind("boom\u{1b}[31m\u{202E}red")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for args in [
+        vec!["saga", &id.to_string()[..]],
+        vec!["sagas", "--stuck", "--older-than", "1s"],
+    ] {
+        let out = orderflow(&app, Some(VIEWER_TOKEN), &args).await;
+        assert!(out.ok, "{}", out.stderr);
+        assert!(
+            !out.stdout.contains('\u{1b}') && !out.stdout.contains('\u{7}'),
+            "{:?}",
+            out.stdout
+        );
+        assert!(!out.stdout.contains('\u{202E}'), "{:?}", out.stdout);
+    }
+    let saga = orderflow(&app, Some(VIEWER_TOKEN), &["saga", &id.to_string()]).await;
+    assert!(
+        saga.stdout.contains(r"\u{1b}[2J"),
+        "escaped, not dropped: {}",
+        saga.stdout
+    );
+}

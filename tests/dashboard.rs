@@ -106,10 +106,7 @@ async fn an_operator_sees_a_stuck_saga_and_a_click_on_retry_finishes_it() {
     let id = app
         .create_order("browser", &[("tee-black-m", 2)], "pm_card_visa")
         .await;
-    app.wait_until(id, Duration::from_secs(20), |o| {
-        o["last_error"].as_str().is_some_and(|e| e.contains("failpoint"))
-    })
-    .await;
+    app.wait_for_error(id, "failpoint", Duration::from_secs(20)).await;
     worker.signal("KILL");
     worker.wait_exit(Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(1_200)).await;

@@ -113,3 +113,37 @@ fn the_ceiling_scripts_send_the_services_sql() {
         "create_order.sql: the job inserts differ"
     );
 }
+
+/// `docker-compose.yml` publishes the API's port and nothing else, and PostgreSQL needs a password.
+#[test]
+fn docker_compose_publishes_only_the_api_and_postgres_has_a_password() {
+    let compose = std::fs::read_to_string(workspace().join("docker-compose.yml")).unwrap();
+    // Services are the two-space-indented keys under `services:`.
+    let mut services: Vec<(String, String)> = Vec::new();
+    let body = compose.split("\nservices:\n").nth(1).unwrap();
+    for line in body.lines() {
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && !name.starts_with(' ')
+        {
+            services.push((name.to_owned(), String::new()));
+        } else if let Some((_, text)) = services.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    let names: Vec<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["postgres", "nats", "paysim", "api", "worker"]);
+    for (name, text) in &services {
+        assert_eq!(
+            text.contains("ports:"),
+            name == "api",
+            "{name} publishes a port: {text}"
+        );
+    }
+    let postgres = &services[0].1;
+    assert!(
+        postgres.contains("POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?"),
+        "{postgres}"
+    );
+    assert!(!compose.contains("trust"), "no trust authentication");
+}

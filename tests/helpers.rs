@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use orderflow_shared::api_key::{self, Scope};
-use orderflow_shared::settings::{ApiSettings, KeySettings, Role, WorkerSettings};
+use orderflow_shared::settings::{ApiSettings, KeySettings, Role, ServerLimits, WorkerSettings};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -16,10 +16,12 @@ pub fn server_url() -> String {
     std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
-/// Connections of one test's pool (API and in-process worker) and of each worker process a test starts.
-/// PostgreSQL allows 100 by default; nextest runs two tests at once, and the tests that start processes run one
-/// at a time (`.config/nextest.toml`), so the worst pair stays below it: 25 + 2×16 (+25 for the other test).
-const TEST_POOL: u32 = 25;
+/// Connections of one test's pool (in-process worker and the test's own queries), of its API's pool and of
+/// each worker process a test starts. PostgreSQL allows 100 by default; nextest runs two tests at once, and the
+/// tests that start processes run one at a time (`.config/nextest.toml`), so the worst pair stays below it:
+/// 20 + 8 + 2×16 (+ 28 for the other test) = 88.
+const TEST_POOL: u32 = 20;
+const API_POOL: u32 = 8;
 const WORKER_PROCESS_POOL: &str = "16";
 
 pub struct TestApp {
@@ -45,6 +47,8 @@ pub struct Options {
     pub tune: fn(&mut WorkerSettings),
     /// The in-process worker's outbox relay (off by default).
     pub relay: Option<orderflow_shared::settings::RelaySettings>,
+    /// The API's timeouts and caps (the shipped ones by default).
+    pub limits: ServerLimits,
 }
 
 impl Default for Options {
@@ -54,6 +58,7 @@ impl Default for Options {
             sim: orderflow_paysim::SimConfig::default(),
             tune: |_| {},
             relay: None,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -156,12 +161,19 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     tokio::spawn(orderflow_paysim::run(sim_listener, options.sim, stopped()));
     let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", api_listener.local_addr().unwrap());
+    // The API's own pool, with the shipped statement and lock timeouts, as `orderflow-api` has.
+    let limits = options.limits.clone();
+    let api_pool =
+        orderflow_shared::db::connect_with(&database_url, API_POOL, "orderflow-tests-api", limits.session())
+            .await
+            .expect("connect the API's pool");
     tokio::spawn(orderflow_api::run(
         api_listener,
-        pool.clone(),
+        api_pool,
         ApiSettings {
             admin: admin_settings(),
             keys: KeySettings::default(),
+            limits,
         },
         stopped(),
     ));
@@ -285,7 +297,6 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Polls the order until its status is one of `wanted`; panics after `timeout`.
     /// Polls the order until `done(order)`; panics after `timeout`, showing the order as it was.
     pub async fn wait_until(&self, id: Uuid, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -297,6 +308,29 @@ impl TestApp {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "order {id} stuck: {order}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until the order's last error contains `needle`, then returns its public view. The text is read from
+    /// the database: the public view carries only a stable `error_code`, never a step's error text.
+    pub async fn wait_for_error(&self, id: Uuid, needle: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let error: Option<String> = sqlx::query_scalar("select last_error from orders where id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            if error.as_deref().is_some_and(|e| e.contains(needle)) {
+                let order = self.order(id).await;
+                assert!(order.get("last_error").is_none(), "{order}");
+                return order;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {id} never failed with {needle:?}: {error:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{client_with_key, order_body, spawn_app};
+use orderflow_shared::api_key::{MAX_RATE, Scope};
+
+use crate::helpers::{client_with_key, create_key, order_body, spawn_app};
 
 /// The API without an in-process worker: orders stay as created.
 async fn without_worker() -> crate::helpers::TestApp {
@@ -130,14 +132,16 @@ async fn a_key_committed_after_the_first_read_is_replayed_not_created_twice() {
     let earlier: Value = earlier.json().await.unwrap();
     let earlier_id: uuid::Uuid = earlier["id"].as_str().unwrap().parse().unwrap();
     let stored = serde_json::json!({"id": earlier_id, "stored": "by the other request"});
+    let key = orderflow_shared::api_key::hash(&app.key);
     let mut other = app.pool.begin().await.unwrap();
     sqlx::query(
-        "insert into idempotency_keys (key, request_hash, order_id, response_status, response_body) \
-         values ('key-late', $1, $2, 202, $3)",
+        "insert into idempotency_keys (caller, key, request_hash, order_id, response_status, response_body) \
+         select 'key:' || id, 'key-late', $1, $2, 202, $3 from api_keys where secret_hash = $4",
     )
     .bind(orderflow_shared::idempotency::fingerprint(&body))
     .bind(earlier_id)
     .bind(&stored)
+    .bind(key)
     .execute(&mut *other)
     .await
     .unwrap();
@@ -254,4 +258,99 @@ async fn a_client_hanging_up_mid_request_does_not_cut_the_handler_short() {
         .await
         .unwrap();
     assert_eq!(replay.status(), 202, "the retry gets the first answer");
+}
+
+/// POSTs `body` with Idempotency-Key `key` as API key `api_key`; the status and the order id it answers with.
+async fn post_as(
+    app: &crate::helpers::TestApp,
+    api_key: &str,
+    key: &str,
+    body: &Value,
+) -> (u16, Option<String>) {
+    let response = app
+        .anonymous
+        .post(format!("{}/v1/orders", app.api))
+        .bearer_auth(api_key)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (status, body["id"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn two_callers_may_use_the_same_key_and_each_replays_only_its_own() {
+    let app = without_worker().await;
+    app.put_sku("A", 10, 1000).await;
+    let shop = create_key(&app.pool, &[Scope::OrdersWrite], MAX_RATE).await;
+    let app_store = create_key(&app.pool, &[Scope::OrdersWrite], MAX_RATE).await;
+    let body = order_body("same", &[("A", 1)], "pm_card_visa");
+
+    let (status, first) = post_as(&app, &shop, "checkout-1", &body).await;
+    assert_eq!(status, 202);
+    let (status, other) = post_as(&app, &app_store, "checkout-1", &body).await;
+    assert_eq!(
+        status, 202,
+        "another caller's key of the same name is another key"
+    );
+    assert_ne!(first, other, "two orders");
+    let (status, again) = post_as(&app, &shop, "checkout-1", &body).await;
+    assert_eq!(
+        (status, again),
+        (202, first.clone()),
+        "the first caller's repeat replays its own order"
+    );
+    let changed = order_body("same", &[("A", 2)], "pm_card_visa");
+    assert_eq!(
+        post_as(&app, &app_store, "checkout-1", &changed).await.0,
+        422,
+        "misuse is per caller too"
+    );
+    assert_eq!(order_count(&app).await, 2);
+}
+
+#[tokio::test]
+async fn a_key_past_its_retention_is_purged_and_may_be_used_again() {
+    let app = without_worker().await;
+    app.put_sku("A", 10, 1000).await;
+    let old = app
+        .post_order_with_key(&order_body("old", &[("A", 1)], "pm_card_visa"), "reused-tomorrow")
+        .await;
+    assert_eq!(old.status(), 202);
+    let recent = app
+        .post_order_with_key(&order_body("new", &[("A", 1)], "pm_card_visa"), "kept")
+        .await;
+    assert_eq!(recent.status(), 202);
+    sqlx::query(
+        "update idempotency_keys set created_at = now() - interval '25 hours' where key = 'reused-tomorrow'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let retention = orderflow_shared::settings::WorkerSettings::default().idempotency_retention;
+    assert_eq!(retention, Duration::from_secs(86_400), "24 h by default");
+    let purged = orderflow_shared::idempotency::purge_expired(&app.pool, retention, 100)
+        .await
+        .unwrap();
+    assert_eq!(purged, 1, "only the record past its retention");
+    let keys: Vec<String> = sqlx::query_scalar("select key from idempotency_keys")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["kept"]);
+    assert_eq!(order_count(&app).await, 2, "the orders stay");
+
+    let reused = app
+        .post_order_with_key(&order_body("old", &[("A", 3)], "pm_card_visa"), "reused-tomorrow")
+        .await;
+    assert_eq!(
+        reused.status(),
+        202,
+        "another body under the purged key is a new order"
+    );
+    assert_eq!(order_count(&app).await, 3);
 }

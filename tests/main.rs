@@ -5,6 +5,7 @@
 mod helpers;
 mod invariants;
 mod keys;
+mod limits;
 
 mod admin;
 mod bad_input;

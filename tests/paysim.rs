@@ -203,3 +203,28 @@ async fn a_request_whose_client_hangs_up_still_completes_and_its_retry_replays_i
     );
     assert_eq!(intents[0]["id"], intent["id"]);
 }
+
+#[tokio::test]
+async fn an_amount_over_eight_digits_is_refused_as_stripe_refuses_it() {
+    let app = spawn_app().await;
+    let response = create(
+        &app,
+        "too-large",
+        "pm_card_visa",
+        orderflow_paysim::MAX_AMOUNT + 1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "amount_too_large", "{body}");
+    let fine = create(&app, "largest", "pm_card_visa", orderflow_paysim::MAX_AMOUNT)
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200);
+    // The API never sends one: an order's total is capped at the same figure.
+    assert_eq!(
+        orderflow_shared::money::MAX_ORDER_TOTAL,
+        orderflow_paysim::MAX_AMOUNT
+    );
+}

@@ -34,6 +34,13 @@ pub struct Caller {
     pub key: ApiKey,
 }
 
+impl Caller {
+    /// Whose Idempotency-Keys the caller's are (`idempotency_keys.caller`): the API key's.
+    pub fn idempotency_scope(&self) -> String {
+        format!("key:{}", self.key.id)
+    }
+}
+
 /// A scope a route needs, as a type, so that a handler's signature says it.
 pub trait RequiredScope: Send + Sync + 'static {
     const SCOPE: Scope;
@@ -61,10 +68,6 @@ scope_types! {
 
 /// The caller, allowed scope `S`.
 pub struct Authorized<S: RequiredScope> {
-    #[allow(
-        dead_code,
-        reason = "idempotency keys per caller (issue 15, part 3) read it next"
-    )]
     pub caller: Caller,
     scope: PhantomData<S>,
 }

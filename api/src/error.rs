@@ -35,6 +35,12 @@ pub enum ApiError {
     IdempotencyKeyInFlight,
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// The body is longer than the API takes (axum's default limit, 2 MB).
+    #[error("the body is larger than the 2 MB the API takes")]
+    PayloadTooLarge,
+    /// The body stopped arriving for longer than the body timeout.
+    #[error("the request body stopped arriving")]
+    RequestTimeout,
     /// No or an unknown admin token.
     #[error("{0}")]
     Unauthorized(String),
@@ -75,6 +81,8 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized(_) | Self::KeyRequired | Self::KeyInvalid(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::MissingScope(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -93,6 +101,8 @@ impl ApiError {
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
             Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::RequestTimeout => "request-timeout",
             Self::Unauthorized(_) | Self::KeyRequired | Self::KeyInvalid(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::MissingScope(_) => "insufficient-scope",
@@ -274,4 +284,59 @@ impl From<CreateKeyError> for ApiError {
             CreateKeyError::Database(e) => e.into(),
         }
     }
+}
+
+/// Makes any error answer that is not already a problem or a dashboard page one: axum's own rejections (405
+/// with its `Allow` header, 413 past the body limit, a path that is not UTF-8, a repeated query parameter)
+/// answer in plain text. Their text becomes the problem's `detail`; their headers stay.
+pub async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    let labelled = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json") || v.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || labelled {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // axum's rejections are a sentence; anything longer is cut.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        text => text.to_owned(),
+    };
+    let slug = match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::UNPROCESSABLE_ENTITY => "validation-error",
+        StatusCode::REQUEST_TIMEOUT => "request-timeout",
+        StatusCode::SERVICE_UNAVAILABLE => "service-unavailable",
+        _ if status.is_server_error() => "internal-error",
+        _ => "bad-request",
+    };
+    let problem = Problem {
+        problem_type: format!("{TYPE_PREFIX}{slug}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        field: None,
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // The request ran out of time (the whole-request timeout): worth retrying, with its Idempotency-Key.
+        parts
+            .headers
+            .entry(header::RETRY_AFTER)
+            .or_insert(HeaderValue::from_static("1"));
+    }
+    Response::from_parts(parts, axum::body::Body::from(body))
 }

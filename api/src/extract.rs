@@ -19,42 +19,71 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-            });
-        if !is_json {
+        if media_type(req.headers()) != Some(MediaType::Json) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::MalformedBody(format!("failed to read the body: {e}")))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(unreadable)?;
         let value = parse_value(&bytes)?;
         let parsed = parse_as(&value)?;
         Ok(Self { value, parsed })
     }
 }
 
-/// An optional JSON body: an empty body is `None`.
+/// An optional JSON body: an empty body without a `Content-Type` (or labelled JSON) is `None`; any other label,
+/// or a body without one, is 415, so that a form a browser may send cross-site (`text/plain`,
+/// `application/x-www-form-urlencoded`) is never taken for a request.
 pub struct OptionalJson<T>(pub Option<T>);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::MalformedBody(format!("failed to read the body: {e}")))?;
+        let media_type = media_type(req.headers());
+        if matches!(media_type, Some(MediaType::Other)) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(unreadable)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
+        if media_type.is_none() {
+            return Err(ApiError::UnsupportedMediaType);
+        }
         let value = parse_value(&bytes)?;
         Ok(Self(Some(parse_as(&value)?)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaType {
+    Json,
+    Other,
+}
+
+/// The request's `Content-Type`, as far as JSON bodies care: `None` without one.
+fn media_type(headers: &axum::http::HeaderMap) -> Option<MediaType> {
+    let value = headers.get(header::CONTENT_TYPE)?;
+    let json = value.to_str().ok().is_some_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    Some(if json { MediaType::Json } else { MediaType::Other })
+}
+
+/// Why a body could not be read: past the body limit (413), stalled past the body timeout (408), or broken off.
+fn unreadable(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::RequestTimeout;
+        }
+        cause = error.source();
+    }
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::MalformedBody(format!("failed to read the body: {rejection}"))
     }
 }
 

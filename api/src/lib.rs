@@ -10,8 +10,11 @@
 //!   `api/templates/`: the dashboard's HTML (askama, escaping by default).
 //! - `error.rs`: `ApiError`, the one mapping of every failure to an HTTP status and an RFC 9457 problem.
 //! - `extract.rs`: extractors whose rejections are problems naming the field; `auth.rs`: admin tokens and the
-//!   dashboard's session cookie; `openapi.rs`: the generated OpenAPI document.
-//! - here: the router with its layers (a handler runs detached from its client; latency by route) and `run`.
+//!   dashboard's session cookie; `caller.rs`: API keys, scopes and rate limits on `/v1`; `openapi.rs`: the
+//!   generated OpenAPI document.
+//! - `serve.rs`: the accept loop (header-read timeout, connection cap, graceful shutdown).
+//! - here: the router with its layers (a handler runs detached from its client; request and body timeouts;
+//!   every refusal a problem; latency by route) and `run`.
 
 mod auth;
 mod caller;
@@ -20,6 +23,7 @@ mod extract;
 mod openapi;
 mod pages;
 mod routes;
+mod serve;
 mod views;
 
 use std::future::Future;
@@ -27,10 +31,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::MatchedPath;
-use axum::http::Request;
+use axum::http::StatusCode;
+use axum::http::{Method, Request};
 use axum::response::IntoResponse;
 use orderflow_shared::settings::{AdminSettings, ApiSettings, KeySettings};
 use sqlx::PgPool;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
@@ -48,6 +54,7 @@ pub struct AppState {
 /// The whole router, for `run` and for tests that want it without a socket.
 pub fn router(pool: PgPool, settings: ApiSettings) -> Router {
     orderflow_shared::telemetry::metrics();
+    let limits = settings.limits.clone();
     let state = AppState {
         pool,
         admin: Arc::new(settings.admin),
@@ -58,6 +65,13 @@ pub fn router(pool: PgPool, settings: ApiSettings) -> Router {
         .route_layer(axum::middleware::from_fn(track_http))
         .with_state(state)
         .layer(axum::middleware::from_fn(detach))
+        // Outside `detach`: a request past its time is answered (503) while its handler finishes on its own.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
+        .layer(axum::middleware::map_response(error::problem_for_bare_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let route = request
                 .extensions()
@@ -85,7 +99,17 @@ async fn track_http(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
-    let method = request.method().to_string();
+    // A made-up method is one label, not one each: a client cannot grow the metrics.
+    let method: &'static str = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -108,7 +132,6 @@ pub async fn run(
     settings: ApiSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(pool, settings))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = settings.limits.clone();
+    serve::serve(listener, router(pool, settings), &limits, shutdown).await
 }

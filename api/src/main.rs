@@ -7,13 +7,23 @@ use orderflow_shared::{db, settings, telemetry};
 async fn main() -> anyhow::Result<()> {
     telemetry::init("info,sqlx=warn");
     let url = settings::database_url();
-    let pool = db::connect(&url, settings::db_max_connections()?, "orderflow-api")
+    let api_settings = settings::ApiSettings::from_env()?;
+    // Migrations run on a connection of their own: the serving pool's statement_timeout is not for them.
+    let migrating = db::connect(&url, 1, "orderflow-api-migrate")
         .await
         .context("failed to connect to PostgreSQL")?;
-    db::migrate(&pool)
+    db::migrate(&migrating)
         .await
         .context("failed to migrate the database")?;
-    let api_settings = settings::ApiSettings::from_env()?;
+    migrating.close().await;
+    let pool = db::connect_with(
+        &url,
+        settings::db_max_connections()?,
+        "orderflow-api",
+        api_settings.limits.session(),
+    )
+    .await
+    .context("failed to connect to PostgreSQL")?;
     if api_settings.admin.tokens.is_empty() {
         tracing::warn!("ORDERFLOW_ADMIN_TOKENS is not set: the admin API and dashboard refuse everyone");
     }

@@ -38,10 +38,33 @@ pub struct OrderView {
     /// Until when the reserved stock is held if payment has not started (RESERVED orders); past it the order
     /// is cancelled with `reservation_expired`.
     pub reserved_until: Option<DateTime<Utc>>,
-    /// The last error a saga step met, if any; for a NEEDS_ATTENTION order, why it is parked.
-    pub last_error: Option<String>,
+    /// Why a live order is held up, as a stable code: `step_retrying` (a step failed and is retried
+    /// shortly) or `needs_attention` (the order is parked for an operator). The error's text stays on the
+    /// admin API and dashboard: it can name the provider's internals.
+    pub error_code: Option<ErrorCode>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A held-up order's stable code in the public view (`OrderView::error_code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A step failed; the saga retries it shortly (or, out of attempts, compensates).
+    StepRetrying,
+    /// A compensation ran out of attempts: an operator takes over.
+    NeedsAttention,
+}
+
+impl ErrorCode {
+    /// The code of an order in `status` whose last step error is `last_error`.
+    pub fn of(status: OrderStatus, last_error: Option<&str>) -> Option<Self> {
+        match status {
+            OrderStatus::NeedsAttention => Some(Self::NeedsAttention),
+            live if !live.is_terminal() && last_error.is_some() => Some(Self::StepRetrying),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -83,7 +106,7 @@ impl OrderView {
             cancel_note: row.cancel_note,
             current_step: row.current_step,
             reserved_until: row.reserved_until,
-            last_error: row.last_error,
+            error_code: ErrorCode::of(row.status, row.last_error.as_deref()),
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
@@ -227,6 +250,8 @@ pub struct CurrentJob {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SagaDetail {
     pub order: OrderView,
+    /// The last error a saga step met, as the step reported it; for a NEEDS_ATTENTION order, why it is parked.
+    pub last_error: Option<String>,
     /// Not over and without progress for longer than the stuck threshold.
     pub stuck: bool,
     pub last_progress_at: DateTime<Utc>,
@@ -267,10 +292,12 @@ pub async fn saga(pool: &PgPool, id: Uuid, stuck_after: std::time::Duration) -> 
             .to_std()
             .is_ok_and(|age| age > stuck_after);
     let last_progress_at = row.updated_at;
+    let last_error = row.last_error.clone();
     let lines = order::lines(pool, id).await?;
     let payment = payment::find(pool, id).await?;
     Ok(SagaDetail {
         order: OrderView::new(row, lines, payment),
+        last_error,
         stuck,
         last_progress_at,
         current_job,

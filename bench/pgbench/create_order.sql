@@ -2,16 +2,17 @@
 -- idempotency key's lock with what creation reads (admit: the key's record, the skus' prices, the transaction's
 -- timestamp), then the order with its lines, its created event, the idempotency record and its first job with
 -- that job's saga_jobs row (the queue's job inserts; apalis's notify trigger fires), in one statement (insert).
--- Two lines, like the service benchmark's average.
+-- Two lines, like the service benchmark's average. The caller is an API key's, as the service scopes keys.
 \set n random(1, 1000000000)
 \set s random(0, 49)
 BEGIN;
-WITH l AS (SELECT pg_try_advisory_xact_lock(hashtextextended('orderflow.idempotency:' || ('ceiling-' || :n::text || '-' || :client_id::text), 0)) AS held)
+WITH l AS (SELECT pg_try_advisory_xact_lock(
+                 hashtextextended('orderflow.idempotency:' || 'key:0193a0a0-0000-7000-8000-000000000001' || ':' || ('ceiling-' || :n::text || '-' || :client_id::text), 0)) AS held)
 SELECT l.held, now() AS now,
        i.request_hash, i.order_id, i.response_status, i.response_body,
        s.sku, s.on_hand, s.reserved, s.price, s.currency, s.created_at, s.updated_at
 FROM l
-LEFT JOIN idempotency_keys i ON l.held AND i.key = 'ceiling-' || :n::text || '-' || :client_id::text
+LEFT JOIN idempotency_keys i ON l.held AND i.caller = 'key:0193a0a0-0000-7000-8000-000000000001' AND i.key = 'ceiling-' || :n::text || '-' || :client_id::text
 LEFT JOIN skus s ON l.held AND i.key IS NULL AND s.sku = ANY (ARRAY['ceiling-' || :s::text, 'ceiling-' || ((:s + 1) % 50)]);
 WITH o AS (
     INSERT INTO orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id, job_id,
@@ -27,9 +28,9 @@ lines AS (
 created AS (
     INSERT INTO order_events (event_id, order_id, sequence, event_type, from_status, to_status)
     SELECT gen_random_uuid(), o.id, 1, 'order.created', NULL, 'CREATED' FROM o),
-key_record AS (INSERT INTO idempotency_keys (key, request_hash, order_id, response_status, response_body)
-      SELECT 'ceiling-' || :n::text || '-' || :client_id::text, sha256(:n::text::bytea), o.id, 202,
-             '{"status": "CREATED", "current_step": "reserve", "lines": [{"sku": "ceiling-0", "quantity": 1, "unit_price": 100}, {"sku": "ceiling-1", "quantity": 2, "unit_price": 100}], "total": 300, "currency": "USD", "customer_id": "ceiling", "payment": null, "cancel_reason": null, "cancel_note": null, "reserved_until": null, "last_error": null, "created_at": "2026-12-03T08:00:00.000000Z", "updated_at": "2026-12-03T08:00:00.000000Z", "id": "0193a0a0-0000-7000-8000-000000000000"}'::jsonb
+key_record AS (INSERT INTO idempotency_keys (caller, key, request_hash, order_id, response_status, response_body)
+      SELECT 'key:0193a0a0-0000-7000-8000-000000000001', 'ceiling-' || :n::text || '-' || :client_id::text, sha256(:n::text::bytea), o.id, 202,
+             '{"status": "CREATED", "current_step": "reserve", "lines": [{"sku": "ceiling-0", "quantity": 1, "unit_price": 100}, {"sku": "ceiling-1", "quantity": 2, "unit_price": 100}], "total": 300, "currency": "USD", "customer_id": "ceiling", "payment": null, "cancel_reason": null, "cancel_note": null, "reserved_until": null, "error_code": null, "created_at": "2026-12-03T08:00:00.000000Z", "updated_at": "2026-12-03T08:00:00.000000Z", "id": "0193a0a0-0000-7000-8000-000000000000"}'::jsonb
       FROM o),
 new_jobs AS (
     SELECT o.id AS order_id, 'J' || :n::text || '-' || :client_id::text AS job_id, 'reserve' AS step,

@@ -35,7 +35,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .filter(|u| !u.trim().is_empty());
     let url = settings::database_url();
     let max_connections = settings::db_max_connections()?;
-    let (pool, _cluster) = match db::connect(&url, max_connections, "orderflow-dev").await {
+    let (pool, cluster) = match db::connect(&url, max_connections, "orderflow-dev").await {
         Ok(pool) => (pool, None),
         Err(error @ db::DbError::Connect { .. }) if explicit.is_none() => {
             tracing::warn!(%error, "no PostgreSQL at the default address; starting a private one");
@@ -125,9 +125,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("failed to create the dev API key")?
     .secret;
+    // The API's own pool, with its statement and lock timeouts (the worker's steps have none).
+    let database = cluster.as_ref().map_or_else(|| url.clone(), PrivateCluster::url);
+    let api_pool = db::connect_with(
+        &database,
+        max_connections,
+        "orderflow-dev-api",
+        api_settings.limits.session(),
+    )
+    .await
+    .context("failed to connect the API's pool")?;
     let api = tokio::spawn(orderflow_api::run(
         api_listener,
-        pool.clone(),
+        api_pool,
         api_settings,
         stopped(),
     ));

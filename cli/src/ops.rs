@@ -111,7 +111,7 @@ impl Client {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let detail = body["detail"].as_str().unwrap_or("no detail");
+            let detail = printable(body["detail"].as_str().unwrap_or("no detail"));
             bail!("{detail} ({status})");
         }
         Ok(body)
@@ -165,12 +165,30 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A value as a cell or a line shows it: strings without quotes, control characters escaped.
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s),
         other => other.to_string(),
     }
+}
+
+/// `s` with every control character (Unicode Cc) and bidirectional control escaped as `\u{…}`: what customers
+/// and providers wrote reaches the operator's terminal as text, never as a sequence that clears the screen,
+/// sets the window title or reorders the line.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control()
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+        {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn time(value: &Value) -> String {
@@ -316,8 +334,8 @@ pub async fn saga(connection: Connection, args: SagaArgs) -> anyhow::Result<()> 
         text(&order["total"]),
         text(&order["currency"]),
     );
-    if let Some(error) = order["last_error"].as_str() {
-        println!("last error: {error}");
+    if let Some(error) = body["last_error"].as_str() {
+        println!("last error: {}", printable(error));
     }
     if let Some(job) = body["current_job"].as_object() {
         let alive = match job.get("worker_alive") {
@@ -327,7 +345,7 @@ pub async fn saga(connection: Connection, args: SagaArgs) -> anyhow::Result<()> 
         let worker = job
             .get("worker")
             .and_then(Value::as_str)
-            .map(|w| format!(" on {w}"))
+            .map(|w| format!(" on {}", printable(w)))
             .unwrap_or_default();
         println!(
             "current job {} {}{worker}{alive}",
@@ -490,6 +508,17 @@ fn scope_list(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_print_escaped() {
+        assert_eq!(
+            printable("\u{1b}[2J\u{1b}]0;pwned\u{7}ann"),
+            "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}ann"
+        );
+        assert_eq!(printable("evil\u{202e}gpj.exe"), "evil\\u{202e}gpj.exe");
+        assert_eq!(printable("Zoë 客户"), "Zoë 客户");
+        assert_eq!(text(&Value::String("a\u{0}b".to_owned())), "a\\u{0}b");
+    }
 
     #[test]
     fn tables_align_text_left_and_numbers_right() {

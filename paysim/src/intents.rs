@@ -76,6 +76,9 @@ fn stripe_response(status: StatusCode, kind: &str, code: &str, message: &str) ->
     (status, Json(stripe_error(kind, code, message))).into_response()
 }
 
+/// The largest amount one PaymentIntent may have, as Stripe's API has it.
+pub const MAX_AMOUNT: i64 = 99_999_999;
+
 fn invalid(code: &str, message: &str) -> Outcome {
     Outcome::NotExecuted {
         status: StatusCode::BAD_REQUEST,
@@ -247,6 +250,13 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
             "amount must be a positive integer (minor units).",
         );
     };
+    // Stripe's limit: eight digits of minor units (999,999.99 in a two-decimal currency).
+    if amount > MAX_AMOUNT {
+        return invalid(
+            "amount_too_large",
+            "Amount must be no more than 99999999 (minor units).",
+        );
+    }
     let Some(currency) = param(params, "currency").filter(|c| c.len() == 3) else {
         return invalid(
             "parameter_missing",

@@ -15,6 +15,8 @@
 mod idempotency;
 mod intents;
 
+pub use intents::MAX_AMOUNT;
+
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

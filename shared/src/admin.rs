@@ -73,7 +73,9 @@ impl SagaQuery {
                 .map(|s| input::one_of("step", s, &Step::ALL, Step::name))
                 .transpose()?,
             older_than: duration("older_than", given(&self.older_than))?,
-            error: given(&self.error).map(str::to_owned),
+            error: given(&self.error)
+                .map(|text| input::filter_text("error", text))
+                .transpose()?,
             stuck_after: stuck.then_some(stuck_after),
             after: input::id_cursor(given(&self.after))?,
             limit: input::limit(self.limit.as_deref(), 50, 100)?,
@@ -91,7 +93,7 @@ fn duration(field: &str, raw: Option<&str>) -> Result<Option<Duration>, FieldErr
         parse_duration(raw).ok_or_else(|| {
             FieldError::new(
                 field,
-                format!("{raw:?} is not a duration such as 90s, 5m, 2h or 1d"),
+                format!("{raw:?} is not a duration such as 90s, 5m, 2h or 1d, of at most 3650d"),
             )
         })
     })
@@ -167,6 +169,9 @@ pub async fn stuck_count(executor: impl PgExecutor<'_>, after: Duration) -> Resu
     .await
 }
 
+/// The longest duration a filter takes (ten years): longer ones are refused, not sent to PostgreSQL to overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(3_650 * 86_400);
+
 /// Parses `90`, `90s`, `5m`, `2h`, `1d` into a duration.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
@@ -182,7 +187,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "d" => n.checked_mul(86_400)?,
         _ => return None,
     };
-    Some(Duration::from_secs(seconds))
+    (seconds <= MAX_DURATION.as_secs()).then(|| Duration::from_secs(seconds))
 }
 
 #[cfg(test)]

@@ -27,13 +27,39 @@ pub enum DbError {
 /// connection in `pg_stat_activity`; a worker passes its instance name, which is how the reconciler tells that a
 /// worker process is gone (its connections close when it dies, even by `kill -9`).
 pub async fn connect(url: &str, max_connections: u32, application_name: &str) -> Result<PgPool, DbError> {
+    connect_with(url, max_connections, application_name, Session::default()).await
+}
+
+/// Bounds on every statement of a pool's sessions (PostgreSQL's `statement_timeout` and `lock_timeout`):
+/// the API's pool has them, so no request waits long on a lock a step holds or on a slow statement; the
+/// worker's and migrations' sessions have none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Session {
+    pub statement_timeout: Option<Duration>,
+    pub lock_timeout: Option<Duration>,
+}
+
+/// [`connect`], with `session`'s bounds on every connection.
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    application_name: &str,
+    session: Session,
+) -> Result<PgPool, DbError> {
     // A session left idle inside a transaction (a bug, a cancelled future) is ended by PostgreSQL after a
     // minute, so it cannot hold row or advisory locks for ever. Our transactions never wait on anything outside
     // the database.
+    let mut settings = vec![("idle_in_transaction_session_timeout", "60s".to_owned())];
+    if let Some(timeout) = session.statement_timeout {
+        settings.push(("statement_timeout", format!("{}ms", timeout.as_millis())));
+    }
+    if let Some(timeout) = session.lock_timeout {
+        settings.push(("lock_timeout", format!("{}ms", timeout.as_millis())));
+    }
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::Url)?
         .application_name(application_name)
-        .options([("idle_in_transaction_session_timeout", "60s")]);
+        .options(settings);
     create_database_if_missing(&options).await?;
     PgPoolOptions::new()
         .max_connections(max_connections)
@@ -123,8 +149,8 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             matches!(
                 e.code().as_deref(),
                 // serialization_failure, deadlock_detected, admin_shutdown, crash_shutdown, cannot_connect_now,
-                // too_many_connections, lock_not_available
-                Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "55P03")
+                // too_many_connections, lock_not_available, query_canceled (statement_timeout)
+                Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "55P03" | "57014")
             ) || e.code().is_some_and(|c| c.starts_with("08"))
         }
         _ => false,

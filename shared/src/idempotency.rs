@@ -1,5 +1,9 @@
 //! Idempotency-Key records for order creation (`idempotency_keys`).
 //!
+//! A key belongs to its caller (the API key that sent it): two callers may use the same key without colliding,
+//! and the lock and the record below are the caller's key's. Records are kept for a retention (24 h by default)
+//! and then purged by the reconciler ([`purge_expired`]); after that the key may be used again.
+//!
 //! A request takes a transaction-scoped advisory lock on its key first. If another request with the same key
 //! holds it, that one is still in flight (409). Otherwise a stored record means a repeat: the same fingerprint
 //! replays the stored response, another one is a misuse of the key (422). The record is written by the same
@@ -13,6 +17,7 @@
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// The key's primary key: violated only by a request that raced another with the same key (see above).
@@ -33,6 +38,26 @@ pub struct StoredResponse {
     pub order_id: Uuid,
     pub response_status: i32,
     pub response_body: Value,
+}
+
+/// Deletes up to `limit` records made more than `older_than` ago; returns how many. Their orders stay.
+pub async fn purge_expired(
+    executor: impl PgExecutor<'_>,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        r#"delete from idempotency_keys where (caller, key) in (
+               select caller, key from idempotency_keys
+               where created_at < now() - make_interval(secs => $1)
+               limit $2 for update skip locked)"#,
+        older_than.as_secs_f64(),
+        limit
+    )
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(deleted)
 }
 
 /// Whether `error` is the second insert of a key (see the module's comment).

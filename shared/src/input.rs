@@ -22,12 +22,46 @@ impl FieldError {
     }
 }
 
-/// `value` trimmed, if it is not empty and at most `MAX_TEXT` characters.
+/// Refuses text with a control character (Unicode category Cc: U+0000–U+001F, U+007F–U+009F) or a
+/// bidirectional embedding, override or isolate (U+202A–U+202E, U+2066–U+2069), naming the first one: such text
+/// is not a name, a token or a note, PostgreSQL refuses U+0000, and the others rewrite a terminal or what a
+/// page shows.
+pub fn check_plain(field: &str, text: &str) -> Result<(), FieldError> {
+    let bad = text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'));
+    match bad {
+        None => Ok(()),
+        Some((at, c)) => Err(FieldError::new(
+            field,
+            format!(
+                "must not contain control characters (U+{:04X} at character {at})",
+                u32::from(c)
+            ),
+        )),
+    }
+}
+
+/// A filter's text as given (not trimmed): plain (`check_plain`) and at most `MAX_TEXT` characters.
+pub fn filter_text(field: &str, value: &str) -> Result<String, FieldError> {
+    check_plain(field, value)?;
+    if value.chars().count() > MAX_TEXT {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_TEXT} characters"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// `value` trimmed, if it is not empty, plain (`check_plain`) and at most `MAX_TEXT` characters.
 pub fn required_text(field: &str, value: &str) -> Result<String, FieldError> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
         return Err(FieldError::new(field, "must not be empty"));
     }
+    check_plain(field, trimmed)?;
     if trimmed.chars().count() > MAX_TEXT {
         return Err(FieldError::new(
             field,
@@ -37,9 +71,12 @@ pub fn required_text(field: &str, value: &str) -> Result<String, FieldError> {
     Ok(trimmed.to_owned())
 }
 
-/// `value` trimmed, `None` if it is empty; at most `max` characters.
+/// `value` trimmed, `None` if it is empty; plain (`check_plain`) and at most `max` characters.
 pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, FieldError> {
     let text = value.map(str::trim).filter(|v| !v.is_empty());
+    if let Some(text) = text {
+        check_plain(field, text)?;
+    }
     if text.is_some_and(|t| t.chars().count() > max) {
         return Err(FieldError::new(
             field,
@@ -96,6 +133,34 @@ mod tests {
         assert_eq!(optional_text("note", Some("  "), 5), Ok(None));
         assert_eq!(optional_text("note", Some(" hi "), 5), Ok(Some("hi".to_owned())));
         assert!(optional_text("note", Some("toolong"), 5).is_err());
+    }
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_refused_by_name() {
+        for bad in [
+            "a\u{0}b",
+            "\u{1b}[2J",
+            "tab\there",
+            "\u{7f}",
+            "next\u{85}line",
+            "evil\u{202E}gpj.exe",
+            "\u{2066}x",
+        ] {
+            assert!(
+                required_text("customer_id", bad).is_err_and(|e| e.field == "customer_id"),
+                "{bad:?}"
+            );
+            assert!(optional_text("note", Some(bad), 500).is_err(), "{bad:?}");
+            assert!(filter_text("error", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            required_text("f", "a\u{0}").map_err(|e| e.message),
+            Err("must not contain control characters (U+0000 at character 1)".to_owned())
+        );
+        for good in ["Zoë O'Brien", "客户-42", "שלום", "emoji 🎉", "a b"] {
+            assert_eq!(required_text("f", good).as_deref(), Ok(good));
+            assert_eq!(filter_text("f", good).as_deref(), Ok(good));
+        }
     }
 
     #[test]

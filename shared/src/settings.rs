@@ -117,6 +117,9 @@ pub struct WorkerSettings {
     /// (`ORDERFLOW_DONE_JOB_RETENTION_SECS`). The saga's own history (`saga_jobs`, `saga_steps`,
     /// `order_events`) is kept; only apalis's row goes.
     pub done_job_retention: Duration,
+    /// How long an Idempotency-Key's record is kept before the reconciler purges it, after which the key may be
+    /// used again (`ORDERFLOW_IDEMPOTENCY_RETENTION_SECS`, 24 h, as Stripe keeps them).
+    pub idempotency_retention: Duration,
     /// How long SIGTERM waits for in-flight steps (`ORDERFLOW_SHUTDOWN_GRACE_MS`).
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
@@ -142,6 +145,7 @@ impl Default for WorkerSettings {
             reservation_ttl: Duration::from_secs(900),
             reconcile_interval: Duration::from_millis(1_000),
             done_job_retention: Duration::from_secs(3_600),
+            idempotency_retention: Duration::from_secs(86_400),
             shutdown_grace: Duration::from_millis(30_000),
             relay: None,
             metrics_addr: None,
@@ -240,6 +244,10 @@ impl WorkerSettings {
             reservation_ttl: env_secs("ORDERFLOW_RESERVATION_TTL_SECS", default.reservation_ttl)?,
             reconcile_interval: env_millis("ORDERFLOW_RECONCILE_INTERVAL_MS", default.reconcile_interval)?,
             done_job_retention: env_secs("ORDERFLOW_DONE_JOB_RETENTION_SECS", default.done_job_retention)?,
+            idempotency_retention: env_secs(
+                "ORDERFLOW_IDEMPOTENCY_RETENTION_SECS",
+                default.idempotency_retention,
+            )?,
             shutdown_grace: env_millis("ORDERFLOW_SHUTDOWN_GRACE_MS", default.shutdown_grace)?,
             relay: RelaySettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_WORKER_METRICS_ADDR")?,
@@ -369,11 +377,95 @@ impl std::fmt::Debug for AdminToken {
 pub struct ApiSettings {
     pub admin: AdminSettings,
     pub keys: KeySettings,
+    pub limits: ServerLimits,
+}
+
+/// What one client may hold of the API process: every bound a client could otherwise stretch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// A connection must send a request's line and headers within this (`ORDERFLOW_API_HEADER_TIMEOUT_SECS`,
+    /// 30), else it is closed: a client trickling headers (slowloris) holds nothing for long.
+    pub header_read_timeout: Duration,
+    /// A request body must keep arriving: no pause longer than this (`ORDERFLOW_API_BODY_TIMEOUT_SECS`, 10;
+    /// 408 past it).
+    pub body_timeout: Duration,
+    /// A whole request, body to answer (`ORDERFLOW_API_REQUEST_TIMEOUT_SECS`, 30; 503 past it, while the
+    /// handler finishes on its own).
+    pub request_timeout: Duration,
+    /// Connections held at once (`ORDERFLOW_API_MAX_CONNECTIONS`, 1024); more wait in the listen backlog.
+    pub max_connections: usize,
+    /// The API pool's `statement_timeout` (`ORDERFLOW_API_STATEMENT_TIMEOUT_MS`, 5000; the worker's long steps
+    /// have none): a statement past it ends with 503.
+    pub statement_timeout: Duration,
+    /// The API pool's `lock_timeout` (`ORDERFLOW_API_LOCK_TIMEOUT_MS`, 2000): a request waiting longer for a row
+    /// a step holds gets 503 with `Retry-After`.
+    pub lock_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            statement_timeout: Duration::from_millis(5_000),
+            lock_timeout: Duration::from_millis(2_000),
+        }
+    }
+}
+
+impl ServerLimits {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let default = Self::default();
+        let positive = |name: &'static str, value: Duration| {
+            if value.is_zero() {
+                Err(SettingsError {
+                    name,
+                    message: "must be more than 0".to_owned(),
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        Ok(Self {
+            header_read_timeout: positive(
+                "ORDERFLOW_API_HEADER_TIMEOUT_SECS",
+                env_secs("ORDERFLOW_API_HEADER_TIMEOUT_SECS", default.header_read_timeout)?,
+            )?,
+            body_timeout: positive(
+                "ORDERFLOW_API_BODY_TIMEOUT_SECS",
+                env_secs("ORDERFLOW_API_BODY_TIMEOUT_SECS", default.body_timeout)?,
+            )?,
+            request_timeout: positive(
+                "ORDERFLOW_API_REQUEST_TIMEOUT_SECS",
+                env_secs("ORDERFLOW_API_REQUEST_TIMEOUT_SECS", default.request_timeout)?,
+            )?,
+            max_connections: env_parse("ORDERFLOW_API_MAX_CONNECTIONS", default.max_connections)?.max(1),
+            statement_timeout: positive(
+                "ORDERFLOW_API_STATEMENT_TIMEOUT_MS",
+                env_millis("ORDERFLOW_API_STATEMENT_TIMEOUT_MS", default.statement_timeout)?,
+            )?,
+            lock_timeout: positive(
+                "ORDERFLOW_API_LOCK_TIMEOUT_MS",
+                env_millis("ORDERFLOW_API_LOCK_TIMEOUT_MS", default.lock_timeout)?,
+            )?,
+        })
+    }
+
+    /// The API pool's session settings.
+    pub fn session(&self) -> crate::db::Session {
+        crate::db::Session {
+            statement_timeout: Some(self.statement_timeout),
+            lock_timeout: Some(self.lock_timeout),
+        }
+    }
 }
 
 impl ApiSettings {
     pub fn from_env() -> Result<Self, SettingsError> {
         Ok(Self {
+            limits: ServerLimits::from_env()?,
             admin: AdminSettings::from_env()?,
             keys: KeySettings::from_env()?,
         })

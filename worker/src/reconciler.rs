@@ -12,7 +12,8 @@
 //!    PENDING is asked again with the same idempotency key (resume) or voided (compensate), a capture is
 //!    replayed by its key (resume to fulfil) or refunded.
 //! 4. Once a minute, Done jobs older than `done_job_retention` are deleted from `apalis.jobs` (see
-//!    `queue::upkeep::purge_done_jobs`), in chunks, so the queue table holds what is live plus a recent window.
+//!    `queue::upkeep::purge_done_jobs`), in chunks, so the queue table holds what is live plus a recent window;
+//!    and Idempotency-Key records older than `idempotency_retention` (`idempotency::purge_expired`).
 //!
 //! Many processes run it at once: rows are claimed with SKIP LOCKED and every order is checked again under its
 //! row lock, which the steps take too.
@@ -24,7 +25,7 @@ use anyhow::anyhow;
 use orderflow_shared::flow::{self, Step};
 use orderflow_shared::order::{self, CancelReason, OrderStatus};
 use orderflow_shared::queue::{StepJob, upkeep};
-use orderflow_shared::step_log;
+use orderflow_shared::{idempotency, step_log};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -57,9 +58,17 @@ pub async fn run(runner: Arc<Runner>, mut stopped: watch::Receiver<bool>) {
     loop {
         if tokio::time::Instant::now() >= next_purge {
             match purge(&runner).await {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, "deleted old Done jobs"),
-                Err(error) => tracing::warn!(%error, "could not delete old Done jobs; next time"),
+                Ok(Purged { jobs: 0, keys: 0 }) => {}
+                Ok(Purged { jobs, keys }) => {
+                    tracing::info!(
+                        jobs,
+                        idempotency_keys = keys,
+                        "deleted old Done jobs and Idempotency-Keys"
+                    )
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not delete old Done jobs or Idempotency-Keys; next time")
+                }
             }
             next_purge = tokio::time::Instant::now() + PURGE_INTERVAL;
         }
@@ -126,12 +135,33 @@ pub async fn pass(runner: &Runner) -> anyhow::Result<Pass> {
     Ok(result)
 }
 
-/// Deletes the Done jobs past their retention, a chunk at a time; returns how many.
-async fn purge(runner: &Runner) -> Result<u64, sqlx::Error> {
+/// What one purge deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Purged {
+    jobs: u64,
+    keys: u64,
+}
+
+/// Deletes the Done jobs and the Idempotency-Key records past their retention, a chunk at a time.
+async fn purge(runner: &Runner) -> Result<Purged, sqlx::Error> {
+    let settings = &runner.settings;
+    let jobs =
+        in_chunks(|| upkeep::purge_done_jobs(&runner.pool, settings.done_job_retention, PURGE_CHUNK)).await?;
+    let keys =
+        in_chunks(|| idempotency::purge_expired(&runner.pool, settings.idempotency_retention, PURGE_CHUNK))
+            .await?;
+    Ok(Purged { jobs, keys })
+}
+
+/// Runs `delete_chunk` until a chunk comes back short or `PURGE_MAX_CHUNKS` ran; the rows deleted.
+async fn in_chunks<F, Fut>(mut delete_chunk: F) -> Result<u64, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64, sqlx::Error>>,
+{
     let mut purged = 0;
     for _ in 0..PURGE_MAX_CHUNKS {
-        let deleted =
-            upkeep::purge_done_jobs(&runner.pool, runner.settings.done_job_retention, PURGE_CHUNK).await?;
+        let deleted = delete_chunk().await?;
         purged += deleted;
         if deleted < PURGE_CHUNK as u64 {
             break;

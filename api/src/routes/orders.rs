@@ -53,7 +53,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     ))]
 pub async fn create(
     State(state): State<AppState>,
-    _caller: Authorized<OrdersWrite>,
+    authorized: Authorized<OrdersWrite>,
     headers: HeaderMap,
     body: JsonBody<CreateOrderRequest>,
 ) -> Result<Response, ApiError> {
@@ -65,8 +65,10 @@ pub async fn create(
         .unwrap_or_else(TraceId::random);
     let valid = body.parsed.validate()?;
     let fingerprint = idempotency::fingerprint(&body.value);
+    let caller = authorized.caller.idempotency_scope();
     let creation = Creation {
         order: &valid,
+        caller: &caller,
         key,
         fingerprint: &fingerprint,
         trace,

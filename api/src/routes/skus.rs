@@ -55,12 +55,14 @@ pub async fn upsert(
 #[utoipa::path(get, path = "/v1/skus/{sku}", security(("api_key" = ["catalog:read"])), responses(
     (status = 200, description = "The sku", body = SkuView),
     (status = 404, description = "No such sku", body = crate::error::Problem),
+    (status = 422, description = "Not a sku code", body = crate::error::Problem),
 ))]
 pub async fn get(
     State(state): State<AppState>,
     _caller: Authorized<CatalogRead>,
     Path(sku): Path<String>,
 ) -> Result<Json<SkuView>, ApiError> {
+    inventory::check_sku_code("sku", &sku)?;
     let row = inventory::find(&state.pool, &sku)
         .await?
         .ok_or(ApiError::NotFound { what: "sku", id: sku })?;

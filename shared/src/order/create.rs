@@ -91,22 +91,29 @@ pub struct Admission {
     pub now: DateTime<Utc>,
 }
 
-/// Takes the lock of the Idempotency-Key `key` for the rest of the transaction (a transaction-scoped advisory
-/// lock on the key's hash) and reads, in the same statement, the key's stored record, the skus `skus` and the
-/// transaction's timestamp.
+/// Takes the lock of `caller`'s Idempotency-Key `key` for the rest of the transaction (a transaction-scoped
+/// advisory lock on their hash) and reads, in the same statement, the key's stored record, the skus `skus` and
+/// the transaction's timestamp.
 #[tracing::instrument(skip_all, err)]
-pub async fn admit(conn: &mut PgConnection, key: &str, skus: &[&str]) -> Result<Admission, sqlx::Error> {
+pub async fn admit(
+    conn: &mut PgConnection,
+    caller: &str,
+    key: &str,
+    skus: &[&str],
+) -> Result<Admission, sqlx::Error> {
     // Every column is nullable here: the key's record and the skus come through left joins.
     let rows = sqlx::query!(
-        r#"with l as (select pg_try_advisory_xact_lock(hashtextextended('orderflow.idempotency:' || $1, 0)) as held)
+        r#"with l as (select pg_try_advisory_xact_lock(
+                          hashtextextended('orderflow.idempotency:' || $1 || ':' || $2, 0)) as held)
            select l.held as "held!", now() as "now!",
                   i.request_hash as "request_hash?", i.order_id as "key_order_id?",
                   i.response_status as "response_status?", i.response_body as "response_body?",
                   s.sku as "sku?", s.on_hand as "on_hand?", s.reserved as "reserved?", s.price as "price?",
                   s.currency as "currency?", s.created_at as "created_at?", s.updated_at as "updated_at?"
            from l
-           left join idempotency_keys i on l.held and i.key = $1
-           left join skus s on l.held and i.key is null and s.sku = any($2)"#,
+           left join idempotency_keys i on l.held and i.caller = $1 and i.key = $2
+           left join skus s on l.held and i.key is null and s.sku = any($3)"#,
+        caller,
         key,
         skus as &[&str]
     )
@@ -154,6 +161,8 @@ pub async fn admit(conn: &mut PgConnection, key: &str, skus: &[&str]) -> Result<
 /// A key's record to write with the order it created: what a repeat of the request gets back.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRecord<'a> {
+    /// Whose key it is ([`Creation::caller`]).
+    pub caller: &'a str,
     pub key: &'a str,
     pub request_hash: &'a [u8],
     pub response_status: u16,
@@ -191,8 +200,8 @@ pub async fn insert(
                select $13, o.id, 1, $14, null, 'CREATED' from o
            ),
            key_record as (
-               insert into idempotency_keys (key, request_hash, order_id, response_status, response_body)
-               select $15, $16, o.id, $17, $18 from o
+               insert into idempotency_keys (caller, key, request_hash, order_id, response_status, response_body)
+               select $20, $15, $16, o.id, $17, $18 from o
            ),
            new_jobs as (
                select o.id as order_id, $8 as job_id, $6 as step, $19 as queue, 1 as attempt,
@@ -225,6 +234,7 @@ pub async fn insert(
         .bind(i32::from(record.response_status))
         .bind(record.response_body)
         .bind(Step::FIRST.queue())
+        .bind(record.caller)
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -261,6 +271,8 @@ pub enum CreateError {
 #[derive(Debug, Clone)]
 pub struct Creation<'a> {
     pub order: &'a ValidOrder,
+    /// Who is asking, as their Idempotency-Keys are scoped: two callers may use the same key.
+    pub caller: &'a str,
     /// The Idempotency-Key.
     pub key: &'a str,
     /// The request body's fingerprint ([`idempotency::fingerprint`]).
@@ -295,7 +307,7 @@ async fn create_once(
     respond: &impl Fn(&NewOrder) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<Created>, CreateError> {
     let mut tx = pool.begin().await?;
-    let admission = admit(&mut tx, request.key, &request.order.skus()).await?;
+    let admission = admit(&mut tx, request.caller, request.key, &request.order.skus()).await?;
     if !admission.key_held {
         return Err(CreateError::KeyInFlight);
     }
@@ -330,6 +342,7 @@ async fn create_once(
     tracing::Span::current().record("order_id", tracing::field::display(order.id));
     let body = respond(&order)?;
     let record = KeyRecord {
+        caller: request.caller,
         key: request.key,
         request_hash: request.fingerprint,
         response_status: ACCEPTED,

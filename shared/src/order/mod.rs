@@ -345,7 +345,11 @@ impl ListQuery {
                 .as_deref()
                 .map(|s| input::one_of("status", s, &OrderStatus::ALL, OrderStatus::as_str))
                 .transpose()?,
-            customer_id: self.customer_id.clone(),
+            customer_id: self
+                .customer_id
+                .as_deref()
+                .map(|text| input::filter_text("customer_id", text))
+                .transpose()?,
             after: input::id_cursor(self.after.as_deref())?,
             limit: input::limit(self.limit.as_deref(), 20, 100)?,
         })
