@@ -1,5 +1,5 @@
 //! The README's front door: `orderflow dev` on a fresh database prints an API key and lines that work as pasted,
-//! and the README's "Try it" block works against it with that key.
+//! and the README's "Try it" block and its customer-token example work against it with that key.
 
 use std::time::Duration;
 
@@ -103,4 +103,22 @@ async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
     assert_eq!(answers[0]["sku"], "tee-black-m", "{out}");
     assert_eq!(answers[1]["lines"][0]["sku"], "tee-black-m", "{out}");
     assert_eq!(answers[2][0]["type"], "order.created", "{out}");
+
+    // The Security section's customer-token example, after Try it (its sku exists).
+    let example = readme
+        .split("### Customer tokens")
+        .nth(1)
+        .and_then(|section| section.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .unwrap();
+    let out = bash(&example.replace("localhost:8080", &api), key).await;
+    let answers = documents(&out);
+    assert_eq!(answers.len(), 3, "the order, the list, the refusal: {out}");
+    assert_eq!(answers[0]["customer_id"], "c1", "{out}");
+    let listed = answers[1]["orders"].as_array().unwrap();
+    assert!(
+        !listed.is_empty() && listed.iter().all(|o| o["customer_id"] == "c1"),
+        "{out}"
+    );
+    assert_eq!(answers[2]["status"], 403, "{out}");
 }

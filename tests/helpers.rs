@@ -99,6 +99,15 @@ pub async fn create_key(pool: &PgPool, scopes: &[Scope], rate: i32) -> String {
     .secret
 }
 
+/// The id of the key with secret `secret`.
+pub async fn key_id(pool: &PgPool, secret: &str) -> Uuid {
+    sqlx::query_scalar("select id from api_keys where secret_hash = $1")
+        .bind(api_key::hash(secret))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 /// `builder`'s client, sending `key` with every request (a request's own `Authorization` replaces it).
 pub fn client_with_key(key: &str, builder: reqwest::ClientBuilder) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();

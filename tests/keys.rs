@@ -103,6 +103,14 @@ fn routes(id: Uuid) -> Vec<Route> {
         ),
         route(
             Method::POST,
+            "/v1/customer_tokens",
+            "/v1/customer_tokens".into(),
+            Some(json!({"customer_id": "matrix", "ttl_seconds": 600})),
+            Scope::OrdersWrite,
+            201,
+        ),
+        route(
+            Method::POST,
             "/v1/orders/{id}/cancel",
             format!("/v1/orders/{id}/cancel"),
             Some(json!({"reason": "matrix"})),

@@ -15,6 +15,7 @@ mod chaos;
 mod cli;
 mod concurrency;
 mod crash;
+mod customer_tokens;
 mod dashboard;
 mod docs;
 mod events;

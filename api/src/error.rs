@@ -53,6 +53,11 @@ pub enum ApiError {
     /// The API key lacks the scope the route needs.
     #[error("this API key lacks the scope {0}")]
     MissingScope(orderflow_shared::api_key::Scope),
+    /// A customer token on a route it never reaches (the feed, the catalogue's writes, minting tokens).
+    #[error(
+        "a customer token cannot use {0}: it reaches its customer's orders and, if its key may, the catalogue's reads"
+    )]
+    TokenCannot(orderflow_shared::api_key::Scope),
     /// The API key made more requests than its rate allows; retry after this many seconds.
     #[error("this API key is over its rate; retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
@@ -84,7 +89,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized(_) | Self::KeyRequired | Self::KeyInvalid(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) | Self::MissingScope(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::MissingScope(_) | Self::TokenCannot(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -105,7 +110,7 @@ impl ApiError {
             Self::RequestTimeout => "request-timeout",
             Self::Unauthorized(_) | Self::KeyRequired | Self::KeyInvalid(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
-            Self::MissingScope(_) => "insufficient-scope",
+            Self::MissingScope(_) | Self::TokenCannot(_) => "insufficient-scope",
             Self::RateLimited { .. } => "rate-limited",
             Self::Unavailable(_) => "service-unavailable",
             Self::Internal(_) => "internal-error",
@@ -161,7 +166,7 @@ impl IntoResponse for ApiError {
             Self::KeyRequired => Some("Bearer realm=\"orderflow\""),
             Self::KeyInvalid(_) => Some("Bearer realm=\"orderflow\", error=\"invalid_token\""),
             Self::Unauthorized(_) => Some("Bearer realm=\"orderflow-admin\""),
-            Self::MissingScope(scope) => {
+            Self::MissingScope(scope) | Self::TokenCannot(scope) => {
                 // RFC 6750: a valid token without the scope the resource needs.
                 let value =
                     format!("Bearer realm=\"orderflow\", error=\"insufficient_scope\", scope=\"{scope}\"");

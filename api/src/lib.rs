@@ -34,6 +34,7 @@ use axum::extract::MatchedPath;
 use axum::http::StatusCode;
 use axum::http::{Method, Request};
 use axum::response::IntoResponse;
+use orderflow_shared::customer_token::Signer;
 use orderflow_shared::settings::{AdminSettings, ApiSettings, KeySettings};
 use sqlx::PgPool;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
@@ -41,18 +42,20 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
-/// What every handler shares: the pool, the settings and the API keys seen lately (with their rate-limit
-/// buckets). The API keeps no other state.
+/// What every handler shares: the pool, the settings, the API keys seen lately (with their rate-limit buckets)
+/// and the customer tokens' signer. The API keeps no other state.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub admin: Arc<AdminSettings>,
     pub key_settings: Arc<KeySettings>,
     pub keys: Arc<caller::KeyCache>,
+    /// Signs and verifies customer tokens (the `customer_tokens` server secret).
+    pub signer: Arc<Signer>,
 }
 
 /// The whole router, for `run` and for tests that want it without a socket.
-pub fn router(pool: PgPool, settings: ApiSettings) -> Router {
+pub fn router(pool: PgPool, settings: ApiSettings, signer: Signer) -> Router {
     orderflow_shared::telemetry::metrics();
     let limits = settings.limits.clone();
     let state = AppState {
@@ -60,6 +63,7 @@ pub fn router(pool: PgPool, settings: ApiSettings) -> Router {
         admin: Arc::new(settings.admin),
         keys: Arc::new(caller::KeyCache::new(settings.keys.cache_ttl)),
         key_settings: Arc::new(settings.keys),
+        signer: Arc::new(signer),
     };
     routes::router(state.clone())
         .route_layer(axum::middleware::from_fn(track_http))
@@ -133,5 +137,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = settings.limits.clone();
-    serve::serve(listener, router(pool, settings), &limits, shutdown).await
+    let signer = Signer::load(&pool).await.map_err(std::io::Error::other)?;
+    serve::serve(listener, router(pool, settings, signer), &limits, shutdown).await
 }

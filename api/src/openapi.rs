@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{admin, feed, health, orders, skus};
+use crate::routes::{admin, customer_tokens, feed, health, orders, skus};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use crate::routes::{admin, feed, health, orders, skus};
         orders::cancel,
         orders::events,
         feed::list,
+        customer_tokens::mint,
         health::metrics,
         admin::queues,
         admin::sagas,

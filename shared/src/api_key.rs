@@ -277,6 +277,19 @@ pub async fn find_by_secret(
     row.map(ApiKey::try_from).transpose()
 }
 
+/// Key `id`, if it exists and is not revoked (the key that minted a customer token).
+pub async fn find_live(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {
+    let row = sqlx::query_as!(
+        KeyRow,
+        r#"select id, name, hint, scopes, rate_per_second, created_by, created_at, last_used_at, revoked_at
+           from api_keys where id = $1 and revoked_at is null"#,
+        id
+    )
+    .fetch_optional(executor)
+    .await?;
+    row.map(ApiKey::try_from).transpose()
+}
+
 /// Every key, newest first, revoked ones too.
 pub async fn list(executor: impl PgExecutor<'_>) -> Result<Vec<ApiKey>, sqlx::Error> {
     let rows = sqlx::query_as!(

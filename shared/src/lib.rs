@@ -106,6 +106,7 @@ mod tests {
 
 pub mod admin;
 pub mod api_key;
+pub mod customer_token;
 pub mod db;
 pub mod events;
 pub mod flow;

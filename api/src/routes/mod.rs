@@ -1,6 +1,7 @@
 //! The API's routes, one module per resource.
 
 pub(crate) mod admin;
+pub(crate) mod customer_tokens;
 pub(crate) mod dashboard;
 pub(crate) mod feed;
 pub(crate) mod health;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/events", get(orders::events))
         .route("/v1/events", get(feed::list))
+        .route("/v1/customer_tokens", post(customer_tokens::mint))
         .route_layer(axum::middleware::from_fn_with_state(state, caller::require_key));
     Router::new()
         .merge(v1)

@@ -14,7 +14,7 @@ use orderflow_shared::order::{self, CancelRequest, ListQuery};
 use orderflow_shared::telemetry::TraceId;
 use uuid::Uuid;
 
-use crate::caller::{Authorized, OrdersRead, OrdersWrite};
+use crate::caller::{Authorized, Caller, OrdersRead, OrdersWrite};
 use crate::extract::{JsonBody, OptionalJson, OrderId};
 use crate::views::{self, EventView, OrderList, OrderView};
 use crate::{ApiError, AppState};
@@ -64,6 +64,12 @@ pub async fn create(
         .and_then(TraceId::from_traceparent)
         .unwrap_or_else(TraceId::random);
     let valid = body.parsed.validate()?;
+    if !authorized.caller.sees(&valid.customer_id) {
+        return Err(ApiError::Forbidden(format!(
+            "a customer token creates orders for its own customer only, not for {:?}",
+            valid.customer_id
+        )));
+    }
     let fingerprint = idempotency::fingerprint(&body.value);
     let caller = authorized.caller.idempotency_scope();
     let creation = Creation {
@@ -93,10 +99,34 @@ pub async fn create(
 ))]
 pub async fn get(
     State(state): State<AppState>,
-    _caller: Authorized<OrdersRead>,
+    authorized: Authorized<OrdersRead>,
     OrderId(id): OrderId,
 ) -> Result<Json<OrderView>, ApiError> {
-    Ok(Json(views::order(&state.pool, id).await?))
+    let view = views::order(&state.pool, id).await?;
+    if !authorized.caller.sees(&view.customer_id) {
+        return Err(not_found(id));
+    }
+    Ok(Json(view))
+}
+
+/// What a customer token gets for another customer's order: the same 404 as for no order at all.
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound {
+        what: "order",
+        id: id.to_string(),
+    }
+}
+
+/// 404 unless the caller may see order `id` (a customer token: only its customer's). Costs a read only for a
+/// customer token.
+async fn must_see(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
+    if caller.customer.is_none() {
+        return Ok(());
+    }
+    match order::find(&state.pool, id).await? {
+        Some(row) if caller.sees(&row.customer_id) => Ok(()),
+        _ => Err(not_found(id)),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/orders", params(ListQuery), security(("api_key" = ["orders:read"])), responses(
@@ -105,10 +135,20 @@ pub async fn get(
 ))]
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Authorized<OrdersRead>,
+    authorized: Authorized<OrdersRead>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<OrderList>, ApiError> {
-    let filter = query.filter()?;
+    let mut filter = query.filter()?;
+    // A customer token lists its customer's orders: another customer named in the filter finds none.
+    if let Some(own) = authorized.caller.customer {
+        if filter.customer_id.as_ref().is_some_and(|asked| *asked != own) {
+            return Ok(Json(OrderList {
+                orders: Vec::new(),
+                next_cursor: None,
+            }));
+        }
+        filter.customer_id = Some(own);
+    }
     Ok(Json(views::orders(&state.pool, &filter).await?))
 }
 
@@ -121,10 +161,11 @@ pub async fn list(
 #[tracing::instrument(skip_all, fields(order_id = %id))]
 pub async fn cancel(
     State(state): State<AppState>,
-    _caller: Authorized<OrdersWrite>,
+    authorized: Authorized<OrdersWrite>,
     OrderId(id): OrderId,
     OptionalJson(body): OptionalJson<CancelRequest>,
 ) -> Result<Response, ApiError> {
+    must_see(&state, &authorized.caller, id).await?;
     order::request_cancellation(&state.pool, id, &body.unwrap_or_default()).await?;
     let view = views::order(&state.pool, id).await?;
     Ok(with_location(
@@ -140,8 +181,9 @@ pub async fn cancel(
 ))]
 pub async fn events(
     State(state): State<AppState>,
-    _caller: Authorized<OrdersRead>,
+    authorized: Authorized<OrdersRead>,
     OrderId(id): OrderId,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
+    must_see(&state, &authorized.caller, id).await?;
     Ok(Json(views::events_of(&state.pool, id).await?))
 }
