@@ -49,6 +49,8 @@ pub struct Options {
     pub relay: Option<orderflow_shared::settings::RelaySettings>,
     /// The API's timeouts and caps (the shipped ones by default).
     pub limits: ServerLimits,
+    /// `ORDERFLOW_API_METRICS_ADDR` (unset by default: `/metrics` on the API's address, with a key).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             tune: |_| {},
             relay: None,
             limits: ServerLimits::default(),
+            metrics_addr: None,
         }
     }
 }
@@ -183,6 +186,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             admin: admin_settings(),
             keys: KeySettings::default(),
             limits,
+            metrics_addr: options.metrics_addr,
         },
         stopped(),
     ));

@@ -312,8 +312,8 @@ async fn every_v1_route_needs_a_valid_key_with_its_scope_and_a_refusal_changes_n
         "cancelled (no worker runs the compensation)"
     );
 
-    // The routes outside /v1 need no key; the admin API does not take one.
-    for path in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
+    // Health and the document need no key; /metrics needs metrics:read; the admin API does not take a key.
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
         let response = app
             .anonymous
             .get(format!("{}{path}", app.api))
@@ -519,4 +519,74 @@ async fn operators_create_list_and_revoke_keys_each_act_audited_and_a_revoked_ke
         .await
         .unwrap();
     assert_eq!(keys, 0, "no refused request made a key");
+}
+
+/// `/metrics` on the API's address needs a key with `metrics:read`; with `ORDERFLOW_API_METRICS_ADDR` it is
+/// served there without one, and not on the API's address.
+#[tokio::test]
+async fn metrics_need_their_scope_or_their_own_address() {
+    let app = spawn_app_with(without_worker()).await;
+    let get = |key: Option<String>| {
+        let app = &app;
+        async move {
+            let mut request = app.anonymous.get(format!("{}/metrics", app.api));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    let anonymous = get(None).await;
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["content-type"], "application/problem+json");
+    let others = Scope::ALL
+        .into_iter()
+        .filter(|s| *s != Scope::MetricsRead)
+        .collect::<Vec<_>>();
+    let without = create_key(&app.pool, &others, MAX_RATE).await;
+    let refused = get(Some(without)).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        refused.headers()["www-authenticate"],
+        r#"Bearer realm="orderflow", error="insufficient_scope", scope="metrics:read""#
+    );
+    let scraper = create_key(&app.pool, &[Scope::MetricsRead], MAX_RATE).await;
+    let scraped = get(Some(scraper.clone())).await;
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.unwrap().contains("orderflow_queue_jobs"));
+    // A scraper key reaches nothing else.
+    let orders = app
+        .anonymous
+        .get(format!("{}/v1/orders", app.api))
+        .bearer_auth(&scraper)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(orders.status(), 403);
+
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", crate::helpers::free_port())
+        .parse()
+        .unwrap();
+    let private = spawn_app_with(Options {
+        metrics_addr: Some(addr),
+        ..without_worker()
+    })
+    .await;
+    let open = eventually("the metrics address answers", Duration::from_secs(10), || async {
+        reqwest::get(format!("http://{addr}/metrics")).await.ok()
+    })
+    .await;
+    assert_eq!(open.status(), 200);
+    assert!(open.text().await.unwrap().contains("orderflow_queue_jobs"));
+    let moved = private
+        .http
+        .get(format!("{}/metrics", private.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        moved.status(),
+        404,
+        "not on the API's address when it has its own"
+    );
 }

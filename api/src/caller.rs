@@ -98,6 +98,7 @@ scope_types! {
     CatalogRead => Scope::CatalogRead,
     CatalogWrite => Scope::CatalogWrite,
     EventsRead => Scope::EventsRead,
+    MetricsRead => Scope::MetricsRead,
 }
 
 /// The caller, allowed scope `S`.

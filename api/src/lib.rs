@@ -35,7 +35,7 @@ use axum::http::StatusCode;
 use axum::http::{Method, Request};
 use axum::response::IntoResponse;
 use orderflow_shared::customer_token::Signer;
-use orderflow_shared::settings::{AdminSettings, ApiSettings, KeySettings};
+use orderflow_shared::settings::{AdminSettings, ApiSettings, KeySettings, ServerLimits};
 use sqlx::PgPool;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
@@ -54,18 +54,32 @@ pub struct AppState {
     pub signer: Arc<Signer>,
 }
 
-/// The whole router, for `run` and for tests that want it without a socket.
-pub fn router(pool: PgPool, settings: ApiSettings, signer: Signer) -> Router {
+impl AppState {
+    pub fn new(pool: PgPool, settings: &ApiSettings, signer: Signer) -> Self {
+        Self {
+            pool,
+            admin: Arc::new(settings.admin.clone()),
+            keys: Arc::new(caller::KeyCache::new(settings.keys.cache_ttl)),
+            key_settings: Arc::new(settings.keys.clone()),
+            signer: Arc::new(signer),
+        }
+    }
+}
+
+/// The API's router with its layers; `/metrics` on it unless `ORDERFLOW_API_METRICS_ADDR` serves it elsewhere.
+pub fn router(state: AppState, settings: &ApiSettings) -> Router {
+    layered(
+        routes::router(state.clone(), settings.metrics_addr.is_none()),
+        state,
+        &settings.limits,
+    )
+}
+
+/// `routes` with what every request goes through: latency by route, a handler detached from its client, the
+/// request and body timeouts, every refusal a problem, a trace span.
+fn layered(routes: Router<AppState>, state: AppState, limits: &ServerLimits) -> Router {
     orderflow_shared::telemetry::metrics();
-    let limits = settings.limits.clone();
-    let state = AppState {
-        pool,
-        admin: Arc::new(settings.admin),
-        keys: Arc::new(caller::KeyCache::new(settings.keys.cache_ttl)),
-        key_settings: Arc::new(settings.keys),
-        signer: Arc::new(signer),
-    };
-    routes::router(state.clone())
+    routes
         .route_layer(axum::middleware::from_fn(track_http))
         .with_state(state)
         .layer(axum::middleware::from_fn(detach))
@@ -129,14 +143,36 @@ async fn track_http(
     response
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves the API on `listener` (and `/metrics` on `ORDERFLOW_API_METRICS_ADDR` when set) until `shutdown`
+/// resolves, then finishes in-flight requests.
 pub async fn run(
     listener: tokio::net::TcpListener,
     pool: PgPool,
     settings: ApiSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let limits = settings.limits.clone();
     let signer = Signer::load(&pool).await.map_err(std::io::Error::other)?;
-    serve::serve(listener, router(pool, settings, signer), &limits, shutdown).await
+    let state = AppState::new(pool, &settings, signer);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    if let Some(addr) = settings.metrics_addr {
+        let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "serving the API's metrics at /metrics (no key)");
+        let metrics = layered(routes::metrics_only(), state.clone(), &settings.limits);
+        let limits = settings.limits.clone();
+        let stopped = until_stopped(stopped.clone());
+        tokio::spawn(async move {
+            if let Err(error) = serve::serve(metrics_listener, metrics, &limits, stopped).await {
+                tracing::warn!(%error, "the metrics listener stopped");
+            }
+        });
+    }
+    let app = router(state, &settings);
+    serve::serve(listener, app, &settings.limits, until_stopped(stopped)).await
 }

@@ -65,7 +65,7 @@ pub enum KeysCommand {
         /// Who or what uses it, e.g. storefront.
         #[arg(long)]
         name: String,
-        /// A scope it may use: orders:read, orders:write, catalog:read, catalog:write, events:read (repeat, or
+        /// A scope it may use: orders:read, orders:write, catalog:read, catalog:write, events:read, metrics:read (repeat, or
         /// separate with commas).
         #[arg(long = "scope", required = true, value_delimiter = ',')]
         scopes: Vec<String>,

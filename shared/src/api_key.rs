@@ -35,15 +35,19 @@ pub enum Scope {
     /// Read the event feed (every order's events).
     #[serde(rename = "events:read")]
     EventsRead,
+    /// Scrape the API's `/metrics` (when it is not on its own address, `ORDERFLOW_API_METRICS_ADDR`).
+    #[serde(rename = "metrics:read")]
+    MetricsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Self::OrdersRead,
         Self::OrdersWrite,
         Self::CatalogRead,
         Self::CatalogWrite,
         Self::EventsRead,
+        Self::MetricsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Scope {
             Self::CatalogRead => "catalog:read",
             Self::CatalogWrite => "catalog:write",
             Self::EventsRead => "events:read",
+            Self::MetricsRead => "metrics:read",
         }
     }
 
@@ -186,7 +191,7 @@ impl TryFrom<KeyRow> for ApiKey {
 pub struct NewKeyRequest {
     /// Who or what uses it, e.g. `storefront` (1–100 characters).
     pub name: String,
-    /// At least one of `orders:read`, `orders:write`, `catalog:read`, `catalog:write`, `events:read`.
+    /// At least one of `orders:read`, `orders:write`, `catalog:read`, `catalog:write`, `events:read`, `metrics:read`.
     pub scopes: Vec<String>,
     /// Requests per second (default `ORDERFLOW_API_KEY_RATE`).
     pub rate_per_second: Option<i32>,

@@ -62,7 +62,7 @@ pub fn allows(scope: Scope, key_allows: impl Fn(Scope) -> bool) -> bool {
     match scope {
         Scope::OrdersRead | Scope::OrdersWrite => true,
         Scope::CatalogRead => key_allows(Scope::CatalogRead),
-        Scope::CatalogWrite | Scope::EventsRead => false,
+        Scope::CatalogWrite | Scope::EventsRead | Scope::MetricsRead => false,
     }
 }
 
@@ -256,6 +256,7 @@ mod tests {
             assert_eq!(allows(Scope::CatalogRead, key), key_has_everything);
             assert!(!allows(Scope::CatalogWrite, key));
             assert!(!allows(Scope::EventsRead, key));
+            assert!(!allows(Scope::MetricsRead, key));
         }
     }
 

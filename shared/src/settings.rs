@@ -378,6 +378,9 @@ pub struct ApiSettings {
     pub admin: AdminSettings,
     pub keys: KeySettings,
     pub limits: ServerLimits,
+    /// Where the API serves `/metrics` to anyone who reaches it (`ORDERFLOW_API_METRICS_ADDR`, for a private
+    /// network); unset, `/metrics` is on the API's own address and needs a key with `metrics:read`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// What one client may hold of the API process: every bound a client could otherwise stretch.
@@ -468,6 +471,7 @@ impl ApiSettings {
             limits: ServerLimits::from_env()?,
             admin: AdminSettings::from_env()?,
             keys: KeySettings::from_env()?,
+            metrics_addr: env_parse_opt("ORDERFLOW_API_METRICS_ADDR")?,
         })
     }
 }

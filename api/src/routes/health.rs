@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics.
 
 use axum::Json;
 use axum::extract::State;
@@ -8,6 +8,7 @@ use orderflow_shared::queue::views as queue_views;
 use orderflow_shared::{admin, outbox};
 use serde_json::{Value, json};
 
+use crate::caller::{Authorized, MetricsRead};
 use crate::{ApiError, AppState};
 
 /// The process is up.
@@ -31,11 +32,22 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 /// Prometheus text exposition: this process's own metrics (HTTP latency by route and status; in `orderflow dev`
 /// also the worker's step durations and compensations) and, read from PostgreSQL at scrape time, the queues'
 /// depth and oldest pending age, the stuck sagas and the outbox.
-#[utoipa::path(get, path = "/metrics", responses(
+///
+/// On the API's address it needs a key with `metrics:read`; with `ORDERFLOW_API_METRICS_ADDR` set it is served
+/// there instead, to whoever reaches that address (`open_metrics`), and not here.
+#[utoipa::path(get, path = "/metrics", security(("api_key" = ["metrics:read"])), responses(
     (status = 200, description = "Prometheus text format", content_type = "text/plain"),
     (status = 503, description = "PostgreSQL is unreachable", body = crate::error::Problem),
 ))]
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    _caller: Authorized<MetricsRead>,
+) -> Result<Response, ApiError> {
+    open_metrics(State(state)).await
+}
+
+/// `/metrics` on its own address (`ORDERFLOW_API_METRICS_ADDR`), with no key.
+pub async fn open_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     for queue in queue_views::queue_stats(&state.pool).await? {
         for (kind, count) in [
             ("pending", queue.pending),

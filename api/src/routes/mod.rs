@@ -15,7 +15,7 @@ use axum::routing::{get, post, put};
 use crate::{AppState, caller};
 
 /// Every route. Those under `/v1` need an API key (`crate::caller`); each handler also names the scope it needs.
-pub fn router(state: AppState) -> Router<AppState> {
+pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
     let v1 = Router::new()
         .route("/v1/skus/{sku}", put(skus::upsert).get(skus::get))
         .route("/v1/orders", post(orders::create).get(orders::list))
@@ -25,12 +25,16 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/events", get(feed::list))
         .route("/v1/customer_tokens", post(customer_tokens::mint))
         .route_layer(axum::middleware::from_fn_with_state(state, caller::require_key));
+    let metrics = match metrics_here {
+        true => Router::new().route("/metrics", get(health::metrics)),
+        false => Router::new(),
+    };
     Router::new()
         .merge(v1)
+        .merge(metrics)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(crate::openapi::serve))
-        .route("/metrics", get(health::metrics))
         .route("/admin", get(dashboard::overview))
         .route("/admin/login", post(dashboard::login))
         .route("/admin/logout", post(dashboard::logout))
@@ -52,4 +56,9 @@ pub fn router(state: AppState) -> Router<AppState> {
                 id: uri.path().to_owned(),
             }
         })
+}
+
+/// `/metrics` alone, without a key: what `ORDERFLOW_API_METRICS_ADDR` serves.
+pub fn metrics_only() -> Router<AppState> {
+    Router::new().route("/metrics", get(health::open_metrics))
 }
