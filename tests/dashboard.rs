@@ -195,6 +195,62 @@ async fn an_operator_sees_a_stuck_saga_and_a_click_on_retry_finishes_it() {
     let _ = std::fs::remove_dir_all(profile);
 }
 
+/// A client that does not follow redirects and keeps no cookies: each test sends its cookies by hand.
+fn plain() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of the first `name="csrf"` field of a page.
+fn csrf_of(html: &str) -> String {
+    html.split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned()
+}
+
+/// The `name=value` of the response's cookie `name`, and the whole Set-Cookie line.
+fn set_cookie(response: &reqwest::Response, name: &str) -> (String, String) {
+    let line = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie: {:?}", response.headers()));
+    (line.split(';').next().unwrap().to_owned(), line)
+}
+
+/// The sign-in form: its nonce cookie and CSRF token.
+async fn sign_in_form(app: &TestApp) -> (String, String) {
+    let form = plain().get(format!("{}/admin", app.api)).send().await.unwrap();
+    assert_eq!(form.status(), 200);
+    let (cookie, _) = set_cookie(&form, "orderflow_sign_in");
+    (cookie, csrf_of(&form.text().await.unwrap()))
+}
+
+/// Posts the sign-in form with `token`, as a browser would after loading it.
+async fn post_sign_in(app: &TestApp, token: &str) -> reqwest::Response {
+    let (cookie, csrf) = sign_in_form(app).await;
+    plain()
+        .post(format!("{}/admin/login", app.api))
+        .header("Cookie", cookie)
+        .form(&[("token", token), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs in over plain HTTP; the session cookie (`name=value`).
+async fn session(app: &TestApp, token: &str) -> String {
+    let response = post_sign_in(app, token).await;
+    assert_eq!(response.status(), 303);
+    set_cookie(&response, "orderflow_admin").0
+}
+
 #[tokio::test]
 async fn the_dashboard_refuses_a_wrong_token_and_forged_forms() {
     let app = spawn_app_with(Options {
@@ -205,43 +261,191 @@ async fn the_dashboard_refuses_a_wrong_token_and_forged_forms() {
     let page = app.http.get(format!("{}/admin", app.api)).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("Sign in"));
-    let wrong = app
-        .http
-        .post(format!("{}/admin/login", app.api))
-        .form(&[("token", "guess-guess-guess-guess")])
-        .send()
-        .await
-        .unwrap();
+    let wrong = post_sign_in(&app, "guess-guess-guess-guess").await;
     assert_eq!(wrong.status(), 401);
     assert!(wrong.text().await.unwrap().contains("not valid"));
+    // The sign-in form itself: without its CSRF token, or with another form's, no session opens.
+    let (cookie, _) = sign_in_form(&app).await;
+    let (_, other_forms_csrf) = sign_in_form(&app).await;
+    for form in [
+        vec![("token", OPERATOR_TOKEN)],
+        vec![("token", OPERATOR_TOKEN), ("csrf", other_forms_csrf.as_str())],
+    ] {
+        let forged = plain()
+            .post(format!("{}/admin/login", app.api))
+            .header("Cookie", &cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 403, "{form:?}");
+        assert!(
+            forged
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .all(|c| !c.to_str().unwrap().starts_with("orderflow_admin="))
+        );
+    }
 
     app.put_sku("F", 5, 100).await;
     let id = app.create_order("forged", &[("F", 1)], "pm_card_visa").await;
-    let forged = app
-        .http
+    let operator = session(&app, OPERATOR_TOKEN).await;
+    let forged = plain()
         .post(format!("{}/admin/sagas/{id}/compensate", app.api))
-        .header("Cookie", format!("orderflow_admin={OPERATOR_TOKEN}"))
+        .header("Cookie", &operator)
         .form(&[("csrf", "not-the-token")])
         .send()
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
-    assert_eq!(app.order(id).await["status"], "CREATED", "nothing happened");
-}
-
-/// Signs in over plain HTTP; the session cookie (`name=value`).
-async fn session(app: &TestApp, token: &str) -> String {
-    let response = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .post(format!("{}/admin/login", app.api))
-        .form(&[("token", token)])
+    // The admin token as the cookie (what the cookie used to be) is no session.
+    let token_as_cookie = plain()
+        .post(format!("{}/admin/sagas/{id}/compensate", app.api))
+        .header("Cookie", format!("orderflow_admin={OPERATOR_TOKEN}"))
+        .form(&[("csrf", "anything")])
         .send()
         .await
         .unwrap();
-    let cookie = response.headers()["set-cookie"].to_str().unwrap();
-    cookie.split(';').next().unwrap().to_owned()
+    assert_eq!(token_as_cookie.status(), 401);
+    assert_eq!(app.order(id).await["status"], "CREATED", "nothing happened");
+}
+
+/// A session is a random id kept server-side: not the admin token, no bearer token, ended for good by signing
+/// out (a form with its CSRF token); its cookie is HttpOnly, SameSite=Strict, Secure but on plain-HTTP
+/// localhost; every page has the security headers.
+#[tokio::test]
+async fn sessions_are_server_side_and_end_at_sign_out() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let response = post_sign_in(&app, OPERATOR_TOKEN).await;
+    assert_eq!(response.status(), 303);
+    let (cookie, line) = set_cookie(&response, "orderflow_admin");
+    let id = cookie.trim_start_matches("orderflow_admin=").to_owned();
+    assert_eq!(id.len(), 64);
+    assert!(!id.contains(OPERATOR_TOKEN));
+    assert!(
+        line.contains("HttpOnly") && line.contains("SameSite=Strict") && line.contains("Path=/admin"),
+        "{line}"
+    );
+    assert!(!line.contains("Secure"), "plain HTTP on 127.0.0.1: {line}");
+    let stored: i64 = sqlx::query_scalar(
+        "select count(*) from admin_sessions where id_hash = sha256(convert_to($1, 'UTF8')) and admin_name = 'otto'",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 1, "the server keeps the id's hash");
+
+    // Behind a TLS proxy, or under any other name, the cookie is Secure.
+    for (header, value) in [("x-forwarded-proto", "https"), ("host", "orders.example.com")] {
+        let form = plain()
+            .get(format!("{}/admin", app.api))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        let (_, line) = set_cookie(&form, "orderflow_sign_in");
+        assert!(line.ends_with("; Secure"), "{header}: {line}");
+    }
+
+    // The session is no bearer token for the admin API.
+    let as_bearer = plain()
+        .get(format!("{}/admin/v1/queues", app.api))
+        .bearer_auth(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_bearer.status(), 401);
+
+    let overview = plain()
+        .get(format!("{}/admin", app.api))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    for (header, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+    ] {
+        assert_eq!(overview.headers()[header], value, "{header}");
+    }
+    let policy = overview.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.contains("frame-ancestors 'none'") && policy.contains("default-src 'none'"),
+        "{policy}"
+    );
+    let html = overview.text().await.unwrap();
+    assert!(html.contains(r#"id="sign-out""#), "signed in: {html}");
+    let csrf = csrf_of(&html);
+
+    // Signing out needs the form's token; then the session is over, whatever the browser still holds.
+    let forged = plain()
+        .post(format!("{}/admin/logout", app.api))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(
+        page(&app, &cookie, "/admin").await.contains(r#"id="sign-out""#),
+        "still signed in"
+    );
+    let out = plain()
+        .post(format!("{}/admin/logout", app.api))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert!(set_cookie(&out, "orderflow_admin").1.contains("Max-Age=0"));
+    let after = page(&app, &cookie, "/admin").await;
+    assert!(
+        after.contains("Sign in") && !after.contains("sign-out"),
+        "{after}"
+    );
+    app.put_sku("F", 5, 100).await;
+    let order = app
+        .create_order("after-sign-out", &[("F", 1)], "pm_card_visa")
+        .await;
+    let replayed = plain()
+        .post(format!("{}/admin/sagas/{order}/compensate", app.api))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 401, "the old session acts on nothing");
+    assert_eq!(app.order(order).await["status"], "CREATED");
+}
+
+/// Failed sign-ins: a client past five waits (429 with Retry-After), even with the right token (per address:
+/// `session::tests` shows another address is not held up).
+#[tokio::test]
+async fn failed_sign_ins_are_limited() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(post_sign_in(&app, "a-wrong-guess-0123456789").await.status(), 401);
+    }
+    let held = post_sign_in(&app, OPERATOR_TOKEN).await;
+    assert_eq!(held.status(), 429);
+    let wait: u64 = held.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=12).contains(&wait), "{wait}");
+    assert!(held.text().await.unwrap().contains("Too many failed sign-ins"));
 }
 
 /// A dashboard page's HTML, with the session cookie.

@@ -24,6 +24,7 @@ mod openapi;
 mod pages;
 mod routes;
 mod serve;
+mod session;
 mod views;
 
 use std::future::Future;
@@ -52,16 +53,19 @@ pub struct AppState {
     pub keys: Arc<caller::KeyCache>,
     /// Signs and verifies customer tokens (the `customer_tokens` server secret).
     pub signer: Arc<Signer>,
+    /// The dashboard's CSRF key and failed sign-ins.
+    pub dashboard: Arc<session::Guard>,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, settings: &ApiSettings, signer: Signer) -> Self {
+    pub fn new(pool: PgPool, settings: &ApiSettings, signer: Signer, dashboard: session::Guard) -> Self {
         Self {
             pool,
             admin: Arc::new(settings.admin.clone()),
             keys: Arc::new(caller::KeyCache::new(settings.keys.cache_ttl)),
             key_settings: Arc::new(settings.keys.clone()),
             signer: Arc::new(signer),
+            dashboard: Arc::new(dashboard),
         }
     }
 }
@@ -152,7 +156,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let signer = Signer::load(&pool).await.map_err(std::io::Error::other)?;
-    let state = AppState::new(pool, &settings, signer);
+    let dashboard = session::Guard::load(&pool).await.map_err(std::io::Error::other)?;
+    let state = AppState::new(pool, &settings, signer, dashboard);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

@@ -8,24 +8,26 @@ use orderflow_shared::api_key::{ApiKey, CreatedKey, Scope};
 use orderflow_shared::queue::views::QueueStats;
 
 use crate::ApiError;
-use crate::auth::Admin;
+use crate::session::SignedIn;
 use crate::views::SagaDetail;
 
 #[derive(Template)]
 #[template(path = "sign_in.html")]
 pub struct SignIn<'a> {
     pub title: &'a str,
-    pub who: Option<&'a Admin>,
+    pub who: Option<&'a SignedIn>,
     pub refresh: bool,
     /// Why the last sign-in failed.
     pub message: Option<&'a str>,
+    /// The form's CSRF token, bound to the sign-in nonce in its cookie.
+    pub csrf: &'a str,
 }
 
 #[derive(Template)]
 #[template(path = "overview.html")]
 pub struct Overview<'a> {
     pub title: &'a str,
-    pub who: Option<&'a Admin>,
+    pub who: Option<&'a SignedIn>,
     /// The overview reloads itself every 5 s.
     pub refresh: bool,
     pub queues: &'a [QueueStats],
@@ -37,7 +39,7 @@ pub struct Overview<'a> {
 #[template(path = "saga.html")]
 pub struct Saga<'a> {
     pub title: &'a str,
-    pub who: Option<&'a Admin>,
+    pub who: Option<&'a SignedIn>,
     pub refresh: bool,
     pub detail: &'a SagaDetail,
     /// The outcome of the last action, shown once after its redirect.
@@ -52,7 +54,7 @@ pub struct Saga<'a> {
 #[template(path = "keys.html")]
 pub struct Keys<'a> {
     pub title: &'a str,
-    pub who: Option<&'a Admin>,
+    pub who: Option<&'a SignedIn>,
     pub refresh: bool,
     pub keys: &'a [ApiKey],
     /// A key just created, its secret shown this once (the page answers the form; the secret is in no URL).
@@ -100,9 +102,13 @@ mod tests {
             job_id: None,
             job_status: None,
         }];
-        let who = Admin {
-            name: HOSTILE.to_owned(),
-            role: orderflow_shared::settings::Role::Viewer,
+        let who = SignedIn {
+            admin: crate::auth::Admin {
+                name: HOSTILE.to_owned(),
+                role: orderflow_shared::settings::Role::Viewer,
+            },
+            id: "0".repeat(64),
+            csrf: HOSTILE.to_owned(),
         };
         let html = Overview {
             title: "Overview",
@@ -124,6 +130,7 @@ mod tests {
             who: None,
             refresh: false,
             message: Some(HOSTILE),
+            csrf: HOSTILE,
         }
         .render()
         .unwrap();

@@ -14,9 +14,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, TimeZone, Utc};
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
@@ -116,19 +116,17 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     pub fn new(secret: &[u8]) -> Self {
-        // HMAC's key is one block (64 bytes for SHA-256), zero-padded as HMAC pads a shorter one; the secret's
-        // SHA-256 fills it whatever the secret's length.
-        let mut block = [0u8; 64];
-        block[..32].copy_from_slice(&Sha256::digest(secret));
         Self {
-            mac: Hmac::new(&block.into()),
+            mac: crate::server_secret::hmac(secret),
         }
     }
 
     /// The signer of every API process: the `customer_tokens` server secret, created by the first process that
     /// asks for it.
     pub async fn load(executor: impl PgExecutor<'_> + Copy) -> Result<Self, sqlx::Error> {
-        Ok(Self::new(&server_secret(executor, SECRET_NAME).await?))
+        Ok(Self::new(
+            &crate::server_secret::load(executor, SECRET_NAME).await?,
+        ))
     }
 
     fn signature(&self, signed: &str) -> Hmac<Sha256> {
@@ -175,21 +173,6 @@ impl Signer {
         }
         Ok(claims)
     }
-}
-
-/// The server secret `name`: 32 random bytes, written by whichever process asks first.
-pub async fn server_secret(executor: impl PgExecutor<'_> + Copy, name: &str) -> Result<Vec<u8>, sqlx::Error> {
-    let fresh: [u8; 32] = rand::random();
-    sqlx::query!(
-        "insert into server_secrets (name, secret) values ($1, $2) on conflict (name) do nothing",
-        name,
-        &fresh[..]
-    )
-    .execute(executor)
-    .await?;
-    sqlx::query_scalar!("select secret from server_secrets where name = $1", name)
-        .fetch_one(executor)
-        .await
 }
 
 #[cfg(test)]

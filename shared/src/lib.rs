@@ -105,6 +105,7 @@ mod tests {
 }
 
 pub mod admin;
+pub mod admin_session;
 pub mod api_key;
 pub mod customer_token;
 pub mod db;
@@ -120,6 +121,7 @@ pub mod outbox;
 pub mod payment;
 pub mod pgcluster;
 pub mod queue;
+pub mod server_secret;
 pub mod settings;
 pub mod shutdown;
 pub mod step_log;

@@ -1,58 +1,66 @@
 //! The operators' dashboard at `/admin`: server-rendered HTML (askama templates, `crate::pages`), no front-end
-//! build. Sign in with an admin token
-//! (kept in an HttpOnly, SameSite=Strict cookie scoped to `/admin`); the overview shows the queues and the stuck
+//! build. Signing in with an admin token opens a server-side session (`crate::session`: a random id in an
+//! HttpOnly, SameSite=Strict, Secure cookie scoped to `/admin`); the overview shows the queues and the stuck
 //! sagas, a saga's page its timeline (steps, jobs, events, actions) and, for operators, the actions as buttons;
 //! the keys page lists the API keys and lets operators create (the secret shown once) and revoke them.
-//! Forms carry a CSRF token derived from the session, on top of the SameSite cookie.
+//! Every form, sign-in and sign-out included, carries a CSRF token bound to the session (or the sign-in nonce).
 
-use std::fmt::Write as _;
+use std::time::Duration;
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use orderflow_shared::admin::{self, SagaFilter};
+use orderflow_shared::admin_session;
 use orderflow_shared::api_key::{self, CreatedKey, NewKeyRequest, Scope};
 use orderflow_shared::operator::{self, Action};
 use orderflow_shared::queue::views as queue_views;
 use orderflow_shared::settings::Role;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::{self, Admin};
+use crate::auth;
+use crate::session::{self, SignedIn};
 use crate::{ApiError, AppState};
 use crate::{pages, views};
 
-pub const SESSION_COOKIE: &str = "orderflow_admin";
-
-fn csrf_token(session: &str) -> String {
-    let digest = Sha256::digest(format!("orderflow-csrf:{session}").as_bytes());
-    digest.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// The signed-in admin and their session token, from the cookie.
-fn session(state: &AppState, headers: &HeaderMap) -> Option<(Admin, String)> {
-    let token = auth::cookie(headers, SESSION_COOKIE)?;
-    auth::authenticate(state, &token).map(|admin| (admin, token))
-}
-
-fn sign_in_page(message: Option<&str>) -> Result<Response, ApiError> {
-    pages::render(&pages::SignIn {
+/// The sign-in page, with a fresh sign-in nonce (its cookie) and the form's CSRF token bound to it.
+fn sign_in_page(
+    state: &AppState,
+    request: &HeaderMap,
+    status: StatusCode,
+    message: Option<&str>,
+) -> Response {
+    let nonce = admin_session::new_id();
+    let csrf = state.dashboard.csrf(session::SIGN_IN_FORM, &nonce);
+    let page = pages::render(&pages::SignIn {
         title: "Sign in",
         who: None,
         refresh: false,
         message,
-    })
+        csrf: &csrf,
+    });
+    match page {
+        Ok(page) => {
+            let mut response = (status, page).into_response();
+            session::set_cookie(
+                &mut response,
+                request,
+                session::SIGN_IN_COOKIE,
+                &nonce,
+                Duration::from_secs(3600),
+            );
+            response
+        }
+        Err(error) => error.into_response(),
+    }
 }
 
 /// `GET /admin`: the overview, or the sign-in form.
 pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let Some((who, _)) = session(&state, &headers) else {
-        return sign_in_page(None);
+    let Some(who) = session::signed_in(&state, &headers).await? else {
+        return Ok(sign_in_page(&state, &headers, StatusCode::OK, None));
     };
     let queues = queue_views::queue_stats(&state.pool).await?;
     let stuck = admin::sagas(
@@ -77,33 +85,93 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resu
 #[derive(Debug, Deserialize)]
 pub struct SignIn {
     token: String,
+    #[serde(default)]
+    csrf: Option<String>,
 }
 
-/// `POST /admin/login`: checks the token and sets the session cookie.
-pub async fn login(State(state): State<AppState>, Form(form): Form<SignIn>) -> Response {
+/// `POST /admin/login`: checks the form's CSRF token and the admin token, opens a session and sets its cookie.
+/// A client past its failed sign-ins waits (429); each failure is logged with the client's address.
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    Form(form): Form<SignIn>,
+) -> Result<Response, ApiError> {
+    let client = session::client(extensions.get());
+    if let Err(wait) = state.dashboard.sign_in_allowed(client) {
+        tracing::warn!(%client, "dashboard sign-in refused: too many failures from this address");
+        let mut response = sign_in_page(
+            &state,
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!("Too many failed sign-ins; try again in {wait} s.")),
+        );
+        if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
+    let nonce = auth::cookie(&headers, session::SIGN_IN_COOKIE).unwrap_or_default();
+    if !state
+        .dashboard
+        .csrf_matches(session::SIGN_IN_FORM, &nonce, form.csrf.as_deref())
+    {
+        return Ok(sign_in_page(
+            &state,
+            &headers,
+            StatusCode::FORBIDDEN,
+            Some("The sign-in form was stale or forged; try again."),
+        ));
+    }
     let token = form.token.trim();
-    if auth::authenticate(&state, token).is_none() {
-        return match sign_in_page(Some("That token is not valid.")) {
-            Ok(page) => (StatusCode::UNAUTHORIZED, page).into_response(),
-            Err(error) => error.into_response(),
-        };
-    }
-    let cookie = format!("{SESSION_COOKIE}={token}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=43200");
+    let Some(admin) = auth::authenticate(&state, token) else {
+        state.dashboard.sign_in_failed(client);
+        tracing::warn!(%client, "dashboard sign-in failed: the token is not valid");
+        return Ok(sign_in_page(
+            &state,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            Some("That token is not valid."),
+        ));
+    };
+    let id = admin_session::new_id();
+    admin_session::open(&state.pool, &id, token, &admin.name).await?;
+    tracing::info!(%client, admin = %admin.name, "dashboard sign-in");
     let mut response = Redirect::to("/admin").into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
+    session::set_cookie(
+        &mut response,
+        &headers,
+        session::SESSION_COOKIE,
+        &id,
+        admin_session::LIFETIME,
+    );
+    session::set_cookie(
+        &mut response,
+        &headers,
+        session::SIGN_IN_COOKIE,
+        "",
+        Duration::ZERO,
+    );
+    Ok(response)
 }
 
-/// `POST /admin/logout`.
-pub async fn logout() -> Response {
+/// `POST /admin/logout`: ends the session for good (its CSRF token checked) and clears the cookie.
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, ApiError> {
+    let who = signed_in_form(&state, &headers, Some(&form.csrf)).await?;
+    admin_session::close(&state.pool, &who.id).await?;
     let mut response = Redirect::to("/admin").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("orderflow_admin=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"),
+    session::set_cookie(
+        &mut response,
+        &headers,
+        session::SESSION_COOKIE,
+        "",
+        Duration::ZERO,
     );
-    response
+    Ok(response)
 }
 
 /// `GET /admin/sagas/{id}`: one saga's timeline, with the actions for operators.
@@ -113,20 +181,20 @@ pub async fn saga(
     Path(id): Path<String>,
     Query(flash): Query<Flash>,
 ) -> Result<Response, ApiError> {
-    let Some((who, token)) = session(&state, &headers) else {
+    let Some(who) = session::signed_in(&state, &headers).await? else {
         return Ok(Redirect::to("/admin").into_response());
     };
     let id =
         Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("saga id {id:?} is not a UUID")))?;
     let detail = views::saga(&state.pool, id, state.admin.stuck_after).await?;
-    let csrf = (who.role == Role::Operator).then(|| csrf_token(&token));
+    let csrf = (who.role == Role::Operator).then_some(who.csrf.as_str());
     pages::render(&pages::Saga {
         title: &format!("Saga {id}"),
         who: Some(&who),
         refresh: false,
         detail: &detail,
         flash: flash.done.as_deref(),
-        csrf: csrf.as_deref(),
+        csrf,
         actions: &[
             ("retry", "primary", "Retry now"),
             ("compensate", "danger", "Compensate (cancel)"),
@@ -153,7 +221,7 @@ pub async fn saga_action(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, ApiError> {
-    let (who, _) = signed_in_form(&state, &headers, Some(&form.csrf))?;
+    let who = signed_in_form(&state, &headers, Some(&form.csrf)).await?;
     let id =
         Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("saga id {id:?} is not a UUID")))?;
     let action = Action::parse(&action).ok_or(ApiError::NotFound {
@@ -185,21 +253,20 @@ pub async fn keys(
     headers: HeaderMap,
     Query(flash): Query<Flash>,
 ) -> Result<Response, ApiError> {
-    let Some((who, token)) = session(&state, &headers) else {
+    let Some(who) = session::signed_in(&state, &headers).await? else {
         return Ok(Redirect::to("/admin").into_response());
     };
-    keys_page(&state, &who, &token, None, flash.done.as_deref()).await
+    keys_page(&state, &who, None, flash.done.as_deref()).await
 }
 
 async fn keys_page(
     state: &AppState,
-    who: &Admin,
-    token: &str,
+    who: &SignedIn,
     created: Option<&CreatedKey>,
     flash: Option<&str>,
 ) -> Result<Response, ApiError> {
     let keys = api_key::list(&state.pool).await?;
-    let csrf = (who.role == Role::Operator).then(|| csrf_token(token));
+    let csrf = (who.role == Role::Operator).then_some(who.csrf.as_str());
     pages::render(&pages::Keys {
         title: "API keys",
         who: Some(who),
@@ -207,38 +274,41 @@ async fn keys_page(
         keys: &keys,
         created,
         flash,
-        csrf: csrf.as_deref(),
+        csrf,
         scopes: &Scope::ALL,
         default_rate: state.key_settings.default_rate,
     })
 }
 
-/// The signed-in admin who sent a dashboard form, and their session, its CSRF token checked.
-fn signed_in_form(
+/// The signed-in admin who sent a dashboard form, its CSRF token checked against their session.
+async fn signed_in_form(
     state: &AppState,
     headers: &HeaderMap,
     csrf: Option<&str>,
-) -> Result<(Admin, String), ApiError> {
-    let Some((who, token)) = session(state, headers) else {
+) -> Result<SignedIn, ApiError> {
+    let Some(who) = session::signed_in(state, headers).await? else {
         return Err(ApiError::Unauthorized("sign in first".to_owned()));
     };
-    if csrf != Some(csrf_token(&token).as_str()) {
+    if !state
+        .dashboard
+        .csrf_matches(session::SESSION_FORMS, &who.id, csrf)
+    {
         return Err(ApiError::Forbidden(
             "the form is stale or forged; reload the page".to_owned(),
         ));
     }
-    Ok((who, token))
+    Ok(who)
 }
 
 /// The signed-in operator who sent a dashboard form about keys.
-fn operator_form(
+async fn operator_form(
     state: &AppState,
     headers: &HeaderMap,
     csrf: Option<&str>,
-) -> Result<(Admin, String), ApiError> {
-    let (who, token) = signed_in_form(state, headers, csrf)?;
+) -> Result<SignedIn, ApiError> {
+    let who = signed_in_form(state, headers, csrf).await?;
     who.must_operate("manage API keys")?;
-    Ok((who, token))
+    Ok(who)
 }
 
 /// `POST /admin/keys`: an operator creates a key; the answer is the keys page with the secret, shown once.
@@ -249,7 +319,7 @@ pub async fn create_key(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let (who, token) = operator_form(&state, &headers, field("csrf"))?;
+    let who = operator_form(&state, &headers, field("csrf")).await?;
     let rate = match field("rate_per_second").map(str::trim) {
         None | Some("") => Ok(None),
         Some(text) => text
@@ -282,10 +352,10 @@ pub async fn create_key(
         Err(message) => Err(ApiError::validation("rate_per_second", message)),
     };
     match outcome {
-        Ok(created) => keys_page(&state, &who, &token, Some(&created), None).await,
+        Ok(created) => keys_page(&state, &who, Some(&created), None).await,
         Err(ApiError::Validation { field, message }) => {
             let refused = format!("Not created: {field} {message}");
-            let page = keys_page(&state, &who, &token, None, Some(&refused)).await?;
+            let page = keys_page(&state, &who, None, Some(&refused)).await?;
             Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response())
         }
         Err(other) => Err(other),
@@ -299,7 +369,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, ApiError> {
-    let (who, _) = operator_form(&state, &headers, Some(&form.csrf))?;
+    let who = operator_form(&state, &headers, Some(&form.csrf)).await?;
     let not_found = || ApiError::NotFound {
         what: "key",
         id: id.clone(),

@@ -29,12 +29,7 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
         true => Router::new().route("/metrics", get(health::metrics)),
         false => Router::new(),
     };
-    Router::new()
-        .merge(v1)
-        .merge(metrics)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(crate::openapi::serve))
+    let dashboard = Router::new()
         .route("/admin", get(dashboard::overview))
         .route("/admin/login", post(dashboard::login))
         .route("/admin/logout", post(dashboard::logout))
@@ -42,6 +37,14 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
         .route("/admin/sagas/{id}/{action}", post(dashboard::saga_action))
         .route("/admin/keys", get(dashboard::keys).post(dashboard::create_key))
         .route("/admin/keys/{id}/revoke", post(dashboard::revoke_key))
+        .layer(axum::middleware::map_response(crate::session::security_headers));
+    Router::new()
+        .merge(v1)
+        .merge(metrics)
+        .merge(dashboard)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(crate::openapi::serve))
         .route("/admin/v1/queues", get(admin::queues))
         .route("/admin/v1/sagas", get(admin::sagas))
         .route("/admin/v1/sagas/{id}", get(admin::saga))
