@@ -14,6 +14,7 @@ mod cancellation;
 mod chaos;
 mod cli;
 mod concurrency;
+mod contract;
 mod crash;
 mod customer_tokens;
 mod dashboard;

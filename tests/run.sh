@@ -37,6 +37,16 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 chromium --version
 
+log "Python tools for the OpenAPI contract test (target/python: openapi-spec-validator, schemathesis)"
+# Pinned: the contract test's findings should change when the API does, not when a fuzzer's release does.
+VENV=target/python
+if ! "$VENV/bin/st" --version >/dev/null 2>&1 || ! "$VENV/bin/openapi-spec-validator" --version >/dev/null 2>&1; then
+  python3 -m venv "$VENV" || { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv \
+    && python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0'
+fi
+"$VENV/bin/st" --version
+
 log "cargo-nextest"
 if ! cargo nextest --version >/dev/null 2>&1; then
   # Machines of this kind come with nextest. Where it is missing it is built without its self-update feature

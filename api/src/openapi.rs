@@ -32,7 +32,7 @@ use crate::routes::{admin, customer_tokens, feed, health, orders, skus};
         admin::create_key,
         admin::revoke_key,
     ),
-    modifiers(&BearerAuth, &KeyRefusals)
+    modifiers(&BearerAuth, &KeyRefusals, &Contract)
 )]
 pub struct ApiDoc;
 
@@ -104,6 +104,118 @@ impl utoipa::Modify for KeyRefusals {
                     "429".into(),
                     refusal("Past the key's rate; retry after `Retry-After` seconds").into(),
                 );
+            }
+        }
+    }
+}
+
+/// What every operation may answer besides its own outcomes, so that the document names every status and
+/// content type the API really returns: each `{name}` of a path declared as a parameter (a UUID for `id`); each
+/// error response's body as `application/problem+json` (RFC 9457); and the refusals that come before a handler
+/// runs: a body's 400 (not JSON), 408 (stalled), 413 (too large), 415 (not labelled JSON) and 422 (a field); a
+/// path or query parameter's 400 (not a UUID, given twice) and 422; 404 for a path naming what is not there;
+/// 503 (PostgreSQL unreachable or past the API's timeouts; `Retry-After`); and `default`, any other problem.
+struct Contract;
+
+impl utoipa::Modify for Contract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let in_path: Vec<String> = path
+                .split('/')
+                .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+                .map(str::to_owned)
+                .collect();
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                for name in &in_path {
+                    if parameters
+                        .iter()
+                        .any(|p| p.name == *name && p.parameter_in == ParameterIn::Path)
+                    {
+                        continue;
+                    }
+                    let schema = match name.as_str() {
+                        "id" => ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+                        _ => ObjectBuilder::new().schema_type(Type::String),
+                    };
+                    let parameter: Parameter = ParameterBuilder::new()
+                        .name(name)
+                        .parameter_in(ParameterIn::Path)
+                        .required(Required::True)
+                        .schema(Some(schema))
+                        .build();
+                    parameters.push(parameter);
+                }
+                let has_body = operation.request_body.is_some();
+                let has_query = parameters.iter().any(|p| p.parameter_in == ParameterIn::Query);
+                let has_path = !in_path.is_empty();
+                if parameters.is_empty() {
+                    operation.parameters = None;
+                }
+                let responses = &mut operation.responses.responses;
+                // Error bodies are problems, whatever the handler's annotation said.
+                for (status, response) in responses.iter_mut() {
+                    if let utoipa::openapi::RefOr::T(response) = response
+                        && !status.starts_with('2')
+                        && let Some(content) = response.content.shift_remove("application/json")
+                    {
+                        response
+                            .content
+                            .insert("application/problem+json".to_owned(), content);
+                    }
+                }
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                };
+                if has_body {
+                    add("400", "The body is not JSON");
+                    add("408", "The body stopped arriving");
+                    add("413", "The body is over 2 MB");
+                    add("415", "The body is not labelled application/json");
+                    add("422", "A field is missing, unknown or invalid; `field` names it");
+                }
+                if has_path || has_query {
+                    add(
+                        "400",
+                        "A path id that is not a UUID, or a query parameter given twice",
+                    );
+                    add("422", "A parameter is invalid; `field` names it");
+                }
+                if has_path {
+                    add("404", "Nothing with this id");
+                }
+                if !matches!(path.as_str(), "/healthz" | "/openapi.json") {
+                    add(
+                        "503",
+                        "PostgreSQL is unreachable or the request ran past its time; see `Retry-After`",
+                    );
+                }
+                add("default", "Any other error, as an RFC 9457 problem");
             }
         }
     }

@@ -18,7 +18,7 @@ use crate::extract::{JsonBody, OptionalJson, OrderId};
 use crate::views::{self, ActionResult, QueueList, SagaDetail, SagaList};
 use crate::{ApiError, AppState};
 
-#[utoipa::path(get, path = "/admin/v1/queues", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/admin/v1/queues", operation_id = "admin_list_queues", security(("bearer" = [])), responses(
     (status = 200, description = "Per queue: pending, scheduled, running, failed and dead jobs, oldest pending age", body = QueueList),
     (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
 ))]
@@ -28,7 +28,7 @@ pub async fn queues(State(state): State<AppState>, _admin: Admin) -> Result<Json
     }))
 }
 
-#[utoipa::path(get, path = "/admin/v1/sagas", params(SagaQuery), security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/admin/v1/sagas", operation_id = "admin_list_sagas", params(SagaQuery), security(("bearer" = [])), responses(
     (status = 200, description = "Sagas oldest first", body = SagaList),
     (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
     (status = 422, description = "A parameter is invalid; `field` names it", body = crate::error::Problem),
@@ -46,7 +46,7 @@ pub async fn sagas(
     Ok(Json(SagaList { sagas, next_cursor }))
 }
 
-#[utoipa::path(get, path = "/admin/v1/sagas/{id}", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/admin/v1/sagas/{id}", operation_id = "admin_get_saga", security(("bearer" = [])), responses(
     (status = 200, description = "The saga: order, steps with attempts, timings, errors and workers, jobs, events, operator actions", body = SagaDetail),
     (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
     (status = 404, description = "No such saga", body = crate::error::Problem),
@@ -82,7 +82,7 @@ async fn act(
     }))
 }
 
-#[utoipa::path(post, path = "/admin/v1/sagas/{id}/retry", request_body(content = Option<ActionRequest>), security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/admin/v1/sagas/{id}/retry", operation_id = "admin_retry_saga", request_body(content = Option<ActionRequest>), security(("bearer" = [])), responses(
     (status = 200, description = "The current step (or a parked saga's compensation) queued to run now", body = ActionResult),
     (status = 403, description = "A viewer token", body = crate::error::Problem),
     (status = 409, description = "Nothing to retry, or the step is running now", body = crate::error::Problem),
@@ -96,7 +96,7 @@ pub async fn retry(
     act(state, admin, id, Action::Retry, body).await
 }
 
-#[utoipa::path(post, path = "/admin/v1/sagas/{id}/compensate", request_body(content = Option<ActionRequest>), security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/admin/v1/sagas/{id}/compensate", operation_id = "admin_compensate_saga", request_body(content = Option<ActionRequest>), security(("bearer" = [])), responses(
     (status = 200, description = "CANCELLING with reason operator_request; compensations queued", body = ActionResult),
     (status = 403, description = "A viewer token", body = crate::error::Problem),
     (status = 409, description = "The saga is already cancelling or over", body = crate::error::Problem),
@@ -110,7 +110,7 @@ pub async fn compensate(
     act(state, admin, id, Action::Compensate, body).await
 }
 
-#[utoipa::path(post, path = "/admin/v1/sagas/{id}/resolve", request_body(content = Option<ActionRequest>), security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/admin/v1/sagas/{id}/resolve", operation_id = "admin_resolve_saga", request_body(content = Option<ActionRequest>), security(("bearer" = [])), responses(
     (status = 200, description = "A NEEDS_ATTENTION saga closed as CANCELLED after manual repair", body = ActionResult),
     (status = 403, description = "A viewer token", body = crate::error::Problem),
     (status = 409, description = "The saga does not need attention", body = crate::error::Problem),
@@ -130,7 +130,7 @@ pub struct KeyList {
     pub keys: Vec<ApiKey>,
 }
 
-#[utoipa::path(get, path = "/admin/v1/keys", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/admin/v1/keys", operation_id = "admin_list_keys", security(("bearer" = [])), responses(
     (status = 200, description = "Every API key (never a secret)", body = KeyList),
     (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
 ))]
@@ -141,7 +141,7 @@ pub async fn keys(State(state): State<AppState>, _admin: Admin) -> Result<Json<K
 }
 
 /// Creates an API key: the answer holds its secret, shown this once.
-#[utoipa::path(post, path = "/admin/v1/keys", request_body = NewKeyRequest, security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/admin/v1/keys", operation_id = "admin_create_key", request_body = NewKeyRequest, security(("bearer" = [])), responses(
     (status = 201, description = "The key, with its secret", body = CreatedKey),
     (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
     (status = 403, description = "A viewer token", body = crate::error::Problem),
@@ -167,7 +167,7 @@ pub async fn create_key(
 
 /// Revokes an API key: within `ORDERFLOW_API_KEY_CACHE_SECS` every API process refuses it. Repeating it is
 /// harmless.
-#[utoipa::path(post, path = "/admin/v1/keys/{id}/revoke", security(("bearer" = [])), responses(
+#[utoipa::path(post, path = "/admin/v1/keys/{id}/revoke", operation_id = "admin_revoke_key", security(("bearer" = [])), responses(
     (status = 200, description = "The key, revoked", body = ApiKey),
     (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
     (status = 403, description = "A viewer token", body = crate::error::Problem),

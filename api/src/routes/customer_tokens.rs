@@ -25,7 +25,7 @@ pub struct CustomerToken {
 
 /// Mints a customer token: 201. It may create orders for its customer, read and cancel that customer's orders,
 /// and read the catalogue if the minting key may; it ends at `expires_at` or when the minting key is revoked.
-#[utoipa::path(post, path = "/v1/customer_tokens", security(("api_key" = ["orders:write"])),
+#[utoipa::path(post, path = "/v1/customer_tokens", operation_id = "create_customer_token", security(("api_key" = ["orders:write"])),
     request_body = MintRequest,
     responses(
         (status = 201, description = "The token (not stored: shown this once)", body = CustomerToken),

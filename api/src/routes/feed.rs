@@ -30,7 +30,7 @@ pub struct EventPage {
 /// Events after a cursor. Only events of transactions older than every transaction still running are served, so
 /// nothing can later appear behind a cursor already handed out; an event shows up here a moment after its
 /// transition commits.
-#[utoipa::path(get, path = "/v1/events", params(FeedParams), security(("api_key" = ["events:read"])), responses(
+#[utoipa::path(get, path = "/v1/events", operation_id = "list_events", params(FeedParams), security(("api_key" = ["events:read"])), responses(
     (status = 200, description = "A page of events", body = EventPage),
     (status = 422, description = "Invalid cursor or limit", body = crate::error::Problem),
 ))]

@@ -12,13 +12,13 @@ use crate::caller::{Authorized, MetricsRead};
 use crate::{ApiError, AppState};
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up")))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", responses((status = 200, description = "The process is up")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// The process can serve: PostgreSQL answers. The body also says how far the outbox relay is behind.
-#[utoipa::path(get, path = "/readyz", responses(
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", responses(
     (status = 200, description = "PostgreSQL answers; `outbox` has the relay's lag"),
     (status = 503, description = "PostgreSQL is unreachable", body = crate::error::Problem),
 ))]
@@ -35,7 +35,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 ///
 /// On the API's address it needs a key with `metrics:read`; with `ORDERFLOW_API_METRICS_ADDR` set it is served
 /// there instead, to whoever reaches that address (`open_metrics`), and not here.
-#[utoipa::path(get, path = "/metrics", security(("api_key" = ["metrics:read"])), responses(
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", security(("api_key" = ["metrics:read"])), responses(
     (status = 200, description = "Prometheus text format", content_type = "text/plain"),
     (status = 503, description = "PostgreSQL is unreachable", body = crate::error::Problem),
 ))]

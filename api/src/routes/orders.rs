@@ -43,7 +43,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// Accepts an order: 202 with the order in CREATED; the saga runs in the worker.
-#[utoipa::path(post, path = "/v1/orders", security(("api_key" = ["orders:write"])), request_body = CreateOrderRequest,
+#[utoipa::path(post, path = "/v1/orders", operation_id = "create_order", security(("api_key" = ["orders:write"])), request_body = CreateOrderRequest,
     params(("Idempotency-Key" = String, Header, description = "1–255 characters; a repeat replays the first response")),
     responses(
         (status = 202, description = "Accepted; the saga has been queued", body = OrderView),
@@ -93,7 +93,7 @@ pub async fn create(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/orders/{id}", security(("api_key" = ["orders:read"])), responses(
+#[utoipa::path(get, path = "/v1/orders/{id}", operation_id = "get_order", security(("api_key" = ["orders:read"])), responses(
     (status = 200, description = "The order", body = OrderView),
     (status = 404, description = "No such order", body = crate::error::Problem),
 ))]
@@ -129,7 +129,7 @@ async fn must_see(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), Api
     }
 }
 
-#[utoipa::path(get, path = "/v1/orders", params(ListQuery), security(("api_key" = ["orders:read"])), responses(
+#[utoipa::path(get, path = "/v1/orders", operation_id = "list_orders", params(ListQuery), security(("api_key" = ["orders:read"])), responses(
     (status = 200, description = "A page of orders, oldest first", body = OrderList),
     (status = 422, description = "Invalid parameter", body = crate::error::Problem),
 ))]
@@ -153,7 +153,7 @@ pub async fn list(
 }
 
 /// Starts cancellation: 202; compensations run in the worker. Repeating it is harmless.
-#[utoipa::path(post, path = "/v1/orders/{id}/cancel", security(("api_key" = ["orders:write"])), request_body(content = Option<CancelRequest>), responses(
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", operation_id = "cancel_order", security(("api_key" = ["orders:write"])), request_body(content = Option<CancelRequest>), responses(
     (status = 202, description = "Cancellation started (or already under way or done)", body = OrderView),
     (status = 404, description = "No such order", body = crate::error::Problem),
     (status = 409, description = "The order is fulfilled", body = crate::error::Problem),
@@ -175,7 +175,7 @@ pub async fn cancel(
 }
 
 /// The order's transitions, oldest first.
-#[utoipa::path(get, path = "/v1/orders/{id}/events", security(("api_key" = ["orders:read"])), responses(
+#[utoipa::path(get, path = "/v1/orders/{id}/events", operation_id = "list_order_events", security(("api_key" = ["orders:read"])), responses(
     (status = 200, description = "The transitions in order", body = [EventView]),
     (status = 404, description = "No such order", body = crate::error::Problem),
 ))]

@@ -25,7 +25,7 @@ pub struct UpsertSkuRequest {
 }
 
 /// Creates a sku (201) or sets its stock and price (200).
-#[utoipa::path(put, path = "/v1/skus/{sku}", security(("api_key" = ["catalog:write"])), request_body = UpsertSkuRequest, responses(
+#[utoipa::path(put, path = "/v1/skus/{sku}", operation_id = "put_sku", security(("api_key" = ["catalog:write"])), request_body = UpsertSkuRequest, responses(
     (status = 201, description = "Created", body = SkuView),
     (status = 200, description = "Updated", body = SkuView),
     (status = 409, description = "on_hand below the reserved units", body = crate::error::Problem),
@@ -52,7 +52,7 @@ pub async fn upsert(
     Ok((status, Json(row.into())))
 }
 
-#[utoipa::path(get, path = "/v1/skus/{sku}", security(("api_key" = ["catalog:read"])), responses(
+#[utoipa::path(get, path = "/v1/skus/{sku}", operation_id = "get_sku", security(("api_key" = ["catalog:read"])), responses(
     (status = 200, description = "The sku", body = SkuView),
     (status = 404, description = "No such sku", body = crate::error::Problem),
     (status = 422, description = "Not a sku code", body = crate::error::Problem),
