@@ -354,3 +354,40 @@ async fn a_key_past_its_retention_is_purged_and_may_be_used_again() {
     );
     assert_eq!(order_count(&app).await, 3);
 }
+
+/// The worker's reconciler does the purge: a record past the retention goes, a recent one stays.
+#[tokio::test]
+async fn the_reconciler_purges_keys_past_their_retention() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        worker: false,
+        ..crate::helpers::Options::default()
+    })
+    .await;
+    app.put_sku("A", 10, 1000).await;
+    for key in ["old", "recent"] {
+        let response = app
+            .post_order_with_key(&order_body(key, &[("A", 1)], "pm_card_visa"), key)
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    sqlx::query("update idempotency_keys set created_at = now() - interval '2 hours' where key = 'old'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.start_worker_with(|settings| {
+        settings.idempotency_retention = Duration::from_secs(3_600);
+        settings.purge_interval = Duration::from_millis(200);
+    });
+    crate::helpers::eventually(
+        "the reconciler to purge the old key",
+        Duration::from_secs(15),
+        || async {
+            let keys: Vec<String> = sqlx::query_scalar("select key from idempotency_keys order by key")
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+            (keys == ["recent"]).then_some(())
+        },
+    )
+    .await;
+}

@@ -204,3 +204,38 @@ async fn a_request_waiting_on_a_locked_row_gives_up_with_503_and_retry_after() {
     let body: Value = cancel.json().await.unwrap();
     assert_eq!(body["status"], "CANCELLING");
 }
+
+/// `statement_timeout` ends an API statement that runs too long (503); the worker's connections have none, since
+/// its steps may wait on the provider inside a transaction's reach.
+#[tokio::test]
+async fn a_statement_past_the_apis_statement_timeout_is_503_and_the_workers_pool_has_none() {
+    let app = app_with(ServerLimits {
+        statement_timeout: Duration::from_millis(300),
+        lock_timeout: Duration::from_secs(30),
+        ..ServerLimits::default()
+    })
+    .await;
+    app.put_sku("A", 5, 100).await;
+    let id = app.create_order("slow", &[("A", 1)], "pm_card_visa").await;
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("select 1 from orders where id = $1 for update")
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let cancel = app.cancel(id).await;
+    assert_eq!(cancel.status(), 503);
+    assert!(cancel.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ended by the statement timeout, not the 30 s lock timeout"
+    );
+    holder.rollback().await.unwrap();
+    // The test's pool connects as the worker does.
+    let worker_timeout: String = sqlx::query_scalar("show statement_timeout")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(worker_timeout, "0");
+}

@@ -120,6 +120,9 @@ pub struct WorkerSettings {
     /// How long an Idempotency-Key's record is kept before the reconciler purges it, after which the key may be
     /// used again (`ORDERFLOW_IDEMPOTENCY_RETENTION_SECS`, 24 h, as Stripe keeps them).
     pub idempotency_retention: Duration,
+    /// How often the reconciler deletes what is past its retention (Done jobs, Idempotency-Key records): a
+    /// minute; not a setting (tests shorten it).
+    pub purge_interval: Duration,
     /// How long SIGTERM waits for in-flight steps (`ORDERFLOW_SHUTDOWN_GRACE_MS`).
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
@@ -146,6 +149,7 @@ impl Default for WorkerSettings {
             reconcile_interval: Duration::from_millis(1_000),
             done_job_retention: Duration::from_secs(3_600),
             idempotency_retention: Duration::from_secs(86_400),
+            purge_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_millis(30_000),
             relay: None,
             metrics_addr: None,
@@ -248,6 +252,7 @@ impl WorkerSettings {
                 "ORDERFLOW_IDEMPOTENCY_RETENTION_SECS",
                 default.idempotency_retention,
             )?,
+            purge_interval: default.purge_interval,
             shutdown_grace: env_millis("ORDERFLOW_SHUTDOWN_GRACE_MS", default.shutdown_grace)?,
             relay: RelaySettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_WORKER_METRICS_ADDR")?,

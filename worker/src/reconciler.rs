@@ -35,9 +35,8 @@ use crate::runner::Runner;
 /// Orders looked at per pass and per kind; the next pass takes the rest.
 const PER_PASS: i64 = 200;
 const MAX_ERROR_DELAY: Duration = Duration::from_secs(30);
-/// How often a process purges old Done jobs, and how many one statement deletes (a chunk is one short
-/// transaction; a purge stops after `PURGE_MAX_CHUNKS` and the next one goes on).
-const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// How many rows one purge statement deletes (a chunk is one short transaction; a purge stops after
+/// `PURGE_MAX_CHUNKS` and the next one, `WorkerSettings::purge_interval` later, goes on).
 const PURGE_CHUNK: i64 = 5_000;
 const PURGE_MAX_CHUNKS: usize = 20;
 
@@ -54,7 +53,8 @@ pub async fn run(runner: Arc<Runner>, mut stopped: watch::Receiver<bool>) {
     let interval = runner.settings.reconcile_interval;
     let mut delay = interval;
     // The first purge waits one interval: a fleet restarting together does not scan the table at once.
-    let mut next_purge = tokio::time::Instant::now() + PURGE_INTERVAL;
+    let purge_interval = runner.settings.purge_interval;
+    let mut next_purge = tokio::time::Instant::now() + purge_interval;
     loop {
         if tokio::time::Instant::now() >= next_purge {
             match purge(&runner).await {
@@ -70,7 +70,7 @@ pub async fn run(runner: Arc<Runner>, mut stopped: watch::Receiver<bool>) {
                     tracing::warn!(%error, "could not delete old Done jobs or Idempotency-Keys; next time")
                 }
             }
-            next_purge = tokio::time::Instant::now() + PURGE_INTERVAL;
+            next_purge = tokio::time::Instant::now() + purge_interval;
         }
         match pass(&runner).await {
             Ok(pass) => {
