@@ -125,14 +125,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("failed to create the dev API key")?
     .secret;
-    // The API's own pool, with its statement and lock timeouts (the worker's steps have none): a quarter of
-    // ORDERFLOW_DB_MAX_CONNECTIONS, at least 4. With a pool as large as the worker's, a burst of creations ran
-    // 32 more sessions on the same two cores and the steps got half the rate (2026-12-03: 520-670 steps/s
-    // against 1,170-1,240 when the API shared the worker's pool; commits per order 2.1 against 1.4).
+    // The API's own pool, with its statement and lock timeouts (the worker's steps have none).
     let database = cluster.as_ref().map_or_else(|| url.clone(), PrivateCluster::url);
     let api_pool = db::connect_with(
         &database,
-        (max_connections / 4).max(4),
+        max_connections,
         "orderflow-dev-api",
         api_settings.limits.session(),
     )
