@@ -38,9 +38,9 @@ impl Admin {
     }
 }
 
-/// The bearer token of a request (`Authorization: Bearer <token>`). The JSON admin API takes only this; the
-/// dashboard its session cookie, so a cookie can never act on the JSON API.
-fn bearer(parts: &Parts) -> Option<String> {
+/// The bearer token of a request (`Authorization: Bearer <token>`), for the admin API and `/v1` alike. The JSON
+/// admin API takes only this; the dashboard its session cookie, so a cookie can never act on the JSON API.
+pub(crate) fn bearer(parts: &Parts) -> Option<String> {
     parts
         .headers
         .get(header::AUTHORIZATION)

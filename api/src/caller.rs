@@ -18,7 +18,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::header;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -143,13 +142,8 @@ pub async fn require_key(
 }
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
-    let presented = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .ok_or(ApiError::KeyRequired)?;
+    let presented = crate::auth::bearer(parts).ok_or(ApiError::KeyRequired)?;
+    let presented = presented.as_str();
     if presented.starts_with(customer_token::PREFIX) {
         let claims = state
             .signer
@@ -229,31 +223,30 @@ impl KeyCache {
         let hash = api_key::hash(secret);
         let now = Instant::now();
         let cached = self.lock_entries().get(&hash).cloned();
-        let (key, touched) = match cached {
-            Some(entry) if now.duration_since(entry.fetched) < self.ttl => (entry.key, entry.touched),
+        let (key, fetched, touched) = match cached {
+            Some(entry) if now.duration_since(entry.fetched) < self.ttl => {
+                (entry.key, Some(entry.fetched), entry.touched)
+            }
             cached => match api_key::find_by_secret(pool, secret).await? {
                 None => {
                     self.lock_entries().remove(&hash);
                     return Ok(None);
                 }
-                Some(key) => (key, cached.and_then(|c| c.touched)),
+                Some(key) => (key, None, cached.and_then(|c| c.touched)),
             },
         };
         let touch = touched.is_none_or(|at| now.duration_since(at) >= TOUCH_EVERY);
-        {
+        // A fresh entry that needs no touch is left as it is: a busy key's request writes nothing here.
+        if fetched.is_none() || touch {
             let mut entries = self.lock_entries();
             if entries.len() >= MAX_CACHED {
                 entries.retain(|_, e| now.duration_since(e.fetched) < self.ttl);
             }
-            let fetched = match entries.get(&hash) {
-                Some(entry) if now.duration_since(entry.fetched) < self.ttl => entry.fetched,
-                _ => now,
-            };
             entries.insert(
                 hash,
                 Cached {
                     key: key.clone(),
-                    fetched,
+                    fetched: fetched.unwrap_or(now),
                     touched: if touch { Some(now) } else { touched },
                 },
             );

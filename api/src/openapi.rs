@@ -61,24 +61,26 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// A response whose body is an RFC 9457 problem (`application/problem+json`, schema `Problem`).
+fn problem_response(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
 /// What every `/v1` operation may answer before its handler runs: 401 (no, an unknown or a revoked key), 403 (a
 /// key without the operation's scope) and 429 (past the key's rate, with `Retry-After`).
 struct KeyRefusals;
 
 impl utoipa::Modify for KeyRefusals {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let refusal = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
-                        .build(),
-                )
-                .build()
-        };
         for (path, item) in openapi.paths.paths.iter_mut() {
             if !path.starts_with("/v1/") {
                 continue;
@@ -94,15 +96,15 @@ impl utoipa::Modify for KeyRefusals {
                 let responses = &mut operation.responses.responses;
                 responses.insert(
                     "401".into(),
-                    refusal("No API key, or an unknown or revoked one").into(),
+                    problem_response("No API key, or an unknown or revoked one").into(),
                 );
                 responses.insert(
                     "403".into(),
-                    refusal("The key lacks the scope this operation needs").into(),
+                    problem_response("The key lacks the scope this operation needs").into(),
                 );
                 responses.insert(
                     "429".into(),
-                    refusal("Past the key's rate; retry after `Retry-After` seconds").into(),
+                    problem_response("Past the key's rate; retry after `Retry-After` seconds").into(),
                 );
             }
         }
@@ -119,20 +121,9 @@ struct Contract;
 
 impl utoipa::Modify for Contract {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::Required;
         use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
         use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
-        let problem = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
-                        .build(),
-                )
-                .build()
-        };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let in_path: Vec<String> = path
                 .split('/')
@@ -190,7 +181,7 @@ impl utoipa::Modify for Contract {
                 let mut add = |status: &str, description: &str| {
                     responses
                         .entry(status.to_owned())
-                        .or_insert_with(|| problem(description).into());
+                        .or_insert_with(|| problem_response(description).into());
                 };
                 if has_body {
                     add("400", "The body is not JSON");
