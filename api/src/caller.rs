@@ -5,16 +5,18 @@
 //! sits behind [`require_key`], so a handler that forgot its extractor still cannot be called without a key.
 //!
 //! Keys are looked up by hash and kept for `ORDERFLOW_API_KEY_CACHE_SECS` (5 s), so a busy key costs no query per
-//! request and a revoked key stops working within that time. `last_used_at` is written at most once a minute per
-//! key and process, in the background.
+//! request and a revoked key stops working within that time; a busy key is renewed in the background before its
+//! time is up, and a key nobody holds is read by one request while the others wait for its answer
+//! ([`ReadThrough`]). `last_used_at` is written at most once a minute per key and process, in the background.
 //!
 //! A customer token is checked by its signature and expiry, then its minting key must still be live (looked up
 //! by id, cached alike): revoking a key ends the tokens it minted within the cache's time. Each customer has its
 //! own rate-limit bucket at its key's rate, so one customer cannot spend the storefront's.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -185,18 +187,13 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
 /// The keys seen lately, each with its rate-limit bucket.
 #[derive(Debug)]
 pub struct KeyCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<Vec<u8>, Cached>>,
-    /// The keys that minted customer tokens, by id, with when they were read.
-    minters: Mutex<HashMap<Uuid, (ApiKey, Instant)>>,
+    /// Keys by the hash of their secret; `None` for a secret that names no live key.
+    by_secret: ReadThrough<Vec<u8>, ApiKey>,
+    /// The keys that minted customer tokens, by id.
+    minters: ReadThrough<Uuid, ApiKey>,
+    /// When this process last wrote each key's `last_used_at`.
+    touched: Mutex<HashMap<Uuid, Instant>>,
     buckets: Mutex<HashMap<BucketId, Bucket>>,
-}
-
-#[derive(Debug, Clone)]
-struct Cached {
-    key: ApiKey,
-    fetched: Instant,
-    touched: Option<Instant>,
 }
 
 /// A token bucket: `rate` tokens a second, at most twice that many saved up.
@@ -210,77 +207,40 @@ struct Bucket {
 impl KeyCache {
     pub fn new(ttl: Duration) -> Self {
         Self {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-            minters: Mutex::new(HashMap::new()),
+            by_secret: ReadThrough::new(ttl),
+            minters: ReadThrough::new(ttl),
+            touched: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The key with this secret, if it exists and is not revoked: from the cache while it is fresh, else from
-    /// the database. Touches `last_used_at` in the background at most once a minute.
+    /// The key with this secret, if it exists and is not revoked (see [`ReadThrough`] for when the database is
+    /// asked). Touches `last_used_at` in the background at most once a minute.
     async fn find(&self, pool: &PgPool, secret: &str) -> Result<Option<ApiKey>, ApiError> {
-        let hash = api_key::hash(secret);
-        let now = Instant::now();
-        let cached = self.lock_entries().get(&hash).cloned();
-        let (key, fetched, touched) = match cached {
-            Some(entry) if now.duration_since(entry.fetched) < self.ttl => {
-                (entry.key, Some(entry.fetched), entry.touched)
-            }
-            cached => match api_key::find_by_secret(pool, secret).await? {
-                None => {
-                    self.lock_entries().remove(&hash);
-                    return Ok(None);
-                }
-                Some(key) => (key, None, cached.and_then(|c| c.touched)),
-            },
-        };
-        let touch = touched.is_none_or(|at| now.duration_since(at) >= TOUCH_EVERY);
-        // A fresh entry that needs no touch is left as it is: a busy key's request writes nothing here.
-        if fetched.is_none() || touch {
-            let mut entries = self.lock_entries();
-            if entries.len() >= MAX_CACHED {
-                entries.retain(|_, e| now.duration_since(e.fetched) < self.ttl);
-            }
-            entries.insert(
-                hash,
-                Cached {
-                    key: key.clone(),
-                    fetched: fetched.unwrap_or(now),
-                    touched: if touch { Some(now) } else { touched },
-                },
-            );
+        let (reader, secret_owned) = (pool.clone(), secret.to_owned());
+        let key = self
+            .by_secret
+            .get(api_key::hash(secret), move || {
+                let (pool, secret) = (reader.clone(), secret_owned.clone());
+                async move { api_key::find_by_secret(&pool, &secret).await }
+            })
+            .await?;
+        if let Some(key) = &key {
+            self.touch(pool, key.id);
         }
-        if touch {
-            let (pool, id) = (pool.clone(), key.id);
-            tokio::spawn(async move {
-                if let Err(error) = api_key::touch(&pool, &[id]).await {
-                    tracing::debug!(%error, "could not record a key's last use");
-                }
-            });
-        }
-        Ok(Some(key))
+        Ok(key)
     }
 
-    /// Key `id` if it is live, for a customer token it minted: from the cache while fresh, else the database.
+    /// Key `id` if it is live, for a customer token it minted.
     async fn find_minter(&self, pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, ApiError> {
-        let now = Instant::now();
-        let cached = self.lock(&self.minters).get(&id).cloned();
-        if let Some((key, fetched)) = cached
-            && now.duration_since(fetched) < self.ttl
-        {
-            return Ok(Some(key));
-        }
-        let key = api_key::find_live(pool, id).await?;
-        let mut minters = self.lock(&self.minters);
-        if minters.len() >= MAX_CACHED {
-            minters.retain(|_, (_, fetched)| now.duration_since(*fetched) < self.ttl);
-        }
-        match &key {
-            Some(key) => minters.insert(id, (key.clone(), now)),
-            None => minters.remove(&id),
-        };
-        Ok(key)
+        let pool = pool.clone();
+        Ok(self
+            .minters
+            .get(id, move || {
+                let pool = pool.clone();
+                async move { api_key::find_live(&pool, id).await }
+            })
+            .await?)
     }
 
     /// Takes one request from the caller's bucket (its key's, or its customer's at the key's rate), or says when
@@ -290,7 +250,7 @@ impl KeyCache {
         let rate = f64::from(key.rate_per_second.max(1));
         let capacity = rate * 2.0;
         let now = Instant::now();
-        let mut buckets = self.lock(&self.buckets);
+        let mut buckets = lock(&self.buckets);
         if buckets.len() >= MAX_BUCKETS {
             buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * b.rate < b.rate * 2.0);
         }
@@ -315,11 +275,269 @@ impl KeyCache {
         Err(ApiError::RateLimited { retry_after: wait })
     }
 
-    fn lock_entries(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Cached>> {
-        self.lock(&self.entries)
+    /// Writes key `id`'s `last_used_at` in the background, unless this process did within the last minute.
+    fn touch(&self, pool: &PgPool, id: Uuid) {
+        let now = Instant::now();
+        {
+            let mut touched = lock(&self.touched);
+            if touched
+                .get(&id)
+                .is_some_and(|at| now.duration_since(*at) < TOUCH_EVERY)
+            {
+                return;
+            }
+            if touched.len() >= MAX_CACHED {
+                touched.retain(|_, at| now.duration_since(*at) < TOUCH_EVERY);
+            }
+            touched.insert(id, now);
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            if let Err(error) = api_key::touch(&pool, &[id]).await {
+                tracing::debug!(%error, "could not record a key's last use");
+            }
+        });
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Rows read from the database and trusted for `ttl`, so that a busy key costs no query per request, and read
+/// at most once at a time each, so that a burst of requests never becomes a burst of the same query:
+/// - fresh (read less than `ttl` ago): answered from memory; past half of `ttl`, one background read renews it,
+///   so a key in steady use never waits for the database;
+/// - missing or past `ttl`: one request reads it while the others with the same id wait for that answer (under
+///   a saturated pool every request used to send its own, thousands in a burst).
+///
+/// A row that does not exist is remembered alike (`None`): a secret no key has is asked for once per `ttl`.
+/// Nothing is served older than `ttl`, so a revoked key is refused within it.
+#[derive(Debug)]
+struct ReadThrough<K, V> {
+    ttl: Duration,
+    entries: Arc<Mutex<HashMap<K, Entry<V>>>>,
+    /// One gate per id being read in the foreground.
+    gates: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry<V> {
+    value: Option<V>,
+    /// When the read that gave it started (its age counts from here) and when its answer came.
+    fetched: Instant,
+    landed: Instant,
+    renewing: bool,
+}
+
+impl<K, V> ReadThrough<K, V>
+where
+    K: std::hash::Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Arc::new(Mutex::new(HashMap::new())),
+            gates: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn lock<'a, T>(&self, mutex: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
-        mutex.lock().unwrap_or_else(|e| e.into_inner())
+    async fn get<F, Fut>(&self, id: K, read: F) -> Result<Option<V>, sqlx::Error>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, sqlx::Error>> + Send + 'static,
+    {
+        let asked = Instant::now();
+        if let Some(value) = self.fresh(&id, asked, &read) {
+            return Ok(value);
+        }
+        let gate = Arc::clone(lock(&self.gates).entry(id.clone()).or_default());
+        let answer = {
+            let _turn = gate.lock().await;
+            // Answered while this request waited its turn: as fresh as a read of its own.
+            let read_meanwhile = lock(&self.entries)
+                .get(&id)
+                .filter(|e| e.landed >= asked && asked.duration_since(e.fetched) < self.ttl)
+                .map(|e| e.value.clone());
+            match read_meanwhile {
+                Some(value) => Ok(value),
+                None => {
+                    let started = Instant::now();
+                    read()
+                        .await
+                        .inspect(|value| store(&self.entries, self.ttl, id.clone(), value.clone(), started))
+                }
+            }
+        };
+        let mut gates = lock(&self.gates);
+        // Ours and the map's: nobody else waits at this gate, so it goes.
+        if Arc::strong_count(&gate) == 2 {
+            gates.remove(&id);
+        }
+        answer
+    }
+
+    /// The value if it was read less than `ttl` ago; past half of it, a background read renews it (`read`).
+    fn fresh<F, Fut>(&self, id: &K, now: Instant, read: &F) -> Option<Option<V>>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, sqlx::Error>> + Send + 'static,
+    {
+        let mut entries = lock(&self.entries);
+        let entry = entries.get_mut(id)?;
+        let age = now.duration_since(entry.fetched);
+        if age >= self.ttl {
+            return None;
+        }
+        if age >= self.ttl / 2 && !entry.renewing {
+            entry.renewing = true;
+            let (entries, ttl, id, renewal) = (Arc::clone(&self.entries), self.ttl, id.clone(), read());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                match renewal.await {
+                    Ok(value) => store(&entries, ttl, id, value, started),
+                    Err(error) => {
+                        tracing::debug!(%error, "could not renew a cached key");
+                        if let Some(entry) = lock(&entries).get_mut(&id) {
+                            entry.renewing = false;
+                        }
+                    }
+                }
+            });
+        }
+        Some(entry.value.clone())
+    }
+}
+
+/// Keeps `value`, read from `started` on: its time counts from the read's start, so a key revoked while the read
+/// ran is not trusted longer than `ttl` after the revocation.
+fn store<K: std::hash::Hash + Eq, V>(
+    entries: &Mutex<HashMap<K, Entry<V>>>,
+    ttl: Duration,
+    id: K,
+    value: Option<V>,
+    started: Instant,
+) {
+    let now = Instant::now();
+    let mut entries = lock(entries);
+    if entries.len() >= MAX_CACHED {
+        entries.retain(|_, e| now.duration_since(e.fetched) < ttl);
+    }
+    entries.insert(
+        id,
+        Entry {
+            value,
+            fetched: started,
+            landed: now,
+            renewing: false,
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    type Read = std::pin::Pin<Box<dyn Future<Output = Result<Option<u32>, sqlx::Error>> + Send>>;
+
+    /// A source that counts its reads, answers `value` after `delay`.
+    #[derive(Clone)]
+    struct Source {
+        reads: Arc<AtomicUsize>,
+        value: Arc<Mutex<Option<u32>>>,
+        delay: Duration,
+    }
+
+    impl Source {
+        fn new(value: u32, delay: Duration) -> Self {
+            Self {
+                reads: Arc::new(AtomicUsize::new(0)),
+                value: Arc::new(Mutex::new(Some(value))),
+                delay,
+            }
+        }
+
+        fn reader(&self) -> impl Fn() -> Read + Send + 'static {
+            let source = self.clone();
+            move || {
+                let source = source.clone();
+                Box::pin(async move {
+                    source.reads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(source.delay).await;
+                    Ok(*source.value.lock().unwrap())
+                })
+            }
+        }
+
+        fn reads(&self) -> usize {
+            self.reads.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_misses_reads_once_and_everyone_gets_the_answer() {
+        let cache = Arc::new(ReadThrough::<u8, u32>::new(Duration::from_secs(5)));
+        let source = Source::new(7, Duration::from_millis(100));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let (cache, read) = (Arc::clone(&cache), source.reader());
+            tasks.spawn(async move { cache.get(1, read).await.unwrap() });
+        }
+        let answers = tasks.join_all().await;
+        assert_eq!(answers.len(), 200);
+        assert!(answers.iter().all(|a| *a == Some(7)));
+        assert_eq!(source.reads(), 1, "200 concurrent misses of one id read it once");
+        assert!(lock(&cache.gates).is_empty(), "no gate is left behind");
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_renewed_in_the_background_and_never_served_past_its_time() {
+        let ttl = Duration::from_millis(400);
+        let cache = ReadThrough::<u8, u32>::new(ttl);
+        let source = Source::new(1, Duration::from_millis(10));
+        assert_eq!(cache.get(1, source.reader()).await.unwrap(), Some(1));
+        assert_eq!(source.reads(), 1);
+        // Fresh: from memory.
+        assert_eq!(cache.get(1, source.reader()).await.unwrap(), Some(1));
+        assert_eq!(source.reads(), 1);
+        // Past half its time: still answered at once, and one read renews it behind the request.
+        *source.value.lock().unwrap() = Some(2);
+        tokio::time::sleep(ttl / 2 + Duration::from_millis(20)).await;
+        assert_eq!(cache.get(1, source.reader()).await.unwrap(), Some(1));
+        assert_eq!(cache.get(1, source.reader()).await.unwrap(), Some(1));
+        let renewed =
+            |cache: &ReadThrough<u8, u32>| lock(&cache.entries).get(&1).and_then(|e| e.value) == Some(2);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !renewed(&cache) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(renewed(&cache), "the background read renewed the entry");
+        assert_eq!(
+            source.reads(),
+            2,
+            "one renewal, however many requests saw the half-time"
+        );
+        assert_eq!(cache.get(1, source.reader()).await.unwrap(), Some(2));
+        // Revoked (gone from the source): refused once the renewed entry's time is up, whatever renewals do.
+        *source.value.lock().unwrap() = None;
+        tokio::time::sleep(ttl + Duration::from_millis(20)).await;
+        assert_eq!(cache.get(1, source.reader()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_missing_id_is_remembered_and_a_failed_read_is_not() {
+        let cache = ReadThrough::<u8, u32>::new(Duration::from_secs(5));
+        let source = Source::new(3, Duration::ZERO);
+        *source.value.lock().unwrap() = None;
+        assert_eq!(cache.get(9, source.reader()).await.unwrap(), None);
+        assert_eq!(cache.get(9, source.reader()).await.unwrap(), None);
+        assert_eq!(source.reads(), 1, "an unknown secret is asked for once per ttl");
+        let failing = || async { Err::<Option<u32>, _>(sqlx::Error::PoolTimedOut) };
+        assert!(cache.get(4, failing).await.is_err());
+        assert!(lock(&cache.entries).get(&4).is_none(), "an error is not cached");
     }
 }
