@@ -11,7 +11,8 @@
 #    same step for a batch of one order, what a worker sends for a lone job. Median of $RUNS.
 # 3. orderflow-bench against the API (on its own database of the same server): full sagas and a hot sku offered
 #    at $SAGA_RATE per second (above what the machine finishes: an overload), then full sagas at each rate of
-#    $SAGA_STEPS until one is not kept up (the sustained rate),
+#    $SAGA_STEPS until one is not kept up (the sustained rate), then 1.5x and 3x the sustained rate for
+#    $OVERLOAD_T s each (graceful overload: admission control on, as shipped),
 #    creation offered 1.5x the ceiling's rate (saturation), creation at half of it (p99 against pgbench's p99
 #    at the same rate, -R, the lowest of $RATE_CLIENTS client counts).
 # 4. Creation once more at $ASYNC_RATE/s with synchronous_commit=off on the service's database and on pgbench's
@@ -27,6 +28,8 @@ cd "$(dirname "$0")/.."
 
 # The binaries measured: another directory runs an earlier build, for a before/after in one session.
 BIN=${BIN:-target/release}
+# The load generator (another build's may load an earlier service, so that both runs count alike).
+BENCH=${BENCH:-$BIN/orderflow-bench}
 DB=${DB:-orderflow_ceiling}
 # pgbench writes rows the service would take for its own (CREATED orders, jobs): it gets a twin database on the
 # same server, with the same schema.
@@ -38,6 +41,8 @@ RUNS=${RUNS:-3}
 SAGA_RATE=${SAGA_RATE:-1000}
 # Offered rates tried in turn for the sustained saga rate (stops at the first not kept up).
 SAGA_STEPS=${SAGA_STEPS:-500 600 700 800 900}
+# Seconds of each overload run (1.5x and 3x the sustained rate).
+OVERLOAD_T=${OVERLOAD_T:-60}
 # Orders per batched step in the ceiling: ORDERFLOW_WORKER_STEP_BATCH's default, the most a worker batch holds.
 BATCH=${BATCH:-64}
 ASYNC_RATE=${ASYNC_RATE:-1000}
@@ -145,8 +150,8 @@ PGB_ASYNC_P99=$(echo "$PGB_ASYNC" | awk '{print $2}')
 PGB_ASYNC_CLIENTS=$(echo "$PGB_ASYNC" | awk '{print $3}')
 sql "alter database $PGDB reset synchronous_commit"
 
-bench() { $BIN/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" \
-  --duration "$T" --warmup 3 "$@" >/dev/null; }
+bench() { $BENCH --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" \
+  --duration "${DURATION:-$T}" --warmup 3 "$@" >/dev/null; }
 # A figure from a run's results: j <label> <python expression over its JSON, d>.
 j() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print(eval(sys.argv[1]))" "$2"; }
 # Sagas first: creation runs leave a backlog of sagas behind them that the worker would still be working off.
@@ -159,25 +164,39 @@ bench --mode saga --rate "$SAGA_RATE" --label saga
 # that keeps up with 300/s scored 268/s).
 SUSTAINED=0
 SUSTAINED_P99=0
+FIRST_RATE=
 for rate in $SAGA_STEPS; do
   echo "== service: full sagas at $rate/s (sustained?)"
   bench --mode saga --rate "$rate" --label "saga-$rate"
   read -r done_rate unfinished p99 <<<"$(j "saga-$rate" "' '.join(map(str, (d['sagas_per_s'], d.get('sagas_unfinished', 0), round(d['saga_latency']['p99_ms']))))")"
   echo "   $done_rate sagas/s, $unfinished unfinished, submit-to-end p99 $p99 ms"
+  FIRST_RATE=${FIRST_RATE:-$done_rate}
   if [ "$unfinished" = 0 ] && awk -v a="$done_rate" -v r="$rate" 'BEGIN {exit !(a >= 0.95 * r)}'; then
     SUSTAINED=$rate; SUSTAINED_RATE=$(printf '%.1f' "$done_rate"); SUSTAINED_P99=$p99
   else
     break
   fi
 done
+# Graceful overload: offered 1.5x and 3x the sustained rate (when none of $SAGA_STEPS was kept up, what the
+# first of them achieved), the complete sagas per second against that rate and the accepted orders' latency;
+# what admission control refuses is counted apart.
+BASE=${SUSTAINED_RATE:-$FIRST_RATE}
+for times in 1.5 3; do
+  rate=$(python3 -c "print(round($BASE * $times))")
+  echo "== service: full sagas at ${times}x the sustained rate ($rate/s, ${OVERLOAD_T}s)"
+  DURATION=$OVERLOAD_T bench --mode saga --rate "$rate" --label "overload-$times"
+  echo "   $(j "overload-$times" "f\"{d['sagas_per_s']:.1} sagas/s, p99 {d['saga_latency']['p99_ms']:.0} ms, refused {d['refused']} of {d['sent']}\"")"
+done
 echo "== service: hot sku at $SAGA_RATE/s"
 bench --mode hotsku --rate "$SAGA_RATE" --label hotsku
 # Stops what serves $API and starts `orderflow-api` alone on database $1, logging to $OUT/$2.
 # Its pool: $CREATE_CONNECTIONS (default 4) for the creation runs, pgbench's best client count at a fixed rate
 # on 2 cores; the default pool (32) is for an API beside workers (docs/PERFORMANCE.md, "API pool size").
+# Admission control off: with no worker every order is backlog, and these runs measure creation alone.
 api_alone() {
   kill $DEV; wait $DEV 2>/dev/null || true
   DATABASE_URL="$SERVER/$1" ORDERFLOW_API_ADDR=$API RUST_LOG=warn ORDERFLOW_DB_MAX_CONNECTIONS=${3:-32} \
+    ORDERFLOW_ADMISSION_MAX_BACKLOG_MS=0 \
     $BIN/orderflow-api >"$OUT/$2" 2>&1 &
   DEV=$!
   for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
@@ -206,7 +225,7 @@ api_alone "$BACKLOG_DB" api-backlog.log
 echo "== service: hot sku on a backlog ($BACKLOG orders made, then drained by a reserve-only worker)"
 READY="$OUT/hotsku-backlog.ready"
 rm -f "$READY"
-$BIN/orderflow-bench --api "http://$API" --database-url "$SERVER/$BACKLOG_DB" --out "$OUT" --duration $(( BACKLOG / BACKLOG_RATE )) \
+$BENCH --api "http://$API" --database-url "$SERVER/$BACKLOG_DB" --out "$OUT" --duration $(( BACKLOG / BACKLOG_RATE )) \
   --warmup 0 --mode hotsku --rate "$BACKLOG_RATE" --label hotsku-backlog --backlog-ready "$READY" >/dev/null &
 BENCH=$!
 while [ ! -f "$READY" ] && kill -0 $BENCH 2>/dev/null; do sleep 0.2; done
@@ -235,6 +254,17 @@ BACKLOG_DECIDED=$(j hotsku-backlog "d['hot_sku']['reservations_decided']")
 BACKLOG_HELD=$(j hotsku-backlog "d['hot_sku']['held']")
 BACKLOG_STOCK=$(j hotsku-backlog "d['hot_sku']['stock']")
 BACKLOG_OVERSOLD=$(j hotsku-backlog "d['hot_sku']['oversold']")
+overload_row() {
+  local times=$1 label="overload-$1"
+  local done p99 refused sent
+  done=$(j "$label" "round(d['sagas_per_s'], 1)")
+  p99=$(j "$label" "round(d['saga_latency']['p99_ms'])")
+  refused=$(j "$label" "d['refused']")
+  sent=$(j "$label" "d['sent']")
+  echo "(\"Complete sagas per second offered ${times}x the sustained rate ($(python3 -c "print(round($BASE * $times))")/s for ${OVERLOAD_T} s; admission on): accepted orders' submit-to-end p99; refused\", \"${done}/s, p99 ${p99} ms; refused ${refused} of ${sent}\", \"${BASE}/s\", ${done} / max(${BASE}, 0.001), \"≥ 0.95$2\"),"
+}
+OVERLOAD_ROWS="$(overload_row 1.5 ', p99 ≤ 2 s')
+$(overload_row 3 '')"
 
 python3 - "$OUT/ceiling.md" <<EOF
 import sys
@@ -245,6 +275,7 @@ rows = [
   ("Saga steps per second against the step for a batch of one order (reference)", "$(python3 -c "print(round(${SAGAS} * 4, 1))")/s", "${TPS[one_step]}/s", ${SAGAS} * 4 / ${TPS[one_step]}, "—"),
   ("Complete sagas per second, sustained: the highest offered rate of ${SAGA_STEPS// /, }/s whose sagas all ended at ≥ 95% of it", "${SUSTAINED_RATE:-0}/s at ${SUSTAINED}/s offered, submit-to-end p99 ${SUSTAINED_P99} ms", "—", None, "≥ 500"),
   ("Complete sagas per second, overloaded (offered ${SAGA_RATE}/s)", "${SAGAS}/s, p99 ${SAGA_P99} ms", "—", None, "—"),
+  ${OVERLOAD_ROWS}
   ("Hot sku on a backlog, reservations decided per second by a reserve-only worker (${BACKLOG_DECIDED} decided, ${BACKLOG_HELD} held of a stock of ${BACKLOG_STOCK}; oversold: ${BACKLOG_OVERSOLD}) against the batched hot-sku step", "${BACKLOG_RES}/s", "${BATCH_HOT}/s", ${BACKLOG_RES} / ${BATCH_HOT}, "≥ 0.8"),
   ("Hot sku, full sagas, reservations decided per second (offered ${SAGA_RATE}/s) against the batched hot-sku step", "${HOT_RES}/s", "${BATCH_HOT}/s", ${HOT_RES} / ${BATCH_HOT}, "— (creation-bound)"),
   ("Hot sku, reservations decided per second against the hot-sku step for a batch of one (reference)", "${HOT_RES}/s", "${TPS[one_hot_sku]}/s", ${HOT_RES} / ${TPS[one_hot_sku]}, "—"),

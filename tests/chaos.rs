@@ -4,7 +4,8 @@
 //! itself crashes once. Afterwards every order must be over, no unit oversold or lost, no hold left open, no
 //! order charged twice or charged and cancelled, every transition recorded exactly once, and every event in
 //! NATS JetStream exactly once and in order per order (each worker also runs the outbox relay, so relays die
-//! mid-batch too). It reports the outbox lag sampled during the run.
+//! mid-batch too). The API runs with admission control on, as shipped: an order refused past the saga backlog
+//! bound is sent again with its Idempotency-Key. It reports the outbox lag sampled during the run and the refusals.
 //!
 //! Short mode (default, ≤ 3 minutes, run by `.ci/run`): 1,000 orders at 25 per second. Soak mode:
 //! `ORDERFLOW_CHAOS=soak`, with `ORDERFLOW_CHAOS_ORDERS` (default 10,000) orders at `ORDERFLOW_CHAOS_RATE` per
@@ -130,7 +131,9 @@ fn random_order(rng: &mut impl Rng, i: usize) -> Value {
 
 /// Submits one order until the API accepts it (retrying 503s, in-flight 409s and refused connections with the
 /// same Idempotency-Key, as a well-behaved client does). Returns its id.
-async fn submit(http: &reqwest::Client, api: &str, i: usize, body: &Value) -> Uuid {
+/// Submits order `i` until it is accepted: a 409 (in flight) or a 503 (an outage, or admission control past its
+/// backlog bound, counted in `overloaded`) is retried with the same Idempotency-Key.
+async fn submit(http: &reqwest::Client, api: &str, i: usize, body: &Value, overloaded: &AtomicUsize) -> Uuid {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let response = http
@@ -144,7 +147,13 @@ async fn submit(http: &reqwest::Client, api: &str, i: usize, body: &Value) -> Uu
                 let order: Value = r.json().await.unwrap();
                 return order["id"].as_str().unwrap().parse().unwrap();
             }
-            Ok(r) if r.status() == 503 || r.status() == 409 => {}
+            Ok(r) if r.status() == 503 => {
+                let problem: Value = r.json().await.unwrap_or_default();
+                if problem["type"] == "urn:orderflow:problem:overloaded" {
+                    overloaded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(r) if r.status() == 409 => {}
             Ok(r) => panic!(
                 "order {i} refused: {} {}",
                 r.status(),
@@ -181,6 +190,8 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         &[
             ("ORDERFLOW_API_ADDR", &addr),
             ("ORDERFLOW_DB_MAX_CONNECTIONS", "20"),
+            // Admission control on, as shipped (stated: the invariants must hold with it).
+            ("ORDERFLOW_ADMISSION_MAX_BACKLOG_MS", "1000"),
         ],
         None,
     );
@@ -282,9 +293,16 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
 
     // Clients: submit every order (and cancel about one in twenty soon after).
     let next = Arc::new(AtomicUsize::new(0));
+    let overloaded = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (http, api, next, submitted) = (http.clone(), api.clone(), next.clone(), submitted.clone());
+            let (http, api, next, submitted, overloaded) = (
+                http.clone(),
+                api.clone(),
+                next.clone(),
+                submitted.clone(),
+                overloaded.clone(),
+            );
             let (total, rate) = (plan.orders, plan.rate);
             tokio::spawn(async move {
                 let mut accepted = Vec::new();
@@ -299,7 +317,7 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
                         let mut rng = rand::rng();
                         (random_order(&mut rng, i), rng.random_range(0..20) == 0)
                     };
-                    let id = submit(&http, &api, i, &body).await;
+                    let id = submit(&http, &api, i, &body, &overloaded).await;
                     submitted.fetch_add(1, Ordering::Relaxed);
                     if cancel {
                         // A cancel is best effort: it may meet the outage or a fulfilled order.
@@ -412,8 +430,8 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     .unwrap();
     println!(
         "chaos: orders={} fulfilled={} cancelled={} (out_of_stock={} declined={} payment_failed={} customer={}) \
-         worker_kills={} pg_crashes={} attempts_cut_by_kills={} events={} outbox_lag_p50={:.2}s p99={:.2}s \
-         max={:.2}s submit={:.1}s total={:.1}s invariants=held",
+         worker_kills={} pg_crashes={} attempts_cut_by_kills={} refused_by_admission={} events={} \
+         outbox_lag_p50={:.2}s p99={:.2}s max={:.2}s submit={:.1}s total={:.1}s invariants=held",
         by_id.len(),
         count("FULFILLED"),
         count("CANCELLED"),
@@ -424,6 +442,7 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         kills.load(Ordering::Relaxed),
         plan.crashes.len(),
         rescued,
+        overloaded.load(Ordering::Relaxed),
         events_total,
         lag_at(0.5),
         lag_at(0.99),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use orderflow_shared::admission::AdmissionSettings;
 use orderflow_shared::api_key::{self, Scope};
 use orderflow_shared::settings::{ApiSettings, KeySettings, Role, ServerLimits, WorkerSettings};
 use serde_json::{Value, json};
@@ -51,6 +52,10 @@ pub struct Options {
     pub limits: ServerLimits,
     /// `ORDERFLOW_API_METRICS_ADDR` (unset by default: `/metrics` on the API's address, with a key).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Admission control: off by default here, unlike the shipped setting, because many tests make orders with
+    /// no worker running (a backlog on purpose); `admission` tests it, and the chaos test runs the API process
+    /// with the shipped setting.
+    pub admission: AdmissionSettings,
 }
 
 impl Default for Options {
@@ -62,6 +67,7 @@ impl Default for Options {
             relay: None,
             limits: ServerLimits::default(),
             metrics_addr: None,
+            admission: AdmissionSettings::OFF,
         }
     }
 }
@@ -186,6 +192,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             admin: admin_settings(),
             keys: KeySettings::default(),
             limits,
+            admission: options.admission,
             metrics_addr: options.metrics_addr,
         },
         stopped(),

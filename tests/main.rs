@@ -8,6 +8,7 @@ mod keys;
 mod limits;
 
 mod admin;
+mod admission;
 mod bad_input;
 mod batch;
 mod cancellation;

@@ -64,6 +64,12 @@ pub enum ApiError {
     /// A valid token whose role may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The saga backlog is past the bound new orders are admitted at (`orderflow_shared::admission`).
+    #[error(
+        "the saga backlog is {:.1} s, past the {:.1} s this service takes new orders at; nothing was written: retry after {} s with the same Idempotency-Key",
+        .0.backlog.as_secs_f64(), .0.max_backlog.as_secs_f64(), .0.retry_after_secs
+    )]
+    Overloaded(orderflow_shared::admission::Refusal),
     /// PostgreSQL is unreachable or refusing work for now; the client may retry.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -91,7 +97,7 @@ impl ApiError {
             Self::Unauthorized(_) | Self::KeyRequired | Self::KeyInvalid(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::MissingScope(_) | Self::TokenCannot(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -112,6 +118,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::MissingScope(_) | Self::TokenCannot(_) => "insufficient-scope",
             Self::RateLimited { .. } => "rate-limited",
+            Self::Overloaded(_) => "overloaded",
             Self::Unavailable(_) => "service-unavailable",
             Self::Internal(_) => "internal-error",
         }
@@ -182,15 +189,16 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
-        if let Self::RateLimited { retry_after } = &self
-            && let Ok(value) = HeaderValue::from_str(&retry_after.to_string())
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry_after = match &self {
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            Self::Overloaded(refusal) => Some(refusal.retry_after_secs),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -10,12 +10,13 @@
 //!   `api/templates/`: the dashboard's HTML (askama, escaping by default).
 //! - `error.rs`: `ApiError`, the one mapping of every failure to an HTTP status and an RFC 9457 problem.
 //! - `extract.rs`: extractors whose rejections are problems naming the field; `auth.rs`: admin tokens and the
-//!   dashboard's session cookie; `caller.rs`: API keys, scopes and rate limits on `/v1`; `openapi.rs`: the
-//!   generated OpenAPI document.
+//!   dashboard's session cookie; `caller.rs`: API keys, scopes and rate limits on `/v1`; `admission.rs`: the
+//!   saga backlog reading order creation is admitted by; `openapi.rs`: the generated OpenAPI document.
 //! - `serve.rs`: the accept loop (header-read timeout, connection cap, graceful shutdown).
 //! - here: the router with its layers (a handler runs detached from its client; request and body timeouts;
 //!   every refusal a problem; latency by route) and `run`.
 
+mod admission;
 mod auth;
 mod caller;
 mod error;
@@ -43,8 +44,8 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
-/// What every handler shares: the pool, the settings, the API keys seen lately (with their rate-limit buckets)
-/// and the customer tokens' signer. The API keeps no other state.
+/// What every handler shares: the pool, the settings, the API keys seen lately (with their rate-limit buckets),
+/// the customer tokens' signer and the last saga backlog reading. The API keeps no other state.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
@@ -55,6 +56,8 @@ pub struct AppState {
     pub signer: Arc<Signer>,
     /// The dashboard's CSRF key and failed sign-ins.
     pub dashboard: Arc<session::Guard>,
+    /// The last saga backlog reading, which order creation is admitted by.
+    pub admission: Arc<admission::Gate>,
 }
 
 impl AppState {
@@ -66,6 +69,7 @@ impl AppState {
             key_settings: Arc::new(settings.keys.clone()),
             signer: Arc::new(signer),
             dashboard: Arc::new(dashboard),
+            admission: Arc::new(admission::Gate::new(settings.admission)),
         }
     }
 }
@@ -157,6 +161,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let signer = Signer::load(&pool).await.map_err(std::io::Error::other)?;
     let dashboard = session::Guard::load(&pool).await.map_err(std::io::Error::other)?;
+    let backlog_source = (*pool.connect_options()).clone();
     let state = AppState::new(pool, &settings, signer, dashboard);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -166,6 +171,11 @@ pub async fn run(
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
+    tokio::spawn(admission::watch(
+        state.admission.clone(),
+        backlog_source,
+        until_stopped(stopped.clone()),
+    ));
     if let Some(addr) = settings.metrics_addr {
         let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!(%addr, "serving the API's metrics at /metrics (no key)");

@@ -116,7 +116,8 @@ impl utoipa::Modify for KeyRefusals {
 /// error response's body as `application/problem+json` (RFC 9457); and the refusals that come before a handler
 /// runs: a body's 400 (not JSON), 408 (stalled), 413 (too large), 415 (not labelled JSON) and 422 (a field); a
 /// path or query parameter's 400 (not a UUID, given twice) and 422; 404 for a path naming what is not there;
-/// 503 (PostgreSQL unreachable or past the API's timeouts; `Retry-After`); and `default`, any other problem.
+/// 503 (PostgreSQL unreachable or past the API's timeouts, and for order creation past the saga backlog bound;
+/// `Retry-After`); and `default`, any other problem.
 struct Contract;
 
 impl utoipa::Modify for Contract {

@@ -8,6 +8,7 @@ use orderflow_shared::api_key::{ApiKey, CreatedKey, Scope};
 use orderflow_shared::queue::views::QueueStats;
 
 use crate::ApiError;
+use crate::admission::AdmissionView;
 use crate::session::SignedIn;
 use crate::views::SagaDetail;
 
@@ -31,6 +32,7 @@ pub struct Overview<'a> {
     /// The overview reloads itself every 5 s.
     pub refresh: bool,
     pub queues: &'a [QueueStats],
+    pub admission: &'a AdmissionView,
     pub stuck: &'a [SagaSummary],
     pub stuck_after_secs: u64,
 }
@@ -110,16 +112,28 @@ mod tests {
             id: "0".repeat(64),
             csrf: HOSTILE.to_owned(),
         };
+        let refusing = AdmissionView {
+            max_backlog_seconds: Some(1.0),
+            backlog_seconds: Some(1.5),
+            refusing: true,
+            refused: 7,
+        };
         let html = Overview {
             title: "Overview",
             who: Some(&who),
             refresh: true,
             queues: &[],
+            admission: &refusing,
             stuck: &stuck,
             stuck_after_secs: 60,
         }
         .render()
         .unwrap();
+        assert!(
+            html.contains("REFUSING")
+                && html.contains("saga backlog 1.50 s of a bound of 1.00 s; 7 orders refused"),
+            "{html}"
+        );
         assert!(!html.contains("<script>"), "{html}");
         assert!(
             html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"),

@@ -230,6 +230,8 @@ impl From<SkuRow> for SkuView {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueList {
     pub queues: Vec<QueueStats>,
+    /// Admission control as the API process that answers sees it.
+    pub admission: crate::admission::AdmissionView,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

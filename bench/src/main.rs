@@ -9,6 +9,9 @@
 //!   file is written and the bench waits for a worker started then to decide every reservation: the rate of
 //!   the reservations alone on a backlog, as the pgbench hot-sku ceiling measures them.
 //!
+//! An answer 503 or 429 counts as refused (shed by the API's admission control or a key's rate), apart from
+//! errors; latencies are those of accepted orders.
+//!
 //! Writes `<out>/<label>.json`, `<out>/<label>.md` and `<out>/<label>.svg` (latency over time).
 
 use std::sync::Arc;
@@ -78,12 +81,22 @@ struct Args {
     backlog_ready: Option<std::path::PathBuf>,
 }
 
+/// What the API answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Accepted,
+    /// Refused by admission control (503) or the key's rate (429): the API shed it on purpose.
+    Refused,
+    /// Anything else: an error, no answer, or not sent (past `--max-in-flight`).
+    Failed,
+}
+
 /// One request's fate.
 struct Sample {
     /// Seconds from the start of the load to when the request was due.
     due_s: f64,
     latency: Duration,
-    ok: bool,
+    outcome: Outcome,
     measured: bool,
     order: Option<(Uuid, DateTime<Utc>)>,
 }
@@ -223,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
                     let _ = tx.send(Sample {
                         due_s,
                         latency: due.elapsed(),
-                        ok: false,
+                        outcome: Outcome::Failed,
                         measured,
                         order: None,
                     });
@@ -248,19 +261,28 @@ async fn main() -> anyhow::Result<()> {
                         .send()
                         .await;
                     let latency = due.elapsed();
-                    let order = match response {
-                        Ok(r) if r.status().is_success() => r
-                            .json::<serde_json::Value>()
-                            .await
-                            .ok()
-                            .and_then(|v| v["id"].as_str().and_then(|s| s.parse().ok())),
-                        _ => None,
+                    let (order, outcome) = match response {
+                        Ok(r) if r.status().is_success() => {
+                            let order = r
+                                .json::<serde_json::Value>()
+                                .await
+                                .ok()
+                                .and_then(|v| v["id"].as_str().and_then(|s| s.parse().ok()));
+                            let outcome = if order.is_some() {
+                                Outcome::Accepted
+                            } else {
+                                Outcome::Failed
+                            };
+                            (order, outcome)
+                        }
+                        Ok(r) if r.status() == 503 || r.status() == 429 => (None, Outcome::Refused),
+                        _ => (None, Outcome::Failed),
                     };
                     drop(permit);
                     let _ = tx.send(Sample {
                         due_s,
                         latency,
-                        ok: order.is_some(),
+                        outcome,
                         measured,
                         order: order.map(|id| (id, due_wall)),
                     });
@@ -280,12 +302,19 @@ async fn main() -> anyhow::Result<()> {
     progress.finish_with_message("load done");
 
     let mut create = histogram()?;
-    let mut errors = 0u64;
+    let (mut errors, mut refused) = (0u64, 0u64);
     let mut per_second: std::collections::BTreeMap<u64, Histogram<u64>> = Default::default();
     for s in samples.iter().filter(|s| s.measured) {
-        if !s.ok {
-            errors += 1;
-            continue;
+        match s.outcome {
+            Outcome::Accepted => {}
+            Outcome::Refused => {
+                refused += 1;
+                continue;
+            }
+            Outcome::Failed => {
+                errors += 1;
+                continue;
+            }
         }
         let us = s.latency.as_micros().max(1) as u64;
         create.record(us)?;
@@ -304,8 +333,9 @@ async fn main() -> anyhow::Result<()> {
         "warmup_s": args.warmup,
         "sent": measured.len(),
         "errors": errors,
+        "refused": refused,
         "create_latency": Percentiles::of(&create),
-        "create_achieved_per_s": (measured.len() as u64 - errors) as f64 / args.duration as f64,
+        "create_achieved_per_s": (measured.len() as u64 - errors - refused) as f64 / args.duration as f64,
         "load_seconds": load_time.as_secs_f64(),
         "started_at": wall_start,
     });
@@ -436,7 +466,11 @@ async fn main() -> anyhow::Result<()> {
         sqlx::query_scalar("select xact_commit from pg_stat_database where datname = current_database()")
             .fetch_one(&pool)
             .await?;
-    let orders_made = samples.iter().filter(|s| s.ok).count().max(1) as f64;
+    let orders_made = samples
+        .iter()
+        .filter(|s| s.outcome == Outcome::Accepted)
+        .count()
+        .max(1) as f64;
     report["commits_per_order"] = json!((commits_after - commits_before) as f64 / orders_made);
     report["per_second"] = json!(
         per_second
@@ -471,10 +505,11 @@ fn markdown(r: &serde_json::Value) -> String {
         )
     };
     let mut out = format!(
-        "| mode | rate/s | sent | errors | achieved/s | commits/order | latency | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {:.1} | {:.2} | create | {} |\n",
+        "| mode | rate/s | sent | refused | errors | achieved/s | commits/order | latency | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {:.1} | {:.2} | create | {} |\n",
         r["mode"].as_str().unwrap_or("?"),
         r["rate"],
         r["sent"],
+        r["refused"],
         r["errors"],
         r["create_achieved_per_s"].as_f64().unwrap_or(0.0),
         r["commits_per_order"].as_f64().unwrap_or(0.0),
@@ -482,7 +517,7 @@ fn markdown(r: &serde_json::Value) -> String {
     );
     if r.get("saga_latency").is_some() {
         out.push_str(&format!(
-            "| | | | | {:.1} sagas/s | | submit→end | {} |\n",
+            "| | | | | | {:.1} sagas/s | | submit→end | {} |\n",
             r["sagas_per_s"].as_f64().unwrap_or(0.0),
             p(&r["saga_latency"])
         ));

@@ -244,6 +244,22 @@ pub async fn queues(connection: Connection) -> anyhow::Result<()> {
             &rows
         )
     );
+    let admission = &body["admission"];
+    match admission["max_backlog_seconds"].as_f64() {
+        Some(bound) => println!(
+            "admission: {}, saga backlog {} s of {bound:.2} s, {} refused by this API process",
+            if admission["refusing"] == true {
+                "REFUSING"
+            } else {
+                "admitting"
+            },
+            admission["backlog_seconds"]
+                .as_f64()
+                .map_or("unknown".to_owned(), |s| format!("{s:.2}")),
+            text(&admission["refused"]),
+        ),
+        None => println!("admission: off"),
+    }
     Ok(())
 }
 

@@ -18,6 +18,7 @@
 //! - [`operator`]: what operators do to a saga (retry, compensate, resolve), with its audit; [`admin`]: what they
 //!   read.
 //! - [`events`] and [`outbox`]: the audit trail and its readers (NATS relay, feed); [`idempotency`]: keys.
+//! - [`admission`]: whether the API takes a new order now (the saga backlog against its bound).
 //! - [`money`]: value types; [`settings`]: configuration from the environment; [`db`], [`telemetry`],
 //!   [`shutdown`], [`pgcluster`]: plumbing every binary shares.
 
@@ -106,6 +107,7 @@ mod tests {
 
 pub mod admin;
 pub mod admin_session;
+pub mod admission;
 pub mod api_key;
 pub mod customer_token;
 pub mod db;

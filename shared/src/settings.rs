@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::admission::AdmissionSettings;
 use crate::flow::{Budgets, Step};
 
 /// The PostgreSQL database every binary uses unless `DATABASE_URL` says otherwise. On loopback, without TLS:
@@ -383,6 +384,8 @@ pub struct ApiSettings {
     pub admin: AdminSettings,
     pub keys: KeySettings,
     pub limits: ServerLimits,
+    /// When new orders are refused under load (`crate::admission`).
+    pub admission: AdmissionSettings,
     /// Where the API serves `/metrics` to anyone who reaches it (`ORDERFLOW_API_METRICS_ADDR`, for a private
     /// network); unset, `/metrics` is on the API's own address and needs a key with `metrics:read`.
     pub metrics_addr: Option<SocketAddr>,
@@ -476,7 +479,31 @@ impl ApiSettings {
             limits: ServerLimits::from_env()?,
             admin: AdminSettings::from_env()?,
             keys: KeySettings::from_env()?,
+            admission: AdmissionSettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_API_METRICS_ADDR")?,
+        })
+    }
+}
+
+impl AdmissionSettings {
+    /// `ORDERFLOW_ADMISSION_MAX_BACKLOG_MS` (1000; 0 turns admission off) and `ORDERFLOW_ADMISSION_REFRESH_MS`
+    /// (100, at least 10).
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let default = Self::default();
+        let max_backlog = env_millis(
+            "ORDERFLOW_ADMISSION_MAX_BACKLOG_MS",
+            default.max_backlog.unwrap_or_default(),
+        )?;
+        let refresh = env_millis("ORDERFLOW_ADMISSION_REFRESH_MS", default.refresh)?;
+        if refresh < Duration::from_millis(10) {
+            return Err(SettingsError {
+                name: "ORDERFLOW_ADMISSION_REFRESH_MS",
+                message: "must be at least 10 (a reading is one query)".to_owned(),
+            });
+        }
+        Ok(Self {
+            max_backlog: (!max_backlog.is_zero()).then_some(max_backlog),
+            refresh,
         })
     }
 }

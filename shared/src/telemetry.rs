@@ -108,6 +108,18 @@ fn describe_metrics() {
         "Age of the oldest due job per queue (0 when none)."
     );
     describe_gauge!(
+        "orderflow_saga_backlog_seconds",
+        "The saga backlog admission control reads: over the saga's queues, the sum of each one's oldest due job's age."
+    );
+    describe_gauge!(
+        "orderflow_admission_max_backlog_seconds",
+        "The saga backlog past which new orders are refused (absent when admission control is off)."
+    );
+    describe_counter!(
+        "orderflow_orders_refused_total",
+        "Orders refused by admission control (503), by reason."
+    );
+    describe_gauge!(
         "orderflow_stuck_sagas",
         "Sagas not over and without progress for longer than the stuck threshold."
     );

@@ -19,12 +19,13 @@ use crate::views::{self, ActionResult, QueueList, SagaDetail, SagaList};
 use crate::{ApiError, AppState};
 
 #[utoipa::path(get, path = "/admin/v1/queues", operation_id = "admin_list_queues", security(("bearer" = [])), responses(
-    (status = 200, description = "Per queue: pending, scheduled, running, failed and dead jobs, oldest pending age", body = QueueList),
+    (status = 200, description = "Per queue: pending, scheduled, running, failed and dead jobs, oldest pending age; admission control: its bound, the saga backlog, refusals", body = QueueList),
     (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
 ))]
 pub async fn queues(State(state): State<AppState>, _admin: Admin) -> Result<Json<QueueList>, ApiError> {
     Ok(Json(QueueList {
         queues: queue_views::queue_stats(&state.pool).await?,
+        admission: state.admission.view(),
     }))
 }
 

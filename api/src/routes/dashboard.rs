@@ -77,6 +77,7 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resu
         who: Some(&who),
         refresh: true,
         queues: &queues,
+        admission: &state.admission.view(),
         stuck: &stuck,
         stuck_after_secs: state.admin.stuck_after.as_secs(),
     })

@@ -14,6 +14,7 @@ use orderflow_shared::order::{self, CancelRequest, ListQuery};
 use orderflow_shared::telemetry::TraceId;
 use uuid::Uuid;
 
+use crate::admission::Admitted;
 use crate::caller::{Authorized, Caller, OrdersRead, OrdersWrite};
 use crate::extract::{JsonBody, OptionalJson, OrderId};
 use crate::views::{self, EventView, OrderList, OrderView};
@@ -50,10 +51,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
         (status = 400, description = "Malformed body or missing Idempotency-Key", body = crate::error::Problem),
         (status = 409, description = "A request with this key is in flight", body = crate::error::Problem),
         (status = 422, description = "Invalid field, or the key was used with another body", body = crate::error::Problem),
+        (status = 503, description = "The saga backlog is past the bound orders are admitted at (`overloaded`; nothing written: retry after `Retry-After` seconds with the same Idempotency-Key), or PostgreSQL is unreachable or the request ran past its time", body = crate::error::Problem),
     ))]
 pub async fn create(
     State(state): State<AppState>,
     authorized: Authorized<OrdersWrite>,
+    _admitted: Admitted,
     headers: HeaderMap,
     body: JsonBody<CreateOrderRequest>,
 ) -> Result<Response, ApiError> {
