@@ -19,6 +19,7 @@
 
 pub mod error;
 mod failpoints;
+mod poll;
 pub mod provider;
 pub mod reconciler;
 pub mod relay;
@@ -299,8 +300,8 @@ fn queue_worker(
     let config = orderflow_shared::queue::queue_config(step.queue(), fetch_size);
     let backend = PostgresStorage::<StepJob>::new(&runner.pool)
         .with_config(config)
-        .with_pubsub()
-        .poll_with_interval(settings.poll_interval);
+        .with_pubsub();
+    let backend = PollWith::new(backend, poll::Ticker::new(settings.poll_interval));
     let (completer, writer) = Completer::start(runner.pool.clone(), name.clone());
     let (batcher, gatherer) = Batcher::start(runner.clone(), step, settings.step_batch);
     let ctx = StepContext { completer, batcher };
