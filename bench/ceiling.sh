@@ -13,8 +13,12 @@
 #    at $SAGA_RATE per second (above what the machine finishes: an overload), then full sagas at each rate of
 #    $SAGA_STEPS until one is not kept up (the sustained rate), then 1.5x and 3x the sustained rate for
 #    $OVERLOAD_T s each (graceful overload: admission control on, as shipped),
+#    then at $LATENCY_RATE/s and at half the sustained rate (latency with the worker running, as users run it),
 #    creation offered 1.5x the ceiling's rate (saturation), creation at half of it (p99 against pgbench's p99
 #    at the same rate, -R, the lowest of $RATE_CLIENTS client counts).
+#    CPU: PostgreSQL's (every process, those that ended included: the postmaster's children's time) and the
+#    service's processes' over each run, from /proc, per order made or per saga ended in it; the load
+#    generators' not counted (pgbench's neither).
 # 4. Creation once more at $ASYNC_RATE/s with synchronous_commit=off on the service's database and on pgbench's
 #    (stated), p99 against pgbench's at the same rate.
 # 5. The hot sku on a backlog, as pgbench's hot-sku ceiling runs the reservation on pre-made orders: the API
@@ -50,8 +54,13 @@ ASYNC_RATE=${ASYNC_RATE:-1000}
 # made at does not enter the measure).
 BACKLOG=${BACKLOG:-10000}
 BACKLOG_RATE=${BACKLOG_RATE:-500}
-# The API's pool in the creation runs (API alone): see api_alone.
-CREATE_CONNECTIONS=${CREATE_CONNECTIONS:-4}
+# The API's pool in the creation runs (API alone): the shipped default unless set (see api_alone).
+CREATE_CONNECTIONS=${CREATE_CONNECTIONS:-32}
+# The moderate load of the latency rows (sagas/s, worker running).
+LATENCY_RATE=${LATENCY_RATE:-100}
+HZ=$(getconf CLK_TCK)
+# The saga's queues (flow::Step::queue).
+QUIET_QUEUES=orderflow.reserve,orderflow.pay,orderflow.commit,orderflow.fulfil,orderflow.release_inventory,orderflow.cancel_payment
 # Ceiling and service connect alike, over loopback without TLS (libpq and sqlx both read PGSSLMODE): TLS on a
 # same-host connection protects nothing, and it was 6% of the machine in PostgreSQL alone in the saga profile.
 export PGSSLMODE=${PGSSLMODE:-disable}
@@ -75,6 +84,12 @@ for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; slee
 curl -sf "http://$API/readyz" >/dev/null
 
 sql() { psql -qAt "$SERVER/$PGDB" -c "$1"; }
+# CPU clock ticks of the given processes (threads included).
+ticks() { local s=0 p f; for p in "$@"; do read -r -a f <"/proc/$p/stat" 2>/dev/null || continue; s=$((s + f[13] + f[14])); done; echo $s; }
+# PostgreSQL's: every live process, and the postmaster's ended children (backends of closed connections).
+pg_ticks() { local pm; pm=$(pgrep -u postgres -o postgres); echo $(( $(ticks $(pgrep -u postgres postgres)) + $(awk '{print $16 + $17}' "/proc/$pm/stat") )); }
+# Milliseconds of CPU between two tick counts.
+ms() { echo $(( ($2 - $1) * 1000 / HZ )); }
 sql "insert into skus (sku, on_hand, price, currency) select 'ceiling-' || i, 100000000, 100, 'USD' from generate_series(0, 49) i"
 
 
@@ -115,17 +130,25 @@ sql "create table ceiling_orders as select row_number() over () as k, id from or
 sql "alter table ceiling_orders add primary key (k)"
 
 echo "== pgbench ceilings ($CLIENTS clients, ${T}s, median of $RUNS)"
-declare -A TPS P99
+declare -A TPS P99 CPU_TXN
 # name, script, its variables: the hot sku is the saga step with every order's stock on one sku.
 for run in "create_order create_order.sql" "one_step saga_step_batch.sql -D skus=50 -D clients=$CLIENTS -D batch=1" \
            "one_hot_sku saga_step_batch.sql -D skus=1 -D clients=$CLIENTS -D batch=1" \
            "batch_step saga_step_batch.sql -D skus=50 -D clients=$CLIENTS -D batch=$BATCH" \
            "batch_hot_sku saga_step_batch.sql -D skus=1 -D clients=$CLIENTS -D batch=$BATCH"; do
   read -r name script vars <<<"$run"
-  results=$(for _ in $(seq 1 "$RUNS"); do pgb "$script" $vars; done)
+  # The step scripts' sessions as the worker's step connections are: the next jobs they queue are not announced
+  # (the worker wakes its own queues; db::Session::worker). Creation announces its job, as the API does.
+  quiet=""
+  [ "$script" = saga_step_batch.sql ] && quiet="-c orderflow.quiet_queues=$QUIET_QUEUES"
+  c0=$(pg_ticks)
+  results=$(for _ in $(seq 1 "$RUNS"); do PGOPTIONS="$quiet" pgb "$script" $vars; done)
+  c1=$(pg_ticks)
   TPS[$name]=$(echo "$results" | awk '{print $1}' | median | awk '{printf "%.0f", $1}')
   P99[$name]=$(echo "$results" | awk '{print $2}' | median)
-  echo "$name: ${TPS[$name]} tps, p99 ${P99[$name]} ms"
+  # PostgreSQL's CPU per transaction over the runs (transactions: tps x T per run).
+  CPU_TXN[$name]=$(python3 -c "print(round($(ms "$c0" "$c1") / ($(echo "$results" | awk '{s += $1} END {print s}') * $T), 4))")
+  echo "$name: ${TPS[$name]} tps, p99 ${P99[$name]} ms, PostgreSQL CPU ${CPU_TXN[$name]} ms per transaction"
 done
 # A batched transaction does $BATCH steps (reservations).
 BATCH_STEPS=$(( ${TPS[batch_step]} * BATCH ))
@@ -141,6 +164,11 @@ PGB_HALF=$(pgb_rate "$HALF")
 PGB_HALF_P99=$(echo "$PGB_HALF" | awk '{print $2}')
 PGB_HALF_CLIENTS=$(echo "$PGB_HALF" | awk '{print $3}')
 
+echo "== pgbench create_order at $LATENCY_RATE/s (-R)"
+PGB_LOW=$(pgb_rate "$LATENCY_RATE")
+PGB_LOW_P99=$(echo "$PGB_LOW" | awk '{print $2}')
+PGB_LOW_CLIENTS=$(echo "$PGB_LOW" | awk '{print $3}')
+
 # pgbench's p99 for the same creation SQL at $ASYNC_RATE/s with synchronous_commit=off (its sessions start after).
 sql "alter database $PGDB set synchronous_commit = off"
 echo "== pgbench create_order at $ASYNC_RATE/s with synchronous_commit=off (-R)"
@@ -152,6 +180,24 @@ sql "alter database $PGDB reset synchronous_commit"
 
 bench() { $BENCH --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" \
   --duration "${DURATION:-$T}" --warmup 3 "$@" >/dev/null; }
+# bench with the CPU it cost: cpu_bench <unit> <label> <bench arguments>: PostgreSQL's and the service's CPU
+# (ms) over the run and the units done in it (orders made, or sagas ended), in $OUT/<label>.cpu.
+units() {
+  case $1 in
+    order) psql -qAt "$SERVER/$DB" -c "select count(*) from orders" ;;
+    saga) psql -qAt "$SERVER/$DB" -c "select count(*) from orders where status in ('FULFILLED', 'CANCELLED')" ;;
+  esac
+}
+cpu_bench() {
+  local unit=$1 label=$2; shift 2
+  local u0 p0 s0 u1 p1 s1
+  u0=$(units "$unit"); p0=$(pg_ticks); s0=$(ticks $DEV)
+  bench --label "$label" "$@"
+  u1=$(units "$unit"); p1=$(pg_ticks); s1=$(ticks $DEV)
+  echo "$(ms "$p0" "$p1") $(ms "$s0" "$s1") $((u1 - u0))" >"$OUT/$label.cpu"
+}
+# CPU per unit of a run: cpu <label> -> "PostgreSQL service all" in ms per order or saga.
+cpu() { awk '{n = ($3 > 0) ? $3 : 1; printf "%.2f %.2f %.2f\n", $1 / n, $2 / n, ($1 + $2) / n}' "$OUT/$1.cpu"; }
 # A figure from a run's results: j <label> <python expression over its JSON, d>.
 j() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print(eval(sys.argv[1]))" "$2"; }
 # Sagas first: creation runs leave a backlog of sagas behind them that the worker would still be working off.
@@ -167,7 +213,7 @@ SUSTAINED_P99=0
 FIRST_RATE=
 for rate in $SAGA_STEPS; do
   echo "== service: full sagas at $rate/s (sustained?)"
-  bench --mode saga --rate "$rate" --label "saga-$rate"
+  cpu_bench saga "saga-$rate" --mode saga --rate "$rate"
   read -r done_rate unfinished p99 <<<"$(j "saga-$rate" "' '.join(map(str, (d['sagas_per_s'], d.get('sagas_unfinished', 0), round(d['saga_latency']['p99_ms']))))")"
   echo "   $done_rate sagas/s, $unfinished unfinished, submit-to-end p99 $p99 ms"
   FIRST_RATE=${FIRST_RATE:-$done_rate}
@@ -176,6 +222,15 @@ for rate in $SAGA_STEPS; do
   else
     break
   fi
+done
+# Latency below saturation with the worker running (`orderflow dev`, as users start it): at $LATENCY_RATE/s and
+# at half the sustained rate.
+HALF_SUSTAINED=$(( ${SUSTAINED:-0} > 0 ? SUSTAINED / 2 : LATENCY_RATE ))
+for rate in "$LATENCY_RATE" "$HALF_SUSTAINED"; do
+  echo "== service: full sagas at $rate/s (latency, worker running)"
+  cpu_bench saga "latency-$rate" --mode saga --rate "$rate"
+  echo "   $(j "latency-$rate" "f\"creation p50 {d['create_latency']['p50_ms']:.1f} p99 {d['create_latency']['p99_ms']:.1f} ms, submit-to-end p50 {d['saga_latency']['p50_ms']:.0f} p99 {d['saga_latency']['p99_ms']:.0f} ms\"")"
+  echo "   CPU per saga (PostgreSQL, orderflow dev, both): $(cpu "latency-$rate") ms"
 done
 # Graceful overload: offered 1.5x and 3x the sustained rate (when none of $SAGA_STEPS was kept up, what the
 # first of them achieved), the complete sagas per second against that rate and the accepted orders' latency;
@@ -186,13 +241,13 @@ for percent in 150 300; do
   rate=$(python3 -c "print(round($BASE * $percent / 100))")
   echo "== service: full sagas at ${percent}% of the sustained rate ($rate/s, ${OVERLOAD_T}s)"
   DURATION=$OVERLOAD_T bench --mode saga --rate "$rate" --label "overload-$percent"
-  echo "   $(j "overload-$percent" "f\"{d['sagas_per_s']:.1} sagas/s, p99 {d['saga_latency']['p99_ms']:.0} ms, refused {d['refused']} of {d['sent']}\"")"
+  echo "   $(j "overload-$percent" "f\"{d['sagas_per_s']:.1f} sagas/s, p99 {d['saga_latency']['p99_ms']:.0f} ms, refused {d['refused']} of {d['sent']}\"")"
 done
 echo "== service: hot sku at $SAGA_RATE/s"
 bench --mode hotsku --rate "$SAGA_RATE" --label hotsku
 # Stops what serves $API and starts `orderflow-api` alone on database $1, logging to $OUT/$2.
-# Its pool: $CREATE_CONNECTIONS (default 4) for the creation runs, pgbench's best client count at a fixed rate
-# on 2 cores; the default pool (32) is for an API beside workers (docs/PERFORMANCE.md, "API pool size").
+# Its pool: $CREATE_CONNECTIONS, the shipped default (32) unless set, since users run defaults (alone, a pool of
+# about twice the cores is faster: docs/PERFORMANCE.md, "API pool size"; the table states the pool).
 # Admission control off: with no worker every order is backlog, and these runs measure creation alone.
 api_alone() {
   kill $DEV; wait $DEV 2>/dev/null || true
@@ -208,7 +263,7 @@ api_alone "$DB" api.log "$CREATE_CONNECTIONS"
 echo "== service: creation at half the ceiling ($HALF/s)"
 bench --mode create --rate "$HALF" --label create-half
 echo "== service: creation offered 1.5x the ceiling ($OVER/s)"
-bench --mode create --rate "$OVER" --label create-saturation
+cpu_bench order create-saturation --mode create --rate "$OVER"
 # The same creation path with synchronous_commit=off (stated in the table): no fsync wait, so what is left is
 # CPU. New sessions pick the setting up, so the API restarts.
 psql -q "$SERVER/postgres" -c "alter database $DB set synchronous_commit = off"
@@ -238,6 +293,19 @@ kill $WORKER; wait $WORKER 2>/dev/null || true
 WORKER=
 
 SAT=$(j create-saturation "round(d['create_achieved_per_s'], 1)")
+# Latency with the worker running, and CPU per unit (PostgreSQL, the service, both; ms).
+lat() { j "latency-$1" "f\"{d['create_latency']['p50_ms']:.1f} {d['create_latency']['p99_ms']:.1f} {d['saga_latency']['p50_ms']:.0f} {d['saga_latency']['p99_ms']:.0f} {d['sagas_per_s']:.1f}\""; }
+read -r LOW_C50 LOW_C99 LOW_S50 LOW_S99 LOW_DONE <<<"$(lat "$LATENCY_RATE")"
+read -r HS_C50 HS_C99 HS_S50 HS_S99 HS_DONE <<<"$(lat "$HALF_SUSTAINED")"
+read -r CPU_ORDER_PG CPU_ORDER_API CPU_ORDER <<<"$(cpu create-saturation)"
+read -r CPU_LOW_PG CPU_LOW_DEV CPU_LOW <<<"$(cpu "latency-$LATENCY_RATE")"
+if [ "$SUSTAINED" -gt 0 ]; then
+  read -r CPU_SUS_PG CPU_SUS_DEV CPU_SUS <<<"$(cpu "saga-$SUSTAINED")"
+else
+  CPU_SUS_PG=0 CPU_SUS_DEV=0 CPU_SUS=0
+fi
+# pgbench's PostgreSQL CPU for one saga's SQL: a creation and four batched steps' shares.
+CPU_SAGA_CEIL=$(python3 -c "print(round(${CPU_TXN[create_order]} + 4 * ${CPU_TXN[batch_step]} / $BATCH, 3))")
 HALF_P99=$(j create-half "d['create_latency']['p99_ms']")
 SAGAS=$(j saga "round(d['sagas_per_s'], 1)")
 SAGA_P99=$(j saga "round(d['saga_latency']['p99_ms'])")
@@ -273,8 +341,8 @@ python3 - "$OUT/ceiling.md" <<EOF
 import sys
 rows = [
   ("Order creation at saturation (offered ${OVER}/s; API alone, pool of ${CREATE_CONNECTIONS})", "${SAT}/s", "${TPS[create_order]}/s", ${SAT} / ${TPS[create_order]}, "≥ 0.7"),
-  ("p99 of creation at half the ceiling (${HALF}/s; API alone, pool of ${CREATE_CONNECTIONS})", "${HALF_P99} ms", "${PGB_HALF_P99} ms (pgbench -R, ${PGB_HALF_CLIENTS} clients)", ${HALF_P99} / max(${PGB_HALF_P99}, 0.001), "≤ 1.25"),
-  ("Saga steps per second (4 per saga) against the batched step (${BATCH} orders per transaction)", "$(python3 -c "print(round(${SAGAS} * 4, 1))")/s", "${BATCH_STEPS}/s", ${SAGAS} * 4 / ${BATCH_STEPS}, "—"),
+  ("p99 of creation at half the ceiling (${HALF}/s; API alone, pool of ${CREATE_CONNECTIONS})", "${HALF_P99} ms", "${PGB_HALF_P99} ms (pgbench -R, ${PGB_HALF_CLIENTS} clients)", ${HALF_P99} / max(${PGB_HALF_P99}, 0.001), "≤ 1.0"),
+  ("Saga steps per second at the sustained rate (4 per saga) against the batched step (${BATCH} orders per transaction); overloaded at ${SAGA_RATE}/s: $(python3 -c "print(round(${SAGAS} * 4))")/s", "$(python3 -c "print(round(${SUSTAINED_RATE:-0} * 4, 1))")/s", "${BATCH_STEPS}/s", ${SUSTAINED_RATE:-0} * 4 / ${BATCH_STEPS}, "≥ 0.7"),
   ("Saga steps per second against the step for a batch of one order (reference)", "$(python3 -c "print(round(${SAGAS} * 4, 1))")/s", "${TPS[one_step]}/s", ${SAGAS} * 4 / ${TPS[one_step]}, "—"),
   ("Complete sagas per second, sustained: the highest offered rate of ${SAGA_STEPS// /, }/s whose sagas all ended at ≥ 95% of it", "${SUSTAINED_RATE:-0}/s at ${SUSTAINED}/s offered, submit-to-end p99 ${SUSTAINED_P99} ms", "—", None, "≥ 500"),
   ("Complete sagas per second, overloaded (offered ${SAGA_RATE}/s)", "${SAGAS}/s, p99 ${SAGA_P99} ms", "—", None, "—"),
@@ -283,8 +351,14 @@ rows = [
   ("Hot sku, full sagas, reservations decided per second (offered ${SAGA_RATE}/s) against the batched hot-sku step", "${HOT_RES}/s", "${BATCH_HOT}/s", ${HOT_RES} / ${BATCH_HOT}, "— (creation-bound)"),
   ("Hot sku, reservations decided per second against the hot-sku step for a batch of one (reference)", "${HOT_RES}/s", "${TPS[one_hot_sku]}/s", ${HOT_RES} / ${TPS[one_hot_sku]}, "—"),
   ("Hot sku, complete sagas per second (oversold: ${OVERSOLD}; sold ${SOLD} of a stock of ${STOCK})", "${HOT}/s", "—", None, "—"),
-  ("p99 of creation at ${ASYNC_RATE}/s, synchronous_commit=off (API alone, pool of ${CREATE_CONNECTIONS}; service achieved ${ASYNC_ACHIEVED}/s, ${ASYNC_ERRORS} over the in-flight cap; pgbench ${PGB_ASYNC_TPS} tps)", "${ASYNC_P99} ms", "${PGB_ASYNC_P99} ms (pgbench -R, ${PGB_ASYNC_CLIENTS} clients)", ${ASYNC_P99} / max(${PGB_ASYNC_P99}, 0.001), "< 5 ms"),
+  ("p99 of creation at ${ASYNC_RATE}/s, synchronous_commit=off (API alone, pool of ${CREATE_CONNECTIONS}; service achieved ${ASYNC_ACHIEVED}/s, ${ASYNC_ERRORS} over the in-flight cap; pgbench ${PGB_ASYNC_TPS} tps)", "${ASYNC_P99} ms", "${PGB_ASYNC_P99} ms (pgbench -R, ${PGB_ASYNC_CLIENTS} clients)", ${ASYNC_P99} / max(${PGB_ASYNC_P99}, 0.001), "≤ 1.5"),
   ("Commits per order (full saga, incl. the simulator-free steps)", "${SAGA_COMMITS}", "—", None, "—"),
+  ("Creation p99 at ${LATENCY_RATE} sagas/s with the worker running (\`orderflow dev\`; p50 ${LOW_C50} ms) against pgbench's creation alone at that rate", "${LOW_C99} ms", "${PGB_LOW_P99} ms (pgbench -R, ${PGB_LOW_CLIENTS} clients)", ${LOW_C99} / max(${PGB_LOW_P99}, 0.001), "≤ 5 ms"),
+  ("Submit-to-FULFILLED p99 at ${LATENCY_RATE} sagas/s (p50 ${LOW_S50} ms; ${LOW_DONE} complete sagas/s)", "${LOW_S99} ms", "—", None, "≤ 250 ms"),
+  ("Creation p99 at half the sustained rate (${HALF_SUSTAINED}/s) with the worker running (p50 ${HS_C50} ms; submit-to-end p50 ${HS_S50}, p99 ${HS_S99} ms)", "${HS_C99} ms", "—", None, "≤ 10 ms"),
+  ("CPU per order created at saturation, PostgreSQL + \`orderflow-api\` (${CPU_ORDER_PG} + ${CPU_ORDER_API} ms), against PostgreSQL's per pgbench creation (${CLIENTS} clients)", "${CPU_ORDER} ms", "${CPU_TXN[create_order]} ms", ${CPU_ORDER} / max(${CPU_TXN[create_order]}, 0.0001), "—"),
+  ("CPU per complete saga at the sustained rate (${SUSTAINED}/s), PostgreSQL + \`orderflow dev\` (${CPU_SUS_PG} + ${CPU_SUS_DEV} ms), against PostgreSQL's per pgbench creation and four batched steps", "${CPU_SUS} ms", "${CPU_SAGA_CEIL} ms", ${CPU_SUS} / max(${CPU_SAGA_CEIL}, 0.0001), "—"),
+  ("CPU per complete saga at ${LATENCY_RATE}/s (${CPU_LOW_PG} + ${CPU_LOW_DEV} ms)", "${CPU_LOW} ms", "${CPU_SAGA_CEIL} ms", ${CPU_LOW} / max(${CPU_SAGA_CEIL}, 0.0001), "—"),
 ]
 out = ["| measure | service | ceiling | ratio | target |", "|---|---|---|---|---|"]
 for name, service, ceiling, ratio, target in rows:

@@ -26,6 +26,7 @@ mod idempotency;
 mod metrics;
 mod outage;
 mod paysim;
+mod queue;
 mod reconciler;
 mod recovery;
 mod saga;

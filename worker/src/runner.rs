@@ -44,6 +44,7 @@ use uuid::Uuid;
 
 use crate::error::StepError;
 use crate::failpoints;
+use crate::poll::Bells;
 use crate::provider::Provider;
 use crate::steps::{self, Decision, SagaStep};
 
@@ -55,6 +56,8 @@ pub struct Runner {
     pub settings: WorkerSettings,
     /// This process's unique instance name, recorded in the step log.
     pub instance: String,
+    /// Its queues' wake-ups: rung after a commit that queued jobs (`poll::Bell`).
+    pub bells: Bells,
 }
 
 /// What became of one job of a batch.
@@ -77,6 +80,7 @@ impl Runner {
             provider,
             settings,
             instance,
+            bells: Bells::default(),
         })
     }
 
@@ -216,6 +220,7 @@ impl Runner {
             fail_batch("worker.batch.before_end", orders.iter().copied())?;
         }
         tx.commit().await?;
+        self.bells.ring_for(moves.iter().filter_map(|m| m.next.as_ref()));
         for ((index, the_move), planned) in ended.iter().zip(&planned) {
             log_ended(S::STEP, &jobs[*index], the_move, planned.as_ref());
         }
@@ -297,13 +302,14 @@ impl Runner {
             .collect();
         let planned = order::advance(&mut tx, &moves).await?;
         tx.commit().await?;
+        self.bells.ring_for(moves.iter().filter_map(|m| m.next.as_ref()));
         for (((index, _, _), the_move), planned) in present.iter().zip(&moves).zip(&planned) {
             log_ended(S::STEP, &jobs[*index], the_move, planned.as_ref());
         }
         Ok(())
     }
 
-    /// [`Runner::settle`] in a transaction of its own.
+    /// [`Runner::settle`] in a transaction of its own; rings the queue of the job it queued.
     pub(crate) async fn settle_alone(
         &self,
         step: Step,
@@ -311,25 +317,26 @@ impl Runner {
         error: StepError,
     ) -> Result<(), StepError> {
         let mut tx = self.pool.begin().await?;
-        self.settle(&mut tx, step, job, error).await?;
+        let next = self.settle(&mut tx, step, job, error).await?;
         tx.commit().await?;
+        self.bells.ring_for(next.as_ref());
         Ok(())
     }
 
     /// Records a failed attempt of `step` (step log and `orders.last_error`) and does what follows it
     /// (`flow::after_failure`), in the caller's transaction: the same step again after a backoff, or the
     /// cancellation of a forward step, or a compensation parked. Nothing follows if the order has meanwhile left
-    /// the step's state (a cancel overtook it): whatever moved it owns the saga now.
+    /// the step's state (a cancel overtook it): whatever moved it owns the saga now. Returns the job it queued.
     pub(crate) async fn settle(
         &self,
         conn: &mut PgConnection,
         step: Step,
         job: StepJob,
         error: StepError,
-    ) -> Result<(), StepError> {
+    ) -> Result<Option<NextJob>, StepError> {
         let message = error.to_string();
         let Some(order) = order::lock(conn, job.order_id).await? else {
-            return Ok(());
+            return Ok(None);
         };
         step_log::fail_attempt(conn, job.order_id, step, job.attempt, &self.instance, &message).await?;
         let last_error = Some(format!("{step}: {message}"));
@@ -340,7 +347,7 @@ impl Runner {
                 ..Move::new(&order)
             };
             order::advance(conn, &[noted]).await?;
-            return Ok(());
+            return Ok(None);
         }
         let budget = self.settings.attempts.of(step);
         let after = match flow::after_failure(step, job.attempt, budget, error.failure()) {
@@ -378,11 +385,12 @@ impl Runner {
                 flow::cancellation(&order, reason, None)
             }
         };
+        let next = after.next;
         let planned = order::advance(conn, &[Move { last_error, ..after }]).await?;
         for planned in planned.iter().flatten() {
             planned.log();
         }
-        Ok(())
+        Ok(next)
     }
 
     /// Delay before attempt `attempt + 1`: base × 2^(attempt−1), capped, with up to 20% jitter.
