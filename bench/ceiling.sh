@@ -59,8 +59,6 @@ CREATE_CONNECTIONS=${CREATE_CONNECTIONS:-32}
 # The moderate load of the latency rows (sagas/s, worker running).
 LATENCY_RATE=${LATENCY_RATE:-100}
 HZ=$(getconf CLK_TCK)
-# The saga's queues (flow::Step::queue).
-QUIET_QUEUES=orderflow.reserve,orderflow.pay,orderflow.commit,orderflow.fulfil,orderflow.release_inventory,orderflow.cancel_payment
 # Ceiling and service connect alike, over loopback without TLS (libpq and sqlx both read PGSSLMODE): TLS on a
 # same-host connection protects nothing, and it was 6% of the machine in PostgreSQL alone in the saga profile.
 export PGSSLMODE=${PGSSLMODE:-disable}
@@ -137,12 +135,8 @@ for run in "create_order create_order.sql" "one_step saga_step_batch.sql -D skus
            "batch_step saga_step_batch.sql -D skus=50 -D clients=$CLIENTS -D batch=$BATCH" \
            "batch_hot_sku saga_step_batch.sql -D skus=1 -D clients=$CLIENTS -D batch=$BATCH"; do
   read -r name script vars <<<"$run"
-  # The step scripts' sessions as the worker's step connections are: the next jobs they queue are not announced
-  # (the worker wakes its own queues; db::Session::worker). Creation announces its job, as the API does.
-  quiet=""
-  [ "$script" = saga_step_batch.sql ] && quiet="-c orderflow.quiet_queues=$QUIET_QUEUES"
   c0=$(pg_ticks)
-  results=$(for _ in $(seq 1 "$RUNS"); do PGOPTIONS="$quiet" pgb "$script" $vars; done)
+  results=$(for _ in $(seq 1 "$RUNS"); do pgb "$script" $vars; done)
   c1=$(pg_ticks)
   TPS[$name]=$(echo "$results" | awk '{print $1}' | median | awk '{printf "%.0f", $1}')
   P99[$name]=$(echo "$results" | awk '{print $2}' | median)

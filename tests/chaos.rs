@@ -99,7 +99,7 @@ impl Fleet {
             &self.url,
             &[
                 ("ORDERFLOW_PAYMENTS_URL", self.paysim.as_str()),
-                ("ORDERFLOW_DB_MAX_CONNECTIONS", "8"),
+                ("ORDERFLOW_DB_MAX_CONNECTIONS", "14"),
                 ("ORDERFLOW_NATS_URL", NATS),
                 ("ORDERFLOW_NATS_STREAM", self.stream.as_str()),
                 ("ORDERFLOW_NATS_SUBJECT_PREFIX", self.subjects.as_str()),

@@ -18,13 +18,12 @@ pub fn server_url() -> String {
 }
 
 /// Connections of one test's pool (in-process worker and the test's own queries), of its API's pool and of
-/// each worker process a test starts; a worker holds 8 more for its queues (`queue::claims_pool`: 6 LISTEN, 2
-/// fetching). PostgreSQL allows 100 by default; nextest runs two tests at once, and the tests that start
-/// processes run one at a time (`.config/nextest.toml`), so the worst pair stays below it:
-/// 14 + 8 + 8 + 2×(10 + 8) (+ 30 for the other test) = 96.
-const TEST_POOL: u32 = 14;
+/// each worker process a test starts. PostgreSQL allows 100 by default; nextest runs two tests at once, and the
+/// tests that start processes run one at a time (`.config/nextest.toml`), so the worst pair stays below it:
+/// 20 + 8 + 2×16 (+ 28 for the other test) = 88.
+const TEST_POOL: u32 = 20;
 const API_POOL: u32 = 8;
-const WORKER_PROCESS_POOL: &str = "10";
+const WORKER_PROCESS_POOL: &str = "16";
 
 pub struct TestApp {
     pub api: String,
@@ -163,16 +162,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     orderflow_shared::telemetry::init("warn");
     let name = format!("orderflow_test_{}", Uuid::new_v4().simple());
     let database_url = format!("{}/{name}", server_url());
-    // The in-process worker's step connections, as a worker's are: the jobs its steps queue are not announced
-    // (it rings its own queues), so the tests run that path.
-    let pool = orderflow_shared::db::connect_with(
-        &database_url,
-        TEST_POOL,
-        "orderflow-tests",
-        orderflow_shared::db::Session::worker(&orderflow_shared::flow::Step::ALL),
-    )
-    .await
-    .expect("connect");
+    let pool = orderflow_shared::db::connect(&database_url, TEST_POOL, "orderflow-tests")
+        .await
+        .expect("connect");
     orderflow_shared::db::migrate(&pool).await.expect("migrate");
 
     let (stop, stop_rx) = watch::channel(false);

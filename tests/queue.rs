@@ -1,4 +1,4 @@
-//! The queue's fetch as OrderFlow installs it (`migrations/20261204000001_queue_fetch_and_notify.sql`): apalis's
+//! The queue's fetch as OrderFlow installs it (`migrations/20261204000001_queue_fetch_plan.sql`): apalis's
 //! `get_jobs`, rewritten in PL/pgSQL so that its plan is kept, must claim exactly what apalis's claims.
 
 use sqlx::Row;
@@ -21,7 +21,7 @@ async fn the_fetch_keeps_its_plan() {
     .unwrap();
     assert_eq!(
         language, "plpgsql",
-        "apalis replaced its fetch: redo migrations/20261204000001_queue_fetch_and_notify.sql against the new body"
+        "apalis replaced its fetch: redo migrations/20261204000001_queue_fetch_plan.sql against the new body"
     );
 }
 
@@ -101,46 +101,3 @@ async fn a_fetch_claims_the_due_jobs_of_its_queue_by_priority_then_age() {
     assert!(claim(10).await.is_empty(), "a claimed job is not claimed twice");
 }
 
-#[tokio::test]
-async fn quiet_queues_are_not_announced() {
-    let app = spawn_app_with(Options {
-        worker: false,
-        ..Options::default()
-    })
-    .await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool).await.unwrap();
-    listener.listen("apalis::job::insert").await.unwrap();
-    // A worker's step connections name the queues whose jobs they leave unannounced.
-    let options = app
-        .pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .options([("orderflow.quiet_queues", "test.a,test.c")]);
-    let mut worker = sqlx::ConnectOptions::connect(&options).await.unwrap();
-    let insert = "insert into apalis.jobs (job, id, job_type) values ('\\x7b7d', $1, $2)";
-    for (id, queue) in [("quiet", "test.a"), ("announced", "test.b")] {
-        sqlx::query(insert)
-            .bind(id)
-            .bind(queue)
-            .execute(&mut worker)
-            .await
-            .unwrap();
-    }
-    // Any other connection announces every queue's jobs, as apalis does.
-    sqlx::query(insert)
-        .bind("elsewhere")
-        .bind("test.a")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-
-    let mut announced = Vec::new();
-    while let Ok(Ok(notification)) =
-        tokio::time::timeout(std::time::Duration::from_millis(500), listener.recv()).await
-    {
-        let payload: serde_json::Value = serde_json::from_str(notification.payload()).unwrap();
-        announced.push(payload["id"].as_str().unwrap().to_owned());
-    }
-    assert_eq!(announced, ["announced", "elsewhere"]);
-}

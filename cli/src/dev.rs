@@ -141,17 +141,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         api_settings,
         stopped(),
     ));
-    // The worker's own pool: its step connections do not announce the jobs they queue (`db::Session::worker`).
-    // The pool the database was set up with is done; its connections go.
-    pool.close().await;
-    let pool = db::connect_with(
-        &database,
-        max_connections,
-        "orderflow-dev",
-        db::Session::worker(&worker_settings.steps),
-    )
-    .await
-    .context("failed to connect the worker's pool")?;
     let worker = tokio::spawn(orderflow_worker::run(pool.clone(), worker_settings, stopped()));
 
     let api_addr = args.api_addr;

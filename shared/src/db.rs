@@ -6,8 +6,6 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-use crate::flow::Step;
-
 /// Our own migrations, embedded at build time from the workspace's `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -32,27 +30,13 @@ pub async fn connect(url: &str, max_connections: u32, application_name: &str) ->
     connect_with(url, max_connections, application_name, Session::default()).await
 }
 
-/// Settings of every session of a pool. Bounds on every statement (PostgreSQL's `statement_timeout` and
-/// `lock_timeout`): the API's pool has them, so no request waits long on a lock a step holds or on a slow
-/// statement; the worker's and migrations' sessions have none.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Bounds on every statement of a pool's sessions (PostgreSQL's `statement_timeout` and `lock_timeout`):
+/// the API's pool has them, so no request waits long on a lock a step holds or on a slow statement; the
+/// worker's and migrations' sessions have none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Session {
     pub statement_timeout: Option<Duration>,
     pub lock_timeout: Option<Duration>,
-    /// The queues whose jobs this pool's inserts do not announce (`orderflow.quiet_queues`, read by apalis's
-    /// insert trigger as our migration 20261204000001 rewrites it): a worker's steps name the queues the process
-    /// serves, since it wakes them itself after its commits. Empty: every due job is announced.
-    pub quiet_queues: Vec<&'static str>,
-}
-
-impl Session {
-    /// A worker's step connections: the jobs they queue for `steps` are not announced.
-    pub fn worker(steps: &[Step]) -> Self {
-        Self {
-            quiet_queues: steps.iter().map(|step| step.queue()).collect(),
-            ..Self::default()
-        }
-    }
 }
 
 /// [`connect`], with `session`'s bounds on every connection.
@@ -71,9 +55,6 @@ pub async fn connect_with(
     }
     if let Some(timeout) = session.lock_timeout {
         settings.push(("lock_timeout", format!("{}ms", timeout.as_millis())));
-    }
-    if !session.quiet_queues.is_empty() {
-        settings.push(("orderflow.quiet_queues", session.quiet_queues.join(",")));
     }
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::Url)?

@@ -45,10 +45,9 @@ pub fn database_url() -> String {
     env_or("DATABASE_URL", DEFAULT_DATABASE_URL)
 }
 
-/// Connections of a process's pool (`ORDERFLOW_DB_MAX_CONNECTIONS`, default 32): the API's, or a worker's
-/// steps' (at least `MIN_WORKER_CONNECTIONS`). A worker holds `queue::claims_pool`'s besides: one LISTEN
-/// connection per queue and `queue::CLAIM_CONNECTIONS` for fetching. Keep the sum over all processes below
-/// PostgreSQL's `max_connections` (100 by default).
+/// Connections one process may hold (`ORDERFLOW_DB_MAX_CONNECTIONS`, default 32). Each worker process keeps
+/// six of them for LISTEN (one per queue), so it needs at least `MIN_WORKER_CONNECTIONS`. Keep the sum over all
+/// processes below PostgreSQL's `max_connections` (100 by default).
 pub fn db_max_connections() -> Result<u32, SettingsError> {
     let value: u32 = env_parse("ORDERFLOW_DB_MAX_CONNECTIONS", 32)?;
     if value == 0 {
@@ -60,7 +59,7 @@ pub fn db_max_connections() -> Result<u32, SettingsError> {
     Ok(value)
 }
 
-/// Room for a batch of each of the six queues, their completions and the reconciler.
+/// Six LISTEN connections (one per queue) and room for steps and apalis's own fetches.
 pub const MIN_WORKER_CONNECTIONS: u32 = 8;
 
 pub fn api_addr() -> Result<SocketAddr, SettingsError> {
@@ -470,7 +469,6 @@ impl ServerLimits {
         crate::db::Session {
             statement_timeout: Some(self.statement_timeout),
             lock_timeout: Some(self.lock_timeout),
-            ..crate::db::Session::default()
         }
     }
 }

@@ -19,7 +19,7 @@
 
 pub mod error;
 mod failpoints;
-pub mod poll;
+mod poll;
 pub mod provider;
 pub mod reconciler;
 pub mod relay;
@@ -112,7 +112,7 @@ pub async fn run(
     anyhow::ensure!(
         connections >= MIN_WORKER_CONNECTIONS,
         "ORDERFLOW_DB_MAX_CONNECTIONS is {connections}; the worker needs at least {MIN_WORKER_CONNECTIONS} \
-         (room for a batch per queue; its LISTEN and fetch connections are besides)"
+         (one LISTEN connection per queue stays open, plus room for steps)"
     );
     let instance = instance_name();
     // Record step metrics from the first step on (rendered by ORDERFLOW_WORKER_METRICS_ADDR, or by the API's
@@ -138,12 +138,11 @@ pub async fn run(
 
     let (stop, stopped) = watch::channel(false);
     let presence = tokio::spawn(keep_presence(presence_options, presence, stopped.clone()));
-    let claims = orderflow_shared::queue::claims_pool(&runner.pool, runner.settings.steps.len());
     let queues: Vec<_> = runner
         .settings
         .steps
         .iter()
-        .map(|&step| tokio::spawn(supervise(runner.clone(), claims.clone(), step, stopped.clone())))
+        .map(|&step| tokio::spawn(supervise(runner.clone(), step, stopped.clone())))
         .collect();
     let reconciler = tokio::spawn(reconciler::run(runner.clone(), stopped.clone()));
     if let Some(addr) = runner.settings.metrics_addr {
@@ -252,19 +251,12 @@ async fn keep_presence(
 /// under a fresh name (apalis strands the jobs of a name that comes back), after a capped exponential delay.
 /// The reconciler hands the jobs of the generation that stopped to the next one (a later generation of the same
 /// name has registered, so the earlier one is gone).
-async fn supervise(runner: Arc<Runner>, claims: PgPool, step: Step, mut stopped: watch::Receiver<bool>) {
+async fn supervise(runner: Arc<Runner>, step: Step, mut stopped: watch::Receiver<bool>) {
     let base = format!("{}@{}", step.queue(), runner.instance);
     let mut failures: u32 = 0;
     for generation in 0u64.. {
         let started = Instant::now();
-        let result = queue_worker(
-            &runner,
-            &claims,
-            step,
-            format!("{base}#{generation}"),
-            stopped.clone(),
-        )
-        .await;
+        let result = queue_worker(&runner, step, format!("{base}#{generation}"), stopped.clone()).await;
         if *stopped.borrow() {
             return;
         }
@@ -292,7 +284,6 @@ async fn supervise(runner: Arc<Runner>, claims: PgPool, step: Step, mut stopped:
 /// rustc's higher-ranked `Send` check ("implementation of `FnOnce` is not general enough").
 fn queue_worker(
     runner: &Arc<Runner>,
-    claims: &PgPool,
     step: Step,
     name: String,
     mut stopped: watch::Receiver<bool>,
@@ -307,17 +298,11 @@ fn queue_worker(
     };
     let fetch_size = settings.fetch_size.min(concurrency);
     let config = orderflow_shared::queue::queue_config(step.queue(), fetch_size);
-    let backend = PostgresStorage::<StepJob>::new(claims).with_config(config.clone());
-    let backend = poll::Paced::new(
-        backend,
-        claims.clone(),
-        step.queue(),
-        config,
-        fetch_size,
-        runner.bells.of(step),
-        settings.poll_interval,
-    );
-    let (completer, writer) = Completer::start(claims.clone(), name.clone());
+    let backend = PostgresStorage::<StepJob>::new(&runner.pool)
+        .with_config(config)
+        .with_pubsub();
+    let backend = PollWith::new(backend, poll::Ticker::new(settings.poll_interval));
+    let (completer, writer) = Completer::start(runner.pool.clone(), name.clone());
     let (batcher, gatherer) = Batcher::start(runner.clone(), step, settings.step_batch);
     let ctx = StepContext { completer, batcher };
     let worker = WorkerBuilder::new(name)

@@ -11,11 +11,10 @@ async fn main() -> anyhow::Result<()> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let settings = WorkerSettings::from_env()?;
-    let pool = db::connect_with(
+    let pool = db::connect(
         &settings::database_url(),
         settings::db_max_connections()?,
         "orderflow-worker",
-        db::Session::worker(&settings.steps),
     )
     .await
     .context("failed to connect to PostgreSQL")?;

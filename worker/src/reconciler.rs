@@ -208,11 +208,10 @@ async fn settle_stranded(runner: &Runner, order_id: Uuid) -> anyhow::Result<bool
         attempt,
         trace: order.trace_id.as_deref().and_then(|t| t.parse().ok()),
     };
-    let next = runner
+    runner
         .settle(&mut tx, step, job, StepError::Transient(anyhow!(reason)))
         .await
         .map_err(|e| anyhow!(e))?;
     tx.commit().await?;
-    runner.bells.ring_for(next.as_ref());
     Ok(true)
 }

@@ -44,7 +44,6 @@ use uuid::Uuid;
 
 use crate::error::StepError;
 use crate::failpoints;
-use crate::poll::Bells;
 use crate::provider::Provider;
 use crate::steps::{self, Decision, SagaStep};
 
@@ -56,8 +55,6 @@ pub struct Runner {
     pub settings: WorkerSettings,
     /// This process's unique instance name, recorded in the step log.
     pub instance: String,
-    /// Its queues' wake-ups: rung after a commit that queued jobs (`poll::Bell`).
-    pub bells: Bells,
 }
 
 /// What became of one job of a batch.
@@ -80,7 +77,6 @@ impl Runner {
             provider,
             settings,
             instance,
-            bells: Bells::default(),
         })
     }
 
@@ -220,7 +216,6 @@ impl Runner {
             fail_batch("worker.batch.before_end", orders.iter().copied())?;
         }
         tx.commit().await?;
-        self.bells.ring_for(moves.iter().filter_map(|m| m.next.as_ref()));
         for ((index, the_move), planned) in ended.iter().zip(&planned) {
             log_ended(S::STEP, &jobs[*index], the_move, planned.as_ref());
         }
@@ -302,14 +297,13 @@ impl Runner {
             .collect();
         let planned = order::advance(&mut tx, &moves).await?;
         tx.commit().await?;
-        self.bells.ring_for(moves.iter().filter_map(|m| m.next.as_ref()));
         for (((index, _, _), the_move), planned) in present.iter().zip(&moves).zip(&planned) {
             log_ended(S::STEP, &jobs[*index], the_move, planned.as_ref());
         }
         Ok(())
     }
 
-    /// [`Runner::settle`] in a transaction of its own; rings the queue of the job it queued.
+    /// [`Runner::settle`] in a transaction of its own.
     pub(crate) async fn settle_alone(
         &self,
         step: Step,
@@ -317,26 +311,25 @@ impl Runner {
         error: StepError,
     ) -> Result<(), StepError> {
         let mut tx = self.pool.begin().await?;
-        let next = self.settle(&mut tx, step, job, error).await?;
+        self.settle(&mut tx, step, job, error).await?;
         tx.commit().await?;
-        self.bells.ring_for(next.as_ref());
         Ok(())
     }
 
     /// Records a failed attempt of `step` (step log and `orders.last_error`) and does what follows it
     /// (`flow::after_failure`), in the caller's transaction: the same step again after a backoff, or the
     /// cancellation of a forward step, or a compensation parked. Nothing follows if the order has meanwhile left
-    /// the step's state (a cancel overtook it): whatever moved it owns the saga now. Returns the job it queued.
+    /// the step's state (a cancel overtook it): whatever moved it owns the saga now.
     pub(crate) async fn settle(
         &self,
         conn: &mut PgConnection,
         step: Step,
         job: StepJob,
         error: StepError,
-    ) -> Result<Option<NextJob>, StepError> {
+    ) -> Result<(), StepError> {
         let message = error.to_string();
         let Some(order) = order::lock(conn, job.order_id).await? else {
-            return Ok(None);
+            return Ok(());
         };
         step_log::fail_attempt(conn, job.order_id, step, job.attempt, &self.instance, &message).await?;
         let last_error = Some(format!("{step}: {message}"));
@@ -347,7 +340,7 @@ impl Runner {
                 ..Move::new(&order)
             };
             order::advance(conn, &[noted]).await?;
-            return Ok(None);
+            return Ok(());
         }
         let budget = self.settings.attempts.of(step);
         let after = match flow::after_failure(step, job.attempt, budget, error.failure()) {
@@ -385,12 +378,11 @@ impl Runner {
                 flow::cancellation(&order, reason, None)
             }
         };
-        let next = after.next;
         let planned = order::advance(conn, &[Move { last_error, ..after }]).await?;
         for planned in planned.iter().flatten() {
             planned.log();
         }
-        Ok(next)
+        Ok(())
     }
 
     /// Delay before attempt `attempt + 1`: base × 2^(attempt−1), capped, with up to 20% jitter.

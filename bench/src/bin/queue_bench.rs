@@ -94,9 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let expected = if args.chain { args.jobs * 4 } else { args.jobs };
     let done = Arc::new(AtomicU64::new(0));
     let worker = format!("{queue}@bench#0");
-    // Completions as a worker writes them: on connections whose commits do not wait for the disk.
-    let (completer, writer) =
-        Completer::start(orderflow_shared::queue::claims_pool(&pool, 0), worker.clone());
+    let (completer, writer) = Completer::start(pool.clone(), worker.clone());
     let ctx = Ctx {
         pool: pool.clone(),
         completer,

@@ -4,10 +4,9 @@
 //! through `lock_by = <worker>`, which matches every job that worker ever ran, Done ones included: each write
 //! scanned all of them (5.6 ms per write after 5,400 jobs, the largest single cost of a saga in
 //! `pg_stat_statements`, and growing for as long as the worker runs). Our workers turn that off and complete
-//! jobs here instead: by primary key, many per statement (whatever finished while the last write was out), one
-//! round trip each, on the queue's own connections (`queue::claims_pool`: `synchronous_commit = off`), because a
-//! completion lost in a PostgreSQL crash costs only a re-run of an idempotent step, which the recovery already
-//! does for jobs whose worker is gone.
+//! jobs here instead: by primary key, many per statement (whatever finished while the last write was out), and
+//! with `synchronous_commit = off`, because a completion lost in a PostgreSQL crash costs only a re-run of an
+//! idempotent step, which the recovery already does for jobs whose worker is gone.
 //!
 //! A job stays `Queued` (or `Running`) under its worker's name until its completion is written; a worker that
 //! dies first leaves it to the reconciler (`queue::upkeep::rescue_orphaned_jobs`), exactly as before.
@@ -35,8 +34,7 @@ pub struct Completer {
 }
 
 impl Completer {
-    /// Starts the writer for the jobs that `worker` (an apalis worker name, their `lock_by`) fetched, on `pool`
-    /// (a worker's `queue::claims_pool`: its commits do not wait for the disk). Await the
+    /// Starts the writer for the jobs that `worker` (an apalis worker name, their `lock_by`) fetched. Await the
     /// handle after dropping every `Completer` to be sure the last completions were written.
     pub fn start(pool: PgPool, worker: String) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -84,7 +82,12 @@ async fn write(pool: &PgPool, worker: &str, batch: &[Completion]) -> Result<(), 
             Some(error) => serde_json::json!({ "Err": error }),
         })
         .collect();
-    // One statement, its own transaction: one round trip. Only jobs still claimed by this worker: one the reconciler handed to another worker meanwhile is theirs.
+    let mut tx = pool.begin().await?;
+    // A setting, not a query of the schema: nothing for the compile-time check to check.
+    sqlx::query("set local synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    // Only jobs still claimed by this worker: one the reconciler handed to another worker meanwhile is theirs.
     // `coalesce` keeps the planner off the `lock_by` index, which leads to every job the worker ever ran (the
     // trap apalis's own statement falls into); the rows are found by primary key.
     sqlx::query!(
@@ -97,7 +100,7 @@ async fn write(pool: &PgPool, worker: &str, batch: &[Completion]) -> Result<(), 
         &results,
         worker
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }

@@ -14,11 +14,7 @@ pub mod completion;
 pub mod upkeep;
 pub mod views;
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::flow::Step;
@@ -162,32 +158,6 @@ pub fn queue_config(queue: &str, fetch_size: usize) -> apalis_postgres::Config {
         .lock_tasks(false)
         .persist_results(false)
 }
-
-/// The connections apalis holds for a worker process's queues: each queue's LISTEN connection, and a few its
-/// fetches (the claim of jobs) and heartbeats take in turn. Their transactions commit with
-/// `synchronous_commit = off`: a claim lost in a PostgreSQL crash leaves its job pending, to be fetched again,
-/// and the claim of a job that then ran is durable with it, because the step's own durable commit waits for the
-/// WAL up to its commit record, which follows the claim's. So no fetch waits for the disk; on the step pool they
-/// did, one flush per non-empty fetch, which beside busy steps was most of what a new order's commit queued
-/// behind. Two connections besides the listeners: a fetch holds one for three round trips.
-pub fn claims_pool(steps_pool: &PgPool, queues: usize) -> PgPool {
-    let options = steps_pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .options([("synchronous_commit", "off")]);
-    PgPoolOptions::new()
-        .max_connections(
-            u32::try_from(queues)
-                .unwrap_or(u32::MAX)
-                .saturating_add(CLAIM_CONNECTIONS),
-        )
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options)
-}
-
-/// The connections of [`claims_pool`] besides one LISTEN connection per queue.
-pub const CLAIM_CONNECTIONS: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -36,29 +36,3 @@ begin
 end;
 $$;
 
--- apalis's insert trigger notifies `apalis::job::insert` for every due job. A notifying transaction holds a
--- lock on the database's notification queue from its commit until its end, through its WAL flush, so
--- notifying commits do not share a flush: beside busy steps (each batch queues the next step's jobs) a new
--- order's commit waited in line for that lock (`orderflow dev` at 100 sagas/s: a quarter of the commits sampled
--- waiting were on it). And each notification goes to every listening connection (a worker process keeps one per
--- queue). A worker needs no notification for the jobs its own steps queue for queues it serves: it wakes those
--- itself after its commit (`worker/src/poll.rs`, `Bells`). Its step connections name those queues in
--- `orderflow.quiet_queues` (a comma-separated list, set at connect: `db::Session::quiet_queues`), and their
--- inserts into them are not announced; every other insert (a new order's first job, a cancellation from the API,
--- an operator's retry) is, as before. Other workers find a quiet job by their fetch timer (`poll::Ticker`).
--- The same caveat as above: the test `queue::quiet_queues_are_not_announced` fails if apalis replaces this.
-create or replace function apalis.notify_new_jobs() returns trigger
-language plpgsql
-as $$
-begin
-    if new.run_at <= now()
-       and not coalesce(new.job_type = any (string_to_array(current_setting('orderflow.quiet_queues', true), ',')), false)
-    then
-        perform pg_notify(
-            'apalis::job::insert',
-            json_build_object('job_type', new.job_type, 'id', new.id, 'run_at', new.run_at)::text
-        );
-    end if;
-    return new;
-end;
-$$;
