@@ -100,4 +100,3 @@ async fn a_fetch_claims_the_due_jobs_of_its_queue_by_priority_then_age() {
     );
     assert!(claim(10).await.is_empty(), "a claimed job is not claimed twice");
 }
-
