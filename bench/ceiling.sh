@@ -187,11 +187,17 @@ cpu_bench() {
   local u0 p0 s0 u1 p1 s1
   u0=$(units "$unit"); p0=$(pg_ticks); s0=$(ticks $DEV)
   bench --label "$label" "$@"
-  u1=$(units "$unit"); p1=$(pg_ticks); s1=$(ticks $DEV)
+  p1=$(pg_ticks); s1=$(ticks $DEV); u1=$(units "$unit")
   echo "$(ms "$p0" "$p1") $(ms "$s0" "$s1") $((u1 - u0))" >"$OUT/$label.cpu"
 }
-# CPU per unit of a run: cpu <label> -> "PostgreSQL service all" in ms per order or saga.
-cpu() { awk '{n = ($3 > 0) ? $3 : 1; printf "%.2f %.2f %.2f\n", $1 / n, $2 / n, ($1 + $2) / n}' "$OUT/$1.cpu"; }
+# CPU per unit of a run: cpu <label> -> "PostgreSQL service all" in ms per order or saga (zeros for a run that
+# did not happen).
+cpu() {
+  [ -f "$OUT/$1.cpu" ] || { echo "0 0 0"; return; }
+  awk '{n = ($3 > 0) ? $3 : 1; printf "%.2f %.2f %.2f\n", $1 / n, $2 / n, ($1 + $2) / n}' "$OUT/$1.cpu"
+}
+# A latency run's figures: creation p50 p99, submit-to-end p50 p99 (ms), complete sagas/s.
+lat() { j "latency-$1" "f\"{d['create_latency']['p50_ms']:.1f} {d['create_latency']['p99_ms']:.1f} {d['saga_latency']['p50_ms']:.0f} {d['saga_latency']['p99_ms']:.0f} {d['sagas_per_s']:.1f}\""; }
 # A figure from a run's results: j <label> <python expression over its JSON, d>.
 j() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print(eval(sys.argv[1]))" "$2"; }
 # Sagas first: creation runs leave a backlog of sagas behind them that the worker would still be working off.
@@ -219,11 +225,12 @@ for rate in $SAGA_STEPS; do
 done
 # Latency below saturation with the worker running (`orderflow dev`, as users start it): at $LATENCY_RATE/s and
 # at half the sustained rate.
-HALF_SUSTAINED=$(( ${SUSTAINED:-0} > 0 ? SUSTAINED / 2 : LATENCY_RATE ))
-for rate in "$LATENCY_RATE" "$HALF_SUSTAINED"; do
+# When half the sustained rate is that rate, one run serves both rows.
+HALF_SUSTAINED=$(( SUSTAINED > 0 ? SUSTAINED / 2 : LATENCY_RATE ))
+for rate in $(printf '%s\n' "$LATENCY_RATE" "$HALF_SUSTAINED" | sort -un); do
   echo "== service: full sagas at $rate/s (latency, worker running)"
   cpu_bench saga "latency-$rate" --mode saga --rate "$rate"
-  echo "   $(j "latency-$rate" "f\"creation p50 {d['create_latency']['p50_ms']:.1f} p99 {d['create_latency']['p99_ms']:.1f} ms, submit-to-end p50 {d['saga_latency']['p50_ms']:.0f} p99 {d['saga_latency']['p99_ms']:.0f} ms\"")"
+  echo "   creation p50, p99; submit-to-end p50, p99 (ms); sagas/s: $(lat "$rate")"
   echo "   CPU per saga (PostgreSQL, orderflow dev, both): $(cpu "latency-$rate") ms"
 done
 # Graceful overload: offered 1.5x and 3x the sustained rate (when none of $SAGA_STEPS was kept up, what the
@@ -288,16 +295,11 @@ WORKER=
 
 SAT=$(j create-saturation "round(d['create_achieved_per_s'], 1)")
 # Latency with the worker running, and CPU per unit (PostgreSQL, the service, both; ms).
-lat() { j "latency-$1" "f\"{d['create_latency']['p50_ms']:.1f} {d['create_latency']['p99_ms']:.1f} {d['saga_latency']['p50_ms']:.0f} {d['saga_latency']['p99_ms']:.0f} {d['sagas_per_s']:.1f}\""; }
 read -r LOW_C50 LOW_C99 LOW_S50 LOW_S99 LOW_DONE <<<"$(lat "$LATENCY_RATE")"
 read -r HS_C50 HS_C99 HS_S50 HS_S99 HS_DONE <<<"$(lat "$HALF_SUSTAINED")"
 read -r CPU_ORDER_PG CPU_ORDER_API CPU_ORDER <<<"$(cpu create-saturation)"
 read -r CPU_LOW_PG CPU_LOW_DEV CPU_LOW <<<"$(cpu "latency-$LATENCY_RATE")"
-if [ "$SUSTAINED" -gt 0 ]; then
-  read -r CPU_SUS_PG CPU_SUS_DEV CPU_SUS <<<"$(cpu "saga-$SUSTAINED")"
-else
-  CPU_SUS_PG=0 CPU_SUS_DEV=0 CPU_SUS=0
-fi
+read -r CPU_SUS_PG CPU_SUS_DEV CPU_SUS <<<"$(cpu "saga-$SUSTAINED")"
 # pgbench's PostgreSQL CPU for one saga's SQL: a creation and four batched steps' shares.
 CPU_SAGA_CEIL=$(python3 -c "print(round(${CPU_TXN[create_order]} + 4 * ${CPU_TXN[batch_step]} / $BATCH, 3))")
 HALF_P99=$(j create-half "d['create_latency']['p99_ms']")

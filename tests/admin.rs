@@ -15,14 +15,6 @@ fn without_worker() -> Options {
     }
 }
 
-async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) -> reqwest::Response {
-    let request = match token {
-        Some(token) => app.http.get(format!("{}{path}", app.api)).bearer_auth(token),
-        None => app.anonymous.get(format!("{}{path}", app.api)),
-    };
-    request.send().await.unwrap()
-}
-
 async fn act(app: &TestApp, id: Uuid, action: &str, token: &str) -> (u16, Value) {
     let response = app
         .http
@@ -42,7 +34,7 @@ async fn no_or_a_wrong_token_is_401_and_a_viewer_cannot_act() {
     let id = app.create_order("roles", &[("A", 1)], "pm_card_visa").await;
 
     for token in [None, Some("not-a-token-at-all-000")] {
-        let response = admin_get(&app, "/admin/v1/queues", token).await;
+        let response = app.admin_get("/admin/v1/queues", token).await;
         assert_eq!(response.status(), 401, "{token:?}");
         assert!(
             response.headers()["www-authenticate"]
@@ -72,7 +64,7 @@ async fn no_or_a_wrong_token_is_401_and_a_viewer_cannot_act() {
         &format!("/admin/v1/sagas/{id}"),
     ] {
         assert_eq!(
-            admin_get(&app, path, Some(VIEWER_TOKEN)).await.status(),
+            app.admin_get(path, Some(VIEWER_TOKEN)).await.status(),
             200,
             "{path}"
         );
@@ -197,7 +189,9 @@ async fn the_saga_list_filters_pages_and_shows_stuck_sagas() {
         ("limit=0", "limit"),
         ("after=nope", "after"),
     ] {
-        let response = admin_get(&app, &format!("/admin/v1/sagas?{query}"), Some(VIEWER_TOKEN)).await;
+        let response = app
+            .admin_get(&format!("/admin/v1/sagas?{query}"), Some(VIEWER_TOKEN))
+            .await;
         assert_eq!(response.status(), 422, "{query}");
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["field"], field, "{query}");

@@ -267,15 +267,21 @@ impl TestApp {
         self.post_order_with_key(body, &Uuid::new_v4().to_string()).await
     }
 
+    /// `GET` an admin API path with `token` as the bearer, or with no credentials at all.
+    pub async fn admin_get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let request = match token {
+            Some(token) => self
+                .anonymous
+                .get(format!("{}{path}", self.api))
+                .bearer_auth(token),
+            None => self.anonymous.get(format!("{}{path}", self.api)),
+        };
+        request.send().await.unwrap()
+    }
+
     /// `GET` an admin API path with the viewer token; it must answer 200.
     pub async fn admin_json(&self, path: &str) -> Value {
-        let response = self
-            .anonymous
-            .get(format!("{}{path}", self.api))
-            .bearer_auth(VIEWER_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let response = self.admin_get(path, Some(VIEWER_TOKEN)).await;
         assert_eq!(response.status(), 200, "{path}");
         response.json().await.unwrap()
     }
