@@ -20,7 +20,8 @@ pub fn server_url() -> String {
 /// Connections of one test's pool (in-process worker and the test's own queries), of its API's pool and of
 /// each worker process a test starts. PostgreSQL allows 100 by default; nextest runs two tests at once, and the
 /// tests that start processes run one at a time (`.config/nextest.toml`), so the worst pair stays below it:
-/// 20 + 8 + 2×16 (+ 28 for the other test) = 88.
+/// 20 + 8 + 2×16, with one announcing connection each for the API, the in-process worker and the two processes
+/// (`queue::announce`), (+ 30 for the other test) = 94.
 const TEST_POOL: u32 = 20;
 const API_POOL: u32 = 8;
 const WORKER_PROCESS_POOL: &str = "16";

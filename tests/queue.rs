@@ -1,9 +1,125 @@
-//! The queue's fetch as OrderFlow installs it (`migrations/20261204000001_queue_fetch_plan.sql`): apalis's
-//! `get_jobs`, rewritten in PL/pgSQL so that its plan is kept, must claim exactly what apalis's claims.
+//! The queue's fetch and notifications as OrderFlow installs them: apalis's `get_jobs`, rewritten in PL/pgSQL so
+//! that its plan is kept (`migrations/20261204000001_queue_fetch_plan.sql`), must claim exactly what apalis's
+//! claims; jobs queued by a quiet transaction are announced after its commit, not by apalis's insert trigger
+//! (`migrations/20261204000002_announce_after_commit.sql`, `queue::announce`).
 
+use std::time::Duration;
+
+use orderflow_shared::flow::Step;
+use orderflow_shared::queue::{StepJob, announce};
+use orderflow_worker::Runner;
+use serde_json::Value;
 use sqlx::Row;
+use sqlx::postgres::PgListener;
 
-use crate::helpers::{Options, spawn_app_with};
+use crate::helpers::{Options, TestApp, spawn_app_with, worker_settings};
+
+/// A listener on the channel apalis's workers listen on.
+async fn listen(app: &TestApp) -> PgListener {
+    let mut listener = PgListener::connect_with(&app.pool).await.unwrap();
+    listener.listen("apalis::job::insert").await.unwrap();
+    listener
+}
+
+/// The next notification's payload (at most 30 s away: a test that hangs tells nothing).
+async fn next_announcement(listener: &mut PgListener) -> Value {
+    let notification = tokio::time::timeout(Duration::from_secs(30), listener.recv())
+        .await
+        .expect("no notification within 30 s")
+        .unwrap();
+    serde_json::from_str(notification.payload()).unwrap()
+}
+
+async fn insert_job(conn: &mut sqlx::PgConnection, id: &str, queue: &str) {
+    sqlx::query("insert into apalis.jobs (job, id, job_type, status, run_at) values ('\\x7b7d', $1, $2, 'Pending', now())")
+        .bind(id)
+        .bind(queue)
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_quiet_transaction_leaves_its_jobs_to_be_announced() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let mut listener = listen(&app).await;
+
+    let mut quiet = announce::begin_quiet(&app.pool).await.unwrap();
+    insert_job(&mut quiet, "quiet", "test.quiet").await;
+    quiet.commit().await.unwrap();
+    // The connection goes back to the pool: the setting was the transaction's, not the session's.
+    let mut conn = app.pool.acquire().await.unwrap();
+    insert_job(&mut conn, "loud", "test.loud").await;
+
+    // Notifications arrive in commit order: the quiet job's would have come first.
+    let first = next_announcement(&mut listener).await;
+    assert_eq!(
+        (first["job_type"].as_str(), first["id"].as_str()),
+        (Some("test.loud"), Some("loud")),
+        "a quiet transaction's job was announced by the trigger, or an ordinary one's was not: apalis may have \
+         replaced its trigger (redo migrations/20261204000002_announce_after_commit.sql)"
+    );
+}
+
+#[tokio::test]
+async fn a_new_order_and_each_step_it_takes_are_announced_after_their_commits() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.put_sku("A", 10, 1000).await;
+    let mut listener = listen(&app).await;
+
+    let id = app.create_order("announced", &[("A", 1)], "pm_card_visa").await;
+    let first = next_announcement(&mut listener).await;
+    assert_eq!(
+        (first["job_type"].as_str(), first["id"].as_str()),
+        (Some(Step::FIRST.queue()), Some("announced")),
+        "the announcer's notification, and not the trigger's before it"
+    );
+    let committed: i64 = sqlx::query_scalar("select count(*) from apalis.jobs where job_type = $1")
+        .bind(Step::FIRST.queue())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(committed, 1, "announced once its job was committed");
+
+    // The steps, run by hand (no worker, no reconciler waking queues): each batch announces the job it queued,
+    // after its commit, and its transaction did not.
+    let runner = Runner::new(
+        app.pool.clone(),
+        worker_settings(&app.paysim),
+        "announce-test".to_owned(),
+    )
+    .unwrap();
+    let job = StepJob {
+        order_id: id,
+        attempt: 1,
+        trace: None,
+    };
+    let mut step = Step::FIRST;
+    for _ in 0..3 {
+        let results = runner.run_batch(step, vec![job]).await;
+        assert!(results.iter().all(Result::is_ok), "{step} failed: {results:?}");
+        let next = next_announcement(&mut listener).await;
+        assert_eq!(
+            next["id"], "announced",
+            "the job {step} queued was announced inside its transaction"
+        );
+        step = Step::ALL
+            .into_iter()
+            .find(|s| s.queue() == next["job_type"])
+            .expect("a step's queue");
+    }
+    assert_eq!(step, Step::Fulfil);
+    runner.run_batch(step, vec![job]).await;
+    assert_eq!(app.order(id).await["status"], "FULFILLED");
+}
 
 #[tokio::test]
 async fn the_fetch_keeps_its_plan() {

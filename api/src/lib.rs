@@ -37,6 +37,7 @@ use axum::http::StatusCode;
 use axum::http::{Method, Request};
 use axum::response::IntoResponse;
 use orderflow_shared::customer_token::Signer;
+use orderflow_shared::queue::announce::Announcer;
 use orderflow_shared::settings::{AdminSettings, ApiSettings, KeySettings, ServerLimits};
 use sqlx::PgPool;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
@@ -58,18 +59,21 @@ pub struct AppState {
     pub dashboard: Arc<session::Guard>,
     /// The last saga backlog reading, which order creation is admitted by.
     pub admission: Arc<admission::Gate>,
+    /// Wakes the first step's workers after a new order's commit.
+    pub announcer: Announcer,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, settings: &ApiSettings, signer: Signer, dashboard: session::Guard) -> Self {
         Self {
-            pool,
             admin: Arc::new(settings.admin.clone()),
             keys: Arc::new(caller::KeyCache::new(settings.keys.cache_ttl)),
             key_settings: Arc::new(settings.keys.clone()),
             signer: Arc::new(signer),
             dashboard: Arc::new(dashboard),
             admission: Arc::new(admission::Gate::new(settings.admission)),
+            announcer: Announcer::start(&pool),
+            pool,
         }
     }
 }

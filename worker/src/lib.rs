@@ -298,10 +298,15 @@ fn queue_worker(
     };
     let fetch_size = settings.fetch_size.min(concurrency);
     let config = orderflow_shared::queue::queue_config(step.queue(), fetch_size);
-    let backend = PostgresStorage::<StepJob>::new(&runner.pool)
-        .with_config(config)
-        .with_pubsub();
-    let backend = PollWith::new(backend, poll::Ticker::new(settings.poll_interval));
+    let backend = PostgresStorage::<StepJob>::new(&runner.pool).with_config(config.clone());
+    let backend = poll::Paced::new(
+        backend,
+        runner.pool.clone(),
+        step.queue(),
+        config,
+        fetch_size,
+        settings.poll_interval,
+    );
     let (completer, writer) = Completer::start(runner.pool.clone(), name.clone());
     let (batcher, gatherer) = Batcher::start(runner.clone(), step, settings.step_batch);
     let ctx = StepContext { completer, batcher };

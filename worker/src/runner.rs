@@ -33,6 +33,7 @@ use futures::future::{BoxFuture, join_all};
 use orderflow_shared::flow::{self, AfterFailure, Step};
 use orderflow_shared::order::advance::AttemptOf;
 use orderflow_shared::order::{self, Move, OrderRow, PlannedTransition, Transition};
+use orderflow_shared::queue::announce::{self, Announcer};
 use orderflow_shared::queue::{NextJob, StepJob};
 use orderflow_shared::settings::WorkerSettings;
 use orderflow_shared::step_log;
@@ -55,6 +56,8 @@ pub struct Runner {
     pub settings: WorkerSettings,
     /// This process's unique instance name, recorded in the step log.
     pub instance: String,
+    /// Wakes the queues of the jobs a batch queued, after its commit (`queue::announce`).
+    pub announcer: Announcer,
 }
 
 /// What became of one job of a batch.
@@ -73,6 +76,7 @@ impl Runner {
     pub fn new(pool: PgPool, settings: WorkerSettings, instance: String) -> anyhow::Result<Self> {
         let provider = Provider::new(&settings.payments_url, settings.payments_timeout)?;
         Ok(Self {
+            announcer: Announcer::start(&pool),
             pool,
             provider,
             settings,
@@ -151,7 +155,7 @@ impl Runner {
     /// batch was written.
     async fn attempt<S: SagaStep>(&self, jobs: &[StepJob]) -> Result<Vec<Outcome>, StepError> {
         let mut outcomes: Vec<Outcome> = jobs.iter().map(|_| Outcome::Done).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = announce::begin_quiet(&self.pool).await?;
         let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id).collect();
         let mut locked: HashMap<Uuid, OrderRow> = order::lock_many(&mut tx, &ids)
             .await?
@@ -216,6 +220,8 @@ impl Runner {
             fail_batch("worker.batch.before_end", orders.iter().copied())?;
         }
         tx.commit().await?;
+        self.announcer
+            .announce_jobs(moves.iter().filter_map(|m| m.next.as_ref()));
         for ((index, the_move), planned) in ended.iter().zip(&planned) {
             log_ended(S::STEP, &jobs[*index], the_move, planned.as_ref());
         }
@@ -254,7 +260,7 @@ impl Runner {
         answered: &[(usize, &OrderRow, S::Answer)],
         started: &HashMap<Uuid, i64>,
     ) -> Result<(), StepError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = announce::begin_quiet(&self.pool).await?;
         fail_batch(
             "worker.batch.before_record",
             answered.iter().map(|(_, order, _)| *order),
@@ -297,6 +303,8 @@ impl Runner {
             .collect();
         let planned = order::advance(&mut tx, &moves).await?;
         tx.commit().await?;
+        self.announcer
+            .announce_jobs(moves.iter().filter_map(|m| m.next.as_ref()));
         for (((index, _, _), the_move), planned) in present.iter().zip(&moves).zip(&planned) {
             log_ended(S::STEP, &jobs[*index], the_move, planned.as_ref());
         }

@@ -82,7 +82,7 @@ pub async fn create(
         fingerprint: &fingerprint,
         trace,
     };
-    let created = create::create(&state.pool, &creation, |order| {
+    let created = create::create(&state.pool, &state.announcer, &creation, |order| {
         serde_json::to_value(OrderView::created(order))
     })
     .await?;

@@ -16,7 +16,7 @@ use crate::input::FieldError;
 use crate::inventory::SkuRow;
 use crate::order::request::ValidOrder;
 use crate::order::{OrderLineRow, OrderRow, OrderStatus};
-use crate::queue;
+use crate::queue::{self, announce::Announcer};
 use crate::telemetry::TraceId;
 
 /// The status a new order's response carries: accepted, the saga runs in the worker.
@@ -286,14 +286,15 @@ pub struct Creation<'a> {
 #[tracing::instrument(skip_all, fields(order_id, trace_id = %request.trace))]
 pub async fn create(
     pool: &PgPool,
+    announcer: &Announcer,
     request: &Creation<'_>,
     respond: impl Fn(&NewOrder) -> Result<Value, serde_json::Error>,
 ) -> Result<Created, CreateError> {
     // A request that committed the same key just as this one took the key's lock is not seen by the first
     // read (see `idempotency`); this one's insert then fails on the key, and the second pass replays it.
-    match create_once(pool, request, &respond).await? {
+    match create_once(pool, announcer, request, &respond).await? {
         Some(created) => Ok(created),
-        None => create_once(pool, request, &respond)
+        None => create_once(pool, announcer, request, &respond)
             .await?
             .ok_or(CreateError::KeyInFlight),
     }
@@ -303,10 +304,12 @@ pub async fn create(
 /// read (its insert failed on the key).
 async fn create_once(
     pool: &PgPool,
+    announcer: &Announcer,
     request: &Creation<'_>,
     respond: &impl Fn(&NewOrder) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<Created>, CreateError> {
-    let mut tx = pool.begin().await?;
+    // Quiet: the first job is announced after the commit, so that commits of new orders share WAL flushes.
+    let mut tx = queue::announce::begin_quiet(pool).await?;
     let admission = admit(&mut tx, request.caller, request.key, &request.order.skus()).await?;
     if !admission.key_held {
         return Err(CreateError::KeyInFlight);
@@ -353,6 +356,7 @@ async fn create_once(
         other => other?,
     }
     tx.commit().await?;
+    announcer.announce(Step::FIRST.queue());
     tracing::info!(order_id = %order.id, total = order.total, "order accepted");
     Ok(Some(Created {
         status: ACCEPTED,

@@ -3,6 +3,7 @@
 //!
 //! - here: the payload of a saga job ([`StepJob`]), the SQL that writes a job row ([`step_job_inserts!`]) and how
 //!   every OrderFlow queue worker talks to apalis ([`queue_config`]);
+//! - [`announce`]: waking a queue's workers after the commit that queued its jobs (creation and step batches);
 //! - [`completion`]: marking jobs Done or Failed, in batches;
 //! - [`upkeep`]: what the reconciler repairs (jobs of gone workers, due queues, stranded sagas, old Done rows);
 //! - [`views`]: what operators see of the queues and of a saga's jobs, and superseding a job.
@@ -10,6 +11,7 @@
 //! A job exists iff the transaction that enqueued it commits: jobs are written by the statement that moves the
 //! order (`order::advance`, and order creation for the first one), on the caller's connection.
 
+pub mod announce;
 pub mod completion;
 pub mod upkeep;
 pub mod views;
@@ -118,7 +120,8 @@ impl NextJob {
 /// literal).
 ///
 /// It writes what `apalis_postgres::queries::push_tasks` would (`queries/task/sink.sql` of apalis-postgres 1.0:
-/// status `Pending`, no metadata); apalis's insert trigger notifies the queue's listeners as for any insert.
+/// status `Pending`, no metadata); apalis's insert trigger notifies the queue's listeners as for any insert,
+/// unless the transaction began with [`announce::begin_quiet`].
 /// `max_attempts` is [`APALIS_MAX_ATTEMPTS`] (a unit test keeps them equal); `saga::an_enqueued_job_is_the_step_job_apalis_hands_the_worker`
 /// in the tests pins the payload to what `StepJob` reads.
 #[macro_export]
