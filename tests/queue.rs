@@ -1,6 +1,7 @@
 //! The queue's fetch and notifications as OrderFlow installs them: apalis's `get_jobs`, rewritten in PL/pgSQL so
 //! that its plan is kept (`migrations/20261204000001_queue_fetch_plan.sql`), must claim exactly what apalis's
-//! claims; jobs queued by a quiet transaction are announced after its commit, not by apalis's insert trigger
+//! claims, and its claims commit without waiting for the disk (`migrations/20261204000003_claims_without_flush.sql`);
+//! jobs queued by a quiet transaction are announced after its commit, not by apalis's insert trigger
 //! (`migrations/20261204000002_announce_after_commit.sql`, `queue::announce`).
 
 use std::time::Duration;
@@ -215,4 +216,33 @@ async fn a_fetch_claims_the_due_jobs_of_its_queue_by_priority_then_age() {
          one, not one due later, not another queue's"
     );
     assert!(claim(10).await.is_empty(), "a claimed job is not claimed twice");
+}
+
+#[tokio::test]
+async fn a_claim_does_not_wait_for_the_disk() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    sqlx::query("select * from apalis.get_jobs('w1', 'test.none', 1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let setting: String = sqlx::query_scalar("select current_setting('synchronous_commit')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        setting, "off",
+        "a claim's transaction commits without a flush (migrations/20261204000003_claims_without_flush.sql)"
+    );
+    let after: String = sqlx::query_scalar("select current_setting('synchronous_commit')")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(after, "on", "only for the claim's transaction");
 }

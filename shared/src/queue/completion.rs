@@ -4,8 +4,8 @@
 //! through `lock_by = <worker>`, which matches every job that worker ever ran, Done ones included: each write
 //! scanned all of them (5.6 ms per write after 5,400 jobs, the largest single cost of a saga in
 //! `pg_stat_statements`, and growing for as long as the worker runs). Our workers turn that off and complete
-//! jobs here instead: by primary key, many per statement (whatever finished while the last write was out), and
-//! with `synchronous_commit = off`, because a completion lost in a PostgreSQL crash costs only a re-run of an
+//! jobs here instead: by primary key, many per statement (whatever finished while the last write was out), one
+//! round trip each, and with `synchronous_commit = off`, because a completion lost in a PostgreSQL crash costs only a re-run of an
 //! idempotent step, which the recovery already does for jobs whose worker is gone.
 //!
 //! A job stays `Queued` (or `Running`) under its worker's name until its completion is written; a worker that
@@ -82,25 +82,24 @@ async fn write(pool: &PgPool, worker: &str, batch: &[Completion]) -> Result<(), 
             Some(error) => serde_json::json!({ "Err": error }),
         })
         .collect();
-    let mut tx = pool.begin().await?;
-    // A setting, not a query of the schema: nothing for the compile-time check to check.
-    sqlx::query("set local synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    // Only jobs still claimed by this worker: one the reconciler handed to another worker meanwhile is theirs.
-    // `coalesce` keeps the planner off the `lock_by` index, which leads to every job the worker ever ran (the
-    // trap apalis's own statement falls into); the rows are found by primary key.
+    // One statement, its own transaction, one round trip. `synchronous_commit` off for that transaction only
+    // (`set_config(.., true)`, read at its commit): the CTE is joined, so it runs whenever a row is updated,
+    // and a statement that updates none writes nothing to flush. Only jobs still claimed by this worker: one the
+    // reconciler handed to another worker meanwhile is theirs. `coalesce` keeps the planner off the `lock_by`
+    // index, which leads to every job the worker ever ran (the trap apalis's own statement falls into); the rows
+    // are found by primary key.
     sqlx::query!(
-        r#"update apalis.jobs j
+        r#"with no_flush as (select set_config('synchronous_commit', 'off', true))
+           update apalis.jobs j
            set status = c.status, attempts = j.attempts + 1, last_result = c.result, done_at = now()
-           from unnest($1::text[], $2::text[], $3::jsonb[]) as c(id, status, result)
+           from unnest($1::text[], $2::text[], $3::jsonb[]) as c(id, status, result), no_flush
            where j.id = c.id and coalesce(j.lock_by, '') = $4 and j.status in ('Queued', 'Running')"#,
         &ids as &[&str],
         &statuses as &[&str],
         &results,
         worker
     )
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    tx.commit().await
+    Ok(())
 }
