@@ -4,8 +4,8 @@
 -- a new order's commit could queue behind. A claim lost in a PostgreSQL crash leaves its jobs Pending, to be
 -- claimed again; a claim whose jobs then ran is durable with them, because a step's durable commit flushes the
 -- WAL up to its own commit record, which follows the claim's. `set_config(.., true)` is the caller's
--- transaction's: nothing else calls this function (apalis's own fetch path is not used; the test
--- `queue::a_claim_does_not_wait_for_the_disk` pins this).
+-- transaction's, so the function is for claims alone: only `Paced` calls it (apalis's own fetch path is not
+-- used); the test `queue::a_claim_does_not_wait_for_the_disk` pins the setting.
 create or replace function apalis.get_jobs(worker_id text, v_job_type text, v_job_count integer default 5)
 returns setof apalis.jobs
 language plpgsql

@@ -32,12 +32,15 @@ async fn next_announcement(listener: &mut PgListener) -> Value {
 }
 
 async fn insert_job(conn: &mut sqlx::PgConnection, id: &str, queue: &str) {
-    sqlx::query("insert into apalis.jobs (job, id, job_type, status, run_at) values ('\\x7b7d', $1, $2, 'Pending', now())")
-        .bind(id)
-        .bind(queue)
-        .execute(conn)
-        .await
-        .unwrap();
+    sqlx::query(
+        "insert into apalis.jobs (job, id, job_type, status, run_at) \
+         values ('\\x7b7d', $1, $2, 'Pending', now())",
+    )
+    .bind(id)
+    .bind(queue)
+    .execute(conn)
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -49,11 +52,20 @@ async fn a_quiet_transaction_leaves_its_jobs_to_be_announced() {
     .await;
     let mut listener = listen(&app).await;
 
-    let mut quiet = announce::begin_quiet(&app.pool).await.unwrap();
+    // One connection throughout: after the quiet transaction it announces again (the setting was the
+    // transaction's, not the session's).
+    let mut conn = app.pool.acquire().await.unwrap();
+    let mut quiet = sqlx::Connection::begin_with(&mut *conn, announce::BEGIN_QUIET)
+        .await
+        .unwrap();
     insert_job(&mut quiet, "quiet", "test.quiet").await;
     quiet.commit().await.unwrap();
-    // The connection goes back to the pool: the setting was the transaction's, not the session's.
-    let mut conn = app.pool.acquire().await.unwrap();
+    let left: Option<String> =
+        sqlx::query_scalar("select nullif(current_setting('orderflow.announce', true), '')")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(left, None, "the quiet setting outlived its transaction");
     insert_job(&mut conn, "loud", "test.loud").await;
 
     // Notifications arrive in commit order: the quiet job's would have come first.
@@ -83,12 +95,6 @@ async fn a_new_order_and_each_step_it_takes_are_announced_after_their_commits() 
         (Some(Step::FIRST.queue()), Some("announced")),
         "the announcer's notification, and not the trigger's before it"
     );
-    let committed: i64 = sqlx::query_scalar("select count(*) from apalis.jobs where job_type = $1")
-        .bind(Step::FIRST.queue())
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(committed, 1, "announced once its job was committed");
 
     // The steps, run by hand (no worker, no reconciler waking queues): each batch announces the job it queued,
     // after its commit, and its transaction did not.
@@ -120,6 +126,33 @@ async fn a_new_order_and_each_step_it_takes_are_announced_after_their_commits() 
     assert_eq!(step, Step::Fulfil);
     runner.run_batch(step, vec![job]).await;
     assert_eq!(app.order(id).await["status"], "FULFILLED");
+}
+
+#[tokio::test]
+async fn apalis_s_own_listener_takes_the_announcement_for_its_queue() {
+    use futures::StreamExt;
+    let app = spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.put_sku("A", 50, 1000).await;
+    // What a queue worker listens with (`poll::Paced`); it connects on its first poll, so orders are made until
+    // it has heard one (each a fresh announcement).
+    let mut notices = apalis_postgres::Pubsub::new(app.pool.clone(), Step::FIRST.queue().to_owned());
+    let mut heard = None;
+    for attempt in 0..20 {
+        app.create_order("pubsub", &[("A", 1)], "pm_card_visa").await;
+        if let Ok(notice) = tokio::time::timeout(Duration::from_millis(250), notices.next()).await {
+            heard = Some((attempt, notice));
+            break;
+        }
+    }
+    let (_, notice) = heard.expect("apalis's listener heard no announcement for the first step's queue");
+    let id = notice
+        .expect("the stream ended")
+        .expect("the payload apalis's listener could not read");
+    assert_eq!(id.to_string(), "announced");
 }
 
 #[tokio::test]

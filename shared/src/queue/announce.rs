@@ -27,7 +27,7 @@ use super::NextJob;
 /// The statement a quiet transaction begins with: `begin`, and the setting apalis's insert trigger reads
 /// (transaction-local, so a pooled connection forgets it at the commit). Sent as one simple query: no round trip
 /// of its own.
-const BEGIN_QUIET: &str = "begin; set local orderflow.announce = 'after_commit'";
+pub const BEGIN_QUIET: &str = "begin; set local orderflow.announce = 'after_commit'";
 
 /// Begins a transaction whose due jobs are not announced by apalis's insert trigger: its caller announces them
 /// through an [`Announcer`] once it has committed.
@@ -41,7 +41,7 @@ pub struct Announcer {
     queues: mpsc::UnboundedSender<&'static str>,
 }
 
-/// How long the announcer waits before connecting again after its connection failed. Notifications meanwhile
+/// How long the announcer waits after an announcement failed twice. Notifications meanwhile
 /// are dropped: the workers' fetch timer finds the jobs.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
@@ -74,33 +74,66 @@ impl Announcer {
     }
 }
 
-/// The announcer's task: each statement notifies every queue named since the last one, once.
+/// The announcer's task: each statement notifies every queue named since the last one, once. A statement that
+/// fails is sent again once, on a fresh connection (the first after a PostgreSQL restart fails on the old one);
+/// what still fails is dropped, and the workers' fetch timer finds those jobs. The first failure of an outage is
+/// a warning, the rest of it debug.
 async fn announce(options: PgConnectOptions, mut received: mpsc::UnboundedReceiver<&'static str>) {
     let mut conn: Option<PgConnection> = None;
+    let mut failing = false;
     while let Some(first) = received.recv().await {
         let mut queues = BTreeSet::from([first]);
         while let Ok(queue) = received.try_recv() {
             queues.insert(queue);
         }
-        if conn.is_none() {
-            match PgConnection::connect_with(&options).await {
-                Ok(connected) => conn = Some(connected),
-                Err(error) => {
-                    tracing::debug!(%error, "queue announcer cannot connect; the fetch timer finds the jobs");
-                    tokio::time::sleep(RECONNECT_AFTER).await;
-                    continue;
-                }
-            }
-        }
-        let Some(connection) = conn.as_mut() else {
-            continue;
-        };
         let queues: Vec<&str> = queues.into_iter().collect();
-        if let Err(error) = notify(connection, &queues).await {
-            tracing::debug!(%error, "queue announcement failed; the fetch timer finds the jobs");
+        let mut result = Ok(());
+        for _ in 0..2 {
+            result = send(&options, &mut conn, &queues).await;
+            if result.is_ok() {
+                break;
+            }
             conn = None;
         }
+        match result {
+            Ok(()) => failing = false,
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "queue announcements failing; the workers' fetch timer finds the jobs");
+                tokio::time::sleep(RECONNECT_AFTER).await;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "queue announcement failed");
+                tokio::time::sleep(RECONNECT_AFTER).await;
+            }
+        }
     }
+}
+
+/// How long connecting or one announcement may take: a connection that stopped answering is dropped, not waited
+/// on while new orders' announcements pile up behind it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends one announcement, connecting first if need be.
+async fn send(
+    options: &PgConnectOptions,
+    conn: &mut Option<PgConnection>,
+    queues: &[&str],
+) -> Result<(), String> {
+    let connection = match conn {
+        Some(connection) => connection,
+        None => {
+            let connected = tokio::time::timeout(SEND_TIMEOUT, PgConnection::connect_with(options))
+                .await
+                .map_err(|_| "connecting timed out".to_owned())?
+                .map_err(|error| error.to_string())?;
+            conn.insert(connected)
+        }
+    };
+    tokio::time::timeout(SEND_TIMEOUT, notify(connection, queues))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|error| error.to_string())
 }
 
 /// The notification apalis's insert trigger sends, once per queue (apalis reads its `job_type` and wakes that

@@ -5,8 +5,8 @@
 //! scanned all of them (5.6 ms per write after 5,400 jobs, the largest single cost of a saga in
 //! `pg_stat_statements`, and growing for as long as the worker runs). Our workers turn that off and complete
 //! jobs here instead: by primary key, many per statement (whatever finished while the last write was out), one
-//! round trip each, and with `synchronous_commit = off`, because a completion lost in a PostgreSQL crash costs only a re-run of an
-//! idempotent step, which the recovery already does for jobs whose worker is gone.
+//! round trip each, and with `synchronous_commit = off`, because a completion lost in a PostgreSQL crash costs
+//! only a re-run of an idempotent step, which the recovery already does for jobs whose worker is gone.
 //!
 //! A job stays `Queued` (or `Running`) under its worker's name until its completion is written; a worker that
 //! dies first leaves it to the reconciler (`queue::upkeep::rescue_orphaned_jobs`), exactly as before.

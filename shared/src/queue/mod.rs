@@ -144,11 +144,11 @@ macro_rules! step_job_inserts {
 
 /// How every OrderFlow queue worker talks to apalis-postgres (the worker and `orderflow-queue-bench` share it):
 ///
-/// - `fetch_size` jobs per fetch: one round trip and one commit claim up to that many (a fetch of one is a
-///   durable commit per job, which capped a queue at a few hundred jobs/s). Fetched jobs wait in the worker's
-///   buffer while its slots are busy; apalis sends no heartbeat meanwhile, so the fetch stays at most the
-///   worker's concurrency: the buffer then drains within one step timeout, far inside apalis's five-minute
-///   orphan window (a job re-run anyway is harmless: every step is idempotent).
+/// - `fetch_size` jobs per fetch: one statement claims up to that many (a fetch per job capped a queue at a few
+///   hundred jobs/s), and its commit does not wait for the disk (migration 20261204000003). Fetched jobs wait in
+///   the worker's buffer (`poll::Paced`) while its slots are busy; the fetch stays at most the worker's
+///   concurrency, so the buffer drains within one step timeout, far inside apalis's five-minute orphan window (a
+///   job re-run anyway is harmless: every step is idempotent).
 /// - No lock event: apalis would write `Running` in one more transaction before each job starts. A claimed job
 ///   stays `Queued` under its worker's name until its result is written; our recovery, apalis's and the admin
 ///   views all treat `Queued` and `Running` alike.

@@ -71,9 +71,9 @@ pub async fn rescue_orphaned_jobs(
 }
 
 /// Wakes the workers of every queue that has a job due and waiting, with the notification apalis sends for a
-/// new job. apalis wakes idle workers on that notification and otherwise only on its 30 s heartbeat: its poll
-/// interval does not re-arm reliably after a fire (seen here: a rescued job waited 30 s), and nothing is
-/// notified when a delayed retry comes due or a rescued job goes back to Pending. Returns the queues woken.
+/// new job: nothing is notified when a delayed retry comes due or a rescued job goes back to Pending, and an
+/// idle queue's own timer (`ORDERFLOW_WORKER_POLL_MS`) may be slower than the reconciler. Returns the queues
+/// woken.
 pub async fn wake_due_queues(executor: impl PgExecutor<'_>, queues: &[&str]) -> Result<u64, sqlx::Error> {
     let woken = sqlx::query_scalar!(
         r#"select count(pg_notify('apalis::job::insert',
