@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Postgres, Transaction};
 use tokio::sync::mpsc;
 
 use super::NextJob;
@@ -130,22 +130,23 @@ async fn send(
             conn.insert(connected)
         }
     };
-    tokio::time::timeout(SEND_TIMEOUT, notify(connection, queues))
+    tokio::time::timeout(SEND_TIMEOUT, notify(&mut *connection, queues))
         .await
         .map_err(|_| "timed out".to_owned())?
         .map_err(|error| error.to_string())
 }
 
 /// The notification apalis's insert trigger sends, once per queue (apalis reads its `job_type` and wakes that
-/// queue's fetch; the id is not used to fetch).
-async fn notify(conn: &mut PgConnection, queues: &[&str]) -> Result<(), sqlx::Error> {
+/// queue's fetch; the id is not used to fetch): the one place in Rust that writes it (the reconciler's wake-ups
+/// send it too, `upkeep::wake_due_queues`).
+pub(super) async fn notify(executor: impl PgExecutor<'_>, queues: &[&str]) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"select pg_notify('apalis::job::insert',
                             json_build_object('job_type', q, 'id', 'announced', 'run_at', now())::text)
            from unnest($1::text[]) q"#,
         queues as &[&str]
     )
-    .execute(conn)
+    .execute(executor)
     .await?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! process restarted that queue worker). Neither test involves a clock, so a slow worker is never taken for a
 //! dead one.
 
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::queue::{JobStatus, StepJob};
@@ -74,23 +74,24 @@ pub async fn rescue_orphaned_jobs(
 /// new job: nothing is notified when a delayed retry comes due or a rescued job goes back to Pending, and an
 /// idle queue's own timer (`ORDERFLOW_WORKER_POLL_MS`) may be slower than the reconciler. Returns the queues
 /// woken.
-pub async fn wake_due_queues(executor: impl PgExecutor<'_>, queues: &[&str]) -> Result<u64, sqlx::Error> {
-    let woken = sqlx::query_scalar!(
-        r#"select count(pg_notify('apalis::job::insert',
-                      json_build_object('job_type', q.job_type, 'id', due.id, 'run_at', due.run_at)::text))
-                  as "woken!"
+pub async fn wake_due_queues(pool: &PgPool, queues: &[&str]) -> Result<u64, sqlx::Error> {
+    let due = sqlx::query_scalar!(
+        r#"select q.job_type as "job_type!"
            from unnest($1::text[]) as q(job_type)
-           cross join lateral (
-               select j.id, j.run_at from apalis.jobs j
+           where exists (
+               select 1 from apalis.jobs j
                where j.job_type = q.job_type and j.status = 'Pending' and j.run_at <= now()
-               order by j.priority desc, j.run_at
-               limit 1
-           ) due"#,
+           )"#,
         queues as &[&str]
     )
-    .fetch_one(executor)
+    .fetch_all(pool)
     .await?;
-    Ok(u64::try_from(woken).unwrap_or(0))
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let due: Vec<&str> = due.iter().map(String::as_str).collect();
+    super::announce::notify(pool, &due).await?;
+    Ok(u64::try_from(due.len()).unwrap_or(u64::MAX))
 }
 
 /// Puts back to Pending whatever this worker instance still holds: called at the end of a graceful shutdown,
