@@ -31,4 +31,5 @@ mod reconciler;
 mod recovery;
 mod saga;
 mod sqlx_cache;
+mod stock;
 mod tracing;

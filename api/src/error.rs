@@ -29,6 +29,9 @@ pub enum ApiError {
     /// The request conflicts with the resource's state.
     #[error("{detail}")]
     Conflict { slug: &'static str, detail: String },
+    /// An `If-Match` that does not match the resource's current version: nothing was written.
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still being processed")]
@@ -91,6 +94,7 @@ impl ApiError {
             Self::Validation { .. } | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -109,6 +113,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad-request",
             Self::NotFound { .. } => "not-found",
             Self::Conflict { slug, .. } => slug,
+            Self::PreconditionFailed(_) => "precondition-failed",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
             Self::UnsupportedMediaType => "unsupported-media-type",

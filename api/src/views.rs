@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use orderflow_shared::admin::SagaSummary;
 use orderflow_shared::events::{self, EventRow};
 use orderflow_shared::flow::Step;
-use orderflow_shared::inventory::SkuRow;
+use orderflow_shared::inventory::{SkuRow, StockVersion};
 use orderflow_shared::operator::{self, RecordedAction};
 use orderflow_shared::order::create::NewOrder;
 use orderflow_shared::order::{self, CancelReason, OrderLineRow, OrderRow, OrderStatus};
@@ -212,10 +212,13 @@ pub struct SkuView {
     pub available: i64,
     pub price: i64,
     pub currency: String,
+    /// The version of the sku's stock, as its `ETag` carries it (quoted there): it changes whenever the stock
+    /// does. A `PUT` with `If-Match` sets the stock only while it is still this.
+    pub version: String,
 }
 
-impl From<SkuRow> for SkuView {
-    fn from(row: SkuRow) -> Self {
+impl SkuView {
+    pub fn new(row: SkuRow, version: StockVersion) -> Self {
         Self {
             available: row.on_hand - row.reserved,
             sku: row.sku,
@@ -223,6 +226,7 @@ impl From<SkuRow> for SkuView {
             reserved: row.reserved,
             price: row.price,
             currency: row.currency,
+            version: version.0.to_string(),
         }
     }
 }

@@ -49,48 +49,142 @@ pub struct SkuRow {
 }
 
 pub async fn find(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<SkuRow>, sqlx::Error> {
-    sqlx::query_as!(
-        SkuRow,
-        "select sku, on_hand, reserved, price, currency, created_at, updated_at from skus where sku = $1",
+    Ok(find_versioned(executor, sku).await?.map(|(row, _)| row))
+}
+
+/// The version of a sku's stock, which its `ETag` carries: PostgreSQL's `xmin` of the sku's row, the id of the
+/// transaction that last wrote it. Every change to the row (a reservation, a release, a commit, a set) makes a new
+/// one, so a client that read a version can tell whether the stock moved since (optimistic concurrency as
+/// Npgsql and EF Core do it on PostgreSQL: no column to maintain, no write on the steps' path). Transaction ids
+/// are 32 bits and wrap around after about four billion transactions: a row left unwritten for that long could
+/// show a version a client saw long ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockVersion(pub i64);
+
+/// [`find`], with the version of the sku's stock.
+pub async fn find_versioned(
+    executor: impl PgExecutor<'_>,
+    sku: &str,
+) -> Result<Option<(SkuRow, StockVersion)>, sqlx::Error> {
+    let found = sqlx::query!(
+        r#"select sku, on_hand, reserved, price, currency, created_at, updated_at,
+                  xmin::text::bigint as "version!"
+           from skus where sku = $1"#,
         sku
     )
     .fetch_optional(executor)
-    .await
+    .await?;
+    Ok(found.map(|r| {
+        let row = SkuRow {
+            sku: r.sku,
+            on_hand: r.on_hand,
+            reserved: r.reserved,
+            price: r.price,
+            currency: r.currency,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        };
+        (row, StockVersion(r.version))
+    }))
 }
 
-/// Creates the sku or sets its stock and price. Returns the row and whether it was created. Lowering `on_hand`
+/// What a set of a sku's stock and price came to.
+#[derive(Debug)]
+pub enum SkuSet {
+    Created(SkuRow, StockVersion),
+    Updated(SkuRow, StockVersion),
+    /// The set was conditional on a version and the sku's stock is at another one (`None`: there is no such
+    /// sku); nothing was written.
+    VersionMoved(Option<StockVersion>),
+}
+
+/// Which version a set is conditional on (`If-Match`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// Whatever there is, or a new sku.
+    Any,
+    /// The sku exists, at whatever version (`If-Match: *`).
+    Exists,
+    /// The sku is at one of these versions.
+    OneOf(Vec<StockVersion>),
+}
+
+/// Creates the sku or sets its stock and price, if its stock is at the `expected` version. Lowering `on_hand`
 /// below what is reserved fails on [`RESERVED_LE_ON_HAND`].
 pub async fn upsert(
-    executor: impl PgExecutor<'_>,
+    conn: &mut sqlx::PgConnection,
     sku: &str,
     on_hand: i64,
     price: i64,
     currency: &str,
-) -> Result<(SkuRow, bool), sqlx::Error> {
-    // `xmax = 0` holds only for a freshly inserted row: it tells created from updated in one round trip.
-    let upserted = sqlx::query!(
-        r#"insert into skus (sku, on_hand, price, currency) values ($1, $2, $3, $4)
-           on conflict (sku) do update
-             set on_hand = excluded.on_hand, price = excluded.price, currency = excluded.currency,
-                 updated_at = now()
-           returning sku, on_hand, reserved, price, currency, created_at, updated_at, (xmax = 0) as "created!""#,
+    expected: &Expected,
+) -> Result<SkuSet, sqlx::Error> {
+    let versions: Option<Vec<i64>> = match expected {
+        Expected::Any => {
+            // `xmax = 0` holds only for a freshly inserted row: it tells created from updated in one round trip.
+            let upserted = sqlx::query!(
+                r#"insert into skus (sku, on_hand, price, currency) values ($1, $2, $3, $4)
+                   on conflict (sku) do update
+                     set on_hand = excluded.on_hand, price = excluded.price, currency = excluded.currency,
+                         updated_at = now()
+                   returning sku, on_hand, reserved, price, currency, created_at, updated_at,
+                             (xmax = 0) as "created!", xmin::text::bigint as "version!""#,
+                sku,
+                on_hand,
+                price,
+                currency
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            let row = SkuRow {
+                sku: upserted.sku,
+                on_hand: upserted.on_hand,
+                reserved: upserted.reserved,
+                price: upserted.price,
+                currency: upserted.currency,
+                created_at: upserted.created_at,
+                updated_at: upserted.updated_at,
+            };
+            let version = StockVersion(upserted.version);
+            return Ok(if upserted.created {
+                SkuSet::Created(row, version)
+            } else {
+                SkuSet::Updated(row, version)
+            });
+        }
+        Expected::Exists => None,
+        Expected::OneOf(versions) => Some(versions.iter().map(|v| v.0).collect()),
+    };
+    let updated = sqlx::query!(
+        r#"update skus set on_hand = $2, price = $3, currency = $4, updated_at = now()
+           where sku = $1 and ($5::bigint[] is null or xmin::text::bigint = any($5))
+           returning sku, on_hand, reserved, price, currency, created_at, updated_at,
+                     xmin::text::bigint as "version!""#,
         sku,
         on_hand,
         price,
-        currency
+        currency,
+        versions.as_deref()
     )
-    .fetch_one(executor)
+    .fetch_optional(&mut *conn)
     .await?;
-    let row = SkuRow {
-        sku: upserted.sku,
-        on_hand: upserted.on_hand,
-        reserved: upserted.reserved,
-        price: upserted.price,
-        currency: upserted.currency,
-        created_at: upserted.created_at,
-        updated_at: upserted.updated_at,
-    };
-    Ok((row, upserted.created))
+    match updated {
+        Some(u) => Ok(SkuSet::Updated(
+            SkuRow {
+                sku: u.sku,
+                on_hand: u.on_hand,
+                reserved: u.reserved,
+                price: u.price,
+                currency: u.currency,
+                created_at: u.created_at,
+                updated_at: u.updated_at,
+            },
+            StockVersion(u.version),
+        )),
+        None => Ok(SkuSet::VersionMoved(
+            find_versioned(&mut *conn, sku).await?.map(|(_, version)| version),
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
