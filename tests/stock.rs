@@ -59,11 +59,44 @@ async fn a_stock_count_read_before_an_order_committed_cannot_write_over_the_comm
     assert_eq!(now["on_hand"], 8);
     let fresh = put_stock(&app, "A", 12, Some(&current)).await;
     assert_eq!(fresh.status(), StatusCode::OK);
-    let next = fresh.headers()["etag"].to_str().unwrap().to_owned();
+    let set: Value = fresh.json().await.unwrap();
+    let next = format!("\"{}\"", set["version"].as_str().unwrap());
     assert_ne!(next, current);
     assert_eq!(
         read(&app, "A").await,
-        (fresh.json::<Value>().await.unwrap(), next)
+        (set, next),
+        "the answer is the stock as set, at the version it names"
+    );
+}
+
+#[tokio::test]
+async fn of_two_counts_made_on_the_same_version_one_is_set_and_the_other_refused() {
+    let app = spawn_app().await;
+    app.put_sku("A", 10, 1000).await;
+    let (_, tag) = read(&app, "A").await;
+
+    let (first, second) = tokio::join!(
+        put_stock(&app, "A", 20, Some(&tag)),
+        put_stock(&app, "A", 30, Some(&tag))
+    );
+    let mut statuses = [first.status(), second.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::PRECONDITION_FAILED]);
+    let (winner, loser) = if first.status() == StatusCode::OK {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let set: Value = winner.json().await.unwrap();
+    let refusal: Value = loser.json().await.unwrap();
+    let (now, current) = read(&app, "A").await;
+    assert_eq!(
+        now["on_hand"], set["on_hand"],
+        "the stock is what the one accepted count set"
+    );
+    assert!(
+        refusal["detail"].as_str().unwrap().contains(&current),
+        "the refusal names the version the stock is at: {refusal}"
     );
 }
 
@@ -95,18 +128,19 @@ async fn if_match_takes_star_lists_and_refuses_a_sku_that_does_not_exist() {
         StatusCode::OK
     );
     let (_, tag2) = read(&app, "NEW").await;
-    let list = format!("\"0\", {tag}, {tag2}");
+    let list = format!("{tag}, {tag2}, \"0\"");
     assert_eq!(
         put_stock(&app, "NEW", 7, Some(&list)).await.status(),
         StatusCode::OK,
         "any tag of the list matches"
     );
+    let (_, tag3) = read(&app, "NEW").await;
     assert_eq!(
-        put_stock(&app, "NEW", 8, Some(&format!("W/{tag2}")))
+        put_stock(&app, "NEW", 8, Some(&format!("W/{tag3}")))
             .await
             .status(),
         StatusCode::PRECONDITION_FAILED,
-        "a weak tag never matches"
+        "a weak tag never matches, not even the current version's"
     );
     let malformed = put_stock(&app, "NEW", 9, Some("version-7")).await;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);

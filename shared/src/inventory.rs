@@ -55,9 +55,11 @@ pub async fn find(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<Sku
 /// The version of a sku's stock, which its `ETag` carries: PostgreSQL's `xmin` of the sku's row, the id of the
 /// transaction that last wrote it. Every change to the row (a reservation, a release, a commit, a set) makes a new
 /// one, so a client that read a version can tell whether the stock moved since (optimistic concurrency as
-/// Npgsql and EF Core do it on PostgreSQL: no column to maintain, no write on the steps' path). Transaction ids
-/// are 32 bits and wrap around after about four billion transactions: a row left unwritten for that long could
-/// show a version a client saw long ago.
+/// Npgsql and EF Core do it on PostgreSQL: no column to maintain, no write on the steps' path). So an order's
+/// reservation or release moves it too, though a set never writes `reserved`: on a sku that sells all the time a
+/// conditional set may need a few tries (a version moved only by what a set writes would come with the stock
+/// ledger). Transaction ids are 32 bits and wrap around after about four billion transactions: a row left
+/// unwritten for that long could show a version a client saw long ago.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StockVersion(pub i64);
 
@@ -155,36 +157,45 @@ pub async fn upsert(
         Expected::Exists => None,
         Expected::OneOf(versions) => Some(versions.iter().map(|v| v.0).collect()),
     };
+    // Lock the row, compare, write: the version a refusal names is the one the row is at while it is locked.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let current = sqlx::query_scalar!(
+        r#"select xmin::text::bigint as "version!" from skus where sku = $1 for no key update"#,
+        sku
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(current) = current else {
+        return Ok(SkuSet::VersionMoved(None));
+    };
+    if versions.is_some_and(|versions| !versions.contains(&current)) {
+        return Ok(SkuSet::VersionMoved(Some(StockVersion(current))));
+    }
     let updated = sqlx::query!(
         r#"update skus set on_hand = $2, price = $3, currency = $4, updated_at = now()
-           where sku = $1 and ($5::bigint[] is null or xmin::text::bigint = any($5))
+           where sku = $1
            returning sku, on_hand, reserved, price, currency, created_at, updated_at,
                      xmin::text::bigint as "version!""#,
         sku,
         on_hand,
         price,
-        currency,
-        versions.as_deref()
+        currency
     )
-    .fetch_optional(&mut *conn)
+    .fetch_one(&mut *tx)
     .await?;
-    match updated {
-        Some(u) => Ok(SkuSet::Updated(
-            SkuRow {
-                sku: u.sku,
-                on_hand: u.on_hand,
-                reserved: u.reserved,
-                price: u.price,
-                currency: u.currency,
-                created_at: u.created_at,
-                updated_at: u.updated_at,
-            },
-            StockVersion(u.version),
-        )),
-        None => Ok(SkuSet::VersionMoved(
-            find_versioned(&mut *conn, sku).await?.map(|(_, version)| version),
-        )),
-    }
+    tx.commit().await?;
+    Ok(SkuSet::Updated(
+        SkuRow {
+            sku: updated.sku,
+            on_hand: updated.on_hand,
+            reserved: updated.reserved,
+            price: updated.price,
+            currency: updated.currency,
+            created_at: updated.created_at,
+            updated_at: updated.updated_at,
+        },
+        StockVersion(updated.version),
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

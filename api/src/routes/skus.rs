@@ -32,8 +32,8 @@ pub struct UpsertSkuRequest {
 #[utoipa::path(put, path = "/v1/skus/{sku}", operation_id = "put_sku", security(("api_key" = ["catalog:write"])), request_body = UpsertSkuRequest,
     params(("If-Match" = Option<String>, Header, description = "The sku's ETag as read (\"123\"), several comma-separated, or *: set only if the stock is still at that version")),
     responses(
-        (status = 201, description = "Created", body = SkuView, headers(("ETag" = String, description = "The version of the sku's stock"))),
-        (status = 200, description = "Updated", body = SkuView, headers(("ETag" = String, description = "The version of the sku's stock"))),
+        (status = 201, description = "Created; `version` is the stock's version to send as If-Match (quoted)", body = SkuView),
+        (status = 200, description = "Updated; `version` is the stock's version to send as If-Match (quoted)", body = SkuView),
         (status = 400, description = "If-Match is not a list of entity tags", body = crate::error::Problem),
         (status = 409, description = "on_hand below the reserved units", body = crate::error::Problem),
         (status = 412, description = "If-Match does not match: the stock moved since it was read, or there is no such sku; nothing written", body = crate::error::Problem),
@@ -70,10 +70,9 @@ pub async fn upsert(
             )));
         }
     };
-    Ok(with_etag(
-        (status, Json(SkuView::new(row, version))).into_response(),
-        version,
-    ))
+    // No ETag: RFC 9110 §9.3.4 allows one on a PUT's answer only when the body sent is stored as sent, and this
+    // answer is another representation. Its `version` is the one to send next.
+    Ok((status, Json(SkuView::new(row, version))).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/skus/{sku}", operation_id = "get_sku", security(("api_key" = ["catalog:read"])), responses(
@@ -108,34 +107,142 @@ fn with_etag(mut response: Response, version: StockVersion) -> Response {
     response
 }
 
-/// The version `If-Match` asks for (RFC 9110 §13.1.1): absent, any; `*`, an existing sku; else a comma-separated
-/// list of strong entity tags (a weak one, `W/"…"`, never matches: the comparison is strong).
+/// The version `If-Match` asks for (RFC 9110 §13.1.1): absent, any; `*` (the whole value), an existing sku;
+/// else the versions named by the list's strong entity tags. Tags compare strongly, character for character: a
+/// weak tag (`W/"…"`) or one this API never made matches nothing. A value outside the grammar is 400.
 fn expected_version(headers: &HeaderMap) -> Result<Expected, ApiError> {
-    let values: Vec<&HeaderValue> = headers.get_all(header::IF_MATCH).iter().collect();
-    if values.is_empty() {
+    let lines: Vec<&[u8]> = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if lines.is_empty() {
         return Ok(Expected::Any);
     }
-    let bad =
-        || ApiError::BadRequest("If-Match must be * or a list of entity tags such as \"123\"".to_owned());
+    if let [line] = lines.as_slice()
+        && line.trim_ascii() == b"*"
+    {
+        return Ok(Expected::Exists);
+    }
     let mut versions = Vec::new();
-    for value in values {
-        let text = value.to_str().map_err(|_| bad())?;
-        for tag in text.split(',').map(str::trim) {
-            if tag == "*" {
-                return Ok(Expected::Exists);
-            }
-            if tag.starts_with("W/") {
-                continue;
-            }
-            let inner = tag
-                .strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .ok_or_else(bad)?;
-            // A tag this API never made (not a number) matches no version.
-            if let Ok(number) = inner.parse::<i64>() {
-                versions.push(StockVersion(number));
+    for line in lines {
+        for tag in entity_tags(line).ok_or_else(|| {
+            ApiError::BadRequest(
+                "If-Match must be * or a comma-separated list of entity tags such as \"123\"".to_owned(),
+            )
+        })? {
+            if let Some(version) = version_of(tag) {
+                versions.push(version);
             }
         }
     }
     Ok(Expected::OneOf(versions))
+}
+
+/// The entity tags of one `If-Match` line (`#entity-tag`: empty items are skipped), as written, `W/` included;
+/// `None` if the line is not such a list.
+fn entity_tags(line: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut tags = Vec::new();
+    let mut rest = line;
+    loop {
+        rest = rest.trim_ascii_start();
+        while let Some(after) = rest.strip_prefix(b",") {
+            rest = after.trim_ascii_start();
+        }
+        if rest.is_empty() {
+            return Some(tags);
+        }
+        let start = rest;
+        if let Some(after) = rest.strip_prefix(b"W/") {
+            rest = after;
+        }
+        let after_quote = rest.strip_prefix(b"\"")?;
+        // etagc: %x21 / %x23-7E / obs-text.
+        let end = after_quote.iter().position(|&b| b == b'"')?;
+        if !after_quote[..end]
+            .iter()
+            .all(|&b| b == 0x21 || (0x23..=0x7E).contains(&b) || b >= 0x80)
+        {
+            return None;
+        }
+        let tag_len = start.len() - after_quote.len() + end + 1;
+        tags.push(&start[..tag_len]);
+        rest = after_quote[end + 1..].trim_ascii_start();
+        if !rest.is_empty() {
+            rest = rest.strip_prefix(b",")?;
+        }
+    }
+}
+
+/// The stock version a strong entity tag names, if it is one this API makes: exactly [`etag`]'s form.
+fn version_of(tag: &[u8]) -> Option<StockVersion> {
+    let inner = std::str::from_utf8(tag.strip_prefix(b"\"")?.strip_suffix(b"\"")?).ok()?;
+    let number: i64 = inner.parse().ok()?;
+    (number.to_string() == inner).then_some(StockVersion(number))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn if_match(lines: &[&str]) -> Result<Expected, ApiError> {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(header::IF_MATCH, HeaderValue::from_str(line).unwrap());
+        }
+        expected_version(&headers)
+    }
+
+    fn versions(numbers: &[i64]) -> Expected {
+        Expected::OneOf(numbers.iter().map(|&n| StockVersion(n)).collect())
+    }
+
+    #[test]
+    fn if_match_is_any_star_or_the_strong_tags_it_lists() {
+        assert_eq!(if_match(&[]).unwrap(), Expected::Any);
+        assert_eq!(if_match(&[" * "]).unwrap(), Expected::Exists);
+        assert_eq!(if_match(&["\"5\""]).unwrap(), versions(&[5]));
+        assert_eq!(
+            if_match(&["\"5\", , \"6\",", "\"7\""]).unwrap(),
+            versions(&[5, 6, 7])
+        );
+        assert_eq!(
+            if_match(&["W/\"5\", \"a,b\", \"+5\", \"05\", \"99999999999999999999\""]).unwrap(),
+            versions(&[]),
+            "weak tags, tags this API never made and numbers not written as it writes them match nothing"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::IF_MATCH,
+            HeaderValue::from_bytes(b"\"caf\xc3\xa9\"").unwrap(),
+        );
+        assert_eq!(
+            expected_version(&headers).unwrap(),
+            versions(&[]),
+            "obs-text is a tag, not an error"
+        );
+    }
+
+    #[test]
+    fn an_if_match_outside_the_grammar_is_a_bad_request() {
+        for bad in [
+            "5",
+            "\"5",
+            "\"5\" \"6\"",
+            "\"5\", *",
+            "*, \"5\"",
+            "W/5",
+            "\"a b\"",
+        ] {
+            assert!(
+                matches!(if_match(&[bad]), Err(ApiError::BadRequest(_))),
+                "{bad:?} was taken"
+            );
+        }
+        assert!(
+            matches!(if_match(&["*", "\"5\""]), Err(ApiError::BadRequest(_))),
+            "* with more lines"
+        );
+    }
 }
