@@ -64,7 +64,8 @@ async fn the_document_validates_as_openapi_3_1_with_every_scope_and_problem_type
             let responses = operation["responses"].as_object().unwrap();
             assert!(responses.contains_key("default"), "{method} {path}");
             for (status, response) in responses {
-                if status.starts_with('2') {
+                // Successes, and 304 Not Modified (no body: a conditional read's "what you have is current").
+                if status.starts_with('2') || status == "304" {
                     continue;
                 }
                 let content = response["content"].as_object().unwrap();

@@ -151,3 +151,42 @@ async fn if_match_takes_star_lists_and_refuses_a_sku_that_does_not_exist() {
     );
     assert_eq!(app.sku("NEW").await["on_hand"], 7);
 }
+
+#[tokio::test]
+async fn a_read_is_conditional_too_not_modified_while_the_version_holds() {
+    let app = spawn_app().await;
+    app.put_sku("A", 10, 1000).await;
+    let (_, tag) = read(&app, "A").await;
+    let get = |header: &'static str, value: String| {
+        let request = app
+            .http
+            .get(format!("{}/v1/skus/A", app.api))
+            .header(header, value);
+        async move { request.send().await.unwrap() }
+    };
+
+    let same = get("If-None-Match", format!("W/{tag}")).await;
+    assert_eq!(
+        same.status(),
+        StatusCode::NOT_MODIFIED,
+        "weak comparison for If-None-Match"
+    );
+    assert_eq!(same.headers()["etag"].to_str().unwrap(), tag);
+    assert_eq!(
+        get("If-None-Match", "*".to_owned()).await.status(),
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(get("If-Match", tag.clone()).await.status(), StatusCode::OK);
+
+    app.put_sku("A", 11, 1000).await;
+    let moved = get("If-None-Match", tag.clone()).await;
+    assert_eq!(moved.status(), StatusCode::OK, "the stock moved: a full answer");
+    let body: Value = moved.json().await.unwrap();
+    assert_eq!(body["on_hand"], 11);
+    let refused = get("If-Match", tag.clone()).await;
+    assert_eq!(refused.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        get("If-None-Match", "not-a-tag".to_owned()).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+}

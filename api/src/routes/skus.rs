@@ -75,20 +75,51 @@ pub async fn upsert(
     Ok((status, Json(SkuView::new(row, version))).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/skus/{sku}", operation_id = "get_sku", security(("api_key" = ["catalog:read"])), responses(
+#[utoipa::path(get, path = "/v1/skus/{sku}", operation_id = "get_sku", security(("api_key" = ["catalog:read"])),
+    params(
+        ("If-Match" = Option<String>, Header, description = "Answer only if the stock is at one of these versions, else 412"),
+        ("If-None-Match" = Option<String>, Header, description = "304 (no body) if the stock is still at one of these versions (weak comparison), or at any with *"),
+    ),
+    responses(
     (status = 200, description = "The sku", body = SkuView, headers(("ETag" = String, description = "The version of the sku's stock: send it as If-Match to set the stock only if it has not moved"))),
+    (status = 304, description = "Not modified: the stock is at a version If-None-Match names", headers(("ETag" = String, description = "The version of the sku's stock"))),
+    (status = 400, description = "If-Match or If-None-Match is not a list of entity tags", body = crate::error::Problem),
     (status = 404, description = "No such sku", body = crate::error::Problem),
+    (status = 412, description = "If-Match names another version", body = crate::error::Problem),
     (status = 422, description = "Not a sku code", body = crate::error::Problem),
 ))]
 pub async fn get(
     State(state): State<AppState>,
     _caller: Authorized<CatalogRead>,
     Path(sku): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     inventory::check_sku_code("sku", &sku)?;
+    let expected = expected_version(&headers)?;
+    let unless = versions_not_wanted(&headers)?;
     let (row, version) = inventory::find_versioned(&state.pool, &sku)
         .await?
-        .ok_or(ApiError::NotFound { what: "sku", id: sku })?;
+        .ok_or_else(|| ApiError::NotFound {
+            what: "sku",
+            id: sku.clone(),
+        })?;
+    // RFC 9110 §13.2.2: If-Match first, then If-None-Match.
+    if let Expected::OneOf(versions) = &expected
+        && !versions.contains(&version)
+    {
+        return Err(ApiError::PreconditionFailed(format!(
+            "the stock of {sku} is at version {}, not one If-Match names",
+            etag(version)
+        )));
+    }
+    let not_modified = match &unless {
+        None | Some(Expected::Any) => false,
+        Some(Expected::Exists) => true,
+        Some(Expected::OneOf(versions)) => versions.contains(&version),
+    };
+    if not_modified {
+        return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), version));
+    }
     Ok(with_etag(
         Json(SkuView::new(row, version)).into_response(),
         version,
@@ -137,6 +168,38 @@ fn expected_version(headers: &HeaderMap) -> Result<Expected, ApiError> {
         }
     }
     Ok(Expected::OneOf(versions))
+}
+
+/// The versions `If-None-Match` names (RFC 9110 §13.1.2, weak comparison: `W/"5"` names 5 too): `None` without
+/// the header, [`Expected::Exists`] for `*`. A value outside the grammar is 400.
+fn versions_not_wanted(headers: &HeaderMap) -> Result<Option<Expected>, ApiError> {
+    let lines: Vec<&[u8]> = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    if let [line] = lines.as_slice()
+        && line.trim_ascii() == b"*"
+    {
+        return Ok(Some(Expected::Exists));
+    }
+    let mut versions = Vec::new();
+    for line in lines {
+        for tag in entity_tags(line).ok_or_else(|| {
+            ApiError::BadRequest(
+                "If-None-Match must be * or a comma-separated list of entity tags such as \"123\"".to_owned(),
+            )
+        })? {
+            let opaque = tag.strip_prefix(b"W/").unwrap_or(tag);
+            if let Some(version) = version_of(opaque) {
+                versions.push(version);
+            }
+        }
+    }
+    Ok(Some(Expected::OneOf(versions)))
 }
 
 /// The entity tags of one `If-Match` line (`#entity-tag`: empty items are skipped), as written, `W/` included;
