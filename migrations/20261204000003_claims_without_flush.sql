@@ -1,7 +1,7 @@
 -- A claim (apalis.get_jobs, as migration 20261204000001 installs it) commits without waiting for the WAL flush.
 -- OrderFlow's workers claim with one statement of their own transaction (`worker/src/poll.rs`, `Paced`), and a
--- claim that found jobs waited for a flush of its own: at 100 sagas/s about two a saga, each one more fsync that
--- a new order's commit could queue behind. A claim lost in a PostgreSQL crash leaves its jobs Pending, to be
+-- claim that found jobs waited for a flush of its own, one more fsync that a new order's commit could queue
+-- behind. A claim lost in a PostgreSQL crash leaves its jobs Pending, to be
 -- claimed again; a claim whose jobs then ran is durable with them, because a step's durable commit flushes the
 -- WAL up to its own commit record, which follows the claim's. `set_config(.., true)` is the caller's
 -- transaction's, so the function is for claims alone: only `Paced` calls it (apalis's own fetch path is not

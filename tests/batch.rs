@@ -10,23 +10,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{Options, TestApp, spawn_app_with, worker_settings};
-
-async fn app_without_worker() -> TestApp {
-    spawn_app_with(Options {
-        worker: false,
-        ..Options::default()
-    })
-    .await
-}
+use crate::helpers::{TestApp, spawn_app_without_worker};
 
 fn runner(app: &TestApp) -> Runner {
-    Runner::new(
-        app.pool.clone(),
-        worker_settings(&app.paysim),
-        "batch-test".to_owned(),
-    )
-    .unwrap()
+    app.runner("batch-test")
 }
 
 fn jobs(ids: &[Uuid]) -> Vec<StepJob> {
@@ -78,7 +65,7 @@ async fn queued(pool: &PgPool, queue: &str, ids: &[Uuid]) -> Vec<StepJob> {
 
 #[tokio::test]
 async fn a_reserve_batch_sells_the_stock_first_come_first_served_and_a_rerun_changes_nothing() {
-    let app = app_without_worker().await;
+    let app = spawn_app_without_worker().await;
     app.put_sku("HOT", 5, 1_000).await;
     app.put_sku("SIDE", 1, 500).await;
     let runner = runner(&app);
@@ -170,7 +157,7 @@ async fn a_reserve_batch_sells_the_stock_first_come_first_served_and_a_rerun_cha
 
 #[tokio::test]
 async fn batches_carry_orders_to_fulfilled_charge_once_and_send_a_decline_to_compensation() {
-    let app = app_without_worker().await;
+    let app = spawn_app_without_worker().await;
     app.put_sku("W", 100, 1_000).await;
     let runner = runner(&app);
     let mut ids = Vec::new();
@@ -267,7 +254,7 @@ async fn batches_carry_orders_to_fulfilled_charge_once_and_send_a_decline_to_com
 async fn a_batch_that_fails_before_it_ends_writes_nothing_and_its_jobs_run_alone() {
     let _scenario = fail::FailScenario::setup();
     fail::cfg("worker.batch.before_end", "return(c2)").unwrap();
-    let app = app_without_worker().await;
+    let app = spawn_app_without_worker().await;
     app.put_sku("S", 3, 1_000).await;
     let runner = runner(&app);
     let mut ids = Vec::new();
@@ -313,7 +300,7 @@ async fn a_batch_that_fails_before_it_ends_writes_nothing_and_its_jobs_run_alone
 #[tokio::test]
 async fn a_pay_batch_that_fails_after_its_calls_retries_later_without_a_second_hold() {
     let _scenario = fail::FailScenario::setup();
-    let app = app_without_worker().await;
+    let app = spawn_app_without_worker().await;
     app.put_sku("P", 10, 1_000).await;
     let runner = runner(&app);
     let mut ids = Vec::new();

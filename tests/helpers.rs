@@ -137,6 +137,15 @@ pub async fn keyed_client(database_url: &str, timeout: Duration) -> reqwest::Cli
     client_with_key(&key, reqwest::Client::builder().timeout(timeout))
 }
 
+/// [`spawn_app`] with no worker: what the test runs of the saga, it runs by hand.
+pub async fn spawn_app_without_worker() -> TestApp {
+    spawn_app_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
@@ -218,6 +227,16 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 }
 
 impl TestApp {
+    /// A step runner on the app's database and simulator, for steps driven by hand (no queue worker).
+    pub fn runner(&self, instance: &str) -> orderflow_worker::Runner {
+        orderflow_worker::Runner::new(
+            self.pool.clone(),
+            worker_settings(&self.paysim),
+            instance.to_owned(),
+        )
+        .unwrap()
+    }
+
     /// Starts an in-process worker; it stops with the app.
     pub fn start_worker(&self) {
         self.start_worker_with(self.tune);

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use orderflow_shared::flow::Step;
 use orderflow_shared::queue::{StepJob, announce};
-use orderflow_worker::Runner;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::PgListener;
 
-use crate::helpers::{Options, TestApp, spawn_app_with, worker_settings};
+use crate::helpers::{TestApp, spawn_app_without_worker};
 
 /// A listener on the channel apalis's workers listen on.
 async fn listen(app: &TestApp) -> PgListener {
@@ -45,11 +44,7 @@ async fn insert_job(conn: &mut sqlx::PgConnection, id: &str, queue: &str) {
 
 #[tokio::test]
 async fn a_quiet_transaction_leaves_its_jobs_to_be_announced() {
-    let app = spawn_app_with(Options {
-        worker: false,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_without_worker().await;
     let mut listener = listen(&app).await;
 
     // One connection throughout: after the quiet transaction it announces again (the setting was the
@@ -80,11 +75,7 @@ async fn a_quiet_transaction_leaves_its_jobs_to_be_announced() {
 
 #[tokio::test]
 async fn a_new_order_and_each_step_it_takes_are_announced_after_their_commits() {
-    let app = spawn_app_with(Options {
-        worker: false,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_without_worker().await;
     app.put_sku("A", 10, 1000).await;
     let mut listener = listen(&app).await;
 
@@ -98,12 +89,7 @@ async fn a_new_order_and_each_step_it_takes_are_announced_after_their_commits() 
 
     // The steps, run by hand (no worker, no reconciler waking queues): each batch announces the job it queued,
     // after its commit, and its transaction did not.
-    let runner = Runner::new(
-        app.pool.clone(),
-        worker_settings(&app.paysim),
-        "announce-test".to_owned(),
-    )
-    .unwrap();
+    let runner = app.runner("announce-test");
     let job = StepJob {
         order_id: id,
         attempt: 1,
@@ -131,24 +117,20 @@ async fn a_new_order_and_each_step_it_takes_are_announced_after_their_commits() 
 #[tokio::test]
 async fn apalis_s_own_listener_takes_the_announcement_for_its_queue() {
     use futures::StreamExt;
-    let app = spawn_app_with(Options {
-        worker: false,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_without_worker().await;
     app.put_sku("A", 50, 1000).await;
     // What a queue worker listens with (`poll::Paced`); it connects on its first poll, so orders are made until
     // it has heard one (each a fresh announcement).
     let mut notices = apalis_postgres::Pubsub::new(app.pool.clone(), Step::FIRST.queue().to_owned());
     let mut heard = None;
-    for attempt in 0..20 {
+    for _ in 0..20 {
         app.create_order("pubsub", &[("A", 1)], "pm_card_visa").await;
         if let Ok(notice) = tokio::time::timeout(Duration::from_millis(250), notices.next()).await {
-            heard = Some((attempt, notice));
+            heard = Some(notice);
             break;
         }
     }
-    let (_, notice) = heard.expect("apalis's listener heard no announcement for the first step's queue");
+    let notice = heard.expect("apalis's listener heard no announcement for the first step's queue");
     let id = notice
         .expect("the stream ended")
         .expect("the payload apalis's listener could not read");
@@ -157,11 +139,7 @@ async fn apalis_s_own_listener_takes_the_announcement_for_its_queue() {
 
 #[tokio::test]
 async fn the_fetch_keeps_its_plan() {
-    let app = spawn_app_with(Options {
-        worker: false,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_without_worker().await;
     let language: String = sqlx::query_scalar(
         "select l.lanname from pg_proc p join pg_language l on l.oid = p.prolang
          where p.oid = 'apalis.get_jobs(text, text, integer)'::regprocedure",
@@ -177,11 +155,7 @@ async fn the_fetch_keeps_its_plan() {
 
 #[tokio::test]
 async fn a_fetch_claims_the_due_jobs_of_its_queue_by_priority_then_age() {
-    let app = spawn_app_with(Options {
-        worker: false,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_without_worker().await;
     // The worker that claims: a claim names a registered worker.
     sqlx::query(
         "insert into apalis.workers (id, worker_type, storage_name) values ('w1', 'test.a', 'PgStorage')",
@@ -253,11 +227,7 @@ async fn a_fetch_claims_the_due_jobs_of_its_queue_by_priority_then_age() {
 
 #[tokio::test]
 async fn a_claim_does_not_wait_for_the_disk() {
-    let app = spawn_app_with(Options {
-        worker: false,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_without_worker().await;
     let mut conn = app.pool.acquire().await.unwrap();
     let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
     sqlx::query("select * from apalis.get_jobs('w1', 'test.none', 1)")

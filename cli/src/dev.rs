@@ -52,8 +52,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .context("failed to migrate the database")?;
     for (sku, on_hand, price) in DEMO_SKUS {
         if inventory::find(&pool, sku).await?.is_none() {
-            let expected = inventory::Expected::Any;
-            inventory::upsert(&mut *pool.acquire().await?, sku, on_hand, price, "USD", &expected).await?;
+            let conn = &mut *pool.acquire().await?;
+            inventory::upsert(conn, sku, on_hand, price, "USD", &inventory::Expected::Any).await?;
         }
     }
 

@@ -63,12 +63,40 @@ pub async fn find(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<Sku
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StockVersion(pub i64);
 
+/// A sku's row with the version of its stock, as the statements that read it for the catalogue return it.
+struct VersionedRow {
+    sku: String,
+    on_hand: i64,
+    reserved: i64,
+    price: i64,
+    currency: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+}
+
+impl VersionedRow {
+    fn split(self) -> (SkuRow, StockVersion) {
+        let row = SkuRow {
+            sku: self.sku,
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            price: self.price,
+            currency: self.currency,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        };
+        (row, StockVersion(self.version))
+    }
+}
+
 /// [`find`], with the version of the sku's stock.
 pub async fn find_versioned(
     executor: impl PgExecutor<'_>,
     sku: &str,
 ) -> Result<Option<(SkuRow, StockVersion)>, sqlx::Error> {
-    let found = sqlx::query!(
+    let found = sqlx::query_as!(
+        VersionedRow,
         r#"select sku, on_hand, reserved, price, currency, created_at, updated_at,
                   xmin::text::bigint as "version!"
            from skus where sku = $1"#,
@@ -76,18 +104,7 @@ pub async fn find_versioned(
     )
     .fetch_optional(executor)
     .await?;
-    Ok(found.map(|r| {
-        let row = SkuRow {
-            sku: r.sku,
-            on_hand: r.on_hand,
-            reserved: r.reserved,
-            price: r.price,
-            currency: r.currency,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        };
-        (row, StockVersion(r.version))
-    }))
+    Ok(found.map(VersionedRow::split))
 }
 
 /// What a set of a sku's stock and price came to.
@@ -111,6 +128,16 @@ pub enum Expected {
     OneOf(Vec<StockVersion>),
 }
 
+impl Expected {
+    /// Whether an existing sku at `version` meets it.
+    pub fn admits(&self, version: StockVersion) -> bool {
+        match self {
+            Self::Any | Self::Exists => true,
+            Self::OneOf(versions) => versions.contains(&version),
+        }
+    }
+}
+
 /// Creates the sku or sets its stock and price, if its stock is at the `expected` version. Lowering `on_hand`
 /// below what is reserved fails on [`RESERVED_LE_ON_HAND`].
 pub async fn upsert(
@@ -121,42 +148,9 @@ pub async fn upsert(
     currency: &str,
     expected: &Expected,
 ) -> Result<SkuSet, sqlx::Error> {
-    let versions: Option<Vec<i64>> = match expected {
-        Expected::Any => {
-            // `xmax = 0` holds only for a freshly inserted row: it tells created from updated in one round trip.
-            let upserted = sqlx::query!(
-                r#"insert into skus (sku, on_hand, price, currency) values ($1, $2, $3, $4)
-                   on conflict (sku) do update
-                     set on_hand = excluded.on_hand, price = excluded.price, currency = excluded.currency,
-                         updated_at = now()
-                   returning sku, on_hand, reserved, price, currency, created_at, updated_at,
-                             (xmax = 0) as "created!", xmin::text::bigint as "version!""#,
-                sku,
-                on_hand,
-                price,
-                currency
-            )
-            .fetch_one(&mut *conn)
-            .await?;
-            let row = SkuRow {
-                sku: upserted.sku,
-                on_hand: upserted.on_hand,
-                reserved: upserted.reserved,
-                price: upserted.price,
-                currency: upserted.currency,
-                created_at: upserted.created_at,
-                updated_at: upserted.updated_at,
-            };
-            let version = StockVersion(upserted.version);
-            return Ok(if upserted.created {
-                SkuSet::Created(row, version)
-            } else {
-                SkuSet::Updated(row, version)
-            });
-        }
-        Expected::Exists => None,
-        Expected::OneOf(versions) => Some(versions.iter().map(|v| v.0).collect()),
-    };
+    if *expected == Expected::Any {
+        return create_or_set(conn, sku, on_hand, price, currency).await;
+    }
     // Lock the row, compare, write: the version a refusal names is the one the row is at while it is locked.
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let current = sqlx::query_scalar!(
@@ -165,13 +159,14 @@ pub async fn upsert(
     )
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(current) = current else {
+    let Some(current) = current.map(StockVersion) else {
         return Ok(SkuSet::VersionMoved(None));
     };
-    if versions.is_some_and(|versions| !versions.contains(&current)) {
-        return Ok(SkuSet::VersionMoved(Some(StockVersion(current))));
+    if !expected.admits(current) {
+        return Ok(SkuSet::VersionMoved(Some(current)));
     }
-    let updated = sqlx::query!(
+    let updated = sqlx::query_as!(
+        VersionedRow,
         r#"update skus set on_hand = $2, price = $3, currency = $4, updated_at = now()
            where sku = $1
            returning sku, on_hand, reserved, price, currency, created_at, updated_at,
@@ -184,18 +179,48 @@ pub async fn upsert(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(SkuSet::Updated(
-        SkuRow {
-            sku: updated.sku,
-            on_hand: updated.on_hand,
-            reserved: updated.reserved,
-            price: updated.price,
-            currency: updated.currency,
-            created_at: updated.created_at,
-            updated_at: updated.updated_at,
-        },
-        StockVersion(updated.version),
-    ))
+    let (row, version) = updated.split();
+    Ok(SkuSet::Updated(row, version))
+}
+
+/// [`upsert`] whatever the sku's version: one statement.
+async fn create_or_set(
+    conn: &mut sqlx::PgConnection,
+    sku: &str,
+    on_hand: i64,
+    price: i64,
+    currency: &str,
+) -> Result<SkuSet, sqlx::Error> {
+    // `xmax = 0` holds only for a freshly inserted row: it tells created from updated in one round trip.
+    let upserted = sqlx::query!(
+        r#"insert into skus (sku, on_hand, price, currency) values ($1, $2, $3, $4)
+           on conflict (sku) do update
+             set on_hand = excluded.on_hand, price = excluded.price, currency = excluded.currency,
+                 updated_at = now()
+           returning sku, on_hand, reserved, price, currency, created_at, updated_at,
+                     (xmax = 0) as "created!", xmin::text::bigint as "version!""#,
+        sku,
+        on_hand,
+        price,
+        currency
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let row = SkuRow {
+        sku: upserted.sku,
+        on_hand: upserted.on_hand,
+        reserved: upserted.reserved,
+        price: upserted.price,
+        currency: upserted.currency,
+        created_at: upserted.created_at,
+        updated_at: upserted.updated_at,
+    };
+    let version = StockVersion(upserted.version);
+    Ok(if upserted.created {
+        SkuSet::Created(row, version)
+    } else {
+        SkuSet::Updated(row, version)
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -104,20 +104,13 @@ pub async fn get(
             id: sku.clone(),
         })?;
     // RFC 9110 §13.2.2: If-Match first, then If-None-Match.
-    if let Expected::OneOf(versions) = &expected
-        && !versions.contains(&version)
-    {
+    if !expected.admits(version) {
         return Err(ApiError::PreconditionFailed(format!(
             "the stock of {sku} is at version {}, not one If-Match names",
             etag(version)
         )));
     }
-    let not_modified = match &unless {
-        None | Some(Expected::Any) => false,
-        Some(Expected::Exists) => true,
-        Some(Expected::OneOf(versions)) => versions.contains(&version),
-    };
-    if not_modified {
+    if unless.is_some_and(|unless| unless.admits(version)) {
         return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), version));
     }
     Ok(with_etag(
@@ -138,46 +131,33 @@ fn with_etag(mut response: Response, version: StockVersion) -> Response {
     response
 }
 
-/// The version `If-Match` asks for (RFC 9110 §13.1.1): absent, any; `*` (the whole value), an existing sku;
-/// else the versions named by the list's strong entity tags. Tags compare strongly, character for character: a
-/// weak tag (`W/"…"`) or one this API never made matches nothing. A value outside the grammar is 400.
+/// The version `If-Match` asks for (RFC 9110 §13.1.1): absent, any; else as [`listed_versions`] reads it, with
+/// strong comparison (a weak tag matches nothing).
 fn expected_version(headers: &HeaderMap) -> Result<Expected, ApiError> {
-    let lines: Vec<&[u8]> = headers
-        .get_all(header::IF_MATCH)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    if lines.is_empty() {
-        return Ok(Expected::Any);
-    }
-    if let [line] = lines.as_slice()
-        && line.trim_ascii() == b"*"
-    {
-        return Ok(Expected::Exists);
-    }
-    let mut versions = Vec::new();
-    for line in lines {
-        for tag in entity_tags(line).ok_or_else(|| {
-            ApiError::BadRequest(
-                "If-Match must be * or a comma-separated list of entity tags such as \"123\"".to_owned(),
-            )
-        })? {
-            if let Some(version) = version_of(tag) {
-                versions.push(version);
-            }
-        }
-    }
-    Ok(Expected::OneOf(versions))
+    Ok(listed_versions(headers, "If-Match", Comparison::Strong)?.unwrap_or(Expected::Any))
 }
 
-/// The versions `If-None-Match` names (RFC 9110 §13.1.2, weak comparison: `W/"5"` names 5 too): `None` without
-/// the header, [`Expected::Exists`] for `*`. A value outside the grammar is 400.
+/// The versions `If-None-Match` names (RFC 9110 §13.1.2), with weak comparison (`W/"5"` names 5 too); `None`
+/// without the header.
 fn versions_not_wanted(headers: &HeaderMap) -> Result<Option<Expected>, ApiError> {
-    let lines: Vec<&[u8]> = headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
+    listed_versions(headers, "If-None-Match", Comparison::Weak)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Strong,
+    Weak,
+}
+
+/// The versions a conditional header names: `None` without it; `*` (the whole value) any existing sku; else the
+/// versions of the list's entity tags, compared character for character with [`etag`]'s form (a tag this API
+/// never made matches nothing). A value outside the grammar is 400.
+fn listed_versions(
+    headers: &HeaderMap,
+    name: &'static str,
+    comparison: Comparison,
+) -> Result<Option<Expected>, ApiError> {
+    let lines: Vec<&[u8]> = headers.get_all(name).iter().map(HeaderValue::as_bytes).collect();
     if lines.is_empty() {
         return Ok(None);
     }
@@ -188,15 +168,18 @@ fn versions_not_wanted(headers: &HeaderMap) -> Result<Option<Expected>, ApiError
     }
     let mut versions = Vec::new();
     for line in lines {
-        for tag in entity_tags(line).ok_or_else(|| {
-            ApiError::BadRequest(
-                "If-None-Match must be * or a comma-separated list of entity tags such as \"123\"".to_owned(),
-            )
-        })? {
-            let opaque = tag.strip_prefix(b"W/").unwrap_or(tag);
-            if let Some(version) = version_of(opaque) {
-                versions.push(version);
-            }
+        let tags = entity_tags(line).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name} must be * or a comma-separated list of entity tags such as \"123\""
+            ))
+        })?;
+        for tag in tags {
+            let tag = match (comparison, tag.strip_prefix(b"W/")) {
+                (Comparison::Strong, Some(_)) => continue,
+                (Comparison::Weak, Some(opaque)) => opaque,
+                (_, None) => tag,
+            };
+            versions.extend(version_of(tag));
         }
     }
     Ok(Some(Expected::OneOf(versions)))
