@@ -79,6 +79,45 @@ pub async fn stock_is_accounted_for(pool: &PgPool, initial: &[(&str, i64)]) {
     assert_eq!(stray, 0, "reservations match their orders' ends");
 }
 
+/// The stock ledger: each sku's movements add up to its counts (no drift), and each order's movements are its
+/// end: a FULFILLED order took its units out of `on_hand`, a CANCELLED one nothing, and neither holds any.
+pub async fn ledger_adds_up(pool: &PgPool, orders: &HashMap<Uuid, Ended>) {
+    let drift: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "select s.sku, s.on_hand, s.reserved, coalesce(sum(m.on_hand_delta), 0)::bigint, \
+                coalesce(sum(m.reserved_delta), 0)::bigint \
+         from skus s left join stock_movements m on m.sku = s.sku \
+         group by s.sku having s.on_hand <> coalesce(sum(m.on_hand_delta), 0) \
+                            or s.reserved <> coalesce(sum(m.reserved_delta), 0)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(
+        drift.is_empty(),
+        "(sku, on_hand, reserved, ledger's) that do not add up: {drift:?}"
+    );
+    let reported = orderflow_shared::inventory::ledger::drift(pool).await.unwrap();
+    assert!(
+        reported.is_empty(),
+        "the reconciler's check reports drift: {reported:?}"
+    );
+    let per_order: Vec<(Uuid, String, i64, i64, i64)> = sqlx::query_as(
+        "select m.order_id, m.sku, sum(m.on_hand_delta)::bigint, sum(m.reserved_delta)::bigint, \
+                coalesce((select quantity from reservations r where r.order_id = m.order_id and r.sku = m.sku), 0) \
+         from stock_movements m where m.order_id is not null group by m.order_id, m.sku",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (id, sku, on_hand, reserved, quantity) in per_order {
+        let sold = match orders.get(&id).map(|o| o.status.as_str()) {
+            Some("FULFILLED") => quantity,
+            _ => 0,
+        };
+        assert_eq!((on_hand, reserved), (-sold, 0), "order {id}'s movements of {sku}");
+    }
+}
+
 /// Money, from the provider's side (the simulator's ledger at `paysim`): a FULFILLED order has exactly one
 /// intent, captured for its total; a CANCELLED one holds nothing and is charged nothing net.
 pub async fn money_matches_orders(orders: &HashMap<Uuid, Ended>, http: &reqwest::Client, paysim: &str) {
@@ -194,6 +233,7 @@ pub async fn all_hold(
 ) -> HashMap<Uuid, Ended> {
     let orders = ended_orders(pool).await;
     stock_is_accounted_for(pool, initial_stock).await;
+    ledger_adds_up(pool, &orders).await;
     money_matches_orders(&orders, http, paysim).await;
     audit_trails_are_whole(pool, &orders).await;
     no_attempt_left_open(pool).await;

@@ -62,6 +62,22 @@ fn routes(id: Uuid) -> Vec<Route> {
             200,
         ),
         route(
+            Method::POST,
+            "/v1/skus/{sku}/adjustments",
+            "/v1/skus/S/adjustments".into(),
+            Some(json!({"delta": 1, "reason": "matrix"})),
+            Scope::CatalogWrite,
+            201,
+        ),
+        route(
+            Method::GET,
+            "/v1/skus/{sku}/movements",
+            "/v1/skus/S/movements".into(),
+            None,
+            Scope::CatalogRead,
+            200,
+        ),
+        route(
             Method::GET,
             "/v1/orders",
             "/v1/orders".into(),
@@ -282,6 +298,11 @@ async fn every_v1_route_needs_a_valid_key_with_its_scope_and_a_refusal_changes_n
         (Some(10), Some(100)),
         "{sku}"
     );
+    let adjustments: i64 = sqlx::query_scalar("select count(*) from stock_adjustments")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(adjustments, 0, "no refused adjustment was made");
     let orders: i64 = sqlx::query_scalar("select count(*) from orders")
         .fetch_one(&app.pool)
         .await
@@ -305,7 +326,7 @@ async fn every_v1_route_needs_a_valid_key_with_its_scope_and_a_refusal_changes_n
             route.path
         );
     }
-    assert_eq!(app.sku("S").await["on_hand"], 50);
+    assert_eq!(app.sku("S").await["on_hand"], 50 + 1, "set, then adjusted");
     assert_eq!(
         app.order(id).await["status"],
         "CANCELLING",

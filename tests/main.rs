@@ -32,4 +32,5 @@ mod recovery;
 mod saga;
 mod sqlx_cache;
 mod stock;
+mod stock_ledger;
 mod tracing;

@@ -5,7 +5,8 @@
 # until you do. `cargo sqlx prepare --workspace` (sqlx-cli) does the same; this needs only the local PostgreSQL.
 #
 # 1. A database migrated as OrderFlow migrates one: apalis-postgres's migrations (from the registry's copy of the
-#    crate the lock file pins), then ours, applied with psql (the binaries that would migrate it need the cache).
+#    crate the lock file pins), then ours, applied with psql, each in one transaction as sqlx applies them (the
+#    binaries that would migrate it need the cache).
 # 2. The crates with queries compiled against it (`SQLX_OFFLINE=false`), the macros writing every query they
 #    check to a fresh `.sqlx/` (`SQLX_OFFLINE_DIR`), so it holds exactly the queries the source has.
 set -euo pipefail
@@ -16,7 +17,7 @@ psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "cre
 apalis=$(cargo metadata --format-version 1 | python3 -c \
   "import json,sys; print(next(p['manifest_path'] for p in json.load(sys.stdin)['packages'] if p['name'] == 'apalis-postgres'))")
 for migration in "$(dirname "$apalis")"/migrations/*.sql migrations/*.sql; do
-  psql -q -v ON_ERROR_STOP=1 "$SERVER/$DB" -f "$migration" >/dev/null
+  psql -q -1 -v ON_ERROR_STOP=1 "$SERVER/$DB" -f "$migration" >/dev/null
 done
 rm -rf .sqlx && mkdir .sqlx
 touch shared/src/lib.rs worker/src/lib.rs

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_shared::api_key::CreateKeyError;
 use orderflow_shared::input::FieldError;
+use orderflow_shared::inventory::adjustment::AdjustError;
 use orderflow_shared::operator::ActionError;
 use orderflow_shared::order::create::CreateError;
 use orderflow_shared::order::{CancelError, TransitionError};
@@ -32,7 +33,7 @@ pub enum ApiError {
     /// An `If-Match` that does not match the resource's current version: nothing was written.
     #[error("{0}")]
     PreconditionFailed(String),
-    #[error("this Idempotency-Key was used with a different request body")]
+    #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyKeyInFlight,
@@ -257,6 +258,28 @@ impl From<CreateError> for ApiError {
                 Self::Internal(anyhow::Error::new(e).context("failed to render the order"))
             }
             CreateError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<AdjustError> for ApiError {
+    fn from(error: AdjustError) -> Self {
+        match error {
+            AdjustError::NoSuchSku(sku) => Self::NotFound { what: "sku", id: sku },
+            AdjustError::BelowReserved { .. } => Self::Conflict {
+                slug: "stock-below-reserved",
+                detail: error.to_string(),
+            },
+            AdjustError::AboveMaximum { .. } => Self::Conflict {
+                slug: "stock-above-maximum",
+                detail: error.to_string(),
+            },
+            AdjustError::KeyInFlight => Self::IdempotencyKeyInFlight,
+            AdjustError::KeyReused => Self::IdempotencyKeyReused,
+            AdjustError::Render(e) => {
+                Self::Internal(anyhow::Error::new(e).context("failed to render the adjustment"))
+            }
+            AdjustError::Database(e) => e.into(),
         }
     }
 }

@@ -3,7 +3,8 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::{header, request::Parts};
+use axum::http::{HeaderMap, header, request::Parts};
+use orderflow_shared::input::MAX_TEXT;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -117,4 +118,20 @@ impl<S: Send + Sync> FromRequestParts<S> for OrderId {
             .map(Self)
             .map_err(|_| ApiError::BadRequest(format!("order id {raw:?} is not a UUID")))
     }
+}
+
+/// The request's `Idempotency-Key`: required, 1 to `MAX_TEXT` visible ASCII characters, else 400.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get("idempotency-key")
+        .ok_or_else(|| ApiError::BadRequest("the Idempotency-Key header is required".to_owned()))?;
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("the Idempotency-Key header must be visible ASCII".to_owned()))?;
+    if key.is_empty() || key.len() > MAX_TEXT {
+        return Err(ApiError::BadRequest(format!(
+            "the Idempotency-Key header must be 1 to {MAX_TEXT} characters"
+        )));
+    }
+    Ok(key)
 }

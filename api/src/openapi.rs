@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{admin, customer_tokens, feed, health, orders, skus};
+use crate::routes::{admin, customer_tokens, feed, health, orders, skus, stock};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,8 @@ use crate::routes::{admin, customer_tokens, feed, health, orders, skus};
         health::readyz,
         skus::upsert,
         skus::get,
+        stock::adjust,
+        stock::movements,
         orders::create,
         orders::get,
         orders::list,
@@ -31,6 +33,7 @@ use crate::routes::{admin, customer_tokens, feed, health, orders, skus};
         admin::keys,
         admin::create_key,
         admin::revoke_key,
+        admin::stock_drift,
     ),
     modifiers(&BearerAuth, &KeyRefusals, &Contract)
 )]

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use orderflow_shared::admin::SagaSummary;
 use orderflow_shared::events::{self, EventRow};
 use orderflow_shared::flow::Step;
+use orderflow_shared::inventory::adjustment::Adjusted;
+use orderflow_shared::inventory::ledger::Movement;
 use orderflow_shared::inventory::{SkuRow, StockVersion};
 use orderflow_shared::operator::{self, RecordedAction};
 use orderflow_shared::order::create::NewOrder;
@@ -229,6 +231,41 @@ impl SkuView {
             version: version.0.to_string(),
         }
     }
+}
+
+/// An adjustment as made, with the sku's stock right after it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AdjustmentView {
+    pub id: Uuid,
+    pub sku: String,
+    pub location: String,
+    pub delta: i64,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+    /// The sku's stock after the adjustment (its `version` is the one to send as If-Match next).
+    pub stock: SkuView,
+}
+
+impl AdjustmentView {
+    pub fn new(adjusted: &Adjusted) -> Self {
+        Self {
+            id: adjusted.id,
+            sku: adjusted.sku.sku.clone(),
+            location: adjusted.location.clone(),
+            delta: adjusted.delta,
+            reason: adjusted.reason.clone(),
+            created_at: adjusted.created_at,
+            stock: SkuView::new(adjusted.sku.clone(), adjusted.version),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MovementList {
+    pub movements: Vec<Movement>,
+    /// Pass as `after` for the next page; null on the last page (a later request from the last id gets what
+    /// came since).
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

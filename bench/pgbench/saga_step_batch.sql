@@ -1,9 +1,10 @@
 -- One saga step's first transaction, statement for statement as the worker sends it for a reserve batch of
 -- :batch orders (worker/src/runner.rs::attempt with worker/src/steps/reserve.rs): lock the orders
 -- (order::lock_many), read their lines (order::lines_of), lock their skus and hold the stock
--- (inventory::reserve_many: two statements), then end every order in one statement (order::advance: the
--- attempt's step-log row, transition + event, hold, next job with its saga_jobs row; the moves are one parameter,
--- an array of one JSON object per move). A batch of one (-D batch=1) is what the worker sends for a lone job.
+-- (inventory::reserve_many: two statements, the second with the holds' ledger movements, as inventory::ledger's
+-- stock_change! writes them), then end every order in one statement (order::advance: the attempt's step-log row,
+-- transition + event, hold, next job with its saga_jobs row; the moves are one parameter, an array of one JSON
+-- object per move). A batch of one (-D batch=1) is what the worker sends for a lone job.
 -- Every pgbench transaction counts :batch steps.
 --
 -- What the harness adds or changes, and why: the first statement picks the batch's ids and builds the moves'
@@ -39,10 +40,22 @@ WITH r AS (INSERT INTO reservations (order_id, sku, quantity, status)
                        ARRAY(SELECT 'ceiling-' || (abs(hashtext(i::text)) % :skus::integer) FROM unnest(:ids::uuid[]) i),
                        array_fill(1::bigint, ARRAY[:batch::integer])) AS h(order_id, sku, quantity)
            ON CONFLICT (order_id, sku) DO UPDATE SET quantity = excluded.quantity
-           RETURNING sku, quantity)
-UPDATE skus SET reserved = skus.reserved + a.quantity, updated_at = now()
-FROM (SELECT sku, sum(quantity)::bigint AS quantity FROM r GROUP BY sku) AS a
-WHERE skus.sku = a.sku;
+           RETURNING order_id, sku, quantity),
+     changes AS (SELECT sku, 'default'::text AS location, 0::bigint AS on_hand_delta, quantity AS reserved_delta,
+                        'order_reserve'::text AS reason, order_id, NULL::uuid AS adjustment_id, 'saga'::text AS actor
+                 FROM r),
+     movements AS (INSERT INTO stock_movements (sku, location, on_hand_delta, reserved_delta, reason, order_id,
+                                                adjustment_id, actor)
+                   SELECT sku, location, on_hand_delta, reserved_delta, reason, order_id, adjustment_id, actor
+                   FROM changes WHERE on_hand_delta <> 0 OR reserved_delta <> 0),
+     applied AS (UPDATE skus SET on_hand = skus.on_hand + d.on_hand, reserved = skus.reserved + d.reserved,
+                                 updated_at = now()
+                 FROM (SELECT sku, sum(on_hand_delta)::bigint AS on_hand, sum(reserved_delta)::bigint AS reserved
+                       FROM changes GROUP BY sku) AS d
+                 WHERE skus.sku = d.sku
+                 RETURNING skus.sku, skus.on_hand, skus.reserved, skus.price, skus.currency, skus.created_at,
+                           skus.updated_at, skus.xmin::text::bigint AS version)
+SELECT 1;
 WITH t AS (
     SELECT t.* FROM unnest(:moves::jsonb[]) AS m(move), jsonb_to_record(m.move) AS t(
         id uuid, worker text, step text, attempt integer, log_id bigint, log_status text, log_note text, undo text,

@@ -53,7 +53,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (sku, on_hand, price) in DEMO_SKUS {
         if inventory::find(&pool, sku).await?.is_none() {
             let conn = &mut *pool.acquire().await?;
-            inventory::upsert(conn, sku, on_hand, price, "USD", &inventory::Expected::Any).await?;
+            let any = &inventory::Expected::Any;
+            inventory::upsert(conn, sku, on_hand, price, "USD", any, "orderflow dev").await?;
         }
     }
 

@@ -1,4 +1,6 @@
-//! Idempotency-Key records for order creation (`idempotency_keys`).
+//! Idempotency-Key records for order creation and stock adjustments (`idempotency_keys`). A caller's keys are one
+//! namespace, as Stripe's are per account: a key that made an order and is then sent with an adjustment (or the
+//! other way round) is a reuse with another request (422).
 //!
 //! A key belongs to its caller (the API key that sent it): two callers may use the same key without colliding,
 //! and the lock and the record below are the caller's key's. Records are kept for a retention (24 h by default)
@@ -9,6 +11,9 @@
 //! replays the stored response, another one is a misuse of the key (422). The record is written by the same
 //! statement as the order ([`crate::order::create::insert`]), so an order and its key commit together or not at
 //! all.
+//!
+//! An adjustment takes the same lock and reads the record with [`claim`] (the same lock name, so an order and an
+//! adjustment with one key exclude each other), and writes its record with [`record_adjustment`] in its transaction.
 //!
 //! Order creation reads the lock and the stored record in one statement ([`crate::order::create::admit`]), so the
 //! record is read in a snapshot taken just before the lock is won: a request that committed the same key in
@@ -35,9 +40,75 @@ pub fn fingerprint(body: &Value) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct StoredResponse {
     pub request_hash: Vec<u8>,
-    pub order_id: Uuid,
+    /// What the request made: an order or an adjustment (exactly one).
+    pub order_id: Option<Uuid>,
+    pub adjustment_id: Option<Uuid>,
     pub response_status: i32,
     pub response_body: Value,
+}
+
+/// Whether a request holds its key, and the key's record if an earlier request left one.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Whether this transaction now holds the key; if not, a request with it is in flight.
+    pub held: bool,
+    pub stored: Option<StoredResponse>,
+}
+
+/// Takes the lock of `caller`'s key `key` for the rest of the transaction, if no other request holds it, and
+/// reads its record. Order creation does the same in its one read (`order::create::admit`), with the same lock.
+pub async fn claim(conn: &mut sqlx::PgConnection, caller: &str, key: &str) -> Result<Claim, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"with l as (select pg_try_advisory_xact_lock(
+                          hashtextextended('orderflow.idempotency:' || $1 || ':' || $2, 0)) as held)
+           select l.held as "held!", i.request_hash as "request_hash?", i.order_id, i.adjustment_id,
+                  i.response_status as "response_status?", i.response_body as "response_body?"
+           from l left join idempotency_keys i on l.held and i.caller = $1 and i.key = $2"#,
+        caller,
+        key
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let stored = match (row.request_hash, row.response_status, row.response_body) {
+        (Some(request_hash), Some(response_status), Some(response_body)) => Some(StoredResponse {
+            request_hash,
+            order_id: row.order_id,
+            adjustment_id: row.adjustment_id,
+            response_status,
+            response_body,
+        }),
+        _ => None,
+    };
+    Ok(Claim {
+        held: row.held,
+        stored,
+    })
+}
+
+/// Writes the record of `caller`'s key `key` for the adjustment it made, in the adjustment's transaction. A key
+/// written meanwhile by another request fails it on [`KEY_CONSTRAINT`].
+pub async fn record_adjustment(
+    executor: impl PgExecutor<'_>,
+    caller: &str,
+    key: &str,
+    request_hash: &[u8],
+    adjustment_id: Uuid,
+    response_status: u16,
+    response_body: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"insert into idempotency_keys (caller, key, request_hash, adjustment_id, response_status, response_body)
+           values ($1, $2, $3, $4, $5, $6)"#,
+        caller,
+        key,
+        request_hash,
+        adjustment_id,
+        i32::from(response_status),
+        response_body
+    )
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// Deletes up to `limit` records made more than `older_than` ago; returns how many. Their orders stay.

@@ -12,7 +12,7 @@
 //!   request, [`order::create`] creates an order with its first job, [`order::advance`] is the one statement that
 //!   moves orders on (status, event, step attempt, next job).
 //! - [`step_log`]: the saga's step attempts (`saga_steps`), written before every side effect.
-//! - [`inventory`]: stock and reservations; [`payment`]: the order's payment row and the provider's keys.
+//! - [`inventory`]: stock and reservations, the stock ledger ([`inventory::ledger`]) and adjustments; [`payment`]: the order's payment row and the provider's keys.
 //! - [`queue`]: every statement on apalis's tables: the job payload and the SQL that writes jobs, completions,
 //!   the reconciler's repairs, the operators' queue views.
 //! - [`operator`]: what operators do to a saga (retry, compensate, resolve), with its audit; [`admin`]: what they
@@ -102,6 +102,10 @@ mod tests {
             crate::payment::PaymentStatus::as_str,
         );
         same(&crate::queue::JobStatus::ALL, crate::queue::JobStatus::as_str);
+        same(
+            &crate::inventory::ledger::MovementReason::ALL,
+            crate::inventory::ledger::MovementReason::as_str,
+        );
     }
 }
 

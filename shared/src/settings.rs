@@ -124,6 +124,9 @@ pub struct WorkerSettings {
     /// How often the reconciler deletes what is past its retention (Done jobs, Idempotency-Key records): a
     /// minute; not a setting (tests shorten it).
     pub purge_interval: Duration,
+    /// How often the reconciler reads the stock ledger against the skus' counts
+    /// (`ORDERFLOW_LEDGER_CHECK_INTERVAL_SECS`, a minute): a read of the whole ledger, so not every pass.
+    pub ledger_check_interval: Duration,
     /// How long SIGTERM waits for in-flight steps (`ORDERFLOW_SHUTDOWN_GRACE_MS`).
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
@@ -151,6 +154,7 @@ impl Default for WorkerSettings {
             done_job_retention: Duration::from_secs(3_600),
             idempotency_retention: Duration::from_secs(86_400),
             purge_interval: Duration::from_secs(60),
+            ledger_check_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_millis(30_000),
             relay: None,
             metrics_addr: None,
@@ -254,6 +258,10 @@ impl WorkerSettings {
                 default.idempotency_retention,
             )?,
             purge_interval: default.purge_interval,
+            ledger_check_interval: env_secs(
+                "ORDERFLOW_LEDGER_CHECK_INTERVAL_SECS",
+                default.ledger_check_interval,
+            )?,
             shutdown_grace: env_millis("ORDERFLOW_SHUTDOWN_GRACE_MS", default.shutdown_grace)?,
             relay: RelaySettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_WORKER_METRICS_ADDR")?,

@@ -135,6 +135,10 @@ fn describe_metrics() {
         "orderflow_outbox_published_per_second",
         "Events published per second over the last minute."
     );
+    describe_gauge!(
+        "orderflow_stock_ledger_drift",
+        "Skus and locations whose on_hand or reserved is not the sum of their stock movements, at the reconciler's last check (0 when the ledger adds up)."
+    );
 }
 
 /// The process's Prometheus registry, installed on first use. Histograms measured in seconds get buckets from

@@ -14,6 +14,9 @@
 //! 4. Once a minute, Done jobs older than `done_job_retention` are deleted from `apalis.jobs` (see
 //!    `queue::upkeep::purge_done_jobs`), in chunks, so the queue table holds what is live plus a recent window;
 //!    and Idempotency-Key records older than `idempotency_retention` (`idempotency::purge_expired`).
+//! 5. Every `ledger_check_interval`, the stock ledger is read against the skus' counts (`ledger::drift`): a
+//!    sku and location whose counts are not the sums of its movements is logged as an error, and
+//!    `orderflow_stock_ledger_drift` counts them (0 when the ledger adds up).
 //!
 //! Many processes run it at once: rows are claimed with SKIP LOCKED and every order is checked again under its
 //! row lock, which the steps take too.
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use orderflow_shared::flow::{self, Step};
+use orderflow_shared::inventory::ledger;
 use orderflow_shared::order::{self, CancelReason, OrderStatus};
 use orderflow_shared::queue::{StepJob, upkeep};
 use orderflow_shared::{idempotency, step_log};
@@ -55,7 +59,14 @@ pub async fn run(runner: Arc<Runner>, mut stopped: watch::Receiver<bool>) {
     // The first purge waits one interval: a fleet restarting together does not scan the table at once.
     let purge_interval = runner.settings.purge_interval;
     let mut next_purge = tokio::time::Instant::now() + purge_interval;
+    let mut next_ledger_check = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_ledger_check {
+            if let Err(error) = check_ledger(&runner).await {
+                tracing::warn!(%error, "could not read the stock ledger against the counts; next time");
+            }
+            next_ledger_check = tokio::time::Instant::now() + runner.settings.ledger_check_interval;
+        }
         if tokio::time::Instant::now() >= next_purge {
             match purge(&runner).await {
                 Ok(Purged { jobs: 0, keys: 0 }) => {}
@@ -168,6 +179,26 @@ where
         }
     }
     Ok(purged)
+}
+
+/// Reads the stock ledger against the skus' counts: each sku and location that does not add up is an error in the
+/// log (a change made without its movement: a bug, or a process of a version before the ledger still running),
+/// and their number the gauge `orderflow_stock_ledger_drift`.
+async fn check_ledger(runner: &Runner) -> Result<(), sqlx::Error> {
+    let drift = ledger::drift(&runner.pool).await?;
+    for off in &drift {
+        tracing::error!(
+            sku = off.sku,
+            location = off.location,
+            on_hand = off.on_hand,
+            reserved = off.reserved,
+            ledger_on_hand = off.ledger_on_hand,
+            ledger_reserved = off.ledger_reserved,
+            "the stock ledger does not add up to the sku's counts"
+        );
+    }
+    metrics::gauge!("orderflow_stock_ledger_drift").set(drift.len() as f64);
+    Ok(())
 }
 
 /// Cancels a reserved order whose hold ran out, if it still has and no authorization started meanwhile.

@@ -1,6 +1,6 @@
 //! The admin API under `/admin/v1`: queues, sagas (stuck or not) and one saga's whole story, for viewers; and
 //! for operators the actions retry, compensate and resolve (`orderflow_shared::operator`), each recorded with
-//! who and when; and API keys: viewers list them, operators create and revoke them.
+//! who and when; API keys: viewers list them, operators create and revoke them; and the stock ledger's drift.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use orderflow_shared::admin::{self, SagaQuery};
 use orderflow_shared::api_key::{self, ApiKey, CreatedKey, NewKeyRequest};
 use orderflow_shared::input;
+use orderflow_shared::inventory::ledger;
 use orderflow_shared::operator::{self, Action};
 use orderflow_shared::queue::views as queue_views;
 use serde::{Deserialize, Serialize};
@@ -189,4 +190,26 @@ pub async fn revoke_key(
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(key))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StockDrift {
+    /// When the ledger was read against the counts.
+    pub checked_at: chrono::DateTime<chrono::Utc>,
+    /// Every sku and location whose `on_hand` or `reserved` is not the sum of its movements; empty when the
+    /// ledger adds up (the one healthy answer).
+    pub drift: Vec<ledger::Drift>,
+}
+
+/// The stock ledger read against the skus' counts now, as the reconciler checks it every
+/// `ORDERFLOW_LEDGER_CHECK_INTERVAL_SECS`. It reads the whole ledger.
+#[utoipa::path(get, path = "/admin/v1/stock/drift", operation_id = "admin_stock_drift", security(("bearer" = [])), responses(
+    (status = 200, description = "Skus and locations whose counts the ledger does not add up to (none when healthy)", body = StockDrift),
+    (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
+))]
+pub async fn stock_drift(State(state): State<AppState>, _admin: Admin) -> Result<Json<StockDrift>, ApiError> {
+    Ok(Json(StockDrift {
+        checked_at: chrono::Utc::now(),
+        drift: ledger::drift(&state.pool).await?,
+    }))
 }

@@ -7,6 +7,7 @@ pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod orders;
 pub(crate) mod skus;
+pub(crate) mod stock;
 
 use axum::Router;
 use axum::http::Uri;
@@ -18,6 +19,8 @@ use crate::{AppState, caller};
 pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
     let v1 = Router::new()
         .route("/v1/skus/{sku}", put(skus::upsert).get(skus::get))
+        .route("/v1/skus/{sku}/adjustments", post(stock::adjust))
+        .route("/v1/skus/{sku}/movements", get(stock::movements))
         .route("/v1/orders", post(orders::create).get(orders::list))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
@@ -53,6 +56,7 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
         .route("/admin/v1/sagas/{id}/resolve", post(admin::resolve))
         .route("/admin/v1/keys", get(admin::keys).post(admin::create_key))
         .route("/admin/v1/keys/{id}/revoke", post(admin::revoke_key))
+        .route("/admin/v1/stock/drift", get(admin::stock_drift))
         .fallback(|uri: Uri| async move {
             crate::ApiError::NotFound {
                 what: "route",

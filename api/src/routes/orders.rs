@@ -7,7 +7,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_shared::idempotency;
-use orderflow_shared::input::MAX_TEXT;
 use orderflow_shared::order::create::{self, Creation};
 use orderflow_shared::order::request::CreateOrderRequest;
 use orderflow_shared::order::{self, CancelRequest, ListQuery};
@@ -16,7 +15,7 @@ use uuid::Uuid;
 
 use crate::admission::Admitted;
 use crate::caller::{Authorized, Caller, OrdersRead, OrdersWrite};
-use crate::extract::{JsonBody, OptionalJson, OrderId};
+use crate::extract::{JsonBody, OptionalJson, OrderId, idempotency_key};
 use crate::views::{self, EventView, OrderList, OrderView};
 use crate::{ApiError, AppState};
 
@@ -26,21 +25,6 @@ fn with_location(mut response: Response, id: Uuid) -> Response {
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let value = headers
-        .get("idempotency-key")
-        .ok_or_else(|| ApiError::BadRequest("the Idempotency-Key header is required".to_owned()))?;
-    let key = value
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("the Idempotency-Key header must be visible ASCII".to_owned()))?;
-    if key.is_empty() || key.len() > MAX_TEXT {
-        return Err(ApiError::BadRequest(format!(
-            "the Idempotency-Key header must be 1 to {MAX_TEXT} characters"
-        )));
-    }
-    Ok(key)
 }
 
 /// Accepts an order: 202 with the order in CREATED; the saga runs in the worker.

@@ -42,7 +42,7 @@ pub struct UpsertSkuRequest {
 #[tracing::instrument(skip_all, fields(sku = %sku))]
 pub async fn upsert(
     State(state): State<AppState>,
-    _caller: Authorized<CatalogWrite>,
+    authorized: Authorized<CatalogWrite>,
     Path(sku): Path<String>,
     headers: HeaderMap,
     body: JsonBody<UpsertSkuRequest>,
@@ -54,7 +54,17 @@ pub async fn upsert(
     let price = money::parse_price(request.price).map_err(|e| FieldError::new("price", e))?;
     let currency = Currency::parse(&request.currency).map_err(|e| FieldError::new("currency", e))?;
     let mut conn = state.pool.acquire().await?;
-    let set = inventory::upsert(&mut conn, &sku, on_hand, price, currency.as_str(), &expected).await?;
+    let actor = authorized.caller.idempotency_scope();
+    let set = inventory::upsert(
+        &mut conn,
+        &sku,
+        on_hand,
+        price,
+        currency.as_str(),
+        &expected,
+        &actor,
+    )
+    .await?;
     let (status, row, version) = match set {
         SkuSet::Created(row, version) => (StatusCode::CREATED, row, version),
         SkuSet::Updated(row, version) => (StatusCode::OK, row, version),

@@ -107,6 +107,7 @@ pub async fn admit(
                           hashtextextended('orderflow.idempotency:' || $1 || ':' || $2, 0)) as held)
            select l.held as "held!", now() as "now!",
                   i.request_hash as "request_hash?", i.order_id as "key_order_id?",
+                  i.adjustment_id as "key_adjustment_id?",
                   i.response_status as "response_status?", i.response_body as "response_body?",
                   s.sku as "sku?", s.on_hand as "on_hand?", s.reserved as "reserved?", s.price as "price?",
                   s.currency as "currency?", s.created_at as "created_at?", s.updated_at as "updated_at?"
@@ -120,20 +121,14 @@ pub async fn admit(
     .fetch_all(&mut *conn)
     .await?;
     let first = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-    let stored = match (
-        &first.request_hash,
-        first.key_order_id,
-        first.response_status,
-        &first.response_body,
-    ) {
-        (Some(request_hash), Some(order_id), Some(response_status), Some(response_body)) => {
-            Some(StoredResponse {
-                request_hash: request_hash.clone(),
-                order_id,
-                response_status,
-                response_body: response_body.clone(),
-            })
-        }
+    let stored = match (&first.request_hash, first.response_status, &first.response_body) {
+        (Some(request_hash), Some(response_status), Some(response_body)) => Some(StoredResponse {
+            request_hash: request_hash.clone(),
+            order_id: first.key_order_id,
+            adjustment_id: first.key_adjustment_id,
+            response_status,
+            response_body: response_body.clone(),
+        }),
         _ => None,
     };
     let found = rows
@@ -317,13 +312,17 @@ async fn create_once(
     #[cfg(feature = "failpoints")]
     hold_key_failpoint(request.key).await;
     if let Some(stored) = admission.stored {
-        if stored.request_hash != request.fingerprint {
+        // A key that made an adjustment was sent with another request, whatever its body.
+        let Some(order_id) = stored
+            .order_id
+            .filter(|_| stored.request_hash == request.fingerprint)
+        else {
             return Err(CreateError::KeyReused);
-        }
+        };
         return Ok(Some(Created {
             status: u16::try_from(stored.response_status).unwrap_or(ACCEPTED),
             body: stored.response_body,
-            order_id: stored.order_id,
+            order_id,
             replayed: true,
         }));
     }

@@ -4,6 +4,9 @@
 //! oversell under any concurrency (and the CHECK constraint stands behind it); phase two (commit) takes them out of
 //! `on_hand`; a release gives them back from either phase. Every change is set-based, for one order or many, and
 //! locks its skus in sorted order first, so two transactions never wait on each other in a cycle.
+//!
+//! Every change of the counts is written with its movements by [`ledger`]'s one statement ([`stock_change!`]):
+//! reservations, commits and releases here, absolute sets ([`upsert`]), and adjustments ([`adjustment`]).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -12,6 +15,11 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::input::FieldError;
+
+pub mod adjustment;
+pub mod ledger;
+
+use ledger::MovementReason;
 
 /// Name of the CHECK constraint that guards 0 <= reserved <= on_hand; the API maps it to 409.
 pub const RESERVED_LE_ON_HAND: &str = "inventory_reserved_le_on_hand";
@@ -64,6 +72,7 @@ pub async fn find(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<Sku
 pub struct StockVersion(pub i64);
 
 /// A sku's row with the version of its stock, as the statements that read it for the catalogue return it.
+#[derive(sqlx::FromRow)]
 struct VersionedRow {
     sku: String,
     on_hand: i64,
@@ -138,89 +147,104 @@ impl Expected {
     }
 }
 
-/// Creates the sku or sets its stock and price, if its stock is at the `expected` version. Lowering `on_hand`
-/// below what is reserved fails on [`RESERVED_LE_ON_HAND`].
+/// Creates the sku or sets its stock and price, if its stock is at the `expected` version; `actor` is who asks
+/// (the ledger's `actor`). The stock arrives as a movement like any other (`stock_count`, the difference from the
+/// count before): a new sku is made with none first. Lowering `on_hand` below what is reserved fails on
+/// [`RESERVED_LE_ON_HAND`].
 pub async fn upsert(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut PgConnection,
     sku: &str,
     on_hand: i64,
     price: i64,
     currency: &str,
     expected: &Expected,
+    actor: &str,
 ) -> Result<SkuSet, sqlx::Error> {
-    if *expected == Expected::Any {
-        return create_or_set(conn, sku, on_hand, price, currency).await;
-    }
-    // Lock the row, compare, write: the version a refusal names is the one the row is at while it is locked.
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let current = sqlx::query_scalar!(
-        r#"select xmin::text::bigint as "version!" from skus where sku = $1 for no key update"#,
+    let created = *expected == Expected::Any
+        && sqlx::query!(
+            "insert into skus (sku, on_hand, price, currency) values ($1, 0, $2, $3) on conflict (sku) do nothing",
+            sku,
+            price,
+            currency
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+    // Lock the row, compare, write: the version a refusal names is the one the row is at while it is locked.
+    let current = sqlx::query!(
+        r#"select on_hand, xmin::text::bigint as "version!" from skus where sku = $1 for no key update"#,
         sku
     )
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(current) = current.map(StockVersion) else {
+    let Some(current) = current else {
         return Ok(SkuSet::VersionMoved(None));
     };
-    if !expected.admits(current) {
-        return Ok(SkuSet::VersionMoved(Some(current)));
+    if !created && !expected.admits(StockVersion(current.version)) {
+        return Ok(SkuSet::VersionMoved(Some(StockVersion(current.version))));
     }
-    let updated = sqlx::query_as!(
-        VersionedRow,
-        r#"update skus set on_hand = $2, price = $3, currency = $4, updated_at = now()
-           where sku = $1
-           returning sku, on_hand, reserved, price, currency, created_at, updated_at,
-                     xmin::text::bigint as "version!""#,
+    if !created {
+        sqlx::query!(
+            "update skus set price = $2, currency = $3 where sku = $1",
+            sku,
+            price,
+            currency
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    let change = Change {
         sku,
-        on_hand,
-        price,
-        currency
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+        on_hand_delta: on_hand - current.on_hand,
+        reason: MovementReason::StockCount,
+        adjustment_id: None,
+        actor,
+    };
+    let (row, version) = change.apply(&mut tx).await?;
     tx.commit().await?;
-    let (row, version) = updated.split();
-    Ok(SkuSet::Updated(row, version))
+    Ok(match created {
+        true => SkuSet::Created(row, version),
+        false => SkuSet::Updated(row, version),
+    })
 }
 
-/// [`upsert`] whatever the sku's version: one statement.
-async fn create_or_set(
-    conn: &mut sqlx::PgConnection,
-    sku: &str,
-    on_hand: i64,
-    price: i64,
-    currency: &str,
-) -> Result<SkuSet, sqlx::Error> {
-    // `xmax = 0` holds only for a freshly inserted row: it tells created from updated in one round trip.
-    let upserted = sqlx::query!(
-        r#"insert into skus (sku, on_hand, price, currency) values ($1, $2, $3, $4)
-           on conflict (sku) do update
-             set on_hand = excluded.on_hand, price = excluded.price, currency = excluded.currency,
-                 updated_at = now()
-           returning sku, on_hand, reserved, price, currency, created_at, updated_at,
-                     (xmax = 0) as "created!", xmin::text::bigint as "version!""#,
-        sku,
-        on_hand,
-        price,
-        currency
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let row = SkuRow {
-        sku: upserted.sku,
-        on_hand: upserted.on_hand,
-        reserved: upserted.reserved,
-        price: upserted.price,
-        currency: upserted.currency,
-        created_at: upserted.created_at,
-        updated_at: upserted.updated_at,
-    };
-    let version = StockVersion(upserted.version);
-    Ok(if upserted.created {
-        SkuSet::Created(row, version)
-    } else {
-        SkuSet::Updated(row, version)
-    })
+/// A change of one sku's `on_hand` a client asked for: a count's difference or an adjustment.
+struct Change<'a> {
+    sku: &'a str,
+    on_hand_delta: i64,
+    reason: MovementReason,
+    adjustment_id: Option<Uuid>,
+    actor: &'a str,
+}
+
+impl Change<'_> {
+    /// Applies it with its movement (through [`stock_change!`]) and returns the sku as changed. The caller holds
+    /// the sku's row lock.
+    async fn apply(&self, conn: &mut PgConnection) -> Result<(SkuRow, StockVersion), sqlx::Error> {
+        const STATEMENT: &str = concat!(
+            r#"with changes as (
+                   select $1::text as sku, $2::text as location, $3::bigint as on_hand_delta,
+                          0::bigint as reserved_delta, $4::text as reason, null::uuid as order_id,
+                          $5::uuid as adjustment_id, $6::text as actor
+               ),
+               "#,
+            crate::stock_change!(),
+            r#"
+               select sku, on_hand, reserved, price, currency, created_at, updated_at, version from applied"#
+        );
+        let row: VersionedRow = sqlx::query_as(STATEMENT)
+            .bind(self.sku)
+            .bind(ledger::DEFAULT_LOCATION)
+            .bind(self.on_hand_delta)
+            .bind(self.reason)
+            .bind(self.adjustment_id)
+            .bind(self.actor)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(row.split())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,22 +291,32 @@ pub async fn reserve_many(
         }
     }
     if !held_orders.is_empty() {
-        sqlx::query!(
+        const STATEMENT: &str = concat!(
             r#"with r as (
                    insert into reservations (order_id, sku, quantity, status)
                    select h.order_id, h.sku, h.quantity, 'RESERVED'
                    from unnest($1::uuid[], $2::text[], $3::bigint[]) as h(order_id, sku, quantity)
-                   returning sku, quantity
-               )
-               update skus set reserved = skus.reserved + a.quantity, updated_at = now()
-               from (select sku, sum(quantity)::bigint as quantity from r group by sku) as a
-               where skus.sku = a.sku"#,
-            &held_orders,
-            &held_skus as &[&str],
-            &held_quantities
-        )
-        .execute(&mut *conn)
-        .await?;
+                   returning order_id, sku, quantity
+               ),
+               changes as (
+                   select sku, $4::text as location, 0::bigint as on_hand_delta, quantity as reserved_delta,
+                          $5::text as reason, order_id, null::uuid as adjustment_id, $6::text as actor
+                   from r
+               ),
+               "#,
+            crate::stock_change!(),
+            r#"
+               select 1"#
+        );
+        sqlx::query(STATEMENT)
+            .bind(&held_orders)
+            .bind(&held_skus)
+            .bind(&held_quantities)
+            .bind(ledger::DEFAULT_LOCATION)
+            .bind(MovementReason::OrderReserve)
+            .bind(ledger::SAGA_ACTOR)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(outcomes)
 }
@@ -332,23 +366,29 @@ async fn lock_skus_held_by(conn: &mut PgConnection, order_ids: &[Uuid]) -> Resul
 #[tracing::instrument(skip_all, fields(orders = order_ids.len()), err)]
 pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
     lock_skus_held_by(conn, order_ids).await?;
-    let committed = sqlx::query_scalar!(
+    const STATEMENT: &str = concat!(
         r#"with r as (
                update reservations set status = 'COMMITTED', updated_at = now()
                where order_id = any($1) and status = 'RESERVED'
-               returning sku, quantity
+               returning order_id, sku, quantity
            ),
-           a as (select sku, sum(quantity)::bigint as quantity, count(*) as n from r group by sku),
-           u as (
-               update skus set on_hand = skus.on_hand - a.quantity, reserved = skus.reserved - a.quantity,
-                               updated_at = now()
-               from a where skus.sku = a.sku
-           )
-           select coalesce(sum(n), 0)::bigint as "committed!" from a"#,
-        order_ids
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+           changes as (
+               select sku, $2::text as location, -quantity as on_hand_delta, -quantity as reserved_delta,
+                      $3::text as reason, order_id, null::uuid as adjustment_id, $4::text as actor
+               from r
+           ),
+           "#,
+        crate::stock_change!(),
+        r#"
+           select count(*) from changes"#
+    );
+    let committed: i64 = sqlx::query_scalar(STATEMENT)
+        .bind(order_ids)
+        .bind(ledger::DEFAULT_LOCATION)
+        .bind(MovementReason::OrderCommit)
+        .bind(ledger::SAGA_ACTOR)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(committed as u64)
 }
 
@@ -360,7 +400,7 @@ pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<
 pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
     lock_skus_held_by(conn, order_ids).await?;
     // The reservations are read (and locked) before they change: `returning` would give their new status only.
-    let released = sqlx::query_scalar!(
+    const STATEMENT: &str = concat!(
         r#"with held as (
                select order_id, sku, quantity, status from reservations
                where order_id = any($1) and status <> 'RELEASED'
@@ -370,22 +410,25 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
                update reservations set status = 'RELEASED', updated_at = now()
                from held where reservations.order_id = held.order_id and reservations.sku = held.sku
            ),
-           a as (
-               select sku,
-                      coalesce(sum(quantity) filter (where status = 'RESERVED'), 0)::bigint as reserved,
-                      coalesce(sum(quantity) filter (where status = 'COMMITTED'), 0)::bigint as committed
-               from held group by sku
+           changes as (
+               select sku, $2::text as location,
+                      case when status = 'COMMITTED' then quantity else 0 end as on_hand_delta,
+                      case when status = 'RESERVED' then -quantity else 0 end as reserved_delta,
+                      $3::text as reason, order_id, null::uuid as adjustment_id, $4::text as actor
+               from held
            ),
-           u as (
-               update skus set reserved = skus.reserved - a.reserved, on_hand = skus.on_hand + a.committed,
-                               updated_at = now()
-               from a where skus.sku = a.sku
-           )
-           select count(*) as "released!" from held"#,
-        order_ids
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+           "#,
+        crate::stock_change!(),
+        r#"
+           select count(*) from held"#
+    );
+    let released: i64 = sqlx::query_scalar(STATEMENT)
+        .bind(order_ids)
+        .bind(ledger::DEFAULT_LOCATION)
+        .bind(MovementReason::OrderRelease)
+        .bind(ledger::SAGA_ACTOR)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(released as u64)
 }
 
