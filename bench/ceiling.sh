@@ -89,6 +89,8 @@ pg_ticks() { local pm; pm=$(pgrep -u postgres -o postgres); echo $(( $(ticks $(p
 # Milliseconds of CPU between two tick counts.
 ms() { echo $(( ($2 - $1) * 1000 / HZ )); }
 sql "insert into skus (sku, on_hand, price, currency) select 'ceiling-' || i, 100000000, 100, 'USD' from generate_series(0, 49) i"
+# Their stock, at the one location (the service's skus get theirs through the API).
+sql "insert into stock_levels (sku, location, on_hand) select sku, 'default', on_hand from skus where sku like 'ceiling-%'"
 
 
 # pgbench one script: prints "tps p99_ms" (p99 from the per-transaction log).

@@ -1,7 +1,8 @@
 //! The chaos test: the API and three worker processes, over a thousand multi-line orders on a few hot skus with
 //! every kind of payment (declines, flaky and lost responses, random provider faults) and some cancels by
 //! customers, while a random worker is killed with SIGKILL every few seconds and restarted, and PostgreSQL
-//! itself crashes once. Afterwards every order must be over, no unit oversold or lost, no hold left open, no
+//! itself crashes once; each sku's stock is at two locations. Afterwards every order must be over, no unit
+//! oversold or lost at any location, the stock ledger adding up, no hold left open, no
 //! order charged twice or charged and cancelled, every transition recorded exactly once, and every event in
 //! NATS JetStream exactly once and in order per order (each worker also runs the outbox relay, so relays die
 //! mid-batch too). The API runs with admission control on, as shipped: an order refused past the saga backlog
@@ -200,14 +201,25 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     })
     .await;
     let http = keyed_client(&url, Duration::from_secs(10)).await;
+    // Each sku's stock is split over two locations, a third of it at the second, so lines are allocated from
+    // both and split across them as the first runs out.
+    let store = http
+        .put(format!("{api}/v1/locations/store"))
+        .json(&json!({"name": "Second location", "priority": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert!(store.status().is_success());
     for sku in SKUS {
-        let put = http
-            .put(format!("{api}/v1/skus/{sku}"))
-            .json(&json!({"on_hand": on_hand, "price": PRICE, "currency": "USD"}))
-            .send()
-            .await
-            .unwrap();
-        assert!(put.status().is_success());
+        for (location, units) in [("default", on_hand - on_hand / 3), ("store", on_hand / 3)] {
+            let put = http
+                .put(format!("{api}/v1/skus/{sku}"))
+                .json(&json!({"on_hand": units, "price": PRICE, "currency": "USD", "location": location}))
+                .send()
+                .await
+                .unwrap();
+            assert!(put.status().is_success());
+        }
     }
     let run_id = Uuid::new_v4().simple().to_string();
     let mut fleet = Fleet {

@@ -92,7 +92,8 @@ fn normalized(sql: &str) -> String {
 }
 
 /// The pgbench scripts the ceiling runs (bench/pgbench) send the service's own SQL: the statement that ends a
-/// step's attempts (`order::advance`) word for word, and the queue's job inserts in order creation's script.
+/// step's attempts (`order::advance`) word for word, the stock change (`stock_change!`) in the step's, and the
+/// queue's job inserts in order creation's script.
 #[test]
 fn the_ceiling_scripts_send_the_services_sql() {
     let root = workspace();
@@ -102,6 +103,10 @@ fn the_ceiling_scripts_send_the_services_sql() {
     assert!(
         batch.contains(&normalized(orderflow_shared::order::advance::STATEMENT)),
         "bench/pgbench/saga_step_batch.sql no longer sends order::advance's statement"
+    );
+    assert!(
+        batch.contains(&normalized(orderflow_shared::stock_change!())),
+        "saga_step_batch.sql: the stock change (the reservation's movements) differs"
     );
     let jobs = normalized(orderflow_shared::step_job_inserts!());
     assert!(

@@ -79,8 +79,9 @@ pub async fn stock_is_accounted_for(pool: &PgPool, initial: &[(&str, i64)]) {
     assert_eq!(stray, 0, "reservations match their orders' ends");
 }
 
-/// The stock ledger: each sku's movements add up to its counts (no drift), and each order's movements are its
-/// end: a FULFILLED order took its units out of `on_hand`, a CANCELLED one nothing, and neither holds any.
+/// The stock ledger: each sku's movements add up to its counts (no drift), at every location too, where nothing is
+/// oversold or left reserved; and each order's movements are its end at each location it held: a FULFILLED order
+/// took its units out of `on_hand`, a CANCELLED one nothing, and neither holds any.
 pub async fn ledger_adds_up(pool: &PgPool, orders: &HashMap<Uuid, Ended>) {
     let drift: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
         "select s.sku, s.on_hand, s.reserved, coalesce(sum(m.on_hand_delta), 0)::bigint, \
@@ -101,20 +102,40 @@ pub async fn ledger_adds_up(pool: &PgPool, orders: &HashMap<Uuid, Ended>) {
         reported.is_empty(),
         "the reconciler's check reports drift: {reported:?}"
     );
-    let per_order: Vec<(Uuid, String, i64, i64, i64)> = sqlx::query_as(
-        "select m.order_id, m.sku, sum(m.on_hand_delta)::bigint, sum(m.reserved_delta)::bigint, \
-                coalesce((select quantity from reservations r where r.order_id = m.order_id and r.sku = m.sku), 0) \
-         from stock_movements m where m.order_id is not null group by m.order_id, m.sku",
+    let per_location: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "select l.sku, l.location, l.on_hand, l.reserved, coalesce(sum(m.on_hand_delta), 0)::bigint, \
+                coalesce(sum(m.reserved_delta), 0)::bigint \
+         from stock_levels l left join stock_movements m on m.sku = l.sku and m.location = l.location \
+         group by l.sku, l.location, l.on_hand, l.reserved \
+         having l.on_hand <> coalesce(sum(m.on_hand_delta), 0) or l.reserved <> coalesce(sum(m.reserved_delta), 0) \
+             or l.reserved <> 0 or l.on_hand < 0",
     )
     .fetch_all(pool)
     .await
     .unwrap();
-    for (id, sku, on_hand, reserved, quantity) in per_order {
+    assert!(
+        per_location.is_empty(),
+        "(sku, location, on_hand, reserved, ledger's) not adding up, oversold or still reserved: {per_location:?}"
+    );
+    let per_order: Vec<(Uuid, String, String, i64, i64, i64)> = sqlx::query_as(
+        "select m.order_id, m.sku, m.location, sum(m.on_hand_delta)::bigint, sum(m.reserved_delta)::bigint, \
+                coalesce((select quantity from reservations r \
+                          where r.order_id = m.order_id and r.sku = m.sku and r.location = m.location), 0) \
+         from stock_movements m where m.order_id is not null group by m.order_id, m.sku, m.location",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (id, sku, location, on_hand, reserved, quantity) in per_order {
         let sold = match orders.get(&id).map(|o| o.status.as_str()) {
             Some("FULFILLED") => quantity,
             _ => 0,
         };
-        assert_eq!((on_hand, reserved), (-sold, 0), "order {id}'s movements of {sku}");
+        assert_eq!(
+            (on_hand, reserved),
+            (-sold, 0),
+            "order {id}'s movements of {sku} at {location}"
+        );
     }
 }
 

@@ -79,6 +79,31 @@ fn routes(id: Uuid) -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/v1/locations",
+            "/v1/locations".into(),
+            None,
+            Scope::CatalogRead,
+            200,
+        ),
+        route(
+            Method::PUT,
+            "/v1/locations/{code}",
+            "/v1/locations/matrix".into(),
+            Some(json!({"name": "matrix"})),
+            Scope::CatalogWrite,
+            201,
+        ),
+        // After the location is made (routes are let through in this order).
+        route(
+            Method::POST,
+            "/v1/skus/{sku}/transfers",
+            "/v1/skus/S/transfers".into(),
+            Some(json!({"from": "default", "to": "matrix", "quantity": 1, "reason": "matrix"})),
+            Scope::CatalogWrite,
+            201,
+        ),
+        route(
+            Method::GET,
             "/v1/orders",
             "/v1/orders".into(),
             None,
@@ -302,7 +327,12 @@ async fn every_v1_route_needs_a_valid_key_with_its_scope_and_a_refusal_changes_n
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(adjustments, 0, "no refused adjustment was made");
+    assert_eq!(adjustments, 0, "no refused adjustment or transfer was made");
+    let locations: i64 = sqlx::query_scalar("select count(*) from locations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(locations, 1, "no refused request made a location");
     let orders: i64 = sqlx::query_scalar("select count(*) from orders")
         .fetch_one(&app.pool)
         .await

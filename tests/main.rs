@@ -33,4 +33,5 @@ mod saga;
 mod sqlx_cache;
 mod stock;
 mod stock_ledger;
+mod stock_locations;
 mod tracing;

@@ -428,7 +428,8 @@ async fn a_change_made_without_its_movement_is_reported_as_drift() {
     app.start_worker_with(|settings| settings.ledger_check_interval = Duration::from_millis(200));
     assert_eq!(app.admin_json("/admin/v1/stock/drift").await["drift"], json!([]));
 
-    // A unit appears without a movement (what a process from before the ledger, or a hand-written UPDATE, does).
+    // A unit appears on the sku's total without a movement or a location (what a process from before the ledger,
+    // or a hand-written UPDATE, does): the total is not its locations' sum.
     sqlx::query("update skus set on_hand = on_hand + 1 where sku = 'B'")
         .execute(&app.pool)
         .await
@@ -436,7 +437,7 @@ async fn a_change_made_without_its_movement_is_reported_as_drift() {
     let report = app.admin_json("/admin/v1/stock/drift").await;
     assert_eq!(
         report["drift"],
-        json!([{"sku": "B", "location": "default", "on_hand": 6, "reserved": 0, "ledger_on_hand": 5, "ledger_reserved": 0}])
+        json!([{"sku": "B", "location": "*", "on_hand": 6, "reserved": 0, "ledger_on_hand": 5, "ledger_reserved": 0}])
     );
     eventually(
         "the reconciler's gauge counts the drifting sku",

@@ -216,11 +216,14 @@ impl From<sqlx::Error> for ApiError {
             return Self::Unavailable(error);
         }
         if let sqlx::Error::Database(e) = &error
-            && e.constraint() == Some(inventory::RESERVED_LE_ON_HAND)
+            && matches!(
+                e.constraint(),
+                Some(inventory::RESERVED_LE_ON_HAND | inventory::RESERVED_LE_ON_HAND_AT_LOCATION)
+            )
         {
             return Self::Conflict {
                 slug: "stock-below-reserved",
-                detail: "on_hand cannot be set below the units currently reserved".to_owned(),
+                detail: "on_hand cannot be set below the units currently reserved at the location".to_owned(),
             };
         }
         Self::Internal(anyhow::Error::new(error).context("database error"))
@@ -266,6 +269,7 @@ impl From<AdjustError> for ApiError {
     fn from(error: AdjustError) -> Self {
         match error {
             AdjustError::NoSuchSku(sku) => Self::NotFound { what: "sku", id: sku },
+            AdjustError::NoSuchLocation(e) => e.into(),
             AdjustError::BelowReserved { .. } => Self::Conflict {
                 slug: "stock-below-reserved",
                 detail: error.to_string(),

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{admin, customer_tokens, feed, health, orders, skus, stock};
+use crate::routes::{admin, customer_tokens, feed, health, locations, orders, skus, stock};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +15,10 @@ use crate::routes::{admin, customer_tokens, feed, health, orders, skus, stock};
         skus::upsert,
         skus::get,
         stock::adjust,
+        stock::transfer,
         stock::movements,
+        locations::list,
+        locations::upsert,
         orders::create,
         orders::get,
         orders::list,

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use orderflow_shared::admin::SagaSummary;
 use orderflow_shared::events::{self, EventRow};
 use orderflow_shared::flow::Step;
-use orderflow_shared::inventory::adjustment::Adjusted;
+use orderflow_shared::inventory::adjustment::{Adjusted, Kind};
 use orderflow_shared::inventory::ledger::Movement;
-use orderflow_shared::inventory::{SkuRow, StockVersion};
+use orderflow_shared::inventory::{Level, SkuRow, StockVersion};
 use orderflow_shared::operator::{self, RecordedAction};
 use orderflow_shared::order::create::NewOrder;
 use orderflow_shared::order::{self, CancelReason, OrderLineRow, OrderRow, OrderStatus};
@@ -18,6 +18,7 @@ use orderflow_shared::queue::JobStatus;
 use orderflow_shared::queue::views::{self as queue_views, QueueStats, SagaJob};
 use orderflow_shared::step_log::{self, Attempt};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -208,19 +209,22 @@ pub async fn events_of(pool: &PgPool, id: Uuid) -> Result<Vec<EventView>, ApiErr
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SkuView {
     pub sku: String,
+    /// Over every location.
     pub on_hand: i64,
     pub reserved: i64,
-    /// on_hand − reserved: what new orders can still take.
+    /// on_hand − reserved: what new orders can still take, over every location.
     pub available: i64,
     pub price: i64,
     pub currency: String,
     /// The version of the sku's stock, as its `ETag` carries it (quoted there): it changes whenever the stock
-    /// does. A `PUT` with `If-Match` sets the stock only while it is still this.
+    /// does, at any location. A `PUT` with `If-Match` sets the stock only while it is still this.
     pub version: String,
+    /// The stock at each location that has held it, in allocation order.
+    pub locations: Vec<Level>,
 }
 
 impl SkuView {
-    pub fn new(row: SkuRow, version: StockVersion) -> Self {
+    pub fn new(row: SkuRow, version: StockVersion, locations: Vec<Level>) -> Self {
         Self {
             available: row.on_hand - row.reserved,
             sku: row.sku,
@@ -229,6 +233,7 @@ impl SkuView {
             price: row.price,
             currency: row.currency,
             version: version.0.to_string(),
+            locations,
         }
     }
 }
@@ -246,17 +251,49 @@ pub struct AdjustmentView {
     pub stock: SkuView,
 }
 
-impl AdjustmentView {
-    pub fn new(adjusted: &Adjusted) -> Self {
-        Self {
-            id: adjusted.id,
-            sku: adjusted.sku.sku.clone(),
-            location: adjusted.location.clone(),
-            delta: adjusted.delta,
-            reason: adjusted.reason.clone(),
-            created_at: adjusted.created_at,
-            stock: SkuView::new(adjusted.sku.clone(), adjusted.version),
-        }
+/// A transfer as made, with the sku's stock right after it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TransferView {
+    pub id: Uuid,
+    pub sku: String,
+    pub from: String,
+    pub to: String,
+    pub quantity: i64,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+    /// The sku's stock after the transfer.
+    pub stock: SkuView,
+}
+
+/// The answer to an adjustment or a transfer, as its kind is.
+pub fn adjusted(adjusted: &Adjusted) -> Result<Value, serde_json::Error> {
+    let stock = SkuView::new(adjusted.sku.clone(), adjusted.version, adjusted.levels.clone());
+    let (id, sku, reason, created_at) = (
+        adjusted.id,
+        adjusted.sku.sku.clone(),
+        adjusted.reason.clone(),
+        adjusted.created_at,
+    );
+    match &adjusted.kind {
+        Kind::Adjustment { location, delta } => serde_json::to_value(AdjustmentView {
+            id,
+            sku,
+            location: location.clone(),
+            delta: *delta,
+            reason,
+            created_at,
+            stock,
+        }),
+        Kind::Transfer { from, to, quantity } => serde_json::to_value(TransferView {
+            id,
+            sku,
+            from: from.clone(),
+            to: to.clone(),
+            quantity: *quantity,
+            reason,
+            created_at,
+            stock,
+        }),
     }
 }
 

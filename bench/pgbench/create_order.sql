@@ -7,7 +7,7 @@
 \set s random(0, 49)
 BEGIN;
 WITH l AS (SELECT pg_try_advisory_xact_lock(
-                 hashtextextended('orderflow.idempotency:' || 'key:0193a0a0-0000-7000-8000-000000000001' || ':' || ('ceiling-' || :n::text || '-' || :client_id::text), 0)) AS held)
+                 hashtextextended('orderflow.idempotency:' || char_length('key:0193a0a0-0000-7000-8000-000000000001') || ':' || 'key:0193a0a0-0000-7000-8000-000000000001' || ':' || ('ceiling-' || :n::text || '-' || :client_id::text), 0)) AS held)
 SELECT l.held, now() AS now,
        i.request_hash, i.order_id, i.adjustment_id, i.response_status, i.response_body,
        s.sku, s.on_hand, s.reserved, s.price, s.currency, s.created_at, s.updated_at

@@ -1,8 +1,8 @@
 -- One saga step's first transaction, statement for statement as the worker sends it for a reserve batch of
 -- :batch orders (worker/src/runner.rs::attempt with worker/src/steps/reserve.rs): lock the orders
--- (order::lock_many), read their lines (order::lines_of), lock their skus and hold the stock
--- (inventory::reserve_many: two statements, the second with the holds' ledger movements, as inventory::ledger's
--- stock_change! writes them), then end every order in one statement (order::advance: the attempt's step-log row,
+-- (order::lock_many), read their lines (order::lines_of), lock their skus, read their locations' stock and hold
+-- it (inventory::reserve_many: three statements, the last with the holds' ledger movements and locations' stock,
+-- inventory::ledger's stock_change! word for word), then end every order in one statement (order::advance: the attempt's step-log row,
 -- transition + event, hold, next job with its saga_jobs row; the moves are one parameter, an array of one JSON
 -- object per move). A batch of one (-D batch=1) is what the worker sends for a lone job.
 -- Every pgbench transaction counts :batch steps.
@@ -31,30 +31,46 @@ SELECT id, customer_id, currency, total, status, payment_token, cancel_reason, c
 FROM orders WHERE id = any(:ids::uuid[]) ORDER BY id FOR UPDATE;
 SELECT order_id, line_no, sku, quantity, unit_price FROM order_lines WHERE order_id = any(:ids::uuid[])
 ORDER BY order_id, line_no;
-SELECT sku, on_hand - reserved FROM skus
+SELECT sku FROM skus
 WHERE sku = any(ARRAY(SELECT DISTINCT 'ceiling-' || (abs(hashtext(i::text)) % :skus::integer) FROM unnest(:ids::uuid[]) i))
 ORDER BY sku FOR NO KEY UPDATE;
-WITH r AS (INSERT INTO reservations (order_id, sku, quantity, status)
-           SELECT h.order_id, h.sku, h.quantity, 'RESERVED'
+SELECT l.sku, l.location, l.on_hand - l.reserved, c.priority
+FROM stock_levels l JOIN locations c ON c.code = l.location
+WHERE l.sku = any(ARRAY(SELECT DISTINCT 'ceiling-' || (abs(hashtext(i::text)) % :skus::integer) FROM unnest(:ids::uuid[]) i));
+WITH r AS (INSERT INTO reservations (order_id, sku, location, quantity, status)
+           SELECT h.order_id, h.sku, 'default', h.quantity, 'RESERVED'
            FROM unnest(:ids::uuid[],
                        ARRAY(SELECT 'ceiling-' || (abs(hashtext(i::text)) % :skus::integer) FROM unnest(:ids::uuid[]) i),
                        array_fill(1::bigint, ARRAY[:batch::integer])) AS h(order_id, sku, quantity)
-           ON CONFLICT (order_id, sku) DO UPDATE SET quantity = excluded.quantity
-           RETURNING order_id, sku, quantity),
-     changes AS (SELECT sku, 'default'::text AS location, 0::bigint AS on_hand_delta, quantity AS reserved_delta,
+           ON CONFLICT (order_id, sku, location) DO UPDATE SET quantity = excluded.quantity
+           RETURNING order_id, sku, location, quantity),
+     changes AS (SELECT sku, location, 0::bigint AS on_hand_delta, quantity AS reserved_delta,
                         'order_reserve'::text AS reason, order_id, NULL::uuid AS adjustment_id, 'saga'::text AS actor
                  FROM r),
-     movements AS (INSERT INTO stock_movements (sku, location, on_hand_delta, reserved_delta, reason, order_id,
-                                                adjustment_id, actor)
-                   SELECT sku, location, on_hand_delta, reserved_delta, reason, order_id, adjustment_id, actor
-                   FROM changes WHERE on_hand_delta <> 0 OR reserved_delta <> 0),
-     applied AS (UPDATE skus SET on_hand = skus.on_hand + d.on_hand, reserved = skus.reserved + d.reserved,
-                                 updated_at = now()
-                 FROM (SELECT sku, sum(on_hand_delta)::bigint AS on_hand, sum(reserved_delta)::bigint AS reserved
-                       FROM changes GROUP BY sku) AS d
-                 WHERE skus.sku = d.sku
-                 RETURNING skus.sku, skus.on_hand, skus.reserved, skus.price, skus.currency, skus.created_at,
-                           skus.updated_at, skus.xmin::text::bigint AS version)
+     movements as (
+               insert into stock_movements (sku, location, on_hand_delta, reserved_delta, reason, order_id,
+                                            adjustment_id, actor)
+               select sku, location, on_hand_delta, reserved_delta, reason, order_id, adjustment_id, actor
+               from changes
+               where on_hand_delta <> 0 or reserved_delta <> 0
+           ),
+           levels as (
+               update stock_levels set on_hand = stock_levels.on_hand + d.on_hand,
+                                       reserved = stock_levels.reserved + d.reserved, updated_at = now()
+               from (select sku, location, sum(on_hand_delta)::bigint as on_hand,
+                            sum(reserved_delta)::bigint as reserved
+                     from changes group by sku, location) as d
+               where stock_levels.sku = d.sku and stock_levels.location = d.location
+           ),
+           applied as (
+               update skus set on_hand = skus.on_hand + d.on_hand, reserved = skus.reserved + d.reserved,
+                               updated_at = now()
+               from (select sku, sum(on_hand_delta)::bigint as on_hand, sum(reserved_delta)::bigint as reserved
+                     from changes group by sku) as d
+               where skus.sku = d.sku
+               returning skus.sku, skus.on_hand, skus.reserved, skus.price, skus.currency, skus.created_at,
+                         skus.updated_at, skus.xmin::text::bigint as version
+           )
 SELECT 1;
 WITH t AS (
     SELECT t.* FROM unnest(:moves::jsonb[]) AS m(move), jsonb_to_record(m.move) AS t(

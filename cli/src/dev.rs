@@ -53,8 +53,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (sku, on_hand, price) in DEMO_SKUS {
         if inventory::find(&pool, sku).await?.is_none() {
             let conn = &mut *pool.acquire().await?;
-            let any = &inventory::Expected::Any;
-            inventory::upsert(conn, sku, on_hand, price, "USD", any, "orderflow dev").await?;
+            let set = inventory::StockSet {
+                sku,
+                location: inventory::ledger::DEFAULT_LOCATION,
+                on_hand,
+                price,
+                currency: "USD",
+                expected: &inventory::Expected::Any,
+                actor: "orderflow dev",
+            };
+            inventory::upsert(conn, &set).await?;
         }
     }
 

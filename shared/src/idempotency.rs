@@ -6,7 +6,8 @@
 //! and the lock and the record below are the caller's key's. Records are kept for a retention (24 h by default)
 //! and then purged by the reconciler ([`purge_expired`]); after that the key may be used again.
 //!
-//! A request takes a transaction-scoped advisory lock on its key first. If another request with the same key
+//! A request takes a transaction-scoped advisory lock on its key first (named by the caller's length, the caller and
+//! the key, so no two callers' keys share a name). If another request with the same key
 //! holds it, that one is still in flight (409). Otherwise a stored record means a repeat: the same fingerprint
 //! replays the stored response, another one is a misuse of the key (422). The record is written by the same
 //! statement as the order ([`crate::order::create::insert`]), so an order and its key commit together or not at
@@ -47,6 +48,26 @@ pub struct StoredResponse {
     pub response_body: Value,
 }
 
+/// What a request makes, so a key's record tells a repeat from another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Makes {
+    Order,
+    /// An adjustment or a transfer of stock.
+    Adjustment,
+}
+
+impl StoredResponse {
+    /// Whether this record answers a request that makes `makes` with `fingerprint`: a repeat, which replays it.
+    /// Otherwise the key was used for another request (422), whatever the bodies.
+    pub fn replays(&self, makes: Makes, fingerprint: &[u8]) -> bool {
+        let made = match makes {
+            Makes::Order => self.order_id.is_some(),
+            Makes::Adjustment => self.adjustment_id.is_some(),
+        };
+        made && self.request_hash == fingerprint
+    }
+}
+
 /// Whether a request holds its key, and the key's record if an earlier request left one.
 #[derive(Debug, Clone)]
 pub struct Claim {
@@ -60,7 +81,7 @@ pub struct Claim {
 pub async fn claim(conn: &mut sqlx::PgConnection, caller: &str, key: &str) -> Result<Claim, sqlx::Error> {
     let row = sqlx::query!(
         r#"with l as (select pg_try_advisory_xact_lock(
-                          hashtextextended('orderflow.idempotency:' || $1 || ':' || $2, 0)) as held)
+                          hashtextextended('orderflow.idempotency:' || char_length($1) || ':' || $1 || ':' || $2, 0)) as held)
            select l.held as "held!", i.request_hash as "request_hash?", i.order_id, i.adjustment_id,
                   i.response_status as "response_status?", i.response_body as "response_body?"
            from l left join idempotency_keys i on l.held and i.caller = $1 and i.key = $2"#,

@@ -105,6 +105,17 @@ pub fn id_cursor(raw: Option<&str>) -> Result<Option<uuid::Uuid>, FieldError> {
     .transpose()
 }
 
+/// A numeric id cursor (`after`): the last id of the previous page (a positive whole number), when given.
+pub fn number_cursor(raw: Option<&str>) -> Result<Option<i64>, FieldError> {
+    raw.map(|raw| {
+        raw.parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| FieldError::new("after", format!("{raw:?} is not a cursor")))
+    })
+    .transpose()
+}
+
 /// One of an enum's stable names (`parse`), or the field's error listing them all.
 pub fn one_of<T: Copy>(
     field: &str,
@@ -175,6 +186,14 @@ mod tests {
             );
         }
         assert_eq!(id_cursor(None), Ok(None));
+        assert_eq!(number_cursor(Some("12")), Ok(Some(12)));
+        for bad in ["0", "-1", "x", "99999999999999999999"] {
+            assert_eq!(
+                number_cursor(Some(bad)).map_err(|e| e.field),
+                Err("after".to_owned()),
+                "{bad}"
+            );
+        }
         assert_eq!(id_cursor(Some("x")).map_err(|e| e.field), Err("after".to_owned()));
         assert_eq!(
             one_of("n", "b", &[1, 2], |v| if v == 1 { "a" } else { "b" }),

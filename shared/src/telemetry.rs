@@ -139,6 +139,10 @@ fn describe_metrics() {
         "orderflow_stock_ledger_drift",
         "Skus and locations whose on_hand or reserved is not the sum of their stock movements, at the reconciler's last check (0 when the ledger adds up)."
     );
+    describe_gauge!(
+        "orderflow_stock_ledger_checked_timestamp_seconds",
+        "When the reconciler's check of the stock ledger last succeeded (Unix time)."
+    );
 }
 
 /// The process's Prometheus registry, installed on first use. Histograms measured in seconds get buckets from

@@ -14,9 +14,9 @@
 //! 4. Once a minute, Done jobs older than `done_job_retention` are deleted from `apalis.jobs` (see
 //!    `queue::upkeep::purge_done_jobs`), in chunks, so the queue table holds what is live plus a recent window;
 //!    and Idempotency-Key records older than `idempotency_retention` (`idempotency::purge_expired`).
-//! 5. Every `ledger_check_interval`, the stock ledger is read against the skus' counts (`ledger::drift`): a
-//!    sku and location whose counts are not the sums of its movements is logged as an error, and
-//!    `orderflow_stock_ledger_drift` counts them (0 when the ledger adds up).
+//! 5. Every `ledger_check_interval`, in a task of its own, the stock ledger is read against the skus' counts
+//!    (`ledger::drift`): a sku and location whose counts are not the sums of its movements is logged as an error,
+//!    and `orderflow_stock_ledger_drift` counts them (0 when the ledger adds up).
 //!
 //! Many processes run it at once: rows are claimed with SKIP LOCKED and every order is checked again under its
 //! row lock, which the steps take too.
@@ -59,14 +59,9 @@ pub async fn run(runner: Arc<Runner>, mut stopped: watch::Receiver<bool>) {
     // The first purge waits one interval: a fleet restarting together does not scan the table at once.
     let purge_interval = runner.settings.purge_interval;
     let mut next_purge = tokio::time::Instant::now() + purge_interval;
-    let mut next_ledger_check = tokio::time::Instant::now();
+    // The ledger's check reads the whole ledger: a task of its own, so a long read never holds up the repairs.
+    tokio::spawn(check_ledger_every(runner.clone(), stopped.clone()));
     loop {
-        if tokio::time::Instant::now() >= next_ledger_check {
-            if let Err(error) = check_ledger(&runner).await {
-                tracing::warn!(%error, "could not read the stock ledger against the counts; next time");
-            }
-            next_ledger_check = tokio::time::Instant::now() + runner.settings.ledger_check_interval;
-        }
         if tokio::time::Instant::now() >= next_purge {
             match purge(&runner).await {
                 Ok(Purged { jobs: 0, keys: 0 }) => {}
@@ -181,9 +176,23 @@ where
     Ok(purged)
 }
 
+/// Checks the stock ledger every `ledger_check_interval` until `stopped`.
+async fn check_ledger_every(runner: Arc<Runner>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        if let Err(error) = check_ledger(&runner).await {
+            tracing::warn!(%error, "could not read the stock ledger against the counts; next time");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(runner.settings.ledger_check_interval) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
 /// Reads the stock ledger against the skus' counts: each sku and location that does not add up is an error in the
 /// log (a change made without its movement: a bug, or a process of a version before the ledger still running),
-/// and their number the gauge `orderflow_stock_ledger_drift`.
+/// and their number the gauge `orderflow_stock_ledger_drift`; `orderflow_stock_ledger_checked_timestamp_seconds`
+/// says when a check last succeeded (a check that keeps failing leaves it behind).
 async fn check_ledger(runner: &Runner) -> Result<(), sqlx::Error> {
     let drift = ledger::drift(&runner.pool).await?;
     for off in &drift {
@@ -198,6 +207,11 @@ async fn check_ledger(runner: &Runner) -> Result<(), sqlx::Error> {
         );
     }
     metrics::gauge!("orderflow_stock_ledger_drift").set(drift.len() as f64);
+    metrics::gauge!("orderflow_stock_ledger_checked_timestamp_seconds").set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |t| t.as_secs_f64()),
+    );
     Ok(())
 }
 

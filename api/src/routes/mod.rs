@@ -5,6 +5,7 @@ pub(crate) mod customer_tokens;
 pub(crate) mod dashboard;
 pub(crate) mod feed;
 pub(crate) mod health;
+pub(crate) mod locations;
 pub(crate) mod orders;
 pub(crate) mod skus;
 pub(crate) mod stock;
@@ -20,7 +21,10 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
     let v1 = Router::new()
         .route("/v1/skus/{sku}", put(skus::upsert).get(skus::get))
         .route("/v1/skus/{sku}/adjustments", post(stock::adjust))
+        .route("/v1/skus/{sku}/transfers", post(stock::transfer))
         .route("/v1/skus/{sku}/movements", get(stock::movements))
+        .route("/v1/locations", get(locations::list))
+        .route("/v1/locations/{code}", put(locations::upsert))
         .route("/v1/orders", post(orders::create).get(orders::list))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))

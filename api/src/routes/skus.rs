@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_shared::input::FieldError;
-use orderflow_shared::inventory::{self, Expected, SkuSet, StockVersion};
+use orderflow_shared::inventory::{self, Expected, SkuSet, StockSet, StockVersion, ledger};
 use orderflow_shared::money::{self, Currency};
 use serde::Deserialize;
 
@@ -24,9 +24,11 @@ pub struct UpsertSkuRequest {
     pub price: i64,
     /// ISO 4217 code.
     pub currency: String,
+    /// The location whose `on_hand` this is; `default` when absent. The price is the sku's, wherever it is.
+    pub location: Option<String>,
 }
 
-/// Creates a sku (201) or sets its stock and price (200). With `If-Match` (an `ETag` a read returned, or `*` for
+/// Creates a sku (201) or sets its stock at a location (`default` unless named) and its price (200). With `If-Match` (an `ETag` a read returned, or `*` for
 /// any existing sku) the set happens only if the sku's stock is still at that version: a stock count that read
 /// `on_hand` while an order committed its units would otherwise write the old figure back over the commit.
 #[utoipa::path(put, path = "/v1/skus/{sku}", operation_id = "put_sku", security(("api_key" = ["catalog:write"])), request_body = UpsertSkuRequest,
@@ -35,9 +37,9 @@ pub struct UpsertSkuRequest {
         (status = 201, description = "Created; `version` is the stock's version to send as If-Match (quoted)", body = SkuView),
         (status = 200, description = "Updated; `version` is the stock's version to send as If-Match (quoted)", body = SkuView),
         (status = 400, description = "If-Match is not a list of entity tags", body = crate::error::Problem),
-        (status = 409, description = "on_hand below the reserved units", body = crate::error::Problem),
+        (status = 409, description = "on_hand below the units reserved at the location", body = crate::error::Problem),
         (status = 412, description = "If-Match does not match: the stock moved since it was read, or there is no such sku; nothing written", body = crate::error::Problem),
-        (status = 422, description = "Invalid field", body = crate::error::Problem),
+        (status = 422, description = "Invalid field, or a location that is not one", body = crate::error::Problem),
     ))]
 #[tracing::instrument(skip_all, fields(sku = %sku))]
 pub async fn upsert(
@@ -53,19 +55,20 @@ pub async fn upsert(
     let on_hand = money::parse_stock(request.on_hand).map_err(|e| FieldError::new("on_hand", e))?;
     let price = money::parse_price(request.price).map_err(|e| FieldError::new("price", e))?;
     let currency = Currency::parse(&request.currency).map_err(|e| FieldError::new("currency", e))?;
+    let location = request.location.as_deref().unwrap_or(ledger::DEFAULT_LOCATION);
+    inventory::check_location_code("location", location)?;
     let mut conn = state.pool.acquire().await?;
     let actor = authorized.caller.idempotency_scope();
-    let set = inventory::upsert(
-        &mut conn,
-        &sku,
+    let set = StockSet {
+        sku: &sku,
+        location,
         on_hand,
         price,
-        currency.as_str(),
-        &expected,
-        &actor,
-    )
-    .await?;
-    let (status, row, version) = match set {
+        currency: currency.as_str(),
+        expected: &expected,
+        actor: &actor,
+    };
+    let (status, row, version) = match inventory::upsert(&mut conn, &set).await? {
         SkuSet::Created(row, version) => (StatusCode::CREATED, row, version),
         SkuSet::Updated(row, version) => (StatusCode::OK, row, version),
         SkuSet::VersionMoved(Some(current)) => {
@@ -79,10 +82,14 @@ pub async fn upsert(
                 "there is no sku {sku} for If-Match to match; nothing was written"
             )));
         }
+        SkuSet::NoSuchLocation => {
+            return Err(FieldError::new("location", format!("{location:?} is not a location")).into());
+        }
     };
+    let levels = inventory::levels(&mut *conn, &sku).await?;
     // No ETag: RFC 9110 §9.3.4 allows one on a PUT's answer only when the body sent is stored as sent, and this
     // answer is another representation. Its `version` is the one to send next.
-    Ok((status, Json(SkuView::new(row, version))).into_response())
+    Ok((status, Json(SkuView::new(row, version, levels))).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/skus/{sku}", operation_id = "get_sku", security(("api_key" = ["catalog:read"])),
@@ -123,8 +130,9 @@ pub async fn get(
     if unless.is_some_and(|unless| unless.admits(version)) {
         return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), version));
     }
+    let levels = inventory::levels(&state.pool, &sku).await?;
     Ok(with_etag(
-        Json(SkuView::new(row, version)).into_response(),
+        Json(SkuView::new(row, version, levels)).into_response(),
         version,
     ))
 }

@@ -1,4 +1,5 @@
-//! A sku's stock changes: `POST /v1/skus/{sku}/adjustments` (a relative change under an Idempotency-Key) and
+//! A sku's stock changes: `POST /v1/skus/{sku}/adjustments` (a relative change at a location) and
+//! `POST /v1/skus/{sku}/transfers` (units moved between two locations), each under an Idempotency-Key, and
 //! `GET /v1/skus/{sku}/movements` (the ledger, a page at a time). Each handler extracts, calls one domain function
 //! (`orderflow_shared::inventory`) and shapes the answer.
 
@@ -7,17 +8,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use orderflow_shared::input::{self, FieldError};
-use orderflow_shared::inventory::adjustment::{self, Adjusting, AdjustmentRequest};
+use orderflow_shared::inventory::adjustment::{
+    self, Adjusting, AdjustmentRequest, TransferRequest, ValidAdjustment,
+};
 use orderflow_shared::inventory::{self, ledger};
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::caller::{Authorized, CatalogRead, CatalogWrite};
 use crate::extract::{JsonBody, idempotency_key};
-use crate::views::{AdjustmentView, MovementList};
+use crate::views::{self, AdjustmentView, MovementList, TransferView};
 use crate::{ApiError, AppState};
 
-/// Adds `delta` units to the sku's `on_hand` (takes them away if negative), whatever it is now: a delivery or a
-/// breakage, which an absolute set could lose against an order committing meanwhile. 201 with the adjustment and
+/// Adds `delta` units to the sku's `on_hand` at a location (takes them away if negative), whatever it is now: a
+/// delivery or a breakage, which an absolute set could lose against an order committing meanwhile. 201 with the adjustment and
 /// the stock after it; a repeat of the key replays that answer.
 #[utoipa::path(post, path = "/v1/skus/{sku}/adjustments", operation_id = "adjust_stock", security(("api_key" = ["catalog:write"])), request_body = AdjustmentRequest,
     params(("Idempotency-Key" = String, Header, description = "1–255 characters; a repeat replays the first response")),
@@ -25,8 +29,8 @@ use crate::{ApiError, AppState};
         (status = 201, description = "Adjusted; the body has the stock after it", body = AdjustmentView),
         (status = 400, description = "Malformed body or missing Idempotency-Key", body = crate::error::Problem),
         (status = 404, description = "No such sku", body = crate::error::Problem),
-        (status = 409, description = "on_hand would fall below the reserved units (`stock-below-reserved`) or rise past 1,000,000,000 (`stock-above-maximum`), nothing written; or a request with this key is in flight", body = crate::error::Problem),
-        (status = 422, description = "Invalid field, or the key was used with another request", body = crate::error::Problem),
+        (status = 409, description = "on_hand at the location would fall below the units reserved there (`stock-below-reserved`) or rise past 1,000,000,000 (`stock-above-maximum`), nothing written; or a request with this key is in flight", body = crate::error::Problem),
+        (status = 422, description = "Invalid field (a location that is not one), or the key was used with another request", body = crate::error::Problem),
     ))]
 #[tracing::instrument(skip_all, fields(sku = %sku))]
 pub async fn adjust(
@@ -36,11 +40,47 @@ pub async fn adjust(
     headers: HeaderMap,
     body: JsonBody<AdjustmentRequest>,
 ) -> Result<Response, ApiError> {
+    let valid = body.parsed.validate();
+    change(state, authorized, sku, headers, &body.value, valid).await
+}
+
+/// Moves `quantity` units of the sku's `on_hand` from one location to another: a pair of movements in one
+/// transaction. 201 with the transfer and the stock after it; a repeat of the key replays that answer.
+#[utoipa::path(post, path = "/v1/skus/{sku}/transfers", operation_id = "transfer_stock", security(("api_key" = ["catalog:write"])), request_body = TransferRequest,
+    params(("Idempotency-Key" = String, Header, description = "1–255 characters; a repeat replays the first response")),
+    responses(
+        (status = 201, description = "Transferred; the body has the stock after it", body = TransferView),
+        (status = 400, description = "Malformed body or missing Idempotency-Key", body = crate::error::Problem),
+        (status = 404, description = "No such sku", body = crate::error::Problem),
+        (status = 409, description = "`from` would keep fewer units than orders hold there (`stock-below-reserved`), or `to` would hold more than 1,000,000,000 (`stock-above-maximum`), nothing written; or a request with this key is in flight", body = crate::error::Problem),
+        (status = 422, description = "Invalid field (a location that is not one, from = to), or the key was used with another request", body = crate::error::Problem),
+    ))]
+#[tracing::instrument(skip_all, fields(sku = %sku))]
+pub async fn transfer(
+    State(state): State<AppState>,
+    authorized: Authorized<CatalogWrite>,
+    Path(sku): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<TransferRequest>,
+) -> Result<Response, ApiError> {
+    let valid = body.parsed.validate();
+    change(state, authorized, sku, headers, &body.value, valid).await
+}
+
+/// An adjustment or a transfer, checked as `valid` says, made (or replayed) under its Idempotency-Key.
+async fn change(
+    state: AppState,
+    authorized: Authorized<CatalogWrite>,
+    sku: String,
+    headers: HeaderMap,
+    body: &Value,
+    valid: Result<ValidAdjustment, FieldError>,
+) -> Result<Response, ApiError> {
     inventory::check_sku_code("sku", &sku)?;
     let key = idempotency_key(&headers)?;
-    let valid = body.parsed.validate()?;
+    let valid = valid?;
     let caller = authorized.caller.idempotency_scope();
-    let fingerprint = adjustment::fingerprint(&sku, &body.value);
+    let fingerprint = adjustment::fingerprint(&sku, body);
     let request = Adjusting {
         sku: &sku,
         adjustment: &valid,
@@ -48,10 +88,7 @@ pub async fn adjust(
         key,
         fingerprint: &fingerprint,
     };
-    let answer = adjustment::adjust(&state.pool, &request, |adjusted| {
-        serde_json::to_value(AdjustmentView::new(adjusted))
-    })
-    .await?;
+    let answer = adjustment::adjust(&state.pool, &request, views::adjusted).await?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::CREATED);
     Ok((status, Json(answer.body)).into_response())
 }
@@ -73,6 +110,7 @@ pub struct MovementQuery {
     (status = 404, description = "No such sku", body = crate::error::Problem),
     (status = 422, description = "Invalid parameter or sku code", body = crate::error::Problem),
 ))]
+#[tracing::instrument(skip_all, fields(sku = %sku))]
 pub async fn movements(
     State(state): State<AppState>,
     _caller: Authorized<CatalogRead>,
@@ -81,16 +119,7 @@ pub async fn movements(
 ) -> Result<Json<MovementList>, ApiError> {
     inventory::check_sku_code("sku", &sku)?;
     let limit = input::limit(query.limit.as_deref(), 100, 500)?;
-    let after = query
-        .after
-        .as_deref()
-        .map(|raw| {
-            raw.parse::<i64>()
-                .ok()
-                .filter(|id| *id > 0)
-                .ok_or_else(|| FieldError::new("after", format!("{raw:?} is not a cursor")))
-        })
-        .transpose()?;
+    let after = input::number_cursor(query.after.as_deref())?;
     let movements = ledger::movements(&state.pool, &sku, after, limit).await?;
     if movements.is_empty() && inventory::find(&state.pool, &sku).await?.is_none() {
         return Err(ApiError::NotFound { what: "sku", id: sku });

@@ -1,11 +1,13 @@
-//! Relative changes of a sku's stock a client asks for (`stock_adjustments`): a delivery adds units, a breakage
-//! takes them away. Unlike an absolute set, an adjustment cannot undo a change it did not see: it adds its delta
-//! to whatever the stock is when it runs. Under an Idempotency-Key with order creation's semantics
+//! Relative changes of a sku's stock a client asks for (`stock_adjustments`): a delivery adds units at a location,
+//! a breakage takes them away, a transfer moves them from one location to another (a pair of movements). Unlike
+//! an absolute set, none can undo a change it did not see: each adds its deltas to whatever the stock is when it
+//! runs. Under an Idempotency-Key with order creation's semantics
 //! ([`crate::idempotency`]): a repeat replays the first answer, another request with the key is refused (422), a
 //! request while the first is in flight too (409); so a delivery retried after a lost answer is counted once.
 //!
-//! [`adjust`] does it in one transaction: the key's lock and record, the sku's row lock, the check against what is
-//! reserved, the adjustment's row and its movement (the ledger's one statement), the key's record.
+//! [`adjust`] does either in one transaction: the key's lock and record, the sku's row lock, the check of each
+//! location against what is reserved there, the record and its movements (the ledger's one statement), the key's
+//! record.
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -13,8 +15,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Change, SkuRow, StockVersion, ledger};
-use crate::idempotency;
+use super::{Change, Level, SkuRow, StockVersion, ledger};
+use crate::idempotency::{self, Makes};
 use crate::input::{self, FieldError};
 use crate::money::MAX_STOCK;
 
@@ -25,7 +27,7 @@ pub const CREATED: u16 = 201;
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustmentRequest {
-    /// Where the units are; the one location, `default`, when absent.
+    /// Where the units are; `default` when absent.
     pub location: Option<String>,
     /// Units to add to `on_hand` (negative: to take away); not zero.
     pub delta: i64,
@@ -33,55 +35,126 @@ pub struct AdjustmentRequest {
     pub reason: String,
 }
 
-/// An adjustment request, checked.
+/// `POST /v1/skus/{sku}/transfers` as clients send it.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// The location the units leave.
+    pub from: String,
+    /// The location they arrive at.
+    pub to: String,
+    /// Units moved, 1 or more.
+    pub quantity: i64,
+    /// Why: "rebalance for the weekend", "store replenishment".
+    pub reason: String,
+}
+
+/// What a client asked for, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Adjustment { location: String, delta: i64 },
+    Transfer { from: String, to: String, quantity: i64 },
+}
+
+/// A request, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidAdjustment {
-    pub location: String,
-    pub delta: i64,
+    pub kind: Kind,
     pub reason: String,
+}
+
+impl Kind {
+    /// (location, change of its `on_hand`) for each location it touches.
+    fn legs(&self) -> Vec<(&str, i64)> {
+        match self {
+            Self::Adjustment { location, delta } => vec![(location.as_str(), *delta)],
+            Self::Transfer { from, to, quantity } => {
+                vec![(from.as_str(), -quantity), (to.as_str(), *quantity)]
+            }
+        }
+    }
+
+    /// As `stock_adjustments` records it: (location, to_location, delta).
+    fn record(&self) -> (&str, Option<&str>, i64) {
+        match self {
+            Self::Adjustment { location, delta } => (location, None, *delta),
+            Self::Transfer { from, to, quantity } => (from, Some(to), *quantity),
+        }
+    }
+
+    fn reason(&self) -> ledger::MovementReason {
+        match self {
+            Self::Adjustment { .. } => ledger::MovementReason::Adjustment,
+            Self::Transfer { .. } => ledger::MovementReason::Transfer,
+        }
+    }
+}
+
+/// A location code as a client sent it in `field`.
+fn location(field: &str, code: &str) -> Result<String, FieldError> {
+    super::check_location_code(field, code)?;
+    Ok(code.to_owned())
+}
+
+/// `value`, if it is a whole number of units 1..=MAX_STOCK (or its negative, where `signed`).
+fn units(field: &str, value: i64, signed: bool) -> Result<i64, FieldError> {
+    let fits = value != 0 && value.unsigned_abs() <= MAX_STOCK.unsigned_abs() && (signed || value > 0);
+    match (fits, signed) {
+        (true, _) => Ok(value),
+        (false, true) => Err(FieldError::new(
+            field,
+            format!("must be a whole number from -{MAX_STOCK} to {MAX_STOCK}, not 0"),
+        )),
+        (false, false) => Err(FieldError::new(
+            field,
+            format!("must be a whole number from 1 to {MAX_STOCK}"),
+        )),
+    }
 }
 
 impl AdjustmentRequest {
     pub fn validate(&self) -> Result<ValidAdjustment, FieldError> {
-        let location = match self.location.as_deref() {
-            None => ledger::DEFAULT_LOCATION.to_owned(),
-            Some(location) if location == ledger::DEFAULT_LOCATION => location.to_owned(),
-            Some(other) => {
-                return Err(FieldError::new(
-                    "location",
-                    format!(
-                        "{:?} is not a location (there is one: {:?})",
-                        input::filter_text("location", other).unwrap_or_default(),
-                        ledger::DEFAULT_LOCATION
-                    ),
-                ));
-            }
-        };
-        if self.delta == 0 || self.delta.unsigned_abs() > MAX_STOCK.unsigned_abs() {
-            return Err(FieldError::new(
-                "delta",
-                format!("must be a whole number from -{MAX_STOCK} to {MAX_STOCK}, not 0"),
-            ));
-        }
         Ok(ValidAdjustment {
-            location,
-            delta: self.delta,
+            kind: Kind::Adjustment {
+                location: location(
+                    "location",
+                    self.location.as_deref().unwrap_or(ledger::DEFAULT_LOCATION),
+                )?,
+                delta: units("delta", self.delta, true)?,
+            },
             reason: input::required_text("reason", &self.reason)?,
         })
     }
 }
 
-/// An adjustment as made, with the sku's stock after it: what its answer is rendered from.
+impl TransferRequest {
+    pub fn validate(&self) -> Result<ValidAdjustment, FieldError> {
+        let (from, to) = (location("from", &self.from)?, location("to", &self.to)?);
+        if from == to {
+            return Err(FieldError::new("to", "must be another location than from"));
+        }
+        Ok(ValidAdjustment {
+            kind: Kind::Transfer {
+                from,
+                to,
+                quantity: units("quantity", self.quantity, false)?,
+            },
+            reason: input::required_text("reason", &self.reason)?,
+        })
+    }
+}
+
+/// An adjustment or transfer as made, with the sku's stock after it: what its answer is rendered from.
 #[derive(Debug, Clone)]
 pub struct Adjusted {
     pub id: Uuid,
-    pub location: String,
-    pub delta: i64,
+    pub kind: Kind,
     pub reason: String,
     pub created_at: DateTime<Utc>,
-    /// The sku after the adjustment.
+    /// The sku after it, in all and per location.
     pub sku: SkuRow,
     pub version: StockVersion,
+    pub levels: Vec<Level>,
 }
 
 /// The answer to an adjustment request: a new adjustment's, or the stored one of a repeat.
@@ -97,15 +170,27 @@ pub struct Answer {
 pub enum AdjustError {
     #[error("no sku {0}")]
     NoSuchSku(String),
-    /// `on_hand` would drop below the units orders hold (and so below zero, at worst).
+    /// A location the request names is not one; `field` names where.
+    #[error("{0}")]
+    NoSuchLocation(FieldError),
+    /// `on_hand` at a location would drop below the units orders hold there (and so below zero, at worst).
     #[error(
-        "on_hand {on_hand} {delta:+} would be {}, below the {reserved} units reserved by orders; nothing was written",
+        "on_hand {on_hand} at {location} {delta:+} would be {}, below the {reserved} units reserved there by orders; nothing was written",
         on_hand + delta
     )]
-    BelowReserved { on_hand: i64, reserved: i64, delta: i64 },
-    /// `on_hand` would rise past the most a sku holds.
-    #[error("on_hand {on_hand} {delta:+} would be {}, above {MAX_STOCK}; nothing was written", on_hand + delta)]
-    AboveMaximum { on_hand: i64, delta: i64 },
+    BelowReserved {
+        location: String,
+        on_hand: i64,
+        reserved: i64,
+        delta: i64,
+    },
+    /// `on_hand` at a location would rise past the most it holds.
+    #[error("on_hand {on_hand} at {location} {delta:+} would be {}, above {MAX_STOCK}; nothing was written", on_hand + delta)]
+    AboveMaximum {
+        location: String,
+        on_hand: i64,
+        delta: i64,
+    },
     #[error("a request with this Idempotency-Key is still being processed")]
     KeyInFlight,
     #[error("this Idempotency-Key was used with a different request")]
@@ -162,7 +247,7 @@ async fn adjust_once(
         return Err(AdjustError::KeyInFlight);
     }
     if let Some(stored) = claim.stored {
-        if stored.adjustment_id.is_none() || stored.request_hash != request.fingerprint {
+        if !stored.replays(Makes::Adjustment, request.fingerprint) {
             return Err(AdjustError::KeyReused);
         }
         return Ok(Some(Answer {
@@ -172,30 +257,48 @@ async fn adjust_once(
         }));
     }
     let adjustment = request.adjustment;
-    let stock = lock(&mut tx, request.sku).await?;
-    let after = stock.on_hand + adjustment.delta;
-    if after < stock.reserved {
-        return Err(AdjustError::BelowReserved {
-            on_hand: stock.on_hand,
-            reserved: stock.reserved,
-            delta: adjustment.delta,
-        });
+    lock(&mut tx, request.sku).await?;
+    let legs = adjustment.kind.legs();
+    // Every location first: a location that is not one is the request's fault whatever the stock.
+    let mut levels = Vec::with_capacity(legs.len());
+    for (field, (location, _)) in fields(&adjustment.kind).into_iter().zip(&legs) {
+        let Some(level) = level_at(&mut tx, request.sku, location).await? else {
+            return Err(AdjustError::NoSuchLocation(FieldError::new(
+                field,
+                format!("{location:?} is not a location"),
+            )));
+        };
+        levels.push(level);
     }
-    if after > MAX_STOCK {
-        return Err(AdjustError::AboveMaximum {
-            on_hand: stock.on_hand,
-            delta: adjustment.delta,
-        });
+    for ((location, delta), level) in legs.iter().zip(levels) {
+        let after = level.on_hand + delta;
+        if after < level.reserved {
+            return Err(AdjustError::BelowReserved {
+                location: (*location).to_owned(),
+                on_hand: level.on_hand,
+                reserved: level.reserved,
+                delta: *delta,
+            });
+        }
+        if after > MAX_STOCK {
+            return Err(AdjustError::AboveMaximum {
+                location: (*location).to_owned(),
+                on_hand: level.on_hand,
+                delta: *delta,
+            });
+        }
     }
     let id = Uuid::now_v7();
+    let (location, to_location, delta) = adjustment.kind.record();
     let created_at = sqlx::query_scalar!(
-        r#"insert into stock_adjustments (id, sku, location, delta, reason, actor)
-           values ($1, $2, $3, $4, $5, $6)
+        r#"insert into stock_adjustments (id, sku, location, to_location, delta, reason, actor)
+           values ($1, $2, $3, $4, $5, $6, $7)
            returning created_at"#,
         id,
         request.sku,
-        adjustment.location,
-        adjustment.delta,
+        location,
+        to_location,
+        delta,
         adjustment.reason,
         request.caller
     )
@@ -203,20 +306,20 @@ async fn adjust_once(
     .await?;
     let change = Change {
         sku: request.sku,
-        on_hand_delta: adjustment.delta,
-        reason: ledger::MovementReason::Adjustment,
+        legs,
+        reason: adjustment.kind.reason(),
         adjustment_id: Some(id),
         actor: request.caller,
     };
     let (sku, version) = change.apply(&mut tx).await?;
     let body = respond(&Adjusted {
         id,
-        location: adjustment.location.clone(),
-        delta: adjustment.delta,
+        kind: adjustment.kind.clone(),
         reason: adjustment.reason.clone(),
         created_at,
         sku,
         version,
+        levels: super::levels(&mut *tx, request.sku).await?,
     })?;
     let recorded = idempotency::record_adjustment(
         &mut *tx,
@@ -233,7 +336,7 @@ async fn adjust_once(
         other => other?,
     }
     tx.commit().await?;
-    tracing::info!(sku = request.sku, delta = adjustment.delta, %id, "stock adjusted");
+    tracing::info!(sku = request.sku, kind = ?adjustment.kind, %id, "stock adjusted");
     Ok(Some(Answer {
         status: CREATED,
         body,
@@ -241,25 +344,47 @@ async fn adjust_once(
     }))
 }
 
-/// The sku's counts, its row locked for the rest of the transaction.
+/// Which request field names each leg's location.
+fn fields(kind: &Kind) -> [&'static str; 2] {
+    match kind {
+        Kind::Adjustment { .. } => ["location", "location"],
+        Kind::Transfer { .. } => ["from", "to"],
+    }
+}
+
+/// Locks the sku's row for the rest of the transaction: every change of its stock takes it first.
+async fn lock(conn: &mut PgConnection, sku: &str) -> Result<(), AdjustError> {
+    sqlx::query_scalar!("select 1 as one from skus where sku = $1 for no key update", sku)
+        .fetch_optional(conn)
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| AdjustError::NoSuchSku(sku.to_owned()))
+}
+
+/// A location's counts of the sku (none there yet: zero); `None` if there is no such location. Read after the
+/// sku's lock, in a statement of its own, so they are the counts every later change starts from.
+async fn level_at(conn: &mut PgConnection, sku: &str, location: &str) -> Result<Option<Stock>, sqlx::Error> {
+    sqlx::query_as!(
+        Stock,
+        r#"select coalesce(l.on_hand, 0) as "on_hand!", coalesce(l.reserved, 0) as "reserved!"
+           from locations c left join stock_levels l on l.location = c.code and l.sku = $1
+           where c.code = $2"#,
+        sku,
+        location
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// A location's counts of a sku.
 struct Stock {
     on_hand: i64,
     reserved: i64,
 }
 
-async fn lock(conn: &mut PgConnection, sku: &str) -> Result<Stock, AdjustError> {
-    sqlx::query_as!(
-        Stock,
-        "select on_hand, reserved from skus where sku = $1 for no key update",
-        sku
-    )
-    .fetch_optional(conn)
-    .await?
-    .ok_or_else(|| AdjustError::NoSuchSku(sku.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn request(location: Option<&str>, delta: i64, reason: &str) -> AdjustmentRequest {
@@ -270,20 +395,41 @@ mod tests {
         }
     }
 
+    fn transfer(from: &str, to: &str, quantity: i64) -> TransferRequest {
+        TransferRequest {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            quantity,
+            reason: "rebalance".to_owned(),
+        }
+    }
+
     #[test]
-    fn a_delivery_is_checked_and_lands_at_the_default_location() {
+    fn a_delivery_is_checked_and_lands_at_the_default_location_unless_it_names_one() {
         assert_eq!(
             request(None, 5, " delivery PO-1 ").validate(),
             Ok(ValidAdjustment {
-                location: "default".to_owned(),
-                delta: 5,
+                kind: Kind::Adjustment {
+                    location: "default".to_owned(),
+                    delta: 5,
+                },
                 reason: "delivery PO-1".to_owned(),
             })
         );
         assert_eq!(
-            request(Some("default"), -2, "broken").validate().map(|v| v.delta),
-            Ok(-2)
+            request(Some("paris"), -2, "broken")
+                .validate()
+                .map(|v| v.kind.legs().len()),
+            Ok(1)
         );
+    }
+
+    #[test]
+    fn a_transfer_is_two_legs_that_cancel_out() {
+        let valid = transfer("east", "west", 3).validate().unwrap();
+        assert_eq!(valid.kind.legs(), vec![("east", -3), ("west", 3)]);
+        assert_eq!(valid.kind.record(), ("east", Some("west"), 3));
+        assert_eq!(valid.kind.reason(), ledger::MovementReason::Transfer);
     }
 
     #[test]
@@ -293,7 +439,15 @@ mod tests {
         assert_eq!(field(request(None, MAX_STOCK + 1, "x")), Err("delta".to_owned()));
         assert_eq!(field(request(None, i64::MIN, "x")), Err("delta".to_owned()));
         assert_eq!(field(request(None, 1, "  ")), Err("reason".to_owned()));
-        assert_eq!(field(request(Some("paris"), 1, "x")), Err("location".to_owned()));
+        assert_eq!(
+            field(request(Some("no place!"), 1, "x")),
+            Err("location".to_owned())
+        );
+        let field = |r: TransferRequest| r.validate().map_err(|e| e.field);
+        assert_eq!(field(transfer("a", "a", 1)), Err("to".to_owned()));
+        assert_eq!(field(transfer("a", "b", 0)), Err("quantity".to_owned()));
+        assert_eq!(field(transfer("a", "b", -1)), Err("quantity".to_owned()));
+        assert_eq!(field(transfer("", "b", 1)), Err("from".to_owned()));
     }
 
     #[test]

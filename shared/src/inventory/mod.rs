@@ -17,16 +17,29 @@ use uuid::Uuid;
 use crate::input::FieldError;
 
 pub mod adjustment;
+pub mod allocation;
 pub mod ledger;
+pub mod locations;
 
 use ledger::MovementReason;
 
-/// Name of the CHECK constraint that guards 0 <= reserved <= on_hand; the API maps it to 409.
+/// Names of the CHECK constraints that guard 0 <= reserved <= on_hand, in all and at each location; the API maps
+/// them to 409.
 pub const RESERVED_LE_ON_HAND: &str = "inventory_reserved_le_on_hand";
+pub const RESERVED_LE_ON_HAND_AT_LOCATION: &str = "inventory_reserved_le_on_hand_at_location";
 
 /// A sku code: 1–64 characters of letters, digits, `.`, `_`, `-`, starting with a letter or digit. The same
 /// rule is the table's `skus_sku_format` CHECK. `field` names where the code came from.
 pub fn check_sku_code(field: &str, code: &str) -> Result<(), FieldError> {
+    check_code(field, code, "sku")
+}
+
+/// A location code: the same form as a sku's (`locations_code_format`).
+pub fn check_location_code(field: &str, code: &str) -> Result<(), FieldError> {
+    check_code(field, code, "location")
+}
+
+fn check_code(field: &str, code: &str, what: &str) -> Result<(), FieldError> {
     let valid = !code.is_empty()
         && code.len() <= 64
         && code.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -39,7 +52,7 @@ pub fn check_sku_code(field: &str, code: &str) -> Result<(), FieldError> {
         Err(FieldError::new(
             field,
             format!(
-                "{code:?} is not a sku code (1-64 letters, digits, '.', '_' or '-', starting alphanumeric)"
+                "{code:?} is not a {what} code (1-64 letters, digits, '.', '_' or '-', starting alphanumeric)"
             ),
         ))
     }
@@ -63,10 +76,10 @@ pub async fn find(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<Sku
 /// The version of a sku's stock, which its `ETag` carries: PostgreSQL's `xmin` of the sku's row, the id of the
 /// transaction that last wrote it. Every change to the row (a reservation, a release, a commit, a set) makes a new
 /// one, so a client that read a version can tell whether the stock moved since (optimistic concurrency as
-/// Npgsql and EF Core do it on PostgreSQL: no column to maintain, no write on the steps' path). So an order's
-/// reservation or release moves it too, though a set never writes `reserved`: on a sku that sells all the time a
-/// conditional set may need a few tries (a version moved only by what a set writes would come with the stock
-/// ledger). Transaction ids are 32 bits and wrap around after about four billion transactions: a row left
+/// Npgsql and EF Core do it on PostgreSQL: no column to maintain, no write on the steps' path). Every change of
+/// the sku's stock at any location writes the row (its totals), so an order's reservation or release moves it
+/// too, though a set never writes `reserved`: on a sku that sells all the time a conditional set may need a few
+/// tries. Transaction ids are 32 bits and wrap around after about four billion transactions: a row left
 /// unwritten for that long could show a version a client saw long ago.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StockVersion(pub i64);
@@ -124,6 +137,8 @@ pub enum SkuSet {
     /// The set was conditional on a version and the sku's stock is at another one (`None`: there is no such
     /// sku); nothing was written.
     VersionMoved(Option<StockVersion>),
+    /// The location named is not one; nothing was written.
+    NoSuchLocation,
 }
 
 /// Which version a set is conditional on (`If-Match`).
@@ -147,60 +162,78 @@ impl Expected {
     }
 }
 
-/// Creates the sku or sets its stock and price, if its stock is at the `expected` version; `actor` is who asks
-/// (the ledger's `actor`). The stock arrives as a movement like any other (`stock_count`, the difference from the
-/// count before): a new sku is made with none first. Lowering `on_hand` below what is reserved fails on
-/// [`RESERVED_LE_ON_HAND`].
-pub async fn upsert(
-    conn: &mut PgConnection,
-    sku: &str,
-    on_hand: i64,
-    price: i64,
-    currency: &str,
-    expected: &Expected,
-    actor: &str,
-) -> Result<SkuSet, sqlx::Error> {
+/// An absolute set of a sku's stock at a location, and of its price.
+#[derive(Debug, Clone)]
+pub struct StockSet<'a> {
+    pub sku: &'a str,
+    pub location: &'a str,
+    pub on_hand: i64,
+    pub price: i64,
+    pub currency: &'a str,
+    /// The version the set is conditional on.
+    pub expected: &'a Expected,
+    /// Who asks (the ledger's `actor`).
+    pub actor: &'a str,
+}
+
+/// Creates the sku or sets its stock at the location and its price, if its stock is at the `expected` version.
+/// The stock arrives as a movement like any other (`stock_count`, the difference from the location's count
+/// before): a new sku is made with none first. Lowering `on_hand` below what is reserved there fails on
+/// [`RESERVED_LE_ON_HAND_AT_LOCATION`].
+pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSet, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let created = *expected == Expected::Any
+    if !location_exists(&mut *tx, set.location).await? {
+        return Ok(SkuSet::NoSuchLocation);
+    }
+    let created = *set.expected == Expected::Any
         && sqlx::query!(
             "insert into skus (sku, on_hand, price, currency) values ($1, 0, $2, $3) on conflict (sku) do nothing",
-            sku,
-            price,
-            currency
+            set.sku,
+            set.price,
+            set.currency
         )
         .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
     // Lock the row, compare, write: the version a refusal names is the one the row is at while it is locked.
-    let current = sqlx::query!(
-        r#"select on_hand, xmin::text::bigint as "version!" from skus where sku = $1 for no key update"#,
-        sku
+    let current = sqlx::query_scalar!(
+        r#"select xmin::text::bigint as "version!" from skus where sku = $1 for no key update"#,
+        set.sku
     )
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(current) = current else {
+    let Some(current) = current.map(StockVersion) else {
         return Ok(SkuSet::VersionMoved(None));
     };
-    if !created && !expected.admits(StockVersion(current.version)) {
-        return Ok(SkuSet::VersionMoved(Some(StockVersion(current.version))));
+    if !created && !set.expected.admits(current) {
+        return Ok(SkuSet::VersionMoved(Some(current)));
     }
     if !created {
         sqlx::query!(
             "update skus set price = $2, currency = $3 where sku = $1",
-            sku,
-            price,
-            currency
+            set.sku,
+            set.price,
+            set.currency
         )
         .execute(&mut *tx)
         .await?;
     }
+    // Read after the lock, in a statement of its own, so it is the count every later change starts from.
+    let counted = sqlx::query_scalar!(
+        "select on_hand from stock_levels where sku = $1 and location = $2",
+        set.sku,
+        set.location
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .unwrap_or(0);
     let change = Change {
-        sku,
-        on_hand_delta: on_hand - current.on_hand,
+        sku: set.sku,
+        legs: vec![(set.location, set.on_hand - counted)],
         reason: MovementReason::StockCount,
         adjustment_id: None,
-        actor,
+        actor: set.actor,
     };
     let (row, version) = change.apply(&mut tx).await?;
     tx.commit().await?;
@@ -210,34 +243,56 @@ pub async fn upsert(
     })
 }
 
-/// A change of one sku's `on_hand` a client asked for: a count's difference or an adjustment.
+/// Whether `code` is a location.
+async fn location_exists(executor: impl PgExecutor<'_>, code: &str) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar!("select 1 as one from locations where code = $1", code)
+            .fetch_optional(executor)
+            .await?
+            .is_some(),
+    )
+}
+
+/// A change of one sku's `on_hand` a client asked for, at one location or two: a count's difference, an
+/// adjustment, a transfer.
 struct Change<'a> {
     sku: &'a str,
-    on_hand_delta: i64,
+    /// (location, change of its `on_hand`).
+    legs: Vec<(&'a str, i64)>,
     reason: MovementReason,
     adjustment_id: Option<Uuid>,
     actor: &'a str,
 }
 
 impl Change<'_> {
-    /// Applies it with its movement (through [`stock_change!`]) and returns the sku as changed. The caller holds
+    /// Applies it with its movements (through [`stock_change!`]) and returns the sku as changed. The caller holds
     /// the sku's row lock.
     async fn apply(&self, conn: &mut PgConnection) -> Result<(SkuRow, StockVersion), sqlx::Error> {
         const STATEMENT: &str = concat!(
             r#"with changes as (
-                   select $1::text as sku, $2::text as location, $3::bigint as on_hand_delta,
-                          0::bigint as reserved_delta, $4::text as reason, null::uuid as order_id,
-                          $5::uuid as adjustment_id, $6::text as actor
+                   select $1::text as sku, leg.location, leg.on_hand_delta, 0::bigint as reserved_delta,
+                          $4::text as reason, null::uuid as order_id, $5::uuid as adjustment_id, $6::text as actor
+                   from unnest($2::text[], $3::bigint[]) as leg(location, on_hand_delta)
                ),
                "#,
             crate::stock_change!(),
             r#"
                select sku, on_hand, reserved, price, currency, created_at, updated_at, version from applied"#
         );
+        let (locations, deltas): (Vec<&str>, Vec<i64>) = self.legs.iter().copied().unzip();
+        // A location the sku has never been at gets its row first, empty, for the change to add to.
+        sqlx::query!(
+            r#"insert into stock_levels (sku, location) select $1, location from unnest($2::text[]) as location
+               on conflict (sku, location) do nothing"#,
+            self.sku,
+            &locations as &[&str]
+        )
+        .execute(&mut *conn)
+        .await?;
         let row: VersionedRow = sqlx::query_as(STATEMENT)
             .bind(self.sku)
-            .bind(ledger::DEFAULT_LOCATION)
-            .bind(self.on_hand_delta)
+            .bind(&locations)
+            .bind(&deltas)
             .bind(self.reason)
             .bind(self.adjustment_id)
             .bind(self.actor)
@@ -245,6 +300,30 @@ impl Change<'_> {
             .await?;
         Ok(row.split())
     }
+}
+
+/// A sku's stock at one location.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Level {
+    pub location: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    /// on_hand − reserved: what new orders can still take from here.
+    pub available: i64,
+}
+
+/// The sku's stock per location, in allocation order.
+pub async fn levels(executor: impl PgExecutor<'_>, sku: &str) -> Result<Vec<Level>, sqlx::Error> {
+    sqlx::query_as!(
+        Level,
+        r#"select l.location, l.on_hand, l.reserved, l.on_hand - l.reserved as "available!"
+           from stock_levels l join locations c on c.code = l.location
+           where l.sku = $1
+           order by c.priority, c.code"#,
+        sku
+    )
+    .fetch_all(executor)
+    .await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,9 +334,11 @@ pub enum ReserveOutcome {
 }
 
 /// Reserves the lines of one order or many in the caller's transaction, each order all or nothing, first come
-/// first served in the order given (an order that does not fit leaves its stock to the orders after it). It locks
-/// every sku the orders name, in sorted order, decides on the locked counts, then writes every hold in one
-/// statement; the CHECK constraint still stands behind it. A sku that does not exist is out of stock.
+/// first served in the order given (an order that does not fit leaves its stock to the orders after it), each
+/// line from the locations [`allocation`]'s policy picks. It locks every sku the orders name, in sorted order,
+/// reads their locations' free units, decides, then writes every hold (one reservation per order, sku and
+/// location) in one statement; the CHECK constraints still stand behind it. A sku that does not exist is out of
+/// stock.
 #[tracing::instrument(skip_all, fields(orders = orders.len()), err)]
 pub async fn reserve_many(
     conn: &mut PgConnection,
@@ -272,34 +353,51 @@ pub async fn reserve_many(
     // `for no key update` is the lock the UPDATE itself takes. `for update` would also block the foreign-key
     // checks (KEY SHARE) of orders being created, which lock their skus in request order: a lock cycle with
     // API requests (seen under load: creations queued behind batches for seconds).
-    let locked = sqlx::query!(
-        r#"select sku, on_hand - reserved as "free!" from skus where sku = any($1) order by sku for no key update"#,
+    sqlx::query!(
+        "select sku from skus where sku = any($1) order by sku for no key update",
         &skus as &[&str]
     )
     .fetch_all(&mut *conn)
     .await?;
-    let mut free: HashMap<String, i64> = locked.into_iter().map(|row| (row.sku, row.free)).collect();
-    let outcomes = decide(&mut free, orders);
-    let (mut held_orders, mut held_skus, mut held_quantities) = (Vec::new(), Vec::new(), Vec::new());
-    for ((order_id, lines), outcome) in orders.iter().zip(&outcomes) {
-        if *outcome == ReserveOutcome::Reserved {
-            for (sku, quantity) in lines {
-                held_orders.push(*order_id);
-                held_skus.push(sku.as_str());
-                held_quantities.push(*quantity);
-            }
+    // A statement of its own, after the locks: its snapshot sees every change committed before they were won (in
+    // one statement with them, a row of another table than the one locked would be read as it was before).
+    let levels = sqlx::query!(
+        r#"select l.sku, l.location, l.on_hand - l.reserved as "units!", c.priority
+           from stock_levels l join locations c on c.code = l.location
+           where l.sku = any($1)"#,
+        &skus as &[&str]
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut stock: HashMap<String, Vec<allocation::Free>> = HashMap::new();
+    for level in levels {
+        stock.entry(level.sku).or_default().push(allocation::Free {
+            location: level.location,
+            priority: level.priority,
+            units: level.units,
+        });
+    }
+    let decided = allocation::allocate(&mut stock, orders);
+    let (mut held_orders, mut held_skus, mut held_locations, mut held_quantities) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((order_id, _), holds) in orders.iter().zip(&decided) {
+        for hold in holds.iter().flatten() {
+            held_orders.push(*order_id);
+            held_skus.push(hold.sku.as_str());
+            held_locations.push(hold.location.as_str());
+            held_quantities.push(hold.quantity);
         }
     }
     if !held_orders.is_empty() {
         const STATEMENT: &str = concat!(
             r#"with r as (
-                   insert into reservations (order_id, sku, quantity, status)
-                   select h.order_id, h.sku, h.quantity, 'RESERVED'
-                   from unnest($1::uuid[], $2::text[], $3::bigint[]) as h(order_id, sku, quantity)
-                   returning order_id, sku, quantity
+                   insert into reservations (order_id, sku, location, quantity, status)
+                   select h.order_id, h.sku, h.location, h.quantity, 'RESERVED'
+                   from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) as h(order_id, sku, location, quantity)
+                   returning order_id, sku, location, quantity
                ),
                changes as (
-                   select sku, $4::text as location, 0::bigint as on_hand_delta, quantity as reserved_delta,
+                   select sku, location, 0::bigint as on_hand_delta, quantity as reserved_delta,
                           $5::text as reason, order_id, null::uuid as adjustment_id, $6::text as actor
                    from r
                ),
@@ -311,39 +409,20 @@ pub async fn reserve_many(
         sqlx::query(STATEMENT)
             .bind(&held_orders)
             .bind(&held_skus)
+            .bind(&held_locations)
             .bind(&held_quantities)
-            .bind(ledger::DEFAULT_LOCATION)
             .bind(MovementReason::OrderReserve)
             .bind(ledger::SAGA_ACTOR)
             .execute(&mut *conn)
             .await?;
     }
-    Ok(outcomes)
-}
-
-/// First come first served over the free units of each sku: an order takes its lines only if every one fits.
-fn decide(free: &mut HashMap<String, i64>, orders: &[(Uuid, Vec<(String, i64)>)]) -> Vec<ReserveOutcome> {
-    orders
+    Ok(decided
         .iter()
-        .map(|(_, lines)| {
-            let mut wanted: HashMap<&str, i64> = HashMap::new();
-            for (sku, quantity) in lines {
-                *wanted.entry(sku.as_str()).or_default() += quantity;
-            }
-            let fits = wanted
-                .iter()
-                .all(|(sku, quantity)| free.get(*sku).is_some_and(|left| left >= quantity));
-            if !fits {
-                return ReserveOutcome::OutOfStock;
-            }
-            for (sku, quantity) in wanted {
-                if let Some(left) = free.get_mut(sku) {
-                    *left -= quantity;
-                }
-            }
-            ReserveOutcome::Reserved
+        .map(|holds| match holds {
+            Some(_) => ReserveOutcome::Reserved,
+            None => ReserveOutcome::OutOfStock,
         })
-        .collect()
+        .collect())
 }
 
 /// Locks the skus the orders hold units of, in sorted order, before their reservations change: two transactions
@@ -370,11 +449,11 @@ pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<
         r#"with r as (
                update reservations set status = 'COMMITTED', updated_at = now()
                where order_id = any($1) and status = 'RESERVED'
-               returning order_id, sku, quantity
+               returning order_id, sku, location, quantity
            ),
            changes as (
-               select sku, $2::text as location, -quantity as on_hand_delta, -quantity as reserved_delta,
-                      $3::text as reason, order_id, null::uuid as adjustment_id, $4::text as actor
+               select sku, location, -quantity as on_hand_delta, -quantity as reserved_delta,
+                      $2::text as reason, order_id, null::uuid as adjustment_id, $3::text as actor
                from r
            ),
            "#,
@@ -384,7 +463,6 @@ pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<
     );
     let committed: i64 = sqlx::query_scalar(STATEMENT)
         .bind(order_ids)
-        .bind(ledger::DEFAULT_LOCATION)
         .bind(MovementReason::OrderCommit)
         .bind(ledger::SAGA_ACTOR)
         .fetch_one(&mut *conn)
@@ -402,19 +480,21 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
     // The reservations are read (and locked) before they change: `returning` would give their new status only.
     const STATEMENT: &str = concat!(
         r#"with held as (
-               select order_id, sku, quantity, status from reservations
+               select order_id, sku, location, quantity, status from reservations
                where order_id = any($1) and status <> 'RELEASED'
                for update
            ),
            r as (
                update reservations set status = 'RELEASED', updated_at = now()
-               from held where reservations.order_id = held.order_id and reservations.sku = held.sku
+               from held
+               where reservations.order_id = held.order_id and reservations.sku = held.sku
+                 and reservations.location = held.location
            ),
            changes as (
-               select sku, $2::text as location,
+               select sku, location,
                       case when status = 'COMMITTED' then quantity else 0 end as on_hand_delta,
                       case when status = 'RESERVED' then -quantity else 0 end as reserved_delta,
-                      $3::text as reason, order_id, null::uuid as adjustment_id, $4::text as actor
+                      $2::text as reason, order_id, null::uuid as adjustment_id, $3::text as actor
                from held
            ),
            "#,
@@ -424,50 +504,9 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
     );
     let released: i64 = sqlx::query_scalar(STATEMENT)
         .bind(order_ids)
-        .bind(ledger::DEFAULT_LOCATION)
         .bind(MovementReason::OrderRelease)
         .bind(ledger::SAGA_ACTOR)
         .fetch_one(&mut *conn)
         .await?;
     Ok(released as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn order(lines: &[(&str, i64)]) -> (Uuid, Vec<(String, i64)>) {
-        (
-            Uuid::now_v7(),
-            lines.iter().map(|(s, q)| (s.to_string(), *q)).collect(),
-        )
-    }
-
-    #[test]
-    fn first_come_first_served_and_a_misfit_leaves_its_stock_to_later_orders() {
-        let mut free = HashMap::from([("a".to_owned(), 3), ("b".to_owned(), 1)]);
-        let orders = [
-            order(&[("a", 2)]),
-            order(&[("a", 1), ("b", 2)]), // b is short: takes nothing, not even its a
-            order(&[("a", 1), ("b", 1)]),
-            order(&[("a", 1)]), // a is gone
-            order(&[("c", 1)]), // no such sku
-        ];
-        use ReserveOutcome::*;
-        assert_eq!(
-            decide(&mut free, &orders),
-            vec![Reserved, OutOfStock, Reserved, OutOfStock, OutOfStock]
-        );
-        assert_eq!(free, HashMap::from([("a".to_owned(), 0), ("b".to_owned(), 0)]));
-    }
-
-    #[test]
-    fn lines_of_one_sku_in_one_order_count_together() {
-        let mut free = HashMap::from([("a".to_owned(), 3)]);
-        let orders = [order(&[("a", 2), ("a", 2)]), order(&[("a", 3)])];
-        assert_eq!(
-            decide(&mut free, &orders),
-            vec![ReserveOutcome::OutOfStock, ReserveOutcome::Reserved]
-        );
-    }
 }

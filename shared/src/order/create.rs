@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::events::EventType;
 use crate::flow::Step;
-use crate::idempotency::{self, StoredResponse};
+use crate::idempotency::{self, Makes, StoredResponse};
 use crate::input::FieldError;
 use crate::inventory::SkuRow;
 use crate::order::request::ValidOrder;
@@ -104,7 +104,7 @@ pub async fn admit(
     // Every column is nullable here: the key's record and the skus come through left joins.
     let rows = sqlx::query!(
         r#"with l as (select pg_try_advisory_xact_lock(
-                          hashtextextended('orderflow.idempotency:' || $1 || ':' || $2, 0)) as held)
+                          hashtextextended('orderflow.idempotency:' || char_length($1) || ':' || $1 || ':' || $2, 0)) as held)
            select l.held as "held!", now() as "now!",
                   i.request_hash as "request_hash?", i.order_id as "key_order_id?",
                   i.adjustment_id as "key_adjustment_id?",
@@ -252,8 +252,8 @@ pub enum CreateError {
     /// A request with the same Idempotency-Key is still being processed.
     #[error("a request with this Idempotency-Key is still being processed")]
     KeyInFlight,
-    /// The Idempotency-Key was used with a different request body.
-    #[error("this Idempotency-Key was used with a different request body")]
+    /// The Idempotency-Key was used with a different request.
+    #[error("this Idempotency-Key was used with a different request")]
     KeyReused,
     /// The response body could not be rendered (a bug).
     #[error("failed to render the response: {0}")]
@@ -312,10 +312,9 @@ async fn create_once(
     #[cfg(feature = "failpoints")]
     hold_key_failpoint(request.key).await;
     if let Some(stored) = admission.stored {
-        // A key that made an adjustment was sent with another request, whatever its body.
         let Some(order_id) = stored
             .order_id
-            .filter(|_| stored.request_hash == request.fingerprint)
+            .filter(|_| stored.replays(Makes::Order, request.fingerprint))
         else {
             return Err(CreateError::KeyReused);
         };
