@@ -3,8 +3,7 @@
 -- counts stay the fast path; the movements must always add up to them, which the reconciler checks.
 --
 -- Movements of one sku are appended while its row is locked (every change locks its skus first), so their ids
--- grow in commit order per sku: a client paging one sku's movements by id never skips one that commits late (the
--- identity's sequence hands out ids one at a time, cache 1, as it must for this to hold).
+-- grow in commit order per sku: a client paging one sku's movements by id never skips one that commits late.
 -- No foreign keys: the ledger is history, written only where the sku is locked and its order or adjustment is
 -- written in the same transaction, and a key check per row would cost every saga step a lookup and a row lock.
 create table stock_movements (

@@ -2,6 +2,11 @@
 -- `on_hand` and `reserved` on `skus` are the sums over its locations, kept by the same statement that changes a
 -- location's (`inventory::ledger`'s `stock_change!`). The sku's row stays the lock every change of its stock takes
 -- first, so the two never disagree and a reservation decides on every location of a sku at once.
+--
+-- Stop the workers of earlier versions before this runs: they would reserve without a location and change the
+-- skus' totals without their locations' stock (the drift check would say so). The tables it changes are locked
+-- first, all at once, so a statement of such a process cannot deadlock with it halfway.
+lock table skus, reservations, stock_movements, stock_adjustments in access exclusive mode;
 create table locations (
     code        text primary key,
     name        text not null,
@@ -29,7 +34,6 @@ create table stock_levels (
     constraint inventory_reserved_le_on_hand_at_location check (reserved <= on_hand)
 );
 
-lock table skus in share mode;
 insert into stock_levels (sku, location, on_hand, reserved)
 select sku, 'default', on_hand, reserved from skus;
 
@@ -41,8 +45,11 @@ alter table reservations drop constraint reservations_pkey;
 alter table reservations add constraint reservations_pkey primary key (order_id, sku, location);
 
 -- A transfer between two locations is a client's stock change like an adjustment: one record (under its
--- Idempotency-Key), a pair of movements.
-alter table stock_adjustments add column to_location text;
+-- Idempotency-Key), a pair of movements. For a transfer `location` is where the units leave, `to_location` where
+-- they arrive and `delta` the units moved. Both are locations (the table is cold: keys cost nothing here).
+alter table stock_adjustments add column to_location text references locations (code);
+alter table stock_adjustments add constraint stock_adjustments_location_fkey
+    foreign key (location) references locations (code);
 alter table stock_movements drop constraint stock_movements_reason_valid;
 alter table stock_movements add constraint stock_movements_reason_valid
     check (reason in ('opening_balance', 'stock_count', 'adjustment', 'transfer', 'order_reserve', 'order_commit',

@@ -467,3 +467,22 @@ async fn a_change_made_without_its_movement_is_reported_as_drift() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_database_takes_exactly_the_reasons_the_code_knows() {
+    let app = spawn_app_without_worker().await;
+    let check: String = sqlx::query_scalar(
+        "select pg_get_constraintdef(oid) from pg_constraint where conname = 'stock_movements_reason_valid'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let mut named: Vec<&str> = check.split('\'').skip(1).step_by(2).collect();
+    let mut known: Vec<&str> = orderflow_shared::inventory::ledger::MovementReason::ALL
+        .iter()
+        .map(|reason| reason.as_str())
+        .collect();
+    named.sort_unstable();
+    known.sort_unstable();
+    assert_eq!(named, known, "{check}");
+}

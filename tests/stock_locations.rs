@@ -208,6 +208,13 @@ async fn multi_line_orders_in_opposite_order_across_locations_do_not_deadlock() 
         app.wait_terminal(*id).await;
     }
     let orders = invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("X", 30), ("Y", 30)]).await;
+    // A deadlock would be retried by the step's next attempt and the orders would still end: none may be met.
+    let deadlocked: i64 =
+        sqlx::query_scalar("select count(*) from saga_steps where error ilike '%deadlock%'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(deadlocked, 0, "a step attempt met a deadlock");
     let fulfilled = orders.values().filter(|o| o.status == "FULFILLED").count();
     assert_eq!(fulfilled, 15, "30 units of each, 2 per order");
 }

@@ -9,7 +9,7 @@ use orderflow_shared::events::{self, EventRow};
 use orderflow_shared::flow::Step;
 use orderflow_shared::inventory::adjustment::{Adjusted, Kind};
 use orderflow_shared::inventory::ledger::Movement;
-use orderflow_shared::inventory::{Level, SkuRow, StockVersion};
+use orderflow_shared::inventory::{Level, SkuStock};
 use orderflow_shared::operator::{self, RecordedAction};
 use orderflow_shared::order::create::NewOrder;
 use orderflow_shared::order::{self, CancelReason, OrderLineRow, OrderRow, OrderStatus};
@@ -224,7 +224,8 @@ pub struct SkuView {
 }
 
 impl SkuView {
-    pub fn new(row: SkuRow, version: StockVersion, locations: Vec<Level>) -> Self {
+    pub fn new(stock: SkuStock) -> Self {
+        let row = stock.sku;
         Self {
             available: row.on_hand - row.reserved,
             sku: row.sku,
@@ -232,8 +233,8 @@ impl SkuView {
             reserved: row.reserved,
             price: row.price,
             currency: row.currency,
-            version: version.0.to_string(),
-            locations,
+            version: stock.version.0.to_string(),
+            locations: stock.levels,
         }
     }
 }
@@ -267,10 +268,10 @@ pub struct TransferView {
 
 /// The answer to an adjustment or a transfer, as its kind is.
 pub fn adjusted(adjusted: &Adjusted) -> Result<Value, serde_json::Error> {
-    let stock = SkuView::new(adjusted.sku.clone(), adjusted.version, adjusted.levels.clone());
+    let stock = SkuView::new(adjusted.stock.clone());
     let (id, sku, reason, created_at) = (
         adjusted.id,
-        adjusted.sku.sku.clone(),
+        adjusted.stock.sku.sku.clone(),
         adjusted.reason.clone(),
         adjusted.created_at,
     );

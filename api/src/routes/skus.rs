@@ -68,9 +68,9 @@ pub async fn upsert(
         expected: &expected,
         actor: &actor,
     };
-    let (status, row, version) = match inventory::upsert(&mut conn, &set).await? {
-        SkuSet::Created(row, version) => (StatusCode::CREATED, row, version),
-        SkuSet::Updated(row, version) => (StatusCode::OK, row, version),
+    let (status, stock) = match inventory::upsert(&mut conn, &set).await? {
+        SkuSet::Created(stock) => (StatusCode::CREATED, stock),
+        SkuSet::Updated(stock) => (StatusCode::OK, stock),
         SkuSet::VersionMoved(Some(current)) => {
             return Err(ApiError::PreconditionFailed(format!(
                 "the stock of {sku} moved since it was read: its version is now {}; nothing was written",
@@ -86,10 +86,9 @@ pub async fn upsert(
             return Err(FieldError::new("location", format!("{location:?} is not a location")).into());
         }
     };
-    let levels = inventory::levels(&mut *conn, &sku).await?;
     // No ETag: RFC 9110 §9.3.4 allows one on a PUT's answer only when the body sent is stored as sent, and this
     // answer is another representation. Its `version` is the one to send next.
-    Ok((status, Json(SkuView::new(row, version, levels))).into_response())
+    Ok((status, Json(SkuView::new(stock))).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/skus/{sku}", operation_id = "get_sku", security(("api_key" = ["catalog:read"])),
@@ -114,12 +113,13 @@ pub async fn get(
     inventory::check_sku_code("sku", &sku)?;
     let expected = expected_version(&headers)?;
     let unless = versions_not_wanted(&headers)?;
-    let (row, version) = inventory::find_versioned(&state.pool, &sku)
+    let stock = inventory::find_stock(&state.pool, &sku)
         .await?
         .ok_or_else(|| ApiError::NotFound {
             what: "sku",
             id: sku.clone(),
         })?;
+    let version = stock.version;
     // RFC 9110 §13.2.2: If-Match first, then If-None-Match.
     if !expected.admits(version) {
         return Err(ApiError::PreconditionFailed(format!(
@@ -130,11 +130,7 @@ pub async fn get(
     if unless.is_some_and(|unless| unless.admits(version)) {
         return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), version));
     }
-    let levels = inventory::levels(&state.pool, &sku).await?;
-    Ok(with_etag(
-        Json(SkuView::new(row, version, levels)).into_response(),
-        version,
-    ))
+    Ok(with_etag(Json(SkuView::new(stock)).into_response(), version))
 }
 
 /// A strong entity tag of a stock version: `"123"`.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Change, Level, SkuRow, StockVersion, ledger};
+use super::{Change, SkuStock, ledger};
 use crate::idempotency::{self, Makes};
 use crate::input::{self, FieldError};
 use crate::money::MAX_STOCK;
@@ -152,9 +152,7 @@ pub struct Adjusted {
     pub reason: String,
     pub created_at: DateTime<Utc>,
     /// The sku after it, in all and per location.
-    pub sku: SkuRow,
-    pub version: StockVersion,
-    pub levels: Vec<Level>,
+    pub stock: SkuStock,
 }
 
 /// The answer to an adjustment request: a new adjustment's, or the stored one of a repeat.
@@ -311,15 +309,16 @@ async fn adjust_once(
         adjustment_id: Some(id),
         actor: request.caller,
     };
-    let (sku, version) = change.apply(&mut tx).await?;
+    change.apply(&mut tx).await?;
+    let stock = super::find_stock(&mut *tx, request.sku)
+        .await?
+        .ok_or_else(|| AdjustError::NoSuchSku(request.sku.to_owned()))?;
     let body = respond(&Adjusted {
         id,
         kind: adjustment.kind.clone(),
         reason: adjustment.reason.clone(),
         created_at,
-        sku,
-        version,
-        levels: super::levels(&mut *tx, request.sku).await?,
+        stock,
     })?;
     let recorded = idempotency::record_adjustment(
         &mut *tx,

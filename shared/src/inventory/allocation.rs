@@ -4,14 +4,14 @@
 //! Per line (an order's units of one sku):
 //! 1. A location that can serve the whole line: of those, the first in allocation order (lowest `priority`,
 //!    then code).
-//! 2. None can: the line is split over the fewest locations that together hold enough: the ones with the most
-//!    free units first (the first in allocation order among equals), and what is left from the first location in
-//!    allocation order that can serve it.
+//! 2. None can: the line is split over the fewest locations that together hold enough, and of the sets of that
+//!    many, the one first in allocation order (a location is taken, walking in that order, while the ones after
+//!    it can still serve the rest within the count). Each gives all it has, in allocation order; the last what is
+//!    left.
 //!
 //! An order takes every line or none, and the orders of a batch are served first come first served: one that does
 //! not fit takes nothing and leaves its stock to the orders after it.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
@@ -76,27 +76,47 @@ pub fn allocate(
 /// How `quantity` is taken from `free` (in allocation order) by the policy: (index, units) pairs; `None` if all of
 /// the locations together hold too few.
 fn split(free: &[Free], quantity: i64) -> Option<Vec<(usize, i64)>> {
-    let total: i64 = free.iter().map(|f| f.units.max(0)).sum();
-    if total < quantity {
-        return None;
-    }
-    let mut candidates: Vec<usize> = (0..free.len()).filter(|&at| free[at].units > 0).collect();
-    let mut parts = Vec::new();
+    let candidates: Vec<usize> = (0..free.len()).filter(|&at| free[at].units > 0).collect();
+    // The fewest locations that can serve it: as many as the largest it takes.
+    let mut largest: Vec<i64> = candidates.iter().map(|&at| free[at].units).collect();
+    largest.sort_unstable_by(|a, b| b.cmp(a));
+    let mut covered = 0;
+    let fewest = 1 + largest.iter().position(|units| {
+        covered += units;
+        covered >= quantity
+    })?;
+    // Which of them: walking in allocation order, a location is taken if what is left can still be served by as
+    // many more as the count allows (the largest of those after it).
+    let mut chosen = Vec::with_capacity(fewest);
     let mut left = quantity;
-    loop {
-        if let Some(&at) = candidates.iter().find(|&&at| free[at].units >= left) {
-            parts.push((at, left));
-            return Some(parts);
+    for (position, &at) in candidates.iter().enumerate() {
+        if left <= 0 {
+            break;
         }
-        // No location serves the rest alone: take all of the one with the most (the sum holds enough, so this ends).
-        let (position, &at) = candidates
+        let after = left - free[at].units;
+        let slots = fewest - chosen.len() - 1;
+        let mut rest: Vec<i64> = candidates[position + 1..]
             .iter()
-            .enumerate()
-            .min_by_key(|&(position, &at)| (Reverse(free[at].units), position))?;
-        parts.push((at, free[at].units));
-        left -= free[at].units;
-        candidates.remove(position);
+            .map(|&at| free[at].units)
+            .collect();
+        rest.sort_unstable_by(|a, b| b.cmp(a));
+        if after <= 0 || rest.iter().take(slots).sum::<i64>() >= after {
+            chosen.push(at);
+            left = after;
+        }
     }
+    // Each gives all it has, in allocation order; the last what is left.
+    let mut left = quantity;
+    Some(
+        chosen
+            .into_iter()
+            .map(|at| {
+                let take = free[at].units.min(left);
+                left -= take;
+                (at, take)
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -199,14 +219,30 @@ mod tests {
             "a".to_owned(),
             free(&[("first", 1, 2), ("big", 9, 6), ("mid", 5, 4), ("small", 2, 3)]),
         )]);
-        // 9: big (6) cannot alone; big + the first that serves the 3 left in allocation order: small (priority 2)
-        // rather than mid (priority 5), and not first (2 units, too few for the rest).
+        // 9: no location alone; two can (big with any other of 3 or more). Walking in allocation order: first (2)
+        // would leave 7, more than any one other holds; small (3) leaves 6, which big serves.
         let holds = allocate(&mut stock, &[order(&[("a", 9)])]);
-        assert_eq!(at(&holds[0], "a"), parts(&[("big", 6), ("small", 3)]));
+        assert_eq!(at(&holds[0], "a"), parts(&[("small", 3), ("big", 6)]));
         // What is left: first 2, mid 4. 6 takes both.
         let holds = allocate(&mut stock, &[order(&[("a", 6)]), order(&[("a", 1)])]);
-        assert_eq!(at(&holds[0], "a"), parts(&[("mid", 4), ("first", 2)]));
+        assert_eq!(at(&holds[0], "a"), parts(&[("first", 2), ("mid", 4)]));
         assert_eq!(holds[1], None, "nothing left");
+    }
+
+    #[test]
+    fn of_splits_over_as_few_locations_the_one_first_in_allocation_order_is_taken() {
+        // 10: two locations are needed; default and store serve it, as overflow and either would. The size of
+        // overflow does not win it the line.
+        let mut stock = HashMap::from([(
+            "a".to_owned(),
+            free(&[("default", 0, 5), ("store", 10, 5), ("overflow", 1000, 6)]),
+        )]);
+        let holds = allocate(&mut stock, &[order(&[("a", 10)])]);
+        assert_eq!(at(&holds[0], "a"), parts(&[("default", 5), ("store", 5)]));
+        // 7 of what is left (overflow 6): none left enough, nothing taken.
+        let holds = allocate(&mut stock, &[order(&[("a", 7)]), order(&[("a", 6)])]);
+        assert_eq!(holds[0], None);
+        assert_eq!(at(&holds[1], "a"), parts(&[("overflow", 6)]));
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub struct SkuRow {
 }
 
 pub async fn find(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<SkuRow>, sqlx::Error> {
-    Ok(find_versioned(executor, sku).await?.map(|(row, _)| row))
+    Ok(find_stock(executor, sku).await?.map(|stock| stock.sku))
 }
 
 /// The version of a sku's stock, which its `ETag` carries: PostgreSQL's `xmin` of the sku's row, the id of the
@@ -84,56 +84,51 @@ pub async fn find(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<Sku
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StockVersion(pub i64);
 
-/// A sku's row with the version of its stock, as the statements that read it for the catalogue return it.
-#[derive(sqlx::FromRow)]
-struct VersionedRow {
-    sku: String,
-    on_hand: i64,
-    reserved: i64,
-    price: i64,
-    currency: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    version: i64,
+/// A sku with its stock: the totals, their version, and each location's.
+#[derive(Debug, Clone)]
+pub struct SkuStock {
+    pub sku: SkuRow,
+    pub version: StockVersion,
+    /// Each location that has held it, in allocation order.
+    pub levels: Vec<Level>,
 }
 
-impl VersionedRow {
-    fn split(self) -> (SkuRow, StockVersion) {
-        let row = SkuRow {
-            sku: self.sku,
-            on_hand: self.on_hand,
-            reserved: self.reserved,
-            price: self.price,
-            currency: self.currency,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        };
-        (row, StockVersion(self.version))
-    }
-}
-
-/// [`find`], with the version of the sku's stock.
-pub async fn find_versioned(
-    executor: impl PgExecutor<'_>,
-    sku: &str,
-) -> Result<Option<(SkuRow, StockVersion)>, sqlx::Error> {
-    let found = sqlx::query_as!(
-        VersionedRow,
-        r#"select sku, on_hand, reserved, price, currency, created_at, updated_at,
-                  xmin::text::bigint as "version!"
-           from skus where sku = $1"#,
+/// The sku with its stock, read in one statement (one snapshot: the totals are the sums of the levels shown, at
+/// the version shown).
+pub async fn find_stock(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<SkuStock>, sqlx::Error> {
+    let found = sqlx::query!(
+        r#"select s.sku, s.on_hand, s.reserved, s.price, s.currency, s.created_at, s.updated_at,
+                  s.xmin::text::bigint as "version!",
+                  coalesce((select json_agg(json_build_object(
+                                'location', l.location, 'on_hand', l.on_hand, 'reserved', l.reserved,
+                                'available', l.on_hand - l.reserved) order by c.priority, c.code)
+                            from stock_levels l join locations c on c.code = l.location
+                            where l.sku = s.sku), '[]') as "levels!: sqlx::types::Json<Vec<Level>>"
+           from skus s where s.sku = $1"#,
         sku
     )
     .fetch_optional(executor)
     .await?;
-    Ok(found.map(VersionedRow::split))
+    Ok(found.map(|row| SkuStock {
+        sku: SkuRow {
+            sku: row.sku,
+            on_hand: row.on_hand,
+            reserved: row.reserved,
+            price: row.price,
+            currency: row.currency,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        },
+        version: StockVersion(row.version),
+        levels: row.levels.0,
+    }))
 }
 
 /// What a set of a sku's stock and price came to.
 #[derive(Debug)]
 pub enum SkuSet {
-    Created(SkuRow, StockVersion),
-    Updated(SkuRow, StockVersion),
+    Created(SkuStock),
+    Updated(SkuStock),
     /// The set was conditional on a version and the sku's stock is at another one (`None`: there is no such
     /// sku); nothing was written.
     VersionMoved(Option<StockVersion>),
@@ -235,11 +230,14 @@ pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSe
         adjustment_id: None,
         actor: set.actor,
     };
-    let (row, version) = change.apply(&mut tx).await?;
+    change.apply(&mut tx).await?;
+    let stock = find_stock(&mut *tx, set.sku)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     tx.commit().await?;
     Ok(match created {
-        true => SkuSet::Created(row, version),
-        false => SkuSet::Updated(row, version),
+        true => SkuSet::Created(stock),
+        false => SkuSet::Updated(stock),
     })
 }
 
@@ -265,9 +263,8 @@ struct Change<'a> {
 }
 
 impl Change<'_> {
-    /// Applies it with its movements (through [`stock_change!`]) and returns the sku as changed. The caller holds
-    /// the sku's row lock.
-    async fn apply(&self, conn: &mut PgConnection) -> Result<(SkuRow, StockVersion), sqlx::Error> {
+    /// Applies it with its movements (through [`stock_change!`]). The caller holds the sku's row lock.
+    async fn apply(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         const STATEMENT: &str = concat!(
             r#"with changes as (
                    select $1::text as sku, leg.location, leg.on_hand_delta, 0::bigint as reserved_delta,
@@ -277,7 +274,7 @@ impl Change<'_> {
                "#,
             crate::stock_change!(),
             r#"
-               select sku, on_hand, reserved, price, currency, created_at, updated_at, version from applied"#
+               select 1"#
         );
         let (locations, deltas): (Vec<&str>, Vec<i64>) = self.legs.iter().copied().unzip();
         // A location the sku has never been at gets its row first, empty, for the change to add to.
@@ -289,41 +286,27 @@ impl Change<'_> {
         )
         .execute(&mut *conn)
         .await?;
-        let row: VersionedRow = sqlx::query_as(STATEMENT)
+        sqlx::query(STATEMENT)
             .bind(self.sku)
             .bind(&locations)
             .bind(&deltas)
             .bind(self.reason)
             .bind(self.adjustment_id)
             .bind(self.actor)
-            .fetch_one(&mut *conn)
+            .execute(&mut *conn)
             .await?;
-        Ok(row.split())
+        Ok(())
     }
 }
 
 /// A sku's stock at one location.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Level {
     pub location: String,
     pub on_hand: i64,
     pub reserved: i64,
     /// on_hand − reserved: what new orders can still take from here.
     pub available: i64,
-}
-
-/// The sku's stock per location, in allocation order.
-pub async fn levels(executor: impl PgExecutor<'_>, sku: &str) -> Result<Vec<Level>, sqlx::Error> {
-    sqlx::query_as!(
-        Level,
-        r#"select l.location, l.on_hand, l.reserved, l.on_hand - l.reserved as "available!"
-           from stock_levels l join locations c on c.code = l.location
-           where l.sku = $1
-           order by c.priority, c.code"#,
-        sku
-    )
-    .fetch_all(executor)
-    .await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
