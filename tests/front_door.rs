@@ -1,5 +1,6 @@
 //! The README's front door: `orderflow dev` on a fresh database prints an API key and lines that work as pasted,
-//! and the README's "Try it" block and its customer-token example work against it with that key.
+//! and the README's "Try it" block, its customer-token example and its stock examples (the ledger, locations)
+//! work against it with that key.
 
 use std::time::Duration;
 
@@ -121,4 +122,38 @@ async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
         "{out}"
     );
     assert_eq!(answers[2]["status"], 403, "{out}");
+
+    // The stock ledger's and the locations' examples, in the README's order (the sku exists).
+    let block = |heading: &str| {
+        readme
+            .split(heading)
+            .nth(1)
+            .and_then(|section| section.split("```sh\n").nth(1))
+            .and_then(|block| block.split("```").next())
+            .unwrap()
+            .replace("localhost:8080", &api)
+    };
+    let out = bash(&block("### Stock you can account for"), key).await;
+    let answers = documents(&out);
+    assert_eq!(answers.len(), 2, "the adjustment, the movements: {out}");
+    assert_eq!(answers[0]["delta"], 12, "{out}");
+    let reasons: Vec<&Value> = answers[1]["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["reason"])
+        .collect();
+    assert!(reasons.contains(&&Value::from("adjustment")), "{out}");
+    let out = bash(&block("### Stock locations"), key).await;
+    let answers = documents(&out);
+    assert_eq!(answers.len(), 2, "the location, the transfer: {out}");
+    assert_eq!(answers[0]["code"], "store-berlin", "{out}");
+    assert_eq!(answers[1]["to"], "store-berlin", "{out}");
+    let at: Vec<&Value> = answers[1]["stock"]["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["location"])
+        .collect();
+    assert!(at.contains(&&Value::from("store-berlin")), "{out}");
 }
