@@ -119,6 +119,16 @@ async fn a_line_is_allocated_by_the_policy_and_commit_and_release_act_on_those_l
     );
     assert_eq!(levels(&app, "A").await, at(&[("east", 2, 0), ("west", 2, 0)]));
 
+    // The order's view shows its line's allocation and what became of it.
+    let view = app.order(two).await;
+    assert_eq!(
+        view["lines"][0]["allocations"],
+        json!([
+            {"location": "east", "quantity": 2, "status": "RELEASED"},
+            {"location": "west", "quantity": 2, "status": "RELEASED"}
+        ]),
+        "{view}"
+    );
     // The same split, committed: both locations give their units.
     let three = app.create_order("alloc", &[("A", 4)], "pm_card_visa").await;
     app.wait_for(three, &["FULFILLED"], Duration::from_secs(30)).await;

@@ -9,7 +9,7 @@ use orderflow_shared::events::{self, EventRow};
 use orderflow_shared::flow::Step;
 use orderflow_shared::inventory::adjustment::{Adjusted, Kind};
 use orderflow_shared::inventory::ledger::Movement;
-use orderflow_shared::inventory::{Level, SkuStock};
+use orderflow_shared::inventory::{self, Level, Reservation, ReservationStatus, SkuStock};
 use orderflow_shared::operator::{self, RecordedAction};
 use orderflow_shared::order::create::NewOrder;
 use orderflow_shared::order::{self, CancelReason, OrderLineRow, OrderRow, OrderStatus};
@@ -75,6 +75,17 @@ pub struct LineView {
     pub sku: String,
     pub quantity: i64,
     pub unit_price: i64,
+    /// Where the line's units are held, or were taken from or given back, per location (the reserve step's
+    /// allocation); empty until the order is reserved, and for an order that found no stock.
+    pub allocations: Vec<AllocationView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AllocationView {
+    pub location: String,
+    pub quantity: i64,
+    /// RESERVED (held), COMMITTED (taken out of stock) or RELEASED (given back).
+    pub status: ReservationStatus,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -85,7 +96,21 @@ pub struct PaymentView {
 }
 
 impl OrderView {
-    pub fn new(row: OrderRow, lines: Vec<OrderLineRow>, payment: Option<PaymentRow>) -> Self {
+    /// The order's view from its rows; `reservations` are the order's (any order: each goes to its line).
+    pub fn new(
+        row: OrderRow,
+        lines: Vec<OrderLineRow>,
+        payment: Option<PaymentRow>,
+        reservations: Vec<Reservation>,
+    ) -> Self {
+        let mut held: HashMap<String, Vec<AllocationView>> = HashMap::new();
+        for reservation in reservations {
+            held.entry(reservation.sku).or_default().push(AllocationView {
+                location: reservation.location,
+                quantity: reservation.quantity,
+                status: reservation.status,
+            });
+        }
         Self {
             id: row.id,
             status: row.status,
@@ -95,6 +120,7 @@ impl OrderView {
             lines: lines
                 .into_iter()
                 .map(|l| LineView {
+                    allocations: held.remove(&l.sku).unwrap_or_default(),
                     sku: l.sku,
                     quantity: l.quantity,
                     unit_price: l.unit_price,
@@ -117,7 +143,7 @@ impl OrderView {
 
     /// A new order as its creation writes it (the response stored with its Idempotency-Key).
     pub fn created(order: &NewOrder) -> Self {
-        Self::new(order.row(), order.line_rows(), None)
+        Self::new(order.row(), order.line_rows(), None, Vec::new())
     }
 }
 
@@ -129,7 +155,8 @@ pub async fn order(pool: &PgPool, id: Uuid) -> Result<OrderView, ApiError> {
     })?;
     let lines = order::lines(pool, id).await?;
     let payment = payment::find(pool, id).await?;
-    Ok(OrderView::new(row, lines, payment))
+    let reservations = inventory::reservations_of(pool, &[id]).await?;
+    Ok(OrderView::new(row, lines, payment, reservations))
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -139,7 +166,7 @@ pub struct OrderList {
     pub next_cursor: Option<String>,
 }
 
-/// A page of orders with their lines and payments (three reads, whatever the page's size).
+/// A page of orders with their lines, allocations and payments (four reads, whatever the page's size).
 pub async fn orders(pool: &PgPool, filter: &order::ListFilter) -> Result<OrderList, ApiError> {
     let rows = order::list(pool, filter).await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -152,6 +179,13 @@ pub async fn orders(pool: &PgPool, filter: &order::ListFilter) -> Result<OrderLi
         .into_iter()
         .map(|p| (p.order_id, p))
         .collect();
+    let mut reservations: HashMap<Uuid, Vec<Reservation>> = HashMap::new();
+    for reservation in inventory::reservations_of(pool, &ids).await? {
+        reservations
+            .entry(reservation.order_id)
+            .or_default()
+            .push(reservation);
+    }
     let next_cursor = (rows.len() as i64 == filter.limit)
         .then(|| rows.last().map(|r| r.id.to_string()))
         .flatten();
@@ -159,7 +193,12 @@ pub async fn orders(pool: &PgPool, filter: &order::ListFilter) -> Result<OrderLi
         .into_iter()
         .map(|row| {
             let id = row.id;
-            OrderView::new(row, lines.remove(&id).unwrap_or_default(), payments.remove(&id))
+            OrderView::new(
+                row,
+                lines.remove(&id).unwrap_or_default(),
+                payments.remove(&id),
+                reservations.remove(&id).unwrap_or_default(),
+            )
         })
         .collect();
     Ok(OrderList { orders, next_cursor })
@@ -376,8 +415,9 @@ pub async fn saga(pool: &PgPool, id: Uuid, stuck_after: std::time::Duration) -> 
     let last_error = row.last_error.clone();
     let lines = order::lines(pool, id).await?;
     let payment = payment::find(pool, id).await?;
+    let reservations = inventory::reservations_of(pool, &[id]).await?;
     Ok(SagaDetail {
-        order: OrderView::new(row, lines, payment),
+        order: OrderView::new(row, lines, payment, reservations),
         last_error,
         stuck,
         last_progress_at,

@@ -103,6 +103,10 @@ mod tests {
         );
         same(&crate::queue::JobStatus::ALL, crate::queue::JobStatus::as_str);
         same(
+            &crate::inventory::ReservationStatus::ALL,
+            crate::inventory::ReservationStatus::as_str,
+        );
+        same(
             &crate::inventory::ledger::MovementReason::ALL,
             crate::inventory::ledger::MovementReason::as_str,
         );

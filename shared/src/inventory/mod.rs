@@ -309,6 +309,58 @@ pub struct Level {
     pub available: i64,
 }
 
+/// Where a reservation's units are: held (RESERVED), taken out of stock (COMMITTED) or given back (RELEASED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReservationStatus {
+    Reserved,
+    Committed,
+    Released,
+}
+
+impl ReservationStatus {
+    pub const ALL: [Self; 3] = [Self::Reserved, Self::Committed, Self::Released];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "RESERVED",
+            Self::Committed => "COMMITTED",
+            Self::Released => "RELEASED",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == name)
+    }
+}
+
+stored_as_text!(ReservationStatus);
+
+/// An order's units of a sku at one location: the allocation the reserve step made, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub order_id: Uuid,
+    pub sku: String,
+    pub location: String,
+    pub quantity: i64,
+    pub status: ReservationStatus,
+}
+
+/// The reservations of the orders `ids`, by order, sku and location.
+pub async fn reservations_of(
+    executor: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<Reservation>, sqlx::Error> {
+    sqlx::query_as!(
+        Reservation,
+        r#"select order_id, sku, location, quantity, status as "status: _" from reservations
+           where order_id = any($1) order by order_id, sku, location"#,
+        ids
+    )
+    .fetch_all(executor)
+    .await
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReserveOutcome {
     Reserved,
