@@ -181,6 +181,7 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         fault_rate: 0.05,
         lost_response_rate: 0.03,
         slow_delay: Duration::from_millis(500),
+        ..Default::default()
     };
     tokio::spawn(orderflow_paysim::run(sim, faults, std::future::pending()));
     let addr = format!("127.0.0.1:{}", free_port());

@@ -228,3 +228,134 @@ async fn an_amount_over_eight_digits_is_refused_as_stripe_refuses_it() {
         orderflow_paysim::MAX_AMOUNT
     );
 }
+
+#[tokio::test]
+async fn a_multicapture_hold_is_captured_in_parts_and_the_final_capture_releases_the_rest() {
+    let app = spawn_app().await;
+    let created = app
+        .http
+        .post(format!("{}/v1/payment_intents", app.paysim))
+        .header("Idempotency-Key", "multi")
+        .form(&[
+            ("amount", "1000"),
+            ("currency", "usd"),
+            ("payment_method", "pm_card_visa"),
+            ("capture_method", "manual"),
+            ("confirm", "true"),
+            (
+                "payment_method_options[card][request_multicapture]",
+                "if_available",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let intent: Value = created.json().await.unwrap();
+    let id = intent["id"].as_str().unwrap().to_owned();
+    let capture = format!("/v1/payment_intents/{id}/capture");
+
+    let (status, first) = post(
+        &app,
+        &capture,
+        "c1",
+        &[("amount_to_capture", "300"), ("final_capture", "false")],
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (
+            first["status"].as_str(),
+            first["amount_received"].as_i64(),
+            first["amount_capturable"].as_i64()
+        ),
+        (Some("requires_capture"), Some(300), Some(700))
+    );
+    // A repeat of the key replays the part; it does not capture again.
+    let (_, again) = post(
+        &app,
+        &capture,
+        "c1",
+        &[("amount_to_capture", "300"), ("final_capture", "false")],
+    )
+    .await;
+    assert_eq!(again, first);
+    let (status, refused) = post(
+        &app,
+        &capture,
+        "c2",
+        &[("amount_to_capture", "800"), ("final_capture", "false")],
+    )
+    .await;
+    assert_eq!(status, 400, "more than is left: {refused}");
+    let (status, last) = post(&app, &capture, "c3", &[("amount_to_capture", "200")]).await;
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(
+        (
+            last["status"].as_str(),
+            last["amount_received"].as_i64(),
+            last["amount_capturable"].as_i64()
+        ),
+        (Some("succeeded"), Some(500), Some(0)),
+        "the final capture releases the 500 left"
+    );
+
+    // Without multicapture, a part is refused.
+    let plain: Value = create(&app, "plain", "pm_card_visa", 1000)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let plain_capture = format!("/v1/payment_intents/{}/capture", plain["id"].as_str().unwrap());
+    let (status, refused) = post(
+        &app,
+        &plain_capture,
+        "p1",
+        &[("amount_to_capture", "300"), ("final_capture", "false")],
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["code"], "parameter_invalid");
+}
+
+#[tokio::test]
+async fn a_hold_not_captured_in_its_lifetime_is_cancelled_by_the_provider() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        sim: orderflow_paysim::SimConfig {
+            hold_lifetime: Duration::from_secs(1),
+            ..Default::default()
+        },
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let intent: Value = create(&app, "lapse", "pm_card_visa", 400)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = intent["id"].as_str().unwrap().to_owned();
+    assert_eq!(intent["status"], "requires_capture");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let lapsed: Value = app
+        .http
+        .get(format!("{}/v1/payment_intents/{id}", app.paysim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            lapsed["status"].as_str(),
+            lapsed["cancellation_reason"].as_str(),
+            lapsed["amount_capturable"].as_i64()
+        ),
+        (Some("canceled"), Some("automatic"), Some(0))
+    );
+    let (status, error) = post(&app, &format!("/v1/payment_intents/{id}/capture"), "late", &[]).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["code"], "payment_intent_unexpected_state");
+}

@@ -4,6 +4,12 @@
 //! - `pm_sim_flaky`: the first two create requests (per idempotency key) fail with 503, then it succeeds.
 //! - `pm_sim_lost_response`: the first create per key records the hold, then the connection is dropped.
 //! - `pm_sim_slow`: answers after `SimConfig::slow_delay`.
+//!
+//! Multicapture, as Stripe's: an intent created with `payment_method_options[card][request_multicapture]=
+//! if_available` may be captured in parts (`final_capture=false`), each adding to `amount_received` while it stays
+//! `requires_capture`; a final capture (the default) releases what is left. A hold not captured within
+//! `SimConfig::hold_lifetime` is cancelled by the provider (`cancellation_reason: automatic`); what was captured
+//! stays.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -35,6 +41,35 @@ pub(crate) struct Intent {
     created: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_payment_error: Option<Value>,
+    payment_method_options: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancellation_reason: Option<String>,
+    /// When the hold lapses (Unix seconds); not shown, as Stripe shows it on the charge.
+    #[serde(skip)]
+    hold_expires_at: i64,
+}
+
+impl Intent {
+    /// Whether it may be captured in parts.
+    fn multicapture(&self) -> bool {
+        self.payment_method_options["card"]["request_multicapture"] == "if_available"
+    }
+
+    /// Cancels a hold past its lifetime, as the provider would have by now.
+    fn lapse(&mut self, now: i64) {
+        if self.status == "requires_capture" && now >= self.hold_expires_at {
+            self.status = if self.amount_received > 0 {
+                "succeeded"
+            } else {
+                "canceled"
+            }
+            .to_owned();
+            self.amount_capturable = 0;
+            if self.amount_received == 0 {
+                self.cancellation_reason = Some("automatic".to_owned());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -270,6 +305,16 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
     if !matches!(capture_method, "automatic" | "manual") {
         return invalid("parameter_invalid", "capture_method must be automatic or manual.");
     }
+    let multicapture = match param(params, "payment_method_options[card][request_multicapture]") {
+        None | Some("never") => false,
+        Some("if_available") => true,
+        Some(_) => {
+            return invalid(
+                "parameter_invalid",
+                "payment_method_options[card][request_multicapture] must be if_available or never.",
+            );
+        }
+    };
     let confirm = param(params, "confirm") == Some("true");
     let declined = match method {
         "pm_card_visa" | "pm_sim_lost_response" => false,
@@ -314,6 +359,10 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
         metadata,
         created: chrono::Utc::now().timestamp(),
         last_payment_error: decline.clone(),
+        payment_method_options: json!({"card": {"request_multicapture": if multicapture { "if_available" } else { "never" }}}),
+        cancellation_reason: None,
+        hold_expires_at: chrono::Utc::now().timestamp()
+            + i64::try_from(sim.config.hold_lifetime.as_secs()).unwrap_or(i64::MAX / 2),
     };
     let body = intent_json(&intent);
     {
@@ -352,7 +401,10 @@ fn no_such_intent(id: &str) -> (StatusCode, Value) {
 fn with_intent(sim: &Sim, id: &str, f: impl FnOnce(&mut Intent) -> Outcome) -> Outcome {
     let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
     match ledger.intents.get_mut(id) {
-        Some(intent) => f(intent),
+        Some(intent) => {
+            intent.lapse(chrono::Utc::now().timestamp());
+            f(intent)
+        }
         None => {
             let (status, body) = no_such_intent(id);
             Outcome::NotExecuted { status, body }
@@ -375,9 +427,12 @@ fn unexpected_state(intent: &Intent, action: &str) -> Outcome {
 
 /// `GET /v1/payment_intents/{id}`.
 pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
-    let ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
-    match ledger.intents.get(&id) {
-        Some(intent) => Json(intent_json(intent)).into_response(),
+    let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    match ledger.intents.get_mut(&id) {
+        Some(intent) => {
+            intent.lapse(chrono::Utc::now().timestamp());
+            Json(intent_json(intent)).into_response()
+        }
         None => {
             let (status, body) = no_such_intent(&id);
             (status, Json(body)).into_response()
@@ -408,9 +463,24 @@ pub async fn capture(
                     );
                 }
             };
-            intent.amount_received = amount;
-            intent.amount_capturable = 0;
-            intent.status = "succeeded".to_owned();
+            let last = match param(&params, "final_capture") {
+                None | Some("true") => true,
+                Some("false") if intent.multicapture() => false,
+                Some("false") => {
+                    return invalid(
+                        "parameter_invalid",
+                        "final_capture=false needs payment_method_options[card][request_multicapture]=if_available.",
+                    );
+                }
+                Some(_) => return invalid("parameter_invalid", "final_capture must be true or false."),
+            };
+            intent.amount_received += amount;
+            intent.amount_capturable -= amount;
+            if last || intent.amount_capturable == 0 {
+                // A final capture releases what is left of the hold.
+                intent.amount_capturable = 0;
+                intent.status = "succeeded".to_owned();
+            }
             Outcome::ok(intent_json(intent))
         })
     })
@@ -484,7 +554,11 @@ pub async fn refund(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> 
 
 /// `GET /v1/sim/ledger`: every intent in creation order, with the money it holds, took and gave back.
 pub async fn ledger(State(sim): State<Sim>) -> Json<Value> {
-    let ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    let now = chrono::Utc::now().timestamp();
+    for intent in ledger.intents.values_mut() {
+        intent.lapse(now);
+    }
     let intents: Vec<Value> = ledger
         .order
         .iter()

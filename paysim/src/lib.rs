@@ -7,8 +7,8 @@
 //!
 //! # Layout
 //! - here: the simulator's knobs (`SimConfig`) and its router and `run`;
-//! - `intents.rs`: PaymentIntents (create and confirm, retrieve, capture, cancel), refunds, the ledger, the test
-//!   payment methods' behaviours;
+//! - `intents.rs`: PaymentIntents (create and confirm, retrieve, capture, multicapture, cancel, hold expiry),
+//!   refunds, the ledger, the test payment methods' behaviours;
 //! - `idempotency.rs`: Stripe's `Idempotency-Key` semantics (a repeat replays the first answer; the same key with
 //!   other parameters is refused).
 
@@ -34,6 +34,9 @@ pub struct SimConfig {
     pub fault_rate: f64,
     /// Probability (0–1) that a create is executed but its response is lost (connection dropped).
     pub lost_response_rate: f64,
+    /// How long an authorization holds before the provider cancels it (`cancellation_reason: automatic`), as
+    /// card networks release an uncaptured hold after about seven days.
+    pub hold_lifetime: Duration,
 }
 
 impl Default for SimConfig {
@@ -42,6 +45,7 @@ impl Default for SimConfig {
             slow_delay: Duration::from_millis(2_000),
             fault_rate: 0.0,
             lost_response_rate: 0.0,
+            hold_lifetime: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -63,6 +67,7 @@ impl SimConfig {
             slow_delay: Duration::from_millis(env_parse("ORDERFLOW_PAYSIM_SLOW_MS", 2_000)?),
             fault_rate: rate("ORDERFLOW_PAYSIM_FAULT_RATE")?,
             lost_response_rate: rate("ORDERFLOW_PAYSIM_LOST_RATE")?,
+            hold_lifetime: Duration::from_secs(env_parse("ORDERFLOW_PAYSIM_HOLD_SECS", 7 * 24 * 3600)?),
         })
     }
 }
