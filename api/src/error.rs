@@ -4,6 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_shared::api_key::CreateKeyError;
+use orderflow_shared::idempotency::KeyError;
 use orderflow_shared::input::FieldError;
 use orderflow_shared::inventory::adjustment::AdjustError;
 use orderflow_shared::operator::ActionError;
@@ -255,12 +256,20 @@ impl From<CreateError> for ApiError {
     fn from(error: CreateError) -> Self {
         match error {
             CreateError::Invalid(e) => e.into(),
-            CreateError::KeyInFlight => Self::IdempotencyKeyInFlight,
-            CreateError::KeyReused => Self::IdempotencyKeyReused,
+            CreateError::Key(e) => e.into(),
             CreateError::Render(e) => {
                 Self::Internal(anyhow::Error::new(e).context("failed to render the order"))
             }
             CreateError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::InFlight => Self::IdempotencyKeyInFlight,
+            KeyError::Reused => Self::IdempotencyKeyReused,
         }
     }
 }
@@ -278,8 +287,7 @@ impl From<AdjustError> for ApiError {
                 slug: "stock-above-maximum",
                 detail: error.to_string(),
             },
-            AdjustError::KeyInFlight => Self::IdempotencyKeyInFlight,
-            AdjustError::KeyReused => Self::IdempotencyKeyReused,
+            AdjustError::Key(e) => e.into(),
             AdjustError::Render(e) => {
                 Self::Internal(anyhow::Error::new(e).context("failed to render the adjustment"))
             }

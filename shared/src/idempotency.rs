@@ -57,14 +57,59 @@ pub enum Makes {
 }
 
 impl StoredResponse {
-    /// Whether this record answers a request that makes `makes` with `fingerprint`: a repeat, which replays it.
-    /// Otherwise the key was used for another request (422), whatever the bodies.
-    pub fn replays(&self, makes: Makes, fingerprint: &[u8]) -> bool {
+    /// The record from its columns as a read returns them (every one nullable: it comes through a left join);
+    /// `None` when there is no record.
+    pub fn from_columns(
+        request_hash: Option<Vec<u8>>,
+        order_id: Option<Uuid>,
+        adjustment_id: Option<Uuid>,
+        response_status: Option<i32>,
+        response_body: Option<Value>,
+    ) -> Option<Self> {
+        Some(Self {
+            request_hash: request_hash?,
+            order_id,
+            adjustment_id,
+            response_status: response_status?,
+            response_body: response_body?,
+        })
+    }
+
+    /// The record as the answer to a request that makes `makes` with `fingerprint`: a repeat, which replays it,
+    /// or else [`KeyError::Reused`], whatever the bodies.
+    pub fn replay(self, makes: Makes, fingerprint: &[u8]) -> Result<Self, KeyError> {
         let made = match makes {
             Makes::Order => self.order_id.is_some(),
             Makes::Adjustment => self.adjustment_id.is_some(),
         };
-        made && self.request_hash == fingerprint
+        match made && self.request_hash == fingerprint {
+            true => Ok(self),
+            false => Err(KeyError::Reused),
+        }
+    }
+}
+
+/// Why a request's Idempotency-Key refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// A request with the same key is still being processed (409).
+    #[error("a request with this Idempotency-Key is still being processed")]
+    InFlight,
+    /// The key was used with a different request (422).
+    #[error("this Idempotency-Key was used with a different request")]
+    Reused,
+}
+
+/// Runs `pass`, one transaction under a key, and once more if it found that another request committed the key
+/// after its read (`None`, see the module's comment): the second pass replays that request's answer.
+pub async fn at_most_twice<T, E, Fut>(mut pass: impl FnMut() -> Fut) -> Result<T, E>
+where
+    E: From<KeyError>,
+    Fut: Future<Output = Result<Option<T>, E>>,
+{
+    match pass().await? {
+        Some(done) => Ok(done),
+        None => pass().await?.ok_or(E::from(KeyError::InFlight)),
     }
 }
 
@@ -90,19 +135,15 @@ pub async fn claim(conn: &mut sqlx::PgConnection, caller: &str, key: &str) -> Re
     )
     .fetch_one(&mut *conn)
     .await?;
-    let stored = match (row.request_hash, row.response_status, row.response_body) {
-        (Some(request_hash), Some(response_status), Some(response_body)) => Some(StoredResponse {
-            request_hash,
-            order_id: row.order_id,
-            adjustment_id: row.adjustment_id,
-            response_status,
-            response_body,
-        }),
-        _ => None,
-    };
     Ok(Claim {
         held: row.held,
-        stored,
+        stored: StoredResponse::from_columns(
+            row.request_hash,
+            row.order_id,
+            row.adjustment_id,
+            row.response_status,
+            row.response_body,
+        ),
     })
 }
 

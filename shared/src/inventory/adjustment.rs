@@ -16,7 +16,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{Change, SkuStock, ledger};
-use crate::idempotency::{self, Makes};
+use crate::idempotency::{self, KeyError, Makes};
 use crate::input::{self, FieldError};
 use crate::money::MAX_STOCK;
 
@@ -189,10 +189,8 @@ pub enum AdjustError {
         on_hand: i64,
         delta: i64,
     },
-    #[error("a request with this Idempotency-Key is still being processed")]
-    KeyInFlight,
-    #[error("this Idempotency-Key was used with a different request")]
-    KeyReused,
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("failed to render the response: {0}")]
     Render(#[from] serde_json::Error),
     #[error(transparent)]
@@ -226,12 +224,7 @@ pub async fn adjust(
 ) -> Result<Answer, AdjustError> {
     // As order creation: a request that committed the key just as this one took its lock is not seen by the
     // first read; this one's record then fails on the key, and the second pass replays it.
-    match adjust_once(pool, request, &respond).await? {
-        Some(answer) => Ok(answer),
-        None => adjust_once(pool, request, &respond)
-            .await?
-            .ok_or(AdjustError::KeyInFlight),
-    }
+    idempotency::at_most_twice(|| adjust_once(pool, request, &respond)).await
 }
 
 async fn adjust_once(
@@ -242,12 +235,10 @@ async fn adjust_once(
     let mut tx = pool.begin().await?;
     let claim = idempotency::claim(&mut tx, request.caller, request.key).await?;
     if !claim.held {
-        return Err(AdjustError::KeyInFlight);
+        return Err(KeyError::InFlight.into());
     }
     if let Some(stored) = claim.stored {
-        if !stored.replays(Makes::Adjustment, request.fingerprint) {
-            return Err(AdjustError::KeyReused);
-        }
+        let stored = stored.replay(Makes::Adjustment, request.fingerprint)?;
         return Ok(Some(Answer {
             status: u16::try_from(stored.response_status).unwrap_or(CREATED),
             body: stored.response_body,
@@ -260,7 +251,7 @@ async fn adjust_once(
     // Every location first: a location that is not one is the request's fault whatever the stock.
     let mut levels = Vec::with_capacity(legs.len());
     for (field, (location, _)) in fields(&adjustment.kind).into_iter().zip(&legs) {
-        let Some(level) = level_at(&mut tx, request.sku, location).await? else {
+        let Some(level) = super::level_at(&mut tx, request.sku, location).await? else {
             return Err(AdjustError::NoSuchLocation(FieldError::new(
                 field,
                 format!("{location:?} is not a location"),
@@ -358,27 +349,6 @@ async fn lock(conn: &mut PgConnection, sku: &str) -> Result<(), AdjustError> {
         .await?
         .map(|_| ())
         .ok_or_else(|| AdjustError::NoSuchSku(sku.to_owned()))
-}
-
-/// A location's counts of the sku (none there yet: zero); `None` if there is no such location. Read after the
-/// sku's lock, in a statement of its own, so they are the counts every later change starts from.
-async fn level_at(conn: &mut PgConnection, sku: &str, location: &str) -> Result<Option<Stock>, sqlx::Error> {
-    sqlx::query_as!(
-        Stock,
-        r#"select coalesce(l.on_hand, 0) as "on_hand!", coalesce(l.reserved, 0) as "reserved!"
-           from locations c left join stock_levels l on l.location = c.code and l.sku = $1
-           where c.code = $2"#,
-        sku,
-        location
-    )
-    .fetch_optional(conn)
-    .await
-}
-
-/// A location's counts of a sku.
-struct Stock {
-    on_hand: i64,
-    reserved: i64,
 }
 
 #[cfg(test)]

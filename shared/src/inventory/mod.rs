@@ -177,9 +177,6 @@ pub struct StockSet<'a> {
 /// [`RESERVED_LE_ON_HAND_AT_LOCATION`].
 pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSet, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    if !location_exists(&mut *tx, set.location).await? {
-        return Ok(SkuSet::NoSuchLocation);
-    }
     let created = *set.expected == Expected::Any
         && sqlx::query!(
             "insert into skus (sku, on_hand, price, currency) values ($1, 0, $2, $3) on conflict (sku) do nothing",
@@ -204,6 +201,10 @@ pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSe
     if !created && !set.expected.admits(current) {
         return Ok(SkuSet::VersionMoved(Some(current)));
     }
+    // A location that is not one rolls the transaction back, a sku made for it included.
+    let Some(counted) = level_at(&mut tx, set.sku, set.location).await? else {
+        return Ok(SkuSet::NoSuchLocation);
+    };
     if !created {
         sqlx::query!(
             "update skus set price = $2, currency = $3 where sku = $1",
@@ -214,18 +215,9 @@ pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSe
         .execute(&mut *tx)
         .await?;
     }
-    // Read after the lock, in a statement of its own, so it is the count every later change starts from.
-    let counted = sqlx::query_scalar!(
-        "select on_hand from stock_levels where sku = $1 and location = $2",
-        set.sku,
-        set.location
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    .unwrap_or(0);
     let change = Change {
         sku: set.sku,
-        legs: vec![(set.location, set.on_hand - counted)],
+        legs: vec![(set.location, set.on_hand - counted.on_hand)],
         reason: MovementReason::StockCount,
         adjustment_id: None,
         actor: set.actor,
@@ -241,14 +233,25 @@ pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSe
     })
 }
 
-/// Whether `code` is a location.
-async fn location_exists(executor: impl PgExecutor<'_>, code: &str) -> Result<bool, sqlx::Error> {
-    Ok(
-        sqlx::query_scalar!("select 1 as one from locations where code = $1", code)
-            .fetch_optional(executor)
-            .await?
-            .is_some(),
+/// A location's counts of the sku (none there yet: zero); `None` if there is no such location. Read after the
+/// sku's lock, in a statement of its own, so they are the counts every later change starts from.
+async fn level_at(conn: &mut PgConnection, sku: &str, location: &str) -> Result<Option<Counts>, sqlx::Error> {
+    sqlx::query_as!(
+        Counts,
+        r#"select coalesce(l.on_hand, 0) as "on_hand!", coalesce(l.reserved, 0) as "reserved!"
+           from locations c left join stock_levels l on l.location = c.code and l.sku = $1
+           where c.code = $2"#,
+        sku,
+        location
     )
+    .fetch_optional(conn)
+    .await
+}
+
+/// A location's counts of a sku.
+struct Counts {
+    on_hand: i64,
+    reserved: i64,
 }
 
 /// A change of one sku's `on_hand` a client asked for, at one location or two: a count's difference, an
@@ -496,13 +499,7 @@ pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<
         r#"
            select count(*) from changes"#
     );
-    let committed: i64 = sqlx::query_scalar(STATEMENT)
-        .bind(order_ids)
-        .bind(MovementReason::OrderCommit)
-        .bind(ledger::SAGA_ACTOR)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(committed as u64)
+    change_held_stock(conn, STATEMENT, order_ids, MovementReason::OrderCommit).await
 }
 
 /// Compensation for one order or many: gives back everything they hold. RESERVED units leave `reserved`;
@@ -537,11 +534,22 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
         r#"
            select count(*) from held"#
     );
-    let released: i64 = sqlx::query_scalar(STATEMENT)
+    change_held_stock(conn, STATEMENT, order_ids, MovementReason::OrderRelease).await
+}
+
+/// Runs `statement` (commit's or release's: `$1` the orders, `$2` the movements' reason, `$3` their actor,
+/// answering how many reservations it changed) on the orders' reservations.
+async fn change_held_stock(
+    conn: &mut PgConnection,
+    statement: &'static str,
+    order_ids: &[Uuid],
+    reason: MovementReason,
+) -> Result<u64, sqlx::Error> {
+    let changed: i64 = sqlx::query_scalar(statement)
         .bind(order_ids)
-        .bind(MovementReason::OrderRelease)
+        .bind(reason)
         .bind(ledger::SAGA_ACTOR)
         .fetch_one(&mut *conn)
         .await?;
-    Ok(released as u64)
+    Ok(changed as u64)
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::events::EventType;
 use crate::flow::Step;
-use crate::idempotency::{self, Makes, StoredResponse};
+use crate::idempotency::{self, KeyError, Makes, StoredResponse};
 use crate::input::FieldError;
 use crate::inventory::SkuRow;
 use crate::order::request::ValidOrder;
@@ -121,16 +121,13 @@ pub async fn admit(
     .fetch_all(&mut *conn)
     .await?;
     let first = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-    let stored = match (&first.request_hash, first.response_status, &first.response_body) {
-        (Some(request_hash), Some(response_status), Some(response_body)) => Some(StoredResponse {
-            request_hash: request_hash.clone(),
-            order_id: first.key_order_id,
-            adjustment_id: first.key_adjustment_id,
-            response_status,
-            response_body: response_body.clone(),
-        }),
-        _ => None,
-    };
+    let stored = StoredResponse::from_columns(
+        first.request_hash.clone(),
+        first.key_order_id,
+        first.key_adjustment_id,
+        first.response_status,
+        first.response_body.clone(),
+    );
     let found = rows
         .iter()
         .filter_map(|row| {
@@ -249,12 +246,8 @@ pub struct Created {
 pub enum CreateError {
     #[error(transparent)]
     Invalid(#[from] FieldError),
-    /// A request with the same Idempotency-Key is still being processed.
-    #[error("a request with this Idempotency-Key is still being processed")]
-    KeyInFlight,
-    /// The Idempotency-Key was used with a different request.
-    #[error("this Idempotency-Key was used with a different request")]
-    KeyReused,
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// The response body could not be rendered (a bug).
     #[error("failed to render the response: {0}")]
     Render(#[from] serde_json::Error),
@@ -287,12 +280,7 @@ pub async fn create(
 ) -> Result<Created, CreateError> {
     // A request that committed the same key just as this one took the key's lock is not seen by the first
     // read (see `idempotency`); this one's insert then fails on the key, and the second pass replays it.
-    match create_once(pool, announcer, request, &respond).await? {
-        Some(created) => Ok(created),
-        None => create_once(pool, announcer, request, &respond)
-            .await?
-            .ok_or(CreateError::KeyInFlight),
-    }
+    idempotency::at_most_twice(|| create_once(pool, announcer, request, &respond)).await
 }
 
 /// One pass of [`create`] in one transaction; `None` when another request committed the key after this one's
@@ -307,21 +295,16 @@ async fn create_once(
     let mut tx = queue::announce::begin_quiet(pool).await?;
     let admission = admit(&mut tx, request.caller, request.key, &request.order.skus()).await?;
     if !admission.key_held {
-        return Err(CreateError::KeyInFlight);
+        return Err(KeyError::InFlight.into());
     }
     #[cfg(feature = "failpoints")]
     hold_key_failpoint(request.key).await;
     if let Some(stored) = admission.stored {
-        let Some(order_id) = stored
-            .order_id
-            .filter(|_| stored.replays(Makes::Order, request.fingerprint))
-        else {
-            return Err(CreateError::KeyReused);
-        };
+        let stored = stored.replay(Makes::Order, request.fingerprint)?;
         return Ok(Some(Created {
             status: u16::try_from(stored.response_status).unwrap_or(ACCEPTED),
             body: stored.response_body,
-            order_id,
+            order_id: stored.order_id.ok_or(KeyError::Reused)?,
             replayed: true,
         }));
     }
