@@ -391,3 +391,80 @@ async fn the_reconciler_purges_keys_past_their_retention() {
     )
     .await;
 }
+
+/// A request that answers without committing (a replay, a refusal) ends its transaction before it answers. A
+/// dropped transaction's rollback waits for the pool's own task, and until it runs the key's lock stays taken:
+/// the caller's next request with the key, sent at once, was told the first was still in flight (409; seen in
+/// CI as `customer_tokens` failing once). Called here without HTTP, on the test's one thread, so that the next
+/// request's statement goes out before any other task runs, as it could on a loaded machine.
+#[tokio::test]
+async fn a_request_that_commits_nothing_lets_go_of_its_key_before_it_answers() {
+    use orderflow_shared::idempotency::KeyError;
+    use orderflow_shared::inventory::adjustment::{self, Adjusting, AdjustmentRequest};
+    use orderflow_shared::order::create::{self, CreateError, Creation};
+    use orderflow_shared::order::request::CreateOrderRequest;
+    use orderflow_shared::queue::announce::Announcer;
+
+    let app = without_worker().await;
+    app.put_sku("A", 10, 1000).await;
+    let announcer = Announcer::start(&app.pool);
+    let body = order_body("quick", &[("A", 1)], "pm_card_visa");
+    let order = serde_json::from_value::<CreateOrderRequest>(body.clone())
+        .unwrap()
+        .validate()
+        .unwrap();
+    let fingerprint = orderflow_shared::idempotency::fingerprint(&body);
+    let creation = Creation {
+        order: &order,
+        caller: "test:quick",
+        key: "checkout-1",
+        fingerprint: &fingerprint,
+        trace: orderflow_shared::telemetry::TraceId::random(),
+    };
+    let respond = |o: &create::NewOrder| Ok(serde_json::json!({"id": o.id}));
+    let first = create::create(&app.pool, &announcer, &creation, respond)
+        .await
+        .unwrap();
+    for repeat in 1..=50 {
+        let again = create::create(&app.pool, &announcer, &creation, respond)
+            .await
+            .unwrap_or_else(|e| panic!("repeat {repeat}: {e}"));
+        assert!(again.replayed);
+        assert_eq!(again.order_id, first.order_id, "repeat {repeat}");
+    }
+    let other_fingerprint = orderflow_shared::idempotency::fingerprint(&serde_json::json!({"other": 1}));
+    let reuse = Creation {
+        fingerprint: &other_fingerprint,
+        ..creation.clone()
+    };
+    for attempt in 1..=20 {
+        let refused = create::create(&app.pool, &announcer, &reuse, respond).await;
+        assert!(
+            matches!(refused, Err(CreateError::Key(KeyError::Reused))),
+            "reuse {attempt}: {refused:?}"
+        );
+    }
+
+    let body = serde_json::json!({"delta": 5, "reason": "delivery PO-1"});
+    let valid = serde_json::from_value::<AdjustmentRequest>(body.clone())
+        .unwrap()
+        .validate()
+        .unwrap();
+    let fingerprint = adjustment::fingerprint("A", &body);
+    let request = Adjusting {
+        sku: "A",
+        adjustment: &valid,
+        caller: "test:quick",
+        key: "delivery-1",
+        fingerprint: &fingerprint,
+    };
+    let respond = |a: &adjustment::Adjusted| Ok(serde_json::json!({"id": a.id}));
+    let first = adjustment::adjust(&app.pool, &request, respond).await.unwrap();
+    for repeat in 1..=50 {
+        let again = adjustment::adjust(&app.pool, &request, respond)
+            .await
+            .unwrap_or_else(|e| panic!("adjustment repeat {repeat}: {e}"));
+        assert!(again.replayed);
+        assert_eq!(again.body, first.body, "adjustment repeat {repeat}");
+    }
+}

@@ -156,3 +156,14 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Ends `tx` without committing it, now. A dropped transaction only queues its rollback, which the pool sends in
+/// a task of its own when it takes the connection back: until then the transaction keeps its locks, and a client
+/// that sends its next request as soon as it has the answer can find them held (an Idempotency-Key's lock read
+/// as a request in flight, 409). A request that answers without committing rolls back with this before it
+/// answers. If the rollback fails the connection is closed, which ends the transaction as well.
+pub async fn roll_back(tx: sqlx::Transaction<'_, sqlx::Postgres>) {
+    if let Err(error) = tx.rollback().await {
+        tracing::warn!(%error, "rollback failed; the connection is closed, which ends the transaction");
+    }
+}

@@ -16,6 +16,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{Change, SkuStock, ledger};
+use crate::db;
 use crate::idempotency::{self, KeyError, Makes};
 use crate::input::{self, FieldError};
 use crate::money::MAX_STOCK;
@@ -216,7 +217,7 @@ pub fn fingerprint(sku: &str, body: &Value) -> Vec<u8> {
 
 /// Makes the adjustment (or replays the answer of an earlier request with the key). `respond` renders the
 /// answer's body, which is stored with the key so a repeat gets exactly the first answer.
-#[tracing::instrument(skip_all, fields(sku = %request.sku), err)]
+#[tracing::instrument(skip_all, fields(sku = %request.sku, adjustment_id), err)]
 pub async fn adjust(
     pool: &PgPool,
     request: &Adjusting<'_>,
@@ -233,7 +234,29 @@ async fn adjust_once(
     respond: &impl Fn(&Adjusted) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<Answer>, AdjustError> {
     let mut tx = pool.begin().await?;
-    let claim = idempotency::claim(&mut tx, request.caller, request.key).await?;
+    match adjust_in(&mut tx, request, respond).await {
+        Ok(Some(answer)) if !answer.replayed => {
+            tx.commit().await?;
+            tracing::info!(sku = request.sku, kind = ?request.adjustment.kind, "stock adjusted");
+            Ok(Some(answer))
+        }
+        // A replay, a refusal or a lost race: the key's and the sku's locks go before the answer does (see
+        // `db::roll_back`).
+        outcome => {
+            db::roll_back(tx).await;
+            outcome
+        }
+    }
+}
+
+/// [`adjust_once`]'s work inside its transaction, which it leaves to the caller to commit (a new adjustment) or
+/// not.
+async fn adjust_in(
+    tx: &mut PgConnection,
+    request: &Adjusting<'_>,
+    respond: &impl Fn(&Adjusted) -> Result<Value, serde_json::Error>,
+) -> Result<Option<Answer>, AdjustError> {
+    let claim = idempotency::claim(tx, request.caller, request.key).await?;
     if !claim.held {
         return Err(KeyError::InFlight.into());
     }
@@ -246,12 +269,12 @@ async fn adjust_once(
         }));
     }
     let adjustment = request.adjustment;
-    lock(&mut tx, request.sku).await?;
+    lock(tx, request.sku).await?;
     let legs = adjustment.kind.legs();
     // Every location first: a location that is not one is the request's fault whatever the stock.
     let mut levels = Vec::with_capacity(legs.len());
     for (field, (location, _)) in fields(&adjustment.kind).into_iter().zip(&legs) {
-        let Some(level) = super::level_at(&mut tx, request.sku, location).await? else {
+        let Some(level) = super::level_at(&mut *tx, request.sku, location).await? else {
             return Err(AdjustError::NoSuchLocation(FieldError::new(
                 field,
                 format!("{location:?} is not a location"),
@@ -300,7 +323,7 @@ async fn adjust_once(
         adjustment_id: Some(id),
         actor: request.caller,
     };
-    change.apply(&mut tx).await?;
+    change.apply(tx).await?;
     let stock = super::find_stock(&mut *tx, request.sku)
         .await?
         .ok_or_else(|| AdjustError::NoSuchSku(request.sku.to_owned()))?;
@@ -325,8 +348,7 @@ async fn adjust_once(
         Err(error) if idempotency::is_key_taken(&error) => return Ok(None),
         other => other?,
     }
-    tx.commit().await?;
-    tracing::info!(sku = request.sku, kind = ?adjustment.kind, %id, "stock adjusted");
+    tracing::Span::current().record("adjustment_id", tracing::field::display(id));
     Ok(Some(Answer {
         status: CREATED,
         body,

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::db;
 use crate::events::EventType;
 use crate::flow::Step;
 use crate::idempotency::{self, KeyError, Makes, StoredResponse};
@@ -293,7 +294,28 @@ async fn create_once(
 ) -> Result<Option<Created>, CreateError> {
     // Quiet: the first job is announced after the commit, so that commits of new orders share WAL flushes.
     let mut tx = queue::announce::begin_quiet(pool).await?;
-    let admission = admit(&mut tx, request.caller, request.key, &request.order.skus()).await?;
+    match create_in(&mut tx, request, respond).await {
+        Ok(Some(created)) if !created.replayed => {
+            tx.commit().await?;
+            announcer.announce(Step::FIRST.queue());
+            tracing::info!(order_id = %created.order_id, "order accepted");
+            Ok(Some(created))
+        }
+        // A replay, a refusal or a lost race: the key's lock goes before the answer does (see `db::roll_back`).
+        outcome => {
+            db::roll_back(tx).await;
+            outcome
+        }
+    }
+}
+
+/// [`create_once`]'s work inside its transaction, which it leaves to the caller to commit (a new order) or not.
+async fn create_in(
+    tx: &mut PgConnection,
+    request: &Creation<'_>,
+    respond: &impl Fn(&NewOrder) -> Result<Value, serde_json::Error>,
+) -> Result<Option<Created>, CreateError> {
+    let admission = admit(tx, request.caller, request.key, &request.order.skus()).await?;
     if !admission.key_held {
         return Err(KeyError::InFlight.into());
     }
@@ -332,13 +354,10 @@ async fn create_once(
         response_status: ACCEPTED,
         response_body: &body,
     };
-    match insert(&mut tx, &order, &record).await {
+    match insert(&mut *tx, &order, &record).await {
         Err(error) if idempotency::is_key_taken(&error) => return Ok(None),
         other => other?,
     }
-    tx.commit().await?;
-    announcer.announce(Step::FIRST.queue());
-    tracing::info!(order_id = %order.id, total = order.total, "order accepted");
     Ok(Some(Created {
         status: ACCEPTED,
         body,
