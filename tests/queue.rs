@@ -249,3 +249,56 @@ async fn a_claim_does_not_wait_for_the_disk() {
         .unwrap();
     assert_eq!(after, "on", "only for the claim's transaction");
 }
+
+/// `ORDERFLOW_WORKER_FETCH_GAP_MS`: after a fetch that found jobs coming slowly, a queue's next fetch waits out
+/// the gap, so orders created one after another within it are reserved by one batch (one transaction: one
+/// `now()` in their step rows), while the first order of an idle queue is fetched at once.
+#[tokio::test]
+async fn jobs_announced_within_the_fetch_gap_run_as_one_batch() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        tune: |settings| {
+            settings.fetch_gap = orderflow_shared::settings::MAX_FETCH_GAP;
+            // No idle ticks: a fetch just before the first order would make it look like a fast queue's.
+            settings.poll_interval = Duration::from_secs(60);
+        },
+        ..Default::default()
+    })
+    .await;
+    app.put_sku("G", 100, 500).await;
+    // The queues' first fetches (at start) lie far enough behind: one job since then is a slow queue's.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reserved_at = || async {
+        sqlx::query_as::<_, (uuid::Uuid, chrono::DateTime<chrono::Utc>)>(
+            "select order_id, started_at from saga_steps where step = 'reserve'",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+    let first = app.create_order("gap", &[("G", 1)], "pm_card_visa").await;
+    crate::helpers::eventually("the first order reserved", Duration::from_secs(10), || async {
+        (reserved_at().await.len() == 1).then_some(())
+    })
+    .await;
+    // Its reserve fetch found one job, so the queue now waits out its gap before fetching again.
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        later.push(app.create_order("gap", &[("G", 1)], "pm_card_visa").await);
+    }
+    let reserved =
+        crate::helpers::eventually("the later orders reserved", Duration::from_secs(20), || async {
+            let rows = reserved_at().await;
+            (rows.len() == 4).then_some(rows)
+        })
+        .await;
+    let at = |id: uuid::Uuid| reserved.iter().find(|(o, _)| *o == id).unwrap().1;
+    assert!(
+        later.iter().all(|id| at(*id) == at(later[0])),
+        "the three orders created within the gap reserved in one transaction: {reserved:?}"
+    );
+    assert_ne!(
+        at(first),
+        at(later[0]),
+        "the first order, on an idle queue, was fetched by itself"
+    );
+}

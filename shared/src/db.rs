@@ -161,9 +161,10 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 /// a task of its own when it takes the connection back: until then the transaction keeps its locks, and a client
 /// that sends its next request as soon as it has the answer can find them held (an Idempotency-Key's lock read
 /// as a request in flight, 409). A request that answers without committing rolls back with this before it
-/// answers. If the rollback fails the connection is closed, which ends the transaction as well.
+/// answers. If the rollback fails (a broken connection), the transaction is left to the pool's check on release,
+/// as before: it sends the rollback again, or closes the connection, which ends the transaction too.
 pub async fn roll_back(tx: sqlx::Transaction<'_, sqlx::Postgres>) {
     if let Err(error) = tx.rollback().await {
-        tracing::warn!(%error, "rollback failed; the connection is closed, which ends the transaction");
+        tracing::warn!(%error, "rollback failed; the pool retries it or closes the connection when it takes it back");
     }
 }

@@ -131,16 +131,19 @@ pub async fn act(
             "marked CANCELLED after manual repair".to_owned()
         }
         (Action::Retry, status) => {
+            crate::db::roll_back(tx).await;
             return Err(ActionError::NotAllowed(format!(
                 "saga {id} is {status}: there is nothing to retry"
             )));
         }
         (Action::Compensate, status) => {
+            crate::db::roll_back(tx).await;
             return Err(ActionError::NotAllowed(format!(
                 "saga {id} is {status}: only CREATED, RESERVED or PAID sagas can be compensated"
             )));
         }
         (Action::Resolve, status) => {
+            crate::db::roll_back(tx).await;
             return Err(ActionError::NotAllowed(format!(
                 "saga {id} is {status}: only a NEEDS_ATTENTION saga can be resolved"
             )));

@@ -59,6 +59,10 @@ pub fn db_max_connections() -> Result<u32, SettingsError> {
     Ok(value)
 }
 
+/// The longest fetch gap a worker takes (`ORDERFLOW_WORKER_FETCH_GAP_MS`): beyond it a step would wait longer than
+/// any batch is worth.
+pub const MAX_FETCH_GAP: Duration = Duration::from_secs(1);
+
 /// Six LISTEN connections (one per queue) and room for steps and apalis's own fetches.
 pub const MIN_WORKER_CONNECTIONS: u32 = 8;
 
@@ -98,6 +102,13 @@ pub struct WorkerSettings {
     /// How often an idle worker looks for delayed jobs (retries with backoff) besides LISTEN/NOTIFY
     /// (`ORDERFLOW_WORKER_POLL_MS`).
     pub poll_interval: Duration,
+    /// While a queue's jobs come slowly (fewer than 16 per gap), the least time from a fetch that found some to
+    /// the next (`ORDERFLOW_WORKER_FETCH_GAP_MS`, default 40, at most 1,000; 0: none; `worker/src/poll.rs`). The
+    /// jobs announced meanwhile wait for one fetch and run as one batch: fewer, larger batches at moderate rates
+    /// for a wait of at most the gap per step. A busier queue, or one whose last fetch found nothing or was longer
+    /// ago than the gap (an idle one), fetches at once. At 100 sagas/s it halved PostgreSQL's CPU per saga
+    /// (docs/PERFORMANCE.md, "Issue 16, part 4").
+    pub fetch_gap: Duration,
     /// First retry delay of a transient step failure (`ORDERFLOW_RETRY_BASE_MS`); doubles per attempt up to
     /// `retry_max_delay` (`ORDERFLOW_RETRY_MAX_MS`).
     pub retry_base_delay: Duration,
@@ -144,6 +155,7 @@ impl Default for WorkerSettings {
             fetch_size: 64,
             step_batch: 64,
             poll_interval: Duration::from_millis(1_000),
+            fetch_gap: Duration::from_millis(40),
             retry_base_delay: Duration::from_millis(1_000),
             retry_max_delay: Duration::from_millis(300_000),
             attempts: Budgets::default(),
@@ -237,6 +249,7 @@ impl WorkerSettings {
             .max(1),
             step_batch: env_parse("ORDERFLOW_WORKER_STEP_BATCH", default.step_batch)?.max(1),
             poll_interval: env_millis("ORDERFLOW_WORKER_POLL_MS", default.poll_interval)?,
+            fetch_gap: env_millis("ORDERFLOW_WORKER_FETCH_GAP_MS", default.fetch_gap)?.min(MAX_FETCH_GAP),
             retry_base_delay: env_millis("ORDERFLOW_RETRY_BASE_MS", default.retry_base_delay)?,
             retry_max_delay: env_millis("ORDERFLOW_RETRY_MAX_MS", default.retry_max_delay)?,
             attempts: Budgets {

@@ -306,6 +306,7 @@ fn queue_worker(
         config,
         fetch_size,
         settings.poll_interval,
+        settings.fetch_gap,
     );
     let (completer, writer) = Completer::start(runner.pool.clone(), name.clone());
     let (batcher, gatherer) = Batcher::start(runner.clone(), step, settings.step_batch);

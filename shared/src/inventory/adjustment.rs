@@ -159,6 +159,8 @@ pub struct Adjusted {
 /// The answer to an adjustment request: a new adjustment's, or the stored one of a repeat.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The adjustment made, or the one a repeat replays.
+    pub id: Uuid,
     pub status: u16,
     pub body: Value,
     /// A repeat of an earlier request with the same key and body.
@@ -217,7 +219,7 @@ pub fn fingerprint(sku: &str, body: &Value) -> Vec<u8> {
 
 /// Makes the adjustment (or replays the answer of an earlier request with the key). `respond` renders the
 /// answer's body, which is stored with the key so a repeat gets exactly the first answer.
-#[tracing::instrument(skip_all, fields(sku = %request.sku, adjustment_id), err)]
+#[tracing::instrument(skip_all, fields(sku = %request.sku), err)]
 pub async fn adjust(
     pool: &PgPool,
     request: &Adjusting<'_>,
@@ -237,7 +239,7 @@ async fn adjust_once(
     match adjust_in(&mut tx, request, respond).await {
         Ok(Some(answer)) if !answer.replayed => {
             tx.commit().await?;
-            tracing::info!(sku = request.sku, kind = ?request.adjustment.kind, "stock adjusted");
+            tracing::info!(sku = request.sku, kind = ?request.adjustment.kind, id = %answer.id, "stock adjusted");
             Ok(Some(answer))
         }
         // A replay, a refusal or a lost race: the key's and the sku's locks go before the answer does (see
@@ -263,6 +265,7 @@ async fn adjust_in(
     if let Some(stored) = claim.stored {
         let stored = stored.replay(Makes::Adjustment, request.fingerprint)?;
         return Ok(Some(Answer {
+            id: stored.adjustment_id.ok_or(KeyError::Reused)?,
             status: u16::try_from(stored.response_status).unwrap_or(CREATED),
             body: stored.response_body,
             replayed: true,
@@ -348,8 +351,8 @@ async fn adjust_in(
         Err(error) if idempotency::is_key_taken(&error) => return Ok(None),
         other => other?,
     }
-    tracing::Span::current().record("adjustment_id", tracing::field::display(id));
     Ok(Some(Answer {
+        id,
         status: CREATED,
         body,
         replayed: false,

@@ -196,13 +196,16 @@ pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSe
     .fetch_optional(&mut *tx)
     .await?;
     let Some(current) = current.map(StockVersion) else {
+        crate::db::roll_back(tx).await;
         return Ok(SkuSet::VersionMoved(None));
     };
     if !created && !set.expected.admits(current) {
+        crate::db::roll_back(tx).await;
         return Ok(SkuSet::VersionMoved(Some(current)));
     }
     // A location that is not one rolls the transaction back, a sku made for it included.
     let Some(counted) = level_at(&mut tx, set.sku, set.location).await? else {
+        crate::db::roll_back(tx).await;
         return Ok(SkuSet::NoSuchLocation);
     };
     if !created {

@@ -461,7 +461,10 @@ pub async fn request_cancellation(
     let order = lock(&mut tx, id).await?.ok_or(CancelError::NotFound(id))?;
     match order.status {
         OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
-        OrderStatus::Fulfilled => return Err(CancelError::Fulfilled(id)),
+        OrderStatus::Fulfilled => {
+            crate::db::roll_back(tx).await;
+            return Err(CancelError::Fulfilled(id));
+        }
         OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid => {
             let planned =
                 flow::start_cancellation(&mut tx, &order, CancelReason::CustomerRequest, note.as_deref())
