@@ -467,4 +467,24 @@ async fn a_request_that_commits_nothing_lets_go_of_its_key_before_it_answers() {
         assert!(again.replayed);
         assert_eq!(again.body, first.body, "adjustment repeat {repeat}");
     }
+    // A refusal stores nothing, and its retry with the key is refused for the same reason, not as in flight.
+    let body = serde_json::json!({"delta": -1_000, "reason": "count correction"});
+    let valid = serde_json::from_value::<AdjustmentRequest>(body.clone())
+        .unwrap()
+        .validate()
+        .unwrap();
+    let fingerprint = adjustment::fingerprint("A", &body);
+    let too_many = Adjusting {
+        adjustment: &valid,
+        key: "correction-1",
+        fingerprint: &fingerprint,
+        ..request
+    };
+    for attempt in 1..=20 {
+        let refused = adjustment::adjust(&app.pool, &too_many, respond).await;
+        assert!(
+            matches!(refused, Err(adjustment::AdjustError::BelowReserved { .. })),
+            "refusal {attempt}: {refused:?}"
+        );
+    }
 }
