@@ -445,12 +445,15 @@ async fn a_request_that_commits_nothing_lets_go_of_its_key_before_it_answers() {
         );
     }
 
-    let body = serde_json::json!({"delta": 5, "reason": "delivery PO-1"});
-    let valid = serde_json::from_value::<AdjustmentRequest>(body.clone())
-        .unwrap()
-        .validate()
-        .unwrap();
-    let fingerprint = adjustment::fingerprint("A", &body);
+    // An adjustment of sku A as the API checks it, and its fingerprint.
+    let checked = |body: serde_json::Value| {
+        let valid = serde_json::from_value::<AdjustmentRequest>(body.clone())
+            .unwrap()
+            .validate()
+            .unwrap();
+        (valid, adjustment::fingerprint("A", &body))
+    };
+    let (valid, fingerprint) = checked(serde_json::json!({"delta": 5, "reason": "delivery PO-1"}));
     let request = Adjusting {
         sku: "A",
         adjustment: &valid,
@@ -468,16 +471,12 @@ async fn a_request_that_commits_nothing_lets_go_of_its_key_before_it_answers() {
         assert_eq!(again.body, first.body, "adjustment repeat {repeat}");
     }
     // A refusal stores nothing, and its retry with the key is refused for the same reason, not as in flight.
-    let body = serde_json::json!({"delta": -1_000, "reason": "count correction"});
-    let valid = serde_json::from_value::<AdjustmentRequest>(body.clone())
-        .unwrap()
-        .validate()
-        .unwrap();
-    let fingerprint = adjustment::fingerprint("A", &body);
+    let (too_many_valid, too_many_fingerprint) =
+        checked(serde_json::json!({"delta": -1_000, "reason": "count correction"}));
     let too_many = Adjusting {
-        adjustment: &valid,
+        adjustment: &too_many_valid,
         key: "correction-1",
-        fingerprint: &fingerprint,
+        fingerprint: &too_many_fingerprint,
         ..request
     };
     for attempt in 1..=20 {

@@ -338,15 +338,9 @@ async fn a_hold_not_captured_in_its_lifetime_is_cancelled_by_the_provider() {
     let id = intent["id"].as_str().unwrap().to_owned();
     assert_eq!(intent["status"], "requires_capture");
     tokio::time::sleep(Duration::from_millis(2_100)).await;
-    let lapsed: Value = app
-        .http
-        .get(format!("{}/v1/payment_intents/{id}", app.paysim))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lapsed = app
+        .get_json(&format!("{}/v1/payment_intents/{id}", app.paysim))
+        .await;
     assert_eq!(
         (
             lapsed["status"].as_str(),

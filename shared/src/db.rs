@@ -168,3 +168,22 @@ pub async fn roll_back(tx: sqlx::Transaction<'_, sqlx::Postgres>) {
         tracing::warn!(%error, "rollback failed; the pool retries it or closes the connection when it takes it back");
     }
 }
+
+/// Ends `tx` as `outcome` says, before its caller answers: commits it when `keep` says the outcome made something
+/// to keep, else rolls it back now ([`roll_back`]): an error, a refusal, a replay that only read.
+pub async fn finish<T, E: From<sqlx::Error>>(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    outcome: Result<T, E>,
+    keep: impl FnOnce(&T) -> bool,
+) -> Result<T, E> {
+    match outcome {
+        Ok(value) if keep(&value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        outcome => {
+            roll_back(tx).await;
+            outcome
+        }
+    }
+}

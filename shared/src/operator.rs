@@ -80,7 +80,24 @@ pub async fn act(
         return Err(ActionError::ViewerCannotAct(who.name.clone()));
     }
     let mut tx = pool.begin().await?;
-    let order = order::lock(&mut tx, id).await?.ok_or(ActionError::NotFound(id))?;
+    let outcome = act_in(&mut tx, id, action, who, note).await;
+    // A refused action lets go of the order's lock before the answer goes.
+    let outcome = crate::db::finish(tx, outcome, |_| true).await?;
+    tracing::info!(order_id = %id, action = action.as_str(), actor = who.name, outcome, "operator action");
+    Ok(outcome)
+}
+
+/// [`act`]'s work inside its transaction, which it leaves to its caller to end.
+async fn act_in(
+    tx: &mut PgConnection,
+    id: Uuid,
+    action: Action,
+    who: &Operator,
+    note: Option<&str>,
+) -> Result<String, ActionError> {
+    let order = order::lock(&mut *tx, id)
+        .await?
+        .ok_or(ActionError::NotFound(id))?;
     let by = format!("{} {} by {}", action.as_str(), id, who.name);
     let outcome = match (action, order.status) {
         (Action::Retry, OrderStatus::NeedsAttention) => {
@@ -95,13 +112,13 @@ pub async fn act(
                 }),
                 ..Move::new(&order)
             };
-            order::advance(&mut tx, &[resume]).await?;
+            order::advance(tx, &[resume]).await?;
             format!("resumed the compensation: {step} attempt {attempt} queued")
         }
         (Action::Retry, status) if OrderStatus::LIVE.contains(&status) => {
-            let step = flow::current_step(&mut tx, &order).await?;
+            let step = flow::current_step(tx, &order).await?;
             if let Some(job_id) = order.job_id.as_deref() {
-                let orphaned = running_job_is_orphaned(&mut tx, id, job_id, step).await?;
+                let orphaned = running_job_is_orphaned(tx, id, job_id, step).await?;
                 views::supersede_job(&mut *tx, job_id, &by, orphaned).await?;
             }
             let attempt = step_log::last_attempt(&mut *tx, id, step).await? + 1;
@@ -112,14 +129,14 @@ pub async fn act(
                 }),
                 ..Move::new(&order)
             };
-            order::advance(&mut tx, &[retry]).await?;
+            order::advance(tx, &[retry]).await?;
             format!("{step} attempt {attempt} queued to run now")
         }
         (Action::Compensate, OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid) => {
             if let Some(job_id) = order.job_id.as_deref() {
                 views::supersede_job(&mut *tx, job_id, &by, false).await?;
             }
-            flow::start_cancellation(&mut tx, &order, CancelReason::OperatorRequest, None).await?;
+            flow::start_cancellation(tx, &order, CancelReason::OperatorRequest, None).await?;
             format!("compensation started: {} queued", Step::FIRST_COMPENSATION)
         }
         (Action::Resolve, OrderStatus::NeedsAttention) => {
@@ -127,31 +144,26 @@ pub async fn act(
                 transition: Some(Transition::Resolve),
                 ..Move::new(&order)
             };
-            order::advance(&mut tx, &[resolve]).await?;
+            order::advance(tx, &[resolve]).await?;
             "marked CANCELLED after manual repair".to_owned()
         }
         (Action::Retry, status) => {
-            crate::db::roll_back(tx).await;
             return Err(ActionError::NotAllowed(format!(
                 "saga {id} is {status}: there is nothing to retry"
             )));
         }
         (Action::Compensate, status) => {
-            crate::db::roll_back(tx).await;
             return Err(ActionError::NotAllowed(format!(
                 "saga {id} is {status}: only CREATED, RESERVED or PAID sagas can be compensated"
             )));
         }
         (Action::Resolve, status) => {
-            crate::db::roll_back(tx).await;
             return Err(ActionError::NotAllowed(format!(
                 "saga {id} is {status}: only a NEEDS_ATTENTION saga can be resolved"
             )));
         }
     };
     record(&mut *tx, id, action, who, &outcome, note).await?;
-    tx.commit().await?;
-    tracing::info!(order_id = %id, action = action.as_str(), actor = who.name, outcome, "operator action");
     Ok(outcome)
 }
 

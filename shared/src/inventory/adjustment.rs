@@ -236,23 +236,17 @@ async fn adjust_once(
     respond: &impl Fn(&Adjusted) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<Answer>, AdjustError> {
     let mut tx = pool.begin().await?;
-    match adjust_in(&mut tx, request, respond).await {
-        Ok(Some(answer)) if !answer.replayed => {
-            tx.commit().await?;
-            tracing::info!(sku = request.sku, kind = ?request.adjustment.kind, id = %answer.id, "stock adjusted");
-            Ok(Some(answer))
-        }
-        // A replay, a refusal or a lost race: the key's and the sku's locks go before the answer does (see
-        // `db::roll_back`).
-        outcome => {
-            db::roll_back(tx).await;
-            outcome
-        }
+    let outcome = adjust_in(&mut tx, request, respond).await;
+    // A new adjustment commits; a replay, a refusal or a lost race lets go of the key and the sku before the
+    // answer goes.
+    let answer = db::finish(tx, outcome, |answer| answer.as_ref().is_some_and(|a| !a.replayed)).await?;
+    if let Some(answer) = answer.as_ref().filter(|a| !a.replayed) {
+        tracing::info!(sku = request.sku, kind = ?request.adjustment.kind, id = %answer.id, "stock adjusted");
     }
+    Ok(answer)
 }
 
-/// [`adjust_once`]'s work inside its transaction, which it leaves to the caller to commit (a new adjustment) or
-/// not.
+/// [`adjust_once`]'s work inside its transaction, which it leaves to its caller to end.
 async fn adjust_in(
     tx: &mut PgConnection,
     request: &Adjusting<'_>,

@@ -177,6 +177,16 @@ pub struct StockSet<'a> {
 /// [`RESERVED_LE_ON_HAND_AT_LOCATION`].
 pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSet, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let outcome = upsert_in(&mut tx, set).await;
+    // A refusal (a version moved, no such location: a sku made for it included) rolls back before the answer.
+    crate::db::finish(tx, outcome, |set| {
+        matches!(set, SkuSet::Created(_) | SkuSet::Updated(_))
+    })
+    .await
+}
+
+/// [`upsert`]'s work inside its transaction, which it leaves to its caller to end.
+async fn upsert_in(tx: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSet, sqlx::Error> {
     let created = *set.expected == Expected::Any
         && sqlx::query!(
             "insert into skus (sku, on_hand, price, currency) values ($1, 0, $2, $3) on conflict (sku) do nothing",
@@ -196,16 +206,12 @@ pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSe
     .fetch_optional(&mut *tx)
     .await?;
     let Some(current) = current.map(StockVersion) else {
-        crate::db::roll_back(tx).await;
         return Ok(SkuSet::VersionMoved(None));
     };
     if !created && !set.expected.admits(current) {
-        crate::db::roll_back(tx).await;
         return Ok(SkuSet::VersionMoved(Some(current)));
     }
-    // A location that is not one rolls the transaction back, a sku made for it included.
-    let Some(counted) = level_at(&mut tx, set.sku, set.location).await? else {
-        crate::db::roll_back(tx).await;
+    let Some(counted) = level_at(&mut *tx, set.sku, set.location).await? else {
         return Ok(SkuSet::NoSuchLocation);
     };
     if !created {
@@ -225,11 +231,10 @@ pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSe
         adjustment_id: None,
         actor: set.actor,
     };
-    change.apply(&mut tx).await?;
+    change.apply(tx).await?;
     let stock = find_stock(&mut *tx, set.sku)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
-    tx.commit().await?;
     Ok(match created {
         true => SkuSet::Created(stock),
         false => SkuSet::Updated(stock),

@@ -294,22 +294,20 @@ async fn create_once(
 ) -> Result<Option<Created>, CreateError> {
     // Quiet: the first job is announced after the commit, so that commits of new orders share WAL flushes.
     let mut tx = queue::announce::begin_quiet(pool).await?;
-    match create_in(&mut tx, request, respond).await {
-        Ok(Some(created)) if !created.replayed => {
-            tx.commit().await?;
-            announcer.announce(Step::FIRST.queue());
-            tracing::info!(order_id = %created.order_id, "order accepted");
-            Ok(Some(created))
-        }
-        // A replay, a refusal or a lost race: the key's lock goes before the answer does (see `db::roll_back`).
-        outcome => {
-            db::roll_back(tx).await;
-            outcome
-        }
+    let outcome = create_in(&mut tx, request, respond).await;
+    // A new order commits; a replay, a refusal or a lost race lets go of the key before the answer goes.
+    let created = db::finish(tx, outcome, |created| {
+        created.as_ref().is_some_and(|c| !c.replayed)
+    })
+    .await?;
+    if let Some(created) = created.as_ref().filter(|c| !c.replayed) {
+        announcer.announce(Step::FIRST.queue());
+        tracing::info!(order_id = %created.order_id, "order accepted");
     }
+    Ok(created)
 }
 
-/// [`create_once`]'s work inside its transaction, which it leaves to the caller to commit (a new order) or not.
+/// [`create_once`]'s work inside its transaction, which it leaves to its caller to end.
 async fn create_in(
     tx: &mut PgConnection,
     request: &Creation<'_>,

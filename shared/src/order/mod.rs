@@ -458,22 +458,23 @@ pub async fn request_cancellation(
 ) -> Result<(), CancelError> {
     let note = input::optional_text("reason", request.reason.as_deref(), 500)?;
     let mut tx = pool.begin().await?;
-    let order = lock(&mut tx, id).await?.ok_or(CancelError::NotFound(id))?;
-    match order.status {
-        OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
-        OrderStatus::Fulfilled => {
-            crate::db::roll_back(tx).await;
-            return Err(CancelError::Fulfilled(id));
+    let outcome = async {
+        let order = lock(&mut tx, id).await?.ok_or(CancelError::NotFound(id))?;
+        match order.status {
+            OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
+            OrderStatus::Fulfilled => return Err(CancelError::Fulfilled(id)),
+            OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid => {
+                let planned =
+                    flow::start_cancellation(&mut tx, &order, CancelReason::CustomerRequest, note.as_deref())
+                        .await?;
+                planned.log();
+            }
         }
-        OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid => {
-            let planned =
-                flow::start_cancellation(&mut tx, &order, CancelReason::CustomerRequest, note.as_deref())
-                    .await?;
-            planned.log();
-        }
+        Ok(())
     }
-    tx.commit().await?;
-    Ok(())
+    .await;
+    // A refusal lets go of the order's lock before the answer goes.
+    crate::db::finish(tx, outcome, |_| true).await
 }
 
 /// Reserved orders past their hold with no authorization in flight, oldest deadline first: the reconciler
