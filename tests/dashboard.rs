@@ -80,6 +80,20 @@ async fn sign_in(client: &Client, api: &str, token: &str) {
         .click()
         .await
         .unwrap();
+    // Signed in once the page names who is (the click's navigation may still be under way when it returns;
+    // a `goto` meanwhile would cancel the form's post).
+    if client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("sign-out"))
+        .await
+        .is_err()
+    {
+        panic!(
+            "the sign-in did not lead to a signed-in page: {}",
+            client.source().await.unwrap()
+        );
+    }
 }
 
 #[tokio::test]
@@ -189,7 +203,8 @@ async fn an_operator_sees_a_stuck_saga_and_a_click_on_retry_finishes_it() {
         client.find(Locator::Id("retry")).await.is_err(),
         "no retry button for a viewer"
     );
-    assert!(client.source().await.unwrap().contains("vera (viewer)"));
+    let page = client.source().await.unwrap();
+    assert!(page.contains("vera (viewer)"), "{page}");
 
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
