@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Where accepted orders wait under overload: `orderflow dev` offered $RATE sagas/s for $T s, and from the 12th
+# second, every 1.5 s, per queue the due jobs still Pending (what admission control measures) and those a worker
+# has claimed (Queued until their step ends), each with the age of its oldest since its run_at; then the orders
+# not yet decided, by status, with the oldest's age. Extra settings for `orderflow dev` go in $EXTRA
+# (e.g. EXTRA=ORDERFLOW_WORKER_CONCURRENCY=128). docs/PERFORMANCE.md, "Issue 16, part 5".
+#
+#   cargo build --release --bin orderflow --bin orderflow-bench
+#   RATE=1000 T=30 bash bench/overload-waits.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release}
+RATE=${RATE:-1000}; T=${T:-30}; EXTRA=${EXTRA:-}
+SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}; DB=${DB:-orderflow_waits}; API=127.0.0.1:18080
+export PGSSLMODE=${PGSSLMODE:-disable}
+OUT=${OUT:-bench/results/waits}; mkdir -p "$OUT"
+psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB" 2>/dev/null
+# shellcheck disable=SC2086
+env $EXTRA DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 \
+  ORDERFLOW_NATS_URL= RUST_LOG=warn "$BIN/orderflow" dev >"$OUT/dev.log" 2>&1 &
+DEV=$!
+trap 'kill $DEV 2>/dev/null; wait 2>/dev/null || true' EXIT
+for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 0.5; done
+"$BIN/orderflow-bench" --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --duration "$T" \
+  --warmup 3 --mode saga --rate "$RATE" --label waits >/dev/null 2>&1 &
+LOAD=$!
+sleep 12
+while kill -0 $LOAD 2>/dev/null && [ "$SECONDS" -lt $((T + 10)) ]; do
+  echo "jobs:   $(psql -qAt "$SERVER/$DB" -c "select job_type || ' ' || status || ' ' || count(*) || ' oldest '
+      || round(extract(epoch from now() - min(run_at))::numeric, 2) || ' s'
+    from apalis.jobs where status in ('Pending', 'Queued') and run_at <= now()
+    group by job_type, status order by job_type, status" | paste -sd ';')"
+  echo "orders: $(psql -qAt "$SERVER/$DB" -c "select status || ' ' || count(*) || ' oldest '
+      || round(extract(epoch from now() - min(created_at))::numeric, 2) || ' s'
+    from orders where status in ('CREATED', 'RESERVED', 'PAID') group by status order by status" | paste -sd ';')"
+  sleep 1.5
+done
+wait $LOAD || true
+python3 - "$OUT/waits.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(f"{d['sagas_per_s']:.1f} sagas/s, {d['refused']} refused of {d['sent']}; creation p50 "
+      f"{d['create_latency']['p50_ms']:.0f} ms; submit-to-end p50 {d['saga_latency']['p50_ms']:.0f}, "
+      f"p99 {d['saga_latency']['p99_ms']:.0f} ms")
+PY
