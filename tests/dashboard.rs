@@ -80,8 +80,8 @@ async fn sign_in(client: &Client, api: &str, token: &str) {
         .click()
         .await
         .unwrap();
-    // Signed in once the page names who is (the click's navigation may still be under way when it returns;
-    // a `goto` meanwhile would cancel the form's post).
+    // Signed in once the header shows the sign-out button. The click may return before the form's post is
+    // answered, and a navigation started meanwhile would cancel it.
     if client
         .wait()
         .at_most(Duration::from_secs(10))
@@ -127,14 +127,35 @@ async fn an_operator_sees_a_stuck_saga_and_a_click_on_retry_finishes_it() {
 
     let (_driver, client, profile) = browser().await;
     sign_in(&client, &app.api, OPERATOR_TOKEN).await;
-    let link = client
+    let stuck_link = format!("#stuck a[href='/admin/sagas/{id}']");
+    client
         .wait()
         .at_most(Duration::from_secs(15))
-        .for_element(Locator::Css(&format!("#stuck a[href='/admin/sagas/{id}']")))
+        .for_element(Locator::Css(&stuck_link))
         .await
         .expect("the stuck saga is listed on the overview");
     screenshot(&client, "dashboard-overview.png").await;
-    link.click().await.unwrap();
+    // The overview reloads itself every few seconds: a link found before a reload is stale after it, so the
+    // click looks the link up again and retries once.
+    let mut clicked = false;
+    for _ in 0..3 {
+        let link = client.find(Locator::Css(&stuck_link)).await;
+        if let Ok(link) = link
+            && link.click().await.is_ok()
+        {
+            clicked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(clicked, "the stuck saga's link could be clicked");
+    // The saga's page (only it has the stuck badge), not the overview the click started from.
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("stuck-badge"))
+        .await
+        .expect("the click leads to the saga's page");
     let page = client.source().await.unwrap();
     assert!(
         page.contains("RESERVED") && page.contains("failpoint worker.pay.before_authorize"),
@@ -174,8 +195,8 @@ async fn an_operator_sees_a_stuck_saga_and_a_click_on_retry_finishes_it() {
         "{page}"
     );
     assert!(
-        page.contains("otto (operator)"),
-        "the action is recorded with who did it"
+        page.contains("<td>otto (operator)</td>"),
+        "the action is recorded with who did it: {page}"
     );
     screenshot(&client, "dashboard-saga.png").await;
 
@@ -199,12 +220,12 @@ async fn an_operator_sees_a_stuck_saga_and_a_click_on_retry_finishes_it() {
         .goto(&format!("{}/admin/sagas/{id}", app.api))
         .await
         .unwrap();
+    let page = client.source().await.unwrap();
+    assert!(page.contains("vera (viewer)"), "{page}");
     assert!(
         client.find(Locator::Id("retry")).await.is_err(),
         "no retry button for a viewer"
     );
-    let page = client.source().await.unwrap();
-    assert!(page.contains("vera (viewer)"), "{page}");
 
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
