@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One setting, A/B on one build: `orderflow dev` at a fixed saga rate with each value of a variable in turn,
 # interleaved over rounds, a fresh database per run. Per run: creation p50/p99, submit-to-end p50/p99, complete
-# sagas/s, and CPU per saga ended (PostgreSQL's, every process and the postmaster's ended children; `orderflow
+# sagas/s, orders refused (503/429), and CPU per saga ended (PostgreSQL's, every process and the postmaster's ended children; `orderflow
 # dev`'s), from /proc. Runs minutes apart on one build are the comparison this machine's drift allows
 # (../shared/notes/performance.md).
 #
@@ -40,7 +40,7 @@ path, round_, setting, n, pg, dev, hz = sys.argv[1], sys.argv[2], sys.argv[3], *
 d = json.load(open(path)); n = max(n, 1); ms = lambda t: t * 1000 / hz / n
 print(f"round {round_} {setting}: creation p50 {d['create_latency']['p50_ms']:.1f} p99 {d['create_latency']['p99_ms']:.1f} ms; "
       f"submit-to-end p50 {d['saga_latency']['p50_ms']:.0f} p99 {d['saga_latency']['p99_ms']:.0f} ms; "
-      f"{d['sagas_per_s']:.1f} sagas/s; CPU per saga PostgreSQL {ms(pg):.2f}, orderflow dev {ms(dev):.2f} ms")
+      f"{d['sagas_per_s']:.1f} sagas/s, {d['refused']} refused; CPU per saga PostgreSQL {ms(pg):.2f}, orderflow dev {ms(dev):.2f} ms")
 PY
   done
 done

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Where accepted orders wait under overload: `orderflow dev` offered $RATE sagas/s for $T s, and from the 12th
-# second, every 1.5 s, per queue the due jobs still Pending (what admission control measures) and those a worker
-# has claimed (Queued until their step ends), each with the age of its oldest since its run_at; then the orders
-# not yet decided, by status, with the oldest's age. Extra settings for `orderflow dev` go in $EXTRA
+# Where accepted orders wait under overload: `orderflow dev` offered $RATE sagas/s for $T s (after a 3 s warm-up),
+# and from 12 s after the load starts until it ends, about every 2 s: per queue the due jobs still Pending (what
+# admission control measures; its head is by priority then run_at, and our jobs share one priority) and those a
+# worker has claimed (Queued until their step ends), each with the age of its oldest since its run_at; then the
+# orders whose saga is still running, by status, with the oldest's age. Extra settings for `orderflow dev` go in $EXTRA
 # (e.g. EXTRA=ORDERFLOW_WORKER_CONCURRENCY=128). docs/PERFORMANCE.md, "Issue 16, part 5".
 #
 #   cargo build --release --bin orderflow --bin orderflow-bench
@@ -19,23 +20,27 @@ psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "cre
 env $EXTRA DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 \
   ORDERFLOW_NATS_URL= RUST_LOG=warn "$BIN/orderflow" dev >"$OUT/dev.log" 2>&1 &
 DEV=$!
-trap 'kill $DEV 2>/dev/null; wait 2>/dev/null || true' EXIT
+LOAD=
+trap 'kill $DEV ${LOAD:-} 2>/dev/null; wait 2>/dev/null || true' EXIT
 for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 0.5; done
+rm -f "$OUT/waits.json"
 "$BIN/orderflow-bench" --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --duration "$T" \
   --warmup 3 --mode saga --rate "$RATE" --label waits >/dev/null 2>&1 &
 LOAD=$!
+end=$((SECONDS + 3 + T))
 sleep 12
-while kill -0 $LOAD 2>/dev/null && [ "$SECONDS" -lt $((T + 10)) ]; do
+while kill -0 $LOAD 2>/dev/null && [ "$SECONDS" -lt "$end" ]; do
   echo "jobs:   $(psql -qAt "$SERVER/$DB" -c "select job_type || ' ' || status || ' ' || count(*) || ' oldest '
       || round(extract(epoch from now() - min(run_at))::numeric, 2) || ' s'
     from apalis.jobs where status in ('Pending', 'Queued') and run_at <= now()
     group by job_type, status order by job_type, status" | paste -sd ';')"
   echo "orders: $(psql -qAt "$SERVER/$DB" -c "select status || ' ' || count(*) || ' oldest '
       || round(extract(epoch from now() - min(created_at))::numeric, 2) || ' s'
-    from orders where status in ('CREATED', 'RESERVED', 'PAID') group by status order by status" | paste -sd ';')"
+    from orders where status in ('CREATED', 'RESERVED', 'PAID', 'CANCELLING') group by status order by status" | paste -sd ';')"
   sleep 1.5
 done
-wait $LOAD || true
+wait $LOAD
+LOAD=
 python3 - "$OUT/waits.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
