@@ -135,8 +135,8 @@ async fn an_operator_sees_a_stuck_saga_and_a_click_on_retry_finishes_it() {
         .await
         .expect("the stuck saga is listed on the overview");
     screenshot(&client, "dashboard-overview.png").await;
-    // The overview reloads itself every few seconds: a link found before a reload is stale after it, so the
-    // click looks the link up again and retries once.
+    // The overview reloads itself every few seconds: a link found before a reload is stale after it, so each
+    // try looks the link up again (three tries).
     let mut clicked = false;
     for _ in 0..3 {
         let link = client.find(Locator::Css(&stuck_link)).await;

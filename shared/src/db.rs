@@ -169,15 +169,16 @@ pub async fn roll_back(tx: sqlx::Transaction<'_, sqlx::Postgres>) {
     }
 }
 
-/// Ends `tx` as `outcome` says, before its caller answers: commits it when `keep` says the outcome made something
-/// to keep, else rolls it back now ([`roll_back`]): an error, a refusal, a replay that only read.
+/// Ends `tx` before its caller answers with `outcome`: commits it when the outcome is a success that made
+/// something to keep (`keep`), else rolls it back now ([`roll_back`]): an error, a refusal, a replay that only
+/// read.
 pub async fn finish<T, E: From<sqlx::Error>>(
     tx: sqlx::Transaction<'_, sqlx::Postgres>,
     outcome: Result<T, E>,
-    keep: impl FnOnce(&T) -> bool,
+    keep: bool,
 ) -> Result<T, E> {
     match outcome {
-        Ok(value) if keep(&value) => {
+        Ok(value) if keep => {
             tx.commit().await?;
             Ok(value)
         }

@@ -82,7 +82,7 @@ pub async fn act(
     let mut tx = pool.begin().await?;
     let outcome = act_in(&mut tx, id, action, who, note).await;
     // A refused action lets go of the order's lock before the answer goes.
-    let outcome = crate::db::finish(tx, outcome, |_| true).await?;
+    let outcome = crate::db::finish(tx, outcome, true).await?;
     tracing::info!(order_id = %id, action = action.as_str(), actor = who.name, outcome, "operator action");
     Ok(outcome)
 }

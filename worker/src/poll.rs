@@ -111,9 +111,10 @@ pub struct Paced<B> {
     /// `ORDERFLOW_WORKER_FETCH_GAP_MS`: the least time from a fetch that found jobs to the next, while they come
     /// slowly ([`gap_after`]).
     gap: Duration,
-    /// When the last fetch began, and the one before it: the rate jobs came at.
+    /// When the last fetch began, and how long after the one before it (the gap until there is one): what it
+    /// finds in that time is the rate jobs come at.
     fetch_started: Option<Instant>,
-    previous_fetch_started: Option<Instant>,
+    since_previous: Duration,
     /// The gap after the last fetch, while it lasts; `None`: the next fetch may start at once.
     gap_wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -146,7 +147,7 @@ impl<B> Paced<B> {
             last_job: None,
             gap,
             fetch_started: None,
-            previous_fetch_started: None,
+            since_previous: gap,
             gap_wait: None,
         }
     }
@@ -182,7 +183,10 @@ impl<B> Paced<B> {
     }
 
     fn start_fetch(&mut self, worker: &WorkerContext) {
-        self.previous_fetch_started = self.fetch_started.replace(Instant::now());
+        let now = Instant::now();
+        if let Some(previous) = self.fetch_started.replace(now) {
+            self.since_previous = now - previous;
+        }
         let (pool, config, worker) = (self.pool.clone(), self.config.clone(), worker.clone());
         self.fetch = Some(
             async move {
@@ -228,11 +232,7 @@ where
                         // one that found a few, the jobs announced in the next `gap` wait to be fetched together.
                         let full = tasks.len() >= self.fetch_size;
                         self.open |= full;
-                        let since_previous = match (self.previous_fetch_started, self.fetch_started) {
-                            (Some(previous), Some(this)) => this - previous,
-                            _ => self.gap,
-                        };
-                        self.gap_wait = (!full && gap_after(tasks.len(), since_previous, self.gap))
+                        self.gap_wait = (!full && gap_after(tasks.len(), self.since_previous, self.gap))
                             .then(|| Box::pin(tokio::time::sleep(self.gap)));
                         self.fetched.extend(tasks);
                     }

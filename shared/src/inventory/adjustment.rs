@@ -239,8 +239,9 @@ async fn adjust_once(
     let outcome = adjust_in(&mut tx, request, respond).await;
     // A new adjustment commits; a replay, a refusal or a lost race lets go of the key and the sku before the
     // answer goes.
-    let answer = db::finish(tx, outcome, |answer| answer.as_ref().is_some_and(|a| !a.replayed)).await?;
-    if let Some(answer) = answer.as_ref().filter(|a| !a.replayed) {
+    let new = matches!(&outcome, Ok(Some(answer)) if !answer.replayed);
+    let answer = db::finish(tx, outcome, new).await?;
+    if let Some(answer) = answer.as_ref().filter(|_| new) {
         tracing::info!(sku = request.sku, kind = ?request.adjustment.kind, id = %answer.id, "stock adjusted");
     }
     Ok(answer)

@@ -179,10 +179,8 @@ pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSe
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let outcome = upsert_in(&mut tx, set).await;
     // A refusal (a version moved, no such location: a sku made for it included) rolls back before the answer.
-    crate::db::finish(tx, outcome, |set| {
-        matches!(set, SkuSet::Created(_) | SkuSet::Updated(_))
-    })
-    .await
+    let made = matches!(outcome, Ok(SkuSet::Created(_) | SkuSet::Updated(_)));
+    crate::db::finish(tx, outcome, made).await
 }
 
 /// [`upsert`]'s work inside its transaction, which it leaves to its caller to end.

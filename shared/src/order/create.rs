@@ -296,11 +296,9 @@ async fn create_once(
     let mut tx = queue::announce::begin_quiet(pool).await?;
     let outcome = create_in(&mut tx, request, respond).await;
     // A new order commits; a replay, a refusal or a lost race lets go of the key before the answer goes.
-    let created = db::finish(tx, outcome, |created| {
-        created.as_ref().is_some_and(|c| !c.replayed)
-    })
-    .await?;
-    if let Some(created) = created.as_ref().filter(|c| !c.replayed) {
+    let new = matches!(&outcome, Ok(Some(created)) if !created.replayed);
+    let created = db::finish(tx, outcome, new).await?;
+    if let Some(created) = created.as_ref().filter(|_| new) {
         announcer.announce(Step::FIRST.queue());
         tracing::info!(order_id = %created.order_id, "order accepted");
     }

@@ -474,7 +474,7 @@ pub async fn request_cancellation(
     }
     .await;
     // A refusal lets go of the order's lock before the answer goes.
-    crate::db::finish(tx, outcome, |_| true).await
+    crate::db::finish(tx, outcome, true).await
 }
 
 /// Reserved orders past their hold with no authorization in flight, oldest deadline first: the reconciler
