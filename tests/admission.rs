@@ -92,3 +92,77 @@ async fn past_the_backlog_bound_orders_are_refused_with_nothing_written_and_the_
     app.wait_for(id, &["FULFILLED"], Duration::from_secs(30)).await;
     assert_eq!(app.sku("adm-tee").await["on_hand"], 7);
 }
+
+#[tokio::test]
+async fn jobs_a_worker_holds_and_has_not_started_count_in_the_backlog() {
+    // A worker that holds 8 jobs a queue and runs 2 batches of 2: the other 4 wait in its hands, claimed (so not
+    // in the queue's head) and not started.
+    let app = spawn_app_with(Options {
+        tune: |settings| {
+            settings.concurrency = 8;
+            settings.fetch_size = 8;
+            settings.step_batch = 2;
+        },
+        admission: AdmissionSettings {
+            max_backlog: Some(Duration::from_millis(300)),
+            refresh: Duration::from_millis(50),
+        },
+        ..Options::default()
+    })
+    .await;
+    app.put_sku("held-tee", 100, 1500).await;
+
+    // Act: 8 orders whose payments take the simulator's slow path (2 s each).
+    let mut orders = Vec::new();
+    for n in 0..8 {
+        let customer = format!("held-{n}");
+        orders.push(
+            app.create_order(&customer, &[("held-tee", 1)], "pm_sim_slow")
+                .await,
+        );
+    }
+
+    // Assert: admission refuses while no queue has a job waiting in it, only in the worker's hands.
+    let seen = eventually(
+        "a refusal from held jobs alone",
+        Duration::from_secs(20),
+        || async {
+            let queues = app.admin_json("/admin/v1/queues").await;
+            let heads_empty = queues["queues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|queue| queue["pending"] == 0);
+            let pay_held = queues["queues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|queue| queue["queue"] == "orderflow.pay")
+                .map(|queue| queue["running"].as_i64().unwrap())
+                .unwrap();
+            (queues["admission"]["refusing"] == true && heads_empty && pay_held > 4).then_some(queues)
+        },
+    )
+    .await;
+    assert!(
+        seen["admission"]["backlog_seconds"].as_f64().unwrap() > 0.3,
+        "{seen}"
+    );
+
+    // Once the held jobs have run, nothing waits and orders are taken again.
+    for id in orders {
+        app.wait_for(id, &["FULFILLED"], Duration::from_secs(30)).await;
+    }
+    eventually("admission to admit again", Duration::from_secs(10), || async {
+        let view = admission(&app).await;
+        (view["refusing"] == false && view["backlog_seconds"] == 0.0).then_some(())
+    })
+    .await;
+    let taken = app
+        .post_order_with_key(
+            &order_body("held-after", &[("held-tee", 1)], "pm_card_visa"),
+            "held-after-key",
+        )
+        .await;
+    assert_eq!(taken.status(), 202);
+}

@@ -19,6 +19,7 @@
 
 pub mod error;
 mod failpoints;
+mod held;
 mod poll;
 pub mod provider;
 pub mod reconciler;
@@ -42,6 +43,8 @@ use orderflow_shared::settings::{MIN_WORKER_CONNECTIONS, WorkerSettings};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
+
+use crate::held::Held;
 
 pub use runner::{Batcher, Runner};
 
@@ -138,12 +141,24 @@ pub async fn run(
 
     let (stop, stopped) = watch::channel(false);
     let presence = tokio::spawn(keep_presence(presence_options, presence, stopped.clone()));
-    let queues: Vec<_> = runner
+    let held: Vec<(Step, Arc<Held>)> = runner
         .settings
         .steps
         .iter()
-        .map(|&step| tokio::spawn(supervise(runner.clone(), step, stopped.clone())))
+        .map(|&step| (step, Arc::default()))
         .collect();
+    let queues: Vec<_> = held
+        .iter()
+        .map(|(step, held)| tokio::spawn(supervise(runner.clone(), *step, held.clone(), stopped.clone())))
+        .collect();
+    let reports = tokio::spawn(held::report(
+        runner.pool.connect_options().as_ref().clone(),
+        runner.instance.clone(),
+        held.into_iter()
+            .map(|(step, held)| (step.queue(), held))
+            .collect(),
+        stopped.clone(),
+    ));
     let reconciler = tokio::spawn(reconciler::run(runner.clone(), stopped.clone()));
     if let Some(addr) = runner.settings.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -170,6 +185,7 @@ pub async fn run(
         );
     }
     let _ = reconciler.await;
+    let _ = reports.await;
     if let Some(relay) = relay {
         let _ = relay.await;
     }
@@ -251,12 +267,13 @@ async fn keep_presence(
 /// under a fresh name (apalis strands the jobs of a name that comes back), after a capped exponential delay.
 /// The reconciler hands the jobs of the generation that stopped to the next one (a later generation of the same
 /// name has registered, so the earlier one is gone).
-async fn supervise(runner: Arc<Runner>, step: Step, mut stopped: watch::Receiver<bool>) {
+async fn supervise(runner: Arc<Runner>, step: Step, held: Arc<Held>, mut stopped: watch::Receiver<bool>) {
     let base = format!("{}@{}", step.queue(), runner.instance);
     let mut failures: u32 = 0;
     for generation in 0u64.. {
         let started = Instant::now();
-        let result = queue_worker(&runner, step, format!("{base}#{generation}"), stopped.clone()).await;
+        let name = format!("{base}#{generation}");
+        let result = queue_worker(&runner, step, name, held.clone(), stopped.clone()).await;
         if *stopped.borrow() {
             return;
         }
@@ -279,13 +296,15 @@ async fn supervise(runner: Arc<Runner>, step: Step, mut stopped: watch::Receiver
     }
 }
 
-/// One apalis worker for the step's queue, running until `stopped` turns true or the worker fails. Built in a
+/// One apalis worker for the step's queue, running until `stopped` turns true or the worker fails; the jobs it
+/// holds and has not started are reported in `held`. Built in a
 /// plain function returning a boxed future: built inside `supervise`'s async body, apalis's worker future trips
 /// rustc's higher-ranked `Send` check ("implementation of `FnOnce` is not general enough").
 fn queue_worker(
     runner: &Arc<Runner>,
     step: Step,
     name: String,
+    held: Arc<Held>,
     mut stopped: watch::Receiver<bool>,
 ) -> BoxFuture<'static, Result<(), WorkerError>> {
     let settings = &runner.settings;
@@ -307,9 +326,10 @@ fn queue_worker(
         fetch_size,
         settings.poll_interval,
         settings.fetch_gap,
+        held.clone(),
     );
     let (completer, writer) = Completer::start(runner.pool.clone(), name.clone());
-    let (batcher, gatherer) = Batcher::start(runner.clone(), step, settings.step_batch);
+    let (batcher, gatherer) = Batcher::start(runner.clone(), step, settings.step_batch, held);
     let ctx = StepContext { completer, batcher };
     let worker = WorkerBuilder::new(name)
         .backend(backend)

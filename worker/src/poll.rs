@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ use apalis_core::backend::{BackendConfig, WireFormatBackend};
 use apalis_postgres::{PgPool, PgTask, Pubsub, queries};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Sink, SinkExt, StreamExt};
+
+use crate::held::Held;
 
 /// The timer of a queue that is working.
 pub const BUSY_TICK: Duration = Duration::from_millis(50);
@@ -117,11 +120,15 @@ pub struct Paced<B> {
     since_previous: Duration,
     /// The gap after the last fetch, while it lasts; `None`: the next fetch may start at once.
     gap_wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Where the jobs of `fetched` are reported to admission control while they wait for a handler.
+    held: Arc<Held>,
 }
 
 impl<B> Paced<B> {
     /// `backend` serves `queue` (its `config`) from `pool`; fetches claim up to `fetch_size` jobs, and while jobs
     /// come slowly one that found some is followed by the next no sooner than `gap` after it ([`gap_after`]).
+    /// Jobs fetched and not yet handed out are reported in `held`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         backend: B,
         pool: PgPool,
@@ -130,6 +137,7 @@ impl<B> Paced<B> {
         fetch_size: usize,
         idle: Duration,
         gap: Duration,
+        held: Arc<Held>,
     ) -> Self {
         Self {
             notices: Some(Pubsub::new(pool.clone(), queue.to_owned())),
@@ -149,6 +157,7 @@ impl<B> Paced<B> {
             fetch_started: None,
             since_previous: gap,
             gap_wait: None,
+            held,
         }
     }
 
@@ -221,6 +230,9 @@ where
         loop {
             if let Some(task) = self.fetched.pop_front() {
                 self.last_job = Some(Instant::now());
+                if self.fetched.is_empty() {
+                    self.held.fetched_since(None);
+                }
                 return Poll::Ready(Some(Ok(task)));
             }
             if let Some(fetch) = &mut self.fetch {
@@ -234,6 +246,9 @@ where
                         self.open |= full;
                         self.gap_wait = (!full && gap_after(tasks.len(), self.since_previous, self.gap))
                             .then(|| Box::pin(tokio::time::sleep(self.gap)));
+                        if !tasks.is_empty() {
+                            self.held.fetched_since(Some(Instant::now()));
+                        }
                         self.fetched.extend(tasks);
                     }
                     Poll::Ready(Err(error)) => {
@@ -254,6 +269,13 @@ where
 
     fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
         self.backend.poll_close(cx, worker)
+    }
+}
+
+impl<B> Drop for Paced<B> {
+    /// What is left of a fetch goes back to the queue with the worker (`upkeep::release_jobs_of`).
+    fn drop(&mut self) {
+        self.held.fetched_since(None);
     }
 }
 

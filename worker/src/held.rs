@@ -1,0 +1,153 @@
+//! The jobs a worker holds and has not started, and its reports of them to the API's admission control
+//! (`orderflow_shared::admission`: only the worker knows which of its claimed jobs have started).
+//!
+//! A queue's jobs wait in the worker in two places: claimed by a fetch and not yet handed to a handler (apalis
+//! asks for the next job only while a handler is free: `poll::Paced` keeps the rest of a fetch), and handed to the
+//! step's batcher and waiting for a batch slot (`runner::gather`). Both are first in, first out, so each keeps
+//! only when its oldest job arrived; [`Held`] has the two per queue. [`report`] sends, every [`REPORT_EVERY`]
+//! while any job waits and once when none does any more, the longest wait per queue as one notification.
+
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use orderflow_shared::admission::{WAITS_CHANNEL, WaitReport};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgConnection};
+use tokio::sync::watch;
+
+/// How often a worker reports while jobs wait in its hands: well within the API's `REPORT_TTL`, and about the
+/// API's reading interval.
+pub const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// The instants below are kept as microseconds since this one, plus one (zero: nothing waits).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn to_micros(at: Option<Instant>) -> u64 {
+    at.map_or(0, |at| {
+        u64::try_from(at.saturating_duration_since(*EPOCH).as_micros()).unwrap_or(u64::MAX - 1) + 1
+    })
+}
+
+fn from_micros(micros: u64) -> Option<Instant> {
+    (micros != 0).then(|| *EPOCH + Duration::from_micros(micros - 1))
+}
+
+/// Since when the oldest job of one queue has waited in this worker's hands, in each of the two places.
+#[derive(Debug, Default)]
+pub struct Held {
+    fetched: AtomicU64,
+    gathered: AtomicU64,
+}
+
+impl Held {
+    /// The oldest job claimed and not yet handed to a handler arrived at `since` (`None`: none is left).
+    pub fn fetched_since(&self, since: Option<Instant>) {
+        self.fetched.store(to_micros(since), Ordering::Relaxed);
+    }
+
+    /// The oldest job waiting for a batch slot was handed over at `since` (`None`: none waits).
+    pub fn gathered_since(&self, since: Option<Instant>) {
+        self.gathered.store(to_micros(since), Ordering::Relaxed);
+    }
+
+    /// How long the oldest held job that has not started has waited, at `now`.
+    pub fn wait(&self, now: Instant) -> Duration {
+        [&self.fetched, &self.gathered]
+            .into_iter()
+            .filter_map(|at| from_micros(at.load(Ordering::Relaxed)))
+            .min()
+            .map_or(Duration::ZERO, |oldest| now.saturating_duration_since(oldest))
+    }
+}
+
+/// Reports the waits of `queues` as `instance` until `stopped` turns true, on a connection of its own (opened on
+/// the first report and again after a failure; a notification is not data, so its commit does not wait for the
+/// disk). A report that cannot be sent is dropped: the API then counts the queues' heads alone once the last
+/// report is older than its TTL, as it did before workers reported.
+pub async fn report(
+    options: PgConnectOptions,
+    instance: String,
+    queues: Vec<(&'static str, Arc<Held>)>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let options = options.options([("synchronous_commit", "off")]);
+    let mut ticks = tokio::time::interval(REPORT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connection: Option<PgConnection> = None;
+    let mut reported_a_wait = false;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            _ = ticks.tick() => {}
+        }
+        let now = Instant::now();
+        let waits: Vec<(String, Duration)> = queues
+            .iter()
+            .map(|(queue, held)| ((*queue).to_owned(), held.wait(now)))
+            .filter(|(_, wait)| !wait.is_zero())
+            .collect();
+        let waiting = !waits.is_empty();
+        if !waiting && !reported_a_wait {
+            continue;
+        }
+        let payload = WaitReport {
+            worker: instance.clone(),
+            waits,
+        }
+        .encode();
+        let sent = match &mut connection {
+            Some(connection) => notify(connection, &payload).await,
+            None => match options.connect().await {
+                Ok(opened) => notify(connection.insert(opened), &payload).await,
+                Err(error) => Err(error),
+            },
+        };
+        match sent {
+            Ok(()) => {
+                reported_a_wait = waiting;
+                if std::mem::take(&mut failing) {
+                    tracing::info!("reporting held jobs again");
+                }
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(%error, "cannot report held jobs to admission control");
+                }
+                connection = None;
+            }
+        }
+    }
+}
+
+async fn notify(connection: &mut PgConnection, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(WAITS_CHANNEL)
+        .bind(payload)
+        .execute(connection)
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_is_that_of_the_oldest_job_in_either_place() {
+        let held = Held::default();
+        // Whole microseconds after the epoch, as kept.
+        let start = *EPOCH + Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(held.wait(start), Duration::ZERO);
+        held.gathered_since(Some(start + ms(30)));
+        assert_eq!(held.wait(start + ms(100)), ms(70));
+        held.fetched_since(Some(start + ms(10)));
+        assert_eq!(held.wait(start + ms(100)), ms(90));
+        held.fetched_since(None);
+        held.gathered_since(None);
+        assert_eq!(held.wait(start + ms(100)), Duration::ZERO);
+    }
+}
