@@ -95,8 +95,8 @@ async fn past_the_backlog_bound_orders_are_refused_with_nothing_written_and_the_
 
 #[tokio::test]
 async fn jobs_a_worker_holds_and_has_not_started_count_in_the_backlog() {
-    // A worker that holds 8 jobs a queue and runs 2 batches of 2: the other 4 wait in its hands, claimed (so not
-    // in the queue's head) and not started.
+    // A worker that holds up to 8 jobs a queue and runs at most 2 batches at once: the jobs beyond those 2
+    // batches wait in its hands, claimed (so not at any queue's head) and not started.
     let app = spawn_app_with(Options {
         tune: |settings| {
             settings.concurrency = 8;
@@ -112,15 +112,12 @@ async fn jobs_a_worker_holds_and_has_not_started_count_in_the_backlog() {
     .await;
     app.put_sku("held-tee", 100, 1500).await;
 
-    // Act: 8 orders whose payments take the simulator's slow path (2 s each).
-    let mut orders = Vec::new();
-    for n in 0..8 {
-        let customer = format!("held-{n}");
-        orders.push(
-            app.create_order(&customer, &[("held-tee", 1)], "pm_sim_slow")
-                .await,
-        );
-    }
+    // Act: 8 orders at once whose payments take the simulator's slow path (2 s each): 2 batches pay, the
+    // other orders wait for a batch slot.
+    let bodies: Vec<Value> = (0..8)
+        .map(|n| order_body(&format!("held-{n}"), &[("held-tee", 1)], "pm_sim_slow"))
+        .collect();
+    let orders = app.create_orders(&bodies).await;
 
     // Assert: admission refuses while no queue has a job waiting in it, only in the worker's hands.
     let seen = eventually(
@@ -128,19 +125,14 @@ async fn jobs_a_worker_holds_and_has_not_started_count_in_the_backlog() {
         Duration::from_secs(20),
         || async {
             let queues = app.admin_json("/admin/v1/queues").await;
-            let heads_empty = queues["queues"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|queue| queue["pending"] == 0);
-            let pay_held = queues["queues"]
-                .as_array()
-                .unwrap()
+            let queues_list = queues["queues"].as_array().unwrap();
+            let heads_empty = queues_list.iter().all(|queue| queue["pending"] == 0);
+            let pay_claimed = queues_list
                 .iter()
                 .find(|queue| queue["queue"] == "orderflow.pay")
                 .map(|queue| queue["running"].as_i64().unwrap())
                 .unwrap();
-            (queues["admission"]["refusing"] == true && heads_empty && pay_held > 4).then_some(queues)
+            (queues["admission"]["refusing"] == true && heads_empty && pay_claimed > 4).then_some(queues)
         },
     )
     .await;
@@ -148,6 +140,10 @@ async fn jobs_a_worker_holds_and_has_not_started_count_in_the_backlog() {
         seen["admission"]["backlog_seconds"].as_f64().unwrap() > 0.3,
         "{seen}"
     );
+    let refused = app
+        .post_order(&order_body("held-refused", &[("held-tee", 1)], "pm_card_visa"))
+        .await;
+    assert_eq!(refused.status(), 503, "a new order meets the held jobs' wait");
 
     // Once the held jobs have run, nothing waits and orders are taken again.
     for id in orders {

@@ -108,9 +108,12 @@ pub async fn watch(gate: Arc<Gate>, options: PgConnectOptions, stopped: impl Fut
             () = &mut stopped => break,
             _ = ticks.tick() => {}
         }
+        // A listener that has just started has heard no report yet: its first reading would count the queues'
+        // heads alone, so it is not recorded.
+        let fresh = listener.is_none();
         let reading = match &mut listener {
             Some(listener) => saga_queue_heads(listener).await,
-            None => match listen(&options).await {
+            None => match listen(&options, gate.settings.refresh).await {
                 Ok(opened) => saga_queue_heads(listener.insert(opened)).await,
                 Err(error) => Err(error),
             },
@@ -126,7 +129,9 @@ pub async fn watch(gate: Arc<Gate>, options: PgConnectOptions, stopped: impl Fut
                         held.record(report.payload(), now);
                     }
                 }
-                gate.record(Some(held.backlog(&heads, now)));
+                if !fresh {
+                    gate.record(Some(held.backlog(&heads, now)));
+                }
             }
             Err(error) => {
                 if !std::mem::replace(&mut failing, true) {
@@ -139,14 +144,15 @@ pub async fn watch(gate: Arc<Gate>, options: PgConnectOptions, stopped: impl Fut
     }
 }
 
-/// A connection of its own (a pool of one, which `PgListener` reconnects through) listening for the workers'
-/// reports.
-async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
+/// A connection of its own listening for the workers' reports (`PgListener` takes its connection from a pool: a
+/// pool of one). A failure is not retried here: the next reading opens another.
+async fn listen(options: &PgConnectOptions, refresh: Duration) -> Result<PgListener, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
         .idle_timeout(None)
         .max_lifetime(None)
+        .acquire_timeout(refresh.max(Duration::from_secs(1)))
         .connect_with(options.clone())
         .await?;
     let mut listener = PgListener::connect_with(&pool).await?;

@@ -87,9 +87,16 @@ impl AdmissionSettings {
 /// The notification channel workers report their held jobs' waits on.
 pub const WAITS_CHANNEL: &str = "orderflow_worker_waits";
 
-/// How long a worker's report counts: a worker reports while jobs wait in its hands and once more when none do,
-/// so a report older than this is from a worker that stopped or lost its connection.
+/// How often a worker reports while jobs wait in its hands (and once more when none do): about the API's reading
+/// interval.
+pub const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a worker's report counts: a report older than this is from a worker that stopped or lost its
+/// connection.
 pub const REPORT_TTL: Duration = Duration::from_secs(1);
+
+// A worker that reports on time is never forgotten between two of its reports.
+const _: () = assert!(REPORT_TTL.as_millis() >= 5 * REPORT_EVERY.as_millis());
 
 /// A longer wait than this in a report is taken as this (a report is text anyone who may notify can send).
 const MAX_REPORTED_WAIT: Duration = Duration::from_secs(3_600);
@@ -111,6 +118,15 @@ impl WaitReport {
             payload.push_str(&format!(" {queue}={}", wait.as_micros()));
         }
         payload
+    }
+
+    /// Sends the report to every API process listening (one notification; a notification is not data, so the
+    /// connection's commits need not wait for the disk).
+    pub async fn send(&self, executor: impl sqlx::PgExecutor<'_>) -> Result<(), sqlx::Error> {
+        sqlx::query!("select pg_notify($1, $2)", WAITS_CHANNEL, self.encode())
+            .execute(executor)
+            .await
+            .map(|_| ())
     }
 
     /// The report in `payload`, or `None` if it is not one.

@@ -4,7 +4,7 @@
 //! A queue's jobs wait in the worker in two places: claimed by a fetch and not yet handed to a handler (apalis
 //! asks for the next job only while a handler is free: `poll::Paced` keeps the rest of a fetch), and handed to the
 //! step's batcher and waiting for a batch slot (`runner::gather`). Both are first in, first out, so each keeps
-//! only when its oldest job arrived; [`Held`] has the two per queue. [`report`] sends, every [`REPORT_EVERY`]
+//! only when its oldest job arrived; [`Held`] has the two per queue. [`report`] sends, every `REPORT_EVERY`
 //! while any job waits and once when none does any more, the longest wait per queue as one notification.
 
 use std::sync::Arc;
@@ -12,17 +12,16 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use orderflow_shared::admission::{WAITS_CHANNEL, WaitReport};
+use orderflow_shared::admission::{REPORT_EVERY, WaitReport};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
-use tokio::sync::watch;
 
-/// How often a worker reports while jobs wait in its hands: well within the API's `REPORT_TTL`, and about the
-/// API's reading interval.
-pub const REPORT_EVERY: Duration = Duration::from_millis(100);
-
-/// The instants below are kept as microseconds since this one, plus one (zero: nothing waits).
+/// The instants below are kept as microseconds since this one, plus one (zero: nothing waits). Set when the
+/// first [`Held`] is made.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// How long connecting or one report may take: a report that late is stale anyway.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn to_micros(at: Option<Instant>) -> u64 {
     at.map_or(0, |at| {
@@ -35,10 +34,20 @@ fn from_micros(micros: u64) -> Option<Instant> {
 }
 
 /// Since when the oldest job of one queue has waited in this worker's hands, in each of the two places.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Held {
     fetched: AtomicU64,
     gathered: AtomicU64,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        LazyLock::force(&EPOCH);
+        Self {
+            fetched: AtomicU64::new(0),
+            gathered: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Held {
@@ -62,16 +71,11 @@ impl Held {
     }
 }
 
-/// Reports the waits of `queues` as `instance` until `stopped` turns true, on a connection of its own (opened on
-/// the first report and again after a failure; a notification is not data, so its commit does not wait for the
-/// disk). A report that cannot be sent is dropped: the API then counts the queues' heads alone once the last
-/// report is older than its TTL, as it did before workers reported.
-pub async fn report(
-    options: PgConnectOptions,
-    instance: String,
-    queues: Vec<(&'static str, Arc<Held>)>,
-    mut stopped: watch::Receiver<bool>,
-) {
+/// Reports the waits of `queues` as `instance`, for as long as it runs (the worker aborts it at shutdown), on a
+/// connection of its own (opened on the first report and again after a failure; its commits do not wait for the
+/// disk). A report that cannot be sent is dropped: once the last one is older than the API's `REPORT_TTL`, the
+/// API counts the queues' heads alone, as it did before workers reported.
+pub async fn report(options: PgConnectOptions, instance: String, queues: Vec<(&'static str, Arc<Held>)>) {
     let options = options.options([("synchronous_commit", "off")]);
     let mut ticks = tokio::time::interval(REPORT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -79,10 +83,7 @@ pub async fn report(
     let mut reported_a_wait = false;
     let mut failing = false;
     loop {
-        tokio::select! {
-            _ = stopped.wait_for(|stop| *stop) => return,
-            _ = ticks.tick() => {}
-        }
+        ticks.tick().await;
         let now = Instant::now();
         let waits: Vec<(String, Duration)> = queues
             .iter()
@@ -93,19 +94,11 @@ pub async fn report(
         if !waiting && !reported_a_wait {
             continue;
         }
-        let payload = WaitReport {
+        let report = WaitReport {
             worker: instance.clone(),
             waits,
-        }
-        .encode();
-        let sent = match &mut connection {
-            Some(connection) => notify(connection, &payload).await,
-            None => match options.connect().await {
-                Ok(opened) => notify(connection.insert(opened), &payload).await,
-                Err(error) => Err(error),
-            },
         };
-        match sent {
+        match send(&options, &mut connection, &report).await {
             Ok(()) => {
                 reported_a_wait = waiting;
                 if std::mem::take(&mut failing) {
@@ -122,13 +115,26 @@ pub async fn report(
     }
 }
 
-async fn notify(connection: &mut PgConnection, payload: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_notify($1, $2)")
-        .bind(WAITS_CHANNEL)
-        .bind(payload)
-        .execute(connection)
+/// Sends one report, connecting first if need be.
+async fn send(
+    options: &PgConnectOptions,
+    connection: &mut Option<PgConnection>,
+    report: &WaitReport,
+) -> Result<(), String> {
+    let connection = match connection {
+        Some(connection) => connection,
+        None => {
+            let connected = tokio::time::timeout(SEND_TIMEOUT, options.connect())
+                .await
+                .map_err(|_| "connecting timed out".to_owned())?
+                .map_err(|error| error.to_string())?;
+            connection.insert(connected)
+        }
+    };
+    tokio::time::timeout(SEND_TIMEOUT, report.send(&mut *connection))
         .await
-        .map(|_| ())
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

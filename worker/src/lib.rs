@@ -141,23 +141,23 @@ pub async fn run(
 
     let (stop, stopped) = watch::channel(false);
     let presence = tokio::spawn(keep_presence(presence_options, presence, stopped.clone()));
-    let held: Vec<(Step, Arc<Held>)> = runner
+    let held_jobs: Vec<(Step, Arc<Held>)> = runner
         .settings
         .steps
         .iter()
         .map(|&step| (step, Arc::default()))
         .collect();
-    let queues: Vec<_> = held
+    let queue_workers: Vec<_> = held_jobs
         .iter()
         .map(|(step, held)| tokio::spawn(supervise(runner.clone(), *step, held.clone(), stopped.clone())))
         .collect();
     let reports = tokio::spawn(held::report(
         runner.pool.connect_options().as_ref().clone(),
         runner.instance.clone(),
-        held.into_iter()
+        held_jobs
+            .into_iter()
             .map(|(step, held)| (step.queue(), held))
             .collect(),
-        stopped.clone(),
     ));
     let reconciler = tokio::spawn(reconciler::run(runner.clone(), stopped.clone()));
     if let Some(addr) = runner.settings.metrics_addr {
@@ -175,7 +175,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!(?grace, "shutting down: no new jobs; waiting for in-flight steps");
     let _ = stop.send(true);
-    if tokio::time::timeout(grace, futures::future::join_all(queues))
+    if tokio::time::timeout(grace, futures::future::join_all(queue_workers))
         .await
         .is_err()
     {
@@ -185,7 +185,8 @@ pub async fn run(
         );
     }
     let _ = reconciler.await;
-    let _ = reports.await;
+    // Reports are not data: a send in flight is not waited for.
+    reports.abort();
     if let Some(relay) = relay {
         let _ = relay.await;
     }
@@ -318,14 +319,17 @@ fn queue_worker(
     let fetch_size = settings.fetch_size.min(concurrency);
     let config = orderflow_shared::queue::queue_config(step.queue(), fetch_size);
     let backend = PostgresStorage::<StepJob>::new(&runner.pool).with_config(config.clone());
+    let pacing = poll::Pacing {
+        fetch_size,
+        idle: settings.poll_interval,
+        gap: settings.fetch_gap,
+    };
     let backend = poll::Paced::new(
         backend,
         runner.pool.clone(),
         step.queue(),
         config,
-        fetch_size,
-        settings.poll_interval,
-        settings.fetch_gap,
+        pacing,
         held.clone(),
     );
     let (completer, writer) = Completer::start(runner.pool.clone(), name.clone());

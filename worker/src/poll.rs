@@ -87,6 +87,18 @@ impl Ticker {
     }
 }
 
+/// How a queue's worker fetches.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// The most jobs one fetch claims.
+    pub fetch_size: usize,
+    /// The timer of an idle queue (`ORDERFLOW_WORKER_POLL_MS`).
+    pub idle: Duration,
+    /// While jobs come slowly, a fetch that found some is followed by the next no sooner than this after it
+    /// ([`gap_after`]; `ORDERFLOW_WORKER_FETCH_GAP_MS`).
+    pub gap: Duration,
+}
+
 /// A queue's backend that fetches only when there may be work: when its [`Ticker`] fires, when notifications for
 /// its queue arrived (however many arrived meanwhile, one fetch: new orders and step batches announce their jobs,
 /// `queue::announce`), and right after a fetch that came back full (it may have left jobs behind). It fetches
@@ -125,20 +137,21 @@ pub struct Paced<B> {
 }
 
 impl<B> Paced<B> {
-    /// `backend` serves `queue` (its `config`) from `pool`; fetches claim up to `fetch_size` jobs, and while jobs
-    /// come slowly one that found some is followed by the next no sooner than `gap` after it ([`gap_after`]).
-    /// Jobs fetched and not yet handed out are reported in `held`.
-    #[allow(clippy::too_many_arguments)]
+    /// `backend` serves `queue` (its `config`) from `pool`, fetching as `pacing` says; jobs fetched and not yet
+    /// handed out are reported in `held`.
     pub fn new(
         backend: B,
         pool: PgPool,
         queue: &str,
         config: apalis_postgres::Config,
-        fetch_size: usize,
-        idle: Duration,
-        gap: Duration,
+        pacing: Pacing,
         held: Arc<Held>,
     ) -> Self {
+        let Pacing {
+            fetch_size,
+            idle,
+            gap,
+        } = pacing;
         Self {
             notices: Some(Pubsub::new(pool.clone(), queue.to_owned())),
             queue: queue.to_owned(),
