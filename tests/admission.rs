@@ -162,3 +162,64 @@ async fn jobs_a_worker_holds_and_has_not_started_count_in_the_backlog() {
         .await;
     assert_eq!(taken.status(), 202);
 }
+
+#[tokio::test]
+async fn a_report_counts_for_a_second_and_the_reports_of_workers_long_gone_are_deleted() {
+    let app = spawn_app_with(Options {
+        worker: false,
+        admission: AdmissionSettings {
+            max_backlog: Some(Duration::from_millis(300)),
+            refresh: Duration::from_millis(50),
+        },
+        ..Options::default()
+    })
+    .await;
+    let report = |worker: &'static str, seconds: f64, age_seconds: f64| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query(
+                "insert into worker_waits (worker, queue, wait_seconds, reported_at) \
+                 values ($1, 'orderflow.commit', $2, now() - make_interval(secs => $3)) \
+                 on conflict (worker, queue) do update \
+                 set wait_seconds = excluded.wait_seconds, reported_at = excluded.reported_at",
+            )
+            .bind(worker)
+            .bind(seconds)
+            .bind(age_seconds)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+
+    // A worker reports a commit job that has waited 5 s in its hands: new orders are refused.
+    report("w-fresh", 5.0, 0.0).await;
+    eventually(
+        "admission to refuse on a report",
+        Duration::from_secs(10),
+        || async {
+            let view = admission(&app).await;
+            (view["refusing"] == true).then_some(())
+        },
+    )
+    .await;
+    // The same report two seconds old (its worker stopped reporting) counts no more.
+    report("w-fresh", 5.0, 2.0).await;
+    eventually("admission to admit again", Duration::from_secs(10), || async {
+        let view = admission(&app).await;
+        (view["refusing"] == false && view["backlog_seconds"] == 0.0).then_some(())
+    })
+    .await;
+
+    // The reconciler's cleanup deletes the reports a minute old, and only those.
+    report("w-gone", 5.0, 120.0).await;
+    let deleted = orderflow_shared::admission::forget_stale_reports(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let left: Vec<String> = sqlx::query_scalar("select worker from worker_waits order by worker")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["w-fresh"]);
+}

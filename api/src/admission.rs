@@ -1,8 +1,7 @@
 //! The API's side of admission (`orderflow_shared::admission` has the rule): the last reading of the saga
 //! backlog, kept fresh by one task on a PostgreSQL connection of its own (not the request pool, which is what an
-//! overload saturates: a reading that waited for it would be late exactly when it matters), which also listens
-//! for the workers' reports of the jobs they hold, and the check that order creation makes against it before
-//! reading its body. The reading lives as long as the API process.
+//! overload saturates: a reading that waited for it would be late exactly when it matters), and the check that
+//! order creation makes against it before reading its body. The reading lives as long as the API process.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,10 +10,11 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use orderflow_shared::admission::{AdmissionSettings, HeldWaits, WAITS_CHANNEL};
-use orderflow_shared::queue::views::saga_queue_heads;
+use orderflow_shared::admission::AdmissionSettings;
+use orderflow_shared::queue::views::saga_backlog;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgConnection};
 
 use crate::{ApiError, AppState};
 
@@ -85,11 +85,9 @@ impl Gate {
     }
 }
 
-/// Reads the saga backlog every `refresh` until `stopped` resolves (not at all with admission off): the queues'
-/// heads by a query, and the workers' reports of their held jobs, which arrive on the same connection and are
-/// taken after each query. A failed reading (PostgreSQL down, a statement past its timeout) leaves the backlog
-/// unknown, which admits: the database's own errors answer for an outage. The connection is opened again at the
-/// next reading.
+/// Reads the saga backlog every `refresh` until `stopped` resolves (not at all with admission off). A failed
+/// reading (PostgreSQL down, a statement past its timeout) leaves the backlog unknown, which admits: the
+/// database's own errors answer for an outage. The connection is opened again at the next reading.
 pub async fn watch(gate: Arc<Gate>, options: PgConnectOptions, stopped: impl Future<Output = ()>) {
     if gate.settings.max_backlog.is_none() {
         return;
@@ -99,8 +97,7 @@ pub async fn watch(gate: Arc<Gate>, options: PgConnectOptions, stopped: impl Fut
     let options = options.application_name("orderflow-api-admission");
     let mut ticks = tokio::time::interval(gate.settings.refresh);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut listener: Option<PgListener> = None;
-    let mut held = HeldWaits::default();
+    let mut connection: Option<PgConnection> = None;
     let mut failing = false;
     tokio::pin!(stopped);
     loop {
@@ -108,56 +105,29 @@ pub async fn watch(gate: Arc<Gate>, options: PgConnectOptions, stopped: impl Fut
             () = &mut stopped => break,
             _ = ticks.tick() => {}
         }
-        // A listener that has just started has heard no report yet: its first reading would count the queues'
-        // heads alone, so it is not recorded.
-        let fresh = listener.is_none();
-        let reading = match &mut listener {
-            Some(listener) => saga_queue_heads(listener).await,
-            None => match listen(&options, gate.settings.refresh).await {
-                Ok(opened) => saga_queue_heads(listener.insert(opened)).await,
+        let reading = match &mut connection {
+            Some(connection) => saga_backlog(connection).await,
+            None => match options.connect().await {
+                Ok(opened) => saga_backlog(connection.insert(opened)).await,
                 Err(error) => Err(error),
             },
         };
         match reading {
-            Ok(heads) => {
+            Ok(backlog) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!("reading the saga backlog again");
                 }
-                let now = std::time::Instant::now();
-                if let Some(listener) = &mut listener {
-                    while let Some(report) = listener.next_buffered() {
-                        held.record(report.payload(), now);
-                    }
-                }
-                if !fresh {
-                    gate.record(Some(held.backlog(&heads, now)));
-                }
+                gate.record(Some(backlog));
             }
             Err(error) => {
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(%error, "cannot read the saga backlog; admitting every order until it can");
                 }
-                listener = None;
+                connection = None;
                 gate.record(None);
             }
         }
     }
-}
-
-/// A connection of its own listening for the workers' reports (`PgListener` takes its connection from a pool: a
-/// pool of one). A failure is not retried here: the next reading opens another.
-async fn listen(options: &PgConnectOptions, refresh: Duration) -> Result<PgListener, sqlx::Error> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .acquire_timeout(refresh.max(Duration::from_secs(1)))
-        .connect_with(options.clone())
-        .await?;
-    let mut listener = PgListener::connect_with(&pool).await?;
-    listener.listen(WAITS_CHANNEL).await?;
-    Ok(listener)
 }
 
 /// An order creation admitted by [`Gate::check`]; its rejection is the 503.

@@ -4,21 +4,26 @@
 //! A queue's jobs wait in the worker in two places: claimed by a fetch and not yet handed to a handler (apalis
 //! asks for the next job only while a handler is free: `poll::Paced` keeps the rest of a fetch), and handed to the
 //! step's batcher and waiting for a batch slot (`runner::gather`). Both are first in, first out, so each keeps
-//! only when its oldest job arrived; [`Held`] has the two per queue. [`report`] sends, every `REPORT_EVERY`
-//! while any job waits and once when none does any more, the longest wait per queue as one notification.
+//! only when its oldest job arrived; [`Held`] has the two per queue. [`report`] writes, every `REPORT_EVERY`
+//! while any job has waited at least [`MIN_REPORTED_WAIT`] and once when none has any more, the longest wait per
+//! queue (`admission::report_held`: one statement on a table of its own, unlogged).
 
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use orderflow_shared::admission::{REPORT_EVERY, WaitReport};
+use orderflow_shared::admission::{self, REPORT_EVERY};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
 
 /// The instants below are kept as microseconds since this one, plus one (zero: nothing waits). Set when the
 /// first [`Held`] is made.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Shorter waits are not reported (they count as none): far below any useful bound, and at a moderate rate
+/// nearly every job waits a little while a batch runs, so the worker would write a report every 100 ms for nothing.
+pub const MIN_REPORTED_WAIT: Duration = Duration::from_millis(25);
 
 /// How long connecting or one report may take: a report that late is stale anyway.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -73,8 +78,8 @@ impl Held {
 
 /// Reports the waits of `queues` as `instance`, for as long as it runs (the worker aborts it at shutdown), on a
 /// connection of its own (opened on the first report and again after a failure; its commits do not wait for the
-/// disk). A report that cannot be sent is dropped: once the last one is older than the API's `REPORT_TTL`, the
-/// API counts the queues' heads alone, as it did before workers reported.
+/// disk: a report is stale within a second). A report that cannot be written is dropped: once the last one is
+/// older than `REPORT_TTL`, admission counts the queues' heads alone, as it did before workers reported.
 pub async fn report(options: PgConnectOptions, instance: String, queues: Vec<(&'static str, Arc<Held>)>) {
     let options = options.options([("synchronous_commit", "off")]);
     let mut ticks = tokio::time::interval(REPORT_EVERY);
@@ -85,20 +90,16 @@ pub async fn report(options: PgConnectOptions, instance: String, queues: Vec<(&'
     loop {
         ticks.tick().await;
         let now = Instant::now();
-        let waits: Vec<(String, Duration)> = queues
+        let waits: Vec<(&str, Duration)> = queues
             .iter()
-            .map(|(queue, held)| ((*queue).to_owned(), held.wait(now)))
-            .filter(|(_, wait)| !wait.is_zero())
+            .map(|(queue, held)| (*queue, held.wait(now)))
+            .filter(|(_, wait)| *wait >= MIN_REPORTED_WAIT)
             .collect();
         let waiting = !waits.is_empty();
         if !waiting && !reported_a_wait {
             continue;
         }
-        let report = WaitReport {
-            worker: instance.clone(),
-            waits,
-        };
-        match send(&options, &mut connection, &report).await {
+        match send(&options, &mut connection, &instance, &waits).await {
             Ok(()) => {
                 reported_a_wait = waiting;
                 if std::mem::take(&mut failing) {
@@ -119,7 +120,8 @@ pub async fn report(options: PgConnectOptions, instance: String, queues: Vec<(&'
 async fn send(
     options: &PgConnectOptions,
     connection: &mut Option<PgConnection>,
-    report: &WaitReport,
+    instance: &str,
+    waits: &[(&str, Duration)],
 ) -> Result<(), String> {
     let connection = match connection {
         Some(connection) => connection,
@@ -131,10 +133,13 @@ async fn send(
             connection.insert(connected)
         }
     };
-    tokio::time::timeout(SEND_TIMEOUT, report.send(&mut *connection))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|error| error.to_string())
+    tokio::time::timeout(
+        SEND_TIMEOUT,
+        admission::report_held(&mut *connection, instance, waits),
+    )
+    .await
+    .map_err(|_| "timed out".to_owned())?
+    .map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

@@ -53,36 +53,32 @@ pub async fn queue_stats(executor: impl PgExecutor<'_>) -> Result<Vec<QueueStats
     .await
 }
 
-/// The head of each saga queue that admission control reads (`crate::admission`): per queue, in the flow's order,
-/// the age of its oldest job that is due and not yet taken by a worker (zero when none waits). One probe of
-/// apalis's fetch index per queue, in the order its workers fetch. What workers have taken and not yet started
-/// they report themselves (`crate::admission::HeldWaits`).
-pub async fn saga_queue_heads(
-    executor: impl PgExecutor<'_>,
-) -> Result<Vec<(String, std::time::Duration)>, sqlx::Error> {
+/// The saga backlog admission control reads (`crate::admission`): over the saga's queues, the sum of the age of
+/// each one's oldest job that is due and not yet taken by a worker (one probe of apalis's fetch index per queue,
+/// in the order its workers fetch) and of the longest wait a worker reports for its held jobs that no batch runs
+/// yet (reports made within `REPORT_TTL`).
+pub async fn saga_backlog(executor: impl PgExecutor<'_>) -> Result<std::time::Duration, sqlx::Error> {
     let names: Vec<&str> = Step::ALL.iter().map(|s| s.queue()).collect();
-    let rows = sqlx::query!(
-        r#"select q.job_type as "queue!",
-                  coalesce(extract(epoch from now() - due.run_at), 0)::float8 as "seconds!"
-           from unnest($1::text[]) with ordinality as q(job_type, n)
+    let seconds = sqlx::query_scalar!(
+        r#"select coalesce(sum(coalesce(extract(epoch from now() - due.run_at), 0)
+                               + coalesce(held.seconds, 0)), 0)::float8 as "seconds!"
+           from unnest($1::text[]) as q(job_type)
            left join lateral (
                select j.run_at from apalis.jobs j
                where j.job_type = q.job_type and j.status = 'Pending' and j.run_at <= now()
                order by j.priority desc, j.run_at
                limit 1
            ) due on true
-           order by q.n"#,
-        &names as &[&str]
+           left join lateral (
+               select max(w.wait_seconds) as seconds from worker_waits w
+               where w.queue = q.job_type and w.reported_at >= now() - make_interval(secs => $2)
+           ) held on true"#,
+        &names as &[&str],
+        crate::admission::REPORT_TTL.as_secs_f64()
     )
-    .fetch_all(executor)
+    .fetch_one(executor)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let age = std::time::Duration::try_from_secs_f64(row.seconds.max(0.0)).unwrap_or_default();
-            (row.queue, age)
-        })
-        .collect())
+    Ok(std::time::Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default())
 }
 
 /// The apalis status of each of `job_ids` that still has a row (Done rows are purged after their retention).
