@@ -2,28 +2,18 @@
 //! hold stock and a customer's attention for as long as the backlog ahead of it, so past a bound the API refuses
 //! new orders at once (503 with `Retry-After`) instead of queueing them behind the others.
 //!
-//! The measure is the saga backlog: the wait a new order's steps would meet before a worker starts them, summed
-//! over the saga's queues. Per queue it has two parts, because a job waits in two places:
-//! - in the queue, due and not yet taken by a worker: the age of the queue's oldest such job
-//!   ([`crate::queue::views::saga_queue_heads`]);
-//! - in a worker's hands, taken and not yet started: a busy worker holds more jobs than it runs (the next batch
-//!   waits for a slot while two run, and a fetch may bring more; docs/PERFORMANCE.md, "Issue 16, part 5": up to
-//!   253 jobs a queue). Only the worker knows which of its jobs have started, so each worker process reports,
-//!   every [`REPORT_EVERY`] while one waits, the longest wait of the jobs it holds per queue ([`report_held`]);
-//!   admission adds per queue the longest report made within [`REPORT_TTL`].
-//!
-//! It falls as soon as the workers catch up and needs no knowledge of the machine's rate. The API reads it a few
-//! times a second ([`AdmissionSettings::refresh`]) and decides each request from the last reading, so a refusal
-//! costs no query, and a refused request writes nothing: its Idempotency-Key may be sent again once the backlog
-//! drains.
+//! The measure is the saga backlog: over the saga's queues, the sum of each one's oldest job that is due and
+//! not yet taken by a worker, in seconds ([`crate::queue::views::saga_backlog`]). It is about how long a new
+//! order's steps would wait before a worker takes them, whichever step is the slow one, and it falls as soon as
+//! the workers catch up; it needs no knowledge of the machine's rate. The API reads it a few times a second
+//! ([`AdmissionSettings::refresh`]) and decides each request from the last reading, so a refusal costs no
+//! query, and a refused request writes nothing: its Idempotency-Key may be sent again once the backlog drains.
 //!
 //! Workers stopped with orders waiting are a backlog too: with admission on, the API refuses orders until a
 //! worker takes the waiting ones. `ORDERFLOW_ADMISSION_MAX_BACKLOG_MS=0` turns admission off for deployments that
 //! prefer to accept every order and work the backlog off later.
 
 use std::time::Duration;
-
-use sqlx::PgExecutor;
 
 /// How the API admits new orders (`ORDERFLOW_ADMISSION_MAX_BACKLOG_MS`, `ORDERFLOW_ADMISSION_REFRESH_MS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,50 +72,6 @@ impl AdmissionSettings {
             retry_after_secs: over.as_secs() + u64::from(over.subsec_nanos() > 0),
         })
     }
-}
-
-/// How often a worker reports while jobs wait in its hands: about the API's reading interval.
-pub const REPORT_EVERY: Duration = Duration::from_millis(100);
-
-/// How long a worker's report counts: a report older than this is from a worker that stopped or cannot reach
-/// the database.
-pub const REPORT_TTL: Duration = Duration::from_secs(1);
-
-// A worker that reports on time is never forgotten between two of its reports.
-const _: () = assert!(REPORT_TTL.as_millis() >= 5 * REPORT_EVERY.as_millis());
-
-/// Records what worker process `worker` holds and has not started: per queue, the longest wait (`waits`, the
-/// queues where one waits); its reports of other queues are deleted. With no `waits`, it says nothing waits.
-pub async fn report_held(
-    executor: impl PgExecutor<'_>,
-    worker: &str,
-    waits: &[(&str, Duration)],
-) -> Result<(), sqlx::Error> {
-    let queues: Vec<&str> = waits.iter().map(|(queue, _)| *queue).collect();
-    let seconds: Vec<f64> = waits.iter().map(|(_, wait)| wait.as_secs_f64()).collect();
-    sqlx::query!(
-        r#"with cleared as (
-               delete from worker_waits where worker = $1 and queue <> all($2::text[])
-           )
-           insert into worker_waits (worker, queue, wait_seconds)
-           select $1, q.queue, q.seconds from unnest($2::text[], $3::float8[]) as q(queue, seconds)
-           on conflict (worker, queue) do update set wait_seconds = excluded.wait_seconds, reported_at = now()"#,
-        worker,
-        &queues as &[&str],
-        &seconds
-    )
-    .execute(executor)
-    .await
-    .map(|_| ())
-}
-
-/// Deletes the reports of workers that stopped reporting a minute ago or more (a worker killed while jobs waited
-/// in its hands leaves its last report behind); the rows deleted.
-pub async fn forget_stale_reports(executor: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
-    let deleted = sqlx::query!("delete from worker_waits where reported_at < now() - interval '1 minute'")
-        .execute(executor)
-        .await?;
-    Ok(deleted.rows_affected())
 }
 
 #[cfg(test)]

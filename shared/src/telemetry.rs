@@ -109,7 +109,7 @@ fn describe_metrics() {
     );
     describe_gauge!(
         "orderflow_saga_backlog_seconds",
-        "The saga backlog admission control reads: over the saga's queues, the sum of each one's oldest due job's age and the longest wait a worker reports for the jobs it holds."
+        "The saga backlog admission control reads: over the saga's queues, the sum of each one's oldest due job's age."
     );
     describe_gauge!(
         "orderflow_admission_max_backlog_seconds",

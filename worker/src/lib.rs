@@ -19,7 +19,6 @@
 
 pub mod error;
 mod failpoints;
-mod held;
 mod poll;
 pub mod provider;
 pub mod reconciler;
@@ -43,8 +42,6 @@ use orderflow_shared::settings::{MIN_WORKER_CONNECTIONS, WorkerSettings};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
-
-use crate::held::Held;
 
 pub use runner::{Batcher, Runner};
 
@@ -141,24 +138,12 @@ pub async fn run(
 
     let (stop, stopped) = watch::channel(false);
     let presence = tokio::spawn(keep_presence(presence_options, presence, stopped.clone()));
-    let held_jobs: Vec<(Step, Arc<Held>)> = runner
+    let queues: Vec<_> = runner
         .settings
         .steps
         .iter()
-        .map(|&step| (step, Arc::default()))
+        .map(|&step| tokio::spawn(supervise(runner.clone(), step, stopped.clone())))
         .collect();
-    let queue_workers: Vec<_> = held_jobs
-        .iter()
-        .map(|(step, held)| tokio::spawn(supervise(runner.clone(), *step, held.clone(), stopped.clone())))
-        .collect();
-    let reports = tokio::spawn(held::report(
-        runner.pool.connect_options().as_ref().clone(),
-        runner.instance.clone(),
-        held_jobs
-            .into_iter()
-            .map(|(step, held)| (step.queue(), held))
-            .collect(),
-    ));
     let reconciler = tokio::spawn(reconciler::run(runner.clone(), stopped.clone()));
     if let Some(addr) = runner.settings.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -175,7 +160,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!(?grace, "shutting down: no new jobs; waiting for in-flight steps");
     let _ = stop.send(true);
-    if tokio::time::timeout(grace, futures::future::join_all(queue_workers))
+    if tokio::time::timeout(grace, futures::future::join_all(queues))
         .await
         .is_err()
     {
@@ -185,8 +170,6 @@ pub async fn run(
         );
     }
     let _ = reconciler.await;
-    // Reports are not data: a send in flight is not waited for.
-    reports.abort();
     if let Some(relay) = relay {
         let _ = relay.await;
     }
@@ -268,13 +251,12 @@ async fn keep_presence(
 /// under a fresh name (apalis strands the jobs of a name that comes back), after a capped exponential delay.
 /// The reconciler hands the jobs of the generation that stopped to the next one (a later generation of the same
 /// name has registered, so the earlier one is gone).
-async fn supervise(runner: Arc<Runner>, step: Step, held: Arc<Held>, mut stopped: watch::Receiver<bool>) {
+async fn supervise(runner: Arc<Runner>, step: Step, mut stopped: watch::Receiver<bool>) {
     let base = format!("{}@{}", step.queue(), runner.instance);
     let mut failures: u32 = 0;
     for generation in 0u64.. {
         let started = Instant::now();
-        let name = format!("{base}#{generation}");
-        let result = queue_worker(&runner, step, name, held.clone(), stopped.clone()).await;
+        let result = queue_worker(&runner, step, format!("{base}#{generation}"), stopped.clone()).await;
         if *stopped.borrow() {
             return;
         }
@@ -297,15 +279,13 @@ async fn supervise(runner: Arc<Runner>, step: Step, held: Arc<Held>, mut stopped
     }
 }
 
-/// One apalis worker for the step's queue, running until `stopped` turns true or the worker fails; the jobs it
-/// holds and has not started are reported in `held`. Built in a
+/// One apalis worker for the step's queue, running until `stopped` turns true or the worker fails. Built in a
 /// plain function returning a boxed future: built inside `supervise`'s async body, apalis's worker future trips
 /// rustc's higher-ranked `Send` check ("implementation of `FnOnce` is not general enough").
 fn queue_worker(
     runner: &Arc<Runner>,
     step: Step,
     name: String,
-    held: Arc<Held>,
     mut stopped: watch::Receiver<bool>,
 ) -> BoxFuture<'static, Result<(), WorkerError>> {
     let settings = &runner.settings;
@@ -319,21 +299,17 @@ fn queue_worker(
     let fetch_size = settings.fetch_size.min(concurrency);
     let config = orderflow_shared::queue::queue_config(step.queue(), fetch_size);
     let backend = PostgresStorage::<StepJob>::new(&runner.pool).with_config(config.clone());
-    let pacing = poll::Pacing {
-        fetch_size,
-        idle: settings.poll_interval,
-        gap: settings.fetch_gap,
-    };
     let backend = poll::Paced::new(
         backend,
         runner.pool.clone(),
         step.queue(),
         config,
-        pacing,
-        held.clone(),
+        fetch_size,
+        settings.poll_interval,
+        settings.fetch_gap,
     );
     let (completer, writer) = Completer::start(runner.pool.clone(), name.clone());
-    let (batcher, gatherer) = Batcher::start(runner.clone(), step, settings.step_batch, held);
+    let (batcher, gatherer) = Batcher::start(runner.clone(), step, settings.step_batch);
     let ctx = StepContext { completer, batcher };
     let worker = WorkerBuilder::new(name)
         .backend(backend)

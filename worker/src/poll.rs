@@ -24,7 +24,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,8 +32,6 @@ use apalis_core::backend::{BackendConfig, WireFormatBackend};
 use apalis_postgres::{PgPool, PgTask, Pubsub, queries};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Sink, SinkExt, StreamExt};
-
-use crate::held::Held;
 
 /// The timer of a queue that is working.
 pub const BUSY_TICK: Duration = Duration::from_millis(50);
@@ -87,18 +84,6 @@ impl Ticker {
     }
 }
 
-/// How a queue's worker fetches.
-#[derive(Debug, Clone, Copy)]
-pub struct Pacing {
-    /// The most jobs one fetch claims.
-    pub fetch_size: usize,
-    /// The timer of an idle queue (`ORDERFLOW_WORKER_POLL_MS`).
-    pub idle: Duration,
-    /// While jobs come slowly, a fetch that found some is followed by the next no sooner than this after it
-    /// ([`gap_after`]; `ORDERFLOW_WORKER_FETCH_GAP_MS`).
-    pub gap: Duration,
-}
-
 /// A queue's backend that fetches only when there may be work: when its [`Ticker`] fires, when notifications for
 /// its queue arrived (however many arrived meanwhile, one fetch: new orders and step batches announce their jobs,
 /// `queue::announce`), and right after a fetch that came back full (it may have left jobs behind). It fetches
@@ -132,26 +117,20 @@ pub struct Paced<B> {
     since_previous: Duration,
     /// The gap after the last fetch, while it lasts; `None`: the next fetch may start at once.
     gap_wait: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Where the jobs of `fetched` are reported to admission control while they wait for a handler.
-    held: Arc<Held>,
 }
 
 impl<B> Paced<B> {
-    /// `backend` serves `queue` (its `config`) from `pool`, fetching as `pacing` says; jobs fetched and not yet
-    /// handed out are reported in `held`.
+    /// `backend` serves `queue` (its `config`) from `pool`; fetches claim up to `fetch_size` jobs, and while jobs
+    /// come slowly one that found some is followed by the next no sooner than `gap` after it ([`gap_after`]).
     pub fn new(
         backend: B,
         pool: PgPool,
         queue: &str,
         config: apalis_postgres::Config,
-        pacing: Pacing,
-        held: Arc<Held>,
+        fetch_size: usize,
+        idle: Duration,
+        gap: Duration,
     ) -> Self {
-        let Pacing {
-            fetch_size,
-            idle,
-            gap,
-        } = pacing;
         Self {
             notices: Some(Pubsub::new(pool.clone(), queue.to_owned())),
             queue: queue.to_owned(),
@@ -170,7 +149,6 @@ impl<B> Paced<B> {
             fetch_started: None,
             since_previous: gap,
             gap_wait: None,
-            held,
         }
     }
 
@@ -243,9 +221,6 @@ where
         loop {
             if let Some(task) = self.fetched.pop_front() {
                 self.last_job = Some(Instant::now());
-                if self.fetched.is_empty() {
-                    self.held.fetched_since(None);
-                }
                 return Poll::Ready(Some(Ok(task)));
             }
             if let Some(fetch) = &mut self.fetch {
@@ -259,9 +234,6 @@ where
                         self.open |= full;
                         self.gap_wait = (!full && gap_after(tasks.len(), self.since_previous, self.gap))
                             .then(|| Box::pin(tokio::time::sleep(self.gap)));
-                        if !tasks.is_empty() {
-                            self.held.fetched_since(Some(Instant::now()));
-                        }
                         self.fetched.extend(tasks);
                     }
                     Poll::Ready(Err(error)) => {
@@ -282,13 +254,6 @@ where
 
     fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
         self.backend.poll_close(cx, worker)
-    }
-}
-
-impl<B> Drop for Paced<B> {
-    /// What is left of a fetch goes back to the queue with the worker (`upkeep::release_jobs_of`).
-    fn drop(&mut self) {
-        self.held.fetched_since(None);
     }
 }
 

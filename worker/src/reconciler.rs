@@ -2,8 +2,7 @@
 //!
 //! 1. Jobs fetched by a worker that is gone (killed, or a queue worker its process restarted) go back to
 //!    Pending at once, so another worker runs them: recovery takes about one interval after `kill -9`. Queues
-//!    with jobs due (rescued ones, delayed retries) get the wake-up apalis would send for a new job. The held-job
-//!    reports of workers that stopped reporting a minute ago are deleted (`admission::forget_stale_reports`).
+//!    with jobs due (rescued ones, delayed retries) get the wake-up apalis would send for a new job.
 //! 2. Reservations past their hold, with no authorization in flight, are released: the order is cancelled
 //!    with reason `reservation_expired`.
 //! 3. Sagas whose job ended without moving them on (it finished, died for good or vanished) are settled as a
@@ -116,7 +115,6 @@ pub async fn pass(runner: &Runner) -> anyhow::Result<Pass> {
         );
     }
     step_log::close_attempts_of_gone_workers(&runner.pool).await?;
-    orderflow_shared::admission::forget_stale_reports(&runner.pool).await?;
     upkeep::wake_due_queues(&runner.pool, &queues).await?;
     let mut result = Pass {
         rescued_jobs: rescued.len(),

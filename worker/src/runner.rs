@@ -23,7 +23,7 @@
 //! `ORDERFLOW_WORKER_STEP_BATCH=1`), and the jobs that arrive meanwhile form the next (as group commit does). A
 //! lone job runs at once; a busy queue fills its batches up to `ORDERFLOW_WORKER_STEP_BATCH`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,6 @@ use uuid::Uuid;
 
 use crate::error::StepError;
 use crate::failpoints;
-use crate::held::Held;
 use crate::provider::Provider;
 use crate::steps::{self, Decision, SagaStep};
 
@@ -441,13 +440,6 @@ fn fail_batch<'a>(name: &str, orders: impl IntoIterator<Item = &'a OrderRow>) ->
 
 type Reply = oneshot::Sender<Result<(), StepError>>;
 
-/// A job handed to a batcher: where its result goes, and when it was handed over.
-struct Handed {
-    job: StepJob,
-    reply: Reply,
-    at: Instant,
-}
-
 /// Batches of one step that one queue worker runs at once when batches hold many orders. Two, so a batch
 /// waiting on the provider does not hold the next one back.
 const BATCHES_IN_FLIGHT: usize = 2;
@@ -458,28 +450,22 @@ pub(crate) const ONE_BY_ONE_IN_FLIGHT: usize = 16;
 /// Gathers one queue worker's jobs into batches of up to `max`.
 #[derive(Debug, Clone)]
 pub struct Batcher {
-    tx: mpsc::UnboundedSender<Handed>,
+    tx: mpsc::UnboundedSender<(StepJob, Reply)>,
 }
 
 impl Batcher {
-    /// Starts the gatherer of `step`'s jobs; it ends when the last `Batcher` clone is dropped. The jobs waiting
-    /// for a batch slot are reported in `held`.
-    pub fn start(runner: Arc<Runner>, step: Step, max: usize, held: Arc<Held>) -> (Self, JoinHandle<()>) {
+    /// Starts the gatherer of `step`'s jobs; it ends when the last `Batcher` clone is dropped.
+    pub fn start(runner: Arc<Runner>, step: Step, max: usize) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let gatherer = tokio::spawn(gather(runner, step, max.max(1), rx, held));
+        let gatherer = tokio::spawn(gather(runner, step, max.max(1), rx));
         (Self { tx }, gatherer)
     }
 
     /// Hands `job` to the next batch and returns its result.
     pub async fn submit(&self, job: StepJob) -> Result<(), StepError> {
         let (reply, answer) = oneshot::channel();
-        let handed = Handed {
-            job,
-            reply,
-            at: Instant::now(),
-        };
         self.tx
-            .send(handed)
+            .send((job, reply))
             .map_err(|_| StepError::Transient(anyhow!("the step batcher has stopped")))?;
         answer
             .await
@@ -487,14 +473,11 @@ impl Batcher {
     }
 }
 
-/// Runs the jobs handed over in batches of up to `max`, at most `BATCHES_IN_FLIGHT` at once. While every slot is
-/// taken it takes in the jobs that arrive, so that it knows since when the oldest of them waits (`held`).
 async fn gather(
     runner: Arc<Runner>,
     step: Step,
     max: usize,
-    mut rx: mpsc::UnboundedReceiver<Handed>,
-    held: Arc<Held>,
+    mut rx: mpsc::UnboundedReceiver<(StepJob, Reply)>,
 ) {
     let in_flight = if max > 1 {
         BATCHES_IN_FLIGHT
@@ -502,42 +485,23 @@ async fn gather(
         ONE_BY_ONE_IN_FLIGHT
     };
     let slots = Arc::new(Semaphore::new(in_flight));
-    let mut waiting: VecDeque<Handed> = VecDeque::new();
-    let mut arrived = Vec::with_capacity(max);
+    let mut waiting = Vec::with_capacity(max);
     loop {
-        held.gathered_since(waiting.front().map(|handed| handed.at));
-        if waiting.is_empty() {
-            if rx.recv_many(&mut arrived, max).await == 0 {
-                return;
-            }
-            waiting.extend(arrived.drain(..));
-            continue;
-        }
-        let slot = tokio::select! {
-            biased;
-            slot = slots.clone().acquire_owned() => slot,
-            received = rx.recv_many(&mut arrived, max) => {
-                if received > 0 {
-                    waiting.extend(arrived.drain(..));
-                    continue;
-                }
-                // Every handler is gone (the worker stopped); what waits still runs.
-                slots.clone().acquire_owned().await
-            }
-        };
-        let Ok(slot) = slot else {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
+        if rx.recv_many(&mut waiting, max).await == 0 {
+            return;
+        }
         // The jobs apalis hands over together arrive one task after another: let those already woken join.
         tokio::task::yield_now().await;
-        while let Ok(handed) = rx.try_recv() {
-            waiting.push_back(handed);
+        while waiting.len() < max {
+            match rx.try_recv() {
+                Ok(job) => waiting.push(job),
+                Err(_) => break,
+            }
         }
-        let take = waiting.len().min(max);
-        let (jobs, replies): (Vec<StepJob>, Vec<Reply>) = waiting
-            .drain(..take)
-            .map(|handed| (handed.job, handed.reply))
-            .unzip();
+        let (jobs, replies): (Vec<StepJob>, Vec<Reply>) = waiting.drain(..).unzip();
         let runner = runner.clone();
         tokio::spawn(async move {
             let results = runner.run_batch(step, jobs).await;

@@ -53,28 +53,21 @@ pub async fn queue_stats(executor: impl PgExecutor<'_>) -> Result<Vec<QueueStats
     .await
 }
 
-/// The saga backlog admission control reads (`crate::admission`): over the saga's queues, the sum of the age of
-/// each one's oldest job that is due and not yet taken by a worker (one probe of apalis's fetch index per queue,
-/// in the order its workers fetch) and of the longest wait a worker reports for its held jobs that no batch runs
-/// yet (reports made within `REPORT_TTL`).
+/// The saga backlog admission control reads (`crate::admission`): over the saga's queues, the sum of the age
+/// of each one's oldest job that is due and not yet taken by a worker (zero when none waits). One probe of
+/// apalis's fetch index per queue, in the order its workers fetch.
 pub async fn saga_backlog(executor: impl PgExecutor<'_>) -> Result<std::time::Duration, sqlx::Error> {
     let names: Vec<&str> = Step::ALL.iter().map(|s| s.queue()).collect();
     let seconds = sqlx::query_scalar!(
-        r#"select coalesce(sum(coalesce(extract(epoch from now() - due.run_at), 0)
-                               + coalesce(held.seconds, 0)), 0)::float8 as "seconds!"
+        r#"select coalesce(sum(extract(epoch from now() - due.run_at)), 0)::float8 as "seconds!"
            from unnest($1::text[]) as q(job_type)
-           left join lateral (
+           cross join lateral (
                select j.run_at from apalis.jobs j
                where j.job_type = q.job_type and j.status = 'Pending' and j.run_at <= now()
                order by j.priority desc, j.run_at
                limit 1
-           ) due on true
-           left join lateral (
-               select max(w.wait_seconds) as seconds from worker_waits w
-               where w.queue = q.job_type and w.reported_at >= now() - make_interval(secs => $2)
-           ) held on true"#,
-        &names as &[&str],
-        crate::admission::REPORT_TTL.as_secs_f64()
+           ) due"#,
+        &names as &[&str]
     )
     .fetch_one(executor)
     .await?;
