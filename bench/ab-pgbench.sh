@@ -9,6 +9,7 @@
 #
 # Prints one line per round, build and script: "round=1 variant=before batch_step tps=41.8". Databases ab_<name>.
 set -uo pipefail
+. "$(dirname "$0")/lib.sh"
 SERVER=postgres://postgres@127.0.0.1:5432
 T=${T:-15}; ROUNDS=${ROUNDS:-3}; CLIENTS=16; STEP_ORDERS=100000
 for v in $VARIANTS; do
@@ -17,7 +18,7 @@ for v in $VARIANTS; do
   psql -q "$SERVER/postgres" -c "drop database if exists $db with (force)" -c "create database $db"
   DATABASE_URL="$SERVER/$db" ORDERFLOW_API_ADDR=127.0.0.1:18081 $bin/orderflow-api >/dev/null 2>&1 &
   pid=$!
-  for _ in $(seq 1 60); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 1; done
+  wait_ready 127.0.0.1:18081
   kill $pid; wait $pid 2>/dev/null
   s() { psql -qAt "$SERVER/$db" -c "$1"; }
   s "insert into skus (sku, on_hand, price, currency) select 'ceiling-' || i, 100000000, 100, 'USD' from generate_series(0, 49) i"

@@ -9,6 +9,7 @@
 #   VAR=ORDERFLOW_WORKER_FETCH_GAP_MS VALUES="0 40" RATE=100 T=20 ROUNDS=2 bash bench/ab-setting.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 BIN=${BIN:-target/release}
 VAR=${VAR:?the variable to vary, e.g. ORDERFLOW_WORKER_FETCH_GAP_MS}
 VALUES=${VALUES:?its values, e.g. "0 40"}
@@ -17,18 +18,16 @@ SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}; DB=${DB:-orderflow_ab}; AP
 export PGSSLMODE=${PGSSLMODE:-disable}
 OUT=${OUT:-bench/results/ab}; mkdir -p "$OUT"
 HZ=$(getconf CLK_TCK)
-ticks() { local s=0 p f; for p in "$@"; do read -r -a f <"/proc/$p/stat" 2>/dev/null || continue; s=$((s + f[13] + f[14])); done; echo $s; }
-pg_ticks() { local pm; pm=$(pgrep -u postgres -o postgres); echo $(( $(ticks $(pgrep -u postgres postgres)) + $(awk '{print $16 + $17}' "/proc/$pm/stat") )); }
 ended() { psql -qAt "$SERVER/$DB" -c "select count(*) from orders where status in ('FULFILLED', 'CANCELLED')"; }
 DEV=
 trap '[ -n "$DEV" ] && kill $DEV 2>/dev/null; wait 2>/dev/null || true' EXIT
 for round in $(seq 1 "$ROUNDS"); do
   for value in $VALUES; do
-    psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB" 2>/dev/null
+    fresh_db "$SERVER" "$DB"
     env "$VAR=$value" DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 \
       ORDERFLOW_NATS_URL= RUST_LOG=warn "$BIN/orderflow" dev >"$OUT/dev.log" 2>&1 &
     DEV=$!
-    for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 0.5; done
+    wait_ready "$API"
     u0=$(ended); p0=$(pg_ticks); s0=$(ticks $DEV)
     "$BIN/orderflow-bench" --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --duration "$T" \
       --warmup 3 --mode saga --rate "$RATE" --label ab >/dev/null 2>&1

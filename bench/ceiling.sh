@@ -29,6 +29,7 @@
 #    for that one row; every connection over loopback without TLS (PGSSLMODE=disable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 # The binaries measured: another directory runs an earlier build, for a before/after in one session.
 BIN=${BIN:-target/release}
@@ -71,21 +72,16 @@ psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "cre
 # The twin's schema: the API migrates a database at start-up.
 DATABASE_URL="$SERVER/$PGDB" ORDERFLOW_API_ADDR=127.0.0.1:18081 $BIN/orderflow-api >"$OUT/migrate.log" 2>&1 &
 MIGRATE=$!
-for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:18081/readyz" >/dev/null && break; sleep 1; done
+wait_ready 127.0.0.1:18081
 kill $MIGRATE; wait $MIGRATE 2>/dev/null || true
 DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= \
   RUST_LOG=warn $BIN/orderflow dev >"$OUT/dev.log" 2>&1 &
 DEV=$!
 WORKER=
 trap 'kill $DEV $WORKER 2>/dev/null; wait $DEV $WORKER 2>/dev/null || true' EXIT
-for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
-curl -sf "http://$API/readyz" >/dev/null
+wait_ready "$API"
 
 sql() { psql -qAt "$SERVER/$PGDB" -c "$1"; }
-# CPU clock ticks of the given processes (threads included).
-ticks() { local s=0 p f; for p in "$@"; do read -r -a f <"/proc/$p/stat" 2>/dev/null || continue; s=$((s + f[13] + f[14])); done; echo $s; }
-# PostgreSQL's: every live process, and the postmaster's ended children (backends of closed connections).
-pg_ticks() { local pm; pm=$(pgrep -u postgres -o postgres); echo $(( $(ticks $(pgrep -u postgres postgres)) + $(awk '{print $16 + $17}' "/proc/$pm/stat") )); }
 # Milliseconds of CPU between two tick counts.
 ms() { echo $(( ($2 - $1) * 1000 / HZ )); }
 sql "insert into skus (sku, on_hand, price, currency) select 'ceiling-' || i, 100000000, 100, 'USD' from generate_series(0, 49) i"
@@ -258,7 +254,7 @@ api_alone() {
     ORDERFLOW_ADMISSION_MAX_BACKLOG_MS=0 \
     $BIN/orderflow-api >"$OUT/$2" 2>&1 &
   DEV=$!
-  for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 1; done
+  wait_ready "$API"
 }
 # Creation is measured on the API alone, as pgbench measures the creation SQL alone: the worker is stopped so
 # that it does not spend the same two cores on the sagas of the orders being created (those are measured above).

@@ -7,6 +7,7 @@
 #   cargo build --release --bin orderflow-api --bin orderflow-bench && RATE=1000 bash bench/cpu-per-order.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 # The binaries measured: another directory runs an earlier build, for a before/after in one session.
 BIN=${BIN:-target/release}
 RATE=${RATE:-1000}
@@ -18,16 +19,17 @@ API=127.0.0.1:18080
 OUT=${OUT:-/tmp/orderflow-cpu-order}
 export PGSSLMODE=${PGSSLMODE:-disable}
 
-ticks() { local s=0; for p in "$@"; do read -r -a f <"/proc/$p/stat" 2>/dev/null || continue; s=$((s + f[13] + f[14])); done; echo $s; }
-pg_ticks() { ticks $(pgrep -u postgres postgres); }
 orders() { psql -qAt "$SERVER/$DB" -c "select count(*) from orders"; }
 
 psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB"
 if [ "$ASYNC" = 1 ]; then psql -q "$SERVER/postgres" -c "alter database $DB set synchronous_commit = off"; fi
-DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API RUST_LOG=warn $BIN/orderflow-api >"$OUT.api.log" 2>&1 &
+# No worker runs, so every order's first job waits: admission control (on by default) would refuse all but the
+# first second's orders. Creation alone is measured with it off, as bench/ceiling.sh's API-alone rows are.
+DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API RUST_LOG=warn ORDERFLOW_ADMISSION_MAX_BACKLOG_MS=0 \
+  $BIN/orderflow-api >"$OUT.api.log" 2>&1 &
 APIPID=$!
 trap 'kill $APIPID 2>/dev/null; wait $APIPID 2>/dev/null || true' EXIT
-for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 0.5; done
+wait_ready "$API"
 $BIN/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --mode create \
   --rate "$RATE" --duration "$T" --warmup 3 --label create >/dev/null 2>&1 &
 BENCH=$!

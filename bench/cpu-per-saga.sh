@@ -9,6 +9,7 @@
 # postgres processes' /proc entries (root here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RATE=${RATE:-60}
 DB=${DB:-orderflow_cpu}
 SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}
@@ -16,8 +17,6 @@ URL=${DATABASE_URL:-$SERVER/$DB?sslmode=disable}
 API=127.0.0.1:18080
 export PGSSLMODE=${PGSSLMODE:-disable}
 
-ticks() { local s=0; for p in "$@"; do read -r -a f <"/proc/$p/stat" 2>/dev/null || continue; s=$((s + f[13] + f[14])); done; echo $s; }
-pg_ticks() { ticks $(pgrep -u postgres postgres); }
 fulfilled() { psql -qAt "$SERVER/$DB" -c "select count(*) from orders where status = 'FULFILLED'"; }
 commits() { psql -qAt "$SERVER/postgres" -c "select xact_commit from pg_stat_database where datname = '$DB'"; }
 
@@ -26,7 +25,7 @@ DATABASE_URL=$URL ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 
   target/release/orderflow dev >/tmp/orderflow-cpu-dev.log 2>&1 &
 DEV=$!
 trap 'kill $DEV 2>/dev/null; wait $DEV 2>/dev/null || true' EXIT
-for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 0.5; done
+wait_ready "$API"
 target/release/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out /tmp/orderflow-cpu \
   --mode saga --rate "$RATE" --duration 40 --warmup 2 --label cpu >/dev/null 2>&1 &
 BENCH=$!

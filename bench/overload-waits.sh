@@ -10,19 +10,20 @@
 #   RATE=1000 T=30 bash bench/overload-waits.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 BIN=${BIN:-target/release}
 RATE=${RATE:-1000}; T=${T:-30}; EXTRA=${EXTRA:-}
 SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}; DB=${DB:-orderflow_waits}; API=127.0.0.1:18080
 export PGSSLMODE=${PGSSLMODE:-disable}
 OUT=${OUT:-bench/results/waits}; mkdir -p "$OUT"
-psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB" 2>/dev/null
+fresh_db "$SERVER" "$DB"
 # shellcheck disable=SC2086
 env $EXTRA DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 \
   ORDERFLOW_NATS_URL= RUST_LOG=warn "$BIN/orderflow" dev >"$OUT/dev.log" 2>&1 &
 DEV=$!
 LOAD=
 trap 'kill $DEV ${LOAD:-} 2>/dev/null; wait 2>/dev/null || true' EXIT
-for _ in $(seq 1 60); do curl -sf "http://$API/readyz" >/dev/null && break; sleep 0.5; done
+wait_ready "$API"
 rm -f "$OUT/waits.json"
 "$BIN/orderflow-bench" --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --duration "$T" \
   --warmup 3 --mode saga --rate "$RATE" --label waits >/dev/null 2>&1 &

@@ -1,0 +1,21 @@
+# What the bench scripts share; each sources it after changing to the repository's root:
+#   . bench/lib.sh
+
+# CPU clock ticks (user + system) of the given processes, threads included, from /proc/<pid>/stat; a process that
+# has ended counts nothing.
+ticks() { local s=0 p f; for p in "$@"; do read -r -a f <"/proc/$p/stat" 2>/dev/null || continue; s=$((s + f[13] + f[14])); done; echo $s; }
+
+# PostgreSQL's ticks: every live process, and the postmaster's ended children (the backends of closed
+# connections, which a sum over the live processes misses).
+pg_ticks() { local pm; pm=$(pgrep -u postgres -o postgres); echo $(( $(ticks $(pgrep -u postgres postgres)) + $(awk '{print $16 + $17}' "/proc/$pm/stat") )); }
+
+# A new, empty database $2 on the server at $1 (one left from an earlier run is dropped).
+fresh_db() { psql -q "$1/postgres" -c "drop database if exists $2 with (force)" -c "create database $2" 2>/dev/null; }
+
+# Waits up to 60 s for an OrderFlow process at host:port $1 to answer /readyz; fails if it does not.
+wait_ready() {
+  local _
+  for _ in $(seq 1 120); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.5; done
+  echo "no answer from http://$1/readyz after 60 s" >&2
+  return 1
+}
