@@ -15,7 +15,7 @@ T=${T:-15}; ROUNDS=${ROUNDS:-3}; CLIENTS=16; STEP_ORDERS=100000
 for v in $VARIANTS; do
   IFS=: read -r name tree bin <<<"$v"
   db=ab_$name
-  psql -q "$SERVER/postgres" -c "drop database if exists $db with (force)" -c "create database $db"
+  fresh_db "$SERVER" "$db"
   DATABASE_URL="$SERVER/$db" ORDERFLOW_API_ADDR=127.0.0.1:18081 $bin/orderflow-api >/dev/null 2>&1 &
   pid=$!
   wait_ready 127.0.0.1:18081

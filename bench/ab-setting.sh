@@ -2,8 +2,8 @@
 # One setting, A/B on one build: `orderflow dev` at a fixed saga rate with each value of a variable in turn,
 # interleaved over rounds, a fresh database per run. Per run: creation p50/p99, submit-to-end p50/p99, complete
 # sagas/s, orders refused (503/429), and CPU per saga ended (PostgreSQL's, every process and the postmaster's
-# ended children; `orderflow dev`'s), from /proc. Runs minutes apart on one build are the comparison this machine's drift allows
-# (../shared/notes/performance.md).
+# ended children; `orderflow dev`'s), from /proc. Runs minutes apart on one build are the comparison this
+# machine's drift allows (../shared/notes/performance.md).
 #
 #   cargo build --release --bin orderflow --bin orderflow-bench
 #   VAR=ORDERFLOW_WORKER_FETCH_GAP_MS VALUES="0 40" RATE=100 T=20 ROUNDS=2 bash bench/ab-setting.sh

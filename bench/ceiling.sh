@@ -67,8 +67,8 @@ OUT=${OUT:-bench/results}
 API=127.0.0.1:18080
 mkdir -p "$OUT"
 
-psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB" \
-  -c "drop database if exists $PGDB with (force)" -c "create database $PGDB"
+fresh_db "$SERVER" "$DB"
+fresh_db "$SERVER" "$PGDB"
 # The twin's schema: the API migrates a database at start-up.
 DATABASE_URL="$SERVER/$PGDB" ORDERFLOW_API_ADDR=127.0.0.1:18081 $BIN/orderflow-api >"$OUT/migrate.log" 2>&1 &
 MIGRATE=$!
@@ -275,7 +275,7 @@ psql -q "$SERVER/postgres" -c "alter database $DB reset synchronous_commit"
 # reserve step decides them, as pgbench's batched hot-sku script decides pre-made orders. On a database of its
 # own: the creation runs above left their orders' reserve jobs waiting in the same queue.
 BACKLOG_DB=${DB}_backlog
-psql -q "$SERVER/postgres" -c "drop database if exists $BACKLOG_DB with (force)" -c "create database $BACKLOG_DB"
+fresh_db "$SERVER" "$BACKLOG_DB"
 api_alone "$BACKLOG_DB" api-backlog.log
 echo "== service: hot sku on a backlog ($BACKLOG orders made, then drained by a reserve-only worker)"
 READY="$OUT/hotsku-backlog.ready"

@@ -21,7 +21,7 @@ export PGSSLMODE=${PGSSLMODE:-disable}
 
 orders() { psql -qAt "$SERVER/$DB" -c "select count(*) from orders"; }
 
-psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB"
+fresh_db "$SERVER" "$DB"
 if [ "$ASYNC" = 1 ]; then psql -q "$SERVER/postgres" -c "alter database $DB set synchronous_commit = off"; fi
 # No worker runs, so every order's first job waits: admission control (on by default) would refuse all but the
 # first second's orders. Creation alone is measured with it off, as bench/ceiling.sh's API-alone rows are.

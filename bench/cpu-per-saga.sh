@@ -10,6 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
+# The binaries measured: another directory runs an earlier build, for a before/after in one session.
+BIN=${BIN:-target/release}
 RATE=${RATE:-60}
 DB=${DB:-orderflow_cpu}
 SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}
@@ -20,13 +22,13 @@ export PGSSLMODE=${PGSSLMODE:-disable}
 fulfilled() { psql -qAt "$SERVER/$DB" -c "select count(*) from orders where status = 'FULFILLED'"; }
 commits() { psql -qAt "$SERVER/postgres" -c "select xact_commit from pg_stat_database where datname = '$DB'"; }
 
-psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB"
+fresh_db "$SERVER" "$DB"
 DATABASE_URL=$URL ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= RUST_LOG=warn \
-  target/release/orderflow dev >/tmp/orderflow-cpu-dev.log 2>&1 &
+  $BIN/orderflow dev >/tmp/orderflow-cpu-dev.log 2>&1 &
 DEV=$!
 trap 'kill $DEV 2>/dev/null; wait $DEV 2>/dev/null || true' EXIT
 wait_ready "$API"
-target/release/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out /tmp/orderflow-cpu \
+$BIN/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out /tmp/orderflow-cpu \
   --mode saga --rate "$RATE" --duration 40 --warmup 2 --label cpu >/dev/null 2>&1 &
 BENCH=$!
 sleep 12   # past the warm-up and the first backlog

@@ -9,8 +9,12 @@ ticks() { local s=0 p f; for p in "$@"; do read -r -a f <"/proc/$p/stat" 2>/dev/
 # connections, which a sum over the live processes misses).
 pg_ticks() { local pm; pm=$(pgrep -u postgres -o postgres); echo $(( $(ticks $(pgrep -u postgres postgres)) + $(awk '{print $16 + $17}' "/proc/$pm/stat") )); }
 
-# A new, empty database $2 on the server at $1 (one left from an earlier run is dropped).
-fresh_db() { psql -q "$1/postgres" -c "drop database if exists $2 with (force)" -c "create database $2" 2>/dev/null; }
+# A new, empty database $2 on the server at $1 (one left from an earlier run is dropped). PostgreSQL's notice
+# that there was none to drop is not shown; its errors are.
+fresh_db() {
+  PGOPTIONS="-c client_min_messages=warning" psql -q "$1/postgres" \
+    -c "drop database if exists $2 with (force)" -c "create database $2"
+}
 
 # Waits up to 60 s for an OrderFlow process at host:port $1 to answer /readyz; fails if it does not.
 wait_ready() {

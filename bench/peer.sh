@@ -5,13 +5,14 @@
 #   cargo build --release --bin orderflow-queue-bench && bash bench/peer.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}
 DB=${DB:-orderflow_peer}
 JOBS=${JOBS:-10000}
 # Both connect over loopback without TLS: node-postgres uses none unless told, sqlx and libpq would negotiate it
 # (sslmode=prefer). Both read PGSSLMODE.
 export PGSSLMODE=${PGSSLMODE:-disable}
-psql -q "$SERVER/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB"
+fresh_db "$SERVER" "$DB"
 (cd bench/peer && npm install --no-audit --no-fund --silent >/dev/null)
 results=()
 for kind in trivial chain; do
