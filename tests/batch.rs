@@ -4,7 +4,6 @@
 //! running) so each one's make-up is known.
 
 use orderflow_shared::flow::Step;
-use orderflow_shared::inventory;
 use orderflow_shared::queue::StepJob;
 use orderflow_worker::Runner;
 use serde_json::Value;
@@ -154,85 +153,6 @@ async fn a_reserve_batch_sells_the_stock_first_come_first_served_and_a_rerun_cha
     assert_eq!(app.sku("HOT").await["reserved"].as_i64(), Some(5));
     assert_eq!(step_log(&app.pool, "reserve", &ids).await, log);
     assert_eq!(queued(&app.pool, "orderflow.pay", &ids).await.len(), 6);
-}
-
-#[tokio::test]
-async fn a_reserve_batch_whose_stock_moves_before_its_writes_is_decided_again_on_locked_rows() {
-    // The process's metrics recorder, installed before the batch counts.
-    let _ = orderflow_shared::telemetry::metrics();
-    let app = spawn_app_without_worker().await;
-    app.put_sku("S", 3, 1_000).await;
-    let runner = runner(&app);
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            app.create_order(&format!("m{i}"), &[("S", 1)], "pm_card_visa")
-                .await,
-        );
-    }
-    let other = app.create_order("other", &[("S", 2)], "pm_card_visa").await;
-    // Another transaction holds 2 of the 3 units, uncommitted, with the sku's lock: the batch decides on the 3
-    // it sees committed, moves its orders, then waits for the lock to write its holds.
-    let mut holder = app.pool.begin().await.unwrap();
-    inventory::reserve_many(&mut holder, &[(other, vec![("S".to_owned(), 2)])])
-        .await
-        .unwrap();
-    let batch = tokio::spawn({
-        let runner = runner.clone();
-        let jobs = jobs(&ids);
-        async move { runner.run_batch(Step::Reserve, jobs).await }
-    });
-    let mut waited = 0;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        waited += 1;
-        assert!(waited < 500, "the batch never waited for the sku's lock");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    holder.commit().await.unwrap();
-
-    let results = batch.await.unwrap();
-
-    // Its plan no longer held (one unit left for three orders): the batch rolled back and was decided again on
-    // the locked rows, first come first served, as if it had waited for the lock before deciding.
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_eq!(statuses(&app, &ids).await, ["RESERVED", "CANCELLED", "CANCELLED"]);
-    for id in &ids[1..] {
-        assert_eq!(app.order(*id).await["cancel_reason"], "out_of_stock");
-    }
-    let s = app.sku("S").await;
-    assert_eq!(
-        (s["on_hand"].as_i64(), s["reserved"].as_i64()),
-        (Some(3), Some(3))
-    );
-    // Nothing of the first run is left: one closed attempt per order, one event of each kind, one pay job.
-    assert_eq!(
-        step_log(&app.pool, "reserve", &ids).await,
-        [("FAILED".to_owned(), 2), ("SUCCEEDED".to_owned(), 1)]
-    );
-    let kinds: Vec<String> = app
-        .events(ids[0])
-        .await
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(kinds, ["order.created", "order.reserved"]);
-    assert_eq!(queued(&app.pool, "orderflow.pay", &ids).await.len(), 1);
-    let metrics = orderflow_shared::telemetry::metrics().render();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("orderflow_saga_batches_redecided_total{step=\"reserve\"}")),
-        "{metrics}"
-    );
 }
 
 #[tokio::test]

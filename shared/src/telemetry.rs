@@ -96,10 +96,6 @@ fn describe_metrics() {
         "Saga step run time by step and outcome."
     );
     describe_counter!(
-        "orderflow_saga_batches_redecided_total",
-        "Step batches decided again on locked stock rows because the stock they had decided on moved before their writes, by step."
-    );
-    describe_counter!(
         "orderflow_compensations_total",
         "Sagas that started compensating, by reason."
     );

@@ -7,9 +7,7 @@
 //!    and keeps those in the state the step runs from (a job whose order moved on, or does not exist, has nothing
 //!    to do). The step decides for all of them at once, with set-based reads and writes. The attempts that call
 //!    the provider are opened as STARTED; one statement (`order::advance`) ends the others, moves their orders
-//!    and queues their next jobs. The step's stock writes come last (`SagaStep::write_last`), so the skus stay
-//!    locked only until the commit; if the stock a decision rested on moved, the transaction rolls back and the
-//!    batch is decided again on locked rows. Commit.
+//!    and queues their next jobs. Commit.
 //! 2. The provider calls go out concurrently.
 //! 3. A second transaction locks the called orders again, the step records the answers, and `order::advance` ends
 //!    those attempts. Commit.
@@ -48,7 +46,7 @@ use uuid::Uuid;
 use crate::error::StepError;
 use crate::failpoints;
 use crate::provider::Provider;
-use crate::steps::{self, Decided, Decision, Reading, Recheck, SagaStep};
+use crate::steps::{self, Decision, SagaStep};
 
 /// Everything a step needs; one per worker process, shared by all its queues.
 #[derive(Debug, Clone)]
@@ -156,25 +154,6 @@ impl Runner {
     /// One attempt of `S` for the jobs (each order once). `Err`: the first transaction failed, so nothing of the
     /// batch was written.
     async fn attempt<S: SagaStep>(&self, jobs: &[StepJob]) -> Result<Vec<Outcome>, StepError> {
-        if let Some(outcomes) = self.decide_and_run::<S>(jobs, Reading::Unlocked).await? {
-            return Ok(outcomes);
-        }
-        metrics::counter!("orderflow_saga_batches_redecided_total", "step" => S::STEP.name()).increment(1);
-        tracing::info!(
-            "the stock the batch decided on moved before its locks; deciding again on locked rows"
-        );
-        self.decide_and_run::<S>(jobs, Reading::Locked)
-            .await?
-            .ok_or_else(|| StepError::Transient(anyhow!("{} moved under a locked reading", S::STEP)))
-    }
-
-    /// [`Runner::attempt`] with a reading of what other batches change too. `None`: what the step decided on
-    /// moved before its last writes took their locks ([`Recheck::Moved`]); the transaction rolled back.
-    async fn decide_and_run<S: SagaStep>(
-        &self,
-        jobs: &[StepJob],
-        reading: Reading,
-    ) -> Result<Option<Vec<Outcome>>, StepError> {
         let mut outcomes: Vec<Outcome> = jobs.iter().map(|_| Outcome::Done).collect();
         let mut tx = announce::begin_quiet(&self.pool).await?;
         let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id).collect();
@@ -195,10 +174,10 @@ impl Runner {
             }
         }
         if members.is_empty() {
-            return Ok(Some(outcomes));
+            return Ok(outcomes);
         }
         let orders: Vec<&OrderRow> = members.iter().map(|(_, order)| order).collect();
-        let Decided { decisions, last } = S::decide(self, &mut tx, &orders, reading).await?;
+        let decisions = S::decide(self, &mut tx, &orders).await?;
         if decisions.len() != members.len() {
             return Err(StepError::Transient(anyhow!(
                 "{} decided for {} of {} orders",
@@ -237,9 +216,6 @@ impl Runner {
         };
         let moves: Vec<Move<'_>> = ended.iter().map(|(_, m)| m.clone()).collect();
         let planned = order::advance(&mut tx, &moves).await?;
-        if S::write_last(self, &mut tx, last).await? == Recheck::Moved {
-            return Ok(None);
-        }
         if jobs.len() > 1 {
             fail_batch("worker.batch.before_end", orders.iter().copied())?;
         }
@@ -250,7 +226,7 @@ impl Runner {
             log_ended(S::STEP, &jobs[*index], the_move, planned.as_ref());
         }
         if calls.is_empty() {
-            return Ok(Some(outcomes));
+            return Ok(outcomes);
         }
 
         // From here on the attempts are committed: a failure is the attempt's own, settled per order.
@@ -266,14 +242,14 @@ impl Runner {
             }
         }
         if answered.is_empty() {
-            return Ok(Some(outcomes));
+            return Ok(outcomes);
         }
         if let Err(error) = self.record::<S>(jobs, &answered, &started).await {
             for (index, _, _) in &answered {
                 outcomes[*index] = Outcome::Failed(StepError::Transient(anyhow!("{error:#}")));
             }
         }
-        Ok(Some(outcomes))
+        Ok(outcomes)
     }
 
     /// The second transaction of a batch whose step called out: the answers recorded on the orders as they are

@@ -377,127 +377,39 @@ pub enum ReserveOutcome {
     OutOfStock,
 }
 
-impl ReserveOutcome {
-    fn of(holds: &Option<Vec<allocation::Hold>>) -> Self {
-        match holds {
-            Some(_) => Self::Reserved,
-            None => Self::OutOfStock,
-        }
-    }
-}
-
 /// Reserves the lines of one order or many in the caller's transaction, each order all or nothing, first come
 /// first served in the order given (an order that does not fit leaves its stock to the orders after it), each
 /// line from the locations [`allocation`]'s policy picks. It locks every sku the orders name, in sorted order,
 /// reads their locations' free units, decides, then writes every hold (one reservation per order, sku and
 /// location) in one statement; the CHECK constraints still stand behind it. A sku that does not exist is out of
-/// stock. The skus stay locked from the decision to the caller's commit; [`plan_reservations`] decides without
-/// the locks and takes them only to write.
+/// stock.
 #[tracing::instrument(skip_all, fields(orders = orders.len()), err)]
 pub async fn reserve_many(
     conn: &mut PgConnection,
     orders: &[(Uuid, Vec<(String, i64)>)],
 ) -> Result<Vec<ReserveOutcome>, sqlx::Error> {
-    let skus = skus_named(orders);
-    lock_skus(conn, &skus).await?;
-    let decided = allocation::allocate(&mut free_units(conn, &skus).await?, orders);
-    write_holds(conn, orders, &decided).await?;
-    Ok(decided.iter().map(ReserveOutcome::of).collect())
-}
-
-/// Reservations decided on the stock as last committed, with no lock: each order's outcome is known before
-/// anything is written, so a caller can do its other writes first and then write the holds with
-/// [`ReservationPlan::hold`], holding the skus' locks (which every reservation, commit and release of those skus
-/// waits for) only from there to its commit.
-#[derive(Debug)]
-pub struct ReservationPlan {
-    orders: Vec<(Uuid, Vec<(String, i64)>)>,
-    outcomes: Vec<ReserveOutcome>,
-}
-
-/// [`reserve_many`]'s decision, made on an unlocked read of the free units; nothing is written or locked.
-pub async fn plan_reservations(
-    conn: &mut PgConnection,
-    orders: Vec<(Uuid, Vec<(String, i64)>)>,
-) -> Result<ReservationPlan, sqlx::Error> {
-    let mut stock = free_units(conn, &skus_named(&orders)).await?;
-    let outcomes = allocation::allocate(&mut stock, &orders)
-        .iter()
-        .map(ReserveOutcome::of)
-        .collect();
-    Ok(ReservationPlan { orders, outcomes })
-}
-
-impl ReservationPlan {
-    /// Each order's outcome, in the order given.
-    pub fn outcomes(&self) -> &[ReserveOutcome] {
-        &self.outcomes
-    }
-
-    /// Writes the holds of the orders planned to fit, as [`reserve_many`] would: it locks their skus in sorted
-    /// order, reads the free units again under the locks and allocates them to those orders, in order, by the same
-    /// policy. `false` if one of them no longer fits (the stock moved since the plan): nothing is written, and the
-    /// caller must decide again (with [`reserve_many`]). The orders planned out of stock stay so, as if they had
-    /// been decided before whatever freed stock since.
-    #[tracing::instrument(skip_all, fields(orders = self.orders.len()), err)]
-    pub async fn hold(&self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-        let fitting: Vec<(Uuid, Vec<(String, i64)>)> = self
-            .orders
-            .iter()
-            .zip(&self.outcomes)
-            .filter(|(_, outcome)| **outcome == ReserveOutcome::Reserved)
-            .map(|(order, _)| order.clone())
-            .collect();
-        if fitting.is_empty() {
-            return Ok(true);
-        }
-        let skus = skus_named(&fitting);
-        lock_skus(conn, &skus).await?;
-        let decided = allocation::allocate(&mut free_units(conn, &skus).await?, &fitting);
-        if decided.iter().any(Option::is_none) {
-            return Ok(false);
-        }
-        write_holds(conn, &fitting, &decided).await?;
-        Ok(true)
-    }
-}
-
-/// The skus the orders name, sorted: the order their locks are taken in.
-fn skus_named(orders: &[(Uuid, Vec<(String, i64)>)]) -> Vec<&str> {
-    orders
+    let skus: Vec<&str> = orders
         .iter()
         .flat_map(|(_, lines)| lines.iter().map(|(sku, _)| sku.as_str()))
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .collect()
-}
-
-/// Locks the skus (sorted) for a reservation's decision and writes.
-async fn lock_skus(conn: &mut PgConnection, skus: &[&str]) -> Result<(), sqlx::Error> {
+        .collect();
     // `for no key update` is the lock the UPDATE itself takes. `for update` would also block the foreign-key
     // checks (KEY SHARE) of orders being created, which lock their skus in request order: a lock cycle with
     // API requests (seen under load: creations queued behind batches for seconds).
     sqlx::query!(
         "select sku from skus where sku = any($1) order by sku for no key update",
-        skus as &[&str]
+        &skus as &[&str]
     )
     .fetch_all(&mut *conn)
     .await?;
-    Ok(())
-}
-
-/// The free units of the skus at each of their locations. After [`lock_skus`], in a statement of its own: its
-/// snapshot then sees every change committed before the locks were won (in one statement with them, a row of
-/// another table than the one locked would be read as it was before).
-async fn free_units(
-    conn: &mut PgConnection,
-    skus: &[&str],
-) -> Result<HashMap<String, Vec<allocation::Free>>, sqlx::Error> {
+    // A statement of its own, after the locks: its snapshot sees every change committed before they were won (in
+    // one statement with them, a row of another table than the one locked would be read as it was before).
     let levels = sqlx::query!(
         r#"select l.sku, l.location, l.on_hand - l.reserved as "units!", c.priority
            from stock_levels l join locations c on c.code = l.location
            where l.sku = any($1)"#,
-        skus as &[&str]
+        &skus as &[&str]
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -509,19 +421,10 @@ async fn free_units(
             units: level.units,
         });
     }
-    Ok(stock)
-}
-
-/// Writes the holds decided for the orders (one reservation per order, sku and location) with their movements,
-/// in one statement. The caller holds the skus' locks.
-async fn write_holds(
-    conn: &mut PgConnection,
-    orders: &[(Uuid, Vec<(String, i64)>)],
-    decided: &[Option<Vec<allocation::Hold>>],
-) -> Result<(), sqlx::Error> {
+    let decided = allocation::allocate(&mut stock, orders);
     let (mut held_orders, mut held_skus, mut held_locations, mut held_quantities) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((order_id, _), holds) in orders.iter().zip(decided) {
+    for ((order_id, _), holds) in orders.iter().zip(&decided) {
         for hold in holds.iter().flatten() {
             held_orders.push(*order_id);
             held_skus.push(hold.sku.as_str());
@@ -529,36 +432,41 @@ async fn write_holds(
             held_quantities.push(hold.quantity);
         }
     }
-    if held_orders.is_empty() {
-        return Ok(());
+    if !held_orders.is_empty() {
+        const STATEMENT: &str = concat!(
+            r#"with r as (
+                   insert into reservations (order_id, sku, location, quantity, status)
+                   select h.order_id, h.sku, h.location, h.quantity, 'RESERVED'
+                   from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) as h(order_id, sku, location, quantity)
+                   returning order_id, sku, location, quantity
+               ),
+               changes as (
+                   select sku, location, 0::bigint as on_hand_delta, quantity as reserved_delta,
+                          $5::text as reason, order_id, null::uuid as adjustment_id, $6::text as actor
+                   from r
+               ),
+               "#,
+            crate::stock_change!(),
+            r#"
+               select 1"#
+        );
+        sqlx::query(STATEMENT)
+            .bind(&held_orders)
+            .bind(&held_skus)
+            .bind(&held_locations)
+            .bind(&held_quantities)
+            .bind(MovementReason::OrderReserve)
+            .bind(ledger::SAGA_ACTOR)
+            .execute(&mut *conn)
+            .await?;
     }
-    const STATEMENT: &str = concat!(
-        r#"with r as (
-               insert into reservations (order_id, sku, location, quantity, status)
-               select h.order_id, h.sku, h.location, h.quantity, 'RESERVED'
-               from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) as h(order_id, sku, location, quantity)
-               returning order_id, sku, location, quantity
-           ),
-           changes as (
-               select sku, location, 0::bigint as on_hand_delta, quantity as reserved_delta,
-                      $5::text as reason, order_id, null::uuid as adjustment_id, $6::text as actor
-               from r
-           ),
-           "#,
-        crate::stock_change!(),
-        r#"
-           select 1"#
-    );
-    sqlx::query(STATEMENT)
-        .bind(&held_orders)
-        .bind(&held_skus)
-        .bind(&held_locations)
-        .bind(&held_quantities)
-        .bind(MovementReason::OrderReserve)
-        .bind(ledger::SAGA_ACTOR)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    Ok(decided
+        .iter()
+        .map(|holds| match holds {
+            Some(_) => ReserveOutcome::Reserved,
+            None => ReserveOutcome::OutOfStock,
+        })
+        .collect())
 }
 
 /// Locks the skus the orders hold units of, in sorted order, before their reservations change: two transactions

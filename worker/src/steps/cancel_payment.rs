@@ -19,7 +19,7 @@ use crate::failpoints;
 use crate::provider::{Authorization, ProviderError};
 use crate::runner::Runner;
 use crate::steps::pay::authorize_request;
-use crate::steps::{Decided, Decision, Reading, SagaStep, writes_nothing_last};
+use crate::steps::{Decision, SagaStep};
 
 pub(crate) struct CancelPayment;
 
@@ -35,14 +35,12 @@ impl SagaStep for CancelPayment {
     /// The payment that may still hold or have taken money.
     type Call = PaymentRow;
     type Answer = Undone;
-    writes_nothing_last!();
 
     async fn decide(
         _runner: &Runner,
         conn: &mut PgConnection,
         orders: &[&OrderRow],
-        _reading: Reading,
-    ) -> Result<Decided<Self>, StepError> {
+    ) -> Result<Vec<Decision<PaymentRow>>, StepError> {
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
         let mut open: HashMap<Uuid, PaymentRow> = payment::find_many(&mut *conn, &ids)
             .await?
@@ -61,8 +59,7 @@ impl SagaStep for CancelPayment {
                     None => Decision::End(Ending::succeeded(Self::STEP).with_note("no money held")),
                 }
             })
-            .collect::<Vec<_>>()
-            .into())
+            .collect())
     }
 
     async fn call(runner: &Runner, _order: &OrderRow, payment: &PaymentRow) -> Result<Undone, StepError> {

@@ -26,7 +26,7 @@ use crate::error::StepError;
 use crate::failpoints;
 use crate::provider::ProviderError;
 use crate::runner::Runner;
-use crate::steps::{Decided, Decision, Reading, Recheck, SagaStep};
+use crate::steps::{Decision, SagaStep};
 
 /// The step-log note of a capture that went through after the order was cancelled.
 const LEFT_PAID: &str = "order left PAID during the capture";
@@ -38,15 +38,12 @@ impl SagaStep for Commit {
     /// The hold's provider reference.
     type Call = String;
     type Answer = ();
-    /// The orders whose reserved units leave stock.
-    type Last = Vec<Uuid>;
 
     async fn decide(
         _runner: &Runner,
         conn: &mut PgConnection,
         orders: &[&OrderRow],
-        _reading: Reading,
-    ) -> Result<Decided<Self>, StepError> {
+    ) -> Result<Vec<Decision<String>>, StepError> {
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
         let payments: HashMap<Uuid, PaymentRow> = payment::find_many(&mut *conn, &ids)
             .await?
@@ -90,22 +87,10 @@ impl SagaStep for Commit {
             .filter(|(_, decision)| matches!(decision, Decision::Call(_)))
             .map(|(order, _)| order.id)
             .collect();
-        Ok(Decided {
-            decisions,
-            last: committing,
-        })
-    }
-
-    /// The stock commit, with the attempts that capture (the step log before the side effect).
-    async fn write_last(
-        _runner: &Runner,
-        conn: &mut PgConnection,
-        committing: Vec<Uuid>,
-    ) -> Result<Recheck, StepError> {
         if !committing.is_empty() {
             inventory::commit_many(conn, &committing).await?;
         }
-        Ok(Recheck::Holds)
+        Ok(decisions)
     }
 
     /// Captures the hold (a repeat is harmless: same key).

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::error::StepError;
 use crate::failpoints;
 use crate::runner::Runner;
-use crate::steps::{Decided, Decision, NoCall, Reading, SagaStep, calls_no_one, writes_nothing_last};
+use crate::steps::{Decision, NoCall, SagaStep, calls_no_one};
 
 pub(crate) struct Fulfil;
 
@@ -25,14 +25,12 @@ impl SagaStep for Fulfil {
     type Call = NoCall;
     type Answer = NoCall;
     calls_no_one!();
-    writes_nothing_last!();
 
     async fn decide(
         _runner: &Runner,
         conn: &mut PgConnection,
         orders: &[&OrderRow],
-        _reading: Reading,
-    ) -> Result<Decided<Self>, StepError> {
+    ) -> Result<Vec<Decision<NoCall>>, StepError> {
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
         let captured: HashSet<Uuid> = payment::find_many(&mut *conn, &ids)
             .await?
@@ -53,7 +51,6 @@ impl SagaStep for Fulfil {
                 }
                 Decision::End(Ending::succeeded(Self::STEP))
             })
-            .collect::<Vec<_>>()
-            .into())
+            .collect())
     }
 }

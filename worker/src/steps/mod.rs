@@ -14,12 +14,6 @@
 //! - **call** the payment provider: the runner commits the attempt as STARTED with the step's writes so far (the
 //!   step log before the side effect), makes the call, then hands the answer, with the order as it is by then,
 //!   to [`SagaStep::record`], which decides how the attempt ends.
-//!
-//! A step that changes stock leaves that write to the end of the transaction ([`SagaStep::write_last`]): the skus'
-//! row locks, which every reserve, commit and release batch of those skus waits for, are then held only from there
-//! to the commit, not through the orders' moves. A step whose decision rests on the stock (reserve) decides first
-//! on an unlocked read ([`Reading::Unlocked`]) and checks it under the locks; if the stock moved in between, the
-//! runner rolls the batch back and runs it again deciding on locked rows ([`Reading::Locked`]).
 
 mod cancel_payment;
 mod commit;
@@ -75,36 +69,6 @@ pub(crate) enum Decision<C> {
     Call(C),
 }
 
-/// What a step decided for a batch: one decision per order, and what it leaves to [`SagaStep::write_last`].
-pub(crate) struct Decided<S: SagaStep + ?Sized> {
-    pub decisions: Vec<Decision<S::Call>>,
-    pub last: S::Last,
-}
-
-impl<S: SagaStep<Last = ()>> From<Vec<Decision<S::Call>>> for Decided<S> {
-    fn from(decisions: Vec<Decision<S::Call>>) -> Self {
-        Self { decisions, last: () }
-    }
-}
-
-/// How a step may read what other batches change too (the stock) to decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reading {
-    /// A batch's first run: read without locks; the writes come last and check the reading under the locks.
-    Unlocked,
-    /// A batch's second run, after its unlocked reading moved: lock first, then read and decide.
-    Locked,
-}
-
-/// Whether what a step decided on still held when its last writes took their locks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Recheck {
-    /// It held; the writes are done.
-    Holds,
-    /// It moved; nothing was written, and the batch must be decided again on a [`Reading::Locked`].
-    Moved,
-}
-
 /// The answer of a step that calls no one: it has no value, so such a step can never decide [`Decision::Call`].
 #[derive(Debug)]
 pub(crate) enum NoCall {}
@@ -118,28 +82,15 @@ pub(crate) trait SagaStep: Send + Sync + 'static {
     type Call: Send + Sync + 'static;
     /// What the provider answered.
     type Answer: Send + Sync + 'static;
-    /// What `decide` leaves to `write_last` (`()` for a step that writes nothing last).
-    type Last: Send;
 
     /// Decides for each of `orders` (in order: one decision each), doing the step's writes for those that go on
-    /// in the runner's transaction, set-based, or leaving them to `write_last`. An order decided `Skip` or `Fail`
-    /// must have nothing written for it: the transaction commits the others. `reading` says whether what other
-    /// batches also change may be read unlocked (and checked by `write_last`).
+    /// in the runner's transaction, set-based. An order decided `Skip` or `Fail` must have nothing written for
+    /// it: the transaction commits the others.
     fn decide(
         runner: &Runner,
         conn: &mut PgConnection,
         orders: &[&OrderRow],
-        reading: Reading,
-    ) -> impl Future<Output = Result<Decided<Self>, StepError>> + Send;
-
-    /// The step's writes that lock rows other batches wait for, run last in the transaction (after the orders
-    /// moved, just before the commit). `Moved` (only after a `Reading::Unlocked`): what the decisions rested on
-    /// changed, nothing was written here, and the runner discards the batch's transaction.
-    fn write_last(
-        runner: &Runner,
-        conn: &mut PgConnection,
-        last: Self::Last,
-    ) -> impl Future<Output = Result<Recheck, StepError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Decision<Self::Call>>, StepError>> + Send;
 
     /// The remote call for one order, after its attempt (and the writes before it) committed. A step that calls
     /// no one says so with [`calls_no_one!`].
@@ -183,19 +134,3 @@ macro_rules! calls_no_one {
     };
 }
 use calls_no_one;
-
-/// The `Last` and `write_last` of a step that leaves nothing to write last.
-macro_rules! writes_nothing_last {
-    () => {
-        type Last = ();
-
-        async fn write_last(
-            _runner: &$crate::runner::Runner,
-            _conn: &mut sqlx::PgConnection,
-            _last: (),
-        ) -> Result<$crate::steps::Recheck, $crate::error::StepError> {
-            Ok($crate::steps::Recheck::Holds)
-        }
-    };
-}
-use writes_nothing_last;

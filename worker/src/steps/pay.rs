@@ -21,7 +21,7 @@ use crate::error::StepError;
 use crate::failpoints;
 use crate::provider::{Authorization, AuthorizeRequest};
 use crate::runner::Runner;
-use crate::steps::{Decided, Decision, Reading, SagaStep, writes_nothing_last};
+use crate::steps::{Decision, SagaStep};
 
 /// The step-log note of an authorization that came back after the order was cancelled.
 const LEFT_RESERVED: &str = "order left RESERVED during the call";
@@ -33,14 +33,12 @@ impl SagaStep for Pay {
     /// The PENDING payment the authorization is for.
     type Call = PaymentRow;
     type Answer = Authorization;
-    writes_nothing_last!();
 
     async fn decide(
         _runner: &Runner,
         conn: &mut PgConnection,
         orders: &[&OrderRow],
-        _reading: Reading,
-    ) -> Result<Decided<Self>, StepError> {
+    ) -> Result<Vec<Decision<PaymentRow>>, StepError> {
         let mut decisions: Vec<Option<Decision<PaymentRow>>> = orders
             .iter()
             .map(|order| {
@@ -73,8 +71,7 @@ impl SagaStep for Pay {
                         ))),
                     })
             })
-            .collect::<Vec<_>>()
-            .into())
+            .collect())
     }
 
     async fn call(
