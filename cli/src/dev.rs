@@ -135,8 +135,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("failed to create the dev API key")?
     .secret;
+    // The API's own pool, with its statement and lock timeouts (the worker's steps have none).
     let database = cluster.as_ref().map_or_else(|| url.clone(), PrivateCluster::url);
-    let api = spawn_api(api_listener, database, max_connections, api_settings, stopped()).await?;
+    let api_pool = db::connect_with(
+        &database,
+        max_connections,
+        "orderflow-dev-api",
+        api_settings.limits.session(),
+    )
+    .await
+    .context("failed to connect the API's pool")?;
+    let api = tokio::spawn(orderflow_api::run(
+        api_listener,
+        api_pool,
+        api_settings,
+        stopped(),
+    ));
     let worker = tokio::spawn(orderflow_worker::run(pool.clone(), worker_settings, stopped()));
 
     let api_addr = args.api_addr;
@@ -178,62 +192,4 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     pool.close().await;
     Ok(())
-}
-
-/// Threads of the API's runtime.
-const API_THREADS: usize = 2;
-
-/// Runs the API on a runtime of its own, with its own threads and its own pool (with the API's statement and lock
-/// timeouts; the worker's steps have none), as a separate `orderflow-api` process would: on the process's one
-/// runtime, the steps and the simulator held back the API's requests under load (docs/PERFORMANCE.md, issue 16
-/// part 7). Returns once the API's pool is connected; the handle ends when the API has stopped.
-async fn spawn_api(
-    listener: tokio::net::TcpListener,
-    database: String,
-    max_connections: u32,
-    settings: settings::ApiSettings,
-    stopped: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>> {
-    let listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(API_THREADS)
-        .thread_name("orderflow-dev-api")
-        .enable_all()
-        .build()
-        .context("failed to start the API's runtime")?;
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let (done_tx, done) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("orderflow-dev-api".to_owned())
-        .spawn(move || {
-            runtime.block_on(async move {
-                // Made here, so the listener and the pool's connections are driven by this runtime's threads.
-                let connected = async {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
-                    let pool = db::connect_with(
-                        &database,
-                        max_connections,
-                        "orderflow-dev-api",
-                        settings.limits.session(),
-                    )
-                    .await
-                    .context("failed to connect the API's pool")?;
-                    anyhow::Ok((listener, pool))
-                };
-                match connected.await {
-                    Ok((listener, pool)) => {
-                        let _ = ready_tx.send(Ok(()));
-                        let _ = done_tx.send(orderflow_api::run(listener, pool, settings, stopped).await);
-                    }
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                    }
-                }
-            })
-        })
-        .context("failed to start the API's thread")?;
-    ready
-        .await
-        .context("the API's thread ended before it was ready")??;
-    Ok(done)
 }
