@@ -24,22 +24,14 @@ trap '[ -n "$DEV" ] && kill $DEV 2>/dev/null; wait 2>/dev/null || true' EXIT
 for round in $(seq 1 "$ROUNDS"); do
   for value in $VALUES; do
     fresh_db "$SERVER" "$DB"
-    env "$VAR=$value" DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 \
-      ORDERFLOW_NATS_URL= RUST_LOG=warn "$BIN/orderflow" dev >"$OUT/dev.log" 2>&1 &
-    DEV=$!
-    wait_ready "$API"
+    start_dev "$SERVER/$DB" "$API" "$OUT/dev.log" "$VAR=$value"
     u0=$(ended); p0=$(pg_ticks); s0=$(ticks $DEV)
     "$BIN/orderflow-bench" --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --duration "$T" \
       --warmup 3 --mode saga --rate "$RATE" --label ab >/dev/null 2>&1
     p1=$(pg_ticks); s1=$(ticks $DEV); u1=$(ended)
     kill $DEV; wait $DEV 2>/dev/null || true; DEV=
-    python3 - "$OUT/ab.json" "$round" "$VAR=$value" "$((u1 - u0))" "$((p1 - p0))" "$((s1 - s0))" "$HZ" <<'PY'
-import json, sys
-path, round_, setting, n, pg, dev, hz = sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:])
-d = json.load(open(path)); n = max(n, 1); ms = lambda t: t * 1000 / hz / n
-print(f"round {round_} {setting}: creation p50 {d['create_latency']['p50_ms']:.1f} p99 {d['create_latency']['p99_ms']:.1f} ms; "
-      f"submit-to-end p50 {d['saga_latency']['p50_ms']:.0f} p99 {d['saga_latency']['p99_ms']:.0f} ms; "
-      f"{d['sagas_per_s']:.1f} sagas/s, {d['refused']} refused; CPU per saga PostgreSQL {ms(pg):.2f}, orderflow dev {ms(dev):.2f} ms")
-PY
+    # CPU per saga ended, in ms, of $1 ticks.
+    per_saga() { awk -v t="$1" -v n=$((u1 - u0)) -v hz="$HZ" 'BEGIN { printf "%.2f", t * 1000 / hz / (n > 0 ? n : 1) }'; }
+    echo "round $round $VAR=$value: $(saga_summary "$OUT/ab.json"); CPU per saga PostgreSQL $(per_saga $((p1 - p0))), orderflow dev $(per_saga $((s1 - s0))) ms"
   done
 done

@@ -18,19 +18,10 @@ OUT=${OUT:-bench/results/apart}; mkdir -p "$OUT"
 DEV=; APART=
 trap 'kill ${DEV:-} ${APART:-} 2>/dev/null; wait 2>/dev/null || true' EXIT
 fresh_db "$SERVER" "$DB"
-DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$DEV_API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= \
-  RUST_LOG=warn "$BIN/orderflow" dev >"$OUT/dev.log" 2>&1 &
-DEV=$!
-wait_ready "$DEV_API"
+start_dev "$SERVER/$DB" "$DEV_API" "$OUT/dev.log"
 DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API RUST_LOG=warn "$BIN/orderflow-api" >"$OUT/api.log" 2>&1 &
 APART=$!
 wait_ready "$API"
 "$BIN/orderflow-bench" --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --duration "$T" \
   --warmup 3 --mode saga --rate "$RATE" --label apart >/dev/null 2>&1
-python3 - "$OUT/apart.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(f"creation p50 {d['create_latency']['p50_ms']:.1f} p99 {d['create_latency']['p99_ms']:.1f} ms; "
-      f"submit-to-end p50 {d['saga_latency']['p50_ms']:.0f} p99 {d['saga_latency']['p99_ms']:.0f} ms; "
-      f"{d['sagas_per_s']:.1f} sagas/s, {d['refused']} refused")
-PY
+saga_summary "$OUT/apart.json"

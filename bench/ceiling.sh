@@ -74,12 +74,9 @@ DATABASE_URL="$SERVER/$PGDB" ORDERFLOW_API_ADDR=127.0.0.1:18081 $BIN/orderflow-a
 MIGRATE=$!
 wait_ready 127.0.0.1:18081
 kill $MIGRATE; wait $MIGRATE 2>/dev/null || true
-DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= \
-  RUST_LOG=warn $BIN/orderflow dev >"$OUT/dev.log" 2>&1 &
-DEV=$!
-WORKER=
+DEV=; WORKER=
 trap 'kill $DEV $WORKER 2>/dev/null; wait $DEV $WORKER 2>/dev/null || true' EXIT
-wait_ready "$API"
+start_dev "$SERVER/$DB" "$API" "$OUT/dev.log"
 
 sql() { psql -qAt "$SERVER/$PGDB" -c "$1"; }
 # Milliseconds of CPU between two tick counts.

@@ -23,11 +23,9 @@ fulfilled() { psql -qAt "$SERVER/$DB" -c "select count(*) from orders where stat
 commits() { psql -qAt "$SERVER/postgres" -c "select xact_commit from pg_stat_database where datname = '$DB'"; }
 
 fresh_db "$SERVER" "$DB"
-DATABASE_URL=$URL ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= RUST_LOG=warn \
-  $BIN/orderflow dev >/tmp/orderflow-cpu-dev.log 2>&1 &
-DEV=$!
-trap 'kill $DEV 2>/dev/null; wait $DEV 2>/dev/null || true' EXIT
-wait_ready "$API"
+DEV=
+trap 'kill ${DEV:-} 2>/dev/null; wait 2>/dev/null || true' EXIT
+start_dev "$URL" "$API" /tmp/orderflow-cpu-dev.log
 $BIN/orderflow-bench --api "http://$API" --database-url "$SERVER/$DB" --out /tmp/orderflow-cpu \
   --mode saga --rate "$RATE" --duration 40 --warmup 2 --label cpu >/dev/null 2>&1 &
 BENCH=$!

@@ -23,3 +23,27 @@ wait_ready() {
   echo "no answer from http://$1/readyz after 60 s" >&2
   return 1
 }
+
+# Starts `orderflow dev` from $BIN on the database at URL $1 with its API at host:port $2, logging to $3, events to
+# the feed only (no NATS), and any further NAME=value arguments in its environment. Its pid is left in DEV; returns
+# once it answers.
+start_dev() {
+  local url=$1 api=$2 log=$3
+  shift 3
+  env "$@" DATABASE_URL="$url" ORDERFLOW_API_ADDR="$api" ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= \
+    RUST_LOG=warn "$BIN/orderflow" dev >"$log" 2>&1 &
+  DEV=$!
+  wait_ready "$api"
+}
+
+# One line from the JSON of an `orderflow-bench --mode saga` run at $1: creation and submit-to-end p50 and p99,
+# complete sagas per second, and the orders refused of those sent.
+saga_summary() {
+  python3 - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(f"creation p50 {d['create_latency']['p50_ms']:.1f} p99 {d['create_latency']['p99_ms']:.1f} ms; "
+      f"submit-to-end p50 {d['saga_latency']['p50_ms']:.0f} p99 {d['saga_latency']['p99_ms']:.0f} ms; "
+      f"{d['sagas_per_s']:.1f} sagas/s, {d['refused']} of {d['sent']} refused")
+PY
+}

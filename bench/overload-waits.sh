@@ -17,13 +17,10 @@ SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}; DB=${DB:-orderflow_waits};
 export PGSSLMODE=${PGSSLMODE:-disable}
 OUT=${OUT:-bench/results/waits}; mkdir -p "$OUT"
 fresh_db "$SERVER" "$DB"
+DEV=; LOAD=
+trap 'kill ${DEV:-} ${LOAD:-} 2>/dev/null; wait 2>/dev/null || true' EXIT
 # shellcheck disable=SC2086
-env $EXTRA DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 \
-  ORDERFLOW_NATS_URL= RUST_LOG=warn "$BIN/orderflow" dev >"$OUT/dev.log" 2>&1 &
-DEV=$!
-LOAD=
-trap 'kill $DEV ${LOAD:-} 2>/dev/null; wait 2>/dev/null || true' EXIT
-wait_ready "$API"
+start_dev "$SERVER/$DB" "$API" "$OUT/dev.log" $EXTRA
 rm -f "$OUT/waits.json"
 "$BIN/orderflow-bench" --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --duration "$T" \
   --warmup 3 --mode saga --rate "$RATE" --label waits >/dev/null 2>&1 &
@@ -42,10 +39,4 @@ while kill -0 $LOAD 2>/dev/null && [ "$SECONDS" -lt "$end" ]; do
 done
 wait $LOAD
 LOAD=
-python3 - "$OUT/waits.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(f"{d['sagas_per_s']:.1f} sagas/s, {d['refused']} refused of {d['sent']}; creation p50 "
-      f"{d['create_latency']['p50_ms']:.0f} ms; submit-to-end p50 {d['saga_latency']['p50_ms']:.0f}, "
-      f"p99 {d['saga_latency']['p99_ms']:.0f} ms")
-PY
+saga_summary "$OUT/waits.json"

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
 RATE=${RATE:-700}; T=${T:-30}; TOP=${TOP:-25}
 SERVER=${SERVER:-postgres://postgres@127.0.0.1:5432}; DB=${DB:-orderflow_statements}; API=127.0.0.1:18080
-CLUSTER=${CLUSTER:-"15 main"}
+CLUSTER=${CLUSTER:-"$(ls /etc/postgresql | sort -V | tail -1) main"}
 export PGSSLMODE=${PGSSLMODE:-disable}
 OUT=${OUT:-bench/results/statements}; mkdir -p "$OUT"
 # shellcheck disable=SC2086
@@ -32,19 +32,11 @@ restart
 psql -qAt "$SERVER/postgres" -c "alter system set pg_stat_statements.track_planning = on" -c "select pg_reload_conf()" \
   -c "create extension if not exists pg_stat_statements" >/dev/null
 fresh_db "$SERVER" "$DB"
-DATABASE_URL="$SERVER/$DB" ORDERFLOW_API_ADDR=$API ORDERFLOW_PAYSIM_ADDR=127.0.0.1:18090 ORDERFLOW_NATS_URL= \
-  RUST_LOG=warn "$BIN/orderflow" dev >"$OUT/dev.log" 2>&1 &
-DEV=$!
-wait_ready "$API"
+start_dev "$SERVER/$DB" "$API" "$OUT/dev.log"
 psql -qAt "$SERVER/postgres" -c "select pg_stat_statements_reset()" >/dev/null
 "$BIN/orderflow-bench" --api "http://$API" --database-url "$SERVER/$DB" --out "$OUT" --duration "$T" \
   --warmup 3 --mode saga --rate "$RATE" --label statements >/dev/null 2>&1
-python3 - "$OUT/statements.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(f"{d['sagas_per_s']:.1f} sagas/s, {d['refused']} refused; creation p99 {d['create_latency']['p99_ms']:.1f} ms; "
-      f"submit-to-end p99 {d['saga_latency']['p99_ms']:.0f} ms")
-PY
+saga_summary "$OUT/statements.json"
 psql -q "$SERVER/postgres" -c "\pset pager off" -c "
   select calls, round((total_exec_time / calls)::numeric, 2) as ms_a_call, round(total_exec_time::numeric / 1000, 1) as total_s,
          round(total_plan_time::numeric / 1000, 1) as planning_s, rows,
