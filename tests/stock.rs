@@ -69,6 +69,40 @@ async fn a_stock_count_read_before_an_order_committed_cannot_write_over_the_comm
     );
 }
 
+/// The lost update itself, as every PUT was before versions (ef010c1): a set without If-Match still writes the
+/// figure it read over an order's commit, which is why a stock count sends the version it read (above) and a
+/// delivery is a delta (`POST /v1/skus/{sku}/adjustments`).
+#[tokio::test]
+async fn without_if_match_a_count_read_before_a_commit_writes_over_it() {
+    let app = spawn_app().await;
+    app.put_sku("A", 10, 1000).await;
+    let (before, _) = read(&app, "A").await;
+    let id = app.create_order("count", &[("A", 2)], "pm_card_visa").await;
+    app.wait_for(id, &["FULFILLED"], Duration::from_secs(30)).await;
+    assert_eq!(app.sku("A").await["on_hand"], 8);
+
+    let blind = put_stock(&app, "A", before["on_hand"].as_i64().unwrap(), None).await;
+    assert_eq!(blind.status(), StatusCode::OK);
+    assert_eq!(
+        app.sku("A").await["on_hand"],
+        10,
+        "the two units the order took are back on the shelf: the update the commit made is lost"
+    );
+    // The ledger still accounts for every unit: the count's movement says so.
+    let movements = app
+        .api_get("/v1/skus/A/movements")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let last = movements["movements"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["reason"], &last["on_hand_delta"]),
+        (&json!("stock_count"), &json!(2)),
+        "{last}"
+    );
+}
+
 #[tokio::test]
 async fn of_two_counts_made_on_the_same_version_one_is_set_and_the_other_refused() {
     let app = spawn_app().await;

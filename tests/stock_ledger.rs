@@ -416,6 +416,62 @@ async fn an_adjustment_key_is_the_callers_and_means_one_request() {
     );
 }
 
+/// While a request holds its Idempotency-Key (its transaction-scoped lock on the key, held here by the test's
+/// own transaction, the very lock an adjustment takes first), a second request with the key is 409 in flight and
+/// writes nothing; once the first lets go, the key is free and the adjustment is made once.
+#[tokio::test]
+async fn an_adjustment_whose_key_is_in_flight_is_409_and_writes_nothing() {
+    let app = spawn_app_without_worker().await;
+    app.put_sku("A", 5, 1000).await;
+    let body = json!({"delta": 2, "reason": "delivery"});
+    // The caller's scope of keys, as the API records it.
+    assert_eq!(
+        adjust(&app, "A", "first", &body).await.status(),
+        StatusCode::CREATED
+    );
+    let caller: String = sqlx::query_scalar("select caller from idempotency_keys where key = 'first'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+
+    let mut holder = app.pool.begin().await.unwrap();
+    let held: bool = sqlx::query_scalar(
+        "select pg_try_advisory_xact_lock(\
+             hashtextextended('orderflow.idempotency:' || char_length($1) || ':' || $1 || ':' || $2, 0))",
+    )
+    .bind(&caller)
+    .bind("busy")
+    .fetch_one(&mut *holder)
+    .await
+    .unwrap();
+    assert!(held);
+    for _ in 0..3 {
+        let response = adjust(&app, "A", "busy", &body).await;
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["type"],
+            "urn:orderflow:problem:idempotency-key-in-flight"
+        );
+    }
+    assert_eq!(
+        app.sku("A").await["on_hand"],
+        7,
+        "nothing written while in flight"
+    );
+    holder.rollback().await.unwrap();
+
+    let made = adjust(&app, "A", "busy", &body).await;
+    assert_eq!(made.status(), StatusCode::CREATED);
+    let replayed = adjust(&app, "A", "busy", &body).await;
+    assert_eq!(replayed.status(), StatusCode::CREATED);
+    assert_eq!(app.sku("A").await["on_hand"], 9, "made once");
+    let records: i64 = sqlx::query_scalar("select count(*) from stock_adjustments")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(records, 2);
+}
+
 #[tokio::test]
 async fn a_change_made_without_its_movement_is_reported_as_drift() {
     let app = spawn_app_with(Options {
