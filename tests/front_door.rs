@@ -133,6 +133,15 @@ async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
             .unwrap()
             .replace("localhost:8080", &api)
     };
+    // A conditional set on the version just read: 200 with the figure set, or 412 if an order of the blocks
+    // above moved the stock between the read and the set (both as the README says).
+    let out = bash(&block("### Setting stock without losing a commit"), key).await;
+    let answers = documents(&out);
+    assert_eq!(answers.len(), 1, "the set's answer: {out}");
+    assert!(
+        answers[0]["on_hand"] == 25 || answers[0]["type"] == "urn:orderflow:problem:precondition-failed",
+        "{out}"
+    );
     let out = bash(&block("### Stock you can account for"), key).await;
     let answers = documents(&out);
     assert_eq!(answers.len(), 2, "the adjustment, the movements: {out}");
@@ -156,4 +165,34 @@ async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
         .map(|l| &l["location"])
         .collect();
     assert!(at.contains(&&Value::from("store-berlin")), "{out}");
+
+    // docs/API.md's stock reference, after the README's (the location exists).
+    let api_doc =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/API.md"))
+            .unwrap();
+    let example = api_doc
+        .split("# Stock")
+        .nth(1)
+        .and_then(|section| section.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .unwrap()
+        .replace("localhost:8080", &api);
+    let out = bash(&example, key).await;
+    let answers = documents(&out);
+    assert_eq!(
+        answers.len(),
+        4,
+        "the set, the adjustment, the movements, the locations: {out}"
+    );
+    assert!(
+        answers[0]["on_hand"].is_i64() || answers[0]["status"] == 412,
+        "{out}"
+    );
+    assert_eq!(
+        (&answers[1]["delta"], &answers[1]["location"]),
+        (&Value::from(-1), &Value::from("store-berlin")),
+        "{out}"
+    );
+    assert_eq!(answers[2]["movements"].as_array().map(Vec::len), Some(3), "{out}");
+    assert_eq!(answers[3]["locations"][0]["code"], "default", "{out}");
 }

@@ -30,6 +30,7 @@ mod queue;
 mod reconciler;
 mod recovery;
 mod saga;
+mod shipment;
 mod sqlx_cache;
 mod stock;
 mod stock_ledger;

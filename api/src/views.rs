@@ -12,7 +12,7 @@ use orderflow_shared::inventory::ledger::Movement;
 use orderflow_shared::inventory::{self, Level, Reservation, ReservationStatus, SkuStock};
 use orderflow_shared::operator::{self, RecordedAction};
 use orderflow_shared::order::create::NewOrder;
-use orderflow_shared::order::{self, CancelReason, OrderLineRow, OrderRow, OrderStatus};
+use orderflow_shared::order::{self, CancelReason, Fulfilment, OrderLineRow, OrderRow, OrderStatus};
 use orderflow_shared::payment::{self, PaymentRow, PaymentStatus};
 use orderflow_shared::queue::JobStatus;
 use orderflow_shared::queue::views::{self as queue_views, QueueStats, SagaJob};
@@ -28,6 +28,9 @@ use crate::ApiError;
 pub struct OrderView {
     pub id: Uuid,
     pub status: OrderStatus,
+    /// `auto`: the saga fulfils the order right after payment. `shipment` (any of its skus ships): the order
+    /// waits in PAID, its payment authorized and its units reserved, for the warehouse's shipments.
+    pub fulfilment: Fulfilment,
     pub customer_id: String,
     pub currency: String,
     pub total: i64,
@@ -114,6 +117,7 @@ impl OrderView {
         Self {
             id: row.id,
             status: row.status,
+            fulfilment: row.fulfilment,
             customer_id: row.customer_id,
             currency: row.currency,
             total: row.total,
@@ -255,6 +259,9 @@ pub struct SkuView {
     pub available: i64,
     pub price: i64,
     pub currency: String,
+    /// `auto` (the default: its orders are fulfilled right after payment) or `shipment` (an order with it waits
+    /// in PAID for the warehouse's shipments).
+    pub fulfilment: Fulfilment,
     /// The version of the sku's stock, as its `ETag` carries it (quoted there): it changes whenever the stock
     /// does, at any location. A `PUT` with `If-Match` sets the stock only while it is still this.
     pub version: String,
@@ -272,6 +279,7 @@ impl SkuView {
             reserved: row.reserved,
             price: row.price,
             currency: row.currency,
+            fulfilment: row.fulfilment,
             version: stock.version.0.to_string(),
             locations: stock.levels,
         }

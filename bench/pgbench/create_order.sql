@@ -10,15 +10,15 @@ WITH l AS (SELECT pg_try_advisory_xact_lock(
                  hashtextextended('orderflow.idempotency:' || char_length('key:0193a0a0-0000-7000-8000-000000000001') || ':' || 'key:0193a0a0-0000-7000-8000-000000000001' || ':' || ('ceiling-' || :n::text || '-' || :client_id::text), 0)) AS held)
 SELECT l.held, now() AS now,
        i.request_hash, i.order_id, i.adjustment_id, i.response_status, i.response_body,
-       s.sku, s.on_hand, s.reserved, s.price, s.currency, s.created_at, s.updated_at
+       s.sku, s.on_hand, s.reserved, s.price, s.currency, s.fulfilment, s.created_at, s.updated_at
 FROM l
 LEFT JOIN idempotency_keys i ON l.held AND i.caller = 'key:0193a0a0-0000-7000-8000-000000000001' AND i.key = 'ceiling-' || :n::text || '-' || :client_id::text
 LEFT JOIN skus s ON l.held AND i.key IS NULL AND s.sku = ANY (ARRAY['ceiling-' || :s::text, 'ceiling-' || ((:s + 1) % 50)]);
 WITH o AS (
     INSERT INTO orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id, job_id,
-                        created_at, updated_at)
+                        created_at, updated_at, fulfilment)
     VALUES (gen_random_uuid(), 'ceiling', 'USD', 300, 'CREATED', 'pm_card_visa', 'reserve', md5(:n::text),
-            'J' || :n::text || '-' || :client_id::text, now(), now())
+            'J' || :n::text || '-' || :client_id::text, now(), now(), 'auto')
     RETURNING id, trace_id),
 lines AS (
     INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)
@@ -30,7 +30,7 @@ created AS (
     SELECT gen_random_uuid(), o.id, 1, 'order.created', NULL, 'CREATED' FROM o),
 key_record AS (INSERT INTO idempotency_keys (caller, key, request_hash, order_id, response_status, response_body)
       SELECT 'key:0193a0a0-0000-7000-8000-000000000001', 'ceiling-' || :n::text || '-' || :client_id::text, sha256(:n::text::bytea), o.id, 202,
-             '{"status": "CREATED", "current_step": "reserve", "lines": [{"sku": "ceiling-0", "quantity": 1, "unit_price": 100}, {"sku": "ceiling-1", "quantity": 2, "unit_price": 100}], "total": 300, "currency": "USD", "customer_id": "ceiling", "payment": null, "cancel_reason": null, "cancel_note": null, "reserved_until": null, "error_code": null, "created_at": "2026-12-03T08:00:00.000000Z", "updated_at": "2026-12-03T08:00:00.000000Z", "id": "0193a0a0-0000-7000-8000-000000000000"}'::jsonb
+             '{"status": "CREATED", "fulfilment": "auto", "current_step": "reserve", "lines": [{"sku": "ceiling-0", "quantity": 1, "unit_price": 100}, {"sku": "ceiling-1", "quantity": 2, "unit_price": 100}], "total": 300, "currency": "USD", "customer_id": "ceiling", "payment": null, "cancel_reason": null, "cancel_note": null, "reserved_until": null, "error_code": null, "created_at": "2026-12-03T08:00:00.000000Z", "updated_at": "2026-12-03T08:00:00.000000Z", "id": "0193a0a0-0000-7000-8000-000000000000"}'::jsonb
       FROM o),
 new_jobs AS (
     SELECT o.id AS order_id, 'J' || :n::text || '-' || :client_id::text AS job_id, 'reserve' AS step,

@@ -59,6 +59,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 on_hand,
                 price,
                 currency: "USD",
+                fulfilment: None,
                 expected: &inventory::Expected::Any,
                 actor: "orderflow dev",
             };

@@ -8,6 +8,7 @@
 //! forward:      reserve ──▶ pay ──▶ commit ──▶ fulfil
 //!               CREATED     RESERVED  PAID      PAID (captured) ──▶ FULFILLED
 //!                  └─ out of stock ──▶ CANCELLED
+//! a shipment order (`Fulfilment::Shipment`): reserve ──▶ pay (multicapture) ──▶ PAID, waiting for shipments
 //! cancellation: any forward state ──▶ CANCELLING: release_inventory ──▶ cancel_payment ──▶ CANCELLED
 //!                                     a compensation out of attempts ──▶ NEEDS_ATTENTION (an operator resumes it)
 //! ```
@@ -22,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::order::{
-    self, CancelReason, Move, OrderRow, OrderStatus, PlannedTransition, Transition, TransitionError,
+    self, CancelReason, Fulfilment, Move, OrderRow, OrderStatus, PlannedTransition, Transition,
+    TransitionError,
 };
 use crate::payment::{self, PaymentStatus};
 use crate::queue::NextJob;
@@ -126,6 +128,15 @@ impl Step {
         }
     }
 
+    /// The step queued when this one succeeds for an order fulfilled by `fulfilment`: [`Step::next`], except that
+    /// a shipment order's saga stops after pay, in PAID with its authorization open, and waits for shipments.
+    pub fn next_for(self, fulfilment: Fulfilment) -> Option<Step> {
+        match (self, fulfilment) {
+            (Self::Pay, Fulfilment::Shipment) => None,
+            _ => self.next(),
+        }
+    }
+
     /// The compensation that undoes the step's effect, recorded in the step log before the effect happens.
     pub fn undo(self) -> Option<Step> {
         match self {
@@ -223,8 +234,14 @@ pub fn after_failure(step: Step, attempt: u32, budget: u32, failure: Failure) ->
 
 /// The step a saga in `status` resumes with (the reconciler settling a stranded saga, an operator's retry):
 /// `current_step` when it fits the status (a parked saga resumes the compensation it parked in), else the one
-/// the status implies (a PAID order whose capture is recorded is in fulfil). `None` for a saga that is over.
-pub fn resume(status: OrderStatus, current_step: Option<Step>, capture_recorded: bool) -> Option<Step> {
+/// the status implies (a PAID order whose capture is recorded is in fulfil). `None` for a saga that is over, or
+/// a shipment order in PAID without a step (it waits for shipments: [`OrderRow::awaits_shipment`]).
+pub fn resume(
+    status: OrderStatus,
+    current_step: Option<Step>,
+    capture_recorded: bool,
+    fulfilment: Fulfilment,
+) -> Option<Step> {
     let fits = |step: Step| match status {
         OrderStatus::NeedsAttention => step.is_compensation(),
         status => step.runs_from() == status,
@@ -235,6 +252,7 @@ pub fn resume(status: OrderStatus, current_step: Option<Step>, capture_recorded:
     match status {
         OrderStatus::Created => Some(Step::Reserve),
         OrderStatus::Reserved => Some(Step::Pay),
+        OrderStatus::Paid if fulfilment == Fulfilment::Shipment => None,
         OrderStatus::Paid if capture_recorded => Some(Step::Fulfil),
         OrderStatus::Paid => Some(Step::Commit),
         OrderStatus::Cancelling | OrderStatus::NeedsAttention => Some(Step::FIRST_COMPENSATION),
@@ -242,13 +260,25 @@ pub fn resume(status: OrderStatus, current_step: Option<Step>, capture_recorded:
     }
 }
 
-/// The step a live saga is in ([`resume`]), reading whether its capture is recorded when it is PAID.
-pub async fn current_step(conn: &mut PgConnection, order: &OrderRow) -> Result<Step, sqlx::Error> {
+/// The step a live saga is in ([`resume`]), reading whether its capture is recorded when it is PAID; `None` for
+/// a shipment order waiting for its shipments.
+pub async fn current_step(conn: &mut PgConnection, order: &OrderRow) -> Result<Option<Step>, sqlx::Error> {
+    if order.awaits_shipment() {
+        return Ok(None);
+    }
     let capture_recorded = order.status == OrderStatus::Paid
         && payment::find(&mut *conn, order.id)
             .await?
             .is_some_and(|p| p.status == PaymentStatus::Captured);
-    Ok(resume(order.status, order.current_step, capture_recorded).unwrap_or(Step::FIRST_COMPENSATION))
+    Ok(Some(
+        resume(
+            order.status,
+            order.current_step,
+            capture_recorded,
+            order.fulfilment,
+        )
+        .unwrap_or(Step::FIRST_COMPENSATION),
+    ))
 }
 
 /// How one attempt of a step ends, as the step decided it: what the step log records, how the order moves and
@@ -275,6 +305,15 @@ impl Ending {
             transition: step.on_success(),
             next: step.next(),
             hold_for: None,
+        }
+    }
+
+    /// `step` did its work for `order`: as [`Ending::succeeded`], with what runs next as [`Step::next_for`] the
+    /// order's fulfilment says.
+    pub fn succeeded_for(step: Step, order: &OrderRow) -> Self {
+        Self {
+            next: step.next_for(order.fulfilment),
+            ..Self::succeeded(step)
         }
     }
 
@@ -372,6 +411,7 @@ mod tests {
             currency: "USD".to_owned(),
             total: 100,
             status,
+            fulfilment: Fulfilment::Auto,
             payment_token: "pm_card_visa".to_owned(),
             cancel_reason: None,
             cancel_note: None,
@@ -386,7 +426,7 @@ mod tests {
     }
 
     fn status_step(status: OrderStatus) -> Option<Step> {
-        resume(status, None, false)
+        resume(status, None, false, Fulfilment::Auto)
     }
 
     /// The whole flow, written out once more by hand: for every step, its queue, its state, where its success
@@ -591,29 +631,87 @@ mod tests {
     fn a_saga_resumes_where_its_state_says() {
         use OrderStatus::*;
         // current_step when it fits the status.
-        assert_eq!(resume(Paid, Some(Step::Fulfil), false), Some(Step::Fulfil));
         assert_eq!(
-            resume(Cancelling, Some(Step::CancelPayment), false),
+            resume(Paid, Some(Step::Fulfil), false, Fulfilment::Auto),
+            Some(Step::Fulfil)
+        );
+        assert_eq!(
+            resume(Cancelling, Some(Step::CancelPayment), false, Fulfilment::Auto),
             Some(Step::CancelPayment)
         );
         assert_eq!(
-            resume(NeedsAttention, Some(Step::CancelPayment), false),
+            resume(NeedsAttention, Some(Step::CancelPayment), false, Fulfilment::Auto),
             Some(Step::CancelPayment)
         );
         // Otherwise the status says.
-        assert_eq!(resume(Created, None, false), Some(Step::Reserve));
-        assert_eq!(resume(Reserved, Some(Step::Reserve), false), Some(Step::Pay));
-        assert_eq!(resume(Paid, None, false), Some(Step::Commit));
-        assert_eq!(resume(Paid, Some(Step::Pay), true), Some(Step::Fulfil));
         assert_eq!(
-            resume(Cancelling, Some(Step::Pay), false),
+            resume(Created, None, false, Fulfilment::Auto),
+            Some(Step::Reserve)
+        );
+        assert_eq!(
+            resume(Reserved, Some(Step::Reserve), false, Fulfilment::Auto),
+            Some(Step::Pay)
+        );
+        assert_eq!(resume(Paid, None, false, Fulfilment::Auto), Some(Step::Commit));
+        assert_eq!(
+            resume(Paid, Some(Step::Pay), true, Fulfilment::Auto),
+            Some(Step::Fulfil)
+        );
+        assert_eq!(
+            resume(Cancelling, Some(Step::Pay), false, Fulfilment::Auto),
             Some(Step::ReleaseInventory)
         );
         assert_eq!(
-            resume(NeedsAttention, Some(Step::Pay), false),
+            resume(NeedsAttention, Some(Step::Pay), false, Fulfilment::Auto),
             Some(Step::ReleaseInventory)
         );
-        assert_eq!(resume(Fulfilled, Some(Step::Fulfil), true), None);
-        assert_eq!(resume(Cancelled, None, false), None);
+        assert_eq!(
+            resume(Fulfilled, Some(Step::Fulfil), true, Fulfilment::Auto),
+            None
+        );
+        assert_eq!(resume(Cancelled, None, false, Fulfilment::Auto), None);
+        // A shipment order in PAID waits for its shipments: there is no step to resume.
+        assert_eq!(resume(Paid, None, false, Fulfilment::Shipment), None);
+        assert_eq!(resume(Paid, Some(Step::Pay), false, Fulfilment::Shipment), None);
+        // Before PAID, and once cancelling, it runs as any order.
+        assert_eq!(
+            resume(Reserved, None, false, Fulfilment::Shipment),
+            Some(Step::Pay)
+        );
+        assert_eq!(
+            resume(Cancelling, None, false, Fulfilment::Shipment),
+            Some(Step::ReleaseInventory)
+        );
+    }
+
+    #[test]
+    fn a_shipment_orders_saga_stops_after_pay_and_every_other_step_goes_on_as_for_any_order() {
+        for step in Step::ALL {
+            let expected = if step == Step::Pay { None } else { step.next() };
+            assert_eq!(step.next_for(Fulfilment::Shipment), expected, "{step}");
+            assert_eq!(step.next_for(Fulfilment::Auto), step.next(), "{step}");
+        }
+        let mut order = order_in(OrderStatus::Reserved);
+        order.fulfilment = Fulfilment::Shipment;
+        let ending = Ending::succeeded_for(Step::Pay, &order);
+        assert_eq!(ending.transition, Some(Transition::Pay));
+        assert_eq!(ending.next, None);
+        order.fulfilment = Fulfilment::Auto;
+        assert_eq!(
+            Ending::succeeded_for(Step::Pay, &order),
+            Ending::succeeded(Step::Pay)
+        );
+    }
+
+    #[test]
+    fn an_order_ships_when_any_of_its_skus_does() {
+        use Fulfilment::*;
+        assert_eq!(Fulfilment::of_order([]), Auto);
+        assert_eq!(Fulfilment::of_order([Auto, Auto]), Auto);
+        assert_eq!(Fulfilment::of_order([Auto, Shipment, Auto]), Shipment);
+        for mode in Fulfilment::ALL {
+            assert_eq!(Fulfilment::parse(mode.as_str()), Some(mode));
+        }
+        assert_eq!(Fulfilment::parse("Shipment"), None);
     }
 }

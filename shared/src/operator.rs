@@ -101,8 +101,8 @@ async fn act_in(
     let by = format!("{} {} by {}", action.as_str(), id, who.name);
     let outcome = match (action, order.status) {
         (Action::Retry, OrderStatus::NeedsAttention) => {
-            let step =
-                flow::resume(order.status, order.current_step, false).unwrap_or(Step::FIRST_COMPENSATION);
+            let step = flow::resume(order.status, order.current_step, false, order.fulfilment)
+                .unwrap_or(Step::FIRST_COMPENSATION);
             let attempt = step_log::last_attempt(&mut *tx, id, step).await? + 1;
             let resume = Move {
                 transition: Some(Transition::Resume),
@@ -116,7 +116,11 @@ async fn act_in(
             format!("resumed the compensation: {step} attempt {attempt} queued")
         }
         (Action::Retry, status) if OrderStatus::LIVE.contains(&status) => {
-            let step = flow::current_step(tx, &order).await?;
+            let Some(step) = flow::current_step(tx, &order).await? else {
+                return Err(ActionError::NotAllowed(format!(
+                    "saga {id} has no step to retry: it is PAID and waits for its shipments"
+                )));
+            };
             if let Some(job_id) = order.job_id.as_deref() {
                 let orphaned = running_job_is_orphaned(tx, id, job_id, step).await?;
                 views::supersede_job(&mut *tx, job_id, &by, orphaned).await?;

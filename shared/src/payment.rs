@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::order::OrderRow;
+use crate::order::{Fulfilment, OrderRow};
 
 /// The status of our payment row. Persisted: never renamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -68,6 +68,8 @@ pub struct PaymentRow {
     pub payment_token: String,
     pub status: PaymentStatus,
     pub decline_code: Option<String>,
+    /// The hold was asked for with multicapture (a shipment order's), so every repeat asks for it too.
+    pub multicapture: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -94,7 +96,7 @@ pub async fn find(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Optio
     sqlx::query_as!(
         PaymentRow,
         r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status as "status: _",
-                  decline_code, created_at, updated_at
+                  decline_code, multicapture, created_at, updated_at
            from payments where order_id = $1"#,
         order_id
     )
@@ -109,7 +111,7 @@ pub async fn find_many(
     sqlx::query_as!(
         PaymentRow,
         r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status as "status: _",
-                  decline_code, created_at, updated_at
+                  decline_code, multicapture, created_at, updated_at
            from payments where order_id = any($1)"#,
         order_ids
     )
@@ -129,34 +131,41 @@ pub async fn begin_authorizations(
     let amounts: Vec<i64> = orders.iter().map(|o| o.total).collect();
     let currencies: Vec<&str> = orders.iter().map(|o| o.currency.as_str()).collect();
     let tokens: Vec<&str> = orders.iter().map(|o| o.payment_token.as_str()).collect();
+    let multicapture: Vec<bool> = orders
+        .iter()
+        .map(|o| o.fulfilment == Fulfilment::Shipment)
+        .collect();
     // `union all` makes every column nullable to the checker; each comes from a row of `payments`, so none is.
     sqlx::query_as!(
         PaymentRow,
         r#"with v as (
-               select * from unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[])
-                   as v(order_id, idempotency_key, amount, currency, payment_token)
+               select * from unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::boolean[])
+                   as v(order_id, idempotency_key, amount, currency, payment_token, multicapture)
            ),
            inserted as (
-               insert into payments (order_id, idempotency_key, amount, currency, payment_token, status)
-               select order_id, idempotency_key, amount, currency, payment_token, 'PENDING' from v
+               insert into payments (order_id, idempotency_key, amount, currency, payment_token, status,
+                                     multicapture)
+               select order_id, idempotency_key, amount, currency, payment_token, 'PENDING', multicapture from v
                on conflict (order_id) do nothing
                returning order_id, idempotency_key, provider_ref, amount, currency, payment_token, status,
-                         decline_code, created_at, updated_at
+                         decline_code, multicapture, created_at, updated_at
            )
            select order_id as "order_id!", idempotency_key as "idempotency_key!", provider_ref,
                   amount as "amount!", currency as "currency!", payment_token as "payment_token!",
-                  status as "status!: _", decline_code, created_at as "created_at!", updated_at as "updated_at!"
+                  status as "status!: _", decline_code, multicapture as "multicapture!",
+                  created_at as "created_at!", updated_at as "updated_at!"
            from inserted
            union all
            select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
-                  created_at, updated_at
+                  multicapture, created_at, updated_at
            from payments
            where order_id in (select order_id from v) and order_id not in (select order_id from inserted)"#,
         &ids,
         &keys,
         &amounts,
         &currencies as &[&str],
-        &tokens as &[&str]
+        &tokens as &[&str],
+        &multicapture
     )
     .fetch_all(executor)
     .await

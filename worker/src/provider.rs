@@ -53,6 +53,8 @@ pub struct AuthorizeRequest<'a> {
     pub amount: i64,
     pub currency: &'a str,
     pub payment_method: &'a str,
+    /// Ask for a hold that several captures can draw on, the last one final (Stripe's multicapture).
+    pub multicapture: bool,
 }
 
 impl Provider {
@@ -77,7 +79,15 @@ impl Provider {
             ("capture_method", "manual".to_owned()),
             ("confirm", "true".to_owned()),
             ("metadata[order_id]", order_id),
-        ];
+        ]
+        .into_iter()
+        .chain(request.multicapture.then(|| {
+            (
+                "payment_method_options[card][request_multicapture]",
+                "if_available".to_owned(),
+            )
+        }))
+        .collect::<Vec<_>>();
         match self
             .post("/v1/payment_intents", request.idempotency_key, &form)
             .await

@@ -243,7 +243,9 @@ async fn settle_stranded(runner: &Runner, order_id: Uuid) -> anyhow::Result<bool
     let Some(dead) = upkeep::stranded_job(&mut tx, order.job_id.as_deref()).await? else {
         return Ok(false);
     };
-    let step = flow::current_step(&mut tx, &order).await?;
+    let Some(step) = flow::current_step(&mut tx, &order).await? else {
+        return Ok(false);
+    };
     let logged = step_log::last_attempt(&mut *tx, order_id, step).await?;
     let attempt = dead.attempt.unwrap_or(0).max(logged).max(1);
     let reason = format!("reconciler: {}", dead.describe());

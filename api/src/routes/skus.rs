@@ -5,9 +5,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use orderflow_shared::input::FieldError;
+use orderflow_shared::input::{self, FieldError};
 use orderflow_shared::inventory::{self, Expected, SkuSet, StockSet, StockVersion, ledger};
 use orderflow_shared::money::{self, Currency};
+use orderflow_shared::order::Fulfilment;
 use serde::Deserialize;
 
 use crate::caller::{Authorized, CatalogRead, CatalogWrite};
@@ -26,6 +27,9 @@ pub struct UpsertSkuRequest {
     pub currency: String,
     /// The location whose `on_hand` this is; `default` when absent. The price is the sku's, wherever it is.
     pub location: Option<String>,
+    /// `auto` or `shipment`: how orders of the sku are fulfilled. Absent keeps the sku's mode (a new sku's is
+    /// `auto`). Orders already placed keep the mode they were created with.
+    pub fulfilment: Option<String>,
 }
 
 /// Creates a sku (201) or sets its stock at a location (`default` unless named) and its price (200). With `If-Match` (an `ETag` a read returned, or `*` for
@@ -57,6 +61,11 @@ pub async fn upsert(
     let currency = Currency::parse(&request.currency).map_err(|e| FieldError::new("currency", e))?;
     let location = request.location.as_deref().unwrap_or(ledger::DEFAULT_LOCATION);
     inventory::check_location_code("location", location)?;
+    let fulfilment = request
+        .fulfilment
+        .as_deref()
+        .map(|mode| input::one_of("fulfilment", mode, &Fulfilment::ALL, Fulfilment::as_str))
+        .transpose()?;
     let mut conn = state.pool.acquire().await?;
     let actor = authorized.caller.idempotency_scope();
     let set = StockSet {
@@ -65,6 +74,7 @@ pub async fn upsert(
         on_hand,
         price,
         currency: currency.as_str(),
+        fulfilment,
         expected: &expected,
         actor: &actor,
     };

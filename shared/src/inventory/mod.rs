@@ -15,6 +15,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::input::FieldError;
+use crate::order::Fulfilment;
 
 pub mod adjustment;
 pub mod allocation;
@@ -65,6 +66,8 @@ pub struct SkuRow {
     pub reserved: i64,
     pub price: i64,
     pub currency: String,
+    /// How its orders are fulfilled: an order with any `shipment` sku waits in PAID for shipments.
+    pub fulfilment: Fulfilment,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -97,7 +100,8 @@ pub struct SkuStock {
 /// the version shown).
 pub async fn find_stock(executor: impl PgExecutor<'_>, sku: &str) -> Result<Option<SkuStock>, sqlx::Error> {
     let found = sqlx::query!(
-        r#"select s.sku, s.on_hand, s.reserved, s.price, s.currency, s.created_at, s.updated_at,
+        r#"select s.sku, s.on_hand, s.reserved, s.price, s.currency, s.fulfilment as "fulfilment: Fulfilment",
+                  s.created_at, s.updated_at,
                   s.xmin::text::bigint as "version!",
                   coalesce((select json_agg(json_build_object(
                                 'location', l.location, 'on_hand', l.on_hand, 'reserved', l.reserved,
@@ -116,6 +120,7 @@ pub async fn find_stock(executor: impl PgExecutor<'_>, sku: &str) -> Result<Opti
             reserved: row.reserved,
             price: row.price,
             currency: row.currency,
+            fulfilment: row.fulfilment,
             created_at: row.created_at,
             updated_at: row.updated_at,
         },
@@ -165,6 +170,8 @@ pub struct StockSet<'a> {
     pub on_hand: i64,
     pub price: i64,
     pub currency: &'a str,
+    /// The sku's fulfilment mode; `None` keeps the current one (a new sku's is `auto`).
+    pub fulfilment: Option<Fulfilment>,
     /// The version the set is conditional on.
     pub expected: &'a Expected,
     /// Who asks (the ledger's `actor`).
@@ -187,10 +194,12 @@ pub async fn upsert(conn: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSe
 async fn upsert_in(tx: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSet, sqlx::Error> {
     let created = *set.expected == Expected::Any
         && sqlx::query!(
-            "insert into skus (sku, on_hand, price, currency) values ($1, 0, $2, $3) on conflict (sku) do nothing",
+            r#"insert into skus (sku, on_hand, price, currency, fulfilment)
+               values ($1, 0, $2, $3, coalesce($4, 'auto')) on conflict (sku) do nothing"#,
             set.sku,
             set.price,
-            set.currency
+            set.currency,
+            set.fulfilment.map(Fulfilment::as_str)
         )
         .execute(&mut *tx)
         .await?
@@ -214,10 +223,11 @@ async fn upsert_in(tx: &mut PgConnection, set: &StockSet<'_>) -> Result<SkuSet, 
     };
     if !created {
         sqlx::query!(
-            "update skus set price = $2, currency = $3 where sku = $1",
+            "update skus set price = $2, currency = $3, fulfilment = coalesce($4, fulfilment) where sku = $1",
             set.sku,
             set.price,
-            set.currency
+            set.currency,
+            set.fulfilment.map(Fulfilment::as_str)
         )
         .execute(&mut *tx)
         .await?;

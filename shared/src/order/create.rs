@@ -16,7 +16,7 @@ use crate::idempotency::{self, KeyError, Makes, StoredResponse};
 use crate::input::FieldError;
 use crate::inventory::SkuRow;
 use crate::order::request::ValidOrder;
-use crate::order::{OrderLineRow, OrderRow, OrderStatus};
+use crate::order::{Fulfilment, OrderLineRow, OrderRow, OrderStatus};
 use crate::queue::{self, announce::Announcer};
 use crate::telemetry::TraceId;
 
@@ -30,6 +30,8 @@ pub struct NewOrder {
     pub customer_id: String,
     pub currency: String,
     pub total: i64,
+    /// A shipment order when any of its skus ships ([`Fulfilment::of_order`]).
+    pub fulfilment: Fulfilment,
     pub payment_token: String,
     pub trace_id: Option<String>,
     /// (sku, quantity, unit price snapshot), in request order.
@@ -49,6 +51,7 @@ impl NewOrder {
             currency: self.currency.clone(),
             total: self.total,
             status: OrderStatus::Created,
+            fulfilment: self.fulfilment,
             payment_token: self.payment_token.clone(),
             cancel_reason: None,
             cancel_note: None,
@@ -111,7 +114,8 @@ pub async fn admit(
                   i.adjustment_id as "key_adjustment_id?",
                   i.response_status as "response_status?", i.response_body as "response_body?",
                   s.sku as "sku?", s.on_hand as "on_hand?", s.reserved as "reserved?", s.price as "price?",
-                  s.currency as "currency?", s.created_at as "created_at?", s.updated_at as "updated_at?"
+                  s.currency as "currency?", s.fulfilment as "fulfilment?: Fulfilment",
+                  s.created_at as "created_at?", s.updated_at as "updated_at?"
            from l
            left join idempotency_keys i on l.held and i.caller = $1 and i.key = $2
            left join skus s on l.held and i.key is null and s.sku = any($3)"#,
@@ -138,6 +142,7 @@ pub async fn admit(
                 reserved: row.reserved?,
                 price: row.price?,
                 currency: row.currency.clone()?,
+                fulfilment: row.fulfilment?,
                 created_at: row.created_at?,
                 updated_at: row.updated_at?,
             })
@@ -179,8 +184,8 @@ pub async fn insert(
     const STATEMENT: &str = concat!(
         r#"with o as (
                insert into orders (id, customer_id, currency, total, status, payment_token, current_step, trace_id,
-                                   job_id, created_at, updated_at)
-               values ($1, $2, $3, $4, 'CREATED', $5, $6, $7, $8, $9, $9)
+                                   job_id, created_at, updated_at, fulfilment)
+               values ($1, $2, $3, $4, 'CREATED', $5, $6, $7, $8, $9, $9, $21)
                returning id, trace_id
            ),
            lines as (
@@ -228,6 +233,7 @@ pub async fn insert(
         .bind(record.response_body)
         .bind(Step::FIRST.queue())
         .bind(record.caller)
+        .bind(order.fulfilment)
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -332,6 +338,7 @@ async fn create_in(
         customer_id: request.order.customer_id.clone(),
         currency: request.order.currency.to_string(),
         total,
+        fulfilment: Fulfilment::of_order(admission.skus.iter().map(|sku| sku.fulfilment)),
         payment_token: request.order.payment_token.clone(),
         trace_id: Some(request.trace.to_string()),
         lines: lines

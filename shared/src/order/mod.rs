@@ -100,6 +100,54 @@ impl fmt::Display for OrderStatus {
     }
 }
 
+/// How an order's goods reach the customer, per sku and so per order (`skus.fulfilment`, `orders.fulfilment`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Fulfilment {
+    // Declared in this order on purpose: an order's mode is the greatest of its skus' (`of_order`).
+    /// The saga fulfils the order right after its capture (digital goods; today's behaviour, the default).
+    #[default]
+    Auto,
+    /// The warehouse ships the goods: the saga stops in PAID with the authorization open, and shipments capture
+    /// what they ship.
+    Shipment,
+}
+
+impl Fulfilment {
+    pub const ALL: [Fulfilment; 2] = [Self::Auto, Self::Shipment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Shipment => "shipment",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == value)
+    }
+
+    /// An order's mode from its skus': a shipment order when any of them ships.
+    pub fn of_order(skus: impl IntoIterator<Item = Fulfilment>) -> Self {
+        skus.into_iter().max().unwrap_or_default()
+    }
+}
+
+stored_as_text!(Fulfilment);
+
 /// Why an order was cancelled. Persisted as the snake_case strings of [`CancelReason::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -211,6 +259,8 @@ pub struct OrderRow {
     pub currency: String,
     pub total: i64,
     pub status: OrderStatus,
+    /// Fixed at creation from the lines' skus.
+    pub fulfilment: Fulfilment,
     pub payment_token: String,
     pub cancel_reason: Option<CancelReason>,
     pub cancel_note: Option<String>,
@@ -239,7 +289,7 @@ pub struct OrderLineRow {
 pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as!(
         OrderRow,
-        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+        r#"select id, customer_id, currency, total, status as "status: _", fulfilment as "fulfilment: _", payment_token,
                   cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
                   job_id, reserved_until, trace_id, created_at, updated_at
            from orders where id = $1"#,
@@ -249,12 +299,22 @@ pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Orde
     .await
 }
 
+impl OrderRow {
+    /// A shipment order whose authorization is in place and whose saga has no step to run: it waits in PAID for
+    /// the warehouse's shipments (or a cancel). Not stranded, and nothing retries it.
+    pub fn awaits_shipment(&self) -> bool {
+        self.fulfilment == Fulfilment::Shipment
+            && self.status == OrderStatus::Paid
+            && self.current_step.is_none()
+    }
+}
+
 /// Reads the order and locks its row until the transaction ends. Every saga step, the API's cancel and the
 /// operators' actions take this lock first, so nothing else moves an order while one of them does.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as!(
         OrderRow,
-        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+        r#"select id, customer_id, currency, total, status as "status: _", fulfilment as "fulfilment: _", payment_token,
                   cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
                   job_id, reserved_until, trace_id, created_at, updated_at
            from orders where id = $1 for update"#,
@@ -269,7 +329,7 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
 pub async fn try_lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as!(
         OrderRow,
-        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+        r#"select id, customer_id, currency, total, status as "status: _", fulfilment as "fulfilment: _", payment_token,
                   cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
                   job_id, reserved_until, trace_id, created_at, updated_at
            from orders where id = $1 for update skip locked"#,
@@ -284,7 +344,7 @@ pub async fn try_lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderR
 pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<OrderRow>, sqlx::Error> {
     sqlx::query_as!(
         OrderRow,
-        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+        r#"select id, customer_id, currency, total, status as "status: _", fulfilment as "fulfilment: _", payment_token,
                   cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
                   job_id, reserved_until, trace_id, created_at, updated_at
            from orders where id = any($1) order by id for update"#,
@@ -360,7 +420,7 @@ impl ListQuery {
 pub async fn list(executor: impl PgExecutor<'_>, filter: &ListFilter) -> Result<Vec<OrderRow>, sqlx::Error> {
     sqlx::query_as!(
         OrderRow,
-        r#"select id, customer_id, currency, total, status as "status: _", payment_token,
+        r#"select id, customer_id, currency, total, status as "status: _", fulfilment as "fulfilment: _", payment_token,
                   cancel_reason as "cancel_reason: _", cancel_note, current_step as "current_step: _", last_error,
                   job_id, reserved_until, trace_id, created_at, updated_at
            from orders

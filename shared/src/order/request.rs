@@ -153,6 +153,7 @@ mod tests {
             reserved: 0,
             price,
             currency: currency.to_owned(),
+            fulfilment: crate::order::Fulfilment::Auto,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

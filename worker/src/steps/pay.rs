@@ -1,5 +1,6 @@
 //! Pay (RESERVED → PAID): asks the provider for a hold of the order's total (an authorization with manual
-//! capture); commit follows. The PENDING payment row commits with the attempt before the call, so a crash
+//! capture); commit follows, or for a shipment order nothing: it waits in PAID, its hold asked for with
+//! multicapture so that each shipment captures its part. The PENDING payment row commits with the attempt before the call, so a crash
 //! mid-call leaves a row that says "ask the provider again with this key"; the key is derived from the order,
 //! so a repeat is a replay, never a second hold. A decline starts the cancellation (`payment_declined`). An
 //! order cancelled while the call was out keeps its hold recorded (AUTHORIZED), which cancel_payment voids.
@@ -117,7 +118,7 @@ impl SagaStep for Pay {
             .map(|(order, verdict)| {
                 let still_reserved = order.status == Self::STEP.runs_from();
                 match (verdict, still_reserved) {
-                    (Authorization::Authorized { .. }, true) => Ending::succeeded(Self::STEP),
+                    (Authorization::Authorized { .. }, true) => Ending::succeeded_for(Self::STEP, order),
                     // Cancelled while the call was out: cancel_payment voids this hold.
                     (Authorization::Authorized { .. }, false) => Ending::overtaken(LEFT_RESERVED),
                     (Authorization::Declined { code, .. }, true) => {
@@ -140,5 +141,6 @@ pub(crate) fn authorize_request(payment: &PaymentRow) -> AuthorizeRequest<'_> {
         amount: payment.amount,
         currency: &payment.currency,
         payment_method: &payment.payment_token,
+        multicapture: payment.multicapture,
     }
 }
