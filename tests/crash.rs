@@ -294,3 +294,89 @@ async fn a_saga_whose_job_ended_without_moving_it_is_resumed() {
     assert_eq!(app.sku("D").await["on_hand"], 4);
     invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("D", 5)]).await;
 }
+
+/// A worker killed in the middle of a shipment, before the capture went out (`before`) or after the provider
+/// captured and before anything was recorded (`after`): the next worker captures under the shipment's key, so the
+/// provider takes the shipment's value once, and its units leave stock once, with the capture on record.
+async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
+    let app = spawn_app_with(without_worker(0)).await;
+    let response = app
+        .http
+        .put(format!("{}/v1/skus/CRATE", app.api))
+        .json(&serde_json::json!({"on_hand": 5, "price": 700, "currency": "USD", "fulfilment": "shipment"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let env = [("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())];
+    let armed = format!("{failpoint}=return({customer})");
+    let with_failpoint = [
+        ("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str()),
+        ("FAILPOINTS", armed.as_str()),
+    ];
+    let mut first = spawn_worker_process(&app.database_url, &with_failpoint);
+    let id = app.create_order(customer, &[("CRATE", 3)], "pm_card_visa").await;
+    app.wait_until(id, Duration::from_secs(30), |o| {
+        o["payment"]["status"] == "AUTHORIZED"
+    })
+    .await;
+    let shipped = app
+        .http
+        .post(format!("{}/v1/orders/{id}/shipments", app.api))
+        .header("Idempotency-Key", "crate-all")
+        .json(&serde_json::json!({"lines": [{"sku": "CRATE", "quantity": 3}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shipped.status(), 202);
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the worker died at {failpoint}"
+    );
+    let received = app.intents_of(id).await[0]["amount_received"].clone();
+    let expected_before = if failpoint.ends_with("after_capture") {
+        2100
+    } else {
+        0
+    };
+    assert_eq!(
+        received, expected_before,
+        "what the provider took before the crash"
+    );
+    assert_eq!(
+        app.sku("CRATE").await["on_hand"],
+        5,
+        "nothing left stock before the capture was recorded"
+    );
+
+    let _second = spawn_worker_process(&app.database_url, &env);
+    let order = app.wait_terminal(id).await;
+    assert_eq!(
+        (order["status"].as_str(), order["payment"]["status"].as_str()),
+        (Some("FULFILLED"), Some("CAPTURED")),
+        "{order}"
+    );
+    assert_charged_once(&app, id, &order).await;
+    let sku = app.sku("CRATE").await;
+    assert_eq!(
+        (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
+        (Some(2), Some(0)),
+        "shipped once"
+    );
+    let shipments: i64 = sqlx::query_scalar("select count(*) from shipments where status = 'DONE'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(shipments, 1);
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("CRATE", 5)]).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_before_a_shipments_capture_is_finished_by_the_next_shipping_once() {
+    a_shipment_survives_a_worker_killed("worker.ship.before_capture", "die-before-ship-capture").await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_after_a_shipments_capture_is_finished_by_the_next_without_a_second_capture() {
+    a_shipment_survives_a_worker_killed("worker.ship.after_capture", "die-after-ship-capture").await;
+}

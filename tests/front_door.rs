@@ -166,6 +166,18 @@ async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
         .collect();
     assert!(at.contains(&&Value::from("store-berlin")), "{out}");
 
+    // The shipments example: a shipment order waits in PAID, then ships two of its three units.
+    let out = bash(&block("### Shipments"), key).await;
+    let answers = documents(&out);
+    assert_eq!(answers.len(), 3, "the sku, the shipment, the list: {out}");
+    assert_eq!(answers[0]["fulfilment"], "shipment", "{out}");
+    assert_eq!(
+        (&answers[1]["status"], &answers[1]["amount"]),
+        (&Value::from("PENDING"), &Value::from(3000)),
+        "{out}"
+    );
+    assert_eq!(answers[2]["shipments"][0]["status"], "DONE", "{out}");
+
     // docs/API.md's stock reference, after the README's (the location exists).
     let api_doc =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/API.md"))

@@ -134,6 +134,23 @@ fn routes(id: Uuid) -> Vec<Route> {
             Scope::OrdersRead,
             200,
         ),
+        // The matrix's order is an auto order: a shipment is refused as such (409), not for want of a scope.
+        route(
+            Method::POST,
+            "/v1/orders/{id}/shipments",
+            format!("/v1/orders/{id}/shipments"),
+            Some(json!({"lines": [{"sku": "S", "quantity": 1}]})),
+            Scope::FulfilmentWrite,
+            409,
+        ),
+        route(
+            Method::GET,
+            "/v1/orders/{id}/shipments",
+            format!("/v1/orders/{id}/shipments"),
+            None,
+            Scope::OrdersRead,
+            200,
+        ),
         route(
             Method::GET,
             "/v1/events",

@@ -133,7 +133,17 @@ async fn a_shipment_order_waits_in_paid_with_a_multicapture_hold_until_it_is_can
             "{pass:?}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nor is it stuck in the operators' eyes: it waits for the warehouse.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let stuck = app.admin_json("/admin/v1/sagas?stuck=true&stuck_after=1s").await;
+    assert!(
+        stuck["sagas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["id"] != json!(id)),
+        "{stuck}"
+    );
     let still = app.order(id).await;
     assert_eq!(
         (&still["status"], &still["current_step"]),
@@ -220,11 +230,356 @@ async fn an_auto_order_is_unchanged_and_keeps_the_mode_it_was_created_with() {
     let later = app.create_order("later", &[("SOON", 1)], "pm_card_visa").await;
     let waiting = app
         .wait_until(later, Duration::from_secs(30), |o| {
-            o["payment"]["status"] == "AUTHORIZED"
+            o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
         })
         .await;
     assert_eq!(
         (&waiting["status"], &waiting["fulfilment"]),
         (&json!("PAID"), &json!("shipment"))
     );
+}
+
+/// POSTs a shipment of `lines` with Idempotency-Key `key`; returns the status and the answer.
+async fn ship(app: &TestApp, id: Uuid, key: &str, body: Value) -> (u16, Value) {
+    let response = app
+        .http
+        .post(format!("{}/v1/orders/{id}/shipments", app.api))
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// The order's shipments as the API lists them.
+async fn shipments(app: &TestApp, id: Uuid) -> Vec<Value> {
+    app.get_json(&format!("{}/v1/orders/{id}/shipments", app.api))
+        .await["shipments"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits until shipment `shipment` of order `id` is `status`; returns it.
+async fn wait_shipment(app: &TestApp, id: Uuid, shipment: &Value, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = shipments(app, id).await;
+        if let Some(found) = now
+            .iter()
+            .find(|s| s["id"] == shipment["id"] && s["status"] == status)
+        {
+            return found.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shipment never {status}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three shipment skus, and a PAID order of one, two and one of them (1,000 + 2 × 250 + 800 = 2,300).
+async fn paid_shipment_order(app: &TestApp, customer: &str) -> Uuid {
+    for (sku, price) in [("BOX", 1000), ("TAPE", 250), ("MUG", 800)] {
+        let response = app
+            .http
+            .put(format!("{}/v1/skus/{sku}", app.api))
+            .json(&json!({"on_hand": 10, "price": price, "currency": "USD", "fulfilment": "shipment"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    let id = app
+        .create_order(customer, &[("BOX", 1), ("TAPE", 2), ("MUG", 1)], "pm_card_visa")
+        .await;
+    app.wait_until(id, Duration::from_secs(30), |o| {
+        o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
+    })
+    .await;
+    id
+}
+
+#[tokio::test]
+async fn shipping_two_of_three_lines_captures_their_value_and_shipping_the_rest_fulfils_the_order() {
+    let app = spawn_app().await;
+    let id = paid_shipment_order(&app, "ships-in-two").await;
+
+    let first_body = json!({"lines": [{"sku": "BOX", "quantity": 1}, {"sku": "TAPE", "quantity": 2}],
+                            "carrier": "DHL", "tracking": "JD0001"});
+    let (status, first) = ship(&app, id, "ship-1", first_body.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(
+        (&first["status"], &first["amount"]),
+        (&json!("PENDING"), &json!(1500)),
+        "{first}"
+    );
+    // The same key and body: the same shipment, not a second one.
+    let (status, again) = ship(&app, id, "ship-1", first_body).await;
+    assert_eq!((status, &again["id"]), (202, &first["id"]), "{again}");
+    let done = wait_shipment(&app, id, &first, "DONE").await;
+    assert_eq!(done["final_capture"], false, "{done}");
+    let order = app
+        .wait_for(id, &["PARTIALLY_FULFILLED"], Duration::from_secs(30))
+        .await;
+    assert_eq!(order["current_step"], Value::Null, "waits for the rest: {order}");
+    assert_eq!(order["payment"]["status"], "PARTIALLY_CAPTURED");
+    let intent = &app.intents_of(id).await[0];
+    assert_eq!(
+        (
+            &intent["status"],
+            &intent["amount_received"],
+            &intent["amount_capturable"]
+        ),
+        (&json!("requires_capture"), &json!(1500), &json!(800)),
+        "captured exactly the shipped lines: {intent}"
+    );
+    let (box_, tape, mug) = (app.sku("BOX").await, app.sku("TAPE").await, app.sku("MUG").await);
+    assert_eq!((&box_["on_hand"], &box_["reserved"]), (&json!(9), &json!(0)));
+    assert_eq!((&tape["on_hand"], &tape["reserved"]), (&json!(8), &json!(0)));
+    assert_eq!(
+        (&mug["on_hand"], &mug["reserved"]),
+        (&json!(10), &json!(1)),
+        "not shipped: still held"
+    );
+
+    // Over-shipping is refused and writes nothing: a line shipped whole, more than is left, a sku not ordered.
+    for (key, lines) in [
+        ("over-1", json!([{"sku": "BOX", "quantity": 1}])),
+        ("over-2", json!([{"sku": "MUG", "quantity": 2}])),
+    ] {
+        let (status, problem) = ship(&app, id, key, json!({"lines": lines})).await;
+        assert_eq!(status, 409, "{problem}");
+        assert_eq!(
+            problem["type"], "urn:orderflow:problem:shipment-exceeds-order",
+            "{problem}"
+        );
+    }
+    let (status, problem) = ship(
+        &app,
+        id,
+        "not-a-line",
+        json!({"lines": [{"sku": "SOCK", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &problem["field"]),
+        (422, &json!("lines[0].sku")),
+        "{problem}"
+    );
+    assert_eq!(
+        shipments(&app, id).await.len(),
+        1,
+        "nothing written by the refusals"
+    );
+    // While some of it shipped, the order cannot be cancelled (cancelling the rest is the next part).
+    let cancel = app.cancel(id).await;
+    assert_eq!(cancel.status(), 409);
+
+    let (status, last) = ship(
+        &app,
+        id,
+        "ship-2",
+        json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{last}");
+    let last_done = wait_shipment(&app, id, &last, "DONE").await;
+    assert_eq!(last_done["final_capture"], true, "{last_done}");
+    let order = app.wait_terminal(id).await;
+    assert_eq!(
+        (&order["status"], &order["payment"]["status"]),
+        (&json!("FULFILLED"), &json!("CAPTURED")),
+        "{order}"
+    );
+    let intent = &app.intents_of(id).await[0];
+    assert_eq!(
+        (&intent["status"], &intent["amount_received"]),
+        (&json!("succeeded"), &json!(2300)),
+        "{intent}"
+    );
+    let events = app.events(id).await;
+    assert_eq!(
+        transitions(&events),
+        [
+            "->CREATED",
+            "CREATED>RESERVED",
+            "RESERVED>PAID",
+            "PAID>PARTIALLY_FULFILLED",
+            "PARTIALLY_FULFILLED>PARTIALLY_FULFILLED",
+            "PARTIALLY_FULFILLED>FULFILLED"
+        ]
+    );
+    let shipped: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "order.shipped")
+        .map(|e| &e["shipment_id"])
+        .collect();
+    assert_eq!(
+        shipped,
+        [&first["id"], &last["id"]],
+        "each order.shipped names its shipment"
+    );
+    assert_eq!(events.last().unwrap()["type"], "order.fulfilled");
+    crate::invariants::all_hold(
+        &app.pool,
+        &app.http,
+        &app.paysim,
+        &[("BOX", 10), ("TAPE", 10), ("MUG", 10)],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_shipment_is_refused_before_payment_for_an_auto_order_and_for_a_customer_token() {
+    let app = spawn_app().await;
+    app.put_sku("EBOOK", 5, 900).await;
+    let auto = app.create_order("auto", &[("EBOOK", 1)], "pm_card_visa").await;
+    app.wait_terminal(auto).await;
+    let (status, problem) = ship(
+        &app,
+        auto,
+        "auto-1",
+        json!({"lines": [{"sku": "EBOOK", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &problem["type"]),
+        (409, &json!("urn:orderflow:problem:order-not-shippable")),
+        "{problem}"
+    );
+
+    let nobody = Uuid::now_v7();
+    let (status, _) = ship(
+        &app,
+        nobody,
+        "nobody",
+        json!({"lines": [{"sku": "EBOOK", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    for (body, field) in [
+        (json!({"lines": []}), "lines"),
+        (
+            json!({"lines": [{"sku": "EBOOK", "quantity": 0}]}),
+            "lines[0].quantity",
+        ),
+        (
+            json!({"lines": [{"sku": "EBOOK", "quantity": 1}], "location": "no place"}),
+            "location",
+        ),
+    ] {
+        let (status, problem) = ship(&app, auto, "bad", body).await;
+        assert_eq!((status, &problem["field"]), (422, &json!(field)), "{problem}");
+    }
+    let (status, _) = ship(&app, auto, "extra", json!({"lines": [], "gift": true})).await;
+    assert_eq!(status, 422);
+    let no_key = app
+        .http
+        .post(format!("{}/v1/orders/{auto}/shipments", app.api))
+        .json(&json!({"lines": [{"sku": "EBOOK", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 400);
+
+    // A customer's token reads its order's shipments but ships nothing.
+    let token: Value = app
+        .http
+        .post(format!("{}/v1/customer_tokens", app.api))
+        .json(&json!({"customer_id": "auto", "ttl_seconds": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let customer =
+        crate::helpers::client_with_key(token["token"].as_str().unwrap(), reqwest::Client::builder());
+    let refused = customer
+        .post(format!("{}/v1/orders/{auto}/shipments", app.api))
+        .header("Idempotency-Key", "mine")
+        .json(&json!({"lines": [{"sku": "EBOOK", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let listed = customer
+        .get(format!("{}/v1/orders/{auto}/shipments", app.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(shipments(&app, auto).await.len(), 0);
+}
+
+#[tokio::test]
+async fn a_capture_the_provider_refuses_fails_the_shipment_and_nothing_ships() {
+    let app = spawn_app().await;
+    let id = paid_shipment_order(&app, "refused").await;
+    // The hold is voided behind OrderFlow's back (as an expired one would be): no capture can succeed.
+    let intent = app.intents_of(id).await[0]["id"].as_str().unwrap().to_owned();
+    let voided = app
+        .http
+        .post(format!("{}/v1/payment_intents/{intent}/cancel", app.paysim))
+        .send()
+        .await
+        .unwrap();
+    assert!(voided.status().is_success(), "{}", voided.status());
+
+    let (status, shipment) = ship(
+        &app,
+        id,
+        "doomed",
+        json!({"lines": [{"sku": "BOX", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{shipment}");
+    let failed = wait_shipment(&app, id, &shipment, "FAILED").await;
+    assert!(
+        failed["failure"].as_str().is_some_and(|f| !f.is_empty()),
+        "{failed}"
+    );
+    let order = app.order(id).await;
+    assert_eq!(
+        (&order["status"], &order["current_step"]),
+        (&json!("PAID"), &Value::Null),
+        "{order}"
+    );
+    assert_eq!(order["payment"]["status"], "AUTHORIZED", "nothing captured");
+    let box_ = app.sku("BOX").await;
+    assert_eq!(
+        (&box_["on_hand"], &box_["reserved"]),
+        (&json!(10), &json!(1)),
+        "nothing shipped, still held"
+    );
+    let events = app.events(id).await;
+    let last = events.last().unwrap();
+    assert_eq!(
+        (&last["type"], &last["shipment_id"]),
+        (&json!("order.shipment_failed"), &shipment["id"]),
+        "{last}"
+    );
+    assert_eq!(transitions(&events).last().unwrap(), "PAID>PAID");
+}
+
+#[tokio::test]
+async fn two_shipments_of_the_same_units_at_once_ship_them_once() {
+    let app = spawn_app().await;
+    let id = paid_shipment_order(&app, "racing").await;
+    let body = json!({"lines": [{"sku": "TAPE", "quantity": 2}]});
+    let (a, b) = tokio::join!(
+        ship(&app, id, "race-a", body.clone()),
+        ship(&app, id, "race-b", body)
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [202, 409], "{a:?} {b:?}");
+    let accepted = if a.0 == 202 { a.1 } else { b.1 };
+    wait_shipment(&app, id, &accepted, "DONE").await;
+    let intent = &app.intents_of(id).await[0];
+    assert_eq!(intent["amount_received"], 500, "{intent}");
+    assert_eq!(app.sku("TAPE").await["on_hand"], 8);
 }

@@ -99,6 +99,7 @@ scope_types! {
     CatalogRead => Scope::CatalogRead,
     CatalogWrite => Scope::CatalogWrite,
     EventsRead => Scope::EventsRead,
+    FulfilmentWrite => Scope::FulfilmentWrite,
     MetricsRead => Scope::MetricsRead,
 }
 

@@ -10,6 +10,7 @@ use orderflow_shared::inventory::adjustment::AdjustError;
 use orderflow_shared::operator::ActionError;
 use orderflow_shared::order::create::CreateError;
 use orderflow_shared::order::{CancelError, TransitionError};
+use orderflow_shared::shipment::ShipError;
 use orderflow_shared::{db, inventory};
 use serde::Serialize;
 
@@ -307,8 +308,38 @@ impl From<CancelError> for ApiError {
                 slug: "order-fulfilled",
                 detail: error.to_string(),
             },
+            CancelError::Shipping(..) => Self::Conflict {
+                slug: "order-shipping",
+                detail: error.to_string(),
+            },
             CancelError::Invalid(e) => e.into(),
             CancelError::Transition(e) => e.into(),
+        }
+    }
+}
+
+impl From<ShipError> for ApiError {
+    fn from(error: ShipError) -> Self {
+        match error {
+            ShipError::Invalid(e) => e.into(),
+            ShipError::Key(e) => e.into(),
+            ShipError::NotFound(id) => Self::NotFound {
+                what: "order",
+                id: id.to_string(),
+            },
+            ShipError::NotShippable(..) => Self::Conflict {
+                slug: "order-not-shippable",
+                detail: error.to_string(),
+            },
+            ShipError::TooMany(_) => Self::Conflict {
+                slug: "shipment-exceeds-order",
+                detail: error.to_string(),
+            },
+            ShipError::Render(e) => {
+                Self::Internal(anyhow::Error::new(e).context("failed to render the shipment"))
+            }
+            ShipError::Transition(e) => e.into(),
+            ShipError::Database(e) => e.into(),
         }
     }
 }

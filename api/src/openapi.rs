@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{admin, customer_tokens, feed, health, locations, orders, skus, stock};
+use crate::routes::{admin, customer_tokens, feed, health, locations, orders, shipments, skus, stock};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,8 @@ use crate::routes::{admin, customer_tokens, feed, health, locations, orders, sku
         orders::list,
         orders::cancel,
         orders::events,
+        shipments::create,
+        shipments::list,
         feed::list,
         customer_tokens::mint,
         health::metrics,

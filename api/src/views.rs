@@ -16,6 +16,7 @@ use orderflow_shared::order::{self, CancelReason, Fulfilment, OrderLineRow, Orde
 use orderflow_shared::payment::{self, PaymentRow, PaymentStatus};
 use orderflow_shared::queue::JobStatus;
 use orderflow_shared::queue::views::{self as queue_views, QueueStats, SagaJob};
+use orderflow_shared::shipment::{self, Shipment, ShipmentLine, ShipmentStatus};
 use orderflow_shared::step_log::{self, Attempt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -217,7 +218,72 @@ pub struct EventView {
     pub from: Option<String>,
     pub to: String,
     pub reason: Option<String>,
+    /// The shipment an `order.shipped` or `order.shipment_failed` event is about (absent on the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipment_id: Option<Uuid>,
     pub at: DateTime<Utc>,
+}
+
+/// A shipment: its units per line and location, what its capture takes, and where it is.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ShipmentView {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    /// PENDING (accepted), CAPTURING (its capture asked for), DONE (captured, its units out of stock) or FAILED
+    /// (the provider refused the capture: nothing shipped, the units stay reserved).
+    pub status: ShipmentStatus,
+    pub lines: Vec<ShipmentLine>,
+    /// Its units at the order's prices, in minor units: what its capture takes.
+    pub amount: i64,
+    /// Whether its capture is the order's last (it releases what the hold has left); set once it is CAPTURING.
+    pub final_capture: Option<bool>,
+    pub carrier: Option<String>,
+    pub tracking: Option<String>,
+    /// Why the capture was refused (FAILED only).
+    pub failure: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Shipment> for ShipmentView {
+    fn from(shipment: Shipment) -> Self {
+        let row = shipment.row;
+        Self {
+            id: row.id,
+            order_id: row.order_id,
+            status: row.status,
+            lines: shipment.lines,
+            amount: row.amount,
+            final_capture: row.final_capture,
+            carrier: row.carrier,
+            tracking: row.tracking,
+            failure: row.failure,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ShipmentList {
+    pub shipments: Vec<ShipmentView>,
+}
+
+/// The order's shipments, oldest first; 404 for an order that does not exist.
+pub async fn shipments(pool: &PgPool, id: Uuid) -> Result<ShipmentList, ApiError> {
+    if order::find(pool, id).await?.is_none() {
+        return Err(ApiError::NotFound {
+            what: "order",
+            id: id.to_string(),
+        });
+    }
+    Ok(ShipmentList {
+        shipments: shipment::of_order(pool, id)
+            .await?
+            .into_iter()
+            .map(ShipmentView::from)
+            .collect(),
+    })
 }
 
 impl From<EventRow> for EventView {
@@ -229,6 +295,7 @@ impl From<EventRow> for EventView {
             from: e.from_status.map(|s| s.as_str().to_owned()),
             to: e.to_status.as_str().to_owned(),
             reason: e.reason.map(|r| r.as_str().to_owned()),
+            shipment_id: e.shipment_id,
             at: e.created_at,
         }
     }

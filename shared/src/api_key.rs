@@ -35,18 +35,22 @@ pub enum Scope {
     /// Read the event feed (every order's events).
     #[serde(rename = "events:read")]
     EventsRead,
+    /// Record shipments of orders (the warehouse's).
+    #[serde(rename = "fulfilment:write")]
+    FulfilmentWrite,
     /// Scrape the API's `/metrics` (when it is not on its own address, `ORDERFLOW_API_METRICS_ADDR`).
     #[serde(rename = "metrics:read")]
     MetricsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Self::OrdersRead,
         Self::OrdersWrite,
         Self::CatalogRead,
         Self::CatalogWrite,
         Self::EventsRead,
+        Self::FulfilmentWrite,
         Self::MetricsRead,
     ];
 
@@ -57,6 +61,7 @@ impl Scope {
             Self::CatalogRead => "catalog:read",
             Self::CatalogWrite => "catalog:write",
             Self::EventsRead => "events:read",
+            Self::FulfilmentWrite => "fulfilment:write",
             Self::MetricsRead => "metrics:read",
         }
     }

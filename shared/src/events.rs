@@ -13,6 +13,10 @@ pub enum EventType {
     Reserved,
     Paid,
     Fulfilled,
+    /// A shipment's units left stock and its part of the payment was captured (the event names the shipment).
+    Shipped,
+    /// A shipment's capture was refused for good: nothing shipped (the event names the shipment).
+    ShipmentFailed,
     CancellationStarted,
     Cancelled,
     NeedsAttention,
@@ -20,11 +24,13 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 10] = [
         Self::Created,
         Self::Reserved,
         Self::Paid,
         Self::Fulfilled,
+        Self::Shipped,
+        Self::ShipmentFailed,
         Self::CancellationStarted,
         Self::Cancelled,
         Self::NeedsAttention,
@@ -37,6 +43,8 @@ impl EventType {
             Self::Reserved => "order.reserved",
             Self::Paid => "order.paid",
             Self::Fulfilled => "order.fulfilled",
+            Self::Shipped => "order.shipped",
+            Self::ShipmentFailed => "order.shipment_failed",
             Self::CancellationStarted => "order.cancellation_started",
             Self::Cancelled => "order.cancelled",
             Self::NeedsAttention => "order.needs_attention",
@@ -63,6 +71,8 @@ pub struct EventRow {
     pub to_status: OrderStatus,
     /// The cancel reason the transition carries.
     pub reason: Option<CancelReason>,
+    /// The shipment an `order.shipped` or `order.shipment_failed` event is about.
+    pub shipment_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -70,7 +80,7 @@ pub async fn for_order(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<
     sqlx::query_as!(
         EventRow,
         r#"select id, event_id, order_id, sequence, event_type as "event_type: _", from_status as "from_status: _",
-                  to_status as "to_status: _", reason as "reason: _", created_at
+                  to_status as "to_status: _", reason as "reason: _", shipment_id, created_at
            from order_events where order_id = $1 order by sequence"#,
         order_id
     )
@@ -88,7 +98,7 @@ mod tests {
         for event in EventType::ALL {
             assert_eq!(EventType::parse(event.as_str()), Some(event));
         }
-        assert_eq!(EventType::parse("order.shipped"), None);
+        assert_eq!(EventType::parse("order.returned"), None);
     }
 
     #[test]

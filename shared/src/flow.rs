@@ -8,7 +8,9 @@
 //! forward:      reserve ──▶ pay ──▶ commit ──▶ fulfil
 //!               CREATED     RESERVED  PAID      PAID (captured) ──▶ FULFILLED
 //!                  └─ out of stock ──▶ CANCELLED
-//! a shipment order (`Fulfilment::Shipment`): reserve ──▶ pay (multicapture) ──▶ PAID, waiting for shipments
+//! a shipment order (`Fulfilment::Shipment`): reserve ──▶ pay (multicapture) ──▶ PAID, waiting for shipments;
+//!               each shipment: ship (capture its part, its units leave stock) ──▶ PARTIALLY_FULFILLED,
+//!               and once nothing is left to ship: fulfil ──▶ FULFILLED
 //! cancellation: any forward state ──▶ CANCELLING: release_inventory ──▶ cancel_payment ──▶ CANCELLED
 //!                                     a compensation out of attempts ──▶ NEEDS_ATTENTION (an operator resumes it)
 //! ```
@@ -41,17 +43,21 @@ pub enum Step {
     Fulfil,
     ReleaseInventory,
     CancelPayment,
+    /// A shipment order's pending shipments, oldest first: the capture of each one's part, its units out of
+    /// stock (`crate::shipment`). Not a compensation and never compensated: what shipped stays shipped.
+    Ship,
 }
 
 impl Step {
     /// In the flow's order: the forward steps, then the compensations.
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Self::Reserve,
         Self::Pay,
         Self::Commit,
         Self::Fulfil,
         Self::ReleaseInventory,
         Self::CancelPayment,
+        Self::Ship,
     ];
 
     /// The step a new order starts with; order creation queues it.
@@ -70,6 +76,7 @@ impl Step {
             Self::Fulfil => "orderflow.fulfil",
             Self::ReleaseInventory => "orderflow.release_inventory",
             Self::CancelPayment => "orderflow.cancel_payment",
+            Self::Ship => "orderflow.ship",
         }
     }
 
@@ -82,6 +89,7 @@ impl Step {
             Self::Fulfil => "fulfil",
             Self::ReleaseInventory => "release_inventory",
             Self::CancelPayment => "cancel_payment",
+            Self::Ship => "ship",
         }
     }
 
@@ -95,14 +103,20 @@ impl Step {
         matches!(self, Self::ReleaseInventory | Self::CancelPayment)
     }
 
-    /// The status the step runs from; in any other status it has nothing to do (done already, or overtaken).
-    pub fn runs_from(self) -> OrderStatus {
+    /// The statuses the step runs from; in any other it has nothing to do (done already, or overtaken).
+    pub fn runs_from(self) -> &'static [OrderStatus] {
         match self {
-            Self::Reserve => OrderStatus::Created,
-            Self::Pay => OrderStatus::Reserved,
-            Self::Commit | Self::Fulfil => OrderStatus::Paid,
-            Self::ReleaseInventory | Self::CancelPayment => OrderStatus::Cancelling,
+            Self::Reserve => &[OrderStatus::Created],
+            Self::Pay => &[OrderStatus::Reserved],
+            Self::Commit => &[OrderStatus::Paid],
+            Self::Fulfil | Self::Ship => &[OrderStatus::Paid, OrderStatus::PartiallyFulfilled],
+            Self::ReleaseInventory | Self::CancelPayment => &[OrderStatus::Cancelling],
         }
+    }
+
+    /// Whether the step runs from `status` ([`Step::runs_from`]).
+    pub fn runs_in(self, status: OrderStatus) -> bool {
+        self.runs_from().contains(&status)
     }
 
     /// The transition a success makes. Commit captures without a status of its own (the order stays PAID until
@@ -114,16 +128,18 @@ impl Step {
             Self::Commit | Self::ReleaseInventory => None,
             Self::Fulfil => Some(Transition::Fulfil),
             Self::CancelPayment => Some(Transition::FinishCancel),
+            Self::Ship => Some(Transition::Ship),
         }
     }
 
-    /// The step queued when this one succeeds; `None` ends the saga.
+    /// The step queued when this one succeeds; `None` ends the saga (or, after ship, leaves it waiting: the ship
+    /// step itself queues another ship for the next pending shipment, or fulfil once nothing is left to ship).
     pub fn next(self) -> Option<Step> {
         match self {
             Self::Reserve => Some(Self::Pay),
             Self::Pay => Some(Self::Commit),
             Self::Commit => Some(Self::Fulfil),
-            Self::Fulfil | Self::CancelPayment => None,
+            Self::Fulfil | Self::CancelPayment | Self::Ship => None,
             Self::ReleaseInventory => Some(Self::CancelPayment),
         }
     }
@@ -142,7 +158,7 @@ impl Step {
         match self {
             Self::Reserve | Self::Commit => Some(Self::ReleaseInventory),
             Self::Pay => Some(Self::CancelPayment),
-            Self::Fulfil | Self::ReleaseInventory | Self::CancelPayment => None,
+            Self::Fulfil | Self::ReleaseInventory | Self::CancelPayment | Self::Ship => None,
         }
     }
 
@@ -216,6 +232,9 @@ pub enum AfterFailure {
     Retry { attempt: u32 },
     /// A forward step gives up: the cancellation starts with this reason.
     Cancel(CancelReason),
+    /// The provider refused ship's capture for good: the shipment fails, the order stays where it is, its units
+    /// reserved.
+    FailShipment,
     /// A compensation gives up: the saga parks in NEEDS_ATTENTION for an operator.
     Park,
 }
@@ -226,7 +245,12 @@ pub enum AfterFailure {
 pub fn after_failure(step: Step, attempt: u32, budget: u32, failure: Failure) -> AfterFailure {
     match failure {
         Failure::Transient if attempt < budget => AfterFailure::Retry { attempt: attempt + 1 },
+        // A capture whose outcome is unknown may have gone through: giving up on it could lose a capture that
+        // happened (and a later shipment of the same units would capture them again). Ship asks again, under the
+        // same key, until the provider answers.
+        Failure::Transient if step == Step::Ship => AfterFailure::Retry { attempt: attempt + 1 },
         _ if step.is_compensation() => AfterFailure::Park,
+        _ if step == Step::Ship => AfterFailure::FailShipment,
         Failure::Permanent(reason) => AfterFailure::Cancel(reason),
         Failure::Transient => AfterFailure::Cancel(step.failure_reason()),
     }
@@ -244,7 +268,7 @@ pub fn resume(
 ) -> Option<Step> {
     let fits = |step: Step| match status {
         OrderStatus::NeedsAttention => step.is_compensation(),
-        status => step.runs_from() == status,
+        status => step.runs_in(status),
     };
     if let Some(step) = current_step.filter(|step| fits(*step)) {
         return Some(step);
@@ -252,9 +276,11 @@ pub fn resume(
     match status {
         OrderStatus::Created => Some(Step::Reserve),
         OrderStatus::Reserved => Some(Step::Pay),
-        OrderStatus::Paid if fulfilment == Fulfilment::Shipment => None,
+        OrderStatus::Paid | OrderStatus::PartiallyFulfilled if fulfilment == Fulfilment::Shipment => None,
         OrderStatus::Paid if capture_recorded => Some(Step::Fulfil),
         OrderStatus::Paid => Some(Step::Commit),
+        // Only a shipment order is ever PARTIALLY_FULFILLED.
+        OrderStatus::PartiallyFulfilled => None,
         OrderStatus::Cancelling | OrderStatus::NeedsAttention => Some(Step::FIRST_COMPENSATION),
         OrderStatus::Fulfilled | OrderStatus::Cancelled => None,
     }
@@ -294,10 +320,13 @@ pub struct Ending {
     pub(crate) next: Option<Step>,
     /// The reservation is held until this long from now (the reserve step's promise).
     pub(crate) hold_for: Option<Duration>,
+    /// The shipment the transition's event names (ship's).
+    pub(crate) shipment: Option<uuid::Uuid>,
 }
 
 impl Ending {
-    /// `step` did its work: the order moves as a success of `step` moves it and the next step is queued.
+    /// `step` did its work: the order moves as a success of `step` moves it and the next step is queued. (A step
+    /// whose next depends on the order uses [`Ending::succeeded_for`] or [`Ending::then`].)
     pub fn succeeded(step: Step) -> Self {
         Self {
             status: AttemptStatus::Succeeded,
@@ -305,6 +334,7 @@ impl Ending {
             transition: step.on_success(),
             next: step.next(),
             hold_for: None,
+            shipment: None,
         }
     }
 
@@ -325,6 +355,7 @@ impl Ending {
             transition: Some(Transition::StartCancel(reason)),
             next: Some(Step::FIRST_COMPENSATION),
             hold_for: None,
+            shipment: None,
         }
     }
 
@@ -337,6 +368,7 @@ impl Ending {
             transition,
             next: None,
             hold_for: None,
+            shipment: None,
         }
     }
 
@@ -349,7 +381,21 @@ impl Ending {
             transition: None,
             next: None,
             hold_for: None,
+            shipment: None,
         }
+    }
+
+    /// The same ending, its event naming `shipment`.
+    pub fn for_shipment(self, shipment: uuid::Uuid) -> Self {
+        Self {
+            shipment: Some(shipment),
+            ..self
+        }
+    }
+
+    /// The same ending with `next` queued after it instead.
+    pub fn then(self, next: Option<Step>) -> Self {
+        Self { next, ..self }
     }
 
     pub fn with_note(self, note: impl Into<String>) -> Self {
@@ -437,16 +483,16 @@ mod tests {
         type Row = (
             Step,
             &'static str,
-            OrderStatus,
+            &'static [OrderStatus],
             Option<&'static str>,
             Option<Step>,
             Option<Step>,
         );
-        let table: [Row; 6] = [
+        let table: [Row; 7] = [
             (
                 Step::Reserve,
                 "orderflow.reserve",
-                Created,
+                &[Created],
                 Some("reserve"),
                 Some(Step::Pay),
                 Some(Step::ReleaseInventory),
@@ -454,7 +500,7 @@ mod tests {
             (
                 Step::Pay,
                 "orderflow.pay",
-                Reserved,
+                &[Reserved],
                 Some("pay"),
                 Some(Step::Commit),
                 Some(Step::CancelPayment),
@@ -462,16 +508,23 @@ mod tests {
             (
                 Step::Commit,
                 "orderflow.commit",
-                Paid,
+                &[Paid],
                 None,
                 Some(Step::Fulfil),
                 Some(Step::ReleaseInventory),
             ),
-            (Step::Fulfil, "orderflow.fulfil", Paid, Some("fulfil"), None, None),
+            (
+                Step::Fulfil,
+                "orderflow.fulfil",
+                &[Paid, PartiallyFulfilled],
+                Some("fulfil"),
+                None,
+                None,
+            ),
             (
                 Step::ReleaseInventory,
                 "orderflow.release_inventory",
-                Cancelling,
+                &[Cancelling],
                 None,
                 Some(Step::CancelPayment),
                 None,
@@ -479,32 +532,44 @@ mod tests {
             (
                 Step::CancelPayment,
                 "orderflow.cancel_payment",
-                Cancelling,
+                &[Cancelling],
                 Some("finish_cancel"),
+                None,
+                None,
+            ),
+            (
+                Step::Ship,
+                "orderflow.ship",
+                &[Paid, PartiallyFulfilled],
+                Some("ship"),
                 None,
                 None,
             ),
         ];
         assert_eq!(table.map(|row| row.0), Step::ALL);
-        for (step, queue, from, success, next, undo) in table {
+        for (step, queue, froms, success, next, undo) in table {
             assert_eq!(step.queue(), queue);
-            assert_eq!(step.runs_from(), from, "{step}");
+            assert_eq!(step.runs_from(), froms, "{step}");
             assert_eq!(step.on_success().map(|t| t.name()), success, "{step}");
             assert_eq!(step.next(), next, "{step}");
             assert_eq!(step.undo(), undo, "{step}");
             assert_eq!(Step::parse(step.name()), Some(step));
-            // A success moves the order only along the transition table.
-            if let Some(transition) = step.on_success() {
-                let to = from
-                    .apply(&transition)
-                    .expect("a step's success is in the transition table");
-                if let Some(next) = step.next() {
-                    assert_eq!(next.runs_from(), to, "{step} hands {next} an order it runs from");
+            // A success moves the order only along the transition table, to a status its next step runs from.
+            for from in froms {
+                if let Some(transition) = step.on_success() {
+                    let to = from
+                        .apply(&transition)
+                        .expect("a step's success is in the transition table");
+                    if let Some(next) = step.next() {
+                        assert!(next.runs_in(to), "{step} hands {next} an order it runs from");
+                    }
                 }
             }
         }
         assert_eq!(Step::parse("charge"), None);
-        assert_eq!(Step::FIRST.runs_from(), Created);
+        // Ship, the one step that queues what follows it itself, hands fulfil the status it leaves.
+        assert!(Step::Fulfil.runs_in(PartiallyFulfilled));
+        assert_eq!(Step::FIRST.runs_from(), &[Created]);
         assert!(Step::FIRST_COMPENSATION.is_compensation());
     }
 
@@ -534,7 +599,11 @@ mod tests {
                 vec![
                     step.name().to_owned(),
                     step.queue().to_owned(),
-                    step.runs_from().as_str().to_owned(),
+                    step.runs_from()
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     step.on_success().map_or("—".to_owned(), |t| t.name().to_owned()),
                     name(step.next()),
                     name(step.undo()),
@@ -549,13 +618,22 @@ mod tests {
 
     #[test]
     fn every_forward_step_can_be_cancelled_and_the_cancellation_starts_where_compensations_run() {
+        let cancel = Transition::StartCancel(CancelReason::CustomerRequest);
         for step in Step::ALL.into_iter().filter(|s| !s.is_compensation()) {
-            let to = step
+            // Some units of a PARTIALLY_FULFILLED order shipped: a cancellation would give them back to stock.
+            // Cancelling what is left of it is issue 18's next part; until then it cannot start one.
+            for from in step
                 .runs_from()
-                .apply(&Transition::StartCancel(CancelReason::CustomerRequest))
-                .expect("a forward state can start a cancellation");
-            assert_eq!(to, Step::FIRST_COMPENSATION.runs_from(), "{step}");
+                .iter()
+                .filter(|s| **s != OrderStatus::PartiallyFulfilled)
+            {
+                let to = from
+                    .apply(&cancel)
+                    .expect("a forward state can start a cancellation");
+                assert!(Step::FIRST_COMPENSATION.runs_in(to), "{step}");
+            }
         }
+        assert!(OrderStatus::PartiallyFulfilled.apply(&cancel).is_err());
         let ending = Ending::cancel(CancelReason::PaymentDeclined, "declined: card_declined");
         assert_eq!(ending.next, Some(Step::FIRST_COMPENSATION));
         assert_eq!(ending.status, AttemptStatus::Failed);
@@ -598,6 +676,20 @@ mod tests {
                 Failure::Permanent(CancelReason::InventoryCommitFailed)
             ),
             Cancel(CancelReason::InventoryCommitFailed)
+        );
+        // Ship never cancels (what shipped stays shipped). An unknown outcome is asked again past the budget (the
+        // capture may have happened); only the provider's refusal fails the shipment.
+        assert_eq!(
+            after_failure(Step::Ship, 1, 8, Failure::Transient),
+            Retry { attempt: 2 }
+        );
+        assert_eq!(
+            after_failure(Step::Ship, 8, 8, Failure::Transient),
+            Retry { attempt: 9 }
+        );
+        assert_eq!(
+            after_failure(Step::Ship, 1, 8, Failure::Permanent(CancelReason::PaymentFailed)),
+            FailShipment
         );
         // A compensation never cancels: it retries, then parks, whatever the failure.
         assert_eq!(

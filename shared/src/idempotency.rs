@@ -54,6 +54,8 @@ pub enum Makes {
     Order,
     /// An adjustment or a transfer of stock.
     Adjustment,
+    /// A shipment of an order's units.
+    Shipment,
 }
 
 impl StoredResponse {
@@ -81,6 +83,8 @@ impl StoredResponse {
         let made = match makes {
             Makes::Order => self.order_id.is_some(),
             Makes::Adjustment => self.adjustment_id.is_some(),
+            // A record names exactly one of an order, an adjustment and a shipment (`idempotency_keys_one_resource`).
+            Makes::Shipment => self.order_id.is_none() && self.adjustment_id.is_none(),
         };
         match made && self.request_hash == fingerprint {
             true => Ok(self),
@@ -165,6 +169,32 @@ pub async fn record_adjustment(
         key,
         request_hash,
         adjustment_id,
+        i32::from(response_status),
+        response_body
+    )
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Writes the record of `caller`'s key `key` for the shipment it made, in the shipment's transaction. A key
+/// written meanwhile by another request fails it on [`KEY_CONSTRAINT`].
+pub async fn record_shipment(
+    executor: impl PgExecutor<'_>,
+    caller: &str,
+    key: &str,
+    request_hash: &[u8],
+    shipment_id: Uuid,
+    response_status: u16,
+    response_body: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"insert into idempotency_keys (caller, key, request_hash, shipment_id, response_status, response_body)
+           values ($1, $2, $3, $4, $5, $6)"#,
+        caller,
+        key,
+        request_hash,
+        shipment_id,
         i32::from(response_status),
         response_body
     )

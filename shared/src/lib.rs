@@ -94,6 +94,11 @@ mod tests {
         );
         same(&crate::flow::Step::ALL, crate::flow::Step::name);
         same(
+            &crate::shipment::ShipmentStatus::ALL,
+            crate::shipment::ShipmentStatus::as_str,
+        );
+        same(&crate::order::Fulfilment::ALL, crate::order::Fulfilment::as_str);
+        same(
             &crate::step_log::AttemptStatus::ALL,
             crate::step_log::AttemptStatus::as_str,
         );
@@ -133,6 +138,7 @@ pub mod pgcluster;
 pub mod queue;
 pub mod server_secret;
 pub mod settings;
+pub mod shipment;
 pub mod shutdown;
 pub mod step_log;
 pub mod telemetry;

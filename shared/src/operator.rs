@@ -118,7 +118,8 @@ async fn act_in(
         (Action::Retry, status) if OrderStatus::LIVE.contains(&status) => {
             let Some(step) = flow::current_step(tx, &order).await? else {
                 return Err(ActionError::NotAllowed(format!(
-                    "saga {id} has no step to retry: it is PAID and waits for its shipments"
+                    "saga {id} has no step to retry: it is {} and waits for its shipments",
+                    order.status
                 )));
             };
             if let Some(job_id) = order.job_id.as_deref() {
@@ -135,6 +136,11 @@ async fn act_in(
             };
             order::advance(tx, &[retry]).await?;
             format!("{step} attempt {attempt} queued to run now")
+        }
+        (Action::Compensate, OrderStatus::Paid) if crate::shipment::in_flight(&mut *tx, id).await? => {
+            return Err(ActionError::NotAllowed(format!(
+                "saga {id} has a shipment being captured: compensate it once that ends"
+            )));
         }
         (Action::Compensate, OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid) => {
             if let Some(job_id) = order.job_id.as_deref() {

@@ -25,6 +25,7 @@ pub struct OutboxEvent {
     pub from_status: Option<OrderStatus>,
     pub to_status: OrderStatus,
     pub reason: Option<CancelReason>,
+    pub shipment_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub customer_id: String,
     pub total: i64,
@@ -56,6 +57,9 @@ pub struct EventData {
     pub from: Option<String>,
     pub to: String,
     pub reason: Option<String>,
+    /// The shipment an `order.shipped` or `order.shipment_failed` event is about (absent on the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipment_id: Option<Uuid>,
     pub customer_id: String,
     pub total: i64,
     pub currency: String,
@@ -77,6 +81,7 @@ impl OutboxEvent {
                 from: self.from_status.map(|s| s.as_str().to_owned()),
                 to: self.to_status.as_str().to_owned(),
                 reason: self.reason.map(|r| r.as_str().to_owned()),
+                shipment_id: self.shipment_id,
                 customer_id: self.customer_id.clone(),
                 total: self.total,
                 currency: self.currency.clone(),
@@ -107,7 +112,7 @@ pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<Outb
         OutboxEvent,
         r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence,
                   e.event_type as "event_type: _", e.from_status as "from_status: _", e.to_status as "to_status: _",
-                  e.reason as "reason: _", e.created_at, o.customer_id, o.total, o.currency
+                  e.reason as "reason: _", e.shipment_id, e.created_at, o.customer_id, o.total, o.currency
            from order_events e join orders o on o.id = e.order_id
            where e.published_at is null
            order by e.id
@@ -165,7 +170,7 @@ pub async fn feed(
         OutboxEvent,
         r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence,
                   e.event_type as "event_type: _", e.from_status as "from_status: _", e.to_status as "to_status: _",
-                  e.reason as "reason: _", e.created_at, o.customer_id, o.total, o.currency
+                  e.reason as "reason: _", e.shipment_id, e.created_at, o.customer_id, o.total, o.currency
            from order_events e join orders o on o.id = e.order_id
            where (e.txid, e.id) > ($1::text::xid8, $2)
              and e.txid < pg_snapshot_xmin(pg_current_snapshot())

@@ -17,6 +17,8 @@ pub enum PaymentStatus {
     /// with the same idempotency key.
     Pending,
     Authorized,
+    /// Shipments captured part of the hold; the rest is still held for the units not shipped yet.
+    PartiallyCaptured,
     Captured,
     Declined,
     Voided,
@@ -24,9 +26,10 @@ pub enum PaymentStatus {
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 6] = [
+    pub const ALL: [PaymentStatus; 7] = [
         Self::Pending,
         Self::Authorized,
+        Self::PartiallyCaptured,
         Self::Captured,
         Self::Declined,
         Self::Voided,
@@ -34,12 +37,18 @@ impl PaymentStatus {
     ];
 
     /// Statuses in which money may still be held or taken: a cancellation must void or refund.
-    pub const OPEN: [PaymentStatus; 3] = [Self::Pending, Self::Authorized, Self::Captured];
+    pub const OPEN: [PaymentStatus; 4] = [
+        Self::Pending,
+        Self::Authorized,
+        Self::PartiallyCaptured,
+        Self::Captured,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
             Self::Authorized => "AUTHORIZED",
+            Self::PartiallyCaptured => "PARTIALLY_CAPTURED",
             Self::Captured => "CAPTURED",
             Self::Declined => "DECLINED",
             Self::Voided => "VOIDED",

@@ -343,6 +343,7 @@ pub fn step_attempts_variable(step: Step) -> &'static str {
         Step::Fulfil => "ORDERFLOW_MAX_ATTEMPTS_FULFIL",
         Step::ReleaseInventory => "ORDERFLOW_MAX_ATTEMPTS_RELEASE_INVENTORY",
         Step::CancelPayment => "ORDERFLOW_MAX_ATTEMPTS_CANCEL_PAYMENT",
+        Step::Ship => "ORDERFLOW_MAX_ATTEMPTS_SHIP",
     }
 }
 

@@ -122,6 +122,26 @@ impl Provider {
         .await
     }
 
+    /// Captures `amount` of a multicapture hold; the final capture releases whatever the hold has left.
+    pub async fn capture_part(
+        &self,
+        provider_ref: &str,
+        idempotency_key: &str,
+        amount: i64,
+        final_capture: bool,
+    ) -> Result<(), ProviderError> {
+        let form = [
+            ("amount_to_capture", amount.to_string()),
+            ("final_capture", final_capture.to_string()),
+        ];
+        self.intent_action(
+            &format!("/v1/payment_intents/{provider_ref}/capture"),
+            idempotency_key,
+            &form,
+        )
+        .await
+    }
+
     /// Voids an uncaptured hold.
     pub async fn void(&self, provider_ref: &str, idempotency_key: &str) -> Result<(), ProviderError> {
         self.intent_action(

@@ -167,7 +167,7 @@ impl Runner {
             let _span = job_span(S::STEP, job).entered();
             match locked.remove(&job.order_id) {
                 None => tracing::warn!("job for an order that does not exist; dropped"),
-                Some(order) if order.status != S::STEP.runs_from() => {
+                Some(order) if !S::STEP.runs_in(order.status) => {
                     tracing::debug!(status = %order.status, "order not in the step's state; nothing to do")
                 }
                 Some(order) => members.push((index, order)),
@@ -341,7 +341,7 @@ impl Runner {
         };
         step_log::fail_attempt(conn, job.order_id, step, job.attempt, &self.instance, &message).await?;
         let last_error = Some(format!("{step}: {message}"));
-        if order.status != step.runs_from() {
+        if !step.runs_in(order.status) {
             tracing::info!(status = %order.status, error = message, "step failed after the saga moved on");
             let noted = Move {
                 last_error,
@@ -374,6 +374,18 @@ impl Runner {
                 Move {
                     transition: Some(Transition::Park),
                     parked_in: Some(step),
+                    ..Move::new(&order)
+                }
+            }
+            AfterFailure::FailShipment => {
+                let failed = orderflow_shared::shipment::fail_current(&mut *conn, order.id, &message).await?;
+                tracing::warn!(error = message, shipment = ?failed, "the shipment's capture was refused; nothing shipped");
+                // The next shipment, if one waits, runs next; else the order waits for shipments again.
+                let more = orderflow_shared::shipment::pending(&mut *conn, order.id).await?;
+                Move {
+                    transition: Some(Transition::FailShipment),
+                    next: more.then(|| NextJob::first(Step::Ship)),
+                    shipment_id: failed,
                     ..Move::new(&order)
                 }
             }

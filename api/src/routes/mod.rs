@@ -7,6 +7,7 @@ pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod locations;
 pub(crate) mod orders;
+pub(crate) mod shipments;
 pub(crate) mod skus;
 pub(crate) mod stock;
 
@@ -29,6 +30,10 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/events", get(orders::events))
+        .route(
+            "/v1/orders/{id}/shipments",
+            post(shipments::create).get(shipments::list),
+        )
         .route("/v1/events", get(feed::list))
         .route("/v1/customer_tokens", post(customer_tokens::mint))
         .route_layer(axum::middleware::from_fn_with_state(state, caller::require_key));

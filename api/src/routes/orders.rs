@@ -106,7 +106,7 @@ fn not_found(id: Uuid) -> ApiError {
 
 /// 404 unless the caller may see order `id` (a customer token: only its customer's). Costs a read only for a
 /// customer token.
-async fn must_see(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn must_see(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
     if caller.customer.is_none() {
         return Ok(());
     }

@@ -34,6 +34,8 @@ pub struct Move<'a> {
     pub last_error: Option<String>,
     /// For a move that parks the saga: the compensation it parks in (its `current_step`, where it resumes).
     pub parked_in: Option<Step>,
+    /// The shipment the transition's event names (`order.shipped`, `order.shipment_failed`).
+    pub shipment_id: Option<Uuid>,
 }
 
 /// Which attempt of which step, run by whom.
@@ -67,6 +69,7 @@ impl<'a> Move<'a> {
             hold_for: None,
             last_error: None,
             parked_in: None,
+            shipment_id: None,
         }
     }
 
@@ -81,6 +84,7 @@ impl<'a> Move<'a> {
             transition: ending.transition,
             next: ending.next.map(NextJob::first),
             hold_for: ending.hold_for,
+            shipment_id: ending.shipment,
             ..Self::new(order)
         }
     }
@@ -119,6 +123,9 @@ struct MoveRow<'a> {
     trace: Option<String>,
     hold_secs: Option<f64>,
     last_error: Option<&'a str>,
+    /// Absent (not null) on every move but a shipment's, so the others' JSON stays as it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shipment_id: Option<Uuid>,
 }
 
 /// The statement. Composed with the queue's job inserts (the one piece of SQL that writes a job row), so not a `query!`.
@@ -132,7 +139,7 @@ pub const STATEMENT: &str = concat!(
                undo text, to_status text, cancel_reason text, cancel_note text, event_id uuid, event_type text,
                from_status text, event_reason text, set_step boolean, current_step text, job_id text,
                job_step text, queue text, job_attempt integer, run_after double precision, trace text,
-               hold_secs double precision, last_error text)
+               hold_secs double precision, last_error text, shipment_id uuid)
        ),
        attempts_closed as (
            update saga_steps set status = t.log_status, error = t.log_note, finished_at = now()
@@ -160,10 +167,11 @@ pub const STATEMENT: &str = concat!(
            returning orders.id, orders.trace_id
        ),
        events as (
-           insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason)
+           insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason,
+                                     shipment_id)
            select t.event_id, t.id,
                   coalesce((select max(sequence) from order_events x where x.order_id = t.id), 0) + 1,
-                  t.event_type, t.from_status, t.to_status, t.event_reason
+                  t.event_type, t.from_status, t.to_status, t.event_reason, t.shipment_id
            from t where t.to_status is not null
        ),
        new_jobs as (
@@ -242,6 +250,7 @@ pub async fn advance(
                 trace: m.next.and_then(|n| n.trace).map(|t| t.to_string()),
                 hold_secs: m.hold_for.map(|d| d.as_secs_f64()),
                 last_error: m.last_error.as_deref(),
+                shipment_id: m.shipment_id,
             }
         })
         .collect();

@@ -26,6 +26,9 @@ pub enum OrderStatus {
     Created,
     Reserved,
     Paid,
+    /// A shipment order some of whose units shipped (their part captured); the rest is still reserved, its part
+    /// of the hold still open.
+    PartiallyFulfilled,
     Fulfilled,
     /// Compensations (release stock, void or refund) are running; ends in `Cancelled`.
     Cancelling,
@@ -36,24 +39,33 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 7] = [
+    pub const ALL: [OrderStatus; 8] = [
         Self::Created,
         Self::Reserved,
         Self::Paid,
+        Self::PartiallyFulfilled,
         Self::Fulfilled,
         Self::Cancelling,
         Self::Cancelled,
         Self::NeedsAttention,
     ];
 
-    /// The statuses of a saga that is still running: the reconciler watches these.
-    pub const LIVE: [OrderStatus; 4] = [Self::Created, Self::Reserved, Self::Paid, Self::Cancelling];
+    /// The statuses of a saga that is still running: the reconciler watches these (those with a step to run: a
+    /// shipment order waiting for shipments has none, see [`OrderRow::awaits_shipment`]).
+    pub const LIVE: [OrderStatus; 5] = [
+        Self::Created,
+        Self::Reserved,
+        Self::Paid,
+        Self::PartiallyFulfilled,
+        Self::Cancelling,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "CREATED",
             Self::Reserved => "RESERVED",
             Self::Paid => "PAID",
+            Self::PartiallyFulfilled => "PARTIALLY_FULFILLED",
             Self::Fulfilled => "FULFILLED",
             Self::Cancelling => "CANCELLING",
             Self::Cancelled => "CANCELLED",
@@ -77,7 +89,10 @@ impl OrderStatus {
             (Created, Transition::Reserve) => Some(Reserved),
             (Created, Transition::RejectOutOfStock) => Some(Cancelled),
             (Reserved, Transition::Pay) => Some(Paid),
-            (Paid, Transition::Fulfil) => Some(Fulfilled),
+            (Paid | PartiallyFulfilled, Transition::Fulfil) => Some(Fulfilled),
+            (Paid | PartiallyFulfilled, Transition::Ship) => Some(PartiallyFulfilled),
+            (Paid, Transition::FailShipment) => Some(Paid),
+            (PartiallyFulfilled, Transition::FailShipment) => Some(PartiallyFulfilled),
             (Created | Reserved | Paid, Transition::StartCancel(_)) => Some(Cancelling),
             (Cancelling, Transition::FinishCancel) => Some(Cancelled),
             (Cancelling, Transition::Park) => Some(NeedsAttention),
@@ -206,6 +221,10 @@ pub enum Transition {
     RejectOutOfStock,
     Pay,
     Fulfil,
+    /// A shipment's units left stock and its part was captured.
+    Ship,
+    /// A shipment's capture was refused for good (or its retries ran out): nothing shipped, the order stays.
+    FailShipment,
     StartCancel(CancelReason),
     FinishCancel,
     /// A compensation used up its retries: park the saga for an operator.
@@ -223,6 +242,8 @@ impl Transition {
             Self::RejectOutOfStock => "reject_out_of_stock",
             Self::Pay => "pay",
             Self::Fulfil => "fulfil",
+            Self::Ship => "ship",
+            Self::FailShipment => "fail_shipment",
             Self::StartCancel(_) => "start_cancel",
             Self::FinishCancel => "finish_cancel",
             Self::Park => "park",
@@ -236,6 +257,8 @@ impl Transition {
             Self::Reserve => EventType::Reserved,
             Self::Pay => EventType::Paid,
             Self::Fulfil => EventType::Fulfilled,
+            Self::Ship => EventType::Shipped,
+            Self::FailShipment => EventType::ShipmentFailed,
             Self::StartCancel(_) => EventType::CancellationStarted,
             Self::RejectOutOfStock | Self::FinishCancel | Self::Resolve => EventType::Cancelled,
             Self::Park => EventType::NeedsAttention,
@@ -300,11 +323,11 @@ pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Orde
 }
 
 impl OrderRow {
-    /// A shipment order whose authorization is in place and whose saga has no step to run: it waits in PAID for
-    /// the warehouse's shipments (or a cancel). Not stranded, and nothing retries it.
+    /// A shipment order whose authorization is in place and whose saga has no step to run: it waits in PAID (or
+    /// PARTIALLY_FULFILLED) for the warehouse's shipments (or a cancel). Not stranded, and nothing retries it.
     pub fn awaits_shipment(&self) -> bool {
         self.fulfilment == Fulfilment::Shipment
-            && self.status == OrderStatus::Paid
+            && matches!(self.status, OrderStatus::Paid | OrderStatus::PartiallyFulfilled)
             && self.current_step.is_none()
     }
 }
@@ -495,6 +518,10 @@ pub enum CancelError {
     NotFound(Uuid),
     #[error("order {0} is FULFILLED and can no longer be cancelled")]
     Fulfilled(Uuid),
+    /// Some of its units shipped, or a shipment is being captured: cancelling the rest of such an order is issue
+    /// 18's next part.
+    #[error("order {0} {1}: it cannot be cancelled now")]
+    Shipping(Uuid, &'static str),
     #[error(transparent)]
     Invalid(#[from] FieldError),
     #[error(transparent)]
@@ -520,9 +547,18 @@ pub async fn request_cancellation(
     let mut tx = pool.begin().await?;
     let outcome = async {
         let order = lock(&mut tx, id).await?.ok_or(CancelError::NotFound(id))?;
+        if order.status == OrderStatus::Paid && crate::shipment::in_flight(&mut *tx, id).await? {
+            return Err(CancelError::Shipping(id, "has a shipment being captured"));
+        }
         match order.status {
             OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
             OrderStatus::Fulfilled => return Err(CancelError::Fulfilled(id)),
+            OrderStatus::PartiallyFulfilled => {
+                return Err(CancelError::Shipping(
+                    id,
+                    "is PARTIALLY_FULFILLED (some of its units shipped)",
+                ));
+            }
             OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid => {
                 let planned =
                     flow::start_cancellation(&mut tx, &order, CancelReason::CustomerRequest, note.as_deref())
@@ -591,6 +627,8 @@ mod tests {
             Transition::RejectOutOfStock,
             Transition::Pay,
             Transition::Fulfil,
+            Transition::Ship,
+            Transition::FailShipment,
             Transition::StartCancel(CancelReason::CustomerRequest),
             Transition::FinishCancel,
             Transition::Park,
@@ -609,7 +647,12 @@ mod tests {
             (Reserved, "pay", Paid),
             (Reserved, "start_cancel", Cancelling),
             (Paid, "fulfil", Fulfilled),
+            (Paid, "ship", PartiallyFulfilled),
+            (Paid, "fail_shipment", Paid),
             (Paid, "start_cancel", Cancelling),
+            (PartiallyFulfilled, "ship", PartiallyFulfilled),
+            (PartiallyFulfilled, "fail_shipment", PartiallyFulfilled),
+            (PartiallyFulfilled, "fulfil", Fulfilled),
             (Cancelling, "finish_cancel", Cancelled),
             (Cancelling, "park", NeedsAttention),
             (NeedsAttention, "resume", Cancelling),

@@ -118,7 +118,8 @@ pub async fn release_jobs_of(executor: impl PgExecutor<'_>, instance: &str) -> R
 pub async fn stranded_sagas(executor: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"select o.id from orders o left join apalis.jobs j on j.id = o.job_id
-           where o.status in ('CREATED', 'RESERVED', 'PAID', 'CANCELLING') and o.current_step is not null
+           where o.status in ('CREATED', 'RESERVED', 'PAID', 'PARTIALLY_FULFILLED', 'CANCELLING')
+             and o.current_step is not null
              and (j.id is null or j.status in ('Done', 'Killed')
                   or (j.status = 'Failed' and j.attempts >= j.max_attempts))
            order by o.updated_at limit $1"#,

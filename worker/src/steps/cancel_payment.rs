@@ -71,7 +71,7 @@ impl SagaStep for CancelPayment {
         conn: &mut PgConnection,
         answered: &[(&OrderRow, &Undone)],
     ) -> Result<Vec<Ending>, StepError> {
-        let still_cancelling = |order: &OrderRow| order.status == Self::STEP.runs_from();
+        let still_cancelling = |order: &OrderRow| Self::STEP.runs_in(order.status);
         let outcomes: Vec<Outcome> = answered
             .iter()
             .filter(|(order, _)| still_cancelling(order))

@@ -130,7 +130,7 @@ impl SagaStep for Commit {
         Ok(answered
             .iter()
             .map(|(order, _)| {
-                if order.status == Self::STEP.runs_from() {
+                if Self::STEP.runs_in(order.status) {
                     Ending::succeeded(Self::STEP)
                 } else {
                     // Cancelled while capturing: cancel_payment sees CAPTURED and refunds.

@@ -1,6 +1,7 @@
-//! Fulfil (PAID → FULFILLED): the money is captured and the stock committed; the order is done. Commit queues it
-//! in the transaction that records the capture, so it only guards against a job queued by hand: before the
-//! capture is recorded it fails (transient) and is retried.
+//! Fulfil (PAID → FULFILLED; a shipment order PARTIALLY_FULFILLED → FULFILLED): the money is captured and the
+//! stock committed; the order is done. Commit (or ship, after the last shipment) queues it in the transaction that
+//! records the capture, so it only guards against a job queued by hand: before the capture is recorded it fails
+//! (transient) and is retried.
 //!
 //! Failpoint: `worker.fulfil.before` (a transient failure, nothing written).
 

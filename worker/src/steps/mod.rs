@@ -21,6 +21,7 @@ mod fulfil;
 mod pay;
 mod release_inventory;
 mod reserve;
+mod ship;
 
 use std::future::Future;
 
@@ -39,6 +40,7 @@ use fulfil::Fulfil;
 use pay::Pay;
 use release_inventory::ReleaseInventory;
 use reserve::Reserve;
+use ship::Ship;
 
 /// Runs `step` for a batch of jobs: the one place that maps a step of the flow to its file.
 pub(crate) fn dispatch(
@@ -53,6 +55,7 @@ pub(crate) fn dispatch(
         Step::Fulfil => runner.run_step::<Fulfil>(jobs),
         Step::ReleaseInventory => runner.run_step::<ReleaseInventory>(jobs),
         Step::CancelPayment => runner.run_step::<CancelPayment>(jobs),
+        Step::Ship => runner.run_step::<Ship>(jobs),
     }
 }
 

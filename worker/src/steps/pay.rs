@@ -116,7 +116,7 @@ impl SagaStep for Pay {
         Ok(answered
             .iter()
             .map(|(order, verdict)| {
-                let still_reserved = order.status == Self::STEP.runs_from();
+                let still_reserved = Self::STEP.runs_in(order.status);
                 match (verdict, still_reserved) {
                     (Authorization::Authorized { .. }, true) => Ending::succeeded_for(Self::STEP, order),
                     // Cancelled while the call was out: cancel_payment voids this hold.
