@@ -295,9 +295,10 @@ async fn a_saga_whose_job_ended_without_moving_it_is_resumed() {
     invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("D", 5)]).await;
 }
 
-/// A worker killed in the middle of a shipment, before the capture went out (`before`) or after the provider
-/// captured and before anything was recorded (`after`): the next worker captures under the shipment's key, so the
-/// provider takes the shipment's value once, and its units leave stock once, with the capture on record.
+/// A worker killed in the middle of a shipment of two of an order's three units, before the capture went out or
+/// after the provider captured and before anything was recorded: the next worker captures under the shipment's
+/// key, so the provider takes the shipment's value once (a partial capture, which a second one would add to),
+/// its units leave stock once and one `order.shipped` is written; the last unit ships after it, final.
 async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
     let app = spawn_app_with(without_worker(0)).await;
     let response = app
@@ -320,22 +321,21 @@ async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
         o["payment"]["status"] == "AUTHORIZED"
     })
     .await;
-    let shipped = app
-        .http
-        .post(format!("{}/v1/orders/{id}/shipments", app.api))
-        .header("Idempotency-Key", "crate-all")
-        .json(&serde_json::json!({"lines": [{"sku": "CRATE", "quantity": 3}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(shipped.status(), 202);
+    let ship = |key: &'static str, quantity: i64| {
+        app.http
+            .post(format!("{}/v1/orders/{id}/shipments", app.api))
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({"lines": [{"sku": "CRATE", "quantity": quantity}]}))
+            .send()
+    };
+    assert_eq!(ship("crate-two", 2).await.unwrap().status(), 202);
     assert!(
         first.wait_exit(Duration::from_secs(20)).await.is_some(),
         "the worker died at {failpoint}"
     );
     let received = app.intents_of(id).await[0]["amount_received"].clone();
     let expected_before = if failpoint.ends_with("after_capture") {
-        2100
+        1400
     } else {
         0
     };
@@ -350,6 +350,30 @@ async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
     );
 
     let _second = spawn_worker_process(&app.database_url, &env);
+    let order = app
+        .wait_until(id, Duration::from_secs(30), |o| {
+            o["status"] == "PARTIALLY_FULFILLED"
+        })
+        .await;
+    assert_eq!(order["payment"]["status"], "PARTIALLY_CAPTURED", "{order}");
+    let intents = app.intents_of(id).await;
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0]["amount_received"], 1400, "captured once: {intents:?}");
+    let sku = app.sku("CRATE").await;
+    assert_eq!(
+        (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
+        (Some(3), Some(1)),
+        "shipped once"
+    );
+    let shipped = app
+        .events(id)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "order.shipped")
+        .count();
+    assert_eq!(shipped, 1, "one order.shipped");
+
+    assert_eq!(ship("crate-last", 1).await.unwrap().status(), 202);
     let order = app.wait_terminal(id).await;
     assert_eq!(
         (order["status"].as_str(), order["payment"]["status"].as_str()),
@@ -357,17 +381,11 @@ async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
         "{order}"
     );
     assert_charged_once(&app, id, &order).await;
-    let sku = app.sku("CRATE").await;
-    assert_eq!(
-        (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
-        (Some(2), Some(0)),
-        "shipped once"
-    );
-    let shipments: i64 = sqlx::query_scalar("select count(*) from shipments where status = 'DONE'")
+    let done: i64 = sqlx::query_scalar("select count(*) from shipments where status = 'DONE'")
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(shipments, 1);
+    assert_eq!(done, 2);
     invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("CRATE", 5)]).await;
 }
 

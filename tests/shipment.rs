@@ -1,5 +1,6 @@
-//! Fulfilment by shipment (issue 18, first part): a sku's mode, an order's mode fixed at creation, and a shipment
-//! order's saga that stops in PAID with a multicapture hold, left alone by the reconciler and cancellable.
+//! Fulfilment by shipment (issue 18): a sku's mode, an order's mode fixed at creation, a shipment order's saga
+//! that stops in PAID with a multicapture hold (left alone by the reconciler, cancellable), and its shipments:
+//! each captures exactly its units' value and takes them out of stock, the last one final.
 
 use std::time::Duration;
 
@@ -241,9 +242,12 @@ async fn an_auto_order_is_unchanged_and_keeps_the_mode_it_was_created_with() {
 
 /// POSTs a shipment of `lines` with Idempotency-Key `key`; returns the status and the answer.
 async fn ship(app: &TestApp, id: Uuid, key: &str, body: Value) -> (u16, Value) {
-    let response = app
-        .http
-        .post(format!("{}/v1/orders/{id}/shipments", app.api))
+    post_shipment(&app.http, &app.api, id, key, body).await
+}
+
+async fn post_shipment(http: &reqwest::Client, api: &str, id: Uuid, key: &str, body: Value) -> (u16, Value) {
+    let response = http
+        .post(format!("{api}/v1/orders/{id}/shipments"))
         .header("Idempotency-Key", key)
         .json(&body)
         .send()
@@ -433,7 +437,7 @@ async fn shipping_two_of_three_lines_captures_their_value_and_shipping_the_rest_
 }
 
 #[tokio::test]
-async fn a_shipment_is_refused_before_payment_for_an_auto_order_and_for_a_customer_token() {
+async fn a_shipment_is_refused_for_an_auto_order_a_missing_order_bad_fields_and_a_customer_token() {
     let app = spawn_app().await;
     app.put_sku("EBOOK", 5, 900).await;
     let auto = app.create_order("auto", &[("EBOOK", 1)], "pm_card_visa").await;
@@ -549,6 +553,11 @@ async fn a_capture_the_provider_refuses_fails_the_shipment_and_nothing_ships() {
         "{order}"
     );
     assert_eq!(order["payment"]["status"], "AUTHORIZED", "nothing captured");
+    assert_eq!(
+        order["error_code"],
+        Value::Null,
+        "it waits for shipments, held up by nothing: {order}"
+    );
     let box_ = app.sku("BOX").await;
     assert_eq!(
         (&box_["on_hand"], &box_["reserved"]),
@@ -570,16 +579,78 @@ async fn two_shipments_of_the_same_units_at_once_ship_them_once() {
     let app = spawn_app().await;
     let id = paid_shipment_order(&app, "racing").await;
     let body = json!({"lines": [{"sku": "TAPE", "quantity": 2}]});
-    let (a, b) = tokio::join!(
-        ship(&app, id, "race-a", body.clone()),
-        ship(&app, id, "race-b", body)
-    );
+    // Both requests wait on the order's row lock, held here, and race for it once it is let go.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("select id from orders where id = $1 for update")
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let (http, api, body) = (app.http.clone(), app.api.clone(), body.clone());
+        async move { post_shipment(&http, &api, id, "race-a", body).await }
+    });
+    let second = tokio::spawn({
+        let (http, api) = (app.http.clone(), app.api.clone());
+        async move { post_shipment(&http, &api, id, "race-b", body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.rollback().await.unwrap();
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
     let mut statuses = [a.0, b.0];
     statuses.sort();
     assert_eq!(statuses, [202, 409], "{a:?} {b:?}");
-    let accepted = if a.0 == 202 { a.1 } else { b.1 };
+    let (accepted, refused) = if a.0 == 202 { (a.1, b.1) } else { (b.1, a.1) };
+    assert_eq!(
+        refused["type"], "urn:orderflow:problem:shipment-exceeds-order",
+        "{refused}"
+    );
+    assert_eq!(shipments(&app, id).await.len(), 1);
     wait_shipment(&app, id, &accepted, "DONE").await;
     let intent = &app.intents_of(id).await[0];
     assert_eq!(intent["amount_received"], 500, "{intent}");
     assert_eq!(app.sku("TAPE").await["on_hand"], 8);
+}
+
+/// Three shipments sent at once, one line each: they run one after another (a ship job is queued only when none
+/// runs; the one that runs queues the next), each captures its line, and the last is the final capture.
+#[tokio::test]
+async fn shipments_sent_at_once_run_one_after_another_and_only_the_last_capture_is_final() {
+    let app = spawn_app().await;
+    let id = paid_shipment_order(&app, "three-at-once").await;
+    let sent = futures::future::join_all([("BOX", 1), ("TAPE", 2), ("MUG", 1)].map(|(sku, quantity)| {
+        ship(
+            &app,
+            id,
+            sku,
+            json!({"lines": [{"sku": sku, "quantity": quantity}]}),
+        )
+    }))
+    .await;
+    assert!(sent.iter().all(|(status, _)| *status == 202), "{sent:?}");
+    let order = app.wait_terminal(id).await;
+    assert_eq!(
+        (&order["status"], &order["payment"]["status"]),
+        (&json!("FULFILLED"), &json!("CAPTURED")),
+        "{order}"
+    );
+    let all = shipments(&app, id).await;
+    assert!(all.iter().all(|s| s["status"] == "DONE"), "{all:?}");
+    let finals = all.iter().filter(|s| s["final_capture"] == true).count();
+    assert_eq!(finals, 1, "one final capture: {all:?}");
+    let intent = &app.intents_of(id).await[0];
+    assert_eq!(
+        (&intent["status"], &intent["amount_received"]),
+        (&json!("succeeded"), &json!(2300)),
+        "{intent}"
+    );
+    let events = app.events(id).await;
+    assert_eq!(events.iter().filter(|e| e["type"] == "order.shipped").count(), 3);
+    crate::invariants::all_hold(
+        &app.pool,
+        &app.http,
+        &app.paysim,
+        &[("BOX", 10), ("TAPE", 10), ("MUG", 10)],
+    )
+    .await;
 }

@@ -64,11 +64,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// The code of an order in `status` whose last step error is `last_error`.
-    pub fn of(status: OrderStatus, last_error: Option<&str>) -> Option<Self> {
-        match status {
+    /// The code of an order as its row says: its status and last step error. A shipment order waiting for
+    /// shipments is held up by nothing, whatever error a step met before (a refused shipment, a retried call).
+    pub fn of(order: &OrderRow) -> Option<Self> {
+        match order.status {
             OrderStatus::NeedsAttention => Some(Self::NeedsAttention),
-            live if !live.is_terminal() && last_error.is_some() => Some(Self::StepRetrying),
+            _ if order.awaits_shipment() => None,
+            live if !live.is_terminal() && order.last_error.is_some() => Some(Self::StepRetrying),
             _ => None,
         }
     }
@@ -115,6 +117,7 @@ impl OrderView {
                 status: reservation.status,
             });
         }
+        let error_code = ErrorCode::of(&row);
         Self {
             id: row.id,
             status: row.status,
@@ -140,7 +143,7 @@ impl OrderView {
             cancel_note: row.cancel_note,
             current_step: row.current_step,
             reserved_until: row.reserved_until,
-            error_code: ErrorCode::of(row.status, row.last_error.as_deref()),
+            error_code,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }

@@ -11,7 +11,7 @@
 //! a shipment order (`Fulfilment::Shipment`): reserve ──▶ pay (multicapture) ──▶ PAID, waiting for shipments;
 //!               each shipment: ship (capture its part, its units leave stock) ──▶ PARTIALLY_FULFILLED,
 //!               and once nothing is left to ship: fulfil ──▶ FULFILLED
-//! cancellation: any forward state ──▶ CANCELLING: release_inventory ──▶ cancel_payment ──▶ CANCELLED
+//! cancellation: any forward state but PARTIALLY_FULFILLED ──▶ CANCELLING: release_inventory ──▶ cancel_payment ──▶ CANCELLED
 //!                                     a compensation out of attempts ──▶ NEEDS_ATTENTION (an operator resumes it)
 //! ```
 //!
@@ -49,7 +49,7 @@ pub enum Step {
 }
 
 impl Step {
-    /// In the flow's order: the forward steps, then the compensations.
+    /// In the flow's order: the forward steps, then the compensations, then ship (a shipment order's, after pay).
     pub const ALL: [Step; 7] = [
         Self::Reserve,
         Self::Pay,
@@ -232,9 +232,6 @@ pub enum AfterFailure {
     Retry { attempt: u32 },
     /// A forward step gives up: the cancellation starts with this reason.
     Cancel(CancelReason),
-    /// The provider refused ship's capture for good: the shipment fails, the order stays where it is, its units
-    /// reserved.
-    FailShipment,
     /// A compensation gives up: the saga parks in NEEDS_ATTENTION for an operator.
     Park,
 }
@@ -245,12 +242,11 @@ pub enum AfterFailure {
 pub fn after_failure(step: Step, attempt: u32, budget: u32, failure: Failure) -> AfterFailure {
     match failure {
         Failure::Transient if attempt < budget => AfterFailure::Retry { attempt: attempt + 1 },
-        // A capture whose outcome is unknown may have gone through: giving up on it could lose a capture that
-        // happened (and a later shipment of the same units would capture them again). Ship asks again, under the
-        // same key, until the provider answers.
-        Failure::Transient if step == Step::Ship => AfterFailure::Retry { attempt: attempt + 1 },
+        // Ship never gives up: a capture whose outcome is unknown may have gone through, and giving up on it could
+        // lose a capture that happened (a later shipment of the same units would capture them again). It asks
+        // again, under the same key, until the provider answers; a refusal it settles itself (the shipment fails).
+        _ if step == Step::Ship => AfterFailure::Retry { attempt: attempt + 1 },
         _ if step.is_compensation() => AfterFailure::Park,
-        _ if step == Step::Ship => AfterFailure::FailShipment,
         Failure::Permanent(reason) => AfterFailure::Cancel(reason),
         Failure::Transient => AfterFailure::Cancel(step.failure_reason()),
     }
@@ -677,8 +673,8 @@ mod tests {
             ),
             Cancel(CancelReason::InventoryCommitFailed)
         );
-        // Ship never cancels (what shipped stays shipped). An unknown outcome is asked again past the budget (the
-        // capture may have happened); only the provider's refusal fails the shipment.
+        // Ship never cancels (what shipped stays shipped) nor gives up: past the budget too it asks again (the
+        // capture may have happened); the provider's refusal is an answer its record settles, not a failure.
         assert_eq!(
             after_failure(Step::Ship, 1, 8, Failure::Transient),
             Retry { attempt: 2 }
@@ -689,7 +685,7 @@ mod tests {
         );
         assert_eq!(
             after_failure(Step::Ship, 1, 8, Failure::Permanent(CancelReason::PaymentFailed)),
-            FailShipment
+            Retry { attempt: 2 }
         );
         // A compensation never cancels: it retries, then parks, whatever the failure.
         assert_eq!(

@@ -46,7 +46,7 @@ pub fn database_url() -> String {
 }
 
 /// Connections one process may hold (`ORDERFLOW_DB_MAX_CONNECTIONS`, default 32). Each worker process keeps
-/// six of them for LISTEN (one per queue), so it needs at least `MIN_WORKER_CONNECTIONS`. Keep the sum over all
+/// one per queue for LISTEN (seven), so it needs at least `MIN_WORKER_CONNECTIONS`. Keep the sum over all
 /// processes below PostgreSQL's `max_connections` (100 by default).
 pub fn db_max_connections() -> Result<u32, SettingsError> {
     let value: u32 = env_parse("ORDERFLOW_DB_MAX_CONNECTIONS", 32)?;
@@ -63,8 +63,8 @@ pub fn db_max_connections() -> Result<u32, SettingsError> {
 /// any batch is worth.
 pub const MAX_FETCH_GAP: Duration = Duration::from_secs(1);
 
-/// Six LISTEN connections (one per queue) and room for steps and apalis's own fetches.
-pub const MIN_WORKER_CONNECTIONS: u32 = 8;
+/// A LISTEN connection per queue and room for steps, apalis's own fetches, the completer and the reconciler.
+pub const MIN_WORKER_CONNECTIONS: u32 = crate::flow::Step::ALL.len() as u32 + 3;
 
 pub fn api_addr() -> Result<SocketAddr, SettingsError> {
     env_parse("ORDERFLOW_API_ADDR", parse_default(DEFAULT_API_ADDR))
@@ -86,7 +86,7 @@ pub struct WorkerSettings {
     /// Base URL of the payment provider (`ORDERFLOW_PAYMENTS_URL`; the simulator by default; Stripe's API shape).
     pub payments_url: String,
     /// The step queues this process works (`ORDERFLOW_WORKER_STEPS`, names separated by commas, e.g.
-    /// `reserve,commit`; default all six). A step no running worker takes waits in its queue: every step needs
+    /// `reserve,commit`; default all seven). A step no running worker takes waits in its queue: every step needs
     /// at least one process. Dedicated processes let an operator size or place one step apart (pay next to the
     /// payment provider, reserve on its own while a backlog drains).
     pub steps: Vec<Step>,

@@ -7,8 +7,8 @@
 //! ship step has fixed its capture's parameters ([`begin_captures`]: `final_capture` when nothing else is left to
 //! ship or being shipped), then DONE ([`complete`]: its units leave stock in the same transaction that records the
 //! capture, so no unit ever ships without its capture on record, and a capture repeated after a crash is a replay
-//! under the shipment's key, never a second one) or FAILED ([`fail_current`]: the provider refused the capture
-//! for good; nothing shipped and the units stay reserved). Shipments of one order run one at a time, oldest first.
+//! under the shipment's key, never a second one) or FAILED ([`fail`]: the provider refused the capture for good;
+//! nothing shipped and the units stay reserved). Shipments of one order run one at a time, oldest first.
 
 use std::collections::HashMap;
 
@@ -362,10 +362,10 @@ async fn create_in(
     )
     .fetch_one(&mut *tx)
     .await?;
-    let (line_nos, rest): (Vec<i32>, Vec<&ShipmentLine>) = shipped.iter().map(|(n, l)| (*n, l)).unzip();
-    let skus: Vec<&str> = rest.iter().map(|l| l.sku.as_str()).collect();
-    let locations: Vec<&str> = rest.iter().map(|l| l.location.as_str()).collect();
-    let quantities: Vec<i64> = rest.iter().map(|l| l.quantity).collect();
+    let (line_nos, units): (Vec<i32>, Vec<&ShipmentLine>) = shipped.iter().map(|(n, l)| (*n, l)).unzip();
+    let skus: Vec<&str> = units.iter().map(|l| l.sku.as_str()).collect();
+    let locations: Vec<&str> = units.iter().map(|l| l.location.as_str()).collect();
+    let quantities: Vec<i64> = units.iter().map(|l| l.quantity).collect();
     sqlx::query!(
         r#"insert into shipment_lines (shipment_id, order_id, line_no, sku, location, quantity)
            select $1, $2, l.line_no, l.sku, l.location, l.quantity
@@ -387,6 +387,10 @@ async fn create_in(
             ..Move::new(&order)
         };
         order::advance(&mut *tx, &[ship]).await?;
+        // New work is progress: an order that waited days for the warehouse is not stuck the moment it ships.
+        sqlx::query!("update orders set updated_at = now() where id = $1", id)
+            .execute(&mut *tx)
+            .await?;
     }
     let shipment = Shipment {
         row,
@@ -505,7 +509,9 @@ pub async fn of_order(executor: &PgPool, order_id: Uuid) -> Result<Vec<Shipment>
         .collect())
 }
 
-/// The shipment each of the orders' ship step works on: its oldest PENDING or CAPTURING one.
+/// The shipment each of the orders' ship step works on: the one CAPTURING if there is one (a capture asked for
+/// is finished before another starts), else its oldest PENDING one (ids are UUIDv7: across API processes, oldest
+/// up to their clocks' skew).
 pub async fn current_of(
     conn: &mut PgConnection,
     order_ids: &[Uuid],
@@ -516,7 +522,7 @@ pub async fn current_of(
                   id, order_id, status as "status: _", amount, final_capture, carrier, tracking, provider_ref,
                   failure, created_at, updated_at
            from shipments where order_id = any($1) and status in ('PENDING', 'CAPTURING')
-           order by order_id, id"#,
+           order by order_id, status = 'CAPTURING' desc, id"#,
         order_ids
     )
     .fetch_all(conn)
@@ -553,11 +559,12 @@ pub async fn begin_captures(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec
 }
 
 /// Records the captures of CAPTURING shipments (`(shipment, the intent captured from)`): each one's units leave
-/// stock from the locations its lines name (`order_commit` movements through the ledger's one statement; the
-/// reservation rows count them as shipped and are COMMITTED once all theirs shipped) and it becomes DONE. The
-/// skus are locked in sorted order first. A shipment already DONE is left alone. Returns how many it recorded.
+/// stock from the locations its lines name (`order_commit` movements through the ledger's one statement, for the
+/// units of reservation rows still held: the rows count them as shipped and are COMMITTED once all theirs
+/// shipped) and it becomes DONE. The skus are locked in sorted order first. A shipment no longer CAPTURING
+/// (recorded already) is left alone. Returns the shipments it recorded.
 #[tracing::instrument(skip_all, fields(shipments = shipments.len()), err)]
-pub async fn complete(conn: &mut PgConnection, shipments: &[(Uuid, &str)]) -> Result<u64, sqlx::Error> {
+pub async fn complete(conn: &mut PgConnection, shipments: &[(Uuid, &str)]) -> Result<Vec<Uuid>, sqlx::Error> {
     let ids: Vec<Uuid> = shipments.iter().map(|(id, _)| *id).collect();
     let refs: Vec<&str> = shipments.iter().map(|(_, r)| *r).collect();
     sqlx::query!(
@@ -590,64 +597,91 @@ pub async fn complete(conn: &mut PgConnection, shipments: &[(Uuid, &str)]) -> Re
                from units
                where reservations.order_id = units.order_id and reservations.sku = units.sku
                  and reservations.location = units.location and reservations.status = 'RESERVED'
+               returning reservations.order_id, reservations.sku, reservations.location, units.quantity
            ),
            changes as (
                select sku, location, -quantity as on_hand_delta, -quantity as reserved_delta,
                       $2::text as reason, order_id, null::uuid as adjustment_id, $3::text as actor
-               from units
+               from r
            ),
            "#,
         crate::stock_change!(),
         r#"
-           select count(*) from done"#
+           select id from done"#
     );
-    let recorded: i64 = sqlx::query_scalar(STATEMENT)
+    sqlx::query_scalar(STATEMENT)
         .bind(&ids)
         .bind(ledger::MovementReason::OrderCommit)
         .bind(ledger::SAGA_ACTOR)
         .bind(&refs)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(u64::try_from(recorded).unwrap_or_default())
+        .fetch_all(&mut *conn)
+        .await
 }
 
-/// Whether anything of the order is left to ship: units held (a RESERVED reservation with units not shipped).
-pub async fn anything_left(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"select exists (select 1 from reservations where order_id = $1 and status = 'RESERVED'
-                          and quantity > shipped) as "left!""#,
-        order_id
-    )
-    .fetch_one(executor)
-    .await
+/// What follows a shipment's end for its order, read after it: another shipment on its way, else whether any
+/// unit is left to ship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    /// A shipment PENDING or CAPTURING.
+    pub in_flight: bool,
+    /// Units held and not shipped (a RESERVED reservation with `quantity > shipped`).
+    pub units: bool,
 }
 
-/// Whether the order has a PENDING shipment (one the ship step has not started on).
-pub async fn pending(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"select exists (select 1 from shipments where order_id = $1 and status = 'PENDING') as "pending!""#,
-        order_id
-    )
-    .fetch_one(executor)
-    .await
+impl Left {
+    /// The step that runs next: ship for the shipment on its way, fulfil once nothing is left, else none (the
+    /// order waits for shipments).
+    pub fn next_step(self) -> Option<Step> {
+        match self {
+            Left { in_flight: true, .. } => Some(Step::Ship),
+            Left { units: false, .. } => Some(Step::Fulfil),
+            Left { .. } => None,
+        }
+    }
 }
 
-/// Fails the shipment the order's ship step works on (its oldest PENDING or CAPTURING one) with `failure`;
-/// returns its id. Nothing of it shipped: its units stay reserved.
-pub async fn fail_current(
+/// [`Left`] for each of the orders, in one read.
+pub async fn left(
     executor: impl PgExecutor<'_>,
-    order_id: Uuid,
-    failure: &str,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"update shipments set status = 'FAILED', failure = $2, updated_at = now()
-           where id = (select id from shipments where order_id = $1 and status in ('PENDING', 'CAPTURING')
-                       order by id limit 1)
-           returning id"#,
-        order_id,
-        failure
+    order_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Left>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select o.id as "id!",
+                  exists (select 1 from shipments s where s.order_id = o.id and s.status in ('PENDING', 'CAPTURING'))
+                      as "in_flight!",
+                  exists (select 1 from reservations r where r.order_id = o.id and r.status = 'RESERVED'
+                          and r.quantity > r.shipped) as "units!"
+           from unnest($1::uuid[]) as o(id)"#,
+        order_ids
     )
-    .fetch_optional(executor)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let left = Left {
+                in_flight: row.in_flight,
+                units: row.units,
+            };
+            (row.id, left)
+        })
+        .collect())
+}
+
+/// Fails CAPTURING shipments whose capture the provider refused (`(shipment, why)`); returns those it failed.
+/// Nothing of them shipped: their units stay reserved.
+pub async fn fail(conn: &mut PgConnection, refused: &[(Uuid, &str)]) -> Result<Vec<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = refused.iter().map(|(id, _)| *id).collect();
+    let reasons: Vec<&str> = refused.iter().map(|(_, why)| *why).collect();
+    sqlx::query_scalar!(
+        r#"update shipments s set status = 'FAILED', failure = f.failure, updated_at = now()
+           from unnest($1::uuid[], $2::text[]) as f(id, failure)
+           where s.id = f.id and s.status = 'CAPTURING'
+           returning s.id"#,
+        &ids,
+        &reasons as &[&str]
+    )
+    .fetch_all(conn)
     .await
 }
 
@@ -687,6 +721,15 @@ mod tests {
         let mut long = request(vec![("A", 1)]);
         long.tracking = Some("x".repeat(256));
         assert_eq!(field(long), "tracking");
+    }
+
+    #[test]
+    fn after_a_shipment_the_next_one_runs_then_fulfil_once_nothing_is_left() {
+        let left = |in_flight, units| Left { in_flight, units };
+        assert_eq!(left(true, true).next_step(), Some(Step::Ship));
+        assert_eq!(left(true, false).next_step(), Some(Step::Ship));
+        assert_eq!(left(false, true).next_step(), None, "waits for the next shipment");
+        assert_eq!(left(false, false).next_step(), Some(Step::Fulfil));
     }
 
     #[test]

@@ -377,18 +377,6 @@ impl Runner {
                     ..Move::new(&order)
                 }
             }
-            AfterFailure::FailShipment => {
-                let failed = orderflow_shared::shipment::fail_current(&mut *conn, order.id, &message).await?;
-                tracing::warn!(error = message, shipment = ?failed, "the shipment's capture was refused; nothing shipped");
-                // The next shipment, if one waits, runs next; else the order waits for shipments again.
-                let more = orderflow_shared::shipment::pending(&mut *conn, order.id).await?;
-                Move {
-                    transition: Some(Transition::FailShipment),
-                    next: more.then(|| NextJob::first(Step::Ship)),
-                    shipment_id: failed,
-                    ..Move::new(&order)
-                }
-            }
             AfterFailure::Cancel(reason) => {
                 tracing::warn!(
                     error = message,

@@ -520,6 +520,7 @@ pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<
 
 /// Compensation for one order or many: gives back everything they hold. RESERVED units leave `reserved`;
 /// COMMITTED units (taken from stock but never shipped) return to `on_hand`; the reservations become RELEASED.
+/// Units a shipment took (`shipped`) left the warehouse and are never given back.
 /// The skus are locked in sorted order first. Idempotent (a RELEASED reservation is left alone). Returns how many
 /// reservations it released.
 #[tracing::instrument(skip_all, fields(orders = order_ids.len()), err)]
@@ -528,7 +529,7 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
     // The reservations are read (and locked) before they change: `returning` would give their new status only.
     const STATEMENT: &str = concat!(
         r#"with held as (
-               select order_id, sku, location, quantity, status from reservations
+               select order_id, sku, location, quantity, shipped, status from reservations
                where order_id = any($1) and status <> 'RELEASED'
                for update
            ),
@@ -540,8 +541,8 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
            ),
            changes as (
                select sku, location,
-                      case when status = 'COMMITTED' then quantity else 0 end as on_hand_delta,
-                      case when status = 'RESERVED' then -quantity else 0 end as reserved_delta,
+                      case when status = 'COMMITTED' then quantity - shipped else 0 end as on_hand_delta,
+                      case when status = 'RESERVED' then -(quantity - shipped) else 0 end as reserved_delta,
                       $2::text as reason, order_id, null::uuid as adjustment_id, $3::text as actor
                from held
            ),

@@ -6,9 +6,10 @@
 //! capture under the same key, which the provider answers as before, never capturing twice. After it: ship again
 //! for the next shipment on its way, fulfil once nothing is left to ship, or nothing (the order waits).
 //!
-//! A capture the provider refuses for good fails the shipment (nothing shipped, its units stay reserved) and the
-//! order stays where it was (`flow::AfterFailure::FailShipment`); an unknown outcome is retried under the same
-//! key for as long as it takes.
+//! A capture the provider refuses for good is an answer like another: the record fails the shipment (nothing
+//! shipped, its units stay reserved; `order.shipment_failed`) and the order stays where it was. An unknown outcome
+//! is a failure, retried under the same key for as long as it takes (`flow::after_failure`). A repeat of a run
+//! that recorded its shipment already (a job run twice) finds nothing CAPTURING and writes nothing.
 //!
 //! Failpoints: `worker.ship.start` (a transient failure before anything is written), `worker.ship.before_capture`
 //! (aborts the process after the attempt and the shipment's CAPTURING committed, before the call),
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 
 use anyhow::anyhow;
 use orderflow_shared::flow::{Ending, Step};
-use orderflow_shared::order::{CancelReason, OrderRow};
+use orderflow_shared::order::{CancelReason, OrderRow, Transition};
 use orderflow_shared::payment::{self, Outcome, PaymentStatus};
 use orderflow_shared::shipment::{self, ShipmentRow, ShipmentStatus};
 use sqlx::PgConnection;
@@ -26,10 +27,21 @@ use uuid::Uuid;
 
 use crate::error::StepError;
 use crate::failpoints;
+use crate::provider::ProviderError;
 use crate::runner::Runner;
 use crate::steps::{Decision, SagaStep};
 
 pub(crate) struct Ship;
+
+/// What the provider answered the capture of `shipment` (as it was fixed before the call).
+#[derive(Debug)]
+pub(crate) struct Captured {
+    shipment: ShipmentRow,
+    /// The hold's provider reference.
+    intent: String,
+    /// `Err`: refused for good (a voided or expired hold, a wrong amount), with the provider's words.
+    outcome: Result<(), String>,
+}
 
 /// One shipment's capture, as fixed before the call.
 #[derive(Debug)]
@@ -42,8 +54,7 @@ pub(crate) struct Capture {
 impl SagaStep for Ship {
     const STEP: Step = Step::Ship;
     type Call = Capture;
-    /// The capture's shipment and the intent it drew on.
-    type Answer = Capture;
+    type Answer = Captured;
 
     async fn decide(
         _runner: &Runner,
@@ -106,10 +117,10 @@ impl SagaStep for Ship {
             .collect())
     }
 
-    async fn call(runner: &Runner, order: &OrderRow, capture: &Capture) -> Result<Capture, StepError> {
+    async fn call(runner: &Runner, order: &OrderRow, capture: &Capture) -> Result<Captured, StepError> {
         failpoints::abort("worker.ship.before_capture", Some(&order.customer_id));
         let shipment = &capture.shipment;
-        runner
+        let answer = runner
             .provider
             .capture_part(
                 &capture.intent,
@@ -117,30 +128,44 @@ impl SagaStep for Ship {
                 shipment.amount,
                 shipment.final_capture.unwrap_or(false),
             )
-            .await
-            .map_err(StepError::from_provider)?;
+            .await;
         failpoints::abort("worker.ship.after_capture", Some(&order.customer_id));
-        Ok(Capture {
+        let outcome = match answer {
+            Ok(()) => Ok(()),
+            // The provider's answer, not a failure: the shipment fails and the order stays where it was.
+            Err(refusal @ ProviderError::Rejected { .. }) => Err(refusal.to_string()),
+            Err(unknown @ ProviderError::Transient(_)) => return Err(StepError::from_provider(unknown)),
+        };
+        Ok(Captured {
             shipment: shipment.clone(),
             intent: capture.intent.clone(),
+            outcome,
         })
     }
 
     async fn record(
         _runner: &Runner,
         conn: &mut PgConnection,
-        answered: &[(&OrderRow, &Capture)],
+        answered: &[(&OrderRow, &Captured)],
     ) -> Result<Vec<Ending>, StepError> {
-        let done: Vec<(Uuid, &str)> = answered
+        let ids: Vec<Uuid> = answered.iter().map(|(order, _)| order.id).collect();
+        // Each answer is recorded on its own shipment, and only while that one is CAPTURING: a run that lost the
+        // race to record it (a job run twice) writes nothing.
+        let (mut done, mut refused) = (Vec::new(), Vec::new());
+        for (_, answer) in answered {
+            match &answer.outcome {
+                Ok(()) => done.push((answer.shipment.id, answer.intent.as_str())),
+                Err(why) => refused.push((answer.shipment.id, why.as_str())),
+            }
+        }
+        let recorded = shipment::complete(&mut *conn, &done).await?;
+        let failed = shipment::fail(&mut *conn, &refused).await?;
+        let payments: Vec<Outcome> = answered
             .iter()
-            .map(|(_, c)| (c.shipment.id, c.intent.as_str()))
-            .collect();
-        shipment::complete(&mut *conn, &done).await?;
-        let captured: Vec<Outcome> = answered
-            .iter()
-            .map(|(order, c)| Outcome {
+            .filter(|(_, answer)| recorded.contains(&answer.shipment.id))
+            .map(|(order, answer)| Outcome {
                 order_id: order.id,
-                status: match c.shipment.final_capture {
+                status: match answer.shipment.final_capture {
                     Some(true) => PaymentStatus::Captured,
                     _ => PaymentStatus::PartiallyCaptured,
                 },
@@ -151,33 +176,36 @@ impl SagaStep for Ship {
         payment::record(
             &mut *conn,
             &[PaymentStatus::Authorized, PaymentStatus::PartiallyCaptured],
-            &captured,
+            &payments,
         )
         .await?;
-        let mut endings = Vec::with_capacity(answered.len());
-        for (order, capture) in answered {
-            // The order cannot leave shipping while a shipment is on its way (a cancel or an operator's compensate
-            // waits for it to end); should it have, the capture is on record all the same.
-            if !Self::STEP.runs_in(order.status) {
-                endings.push(Ending::overtaken(format!(
-                    "order left shipping during the capture (now {})",
-                    order.status
-                )));
-                continue;
-            }
-            let next = if shipment::pending(&mut *conn, order.id).await? {
-                Some(Step::Ship)
-            } else if shipment::anything_left(&mut *conn, order.id).await? {
-                None
-            } else {
-                Some(Step::Fulfil)
-            };
-            endings.push(
-                Ending::succeeded(Self::STEP)
-                    .then(next)
-                    .for_shipment(capture.shipment.id),
-            );
-        }
-        Ok(endings)
+        let left = shipment::left(&mut *conn, &ids).await?;
+        Ok(answered
+            .iter()
+            .map(|(order, answer)| {
+                let id = answer.shipment.id;
+                // A cancel and an operator's compensate wait for a shipment being captured, so the order is still
+                // shipping; should it not be, its capture is on record all the same and nothing moves it.
+                if !Self::STEP.runs_in(order.status) {
+                    return Ending::overtaken(format!(
+                        "order left shipping during the capture (now {})",
+                        order.status
+                    ));
+                }
+                let next = left.get(&order.id).and_then(|l| l.next_step());
+                match &answer.outcome {
+                    Ok(()) if recorded.contains(&id) => {
+                        Ending::succeeded(Self::STEP).then(next).for_shipment(id)
+                    }
+                    Err(why) if failed.contains(&id) => {
+                        Ending::failed(why.clone(), Some(Transition::FailShipment))
+                            .then(next)
+                            .for_shipment(id)
+                    }
+                    // A repeat of a run that recorded it: its event is written and its next step queued.
+                    _ => Ending::overtaken(format!("shipment {id} was recorded already")),
+                }
+            })
+            .collect())
     }
 }
