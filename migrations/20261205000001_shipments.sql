@@ -6,7 +6,9 @@
 -- transaction that records its capture. PAID → PARTIALLY_FULFILLED (some shipped) → FULFILLED (all shipped).
 --
 -- Every new column of an existing table comes with a constant default or none, so adding it rewrites no table;
--- existing skus and orders are `auto` and behave as they did.
+-- existing skus and orders are `auto` and behave as they did. The checks added to existing tables are validated by
+-- a scan of each (`orders`, `payments`, `reservations`) under the exclusive lock `alter table` takes, and the live
+-- index below is rebuilt under a lock against writes to `orders`: on a large database, run it in a quiet moment.
 alter table skus add column fulfilment text not null default 'auto';
 alter table skus add constraint skus_fulfilment_valid check (fulfilment in ('auto', 'shipment'));
 

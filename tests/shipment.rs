@@ -654,3 +654,82 @@ async fn shipments_sent_at_once_run_one_after_another_and_only_the_last_capture_
     )
     .await;
 }
+
+/// A line held at two locations ships from the one the shipment names first, then in allocation order, split
+/// over both when it must; each location's stock drops by exactly what shipped from it.
+#[tokio::test]
+async fn a_shipment_takes_units_from_the_location_it_names_first_then_in_allocation_order() {
+    let app = spawn_app().await;
+    let west = app
+        .http
+        .put(format!("{}/v1/locations/west", app.api))
+        .json(&json!({"name": "West warehouse", "priority": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert!(west.status().is_success());
+    for (location, units) in [("default", 2), ("west", 2)] {
+        let (status, _) = put_sku_with(
+            &app,
+            "LAMP",
+            units,
+            json!({"location": location, "fulfilment": "shipment"}),
+        )
+        .await;
+        assert!(status == 200 || status == 201);
+    }
+    let id = app
+        .create_order("two-places", &[("LAMP", 4)], "pm_card_visa")
+        .await;
+    app.wait_until(id, Duration::from_secs(30), |o| {
+        o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
+    })
+    .await;
+
+    let (status, first) = ship(
+        &app,
+        id,
+        "west-first",
+        json!({"lines": [{"sku": "LAMP", "quantity": 1}], "location": "west"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(
+        first["lines"],
+        json!([{"sku": "LAMP", "quantity": 1, "location": "west"}])
+    );
+    wait_shipment(&app, id, &first, "DONE").await;
+    let (status, rest) = ship(
+        &app,
+        id,
+        "the-rest",
+        json!({"lines": [{"sku": "LAMP", "quantity": 3}]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{rest}");
+    assert_eq!(
+        rest["lines"],
+        json!([
+            {"sku": "LAMP", "quantity": 2, "location": "default"},
+            {"sku": "LAMP", "quantity": 1, "location": "west"}
+        ]),
+        "allocation order (default first), split over both"
+    );
+    app.wait_terminal(id).await;
+    let lamp = app.sku("LAMP").await;
+    let at: Vec<(Value, Value, Value)> = lamp["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["location"].clone(), l["on_hand"].clone(), l["reserved"].clone()))
+        .collect();
+    assert_eq!(
+        at,
+        [
+            (json!("default"), json!(0), json!(0)),
+            (json!("west"), json!(0), json!(0))
+        ],
+        "{lamp}"
+    );
+    crate::invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("LAMP", 4)]).await;
+}
