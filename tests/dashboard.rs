@@ -620,3 +620,59 @@ async fn operators_create_and_revoke_keys_on_the_keys_page() {
             .unwrap();
     assert_eq!(actions, ["key_create", "key_revoke"]);
 }
+
+/// A shipment order's saga, on the admin API and on its dashboard page: its shipments with their units, where
+/// they shipped from and what they captured; waiting for the next shipment, it is not stuck.
+#[tokio::test]
+async fn a_saga_shows_its_shipments_and_waiting_for_the_warehouse_is_not_stuck() {
+    let app = spawn_app_with(Options::default()).await;
+    let created = app
+        .http
+        .put(format!("{}/v1/skus/CRATE", app.api))
+        .json(&json!({"on_hand": 5, "price": 700, "currency": "USD", "fulfilment": "shipment"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success());
+    let id = app.create_order("crates", &[("CRATE", 3)], "pm_card_visa").await;
+    app.wait_until(id, Duration::from_secs(30), |o| {
+        o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
+    })
+    .await;
+    let shipped = app
+        .http
+        .post(format!("{}/v1/orders/{id}/shipments", app.api))
+        .header("Idempotency-Key", "crates-1")
+        .json(&json!({"lines": [{"sku": "CRATE", "quantity": 2}], "carrier": "DHL", "tracking": "JD77"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shipped.status(), 202);
+    app.wait_for(id, &["PARTIALLY_FULFILLED"], Duration::from_secs(30))
+        .await;
+    // Past the test apps' stuck threshold (1 s) without progress.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    let detail = app.admin_json(&format!("/admin/v1/sagas/{id}")).await;
+    assert_eq!(detail["stuck"], false, "waiting for the warehouse: {detail}");
+    let shipments = detail["shipments"].as_array().unwrap();
+    assert_eq!(shipments.len(), 1, "{detail}");
+    assert_eq!(
+        (&shipments[0]["status"], &shipments[0]["amount"]),
+        (&json!("DONE"), &json!(1400))
+    );
+
+    let cookie = session(&app, VIEWER_TOKEN).await;
+    let page = plain()
+        .get(format!("{}/admin/sagas/{id}", app.api))
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let table = html.split(r#"id="shipments""#).nth(1).expect("a shipments table");
+    assert!(table.contains("2 × CRATE from default"), "{table}");
+    assert!(table.contains("1400") && table.contains("DHL JD77"), "{table}");
+    assert!(!html.contains("stuck-badge"), "not stuck");
+}

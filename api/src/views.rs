@@ -456,6 +456,8 @@ pub struct SagaDetail {
     /// The job that should move the saga on.
     pub current_job: Option<CurrentJob>,
     pub steps: Vec<Attempt>,
+    /// A shipment order's shipments, oldest first: what each shipped, from where, what it captured.
+    pub shipments: Vec<ShipmentView>,
     pub jobs: Vec<SagaJob>,
     pub events: Vec<EventView>,
     pub actions: Vec<RecordedAction>,
@@ -485,7 +487,9 @@ pub async fn saga(pool: &PgPool, id: Uuid, stuck_after: std::time::Duration) -> 
             })
         }
     };
+    // A shipment order waiting for the warehouse has no step to be stuck in.
     let stuck = !row.status.is_terminal()
+        && !row.awaits_shipment()
         && (Utc::now() - row.updated_at)
             .to_std()
             .is_ok_and(|age| age > stuck_after);
@@ -501,6 +505,11 @@ pub async fn saga(pool: &PgPool, id: Uuid, stuck_after: std::time::Duration) -> 
         last_progress_at,
         current_job,
         steps: step_log::attempts_of(pool, id).await?,
+        shipments: shipment::of_order(pool, id)
+            .await?
+            .into_iter()
+            .map(ShipmentView::from)
+            .collect(),
         jobs,
         events: events::for_order(pool, id)
             .await?
