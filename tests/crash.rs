@@ -398,3 +398,75 @@ async fn a_worker_killed_before_a_shipments_capture_is_finished_by_the_next_ship
 async fn a_worker_killed_after_a_shipments_capture_is_finished_by_the_next_without_a_second_capture() {
     a_shipment_survives_a_worker_killed("worker.ship.after_capture", "die-after-ship-capture").await;
 }
+
+/// A worker killed after a partly shipped order's cancel gave back the units not shipped, before the rest of the
+/// hold was released: the next worker releases it under the order's key and ends the order FULFILLED, charged
+/// exactly what shipped.
+#[tokio::test]
+async fn a_worker_killed_while_releasing_the_rest_of_a_partly_shipped_order_is_finished_by_the_next() {
+    let app = spawn_app_with(without_worker(0)).await;
+    let response = app
+        .http
+        .put(format!("{}/v1/skus/CRATE", app.api))
+        .json(&serde_json::json!({"on_hand": 5, "price": 700, "currency": "USD", "fulfilment": "shipment"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let env = [("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())];
+    let with_failpoint = [
+        ("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str()),
+        (
+            "FAILPOINTS",
+            "worker.release_rest.before_release=return(die-releasing)",
+        ),
+    ];
+    let mut first = spawn_worker_process(&app.database_url, &with_failpoint);
+    let id = app
+        .create_order("die-releasing", &[("CRATE", 3)], "pm_card_visa")
+        .await;
+    app.wait_until(id, Duration::from_secs(30), |o| {
+        o["payment"]["status"] == "AUTHORIZED"
+    })
+    .await;
+    let shipped = app
+        .http
+        .post(format!("{}/v1/orders/{id}/shipments", app.api))
+        .header("Idempotency-Key", "one-crate")
+        .json(&serde_json::json!({"lines": [{"sku": "CRATE", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shipped.status(), 202);
+    app.wait_until(id, Duration::from_secs(30), |o| {
+        o["status"] == "PARTIALLY_FULFILLED"
+    })
+    .await;
+    assert_eq!(app.cancel(id).await.status(), 202);
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the worker died releasing the rest"
+    );
+    assert_eq!(
+        app.intents_of(id).await[0]["status"],
+        "requires_capture",
+        "the hold's rest not released yet"
+    );
+
+    let _second = spawn_worker_process(&app.database_url, &env);
+    let order = app.wait_terminal(id).await;
+    assert_eq!(order["status"], "FULFILLED", "{order}");
+    let intent = &app.intents_of(id).await[0];
+    assert_eq!(
+        (intent["status"].as_str(), intent["amount_received"].as_i64()),
+        (Some("canceled"), Some(700)),
+        "{intent}"
+    );
+    let sku = app.sku("CRATE").await;
+    assert_eq!(
+        (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
+        (Some(4), Some(0)),
+        "{sku}"
+    );
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("CRATE", 5)]).await;
+}

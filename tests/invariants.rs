@@ -13,20 +13,29 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct Ended {
     pub status: String,
-    pub total: i64,
+    /// What a FULFILLED order is charged: its total, or for a shipment order what its shipments captured (all
+    /// of it, unless the rest was cancelled after a shipment).
+    pub charged: i64,
     pub cancel_reason: Option<String>,
 }
 
 /// Every order, as it ended. Panics on an order that is not over.
 pub async fn ended_orders(pool: &PgPool) -> HashMap<Uuid, Ended> {
-    let orders: Vec<(Uuid, String, i64, Option<String>)> =
-        sqlx::query_as("select id, status, total, cancel_reason from orders")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    let orders: Vec<(Uuid, String, i64, Option<String>)> = sqlx::query_as(
+        "select o.id, o.status, \
+                case when o.fulfilment = 'shipment' \
+                     then (select coalesce(sum(s.amount), 0) from shipments s \
+                           where s.order_id = o.id and s.status = 'DONE')::bigint \
+                     else o.total end, \
+                o.cancel_reason \
+         from orders o",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
     orders
         .into_iter()
-        .map(|(id, status, total, cancel_reason)| {
+        .map(|(id, status, charged, cancel_reason)| {
             assert!(
                 status == "FULFILLED" || status == "CANCELLED",
                 "order {id} is {status}, not over"
@@ -35,7 +44,7 @@ pub async fn ended_orders(pool: &PgPool) -> HashMap<Uuid, Ended> {
                 id,
                 Ended {
                     status,
-                    total,
+                    charged,
                     cancel_reason,
                 },
             )
@@ -52,8 +61,10 @@ pub async fn stock_is_accounted_for(pool: &PgPool, initial: &[(&str, i64)]) {
             .await
             .unwrap();
     let committed: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "select r.sku, sum(r.quantity)::bigint from reservations r join orders o on o.id = r.order_id \
-         where r.status = 'COMMITTED' and o.status = 'FULFILLED' group by r.sku",
+        "select r.sku, sum(case when o.fulfilment = 'shipment' then r.shipped \
+                                when r.status = 'COMMITTED' then r.quantity else 0 end)::bigint \
+         from reservations r join orders o on o.id = r.order_id \
+         where o.status = 'FULFILLED' group by r.sku",
     )
     .fetch_all(pool)
     .await
@@ -71,7 +82,8 @@ pub async fn stock_is_accounted_for(pool: &PgPool, initial: &[(&str, i64)]) {
     let stray: i64 = sqlx::query_scalar(
         "select count(*) from reservations r join orders o on o.id = r.order_id \
          where (o.status = 'CANCELLED' and r.status <> 'RELEASED') \
-            or (o.status = 'FULFILLED' and r.status <> 'COMMITTED')",
+            or (o.status = 'FULFILLED' and r.status <> 'COMMITTED' \
+                and not (o.fulfilment = 'shipment' and r.status = 'RELEASED' and r.shipped = 0))",
     )
     .fetch_one(pool)
     .await
@@ -119,7 +131,8 @@ pub async fn ledger_adds_up(pool: &PgPool, orders: &HashMap<Uuid, Ended>) {
     );
     let per_order: Vec<(Uuid, String, String, i64, i64, i64)> = sqlx::query_as(
         "select m.order_id, m.sku, m.location, sum(m.on_hand_delta)::bigint, sum(m.reserved_delta)::bigint, \
-                coalesce((select quantity from reservations r \
+                coalesce((select case when o.fulfilment = 'shipment' then r.shipped else r.quantity end \
+                          from reservations r join orders o on o.id = r.order_id \
                           where r.order_id = m.order_id and r.sku = m.sku and r.location = m.location), 0) \
          from stock_movements m where m.order_id is not null group by m.order_id, m.sku, m.location",
     )
@@ -173,7 +186,7 @@ pub async fn money_matches_orders(orders: &HashMap<Uuid, Ended>, http: &reqwest:
             assert_eq!(mine.len(), 1, "order {id}: exactly one intent: {mine:?}");
             assert_eq!(
                 (received, refunded),
-                (order.total, 0),
+                (order.charged, 0),
                 "order {id}: captured once: {mine:?}"
             );
         } else {

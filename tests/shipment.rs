@@ -378,9 +378,6 @@ async fn shipping_two_of_three_lines_captures_their_value_and_shipping_the_rest_
         1,
         "nothing written by the refusals"
     );
-    // While some of it shipped, the order cannot be cancelled (cancelling the rest is the next part).
-    let cancel = app.cancel(id).await;
-    assert_eq!(cancel.status(), 409);
 
     let (status, last) = ship(
         &app,
@@ -732,4 +729,84 @@ async fn a_shipment_takes_units_from_the_location_it_names_first_then_in_allocat
         "{lamp}"
     );
     crate::invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("LAMP", 4)]).await;
+}
+
+/// A partly shipped order cancelled: what shipped stays shipped and captured; the units not shipped go back to
+/// stock, the rest of the hold is released, and the order ends FULFILLED. Nothing ships after that.
+#[tokio::test]
+async fn cancelling_a_partly_shipped_order_releases_the_rest_and_keeps_what_shipped() {
+    let app = spawn_app().await;
+    let id = paid_shipment_order(&app, "changed-mind").await;
+    let (status, first) = ship(
+        &app,
+        id,
+        "part",
+        json!({"lines": [{"sku": "BOX", "quantity": 1}, {"sku": "TAPE", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{first}");
+    app.wait_for(id, &["PARTIALLY_FULFILLED"], Duration::from_secs(30))
+        .await;
+
+    assert_eq!(app.cancel(id).await.status(), 202);
+    let order = app.wait_terminal(id).await;
+    assert_eq!(
+        (&order["status"], &order["payment"]["status"]),
+        (&json!("FULFILLED"), &json!("CAPTURED")),
+        "{order}"
+    );
+    assert_eq!(
+        order["cancel_reason"],
+        Value::Null,
+        "fulfilled, not cancelled: {order}"
+    );
+    // Repeating the cancel of a fulfilled order is the usual 409.
+    assert_eq!(app.cancel(id).await.status(), 409);
+    let intent = &app.intents_of(id).await[0];
+    assert_eq!(
+        (
+            &intent["status"],
+            &intent["amount_received"],
+            &intent["amount_capturable"]
+        ),
+        (&json!("canceled"), &json!(1250), &json!(0)),
+        "captured what shipped, released the rest: {intent}"
+    );
+    for (sku, on_hand) in [("BOX", 9), ("TAPE", 9), ("MUG", 10)] {
+        let now = app.sku(sku).await;
+        assert_eq!(
+            (&now["on_hand"], &now["reserved"]),
+            (&json!(on_hand), &json!(0)),
+            "{sku}: {now}"
+        );
+    }
+    let (status, problem) = ship(
+        &app,
+        id,
+        "too-late",
+        json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &problem["type"]),
+        (409, &json!("urn:orderflow:problem:order-not-shippable")),
+        "{problem}"
+    );
+    assert_eq!(
+        transitions(&app.events(id).await),
+        [
+            "->CREATED",
+            "CREATED>RESERVED",
+            "RESERVED>PAID",
+            "PAID>PARTIALLY_FULFILLED",
+            "PARTIALLY_FULFILLED>FULFILLED"
+        ]
+    );
+    crate::invariants::all_hold(
+        &app.pool,
+        &app.http,
+        &app.paysim,
+        &[("BOX", 10), ("TAPE", 10), ("MUG", 10)],
+    )
+    .await;
 }

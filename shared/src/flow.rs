@@ -10,7 +10,8 @@
 //!                  └─ out of stock ──▶ CANCELLED
 //! a shipment order (`Fulfilment::Shipment`): reserve ──▶ pay (multicapture) ──▶ PAID, waiting for shipments;
 //!               each shipment: ship (capture its part, its units leave stock) ──▶ PARTIALLY_FULFILLED,
-//!               and once nothing is left to ship: fulfil ──▶ FULFILLED
+//!               and once nothing is left to ship: fulfil ──▶ FULFILLED; or, cancelled after a shipment,
+//!               release_rest (the units not shipped, the hold's remainder) ──▶ FULFILLED
 //! cancellation: any forward state but PARTIALLY_FULFILLED ──▶ CANCELLING: release_inventory ──▶ cancel_payment ──▶ CANCELLED
 //!                                     a compensation out of attempts ──▶ NEEDS_ATTENTION (an operator resumes it)
 //! ```
@@ -46,11 +47,14 @@ pub enum Step {
     /// A shipment order's pending shipments, oldest first: the capture of each one's part, its units out of
     /// stock (`crate::shipment`). Not a compensation and never compensated: what shipped stays shipped.
     Ship,
+    /// A PARTIALLY_FULFILLED order cancelled: the units not shipped go back to stock and the rest of the hold is
+    /// released; what shipped stays shipped and captured, and the order ends FULFILLED.
+    ReleaseRest,
 }
 
 impl Step {
     /// In the flow's order: the forward steps, then the compensations, then ship (a shipment order's, after pay).
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 8] = [
         Self::Reserve,
         Self::Pay,
         Self::Commit,
@@ -58,6 +62,7 @@ impl Step {
         Self::ReleaseInventory,
         Self::CancelPayment,
         Self::Ship,
+        Self::ReleaseRest,
     ];
 
     /// The step a new order starts with; order creation queues it.
@@ -77,6 +82,7 @@ impl Step {
             Self::ReleaseInventory => "orderflow.release_inventory",
             Self::CancelPayment => "orderflow.cancel_payment",
             Self::Ship => "orderflow.ship",
+            Self::ReleaseRest => "orderflow.release_rest",
         }
     }
 
@@ -90,6 +96,7 @@ impl Step {
             Self::ReleaseInventory => "release_inventory",
             Self::CancelPayment => "cancel_payment",
             Self::Ship => "ship",
+            Self::ReleaseRest => "release_rest",
         }
     }
 
@@ -111,6 +118,7 @@ impl Step {
             Self::Commit => &[OrderStatus::Paid],
             Self::Fulfil | Self::Ship => &[OrderStatus::Paid, OrderStatus::PartiallyFulfilled],
             Self::ReleaseInventory | Self::CancelPayment => &[OrderStatus::Cancelling],
+            Self::ReleaseRest => &[OrderStatus::PartiallyFulfilled],
         }
     }
 
@@ -129,6 +137,7 @@ impl Step {
             Self::Fulfil => Some(Transition::Fulfil),
             Self::CancelPayment => Some(Transition::FinishCancel),
             Self::Ship => Some(Transition::Ship),
+            Self::ReleaseRest => Some(Transition::Fulfil),
         }
     }
 
@@ -139,7 +148,7 @@ impl Step {
             Self::Reserve => Some(Self::Pay),
             Self::Pay => Some(Self::Commit),
             Self::Commit => Some(Self::Fulfil),
-            Self::Fulfil | Self::CancelPayment | Self::Ship => None,
+            Self::Fulfil | Self::CancelPayment | Self::Ship | Self::ReleaseRest => None,
             Self::ReleaseInventory => Some(Self::CancelPayment),
         }
     }
@@ -153,12 +162,20 @@ impl Step {
         }
     }
 
+    /// A step after something shipped (ship, release_rest): it can neither cancel (what shipped stays shipped)
+    /// nor park, and an unknown outcome of its call may be an effect that happened, so it retries every failure.
+    pub fn never_gives_up(self) -> bool {
+        matches!(self, Self::Ship | Self::ReleaseRest)
+    }
+
     /// The compensation that undoes the step's effect, recorded in the step log before the effect happens.
     pub fn undo(self) -> Option<Step> {
         match self {
             Self::Reserve | Self::Commit => Some(Self::ReleaseInventory),
             Self::Pay => Some(Self::CancelPayment),
-            Self::Fulfil | Self::ReleaseInventory | Self::CancelPayment | Self::Ship => None,
+            Self::Fulfil | Self::ReleaseInventory | Self::CancelPayment | Self::Ship | Self::ReleaseRest => {
+                None
+            }
         }
     }
 
@@ -245,7 +262,7 @@ pub fn after_failure(step: Step, attempt: u32, budget: u32, failure: Failure) ->
         // Ship never gives up: a capture whose outcome is unknown may have gone through, and giving up on it could
         // lose a capture that happened (a later shipment of the same units would capture them again). It asks
         // again, under the same key, until the provider answers; a refusal it settles itself (the shipment fails).
-        _ if step == Step::Ship => AfterFailure::Retry { attempt: attempt + 1 },
+        _ if step.never_gives_up() => AfterFailure::Retry { attempt: attempt + 1 },
         _ if step.is_compensation() => AfterFailure::Park,
         Failure::Permanent(reason) => AfterFailure::Cancel(reason),
         Failure::Transient => AfterFailure::Cancel(step.failure_reason()),
@@ -484,7 +501,7 @@ mod tests {
             Option<Step>,
             Option<Step>,
         );
-        let table: [Row; 7] = [
+        let table: [Row; 8] = [
             (
                 Step::Reserve,
                 "orderflow.reserve",
@@ -538,6 +555,14 @@ mod tests {
                 "orderflow.ship",
                 &[Paid, PartiallyFulfilled],
                 Some("ship"),
+                None,
+                None,
+            ),
+            (
+                Step::ReleaseRest,
+                "orderflow.release_rest",
+                &[PartiallyFulfilled],
+                Some("fulfil"),
                 None,
                 None,
             ),
@@ -617,7 +642,7 @@ mod tests {
         let cancel = Transition::StartCancel(CancelReason::CustomerRequest);
         for step in Step::ALL.into_iter().filter(|s| !s.is_compensation()) {
             // Some units of a PARTIALLY_FULFILLED order shipped: a cancellation would give them back to stock.
-            // Cancelling what is left of it is issue 18's next part; until then it cannot start one.
+            // Its cancel is release_rest instead, which ends it FULFILLED.
             for from in step
                 .runs_from()
                 .iter()
@@ -630,6 +655,12 @@ mod tests {
             }
         }
         assert!(OrderStatus::PartiallyFulfilled.apply(&cancel).is_err());
+        assert_eq!(
+            Step::ReleaseRest
+                .on_success()
+                .map(|t| OrderStatus::PartiallyFulfilled.apply(&t)),
+            Some(Ok(OrderStatus::Fulfilled))
+        );
         let ending = Ending::cancel(CancelReason::PaymentDeclined, "declined: card_declined");
         assert_eq!(ending.next, Some(Step::FIRST_COMPENSATION));
         assert_eq!(ending.status, AttemptStatus::Failed);

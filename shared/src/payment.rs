@@ -97,6 +97,11 @@ pub fn void_key(order_id: Uuid) -> String {
     format!("orderflow-{order_id}-void")
 }
 
+/// The key of the release of what is left of a shipment order's hold (its cancel, once something shipped).
+pub fn release_rest_key(order_id: Uuid) -> String {
+    format!("orderflow-{order_id}-release-rest")
+}
+
 pub fn refund_key(order_id: Uuid) -> String {
     format!("orderflow-{order_id}-refund")
 }

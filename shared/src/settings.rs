@@ -46,7 +46,7 @@ pub fn database_url() -> String {
 }
 
 /// Connections one process may hold (`ORDERFLOW_DB_MAX_CONNECTIONS`, default 32). Each worker process keeps
-/// one per queue for LISTEN (seven), so it needs at least `MIN_WORKER_CONNECTIONS`. Keep the sum over all
+/// one per queue for LISTEN (eight), so it needs at least `MIN_WORKER_CONNECTIONS`. Keep the sum over all
 /// processes below PostgreSQL's `max_connections` (100 by default).
 pub fn db_max_connections() -> Result<u32, SettingsError> {
     let value: u32 = env_parse("ORDERFLOW_DB_MAX_CONNECTIONS", 32)?;
@@ -86,7 +86,7 @@ pub struct WorkerSettings {
     /// Base URL of the payment provider (`ORDERFLOW_PAYMENTS_URL`; the simulator by default; Stripe's API shape).
     pub payments_url: String,
     /// The step queues this process works (`ORDERFLOW_WORKER_STEPS`, names separated by commas, e.g.
-    /// `reserve,commit`; default all seven). A step no running worker takes waits in its queue: every step needs
+    /// `reserve,commit`; default all eight). A step no running worker takes waits in its queue: every step needs
     /// at least one process. Dedicated processes let an operator size or place one step apart (pay next to the
     /// payment provider, reserve on its own while a backlog drains).
     pub steps: Vec<Step>,
@@ -344,6 +344,7 @@ pub fn step_attempts_variable(step: Step) -> &'static str {
         Step::ReleaseInventory => "ORDERFLOW_MAX_ATTEMPTS_RELEASE_INVENTORY",
         Step::CancelPayment => "ORDERFLOW_MAX_ATTEMPTS_CANCEL_PAYMENT",
         Step::Ship => "ORDERFLOW_MAX_ATTEMPTS_SHIP",
+        Step::ReleaseRest => "ORDERFLOW_MAX_ATTEMPTS_RELEASE_REST",
     }
 }
 

@@ -285,6 +285,12 @@ async fn create_in(
                 .to_owned(),
         ));
     }
+    if order.current_step == Some(Step::ReleaseRest) {
+        return Err(ShipError::NotShippable(
+            id,
+            "was cancelled: what is left of it is being released".to_owned(),
+        ));
+    }
     match order.status {
         OrderStatus::Paid | OrderStatus::PartiallyFulfilled => {}
         OrderStatus::Created | OrderStatus::Reserved => {

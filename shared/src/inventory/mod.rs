@@ -554,6 +554,33 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
     change_held_stock(conn, STATEMENT, order_ids, MovementReason::OrderRelease).await
 }
 
+/// Cancelling the rest of a shipment order: the units its reservations still hold (not shipped) leave `reserved`
+/// (`order_release` movements); each row ends COMMITTED if some of it shipped, else RELEASED. Shipped units stay
+/// shipped. The skus are locked in sorted order first. Idempotent (only RESERVED rows change). Returns how many
+/// reservations it changed.
+#[tracing::instrument(skip_all, fields(orders = order_ids.len()), err)]
+pub async fn release_rest(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    lock_skus_held_by(conn, order_ids).await?;
+    const STATEMENT: &str = concat!(
+        r#"with r as (
+               update reservations
+               set status = case when shipped > 0 then 'COMMITTED' else 'RELEASED' end, updated_at = now()
+               where order_id = any($1) and status = 'RESERVED'
+               returning order_id, sku, location, quantity - shipped as held
+           ),
+           changes as (
+               select sku, location, 0::bigint as on_hand_delta, -held as reserved_delta,
+                      $2::text as reason, order_id, null::uuid as adjustment_id, $3::text as actor
+               from r
+           ),
+           "#,
+        crate::stock_change!(),
+        r#"
+           select count(*) from r"#
+    );
+    change_held_stock(conn, STATEMENT, order_ids, MovementReason::OrderRelease).await
+}
+
 /// Runs `statement` (commit's or release's: `$1` the orders, `$2` the movements' reason, `$3` their actor,
 /// answering how many reservations it changed) on the orders' reservations.
 async fn change_held_stock(

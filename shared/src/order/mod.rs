@@ -518,9 +518,8 @@ pub enum CancelError {
     NotFound(Uuid),
     #[error("order {0} is FULFILLED and can no longer be cancelled")]
     Fulfilled(Uuid),
-    /// Some of its units shipped, or a shipment is being captured: cancelling the rest of such an order is issue
-    /// 18's next part.
-    #[error("order {0} {1}: it cannot be cancelled now")]
+    /// A shipment is being captured: the cancel waits for it to end.
+    #[error("order {0} {1}: it cannot be cancelled until that ends")]
     Shipping(Uuid, &'static str),
     #[error(transparent)]
     Invalid(#[from] FieldError),
@@ -536,7 +535,9 @@ impl From<sqlx::Error> for CancelError {
 
 /// The customer asks to cancel order `id`: a saga still going forward starts its cancellation
 /// (`customer_request`, with the customer's words); one already cancelling, cancelled or parked is left as it is,
-/// so repeating the request is harmless; a fulfilled order can no longer be cancelled.
+/// so repeating the request is harmless; a fulfilled order can no longer be cancelled. A shipment order that
+/// shipped some of its units releases the rest instead (`Step::ReleaseRest`) and ends FULFILLED; while one of its
+/// shipments is being captured, the request is refused until that ends.
 #[tracing::instrument(skip_all, fields(order_id = %id), err)]
 pub async fn request_cancellation(
     pool: &PgPool,
@@ -553,11 +554,21 @@ pub async fn request_cancellation(
         match order.status {
             OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
             OrderStatus::Fulfilled => return Err(CancelError::Fulfilled(id)),
+            OrderStatus::PartiallyFulfilled if crate::shipment::in_flight(&mut *tx, id).await? => {
+                return Err(CancelError::Shipping(id, "has a shipment being captured"));
+            }
+            // Already releasing the rest: repeating the request is harmless.
+            OrderStatus::PartiallyFulfilled if order.current_step == Some(Step::ReleaseRest) => {}
             OrderStatus::PartiallyFulfilled => {
-                return Err(CancelError::Shipping(
-                    id,
-                    "is PARTIALLY_FULFILLED (some of its units shipped)",
-                ));
+                // Some of it shipped: what shipped stays shipped and captured; the rest is released, and the
+                // order ends FULFILLED.
+                let release = Move {
+                    next: Some(crate::queue::NextJob::first(Step::ReleaseRest)),
+                    cancel_note: note.clone(),
+                    ..Move::new(&order)
+                };
+                advance(&mut tx, &[release]).await?;
+                tracing::info!("cancelling what is left of a partly shipped order");
             }
             OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid => {
                 let planned =

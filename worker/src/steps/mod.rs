@@ -20,6 +20,7 @@ mod commit;
 mod fulfil;
 mod pay;
 mod release_inventory;
+mod release_rest;
 mod reserve;
 mod ship;
 
@@ -39,6 +40,7 @@ use commit::Commit;
 use fulfil::Fulfil;
 use pay::Pay;
 use release_inventory::ReleaseInventory;
+use release_rest::ReleaseRest;
 use reserve::Reserve;
 use ship::Ship;
 
@@ -56,6 +58,7 @@ pub(crate) fn dispatch(
         Step::ReleaseInventory => runner.run_step::<ReleaseInventory>(jobs),
         Step::CancelPayment => runner.run_step::<CancelPayment>(jobs),
         Step::Ship => runner.run_step::<Ship>(jobs),
+        Step::ReleaseRest => runner.run_step::<ReleaseRest>(jobs),
     }
 }
 

@@ -1,0 +1,102 @@
+//! Release the rest (PARTIALLY_FULFILLED → FULFILLED): a shipment order cancelled after some of it shipped. The
+//! first transaction gives back the units not shipped (`inventory::release_rest`) with the attempt; the call
+//! cancels what is left of the hold (Stripe's cancel of a `requires_capture` intent releases its remaining
+//! `amount_capturable`; what was captured stays captured) under the order's own key; the record marks the payment
+//! CAPTURED (its captures are all there is) and the order FULFILLED. What shipped stays shipped. A hold already
+//! gone (expired, or released by a final capture) has nothing left to release.
+//!
+//! It never gives up (`Step::never_gives_up`): it retries every failure, as nothing can undo a shipment.
+//!
+//! Failpoint: `worker.release_rest.before_release` (aborts the process after the units went back, before the
+//! hold's release).
+
+use std::collections::HashMap;
+
+use anyhow::anyhow;
+use orderflow_shared::flow::{Ending, Step};
+use orderflow_shared::inventory;
+use orderflow_shared::order::OrderRow;
+use orderflow_shared::payment::{self, Outcome, PaymentStatus};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::StepError;
+use crate::failpoints;
+use crate::provider::ProviderError;
+use crate::runner::Runner;
+use crate::steps::{Decision, SagaStep};
+
+pub(crate) struct ReleaseRest;
+
+impl SagaStep for ReleaseRest {
+    const STEP: Step = Step::ReleaseRest;
+    /// The hold's provider reference.
+    type Call = String;
+    type Answer = ();
+
+    async fn decide(
+        _runner: &Runner,
+        conn: &mut PgConnection,
+        orders: &[&OrderRow],
+    ) -> Result<Vec<Decision<String>>, StepError> {
+        let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+        let released = inventory::release_rest(conn, &ids).await?;
+        tracing::info!(orders = ids.len(), released, "the units not shipped released");
+        let intents: HashMap<Uuid, Option<String>> = payment::find_many(&mut *conn, &ids)
+            .await?
+            .into_iter()
+            .map(|p| (p.order_id, p.provider_ref))
+            .collect();
+        Ok(orders
+            .iter()
+            .map(|order| match intents.get(&order.id).cloned().flatten() {
+                Some(intent) => Decision::Call(intent),
+                None => Decision::Fail(StepError::Transient(anyhow!(
+                    "the order has no authorization to release"
+                ))),
+            })
+            .collect())
+    }
+
+    async fn call(runner: &Runner, order: &OrderRow, intent: &String) -> Result<(), StepError> {
+        failpoints::abort("worker.release_rest.before_release", Some(&order.customer_id));
+        match runner
+            .provider
+            .void(intent, &payment::release_rest_key(order.id))
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Nothing left to release: the hold expired, or a final capture released it.
+            Err(ProviderError::Rejected {
+                intent_status: Some(status),
+                ..
+            }) if status == "canceled" || status == "succeeded" => Ok(()),
+            Err(error) => Err(StepError::from_provider(error)),
+        }
+    }
+
+    async fn record(
+        _runner: &Runner,
+        conn: &mut PgConnection,
+        answered: &[(&OrderRow, &())],
+    ) -> Result<Vec<Ending>, StepError> {
+        let outcomes: Vec<Outcome> = answered
+            .iter()
+            .filter(|(order, _)| Self::STEP.runs_in(order.status))
+            .map(|(order, _)| Outcome {
+                order_id: order.id,
+                status: PaymentStatus::Captured,
+                provider_ref: None,
+                decline_code: None,
+            })
+            .collect();
+        payment::record(&mut *conn, &[PaymentStatus::PartiallyCaptured], &outcomes).await?;
+        Ok(answered
+            .iter()
+            .map(|(order, _)| match Self::STEP.runs_in(order.status) {
+                true => Ending::succeeded(Self::STEP),
+                false => Ending::overtaken("the order left PARTIALLY_FULFILLED during the release"),
+            })
+            .collect())
+    }
+}
