@@ -27,11 +27,15 @@ alter table payments drop constraint payments_status_valid;
 alter table payments add constraint payments_status_valid
     check (status in ('PENDING', 'AUTHORIZED', 'PARTIALLY_CAPTURED', 'CAPTURED', 'DECLINED', 'VOIDED', 'REFUNDED'));
 
--- The units of a reservation row that shipments took out of stock. The row stays RESERVED while some of its
--- units are still held (`reserved` counts quantity − shipped of it) and is COMMITTED once all have shipped. An
--- auto order's commit takes the whole row at once and leaves this at 0.
+-- The units of a reservation row that shipments took out of stock (`shipped`), and those given back when the rest
+-- of a partly shipped order was cancelled (`cancelled`). The row stays RESERVED while some of its units are still
+-- held (`reserved` counts quantity − shipped − cancelled of it); it ends COMMITTED once all have shipped or some
+-- shipped and the rest was cancelled, RELEASED if none shipped. An auto order's commit takes the whole row at once
+-- and leaves both at 0.
 alter table reservations add column shipped bigint not null default 0;
-alter table reservations add constraint reservations_shipped_within check (shipped >= 0 and shipped <= quantity);
+alter table reservations add column cancelled bigint not null default 0;
+alter table reservations add constraint reservations_shipped_within
+    check (shipped >= 0 and cancelled >= 0 and shipped + cancelled <= quantity);
 
 -- A shipment the warehouse reported: PENDING (written with its request), CAPTURING (its capture asked for, with
 -- `final_capture` fixed so that every repeat asks the same), DONE (captured; its units left stock in the same

@@ -452,6 +452,12 @@ async fn a_worker_killed_while_releasing_the_rest_of_a_partly_shipped_order_is_f
         "requires_capture",
         "the hold's rest not released yet"
     );
+    let sku = app.sku("CRATE").await;
+    assert_eq!(
+        (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
+        (Some(4), Some(0)),
+        "the units not shipped went back with the attempt, before the call: {sku}"
+    );
 
     let _second = spawn_worker_process(&app.database_url, &env);
     let order = app.wait_terminal(id).await;

@@ -237,6 +237,59 @@ pub async fn audit_trails_are_whole(pool: &PgPool, orders: &HashMap<Uuid, Ended>
     }
 }
 
+/// Shipments: the units DONE shipments took are the reservations' `shipped`, per order, sku and location; each
+/// DONE shipment's amount is its units at the lines' prices; a shipment order none of whose units was cancelled
+/// is charged its total.
+pub async fn shipments_match_stock(pool: &PgPool) {
+    let units: Vec<(Uuid, String, String, i64, i64)> = sqlx::query_as(
+        "select r.order_id, r.sku, r.location, r.shipped, \
+                coalesce((select sum(l.quantity) from shipment_lines l join shipments s on s.id = l.shipment_id \
+                          where s.status = 'DONE' and l.order_id = r.order_id and l.sku = r.sku \
+                            and l.location = r.location), 0)::bigint \
+         from reservations r where r.shipped > 0 \
+            or exists (select 1 from shipment_lines l join shipments s on s.id = l.shipment_id \
+                       where s.status = 'DONE' and l.order_id = r.order_id and l.sku = r.sku \
+                         and l.location = r.location)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (order, sku, location, shipped, by_shipments) in units {
+        assert_eq!(
+            shipped, by_shipments,
+            "order {order}: {sku} at {location} shipped as its shipments say"
+        );
+    }
+    let priced: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "select s.id, s.amount, (select sum(l.quantity * ol.unit_price) from shipment_lines l \
+                                 join order_lines ol on ol.order_id = l.order_id and ol.line_no = l.line_no \
+                                 where l.shipment_id = s.id)::bigint \
+         from shipments s",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (shipment, amount, value) in priced {
+        assert_eq!(
+            amount, value,
+            "shipment {shipment}: its amount is its units at the lines' prices"
+        );
+    }
+    let short: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "select o.id, o.total, (select coalesce(sum(s.amount), 0) from shipments s \
+                                where s.order_id = o.id and s.status = 'DONE')::bigint \
+         from orders o \
+         where o.fulfilment = 'shipment' and o.status = 'FULFILLED' \
+           and not exists (select 1 from reservations r where r.order_id = o.id and r.cancelled > 0)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (order, total, captured) in short {
+        assert_eq!(captured, total, "order {order}: shipped whole, captured whole");
+    }
+}
+
 /// The step log: no attempt left open (a killed worker's attempt is closed when its job is taken back). An attempt
 /// may still be in flight when the last order ends (a job run twice, whose second run is out calling the provider:
 /// it ends SKIPPED); each must close within a few seconds.
@@ -270,6 +323,7 @@ pub async fn all_hold(
     let orders = ended_orders(pool).await;
     stock_is_accounted_for(pool, initial_stock).await;
     ledger_adds_up(pool, &orders).await;
+    shipments_match_stock(pool).await;
     money_matches_orders(&orders, http, paysim).await;
     audit_trails_are_whole(pool, &orders).await;
     no_attempt_left_open(pool).await;

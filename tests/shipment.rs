@@ -772,6 +772,30 @@ async fn cancelling_a_partly_shipped_order_releases_the_rest_and_keeps_what_ship
         (&json!("canceled"), &json!(1250), &json!(0)),
         "captured what shipped, released the rest: {intent}"
     );
+    // Each line says what shipped and what went back.
+    let allocations: Vec<(Value, Value, Value, Value)> = order["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let a = &l["allocations"][0];
+            (
+                l["sku"].clone(),
+                a["shipped"].clone(),
+                a["cancelled"].clone(),
+                a["status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        allocations,
+        [
+            (json!("BOX"), json!(1), json!(0), json!("COMMITTED")),
+            (json!("TAPE"), json!(1), json!(1), json!("COMMITTED")),
+            (json!("MUG"), json!(0), json!(1), json!("RELEASED"))
+        ],
+        "{order}"
+    );
     for (sku, on_hand) in [("BOX", 9), ("TAPE", 9), ("MUG", 10)] {
         let now = app.sku(sku).await;
         assert_eq!(
@@ -809,4 +833,91 @@ async fn cancelling_a_partly_shipped_order_releases_the_rest_and_keeps_what_ship
         &[("BOX", 10), ("TAPE", 10), ("MUG", 10)],
     )
     .await;
+}
+
+/// While the release of the rest waits to run (no worker takes release_rest here), a shipment is refused: the
+/// order was cancelled. While a shipment waits to be captured (no worker takes ship), a cancel is refused.
+#[tokio::test]
+async fn a_cancel_waits_for_a_shipment_on_its_way_and_nothing_ships_once_the_rest_is_cancelled() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        tune: |settings| {
+            settings
+                .steps
+                .retain(|s| *s != orderflow_shared::flow::Step::ReleaseRest)
+        },
+        ..crate::helpers::Options::default()
+    })
+    .await;
+    let id = paid_shipment_order(&app, "waits").await;
+    let (status, first) = ship(
+        &app,
+        id,
+        "first",
+        json!({"lines": [{"sku": "BOX", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{first}");
+    wait_shipment(&app, id, &first, "DONE").await;
+    app.wait_for(id, &["PARTIALLY_FULFILLED"], Duration::from_secs(30))
+        .await;
+
+    assert_eq!(app.cancel(id).await.status(), 202);
+    assert_eq!(
+        app.cancel(id).await.status(),
+        202,
+        "a repeat while it waits is harmless"
+    );
+    let (status, problem) = ship(
+        &app,
+        id,
+        "after",
+        json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &problem["type"]),
+        (409, &json!("urn:orderflow:problem:order-not-shippable")),
+        "{problem}"
+    );
+    assert_eq!(app.order(id).await["current_step"], "release_rest");
+    assert_eq!(app.sku("MUG").await["reserved"], 1, "not released yet");
+}
+
+#[tokio::test]
+async fn a_cancel_while_a_shipment_is_on_its_way_is_refused() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        tune: |settings| {
+            settings
+                .steps
+                .retain(|s| *s != orderflow_shared::flow::Step::Ship)
+        },
+        ..crate::helpers::Options::default()
+    })
+    .await;
+    let id = paid_shipment_order(&app, "on-its-way").await;
+    let (status, pending) = ship(
+        &app,
+        id,
+        "pending",
+        json!({"lines": [{"sku": "BOX", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &pending["status"]),
+        (202, &json!("PENDING")),
+        "{pending}"
+    );
+    let refused = app.cancel(id).await;
+    assert_eq!(refused.status(), 409);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:orderflow:problem:order-shipping",
+        "{problem}"
+    );
+    let order = app.order(id).await;
+    assert_eq!(
+        (&order["status"], &order["cancel_note"]),
+        (&json!("PAID"), &Value::Null),
+        "nothing written: {order}"
+    );
 }

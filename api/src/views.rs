@@ -92,6 +92,12 @@ pub struct AllocationView {
     pub quantity: i64,
     /// RESERVED (held), COMMITTED (taken out of stock) or RELEASED (given back).
     pub status: ReservationStatus,
+    /// A shipment order's only: of `quantity`, the units shipped, and those given back when the rest was
+    /// cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipped: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -109,12 +115,15 @@ impl OrderView {
         payment: Option<PaymentRow>,
         reservations: Vec<Reservation>,
     ) -> Self {
+        let ships = row.fulfilment == Fulfilment::Shipment;
         let mut held: HashMap<String, Vec<AllocationView>> = HashMap::new();
         for reservation in reservations {
             held.entry(reservation.sku).or_default().push(AllocationView {
                 location: reservation.location,
                 quantity: reservation.quantity,
                 status: reservation.status,
+                shipped: ships.then_some(reservation.shipped),
+                cancelled: ships.then_some(reservation.cancelled),
             });
         }
         let error_code = ErrorCode::of(&row);

@@ -35,7 +35,8 @@ pub struct SagaFilter {
 pub struct SagaQuery {
     /// Order status (upper case).
     pub status: Option<String>,
-    /// Current step (`reserve`, `pay`, `commit`, `fulfil`, `release_inventory`, `cancel_payment`).
+    /// Current step (`reserve`, `pay`, `commit`, `fulfil`, `release_inventory`, `cancel_payment`, `ship`,
+    /// `release_rest`).
     pub step: Option<String>,
     /// Created longer ago than this (`90s`, `5m`, `2h`, `1d`).
     pub older_than: Option<String>,

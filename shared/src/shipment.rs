@@ -444,7 +444,7 @@ async fn open_units(
 ) -> Result<HashMap<String, Vec<Open>>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"select r.sku, r.location, c.priority,
-                  r.quantity - r.shipped - coalesce((
+                  r.quantity - r.shipped - r.cancelled - coalesce((
                       select sum(l.quantity) from shipment_lines l join shipments s on s.id = l.shipment_id
                       where s.order_id = r.order_id and s.status in ('PENDING', 'CAPTURING')
                         and l.sku = r.sku and l.location = r.location), 0)::bigint as "units!"
@@ -545,7 +545,7 @@ pub async fn begin_captures(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec
                final_capture =
                    not exists (select 1 from shipments o
                                where o.order_id = s.order_id and o.id <> s.id and o.status in ('PENDING', 'CAPTURING'))
-                   and (select coalesce(sum(r.quantity - r.shipped), 0) from reservations r
+                   and (select coalesce(sum(r.quantity - r.shipped - r.cancelled), 0) from reservations r
                         where r.order_id = s.order_id and r.status = 'RESERVED')
                        = (select sum(l.quantity) from shipment_lines l where l.shipment_id = s.id)
            where s.id = any($1) and s.status = 'PENDING'"#,
@@ -597,7 +597,8 @@ pub async fn complete(conn: &mut PgConnection, shipments: &[(Uuid, &str)]) -> Re
            r as (
                update reservations
                set shipped = reservations.shipped + units.quantity,
-                   status = case when reservations.shipped + units.quantity = reservations.quantity
+                   status = case when reservations.shipped + units.quantity + reservations.cancelled
+                                      = reservations.quantity
                                  then 'COMMITTED' else 'RESERVED' end,
                    updated_at = now()
                from units
@@ -656,7 +657,7 @@ pub async fn left(
                   exists (select 1 from shipments s where s.order_id = o.id and s.status in ('PENDING', 'CAPTURING'))
                       as "in_flight!",
                   exists (select 1 from reservations r where r.order_id = o.id and r.status = 'RESERVED'
-                          and r.quantity > r.shipped) as "units!"
+                          and r.quantity > r.shipped + r.cancelled) as "units!"
            from unnest($1::uuid[]) as o(id)"#,
         order_ids
     )

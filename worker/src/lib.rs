@@ -5,7 +5,8 @@
 //! # Layout
 //! - `lib.rs` (here): the process: one supervised apalis worker per step queue, the presence connection that
 //!   tells other workers this process is alive, graceful shutdown, the worker's own `/metrics`.
-//! - [`steps`]: one file per saga step (reserve, pay, commit, fulfil, release_inventory, cancel_payment) with
+//! - [`steps`]: one file per saga step (reserve, pay, commit, fulfil, release_inventory, cancel_payment, ship,
+//!   release_rest) with
 //!   everything about it: what it reads, decides and writes, its provider call, its failpoints.
 //! - [`runner`]: runs a step for a batch of jobs (one or many orders alike), executes what the step decided,
 //!   settles failures (retry with backoff, cancel, park), and gathers a queue's jobs into batches.

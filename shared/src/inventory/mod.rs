@@ -362,6 +362,9 @@ pub struct Reservation {
     pub sku: String,
     pub location: String,
     pub quantity: i64,
+    /// Of them, shipped by shipments, and given back when the rest of the order was cancelled.
+    pub shipped: i64,
+    pub cancelled: i64,
     pub status: ReservationStatus,
 }
 
@@ -372,7 +375,7 @@ pub async fn reservations_of(
 ) -> Result<Vec<Reservation>, sqlx::Error> {
     sqlx::query_as!(
         Reservation,
-        r#"select order_id, sku, location, quantity, status as "status: _" from reservations
+        r#"select order_id, sku, location, quantity, shipped, cancelled, status as "status: _" from reservations
            where order_id = any($1) order by order_id, sku, location"#,
         ids
     )
@@ -520,7 +523,8 @@ pub async fn commit_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<
 
 /// Compensation for one order or many: gives back everything they hold. RESERVED units leave `reserved`;
 /// COMMITTED units (taken from stock but never shipped) return to `on_hand`; the reservations become RELEASED.
-/// Units a shipment took (`shipped`) left the warehouse and are never given back.
+/// Units a shipment took (`shipped`) left the warehouse and are never given back; units a cancel of the rest gave
+/// back (`cancelled`) are not given back twice.
 /// The skus are locked in sorted order first. Idempotent (a RELEASED reservation is left alone). Returns how many
 /// reservations it released.
 #[tracing::instrument(skip_all, fields(orders = order_ids.len()), err)]
@@ -529,7 +533,7 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
     // The reservations are read (and locked) before they change: `returning` would give their new status only.
     const STATEMENT: &str = concat!(
         r#"with held as (
-               select order_id, sku, location, quantity, shipped, status from reservations
+               select order_id, sku, location, quantity - shipped - cancelled as units, status from reservations
                where order_id = any($1) and status <> 'RELEASED'
                for update
            ),
@@ -541,8 +545,8 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
            ),
            changes as (
                select sku, location,
-                      case when status = 'COMMITTED' then quantity - shipped else 0 end as on_hand_delta,
-                      case when status = 'RESERVED' then -(quantity - shipped) else 0 end as reserved_delta,
+                      case when status = 'COMMITTED' then units else 0 end as on_hand_delta,
+                      case when status = 'RESERVED' then -units else 0 end as reserved_delta,
                       $2::text as reason, order_id, null::uuid as adjustment_id, $3::text as actor
                from held
            ),
@@ -555,8 +559,8 @@ pub async fn release_many(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
 }
 
 /// Cancelling the rest of a shipment order: the units its reservations still hold (not shipped) leave `reserved`
-/// (`order_release` movements); each row ends COMMITTED if some of it shipped, else RELEASED. Shipped units stay
-/// shipped. The skus are locked in sorted order first. Idempotent (only RESERVED rows change). Returns how many
+/// (`order_release` movements) and are counted `cancelled`; each row ends COMMITTED if some of it shipped, else
+/// RELEASED. Shipped units stay shipped. The skus are locked in sorted order first. Idempotent (only RESERVED rows change). Returns how many
 /// reservations it changed.
 #[tracing::instrument(skip_all, fields(orders = order_ids.len()), err)]
 pub async fn release_rest(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
@@ -564,9 +568,10 @@ pub async fn release_rest(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result
     const STATEMENT: &str = concat!(
         r#"with r as (
                update reservations
-               set status = case when shipped > 0 then 'COMMITTED' else 'RELEASED' end, updated_at = now()
+               set status = case when shipped > 0 then 'COMMITTED' else 'RELEASED' end,
+                   cancelled = quantity - shipped - cancelled, updated_at = now()
                where order_id = any($1) and status = 'RESERVED'
-               returning order_id, sku, location, quantity - shipped as held
+               returning order_id, sku, location, cancelled as held
            ),
            changes as (
                select sku, location, 0::bigint as on_hand_delta, -held as reserved_delta,

@@ -549,13 +549,13 @@ pub async fn request_cancellation(
     let outcome = async {
         let order = lock(&mut tx, id).await?.ok_or(CancelError::NotFound(id))?;
         if order.status == OrderStatus::Paid && crate::shipment::in_flight(&mut *tx, id).await? {
-            return Err(CancelError::Shipping(id, "has a shipment being captured"));
+            return Err(CancelError::Shipping(id, "has a shipment on its way"));
         }
         match order.status {
             OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
             OrderStatus::Fulfilled => return Err(CancelError::Fulfilled(id)),
             OrderStatus::PartiallyFulfilled if crate::shipment::in_flight(&mut *tx, id).await? => {
-                return Err(CancelError::Shipping(id, "has a shipment being captured"));
+                return Err(CancelError::Shipping(id, "has a shipment on its way"));
             }
             // Already releasing the rest: repeating the request is harmless.
             OrderStatus::PartiallyFulfilled if order.current_step == Some(Step::ReleaseRest) => {}
@@ -568,6 +568,10 @@ pub async fn request_cancellation(
                     ..Move::new(&order)
                 };
                 advance(&mut tx, &[release]).await?;
+                // New work is progress: an order that waited days is not stuck the moment it is cancelled.
+                sqlx::query!("update orders set updated_at = now() where id = $1", id)
+                    .execute(&mut *tx)
+                    .await?;
                 tracing::info!("cancelling what is left of a partly shipped order");
             }
             OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid => {

@@ -40,13 +40,23 @@ impl SagaStep for ReleaseRest {
         orders: &[&OrderRow],
     ) -> Result<Vec<Decision<String>>, StepError> {
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
-        let released = inventory::release_rest(conn, &ids).await?;
-        tracing::info!(orders = ids.len(), released, "the units not shipped released");
         let intents: HashMap<Uuid, Option<String>> = payment::find_many(&mut *conn, &ids)
             .await?
             .into_iter()
             .map(|p| (p.order_id, p.provider_ref))
             .collect();
+        // Only the orders that go on to the call: one that fails has nothing written.
+        let releasing: Vec<Uuid> = ids
+            .iter()
+            .copied()
+            .filter(|id| intents.get(id).is_some_and(Option::is_some))
+            .collect();
+        let released = inventory::release_rest(conn, &releasing).await?;
+        tracing::info!(
+            orders = releasing.len(),
+            released,
+            "the units not shipped released"
+        );
         Ok(orders
             .iter()
             .map(|order| match intents.get(&order.id).cloned().flatten() {
