@@ -295,40 +295,36 @@ async fn a_saga_whose_job_ended_without_moving_it_is_resumed() {
     invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("D", 5)]).await;
 }
 
-/// A worker killed in the middle of a shipment of two of an order's three units, before the capture went out or
-/// after the provider captured and before anything was recorded: the next worker captures under the shipment's
-/// key, so the provider takes the shipment's value once (a partial capture, which a second one would add to),
-/// its units leave stock once and one `order.shipped` is written; the last unit ships after it, final.
-async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
+/// An app without an in-process worker, a shipment sku CRATE (5 at 700), a worker process with `failpoint` armed
+/// for `customer`, and that customer's order of 3 CRATEs, reserved and authorized (PAID, waiting).
+async fn paid_crate_order(failpoint: &str, customer: &str) -> (TestApp, Uuid, crate::helpers::Killed) {
     let app = spawn_app_with(without_worker(0)).await;
-    let response = app
-        .http
-        .put(format!("{}/v1/skus/CRATE", app.api))
-        .json(&serde_json::json!({"on_hand": 5, "price": 700, "currency": "USD", "fulfilment": "shipment"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-    let env = [("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())];
+    app.put_shipment_sku("CRATE", 5, 700).await;
     let armed = format!("{failpoint}=return({customer})");
     let with_failpoint = [
         ("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str()),
         ("FAILPOINTS", armed.as_str()),
     ];
-    let mut first = spawn_worker_process(&app.database_url, &with_failpoint);
+    let worker = spawn_worker_process(&app.database_url, &with_failpoint);
     let id = app.create_order(customer, &[("CRATE", 3)], "pm_card_visa").await;
-    app.wait_until(id, Duration::from_secs(30), |o| {
-        o["payment"]["status"] == "AUTHORIZED"
-    })
-    .await;
+    app.wait_paid(id).await;
+    (app, id, worker)
+}
+
+/// A worker killed in the middle of a shipment of two of an order's three units, before the capture went out or
+/// after the provider captured and before anything was recorded: the next worker captures under the shipment's
+/// key, so the provider takes the shipment's value once (a partial capture, which a second one would add to),
+/// its units leave stock once and one `order.shipped` is written; the last unit ships after it, final.
+async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
+    let (app, id, mut first) = paid_crate_order(failpoint, customer).await;
     let ship = |key: &'static str, quantity: i64| {
-        app.http
-            .post(format!("{}/v1/orders/{id}/shipments", app.api))
-            .header("Idempotency-Key", key)
-            .json(&serde_json::json!({"lines": [{"sku": "CRATE", "quantity": quantity}]}))
-            .send()
+        app.ship(
+            id,
+            key,
+            serde_json::json!({"lines": [{"sku": "CRATE", "quantity": quantity}]}),
+        )
     };
-    assert_eq!(ship("crate-two", 2).await.unwrap().status(), 202);
+    assert_eq!(ship("crate-two", 2).await.0, 202);
     assert!(
         first.wait_exit(Duration::from_secs(20)).await.is_some(),
         "the worker died at {failpoint}"
@@ -349,7 +345,10 @@ async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
         "nothing left stock before the capture was recorded"
     );
 
-    let _second = spawn_worker_process(&app.database_url, &env);
+    let _second = spawn_worker_process(
+        &app.database_url,
+        &[("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())],
+    );
     let order = app
         .wait_until(id, Duration::from_secs(30), |o| {
             o["status"] == "PARTIALLY_FULFILLED"
@@ -373,7 +372,7 @@ async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
         .count();
     assert_eq!(shipped, 1, "one order.shipped");
 
-    assert_eq!(ship("crate-last", 1).await.unwrap().status(), 202);
+    assert_eq!(ship("crate-last", 1).await.0, 202);
     let order = app.wait_terminal(id).await;
     assert_eq!(
         (order["status"].as_str(), order["payment"]["status"].as_str()),
@@ -404,40 +403,15 @@ async fn a_worker_killed_after_a_shipments_capture_is_finished_by_the_next_witho
 /// exactly what shipped.
 #[tokio::test]
 async fn a_worker_killed_while_releasing_the_rest_of_a_partly_shipped_order_is_finished_by_the_next() {
-    let app = spawn_app_with(without_worker(0)).await;
-    let response = app
-        .http
-        .put(format!("{}/v1/skus/CRATE", app.api))
-        .json(&serde_json::json!({"on_hand": 5, "price": 700, "currency": "USD", "fulfilment": "shipment"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-    let env = [("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())];
-    let with_failpoint = [
-        ("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str()),
-        (
-            "FAILPOINTS",
-            "worker.release_rest.before_release=return(die-releasing)",
-        ),
-    ];
-    let mut first = spawn_worker_process(&app.database_url, &with_failpoint);
-    let id = app
-        .create_order("die-releasing", &[("CRATE", 3)], "pm_card_visa")
+    let (app, id, mut first) = paid_crate_order("worker.release_rest.before_release", "die-releasing").await;
+    let (status, _) = app
+        .ship(
+            id,
+            "one-crate",
+            serde_json::json!({"lines": [{"sku": "CRATE", "quantity": 1}]}),
+        )
         .await;
-    app.wait_until(id, Duration::from_secs(30), |o| {
-        o["payment"]["status"] == "AUTHORIZED"
-    })
-    .await;
-    let shipped = app
-        .http
-        .post(format!("{}/v1/orders/{id}/shipments", app.api))
-        .header("Idempotency-Key", "one-crate")
-        .json(&serde_json::json!({"lines": [{"sku": "CRATE", "quantity": 1}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(shipped.status(), 202);
+    assert_eq!(status, 202);
     app.wait_until(id, Duration::from_secs(30), |o| {
         o["status"] == "PARTIALLY_FULFILLED"
     })
@@ -459,7 +433,10 @@ async fn a_worker_killed_while_releasing_the_rest_of_a_partly_shipped_order_is_f
         "the units not shipped went back with the attempt, before the call: {sku}"
     );
 
-    let _second = spawn_worker_process(&app.database_url, &env);
+    let _second = spawn_worker_process(
+        &app.database_url,
+        &[("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())],
+    );
     let order = app.wait_terminal(id).await;
     assert_eq!(order["status"], "FULFILLED", "{order}");
     let intent = &app.intents_of(id).await[0];

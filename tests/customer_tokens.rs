@@ -35,7 +35,7 @@ async fn mint(app: &TestApp, key: Option<&str>, body: Value) -> reqwest::Respons
         .unwrap()
 }
 
-async fn token_for(app: &TestApp, customer: &str) -> String {
+pub(crate) async fn token_for(app: &TestApp, customer: &str) -> String {
     let response = mint(app, None, json!({"customer_id": customer})).await;
     assert_eq!(response.status(), 201);
     assert_eq!(response.headers()["cache-control"], "no-store");

@@ -626,28 +626,17 @@ async fn operators_create_and_revoke_keys_on_the_keys_page() {
 #[tokio::test]
 async fn a_saga_shows_its_shipments_and_waiting_for_the_warehouse_is_not_stuck() {
     let app = spawn_app_with(Options::default()).await;
-    let created = app
-        .http
-        .put(format!("{}/v1/skus/CRATE", app.api))
-        .json(&json!({"on_hand": 5, "price": 700, "currency": "USD", "fulfilment": "shipment"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(created.status().is_success());
+    app.put_shipment_sku("CRATE", 5, 700).await;
     let id = app.create_order("crates", &[("CRATE", 3)], "pm_card_visa").await;
-    app.wait_until(id, Duration::from_secs(30), |o| {
-        o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
-    })
-    .await;
-    let shipped = app
-        .http
-        .post(format!("{}/v1/orders/{id}/shipments", app.api))
-        .header("Idempotency-Key", "crates-1")
-        .json(&json!({"lines": [{"sku": "CRATE", "quantity": 2}], "carrier": "DHL", "tracking": "JD77"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(shipped.status(), 202);
+    app.wait_paid(id).await;
+    let (status, _) = app
+        .ship(
+            id,
+            "crates-1",
+            json!({"lines": [{"sku": "CRATE", "quantity": 2}], "carrier": "DHL", "tracking": "JD77"}),
+        )
+        .await;
+    assert_eq!(status, 202);
     app.wait_for(id, &["PARTIALLY_FULFILLED"], Duration::from_secs(30))
         .await;
     // Past the test apps' stuck threshold (1 s) without progress.

@@ -268,6 +268,36 @@ impl TestApp {
         );
     }
 
+    /// PUTs a sku fulfilled by shipment (its orders wait in PAID for shipments).
+    pub async fn put_shipment_sku(&self, sku: &str, on_hand: i64, price: i64) {
+        let response = self
+            .http
+            .put(format!("{}/v1/skus/{sku}", self.api))
+            .json(&json!({"on_hand": on_hand, "price": price, "currency": "USD", "fulfilment": "shipment"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "PUT sku {sku}: {}",
+            response.status()
+        );
+    }
+
+    /// POSTs a shipment of order `id` with Idempotency-Key `key`; the status and the answer.
+    pub async fn ship(&self, id: Uuid, key: &str, body: Value) -> (u16, Value) {
+        post_shipment(&self.http, &self.api, id, key, body).await
+    }
+
+    /// Polls the order until it is PAID with its payment AUTHORIZED (the view reads the order and its payment
+    /// apart, so the payment alone can be seen a moment before the order moves).
+    pub async fn wait_paid(&self, id: Uuid) -> Value {
+        self.wait_until(id, Duration::from_secs(30), |o| {
+            o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
+        })
+        .await
+    }
+
     /// GETs `url` and parses the JSON answer, whatever its status.
     pub async fn get_json(&self, url: &str) -> Value {
         self.http.get(url).send().await.unwrap().json().await.unwrap()
@@ -442,6 +472,24 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// POSTs a shipment with Idempotency-Key `key` (with a client of one's own, for requests sent from spawned tasks).
+pub async fn post_shipment(
+    http: &reqwest::Client,
+    api: &str,
+    id: Uuid,
+    key: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = http
+        .post(format!("{api}/v1/orders/{id}/shipments"))
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
 }
 
 pub fn order_body(customer: &str, lines: &[(&str, i64)], token: &str) -> Value {

@@ -98,11 +98,7 @@ async fn a_shipment_order_waits_in_paid_with_a_multicapture_hold_until_it_is_can
     let id = app
         .create_order("ships", &[("DIGITAL", 1), ("BOX", 2)], "pm_card_visa")
         .await;
-    let order = app
-        .wait_until(id, Duration::from_secs(30), |o| {
-            o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
-        })
-        .await;
+    let order = app.wait_paid(id).await;
     assert_eq!(order["fulfilment"], "shipment", "{order}");
     assert_eq!(order["current_step"], Value::Null, "nothing runs: {order}");
     let total = 500 + 2 * 1000;
@@ -229,31 +225,11 @@ async fn an_auto_order_is_unchanged_and_keeps_the_mode_it_was_created_with() {
 
     // An order placed after the change is a shipment order.
     let later = app.create_order("later", &[("SOON", 1)], "pm_card_visa").await;
-    let waiting = app
-        .wait_until(later, Duration::from_secs(30), |o| {
-            o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
-        })
-        .await;
+    let waiting = app.wait_paid(later).await;
     assert_eq!(
         (&waiting["status"], &waiting["fulfilment"]),
         (&json!("PAID"), &json!("shipment"))
     );
-}
-
-/// POSTs a shipment of `lines` with Idempotency-Key `key`; returns the status and the answer.
-async fn ship(app: &TestApp, id: Uuid, key: &str, body: Value) -> (u16, Value) {
-    post_shipment(&app.http, &app.api, id, key, body).await
-}
-
-async fn post_shipment(http: &reqwest::Client, api: &str, id: Uuid, key: &str, body: Value) -> (u16, Value) {
-    let response = http
-        .post(format!("{api}/v1/orders/{id}/shipments"))
-        .header("Idempotency-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
 }
 
 /// The order's shipments as the API lists them.
@@ -287,22 +263,12 @@ async fn wait_shipment(app: &TestApp, id: Uuid, shipment: &Value, status: &str) 
 /// Three shipment skus, and a PAID order of one, two and one of them (1,000 + 2 × 250 + 800 = 2,300).
 async fn paid_shipment_order(app: &TestApp, customer: &str) -> Uuid {
     for (sku, price) in [("BOX", 1000), ("TAPE", 250), ("MUG", 800)] {
-        let response = app
-            .http
-            .put(format!("{}/v1/skus/{sku}", app.api))
-            .json(&json!({"on_hand": 10, "price": price, "currency": "USD", "fulfilment": "shipment"}))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
+        app.put_shipment_sku(sku, 10, price).await;
     }
     let id = app
         .create_order(customer, &[("BOX", 1), ("TAPE", 2), ("MUG", 1)], "pm_card_visa")
         .await;
-    app.wait_until(id, Duration::from_secs(30), |o| {
-        o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
-    })
-    .await;
+    app.wait_paid(id).await;
     id
 }
 
@@ -313,7 +279,7 @@ async fn shipping_two_of_three_lines_captures_their_value_and_shipping_the_rest_
 
     let first_body = json!({"lines": [{"sku": "BOX", "quantity": 1}, {"sku": "TAPE", "quantity": 2}],
                             "carrier": "DHL", "tracking": "JD0001"});
-    let (status, first) = ship(&app, id, "ship-1", first_body.clone()).await;
+    let (status, first) = app.ship(id, "ship-1", first_body.clone()).await;
     assert_eq!(status, 202, "{first}");
     assert_eq!(
         (&first["status"], &first["amount"]),
@@ -321,7 +287,7 @@ async fn shipping_two_of_three_lines_captures_their_value_and_shipping_the_rest_
         "{first}"
     );
     // The same key and body: the same shipment, not a second one.
-    let (status, again) = ship(&app, id, "ship-1", first_body).await;
+    let (status, again) = app.ship(id, "ship-1", first_body).await;
     assert_eq!((status, &again["id"]), (202, &first["id"]), "{again}");
     let done = wait_shipment(&app, id, &first, "DONE").await;
     assert_eq!(done["final_capture"], false, "{done}");
@@ -354,20 +320,20 @@ async fn shipping_two_of_three_lines_captures_their_value_and_shipping_the_rest_
         ("over-1", json!([{"sku": "BOX", "quantity": 1}])),
         ("over-2", json!([{"sku": "MUG", "quantity": 2}])),
     ] {
-        let (status, problem) = ship(&app, id, key, json!({"lines": lines})).await;
+        let (status, problem) = app.ship(id, key, json!({"lines": lines})).await;
         assert_eq!(status, 409, "{problem}");
         assert_eq!(
             problem["type"], "urn:orderflow:problem:shipment-exceeds-order",
             "{problem}"
         );
     }
-    let (status, problem) = ship(
-        &app,
-        id,
-        "not-a-line",
-        json!({"lines": [{"sku": "SOCK", "quantity": 1}]}),
-    )
-    .await;
+    let (status, problem) = app
+        .ship(
+            id,
+            "not-a-line",
+            json!({"lines": [{"sku": "SOCK", "quantity": 1}]}),
+        )
+        .await;
     assert_eq!(
         (status, &problem["field"]),
         (422, &json!("lines[0].sku")),
@@ -379,13 +345,9 @@ async fn shipping_two_of_three_lines_captures_their_value_and_shipping_the_rest_
         "nothing written by the refusals"
     );
 
-    let (status, last) = ship(
-        &app,
-        id,
-        "ship-2",
-        json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
-    )
-    .await;
+    let (status, last) = app
+        .ship(id, "ship-2", json!({"lines": [{"sku": "MUG", "quantity": 1}]}))
+        .await;
     assert_eq!(status, 202, "{last}");
     let last_done = wait_shipment(&app, id, &last, "DONE").await;
     assert_eq!(last_done["final_capture"], true, "{last_done}");
@@ -439,13 +401,13 @@ async fn a_shipment_is_refused_for_an_auto_order_a_missing_order_bad_fields_and_
     app.put_sku("EBOOK", 5, 900).await;
     let auto = app.create_order("auto", &[("EBOOK", 1)], "pm_card_visa").await;
     app.wait_terminal(auto).await;
-    let (status, problem) = ship(
-        &app,
-        auto,
-        "auto-1",
-        json!({"lines": [{"sku": "EBOOK", "quantity": 1}]}),
-    )
-    .await;
+    let (status, problem) = app
+        .ship(
+            auto,
+            "auto-1",
+            json!({"lines": [{"sku": "EBOOK", "quantity": 1}]}),
+        )
+        .await;
     assert_eq!(
         (status, &problem["type"]),
         (409, &json!("urn:orderflow:problem:order-not-shippable")),
@@ -453,13 +415,13 @@ async fn a_shipment_is_refused_for_an_auto_order_a_missing_order_bad_fields_and_
     );
 
     let nobody = Uuid::now_v7();
-    let (status, _) = ship(
-        &app,
-        nobody,
-        "nobody",
-        json!({"lines": [{"sku": "EBOOK", "quantity": 1}]}),
-    )
-    .await;
+    let (status, _) = app
+        .ship(
+            nobody,
+            "nobody",
+            json!({"lines": [{"sku": "EBOOK", "quantity": 1}]}),
+        )
+        .await;
     assert_eq!(status, 404);
     for (body, field) in [
         (json!({"lines": []}), "lines"),
@@ -472,10 +434,10 @@ async fn a_shipment_is_refused_for_an_auto_order_a_missing_order_bad_fields_and_
             "location",
         ),
     ] {
-        let (status, problem) = ship(&app, auto, "bad", body).await;
+        let (status, problem) = app.ship(auto, "bad", body).await;
         assert_eq!((status, &problem["field"]), (422, &json!(field)), "{problem}");
     }
-    let (status, _) = ship(&app, auto, "extra", json!({"lines": [], "gift": true})).await;
+    let (status, _) = app.ship(auto, "extra", json!({"lines": [], "gift": true})).await;
     assert_eq!(status, 422);
     let no_key = app
         .http
@@ -487,18 +449,8 @@ async fn a_shipment_is_refused_for_an_auto_order_a_missing_order_bad_fields_and_
     assert_eq!(no_key.status(), 400);
 
     // A customer's token reads its order's shipments but ships nothing.
-    let token: Value = app
-        .http
-        .post(format!("{}/v1/customer_tokens", app.api))
-        .json(&json!({"customer_id": "auto", "ttl_seconds": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let customer =
-        crate::helpers::client_with_key(token["token"].as_str().unwrap(), reqwest::Client::builder());
+    let token = crate::customer_tokens::token_for(&app, "auto").await;
+    let customer = crate::helpers::client_with_key(&token, reqwest::Client::builder());
     let refused = customer
         .post(format!("{}/v1/orders/{auto}/shipments", app.api))
         .header("Idempotency-Key", "mine")
@@ -530,13 +482,9 @@ async fn a_capture_the_provider_refuses_fails_the_shipment_and_nothing_ships() {
         .unwrap();
     assert!(voided.status().is_success(), "{}", voided.status());
 
-    let (status, shipment) = ship(
-        &app,
-        id,
-        "doomed",
-        json!({"lines": [{"sku": "BOX", "quantity": 1}]}),
-    )
-    .await;
+    let (status, shipment) = app
+        .ship(id, "doomed", json!({"lines": [{"sku": "BOX", "quantity": 1}]}))
+        .await;
     assert_eq!(status, 202, "{shipment}");
     let failed = wait_shipment(&app, id, &shipment, "FAILED").await;
     assert!(
@@ -585,11 +533,11 @@ async fn two_shipments_of_the_same_units_at_once_ship_them_once() {
         .unwrap();
     let first = tokio::spawn({
         let (http, api, body) = (app.http.clone(), app.api.clone(), body.clone());
-        async move { post_shipment(&http, &api, id, "race-a", body).await }
+        async move { crate::helpers::post_shipment(&http, &api, id, "race-a", body).await }
     });
     let second = tokio::spawn({
         let (http, api) = (app.http.clone(), app.api.clone());
-        async move { post_shipment(&http, &api, id, "race-b", body).await }
+        async move { crate::helpers::post_shipment(&http, &api, id, "race-b", body).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     holder.rollback().await.unwrap();
@@ -615,15 +563,11 @@ async fn two_shipments_of_the_same_units_at_once_ship_them_once() {
 async fn shipments_sent_at_once_run_one_after_another_and_only_the_last_capture_is_final() {
     let app = spawn_app().await;
     let id = paid_shipment_order(&app, "three-at-once").await;
-    let sent = futures::future::join_all([("BOX", 1), ("TAPE", 2), ("MUG", 1)].map(|(sku, quantity)| {
-        ship(
-            &app,
-            id,
-            sku,
-            json!({"lines": [{"sku": sku, "quantity": quantity}]}),
-        )
-    }))
-    .await;
+    let sent =
+        futures::future::join_all([("BOX", 1), ("TAPE", 2), ("MUG", 1)].map(|(sku, quantity)| {
+            app.ship(id, sku, json!({"lines": [{"sku": sku, "quantity": quantity}]}))
+        }))
+        .await;
     assert!(sent.iter().all(|(status, _)| *status == 202), "{sent:?}");
     let order = app.wait_terminal(id).await;
     assert_eq!(
@@ -678,31 +622,24 @@ async fn a_shipment_takes_units_from_the_location_it_names_first_then_in_allocat
     let id = app
         .create_order("two-places", &[("LAMP", 4)], "pm_card_visa")
         .await;
-    app.wait_until(id, Duration::from_secs(30), |o| {
-        o["status"] == "PAID" && o["payment"]["status"] == "AUTHORIZED"
-    })
-    .await;
+    app.wait_paid(id).await;
 
-    let (status, first) = ship(
-        &app,
-        id,
-        "west-first",
-        json!({"lines": [{"sku": "LAMP", "quantity": 1}], "location": "west"}),
-    )
-    .await;
+    let (status, first) = app
+        .ship(
+            id,
+            "west-first",
+            json!({"lines": [{"sku": "LAMP", "quantity": 1}], "location": "west"}),
+        )
+        .await;
     assert_eq!(status, 202, "{first}");
     assert_eq!(
         first["lines"],
         json!([{"sku": "LAMP", "quantity": 1, "location": "west"}])
     );
     wait_shipment(&app, id, &first, "DONE").await;
-    let (status, rest) = ship(
-        &app,
-        id,
-        "the-rest",
-        json!({"lines": [{"sku": "LAMP", "quantity": 3}]}),
-    )
-    .await;
+    let (status, rest) = app
+        .ship(id, "the-rest", json!({"lines": [{"sku": "LAMP", "quantity": 3}]}))
+        .await;
     assert_eq!(status, 202, "{rest}");
     assert_eq!(
         rest["lines"],
@@ -737,13 +674,13 @@ async fn a_shipment_takes_units_from_the_location_it_names_first_then_in_allocat
 async fn cancelling_a_partly_shipped_order_releases_the_rest_and_keeps_what_shipped() {
     let app = spawn_app().await;
     let id = paid_shipment_order(&app, "changed-mind").await;
-    let (status, first) = ship(
-        &app,
-        id,
-        "part",
-        json!({"lines": [{"sku": "BOX", "quantity": 1}, {"sku": "TAPE", "quantity": 1}]}),
-    )
-    .await;
+    let (status, first) = app
+        .ship(
+            id,
+            "part",
+            json!({"lines": [{"sku": "BOX", "quantity": 1}, {"sku": "TAPE", "quantity": 1}]}),
+        )
+        .await;
     assert_eq!(status, 202, "{first}");
     app.wait_for(id, &["PARTIALLY_FULFILLED"], Duration::from_secs(30))
         .await;
@@ -804,13 +741,9 @@ async fn cancelling_a_partly_shipped_order_releases_the_rest_and_keeps_what_ship
             "{sku}: {now}"
         );
     }
-    let (status, problem) = ship(
-        &app,
-        id,
-        "too-late",
-        json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
-    )
-    .await;
+    let (status, problem) = app
+        .ship(id, "too-late", json!({"lines": [{"sku": "MUG", "quantity": 1}]}))
+        .await;
     assert_eq!(
         (status, &problem["type"]),
         (409, &json!("urn:orderflow:problem:order-not-shippable")),
@@ -849,13 +782,9 @@ async fn a_cancel_waits_for_a_shipment_on_its_way_and_nothing_ships_once_the_res
     })
     .await;
     let id = paid_shipment_order(&app, "waits").await;
-    let (status, first) = ship(
-        &app,
-        id,
-        "first",
-        json!({"lines": [{"sku": "BOX", "quantity": 1}]}),
-    )
-    .await;
+    let (status, first) = app
+        .ship(id, "first", json!({"lines": [{"sku": "BOX", "quantity": 1}]}))
+        .await;
     assert_eq!(status, 202, "{first}");
     wait_shipment(&app, id, &first, "DONE").await;
     app.wait_for(id, &["PARTIALLY_FULFILLED"], Duration::from_secs(30))
@@ -867,13 +796,9 @@ async fn a_cancel_waits_for_a_shipment_on_its_way_and_nothing_ships_once_the_res
         202,
         "a repeat while it waits is harmless"
     );
-    let (status, problem) = ship(
-        &app,
-        id,
-        "after",
-        json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
-    )
-    .await;
+    let (status, problem) = app
+        .ship(id, "after", json!({"lines": [{"sku": "MUG", "quantity": 1}]}))
+        .await;
     assert_eq!(
         (status, &problem["type"]),
         (409, &json!("urn:orderflow:problem:order-not-shippable")),
@@ -895,13 +820,9 @@ async fn a_cancel_while_a_shipment_is_on_its_way_is_refused() {
     })
     .await;
     let id = paid_shipment_order(&app, "on-its-way").await;
-    let (status, pending) = ship(
-        &app,
-        id,
-        "pending",
-        json!({"lines": [{"sku": "BOX", "quantity": 1}]}),
-    )
-    .await;
+    let (status, pending) = app
+        .ship(id, "pending", json!({"lines": [{"sku": "BOX", "quantity": 1}]}))
+        .await;
     assert_eq!(
         (status, &pending["status"]),
         (202, &json!("PENDING")),

@@ -78,7 +78,7 @@ WITH t AS (
         to_status text, cancel_reason text, cancel_note text, event_id uuid, event_type text,
         from_status text, event_reason text, set_step boolean, current_step text, job_id text,
         job_step text, queue text, job_attempt integer, run_after double precision, trace text,
-        hold_secs double precision, last_error text, shipment_id uuid)
+        hold_secs double precision, last_error text, shipment_id uuid, progress boolean)
 ),
 attempts_closed AS (
     UPDATE saga_steps SET status = t.log_status, error = t.log_note, finished_at = now()
@@ -98,7 +98,8 @@ o AS (
         job_id = coalesce(t.job_id, orders.job_id),
         reserved_until = coalesce(now() + make_interval(secs => t.hold_secs), orders.reserved_until),
         last_error = coalesce(t.last_error, orders.last_error),
-        updated_at = CASE WHEN t.to_status IS NULL THEN orders.updated_at ELSE now() END
+        updated_at = CASE WHEN t.to_status IS NULL AND NOT coalesce(t.progress, false) THEN orders.updated_at
+                          ELSE now() END
     FROM t
     WHERE orders.id = t.id
       AND (t.to_status IS NOT NULL OR t.job_id IS NOT NULL OR t.hold_secs IS NOT NULL OR t.last_error IS NOT NULL)

@@ -289,7 +289,7 @@ pub fn resume(
     match status {
         OrderStatus::Created => Some(Step::Reserve),
         OrderStatus::Reserved => Some(Step::Pay),
-        OrderStatus::Paid | OrderStatus::PartiallyFulfilled if fulfilment == Fulfilment::Shipment => None,
+        OrderStatus::Paid if fulfilment == Fulfilment::Shipment => None,
         OrderStatus::Paid if capture_recorded => Some(Step::Fulfil),
         OrderStatus::Paid => Some(Step::Commit),
         // Only a shipment order is ever PARTIALLY_FULFILLED.
@@ -339,7 +339,7 @@ pub struct Ending {
 
 impl Ending {
     /// `step` did its work: the order moves as a success of `step` moves it and the next step is queued. (A step
-    /// whose next depends on the order uses [`Ending::succeeded_for`] or [`Ending::then`].)
+    /// whose next depends on the order says so with [`Ending::then`].)
     pub fn succeeded(step: Step) -> Self {
         Self {
             status: AttemptStatus::Succeeded,
@@ -348,15 +348,6 @@ impl Ending {
             next: step.next(),
             hold_for: None,
             shipment: None,
-        }
-    }
-
-    /// `step` did its work for `order`: as [`Ending::succeeded`], with what runs next as [`Step::next_for`] the
-    /// order's fulfilment says.
-    pub fn succeeded_for(step: Step, order: &OrderRow) -> Self {
-        Self {
-            next: step.next_for(order.fulfilment),
-            ..Self::succeeded(step)
         }
     }
 
@@ -812,12 +803,12 @@ mod tests {
         }
         let mut order = order_in(OrderStatus::Reserved);
         order.fulfilment = Fulfilment::Shipment;
-        let ending = Ending::succeeded_for(Step::Pay, &order);
+        let ending = Ending::succeeded(Step::Pay).then(Step::Pay.next_for(order.fulfilment));
         assert_eq!(ending.transition, Some(Transition::Pay));
         assert_eq!(ending.next, None);
         order.fulfilment = Fulfilment::Auto;
         assert_eq!(
-            Ending::succeeded_for(Step::Pay, &order),
+            Ending::succeeded(Step::Pay).then(Step::Pay.next_for(order.fulfilment)),
             Ending::succeeded(Step::Pay)
         );
     }

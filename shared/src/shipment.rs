@@ -390,13 +390,10 @@ async fn create_in(
     if queue_ship {
         let ship = Move {
             next: Some(NextJob::first(Step::Ship)),
+            progress: true,
             ..Move::new(&order)
         };
         order::advance(&mut *tx, &[ship]).await?;
-        // New work is progress: an order that waited days for the warehouse is not stuck the moment it ships.
-        sqlx::query!("update orders set updated_at = now() where id = $1", id)
-            .execute(&mut *tx)
-            .await?;
     }
     let shipment = Shipment {
         row,

@@ -341,10 +341,9 @@ impl Runner {
         };
         step_log::fail_attempt(conn, job.order_id, step, job.attempt, &self.instance, &message).await?;
         let last_error = Some(format!("{step}: {message}"));
-        // A step that never gives up (ship, release_rest) whose job is not the saga's current one any more (a
-        // leftover ship job of an order whose rest was cancelled) must not take the saga back: noted only.
-        let overtaken = step.never_gives_up() && order.current_step != Some(step);
-        if !step.runs_in(order.status) || overtaken {
+        // A job whose step is no longer the saga's current one (a leftover ship job of an order whose rest was
+        // cancelled, or that waits for shipments) must not take the saga back: noted only.
+        if !step.runs_in(order.status) || order.current_step != Some(step) {
             tracing::info!(status = %order.status, error = message, "step failed after the saga moved on");
             let noted = Move {
                 last_error,

@@ -36,6 +36,9 @@ pub struct Move<'a> {
     pub parked_in: Option<Step>,
     /// The shipment the transition's event names (`order.shipped`, `order.shipment_failed`).
     pub shipment_id: Option<Uuid>,
+    /// New work a client asked for (a shipment, a cancel of the rest): progress, as a transition is, so the
+    /// order's `updated_at` moves and it does not count as stuck. A retry is not progress.
+    pub progress: bool,
 }
 
 /// Which attempt of which step, run by whom.
@@ -70,6 +73,7 @@ impl<'a> Move<'a> {
             last_error: None,
             parked_in: None,
             shipment_id: None,
+            progress: false,
         }
     }
 
@@ -126,6 +130,9 @@ struct MoveRow<'a> {
     /// Absent (not null) on every move but a shipment's, so the others' JSON stays as it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     shipment_id: Option<Uuid>,
+    /// Absent unless true, likewise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    progress: bool,
 }
 
 /// The statement. Composed with the queue's job inserts (the one piece of SQL that writes a job row), so not a `query!`.
@@ -139,7 +146,7 @@ pub const STATEMENT: &str = concat!(
                undo text, to_status text, cancel_reason text, cancel_note text, event_id uuid, event_type text,
                from_status text, event_reason text, set_step boolean, current_step text, job_id text,
                job_step text, queue text, job_attempt integer, run_after double precision, trace text,
-               hold_secs double precision, last_error text, shipment_id uuid)
+               hold_secs double precision, last_error text, shipment_id uuid, progress boolean)
        ),
        attempts_closed as (
            update saga_steps set status = t.log_status, error = t.log_note, finished_at = now()
@@ -159,7 +166,8 @@ pub const STATEMENT: &str = concat!(
                job_id = coalesce(t.job_id, orders.job_id),
                reserved_until = coalesce(now() + make_interval(secs => t.hold_secs), orders.reserved_until),
                last_error = coalesce(t.last_error, orders.last_error),
-               updated_at = case when t.to_status is null then orders.updated_at else now() end
+               updated_at = case when t.to_status is null and not coalesce(t.progress, false) then orders.updated_at
+                                 else now() end
            from t
            where orders.id = t.id
              and (t.to_status is not null or t.job_id is not null or t.hold_secs is not null
@@ -251,6 +259,7 @@ pub async fn advance(
                 hold_secs: m.hold_for.map(|d| d.as_secs_f64()),
                 last_error: m.last_error.as_deref(),
                 shipment_id: m.shipment_id,
+                progress: m.progress,
             }
         })
         .collect();

@@ -548,15 +548,14 @@ pub async fn request_cancellation(
     let mut tx = pool.begin().await?;
     let outcome = async {
         let order = lock(&mut tx, id).await?.ok_or(CancelError::NotFound(id))?;
-        if order.status == OrderStatus::Paid && crate::shipment::in_flight(&mut *tx, id).await? {
+        let shipping = matches!(order.status, OrderStatus::Paid | OrderStatus::PartiallyFulfilled)
+            && order.fulfilment == Fulfilment::Shipment;
+        if shipping && crate::shipment::in_flight(&mut *tx, id).await? {
             return Err(CancelError::Shipping(id, "has a shipment on its way"));
         }
         match order.status {
             OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
             OrderStatus::Fulfilled => return Err(CancelError::Fulfilled(id)),
-            OrderStatus::PartiallyFulfilled if crate::shipment::in_flight(&mut *tx, id).await? => {
-                return Err(CancelError::Shipping(id, "has a shipment on its way"));
-            }
             // Already releasing the rest: repeating the request is harmless.
             OrderStatus::PartiallyFulfilled if order.current_step == Some(Step::ReleaseRest) => {}
             OrderStatus::PartiallyFulfilled => {
@@ -565,13 +564,10 @@ pub async fn request_cancellation(
                 let release = Move {
                     next: Some(crate::queue::NextJob::first(Step::ReleaseRest)),
                     cancel_note: note.clone(),
+                    progress: true,
                     ..Move::new(&order)
                 };
                 advance(&mut tx, &[release]).await?;
-                // New work is progress: an order that waited days is not stuck the moment it is cancelled.
-                sqlx::query!("update orders set updated_at = now() where id = $1", id)
-                    .execute(&mut *tx)
-                    .await?;
                 tracing::info!("cancelling what is left of a partly shipped order");
             }
             OrderStatus::Created | OrderStatus::Reserved | OrderStatus::Paid => {

@@ -118,7 +118,9 @@ impl SagaStep for Pay {
             .map(|(order, verdict)| {
                 let still_reserved = Self::STEP.runs_in(order.status);
                 match (verdict, still_reserved) {
-                    (Authorization::Authorized { .. }, true) => Ending::succeeded_for(Self::STEP, order),
+                    (Authorization::Authorized { .. }, true) => {
+                        Ending::succeeded(Self::STEP).then(Self::STEP.next_for(order.fulfilment))
+                    }
                     // Cancelled while the call was out: cancel_payment voids this hold.
                     (Authorization::Authorized { .. }, false) => Ending::overtaken(LEFT_RESERVED),
                     (Authorization::Declined { code, .. }, true) => {
