@@ -398,6 +398,88 @@ async fn a_worker_killed_after_a_shipments_capture_is_finished_by_the_next_witho
     a_shipment_survives_a_worker_killed("worker.ship.after_capture", "die-after-ship-capture").await;
 }
 
+/// A worker killed in the middle of a refund of 500 of the 1,400 two shipped units captured, before the refund
+/// went out or after the provider refunded and before anything was recorded: the next worker asks under the
+/// refund's key, so the provider refunds 500 once (a second refund would add to it) and one `order.refunded` is
+/// written; the order then ships its last unit and ends with money and stock exact.
+async fn a_refund_survives_a_worker_killed(failpoint: &str, customer: &str) {
+    let (app, id, mut first) = paid_crate_order(failpoint, customer).await;
+    let (status, _) = app
+        .ship(
+            id,
+            "crate-two",
+            serde_json::json!({"lines": [{"sku": "CRATE", "quantity": 2}]}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    app.wait_until(id, Duration::from_secs(30), |o| {
+        o["status"] == "PARTIALLY_FULFILLED"
+    })
+    .await;
+    let (status, refund) = app
+        .refund(
+            id,
+            "part-back",
+            serde_json::json!({"amount": 500, "reason": "requested_by_customer"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{refund}");
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the worker died at {failpoint}"
+    );
+    let expected_before = if failpoint.ends_with("after_call") { 500 } else { 0 };
+    assert_eq!(
+        app.intents_of(id).await[0]["amount_refunded"],
+        expected_before,
+        "what the provider refunded before the crash"
+    );
+
+    let _second = spawn_worker_process(
+        &app.database_url,
+        &[("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())],
+    );
+    app.wait_refund(id, &refund, "DONE").await;
+    let intent = &app.intents_of(id).await[0];
+    assert_eq!(
+        (
+            intent["amount_received"].as_i64(),
+            intent["amount_refunded"].as_i64()
+        ),
+        (Some(1400), Some(500)),
+        "refunded once: {intent}"
+    );
+    let refunded = app
+        .events(id)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "order.refunded")
+        .count();
+    assert_eq!(refunded, 1, "one order.refunded");
+
+    let (status, _) = app
+        .ship(
+            id,
+            "crate-last",
+            serde_json::json!({"lines": [{"sku": "CRATE", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let order = app.wait_terminal(id).await;
+    assert_eq!(order["status"], "FULFILLED", "{order}");
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("CRATE", 5)]).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_before_a_refund_is_asked_is_finished_by_the_next_refunding_once() {
+    a_refund_survives_a_worker_killed("worker.refund.before_call", "die-before-refund").await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_after_a_refund_is_finished_by_the_next_without_a_second_refund() {
+    a_refund_survives_a_worker_killed("worker.refund.after_call", "die-after-refund").await;
+}
+
 /// A worker killed after a partly shipped order's cancel gave back the units not shipped, before the rest of the
 /// hold was released: the next worker releases it under the order's key and ends the order FULFILLED, charged
 /// exactly what shipped.
@@ -442,7 +524,7 @@ async fn a_worker_killed_while_releasing_the_rest_of_a_partly_shipped_order_is_f
     let intent = &app.intents_of(id).await[0];
     assert_eq!(
         (intent["status"].as_str(), intent["amount_received"].as_i64()),
-        (Some("canceled"), Some(700)),
+        (Some("succeeded"), Some(700)),
         "{intent}"
     );
     let sku = app.sku("CRATE").await;

@@ -624,7 +624,7 @@ async fn operators_create_and_revoke_keys_on_the_keys_page() {
 /// A shipment order's saga, on the admin API and on its dashboard page: its shipments with their units, where
 /// they shipped from and what they captured; waiting for the next shipment, it is not stuck.
 #[tokio::test]
-async fn a_saga_shows_its_shipments_and_waiting_for_the_warehouse_is_not_stuck() {
+async fn a_saga_shows_its_shipments_and_refunds_and_waiting_for_the_warehouse_is_not_stuck() {
     let app = spawn_app_with(Options::default()).await;
     app.put_shipment_sku("CRATE", 5, 700).await;
     let id = app.create_order("crates", &[("CRATE", 3)], "pm_card_visa").await;
@@ -639,11 +639,26 @@ async fn a_saga_shows_its_shipments_and_waiting_for_the_warehouse_is_not_stuck()
     assert_eq!(status, 202);
     app.wait_for(id, &["PARTIALLY_FULFILLED"], Duration::from_secs(30))
         .await;
+    let (status, refund) = app
+        .refund(
+            id,
+            "crates-back",
+            json!({"lines": [{"sku": "CRATE", "quantity": 1}], "reason": "duplicate", "note": "sent twice"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{refund}");
+    app.wait_refund(id, &refund, "DONE").await;
     // Past the test apps' stuck threshold (1 s) without progress.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
 
     let detail = app.admin_json(&format!("/admin/v1/sagas/{id}")).await;
     assert_eq!(detail["stuck"], false, "waiting for the warehouse: {detail}");
+    let refunds = detail["refunds"].as_array().unwrap();
+    assert_eq!(
+        (refunds.len(), &refunds[0]["amount"], &refunds[0]["status"]),
+        (1, &json!(700), &json!("DONE")),
+        "{detail}"
+    );
     let shipments = detail["shipments"].as_array().unwrap();
     assert_eq!(shipments.len(), 1, "{detail}");
     assert_eq!(
@@ -663,5 +678,10 @@ async fn a_saga_shows_its_shipments_and_waiting_for_the_warehouse_is_not_stuck()
     let table = html.split(r#"id="shipments""#).nth(1).expect("a shipments table");
     assert!(table.contains("2 × CRATE from default"), "{table}");
     assert!(table.contains("1400") && table.contains("DHL JD77"), "{table}");
+    let refunds = html.split(r#"id="refunds""#).nth(1).expect("a refunds table");
+    assert!(
+        refunds.contains("700") && refunds.contains("1 × CRATE") && refunds.contains("sent twice"),
+        "{refunds}"
+    );
     assert!(!html.contains("stuck-badge"), "not stuck");
 }

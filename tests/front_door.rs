@@ -166,10 +166,19 @@ async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
         .collect();
     assert!(at.contains(&&Value::from("store-berlin")), "{out}");
 
-    // The shipments example: a shipment order waits in PAID, then ships two of its three units.
-    let out = bash(&block("### Shipments"), key).await;
+    // The shipments example: a shipment order waits in PAID, then ships two of its three units; the refunds
+    // example (which goes on with its order) refunds one of them by line.
+    let out = bash(
+        &format!("{}\n{}", block("### Shipments"), block("### Refunds")),
+        key,
+    )
+    .await;
     let answers = documents(&out);
-    assert_eq!(answers.len(), 3, "the sku, the shipment, the list: {out}");
+    assert_eq!(
+        answers.len(),
+        5,
+        "the sku, the shipment, the list, the refund, the refunds: {out}"
+    );
     assert_eq!(answers[0]["fulfilment"], "shipment", "{out}");
     assert_eq!(
         (&answers[1]["status"], &answers[1]["amount"]),
@@ -177,6 +186,21 @@ async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
         "{out}"
     );
     assert_eq!(answers[2]["shipments"][0]["status"], "DONE", "{out}");
+    assert_eq!(
+        (&answers[3]["status"], &answers[3]["amount"]),
+        (&Value::from("PENDING"), &Value::from(1500)),
+        "{out}"
+    );
+    assert_eq!(
+        (
+            &answers[4]["captured"],
+            &answers[4]["refunded"],
+            &answers[4]["refundable"]
+        ),
+        (&Value::from(3000), &Value::from(1500), &Value::from(1500)),
+        "{out}"
+    );
+    assert_eq!(answers[4]["refunds"][0]["status"], "DONE", "{out}");
 
     // docs/API.md's stock reference, after the README's (the location exists).
     let api_doc =

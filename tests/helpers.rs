@@ -90,10 +90,11 @@ pub fn admin_settings() -> orderflow_shared::settings::AdminSettings {
 /// A new API key with `scopes` and `rate` per second, created by the operator "tests"; its secret.
 pub async fn create_key(pool: &PgPool, scopes: &[Scope], rate: i32) -> String {
     let request = api_key::NewKeyRequest {
-        name: format!(
-            "tests {}",
-            scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
-        ),
+        // A key's name is at most 100 characters: name the scopes while they fit.
+        name: match scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ") {
+            named if named.len() <= 90 => format!("tests {named}"),
+            _ => format!("tests, {} scopes", scopes.len()),
+        },
         scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
         rate_per_second: Some(rate),
     };
@@ -287,6 +288,38 @@ impl TestApp {
     /// POSTs a shipment of order `id` with Idempotency-Key `key`; the status and the answer.
     pub async fn ship(&self, id: Uuid, key: &str, body: Value) -> (u16, Value) {
         post_shipment(&self.http, &self.api, id, key, body).await
+    }
+
+    /// POSTs a refund of order `id` with Idempotency-Key `key`; the status and the answer.
+    pub async fn refund(&self, id: Uuid, key: &str, body: Value) -> (u16, Value) {
+        post_refund(&self.http, &self.api, id, key, body).await
+    }
+
+    /// `GET /v1/orders/{id}/refunds`: the order's refunds and its money.
+    pub async fn refunds(&self, id: Uuid) -> Value {
+        self.get_json(&format!("{}/v1/orders/{id}/refunds", self.api))
+            .await
+    }
+
+    /// Polls until refund `refund` of order `id` is `status`; returns it.
+    pub async fn wait_refund(&self, id: Uuid, refund: &Value, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.refunds(id).await;
+            if let Some(found) = now["refunds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == refund["id"] && r["status"] == status)
+            {
+                return found.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "refund never {status}: {now}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls the order until it is PAID with its payment AUTHORIZED (the view reads the order and its payment
@@ -484,6 +517,24 @@ pub async fn post_shipment(
 ) -> (u16, Value) {
     let response = http
         .post(format!("{api}/v1/orders/{id}/shipments"))
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// POSTs a refund with Idempotency-Key `key` (with a client of one's own, for requests sent from spawned tasks).
+pub async fn post_refund(
+    http: &reqwest::Client,
+    api: &str,
+    id: Uuid,
+    key: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = http
+        .post(format!("{api}/v1/orders/{id}/refunds"))
         .header("Idempotency-Key", key)
         .json(&body)
         .send()

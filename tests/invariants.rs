@@ -16,17 +16,21 @@ pub struct Ended {
     /// What a FULFILLED order is charged: its total, or for a shipment order what its shipments captured (all
     /// of it, unless the rest was cancelled after a shipment).
     pub charged: i64,
+    /// What its DONE refunds gave back.
+    pub refunded: i64,
     pub cancel_reason: Option<String>,
 }
 
 /// Every order, as it ended. Panics on an order that is not over.
 pub async fn ended_orders(pool: &PgPool) -> HashMap<Uuid, Ended> {
-    let orders: Vec<(Uuid, String, i64, Option<String>)> = sqlx::query_as(
+    let orders: Vec<(Uuid, String, i64, i64, Option<String>)> = sqlx::query_as(
         "select o.id, o.status, \
                 case when o.fulfilment = 'shipment' \
                      then (select coalesce(sum(s.amount), 0) from shipments s \
                            where s.order_id = o.id and s.status = 'DONE')::bigint \
                      else o.total end, \
+                (select coalesce(sum(f.amount), 0) from refunds f \
+                 where f.order_id = o.id and f.status = 'DONE')::bigint, \
                 o.cancel_reason \
          from orders o",
     )
@@ -35,7 +39,7 @@ pub async fn ended_orders(pool: &PgPool) -> HashMap<Uuid, Ended> {
     .unwrap();
     orders
         .into_iter()
-        .map(|(id, status, charged, cancel_reason)| {
+        .map(|(id, status, charged, refunded, cancel_reason)| {
             assert!(
                 status == "FULFILLED" || status == "CANCELLED",
                 "order {id} is {status}, not over"
@@ -45,6 +49,7 @@ pub async fn ended_orders(pool: &PgPool) -> HashMap<Uuid, Ended> {
                 Ended {
                     status,
                     charged,
+                    refunded,
                     cancel_reason,
                 },
             )
@@ -153,7 +158,9 @@ pub async fn ledger_adds_up(pool: &PgPool, orders: &HashMap<Uuid, Ended>) {
 }
 
 /// Money, from the provider's side (the simulator's ledger at `paysim`): a FULFILLED order has exactly one
-/// intent, captured for its total; a CANCELLED one holds nothing and is charged nothing net.
+/// intent, captured for what it is charged and refunded what its DONE refunds gave back (captured − refunded
+/// per order, as the provider's ledger says); a CANCELLED one holds nothing and is charged nothing net. No refund
+/// is left on its way.
 pub async fn money_matches_orders(orders: &HashMap<Uuid, Ended>, http: &reqwest::Client, paysim: &str) {
     let ledger: Value = http
         .get(format!("{paysim}/v1/sim/ledger"))
@@ -186,8 +193,8 @@ pub async fn money_matches_orders(orders: &HashMap<Uuid, Ended>, http: &reqwest:
             assert_eq!(mine.len(), 1, "order {id}: exactly one intent: {mine:?}");
             assert_eq!(
                 (received, refunded),
-                (order.charged, 0),
-                "order {id}: captured once: {mine:?}"
+                (order.charged, order.refunded),
+                "order {id}: captured once, refunded as its refunds say: {mine:?}"
             );
         } else {
             assert_eq!(
@@ -290,6 +297,55 @@ pub async fn shipments_match_stock(pool: &PgPool) {
     }
 }
 
+/// Refunds: none left on its way, and per order what they gave back is at most what was captured; a refund by
+/// lines is its units at the lines' prices, and no line is refunded by line more units than were delivered.
+pub async fn refunds_within_captured(pool: &PgPool, orders: &HashMap<Uuid, Ended>) {
+    let open: i64 =
+        sqlx::query_scalar("select count(*) from refunds where status in ('PENDING', 'REFUNDING')")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(open, 0, "refunds left on their way");
+    for (id, order) in orders {
+        assert!(
+            order.refunded <= order.charged,
+            "order {id}: refunded {} of {} charged",
+            order.refunded,
+            order.charged
+        );
+    }
+    let priced: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "select f.id, f.amount, (select sum(rl.quantity * l.unit_price) from refund_lines rl \
+                                 join order_lines l on l.order_id = rl.order_id and l.line_no = rl.line_no \
+                                 where rl.refund_id = f.id)::bigint \
+         from refunds f where exists (select 1 from refund_lines rl where rl.refund_id = f.id)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (refund, amount, value) in priced {
+        assert_eq!(
+            amount, value,
+            "refund {refund}: its amount is its units at the lines' prices"
+        );
+    }
+    let over: Vec<(Uuid, i32, i64, i64)> = sqlx::query_as(
+        "select l.order_id, l.line_no, l.quantity, \
+                (select coalesce(sum(rl.quantity), 0) from refund_lines rl join refunds f on f.id = rl.refund_id \
+                 where rl.order_id = l.order_id and rl.line_no = l.line_no and f.status = 'DONE')::bigint as refunded \
+         from order_lines l",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (order, line, quantity, refunded) in over {
+        assert!(
+            refunded <= quantity,
+            "order {order} line {line}: {refunded} of {quantity} refunded"
+        );
+    }
+}
+
 /// The step log: no attempt left open (a killed worker's attempt is closed when its job is taken back). An attempt
 /// may still be in flight when the last order ends (a job run twice, whose second run is out calling the provider:
 /// it ends SKIPPED); each must close within a few seconds.
@@ -325,6 +381,7 @@ pub async fn all_hold(
     ledger_adds_up(pool, &orders).await;
     shipments_match_stock(pool).await;
     money_matches_orders(&orders, http, paysim).await;
+    refunds_within_captured(pool, &orders).await;
     audit_trails_are_whole(pool, &orders).await;
     no_attempt_left_open(pool).await;
     orders

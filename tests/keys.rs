@@ -134,6 +134,23 @@ fn routes(id: Uuid) -> Vec<Route> {
             Scope::OrdersRead,
             200,
         ),
+        // Nothing of the matrix's order is captured (no worker runs): a refund is refused as such (409).
+        route(
+            Method::POST,
+            "/v1/orders/{id}/refunds",
+            format!("/v1/orders/{id}/refunds"),
+            Some(json!({"amount": 1, "reason": "requested_by_customer"})),
+            Scope::RefundsWrite,
+            409,
+        ),
+        route(
+            Method::GET,
+            "/v1/orders/{id}/refunds",
+            format!("/v1/orders/{id}/refunds"),
+            None,
+            Scope::OrdersRead,
+            200,
+        ),
         // The matrix's order is an auto order: a shipment is refused as such (409), not for want of a scope.
         route(
             Method::POST,

@@ -29,6 +29,7 @@ mod paysim;
 mod queue;
 mod reconciler;
 mod recovery;
+mod refund;
 mod saga;
 mod shipment;
 mod sqlx_cache;

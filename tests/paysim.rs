@@ -318,6 +318,104 @@ async fn a_multicapture_hold_is_captured_in_parts_and_the_final_capture_releases
     assert_eq!(refused["error"]["code"], "parameter_invalid");
 }
 
+/// A multicapture intent: its captured parts are refundable while the rest is still held, never more than it
+/// received; a cancel releases the rest and keeps what it captured (`succeeded`), which stays refundable.
+#[tokio::test]
+async fn a_partly_captured_hold_refunds_what_it_captured_and_its_cancel_keeps_it() {
+    let app = spawn_app().await;
+    let intent: Value = app
+        .http
+        .post(format!("{}/v1/payment_intents", app.paysim))
+        .header("Idempotency-Key", "multi-refund")
+        .form(&[
+            ("amount", "1000"),
+            ("currency", "usd"),
+            ("payment_method", "pm_card_visa"),
+            ("capture_method", "manual"),
+            ("confirm", "true"),
+            (
+                "payment_method_options[card][request_multicapture]",
+                "if_available",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = intent["id"].as_str().unwrap().to_owned();
+    let refund = |key: &'static str, amount: &'static str| {
+        let id = id.clone();
+        let app = &app;
+        async move {
+            post(
+                app,
+                "/v1/refunds",
+                key,
+                &[
+                    ("payment_intent", &id),
+                    ("amount", amount),
+                    ("reason", "requested_by_customer"),
+                ],
+            )
+            .await
+        }
+    };
+    let (status, early) = refund("r0", "100").await;
+    assert_eq!(status, 400, "nothing captured yet: {early}");
+    let (status, part) = post(
+        &app,
+        &format!("/v1/payment_intents/{id}/capture"),
+        "part",
+        &[("amount_to_capture", "400"), ("final_capture", "false")],
+    )
+    .await;
+    assert_eq!(status, 200, "{part}");
+    let (status, first) = refund("r1", "300").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first["amount"].as_i64(), first["reason"].as_str()),
+        (Some(300), Some("requested_by_customer"))
+    );
+    assert!(first["id"].as_str().is_some_and(|r| r.starts_with("re_")));
+    assert_eq!(refund("r1", "300").await.1, first, "a repeat replays the refund");
+    let (status, over) = refund("r2", "101").await;
+    assert_eq!(status, 400, "100 left to refund: {over}");
+    let (status, bad) = post(
+        &app,
+        "/v1/refunds",
+        "r3",
+        &[
+            ("payment_intent", &id),
+            ("amount", "10"),
+            ("reason", "changed_mind"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("parameter_invalid_string"))
+    );
+    let (status, cancelled) = post(&app, &format!("/v1/payment_intents/{id}/cancel"), "rest", &[]).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(
+        (
+            cancelled["status"].as_str(),
+            cancelled["amount_received"].as_i64(),
+            cancelled["amount_capturable"].as_i64()
+        ),
+        (Some("succeeded"), Some(400), Some(0)),
+        "the rest released, what was captured kept"
+    );
+    let (status, last) = refund("r4", "100").await;
+    assert_eq!((status, last["amount"].as_i64()), (200, Some(100)), "{last}");
+    let intent = app
+        .get_json(&format!("{}/v1/payment_intents/{id}", app.paysim))
+        .await;
+    assert_eq!(intent["amount_refunded"].as_i64(), Some(400));
+}
+
 #[tokio::test]
 async fn a_hold_not_captured_in_its_lifetime_is_cancelled_by_the_provider() {
     let app = crate::helpers::spawn_app_with(crate::helpers::Options {

@@ -100,6 +100,7 @@ scope_types! {
     CatalogWrite => Scope::CatalogWrite,
     EventsRead => Scope::EventsRead,
     FulfilmentWrite => Scope::FulfilmentWrite,
+    RefundsWrite => Scope::RefundsWrite,
     MetricsRead => Scope::MetricsRead,
 }
 

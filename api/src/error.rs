@@ -10,6 +10,7 @@ use orderflow_shared::inventory::adjustment::AdjustError;
 use orderflow_shared::operator::ActionError;
 use orderflow_shared::order::create::CreateError;
 use orderflow_shared::order::{CancelError, TransitionError};
+use orderflow_shared::refund::RefundError;
 use orderflow_shared::shipment::ShipError;
 use orderflow_shared::{db, inventory};
 use serde::Serialize;
@@ -312,8 +313,46 @@ impl From<CancelError> for ApiError {
                 slug: "order-shipping",
                 detail: error.to_string(),
             },
+            CancelError::Refunding(_) => Self::Conflict {
+                slug: "order-refunding",
+                detail: error.to_string(),
+            },
             CancelError::Invalid(e) => e.into(),
             CancelError::Transition(e) => e.into(),
+        }
+    }
+}
+
+impl From<RefundError> for ApiError {
+    fn from(error: RefundError) -> Self {
+        match error {
+            RefundError::Invalid(e) => e.into(),
+            RefundError::Key(e) => e.into(),
+            RefundError::NotFound(id) => Self::NotFound {
+                what: "order",
+                id: id.to_string(),
+            },
+            RefundError::NotRefundable(..) => Self::Conflict {
+                slug: "order-not-refundable",
+                detail: error.to_string(),
+            },
+            RefundError::ExceedsCaptured(_) => Self::Conflict {
+                slug: "refund-exceeds-captured",
+                detail: error.to_string(),
+            },
+            RefundError::ExceedsDelivered(_) => Self::Conflict {
+                slug: "refund-exceeds-delivered",
+                detail: error.to_string(),
+            },
+            RefundError::Releasing(_) => Self::Conflict {
+                slug: "order-releasing",
+                detail: error.to_string(),
+            },
+            RefundError::Render(e) => {
+                Self::Internal(anyhow::Error::new(e).context("failed to render the refund"))
+            }
+            RefundError::Transition(e) => e.into(),
+            RefundError::Database(e) => e.into(),
         }
     }
 }

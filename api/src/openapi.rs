@@ -4,7 +4,9 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{admin, customer_tokens, feed, health, locations, orders, shipments, skus, stock};
+use crate::routes::{
+    admin, customer_tokens, feed, health, locations, orders, refunds, shipments, skus, stock,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +28,8 @@ use crate::routes::{admin, customer_tokens, feed, health, locations, orders, shi
         orders::events,
         shipments::create,
         shipments::list,
+        refunds::create,
+        refunds::list,
         feed::list,
         customer_tokens::mint,
         health::metrics,

@@ -16,6 +16,7 @@ use orderflow_shared::order::{self, CancelReason, Fulfilment, OrderLineRow, Orde
 use orderflow_shared::payment::{self, PaymentRow, PaymentStatus};
 use orderflow_shared::queue::JobStatus;
 use orderflow_shared::queue::views::{self as queue_views, QueueStats, SagaJob};
+use orderflow_shared::refund::{self, Refund, RefundLine, RefundReason, RefundStatus};
 use orderflow_shared::shipment::{self, Shipment, ShipmentLine, ShipmentStatus};
 use orderflow_shared::step_log::{self, Attempt};
 use serde::{Deserialize, Serialize};
@@ -69,7 +70,7 @@ impl ErrorCode {
     pub fn of(order: &OrderRow) -> Option<Self> {
         match order.status {
             OrderStatus::NeedsAttention => Some(Self::NeedsAttention),
-            _ if order.awaits_shipment() => None,
+            _ if order.waits() => None,
             live if !live.is_terminal() && order.last_error.is_some() => Some(Self::StepRetrying),
             _ => None,
         }
@@ -233,6 +234,9 @@ pub struct EventView {
     /// The shipment an `order.shipped` or `order.shipment_failed` event is about (absent on the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipment_id: Option<Uuid>,
+    /// The refund an `order.refunded` or `order.refund_failed` event is about (absent on the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<Uuid>,
     pub at: DateTime<Utc>,
 }
 
@@ -281,6 +285,80 @@ pub struct ShipmentList {
     pub shipments: Vec<ShipmentView>,
 }
 
+/// A refund: how much, why, by which lines if by lines, and where it is.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RefundView {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    /// PENDING (accepted), REFUNDING (asked of the provider), DONE (refunded) or FAILED (the provider refused it:
+    /// nothing was refunded).
+    pub status: RefundStatus,
+    /// In minor units.
+    pub amount: i64,
+    pub reason: RefundReason,
+    pub note: Option<String>,
+    /// A refund by lines' units; empty for one by amount.
+    pub lines: Vec<RefundLine>,
+    /// Why the provider refused it (FAILED only).
+    pub failure: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Refund> for RefundView {
+    fn from(refund: Refund) -> Self {
+        let row = refund.row;
+        Self {
+            id: row.id,
+            order_id: row.order_id,
+            status: row.status,
+            amount: row.amount,
+            reason: row.reason,
+            note: row.note,
+            lines: refund.lines,
+            failure: row.failure,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// An order's refunds, and its money as its rows say.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RefundList {
+    pub refunds: Vec<RefundView>,
+    /// What its captures took, in minor units (a shipment order's DONE shipments; an auto order's capture).
+    pub captured: i64,
+    /// What its refunds give back, those on their way included (FAILED ones excluded).
+    pub refunded: i64,
+    /// `captured − refunded`: the most a new refund may ask.
+    pub refundable: i64,
+}
+
+/// The order's refunds, oldest first, with its money; 404 for an order that does not exist.
+pub async fn refunds(pool: &PgPool, id: Uuid) -> Result<RefundList, ApiError> {
+    if order::find(pool, id).await?.is_none() {
+        return Err(ApiError::NotFound {
+            what: "order",
+            id: id.to_string(),
+        });
+    }
+    let money = refund::money_of(pool, &[id])
+        .await?
+        .remove(&id)
+        .unwrap_or_default();
+    Ok(RefundList {
+        refunds: refund::of_order(pool, id)
+            .await?
+            .into_iter()
+            .map(RefundView::from)
+            .collect(),
+        captured: money.captured,
+        refunded: money.refunded,
+        refundable: money.refundable(),
+    })
+}
+
 /// The order's shipments, oldest first; 404 for an order that does not exist.
 pub async fn shipments(pool: &PgPool, id: Uuid) -> Result<ShipmentList, ApiError> {
     if order::find(pool, id).await?.is_none() {
@@ -308,6 +386,7 @@ impl From<EventRow> for EventView {
             to: e.to_status.as_str().to_owned(),
             reason: e.reason.map(|r| r.as_str().to_owned()),
             shipment_id: e.shipment_id,
+            refund_id: e.refund_id,
             at: e.created_at,
         }
     }
@@ -467,6 +546,8 @@ pub struct SagaDetail {
     pub steps: Vec<Attempt>,
     /// A shipment order's shipments, oldest first: what each shipped, from where, what it captured.
     pub shipments: Vec<ShipmentView>,
+    /// The order's refunds, oldest first.
+    pub refunds: Vec<RefundView>,
     pub jobs: Vec<SagaJob>,
     pub events: Vec<EventView>,
     pub actions: Vec<RecordedAction>,
@@ -496,9 +577,10 @@ pub async fn saga(pool: &PgPool, id: Uuid, stuck_after: std::time::Duration) -> 
             })
         }
     };
-    // A shipment order waiting for the warehouse has no step to be stuck in.
-    let stuck = !row.status.is_terminal()
-        && !row.awaits_shipment()
+    // An order waiting for the warehouse (or a FULFILLED one for a refund) has no step to be stuck in; a FULFILLED
+    // one whose refund is on its way has.
+    let stuck = (!row.status.is_terminal() || row.current_step.is_some())
+        && !row.waits()
         && (Utc::now() - row.updated_at)
             .to_std()
             .is_ok_and(|age| age > stuck_after);
@@ -518,6 +600,11 @@ pub async fn saga(pool: &PgPool, id: Uuid, stuck_after: std::time::Duration) -> 
             .await?
             .into_iter()
             .map(ShipmentView::from)
+            .collect(),
+        refunds: refund::of_order(pool, id)
+            .await?
+            .into_iter()
+            .map(RefundView::from)
             .collect(),
         jobs,
         events: events::for_order(pool, id)

@@ -78,7 +78,8 @@ WITH t AS (
         to_status text, cancel_reason text, cancel_note text, event_id uuid, event_type text,
         from_status text, event_reason text, set_step boolean, current_step text, job_id text,
         job_step text, queue text, job_attempt integer, run_after double precision, trace text,
-        hold_secs double precision, last_error text, shipment_id uuid, progress boolean)
+        hold_secs double precision, last_error text, shipment_id uuid, refund_id uuid,
+        progress boolean)
 ),
 attempts_closed AS (
     UPDATE saga_steps SET status = t.log_status, error = t.log_note, finished_at = now()
@@ -107,10 +108,10 @@ o AS (
 ),
 events AS (
     INSERT INTO order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason,
-                              shipment_id)
+                              shipment_id, refund_id)
     SELECT t.event_id, t.id,
            coalesce((SELECT max(sequence) FROM order_events x WHERE x.order_id = t.id), 0) + 1,
-           t.event_type, t.from_status, t.to_status, t.event_reason, t.shipment_id
+           t.event_type, t.from_status, t.to_status, t.event_reason, t.shipment_id, t.refund_id
     FROM t WHERE t.to_status IS NOT NULL
 ),
 new_jobs AS (

@@ -487,7 +487,9 @@ pub async fn capture(
     .await
 }
 
-/// `POST /v1/payment_intents/{id}/cancel`: voids an uncaptured intent.
+/// `POST /v1/payment_intents/{id}/cancel`: voids an uncaptured intent. A multicapture intent captured in part
+/// keeps what it captured: the rest of its hold is released and it ends `succeeded`, as when such a hold lapses
+/// (its captured money stays refundable).
 pub async fn cancel(
     State(sim): State<Sim>,
     Path(id): Path<String>,
@@ -501,14 +503,20 @@ pub async fn cancel(
                 return unexpected_state(intent, "cancel");
             }
             intent.amount_capturable = 0;
-            intent.status = "canceled".to_owned();
+            intent.status = match intent.amount_received {
+                0 => "canceled",
+                _ => "succeeded",
+            }
+            .to_owned();
             Outcome::ok(intent_json(intent))
         })
     })
     .await
 }
 
-/// `POST /v1/refunds` (payment_intent, amount optional): refunds captured money.
+/// `POST /v1/refunds` (payment_intent, amount and reason optional): refunds captured money, of a `succeeded`
+/// intent or of a multicapture intent still `requires_capture` after a partial capture, at most what it received
+/// and has not refunded yet.
 pub async fn refund(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
     let path = "/v1/refunds".to_owned();
     idempotent(sim, &headers, path, &body, |sim, params, _| async move {
@@ -516,8 +524,16 @@ pub async fn refund(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> 
             return invalid("parameter_missing", "payment_intent is required.");
         };
         with_intent(&sim, id, |intent| {
-            if intent.status != "succeeded" {
+            let captured_in_part = intent.status == "requires_capture" && intent.amount_received > 0;
+            if intent.status != "succeeded" && !captured_in_part {
                 return unexpected_state(intent, "refund");
+            }
+            let reason = param(&params, "reason");
+            if reason.is_some_and(|r| !matches!(r, "duplicate" | "fraudulent" | "requested_by_customer")) {
+                return invalid(
+                    "parameter_invalid_string",
+                    "reason must be one of duplicate, fraudulent, requested_by_customer.",
+                );
             }
             let refundable = intent.amount_received - intent.amount_refunded;
             let amount = match param(&params, "amount").map(str::parse::<i64>) {
@@ -545,7 +561,7 @@ pub async fn refund(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> 
             Outcome::ok(
                 json!({"id": format!("re_{}", uuid::Uuid::new_v4().simple()), "object": "refund",
                                "amount": amount, "currency": intent.currency, "payment_intent": intent.id,
-                               "status": "succeeded"}),
+                               "reason": reason, "status": "succeeded"}),
             )
         })
     })

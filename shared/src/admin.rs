@@ -135,7 +135,7 @@ pub async fn sagas(conn: &mut PgConnection, filter: &SagaFilter) -> Result<Vec<S
              and ($3::float8 is null or o.created_at < now() - make_interval(secs => $3))
              and ($4::text is null or o.last_error ilike '%' || $4 || '%')
              and ($5::float8 is null or (
-                   o.status in ('CREATED', 'RESERVED', 'PAID', 'PARTIALLY_FULFILLED', 'CANCELLING',
+                   o.status in ('CREATED', 'RESERVED', 'PAID', 'PARTIALLY_FULFILLED', 'FULFILLED', 'CANCELLING',
                                 'NEEDS_ATTENTION')
                    and o.current_step is not null
                    and o.updated_at < now() - make_interval(secs => $5)))
@@ -160,12 +160,14 @@ pub async fn sagas(conn: &mut PgConnection, filter: &SagaFilter) -> Result<Vec<S
     Ok(sagas)
 }
 
-/// Live sagas (or parked ones) without progress for longer than `after`. A shipment order waiting for shipments
-/// (no current step) is not stuck: it waits for the warehouse.
+/// Live sagas (or parked ones) without progress for longer than `after`. An order with no current step is not
+/// stuck: a shipment order waits for the warehouse, a FULFILLED one for nothing (with a refund on its way, it
+/// has one).
 pub async fn stuck_count(executor: impl PgExecutor<'_>, after: Duration) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"select count(*) as "stuck!" from orders
-           where status in ('CREATED', 'RESERVED', 'PAID', 'PARTIALLY_FULFILLED', 'CANCELLING', 'NEEDS_ATTENTION')
+           where status in ('CREATED', 'RESERVED', 'PAID', 'PARTIALLY_FULFILLED', 'FULFILLED', 'CANCELLING',
+                            'NEEDS_ATTENTION')
              and current_step is not null
              and updated_at < now() - make_interval(secs => $1)"#,
         after.as_secs_f64()

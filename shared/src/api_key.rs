@@ -38,19 +38,23 @@ pub enum Scope {
     /// Record shipments of orders (the warehouse's).
     #[serde(rename = "fulfilment:write")]
     FulfilmentWrite,
+    /// Refund orders' captured money (customer service's, or the back office's).
+    #[serde(rename = "refunds:write")]
+    RefundsWrite,
     /// Scrape the API's `/metrics` (when it is not on its own address, `ORDERFLOW_API_METRICS_ADDR`).
     #[serde(rename = "metrics:read")]
     MetricsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Self::OrdersRead,
         Self::OrdersWrite,
         Self::CatalogRead,
         Self::CatalogWrite,
         Self::EventsRead,
         Self::FulfilmentWrite,
+        Self::RefundsWrite,
         Self::MetricsRead,
     ];
 
@@ -62,6 +66,7 @@ impl Scope {
             Self::CatalogWrite => "catalog:write",
             Self::EventsRead => "events:read",
             Self::FulfilmentWrite => "fulfilment:write",
+            Self::RefundsWrite => "refunds:write",
             Self::MetricsRead => "metrics:read",
         }
     }

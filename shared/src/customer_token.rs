@@ -62,7 +62,11 @@ pub fn allows(scope: Scope, key_allows: impl Fn(Scope) -> bool) -> bool {
     match scope {
         Scope::OrdersRead | Scope::OrdersWrite => true,
         Scope::CatalogRead => key_allows(Scope::CatalogRead),
-        Scope::CatalogWrite | Scope::EventsRead | Scope::FulfilmentWrite | Scope::MetricsRead => false,
+        Scope::CatalogWrite
+        | Scope::EventsRead
+        | Scope::FulfilmentWrite
+        | Scope::RefundsWrite
+        | Scope::MetricsRead => false,
     }
 }
 

@@ -17,6 +17,10 @@ pub enum EventType {
     Shipped,
     /// A shipment's capture was refused for good: nothing shipped (the event names the shipment).
     ShipmentFailed,
+    /// Captured money was given back (the event names the refund).
+    Refunded,
+    /// The provider refused a refund for good: nothing was refunded (the event names the refund).
+    RefundFailed,
     CancellationStarted,
     Cancelled,
     NeedsAttention,
@@ -24,13 +28,15 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 12] = [
         Self::Created,
         Self::Reserved,
         Self::Paid,
         Self::Fulfilled,
         Self::Shipped,
         Self::ShipmentFailed,
+        Self::Refunded,
+        Self::RefundFailed,
         Self::CancellationStarted,
         Self::Cancelled,
         Self::NeedsAttention,
@@ -45,6 +51,8 @@ impl EventType {
             Self::Fulfilled => "order.fulfilled",
             Self::Shipped => "order.shipped",
             Self::ShipmentFailed => "order.shipment_failed",
+            Self::Refunded => "order.refunded",
+            Self::RefundFailed => "order.refund_failed",
             Self::CancellationStarted => "order.cancellation_started",
             Self::Cancelled => "order.cancelled",
             Self::NeedsAttention => "order.needs_attention",
@@ -73,6 +81,8 @@ pub struct EventRow {
     pub reason: Option<CancelReason>,
     /// The shipment an `order.shipped` or `order.shipment_failed` event is about.
     pub shipment_id: Option<Uuid>,
+    /// The refund an `order.refunded` or `order.refund_failed` event is about.
+    pub refund_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -80,7 +90,8 @@ pub async fn for_order(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<
     sqlx::query_as!(
         EventRow,
         r#"select id, event_id, order_id, sequence, event_type as "event_type: _", from_status as "from_status: _",
-                  to_status as "to_status: _", reason as "reason: _", shipment_id, created_at
+                  to_status as "to_status: _", reason as "reason: _", shipment_id, refund_id,
+                  created_at
            from order_events where order_id = $1 order by sequence"#,
         order_id
     )
@@ -98,7 +109,7 @@ mod tests {
         for event in EventType::ALL {
             assert_eq!(EventType::parse(event.as_str()), Some(event));
         }
-        assert_eq!(EventType::parse("order.returned"), None);
+        assert_eq!(EventType::parse("order.refund"), None);
     }
 
     #[test]

@@ -50,11 +50,15 @@ pub enum Step {
     /// A PARTIALLY_FULFILLED order cancelled: the units not shipped go back to stock and the rest of the hold is
     /// released; what shipped stays shipped and captured, and the order ends FULFILLED.
     ReleaseRest,
+    /// An order's accepted refunds, oldest first: captured money given back (`crate::refund`). The status stays;
+    /// never compensated: what was refunded stays refunded.
+    Refund,
 }
 
 impl Step {
-    /// In the flow's order: the forward steps, then the compensations, then ship (a shipment order's, after pay).
-    pub const ALL: [Step; 8] = [
+    /// In the flow's order: the forward steps, then the compensations, then the steps after payment (ship and
+    /// release_rest a shipment order's, refund any order's once some of its money is captured).
+    pub const ALL: [Step; 9] = [
         Self::Reserve,
         Self::Pay,
         Self::Commit,
@@ -63,6 +67,7 @@ impl Step {
         Self::CancelPayment,
         Self::Ship,
         Self::ReleaseRest,
+        Self::Refund,
     ];
 
     /// The step a new order starts with; order creation queues it.
@@ -83,6 +88,7 @@ impl Step {
             Self::CancelPayment => "orderflow.cancel_payment",
             Self::Ship => "orderflow.ship",
             Self::ReleaseRest => "orderflow.release_rest",
+            Self::Refund => "orderflow.refund",
         }
     }
 
@@ -97,6 +103,7 @@ impl Step {
             Self::CancelPayment => "cancel_payment",
             Self::Ship => "ship",
             Self::ReleaseRest => "release_rest",
+            Self::Refund => "refund",
         }
     }
 
@@ -119,6 +126,7 @@ impl Step {
             Self::Fulfil | Self::Ship => &[OrderStatus::Paid, OrderStatus::PartiallyFulfilled],
             Self::ReleaseInventory | Self::CancelPayment => &[OrderStatus::Cancelling],
             Self::ReleaseRest => &[OrderStatus::PartiallyFulfilled],
+            Self::Refund => &[OrderStatus::PartiallyFulfilled, OrderStatus::Fulfilled],
         }
     }
 
@@ -138,17 +146,18 @@ impl Step {
             Self::CancelPayment => Some(Transition::FinishCancel),
             Self::Ship => Some(Transition::Ship),
             Self::ReleaseRest => Some(Transition::Fulfil),
+            Self::Refund => Some(Transition::Refund),
         }
     }
 
-    /// The step queued when this one succeeds; `None` ends the saga (or, after ship, leaves it waiting: the ship
-    /// step itself queues another ship for the next pending shipment, or fulfil once nothing is left to ship).
+    /// The step queued when this one succeeds; `None` ends the saga (or, after a step after payment, leaves it
+    /// waiting: such a step queues what the order has pending itself, `crate::pending::Pending::next_step`).
     pub fn next(self) -> Option<Step> {
         match self {
             Self::Reserve => Some(Self::Pay),
             Self::Pay => Some(Self::Commit),
             Self::Commit => Some(Self::Fulfil),
-            Self::Fulfil | Self::CancelPayment | Self::Ship | Self::ReleaseRest => None,
+            Self::Fulfil | Self::CancelPayment | Self::Ship | Self::ReleaseRest | Self::Refund => None,
             Self::ReleaseInventory => Some(Self::CancelPayment),
         }
     }
@@ -162,10 +171,11 @@ impl Step {
         }
     }
 
-    /// A step after something shipped (ship, release_rest): it can neither cancel (what shipped stays shipped)
-    /// nor park, and an unknown outcome of its call may be an effect that happened, so it retries every failure.
+    /// A step after something shipped (ship, release_rest, refund): it can neither cancel (what shipped stays
+    /// shipped) nor park, and an unknown outcome of its call may be an effect that happened, so it retries every
+    /// failure.
     pub fn never_gives_up(self) -> bool {
-        matches!(self, Self::Ship | Self::ReleaseRest)
+        matches!(self, Self::Ship | Self::ReleaseRest | Self::Refund)
     }
 
     /// The compensation that undoes the step's effect, recorded in the step log before the effect happens.
@@ -173,9 +183,12 @@ impl Step {
         match self {
             Self::Reserve | Self::Commit => Some(Self::ReleaseInventory),
             Self::Pay => Some(Self::CancelPayment),
-            Self::Fulfil | Self::ReleaseInventory | Self::CancelPayment | Self::Ship | Self::ReleaseRest => {
-                None
-            }
+            Self::Fulfil
+            | Self::ReleaseInventory
+            | Self::CancelPayment
+            | Self::Ship
+            | Self::ReleaseRest
+            | Self::Refund => None,
         }
     }
 
@@ -272,7 +285,8 @@ pub fn after_failure(step: Step, attempt: u32, budget: u32, failure: Failure) ->
 /// The step a saga in `status` resumes with (the reconciler settling a stranded saga, an operator's retry):
 /// `current_step` when it fits the status (a parked saga resumes the compensation it parked in), else the one
 /// the status implies (a PAID order whose capture is recorded is in fulfil). `None` for a saga that is over, or
-/// a shipment order in PAID without a step (it waits for shipments: [`OrderRow::awaits_shipment`]).
+/// a shipment order in PAID without a step (it waits for shipments: [`OrderRow::waits`]). A FULFILLED order
+/// resumes only its refund.
 pub fn resume(
     status: OrderStatus,
     current_step: Option<Step>,
@@ -300,24 +314,25 @@ pub fn resume(
 }
 
 /// The step a live saga is in ([`resume`]), reading whether its capture is recorded when it is PAID; `None` for
-/// a shipment order waiting for its shipments.
+/// an order that waits ([`OrderRow::waits`]) and for a FULFILLED one with no refund on its way.
 pub async fn current_step(conn: &mut PgConnection, order: &OrderRow) -> Result<Option<Step>, sqlx::Error> {
-    if order.awaits_shipment() {
+    if order.waits() {
         return Ok(None);
     }
     let capture_recorded = order.status == OrderStatus::Paid
         && payment::find(&mut *conn, order.id)
             .await?
             .is_some_and(|p| p.status == PaymentStatus::Captured);
-    Ok(Some(
-        resume(
-            order.status,
-            order.current_step,
-            capture_recorded,
-            order.fulfilment,
-        )
-        .unwrap_or(Step::FIRST_COMPENSATION),
-    ))
+    let step = resume(
+        order.status,
+        order.current_step,
+        capture_recorded,
+        order.fulfilment,
+    );
+    Ok(match order.status.is_terminal() {
+        true => step,
+        false => Some(step.unwrap_or(Step::FIRST_COMPENSATION)),
+    })
 }
 
 /// How one attempt of a step ends, as the step decided it: what the step log records, how the order moves and
@@ -335,6 +350,8 @@ pub struct Ending {
     pub(crate) hold_for: Option<Duration>,
     /// The shipment the transition's event names (ship's).
     pub(crate) shipment: Option<uuid::Uuid>,
+    /// The refund the transition's event names (refund's).
+    pub(crate) refund: Option<uuid::Uuid>,
 }
 
 impl Ending {
@@ -348,6 +365,7 @@ impl Ending {
             next: step.next(),
             hold_for: None,
             shipment: None,
+            refund: None,
         }
     }
 
@@ -360,6 +378,7 @@ impl Ending {
             next: Some(Step::FIRST_COMPENSATION),
             hold_for: None,
             shipment: None,
+            refund: None,
         }
     }
 
@@ -373,6 +392,7 @@ impl Ending {
             next: None,
             hold_for: None,
             shipment: None,
+            refund: None,
         }
     }
 
@@ -386,6 +406,7 @@ impl Ending {
             next: None,
             hold_for: None,
             shipment: None,
+            refund: None,
         }
     }
 
@@ -393,6 +414,14 @@ impl Ending {
     pub fn for_shipment(self, shipment: uuid::Uuid) -> Self {
         Self {
             shipment: Some(shipment),
+            ..self
+        }
+    }
+
+    /// The same ending, its event naming `refund`.
+    pub fn for_refund(self, refund: uuid::Uuid) -> Self {
+        Self {
+            refund: Some(refund),
             ..self
         }
     }
@@ -492,7 +521,7 @@ mod tests {
             Option<Step>,
             Option<Step>,
         );
-        let table: [Row; 8] = [
+        let table: [Row; 9] = [
             (
                 Step::Reserve,
                 "orderflow.reserve",
@@ -554,6 +583,14 @@ mod tests {
                 "orderflow.release_rest",
                 &[PartiallyFulfilled],
                 Some("fulfil"),
+                None,
+                None,
+            ),
+            (
+                Step::Refund,
+                "orderflow.refund",
+                &[PartiallyFulfilled, Fulfilled],
+                Some("refund"),
                 None,
                 None,
             ),
@@ -633,11 +670,12 @@ mod tests {
         let cancel = Transition::StartCancel(CancelReason::CustomerRequest);
         for step in Step::ALL.into_iter().filter(|s| !s.is_compensation()) {
             // Some units of a PARTIALLY_FULFILLED order shipped: a cancellation would give them back to stock.
-            // Its cancel is release_rest instead, which ends it FULFILLED.
+            // Its cancel is release_rest instead, which ends it FULFILLED. A FULFILLED order (which refunds) is
+            // over: nothing cancels it.
             for from in step
                 .runs_from()
                 .iter()
-                .filter(|s| **s != OrderStatus::PartiallyFulfilled)
+                .filter(|s| !matches!(s, OrderStatus::PartiallyFulfilled | OrderStatus::Fulfilled))
             {
                 let to = from
                     .apply(&cancel)

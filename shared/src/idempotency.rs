@@ -1,6 +1,6 @@
-//! Idempotency-Key records for order creation and stock adjustments (`idempotency_keys`). A caller's keys are one
-//! namespace, as Stripe's are per account: a key that made an order and is then sent with an adjustment (or the
-//! other way round) is a reuse with another request (422).
+//! Idempotency-Key records for order creation, stock adjustments, shipments and refunds (`idempotency_keys`). A
+//! caller's keys are one namespace, as Stripe's are per account: a key that made an order and is then sent with an
+//! adjustment (or any other pair) is a reuse with another request (422).
 //!
 //! A key belongs to its caller (the API key that sent it): two callers may use the same key without colliding,
 //! and the lock and the record below are the caller's key's. Records are kept for a retention (24 h by default)
@@ -13,8 +13,8 @@
 //! statement as the order ([`crate::order::create::insert`]), so an order and its key commit together or not at
 //! all.
 //!
-//! An adjustment takes the same lock and reads the record with [`claim`] (the same lock name, so an order and an
-//! adjustment with one key exclude each other), and writes its record with [`record_adjustment`] in its transaction.
+//! An adjustment, a shipment or a refund takes the same lock and reads the record with [`claim`] (the same lock
+//! name, so an order and an adjustment with one key exclude each other), and writes its record with [`record_made`] in its transaction.
 //!
 //! Order creation reads the lock and the stored record in one statement ([`crate::order::create::admit`]), so the
 //! record is read in a snapshot taken just before the lock is won: a request that committed the same key in
@@ -41,9 +41,11 @@ pub fn fingerprint(body: &Value) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct StoredResponse {
     pub request_hash: Vec<u8>,
-    /// What the request made: an order or an adjustment (exactly one).
+    /// What the request made: an order, an adjustment, a shipment or a refund (exactly one).
     pub order_id: Option<Uuid>,
     pub adjustment_id: Option<Uuid>,
+    pub shipment_id: Option<Uuid>,
+    pub refund_id: Option<Uuid>,
     pub response_status: i32,
     pub response_body: Value,
 }
@@ -56,6 +58,27 @@ pub enum Makes {
     Adjustment,
     /// A shipment of an order's units.
     Shipment,
+    /// A refund of an order's captured money.
+    Refund,
+}
+
+/// What a request made, as its key's record names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Made {
+    Adjustment(Uuid),
+    Shipment(Uuid),
+    Refund(Uuid),
+}
+
+impl Made {
+    fn id(self, makes: Makes) -> Option<Uuid> {
+        match (self, makes) {
+            (Self::Adjustment(id), Makes::Adjustment)
+            | (Self::Shipment(id), Makes::Shipment)
+            | (Self::Refund(id), Makes::Refund) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 impl StoredResponse {
@@ -63,15 +86,17 @@ impl StoredResponse {
     /// `None` when there is no record.
     pub fn from_columns(
         request_hash: Option<Vec<u8>>,
-        order_id: Option<Uuid>,
-        adjustment_id: Option<Uuid>,
+        made: [Option<Uuid>; 4],
         response_status: Option<i32>,
         response_body: Option<Value>,
     ) -> Option<Self> {
+        let [order_id, adjustment_id, shipment_id, refund_id] = made;
         Some(Self {
             request_hash: request_hash?,
             order_id,
             adjustment_id,
+            shipment_id,
+            refund_id,
             response_status: response_status?,
             response_body: response_body?,
         })
@@ -83,8 +108,8 @@ impl StoredResponse {
         let made = match makes {
             Makes::Order => self.order_id.is_some(),
             Makes::Adjustment => self.adjustment_id.is_some(),
-            // A record names exactly one of an order, an adjustment and a shipment (`idempotency_keys_one_resource`).
-            Makes::Shipment => self.order_id.is_none() && self.adjustment_id.is_none(),
+            Makes::Shipment => self.shipment_id.is_some(),
+            Makes::Refund => self.refund_id.is_some(),
         };
         match made && self.request_hash == fingerprint {
             true => Ok(self),
@@ -131,8 +156,8 @@ pub async fn claim(conn: &mut sqlx::PgConnection, caller: &str, key: &str) -> Re
     let row = sqlx::query!(
         r#"with l as (select pg_try_advisory_xact_lock(
                           hashtextextended('orderflow.idempotency:' || char_length($1) || ':' || $1 || ':' || $2, 0)) as held)
-           select l.held as "held!", i.request_hash as "request_hash?", i.order_id, i.adjustment_id,
-                  i.response_status as "response_status?", i.response_body as "response_body?"
+           select l.held as "held!", i.request_hash as "request_hash?", i.order_id, i.adjustment_id, i.shipment_id,
+                  i.refund_id, i.response_status as "response_status?", i.response_body as "response_body?"
            from l left join idempotency_keys i on l.held and i.caller = $1 and i.key = $2"#,
         caller,
         key
@@ -143,58 +168,34 @@ pub async fn claim(conn: &mut sqlx::PgConnection, caller: &str, key: &str) -> Re
         held: row.held,
         stored: StoredResponse::from_columns(
             row.request_hash,
-            row.order_id,
-            row.adjustment_id,
+            [row.order_id, row.adjustment_id, row.shipment_id, row.refund_id],
             row.response_status,
             row.response_body,
         ),
     })
 }
 
-/// Writes the record of `caller`'s key `key` for the adjustment it made, in the adjustment's transaction. A key
-/// written meanwhile by another request fails it on [`KEY_CONSTRAINT`].
-pub async fn record_adjustment(
+/// Writes the record of `caller`'s key `key` for what the request made (an adjustment, a shipment, a refund), in
+/// its transaction. A key written meanwhile by another request fails it on [`KEY_CONSTRAINT`].
+pub async fn record_made(
     executor: impl PgExecutor<'_>,
     caller: &str,
     key: &str,
     request_hash: &[u8],
-    adjustment_id: Uuid,
+    made: Made,
     response_status: u16,
     response_body: &Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        r#"insert into idempotency_keys (caller, key, request_hash, adjustment_id, response_status, response_body)
-           values ($1, $2, $3, $4, $5, $6)"#,
+        r#"insert into idempotency_keys (caller, key, request_hash, adjustment_id, shipment_id, refund_id,
+                                         response_status, response_body)
+           values ($1, $2, $3, $4, $5, $6, $7, $8)"#,
         caller,
         key,
         request_hash,
-        adjustment_id,
-        i32::from(response_status),
-        response_body
-    )
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Writes the record of `caller`'s key `key` for the shipment it made, in the shipment's transaction. A key
-/// written meanwhile by another request fails it on [`KEY_CONSTRAINT`].
-pub async fn record_shipment(
-    executor: impl PgExecutor<'_>,
-    caller: &str,
-    key: &str,
-    request_hash: &[u8],
-    shipment_id: Uuid,
-    response_status: u16,
-    response_body: &Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        r#"insert into idempotency_keys (caller, key, request_hash, shipment_id, response_status, response_body)
-           values ($1, $2, $3, $4, $5, $6)"#,
-        caller,
-        key,
-        request_hash,
-        shipment_id,
+        made.id(Makes::Adjustment),
+        made.id(Makes::Shipment),
+        made.id(Makes::Refund),
         i32::from(response_status),
         response_body
     )

@@ -26,6 +26,7 @@ pub struct OutboxEvent {
     pub to_status: OrderStatus,
     pub reason: Option<CancelReason>,
     pub shipment_id: Option<Uuid>,
+    pub refund_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub customer_id: String,
     pub total: i64,
@@ -60,6 +61,9 @@ pub struct EventData {
     /// The shipment an `order.shipped` or `order.shipment_failed` event is about (absent on the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipment_id: Option<Uuid>,
+    /// The refund an `order.refunded` or `order.refund_failed` event is about (absent on the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<Uuid>,
     pub customer_id: String,
     pub total: i64,
     pub currency: String,
@@ -82,6 +86,7 @@ impl OutboxEvent {
                 to: self.to_status.as_str().to_owned(),
                 reason: self.reason.map(|r| r.as_str().to_owned()),
                 shipment_id: self.shipment_id,
+                refund_id: self.refund_id,
                 customer_id: self.customer_id.clone(),
                 total: self.total,
                 currency: self.currency.clone(),
@@ -112,7 +117,7 @@ pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<Outb
         OutboxEvent,
         r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence,
                   e.event_type as "event_type: _", e.from_status as "from_status: _", e.to_status as "to_status: _",
-                  e.reason as "reason: _", e.shipment_id, e.created_at, o.customer_id, o.total, o.currency
+                  e.reason as "reason: _", e.shipment_id, e.refund_id, e.created_at, o.customer_id, o.total, o.currency
            from order_events e join orders o on o.id = e.order_id
            where e.published_at is null
            order by e.id
@@ -170,7 +175,7 @@ pub async fn feed(
         OutboxEvent,
         r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence,
                   e.event_type as "event_type: _", e.from_status as "from_status: _", e.to_status as "to_status: _",
-                  e.reason as "reason: _", e.shipment_id, e.created_at, o.customer_id, o.total, o.currency
+                  e.reason as "reason: _", e.shipment_id, e.refund_id, e.created_at, o.customer_id, o.total, o.currency
            from order_events e join orders o on o.id = e.order_id
            where (e.txid, e.id) > ($1::text::xid8, $2)
              and e.txid < pg_snapshot_xmin(pg_current_snapshot())

@@ -46,7 +46,7 @@ pub fn database_url() -> String {
 }
 
 /// Connections one process may hold (`ORDERFLOW_DB_MAX_CONNECTIONS`, default 32). Each worker process keeps
-/// one per queue for LISTEN (eight), so it needs at least `MIN_WORKER_CONNECTIONS`. Keep the sum over all
+/// one per queue for LISTEN (nine), so it needs at least `MIN_WORKER_CONNECTIONS`. Keep the sum over all
 /// processes below PostgreSQL's `max_connections` (100 by default).
 pub fn db_max_connections() -> Result<u32, SettingsError> {
     let value: u32 = env_parse("ORDERFLOW_DB_MAX_CONNECTIONS", 32)?;
@@ -345,6 +345,7 @@ pub fn step_attempts_variable(step: Step) -> &'static str {
         Step::CancelPayment => "ORDERFLOW_MAX_ATTEMPTS_CANCEL_PAYMENT",
         Step::Ship => "ORDERFLOW_MAX_ATTEMPTS_SHIP",
         Step::ReleaseRest => "ORDERFLOW_MAX_ATTEMPTS_RELEASE_REST",
+        Step::Refund => "ORDERFLOW_MAX_ATTEMPTS_REFUND",
     }
 }
 

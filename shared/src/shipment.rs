@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::flow::Step;
-use crate::idempotency::{self, KeyError, Makes};
+use crate::idempotency::{self, KeyError, Made, Makes};
 use crate::input::{self, FieldError};
 use crate::inventory::{self, ledger};
 use crate::money::{self, Quantity};
@@ -400,12 +400,12 @@ async fn create_in(
         lines: shipped.into_iter().map(|(_, l)| l).collect(),
     };
     let body = respond(&shipment)?;
-    idempotency::record_shipment(
+    idempotency::record_made(
         &mut *tx,
         request.caller,
         request.key,
         request.fingerprint,
-        shipment.row.id,
+        Made::Shipment(shipment.row.id),
         ACCEPTED,
         &body,
     )
@@ -622,56 +622,6 @@ pub async fn complete(conn: &mut PgConnection, shipments: &[(Uuid, &str)]) -> Re
         .await
 }
 
-/// What follows a shipment's end for its order, read after it: another shipment on its way, else whether any
-/// unit is left to ship.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Left {
-    /// A shipment PENDING or CAPTURING.
-    pub in_flight: bool,
-    /// Units held and not shipped (a RESERVED reservation with `quantity > shipped`).
-    pub units: bool,
-}
-
-impl Left {
-    /// The step that runs next: ship for the shipment on its way, fulfil once nothing is left, else none (the
-    /// order waits for shipments).
-    pub fn next_step(self) -> Option<Step> {
-        match self {
-            Left { in_flight: true, .. } => Some(Step::Ship),
-            Left { units: false, .. } => Some(Step::Fulfil),
-            Left { .. } => None,
-        }
-    }
-}
-
-/// [`Left`] for each of the orders, in one read.
-pub async fn left(
-    executor: impl PgExecutor<'_>,
-    order_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Left>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"select o.id as "id!",
-                  exists (select 1 from shipments s where s.order_id = o.id and s.status in ('PENDING', 'CAPTURING'))
-                      as "in_flight!",
-                  exists (select 1 from reservations r where r.order_id = o.id and r.status = 'RESERVED'
-                          and r.quantity > r.shipped + r.cancelled) as "units!"
-           from unnest($1::uuid[]) as o(id)"#,
-        order_ids
-    )
-    .fetch_all(executor)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let left = Left {
-                in_flight: row.in_flight,
-                units: row.units,
-            };
-            (row.id, left)
-        })
-        .collect())
-}
-
 /// Fails CAPTURING shipments whose capture the provider refused (`(shipment, why)`); returns those it failed.
 /// Nothing of them shipped: their units stay reserved.
 pub async fn fail(conn: &mut PgConnection, refused: &[(Uuid, &str)]) -> Result<Vec<Uuid>, sqlx::Error> {
@@ -725,15 +675,6 @@ mod tests {
         let mut long = request(vec![("A", 1)]);
         long.tracking = Some("x".repeat(256));
         assert_eq!(field(long), "tracking");
-    }
-
-    #[test]
-    fn after_a_shipment_the_next_one_runs_then_fulfil_once_nothing_is_left() {
-        let left = |in_flight, units| Left { in_flight, units };
-        assert_eq!(left(true, true).next_step(), Some(Step::Ship));
-        assert_eq!(left(true, false).next_step(), Some(Step::Ship));
-        assert_eq!(left(false, true).next_step(), None, "waits for the next shipment");
-        assert_eq!(left(false, false).next_step(), Some(Step::Fulfil));
     }
 
     #[test]

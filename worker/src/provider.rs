@@ -157,6 +157,36 @@ impl Provider {
         self.intent_action("/v1/refunds", idempotency_key, &form).await
     }
 
+    /// Refunds `amount` of the intent's captured money; the provider's refund id.
+    pub async fn refund_part(
+        &self,
+        provider_ref: &str,
+        idempotency_key: &str,
+        amount: i64,
+        reason: &str,
+    ) -> Result<String, ProviderError> {
+        let form = [
+            ("payment_intent", provider_ref.to_owned()),
+            ("amount", amount.to_string()),
+            ("reason", reason.to_owned()),
+        ];
+        let body = match self.post("/v1/refunds", idempotency_key, &form).await {
+            Ok(body) => body,
+            Err(Failure::Provider(e)) => return Err(e),
+            Err(Failure::Card { code, .. }) => {
+                return Err(ProviderError::Rejected {
+                    code,
+                    message: "card error".to_owned(),
+                    intent_status: None,
+                });
+            }
+        };
+        body["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Transient("the refund's answer has no id".to_owned()))
+    }
+
     async fn intent_action(
         &self,
         path: &str,

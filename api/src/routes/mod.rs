@@ -7,6 +7,7 @@ pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod locations;
 pub(crate) mod orders;
+pub(crate) mod refunds;
 pub(crate) mod shipments;
 pub(crate) mod skus;
 pub(crate) mod stock;
@@ -33,6 +34,10 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
         .route(
             "/v1/orders/{id}/shipments",
             post(shipments::create).get(shipments::list),
+        )
+        .route(
+            "/v1/orders/{id}/refunds",
+            post(refunds::create).get(refunds::list),
         )
         .route("/v1/events", get(feed::list))
         .route("/v1/customer_tokens", post(customer_tokens::mint))

@@ -332,12 +332,12 @@ async fn adjust_in(
         created_at,
         stock,
     })?;
-    let recorded = idempotency::record_adjustment(
+    let recorded = idempotency::record_made(
         &mut *tx,
         request.caller,
         request.key,
         request.fingerprint,
-        id,
+        idempotency::Made::Adjustment(id),
         CREATED,
         &body,
     )

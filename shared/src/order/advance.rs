@@ -36,6 +36,8 @@ pub struct Move<'a> {
     pub parked_in: Option<Step>,
     /// The shipment the transition's event names (`order.shipped`, `order.shipment_failed`).
     pub shipment_id: Option<Uuid>,
+    /// The refund the transition's event names (`order.refunded`, `order.refund_failed`).
+    pub refund_id: Option<Uuid>,
     /// New work a client asked for (a shipment, a cancel of the rest): progress, as a transition is, so the
     /// order's `updated_at` moves and it does not count as stuck. A retry is not progress.
     pub progress: bool,
@@ -73,6 +75,7 @@ impl<'a> Move<'a> {
             last_error: None,
             parked_in: None,
             shipment_id: None,
+            refund_id: None,
             progress: false,
         }
     }
@@ -89,6 +92,7 @@ impl<'a> Move<'a> {
             next: ending.next.map(NextJob::first),
             hold_for: ending.hold_for,
             shipment_id: ending.shipment,
+            refund_id: ending.refund,
             ..Self::new(order)
         }
     }
@@ -130,6 +134,9 @@ struct MoveRow<'a> {
     /// Absent (not null) on every move but a shipment's, so the others' JSON stays as it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     shipment_id: Option<Uuid>,
+    /// Absent on every move but a refund's, likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refund_id: Option<Uuid>,
     /// Absent unless true, likewise.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     progress: bool,
@@ -146,7 +153,8 @@ pub const STATEMENT: &str = concat!(
                undo text, to_status text, cancel_reason text, cancel_note text, event_id uuid, event_type text,
                from_status text, event_reason text, set_step boolean, current_step text, job_id text,
                job_step text, queue text, job_attempt integer, run_after double precision, trace text,
-               hold_secs double precision, last_error text, shipment_id uuid, progress boolean)
+               hold_secs double precision, last_error text, shipment_id uuid, refund_id uuid,
+               progress boolean)
        ),
        attempts_closed as (
            update saga_steps set status = t.log_status, error = t.log_note, finished_at = now()
@@ -176,10 +184,10 @@ pub const STATEMENT: &str = concat!(
        ),
        events as (
            insert into order_events (event_id, order_id, sequence, event_type, from_status, to_status, reason,
-                                     shipment_id)
+                                     shipment_id, refund_id)
            select t.event_id, t.id,
                   coalesce((select max(sequence) from order_events x where x.order_id = t.id), 0) + 1,
-                  t.event_type, t.from_status, t.to_status, t.event_reason, t.shipment_id
+                  t.event_type, t.from_status, t.to_status, t.event_reason, t.shipment_id, t.refund_id
            from t where t.to_status is not null
        ),
        new_jobs as (
@@ -259,6 +267,7 @@ pub async fn advance(
                 hold_secs: m.hold_for.map(|d| d.as_secs_f64()),
                 last_error: m.last_error.as_deref(),
                 shipment_id: m.shipment_id,
+                refund_id: m.refund_id,
                 progress: m.progress,
             }
         })

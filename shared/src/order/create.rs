@@ -128,8 +128,8 @@ pub async fn admit(
     let first = rows.first().ok_or(sqlx::Error::RowNotFound)?;
     let stored = StoredResponse::from_columns(
         first.request_hash.clone(),
-        first.key_order_id,
-        first.key_adjustment_id,
+        // A key that made a shipment or a refund names neither: for an order it is another request all the same.
+        [first.key_order_id, first.key_adjustment_id, None, None],
         first.response_status,
         first.response_body.clone(),
     );

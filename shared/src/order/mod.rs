@@ -50,13 +50,15 @@ impl OrderStatus {
         Self::NeedsAttention,
     ];
 
-    /// The statuses of a saga that is still running: the reconciler watches these (those with a step to run: a
-    /// shipment order waiting for shipments has none, see [`OrderRow::awaits_shipment`]).
-    pub const LIVE: [OrderStatus; 5] = [
+    /// The statuses a saga may still run in: the reconciler watches the orders in these that have a step to run
+    /// (a shipment order waiting for shipments has none, nor has a FULFILLED order without a refund on its way:
+    /// see [`OrderRow::waits`]).
+    pub const LIVE: [OrderStatus; 6] = [
         Self::Created,
         Self::Reserved,
         Self::Paid,
         Self::PartiallyFulfilled,
+        Self::Fulfilled,
         Self::Cancelling,
     ];
 
@@ -77,7 +79,7 @@ impl OrderStatus {
         Self::ALL.into_iter().find(|s| s.as_str() == value)
     }
 
-    /// The saga is over: nothing moves the order any more.
+    /// The saga is over: nothing moves the order's status any more (a FULFILLED order may still refund).
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Fulfilled | Self::Cancelled)
     }
@@ -93,6 +95,8 @@ impl OrderStatus {
             (Paid | PartiallyFulfilled, Transition::Ship) => Some(PartiallyFulfilled),
             (Paid, Transition::FailShipment) => Some(Paid),
             (PartiallyFulfilled, Transition::FailShipment) => Some(PartiallyFulfilled),
+            (PartiallyFulfilled, Transition::Refund | Transition::FailRefund) => Some(PartiallyFulfilled),
+            (Fulfilled, Transition::Refund | Transition::FailRefund) => Some(Fulfilled),
             (Created | Reserved | Paid, Transition::StartCancel(_)) => Some(Cancelling),
             (Cancelling, Transition::FinishCancel) => Some(Cancelled),
             (Cancelling, Transition::Park) => Some(NeedsAttention),
@@ -225,6 +229,10 @@ pub enum Transition {
     Ship,
     /// A shipment's capture was refused for good (or its retries ran out): nothing shipped, the order stays.
     FailShipment,
+    /// A refund of captured money went through; the status stays.
+    Refund,
+    /// The provider refused a refund for good: nothing was refunded; the status stays.
+    FailRefund,
     StartCancel(CancelReason),
     FinishCancel,
     /// A compensation used up its retries: park the saga for an operator.
@@ -244,6 +252,8 @@ impl Transition {
             Self::Fulfil => "fulfil",
             Self::Ship => "ship",
             Self::FailShipment => "fail_shipment",
+            Self::Refund => "refund",
+            Self::FailRefund => "fail_refund",
             Self::StartCancel(_) => "start_cancel",
             Self::FinishCancel => "finish_cancel",
             Self::Park => "park",
@@ -259,6 +269,8 @@ impl Transition {
             Self::Fulfil => EventType::Fulfilled,
             Self::Ship => EventType::Shipped,
             Self::FailShipment => EventType::ShipmentFailed,
+            Self::Refund => EventType::Refunded,
+            Self::FailRefund => EventType::RefundFailed,
             Self::StartCancel(_) => EventType::CancellationStarted,
             Self::RejectOutOfStock | Self::FinishCancel | Self::Resolve => EventType::Cancelled,
             Self::Park => EventType::NeedsAttention,
@@ -323,12 +335,18 @@ pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Orde
 }
 
 impl OrderRow {
-    /// A shipment order whose authorization is in place and whose saga has no step to run: it waits in PAID (or
-    /// PARTIALLY_FULFILLED) for the warehouse's shipments (or a cancel). Not stranded, and nothing retries it.
-    pub fn awaits_shipment(&self) -> bool {
-        self.fulfilment == Fulfilment::Shipment
-            && matches!(self.status, OrderStatus::Paid | OrderStatus::PartiallyFulfilled)
-            && self.current_step.is_none()
+    /// An order with no step to run that waits for a client: a shipment order whose authorization is in place,
+    /// in PAID or PARTIALLY_FULFILLED, waits for the warehouse's shipments (or a cancel); a FULFILLED one for a
+    /// refund. Not stranded, and nothing retries it.
+    pub fn waits(&self) -> bool {
+        self.current_step.is_none()
+            && match self.status {
+                OrderStatus::Paid | OrderStatus::PartiallyFulfilled => {
+                    self.fulfilment == Fulfilment::Shipment
+                }
+                OrderStatus::Fulfilled => true,
+                _ => false,
+            }
     }
 }
 
@@ -521,6 +539,9 @@ pub enum CancelError {
     /// A shipment is being captured: the cancel waits for it to end.
     #[error("order {0} {1}: it cannot be cancelled until that ends")]
     Shipping(Uuid, &'static str),
+    /// A refund is on its way: the cancel of the rest waits for it to end.
+    #[error("order {0} has a refund on its way: it cannot be cancelled until that ends")]
+    Refunding(Uuid),
     #[error(transparent)]
     Invalid(#[from] FieldError),
     #[error(transparent)]
@@ -552,6 +573,10 @@ pub async fn request_cancellation(
             && order.fulfilment == Fulfilment::Shipment;
         if shipping && crate::shipment::in_flight(&mut *tx, id).await? {
             return Err(CancelError::Shipping(id, "has a shipment on its way"));
+        }
+        // A refund runs as the order's current step; the cancel of the rest would take its place.
+        if order.status == OrderStatus::PartiallyFulfilled && crate::refund::in_flight(&mut *tx, id).await? {
+            return Err(CancelError::Refunding(id));
         }
         match order.status {
             OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {}
@@ -640,6 +665,8 @@ mod tests {
             Transition::Fulfil,
             Transition::Ship,
             Transition::FailShipment,
+            Transition::Refund,
+            Transition::FailRefund,
             Transition::StartCancel(CancelReason::CustomerRequest),
             Transition::FinishCancel,
             Transition::Park,
@@ -664,6 +691,10 @@ mod tests {
             (PartiallyFulfilled, "ship", PartiallyFulfilled),
             (PartiallyFulfilled, "fail_shipment", PartiallyFulfilled),
             (PartiallyFulfilled, "fulfil", Fulfilled),
+            (PartiallyFulfilled, "refund", PartiallyFulfilled),
+            (PartiallyFulfilled, "fail_refund", PartiallyFulfilled),
+            (Fulfilled, "refund", Fulfilled),
+            (Fulfilled, "fail_refund", Fulfilled),
             (Cancelling, "finish_cancel", Cancelled),
             (Cancelling, "park", NeedsAttention),
             (NeedsAttention, "resume", Cancelling),
@@ -736,16 +767,21 @@ mod tests {
         );
     }
 
+    /// A terminal status moves no more: a FULFILLED order's refunds keep it FULFILLED.
     #[test]
-    fn terminal_states_accept_no_transition() {
+    fn terminal_states_accept_no_transition_but_a_refunds_own() {
         for from in [Fulfilled, Cancelled] {
             assert!(from.is_terminal());
             for transition in all_transitions() {
-                assert!(
-                    from.apply(&transition).is_err(),
-                    "{from} accepted {}",
-                    transition.name()
-                );
+                if let Ok(to) = from.apply(&transition) {
+                    assert!(
+                        from == Fulfilled
+                            && to == Fulfilled
+                            && transition.event_type().as_str().contains("refund"),
+                        "{from} accepted {}",
+                        transition.name()
+                    );
+                }
             }
         }
     }

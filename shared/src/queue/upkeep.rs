@@ -111,14 +111,15 @@ pub async fn release_jobs_of(executor: impl PgExecutor<'_>, instance: &str) -> R
 }
 
 /// Live sagas whose job no longer moves them on: it finished (Done, Killed, or Failed with no apalis attempt
-/// left) or it is gone. Oldest first. A saga without a current step is not one: a shipment order waiting in
-/// PAID ([`crate::order::OrderRow::awaits_shipment`]), which the index leaves out too. Read without locks; `stranded_job` checks one again under the order lock.
+/// left) or it is gone. Oldest first. A saga without a current step is not one: an order that waits for a client
+/// ([`crate::order::OrderRow::waits`]: a shipment order in PAID, a FULFILLED order), which the index leaves out
+/// too. Read without locks; `stranded_job` checks one again under the order lock.
 /// The live statuses are spelled out, not bound: a literal list lets PostgreSQL use the partial index
 /// `orders_live_updated_at_idx` in a generic plan; a unit test keeps it equal to `OrderStatus::LIVE`.
 pub async fn stranded_sagas(executor: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"select o.id from orders o left join apalis.jobs j on j.id = o.job_id
-           where o.status in ('CREATED', 'RESERVED', 'PAID', 'PARTIALLY_FULFILLED', 'CANCELLING')
+           where o.status in ('CREATED', 'RESERVED', 'PAID', 'PARTIALLY_FULFILLED', 'FULFILLED', 'CANCELLING')
              and o.current_step is not null
              and (j.id is null or j.status in ('Done', 'Killed')
                   or (j.status = 'Failed' and j.attempts >= j.max_attempts))

@@ -19,6 +19,7 @@ mod cancel_payment;
 mod commit;
 mod fulfil;
 mod pay;
+mod refund;
 mod release_inventory;
 mod release_rest;
 mod reserve;
@@ -39,6 +40,7 @@ use cancel_payment::CancelPayment;
 use commit::Commit;
 use fulfil::Fulfil;
 use pay::Pay;
+use refund::Refund;
 use release_inventory::ReleaseInventory;
 use release_rest::ReleaseRest;
 use reserve::Reserve;
@@ -59,6 +61,7 @@ pub(crate) fn dispatch(
         Step::CancelPayment => runner.run_step::<CancelPayment>(jobs),
         Step::Ship => runner.run_step::<Ship>(jobs),
         Step::ReleaseRest => runner.run_step::<ReleaseRest>(jobs),
+        Step::Refund => runner.run_step::<Refund>(jobs),
     }
 }
 

@@ -2,8 +2,9 @@
 //! first transaction gives back the units not shipped (`inventory::release_rest`) with the attempt; the call
 //! cancels what is left of the hold (Stripe's cancel of a `requires_capture` intent releases its remaining
 //! `amount_capturable`; what was captured stays captured) under the order's own key; the record marks the payment
-//! CAPTURED (its captures are all there is) and the order FULFILLED. What shipped stays shipped. A hold already
-//! gone (expired, or released by a final capture) has nothing left to release.
+//! CAPTURED (its captures are all there is) and the order FULFILLED, and queues a refund asked for meanwhile. What
+//! shipped stays shipped. A hold already gone (expired, or released by a final capture) has nothing left to
+//! release.
 //!
 //! It never gives up (`Step::never_gives_up`): it retries every failure, as nothing can undo a shipment.
 //!
@@ -15,8 +16,9 @@ use std::collections::HashMap;
 use anyhow::anyhow;
 use orderflow_shared::flow::{Ending, Step};
 use orderflow_shared::inventory;
-use orderflow_shared::order::OrderRow;
+use orderflow_shared::order::{OrderRow, OrderStatus};
 use orderflow_shared::payment::{self, Outcome, PaymentStatus};
+use orderflow_shared::pending;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -101,10 +103,16 @@ impl SagaStep for ReleaseRest {
             })
             .collect();
         payment::record(&mut *conn, &[PaymentStatus::PartiallyCaptured], &outcomes).await?;
+        let ids: Vec<Uuid> = answered.iter().map(|(order, _)| order.id).collect();
+        let pending = pending::of_orders(&mut *conn, &ids).await?;
         Ok(answered
             .iter()
             .map(|(order, _)| match Self::STEP.runs_in(order.status) {
-                true => Ending::succeeded(Self::STEP),
+                true => Ending::succeeded(Self::STEP).then(
+                    pending
+                        .get(&order.id)
+                        .and_then(|p| p.next_step(OrderStatus::Fulfilled)),
+                ),
                 false => Ending::overtaken("the order left PARTIALLY_FULFILLED during the release"),
             })
             .collect())

@@ -4,7 +4,8 @@
 //! shipment's own key; the second transaction records the capture and, in the same statement, takes the shipped
 //! units out of stock, so no unit leaves stock without its capture on record. A crash anywhere re-runs the
 //! capture under the same key, which the provider answers as before, never capturing twice. After it: ship again
-//! for the next shipment on its way, fulfil once nothing is left to ship, or nothing (the order waits).
+//! for the next shipment on its way, fulfil once nothing is left to ship, refund for a refund asked meanwhile, or
+//! nothing (the order waits): `pending::Pending::next_step`.
 //!
 //! A capture the provider refuses for good is an answer like another: the record fails the shipment (nothing
 //! shipped, its units stay reserved; `order.shipment_failed`) and the order stays where it was. An unknown outcome
@@ -19,8 +20,9 @@ use std::collections::HashMap;
 
 use anyhow::anyhow;
 use orderflow_shared::flow::{Ending, Step};
-use orderflow_shared::order::{CancelReason, OrderRow, Transition};
+use orderflow_shared::order::{CancelReason, OrderRow, OrderStatus, Transition};
 use orderflow_shared::payment::{self, Outcome, PaymentStatus};
+use orderflow_shared::pending;
 use orderflow_shared::shipment::{self, ShipmentRow, ShipmentStatus};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -179,7 +181,7 @@ impl SagaStep for Ship {
             &payments,
         )
         .await?;
-        let left = shipment::left(&mut *conn, &ids).await?;
+        let pending = pending::of_orders(&mut *conn, &ids).await?;
         Ok(answered
             .iter()
             .map(|(order, answer)| {
@@ -192,14 +194,14 @@ impl SagaStep for Ship {
                         order.status
                     ));
                 }
-                let next = left.get(&order.id).and_then(|l| l.next_step());
+                let next = |status| pending.get(&order.id).and_then(|p| p.next_step(status));
                 match &answer.outcome {
-                    Ok(()) if recorded.contains(&id) => {
-                        Ending::succeeded(Self::STEP).then(next).for_shipment(id)
-                    }
+                    Ok(()) if recorded.contains(&id) => Ending::succeeded(Self::STEP)
+                        .then(next(OrderStatus::PartiallyFulfilled))
+                        .for_shipment(id),
                     Err(why) if failed.contains(&id) => {
                         Ending::failed(why.clone(), Some(Transition::FailShipment))
-                            .then(next)
+                            .then(next(order.status))
                             .for_shipment(id)
                     }
                     // A repeat of a run that recorded it: its event is written and its next step queued.
