@@ -35,6 +35,9 @@ create table refund_lines (
     constraint refund_lines_order_line_fkey foreign key (order_id, line_no) references order_lines (order_id, line_no),
     constraint refund_lines_quantity_positive check (quantity > 0)
 );
+-- What was refunded and what shipped of an order's line, read under the order's lock by each refund by lines.
+create index refund_lines_order_line_idx on refund_lines (order_id, line_no);
+create index shipment_lines_order_line_idx on shipment_lines (order_id, line_no);
 
 -- A refund's Idempotency-Key record names the refund.
 alter table idempotency_keys add column refund_id uuid references refunds (id);

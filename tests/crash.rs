@@ -480,6 +480,67 @@ async fn a_worker_killed_after_a_refund_is_finished_by_the_next_without_a_second
     a_refund_survives_a_worker_killed("worker.refund.after_call", "die-after-refund").await;
 }
 
+/// A worker killed before its refund of a FULFILLED order went out: the order keeps its step (refund) with its
+/// job taken by a dead worker, and the next worker refunds it once; the order stays FULFILLED.
+#[tokio::test]
+async fn a_worker_killed_refunding_a_fulfilled_order_is_finished_by_the_next_refunding_once() {
+    let app = spawn_app_with(without_worker(0)).await;
+    app.put_sku("GIFT", 5, 1000).await;
+    let armed = "worker.refund.before_call=return(die-refunding-fulfilled)";
+    let mut first = spawn_worker_process(
+        &app.database_url,
+        &[
+            ("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str()),
+            ("FAILPOINTS", armed),
+        ],
+    );
+    let id = app
+        .create_order("die-refunding-fulfilled", &[("GIFT", 2)], "pm_card_visa")
+        .await;
+    assert_eq!(app.wait_terminal(id).await["status"], "FULFILLED");
+    let (status, refund) = app
+        .refund(
+            id,
+            "one-gift",
+            serde_json::json!({"lines": [{"sku": "GIFT", "quantity": 1}], "reason": "requested_by_customer"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{refund}");
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the worker died refunding"
+    );
+    let order = app.order(id).await;
+    assert_eq!(
+        (&order["status"], &order["current_step"]),
+        (&serde_json::json!("FULFILLED"), &serde_json::json!("refund")),
+        "a FULFILLED order with a refund on its way has a step: {order}"
+    );
+    assert_eq!(app.intents_of(id).await[0]["amount_refunded"], 0);
+
+    let _second = spawn_worker_process(
+        &app.database_url,
+        &[("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())],
+    );
+    app.wait_refund(id, &refund, "DONE").await;
+    let intent = &app.intents_of(id).await[0];
+    assert_eq!(
+        (
+            intent["amount_received"].as_i64(),
+            intent["amount_refunded"].as_i64()
+        ),
+        (Some(2000), Some(1000)),
+        "refunded once: {intent}"
+    );
+    let order = app.order(id).await;
+    assert_eq!(
+        (&order["status"], &order["current_step"]),
+        (&serde_json::json!("FULFILLED"), &serde_json::Value::Null),
+        "{order}"
+    );
+    invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("GIFT", 5)]).await;
+}
+
 /// A worker killed after a partly shipped order's cancel gave back the units not shipped, before the rest of the
 /// hold was released: the next worker releases it under the order's key and ends the order FULFILLED, charged
 /// exactly what shipped.

@@ -759,6 +759,17 @@ async fn cancelling_a_partly_shipped_order_releases_the_rest_and_keeps_what_ship
             "PARTIALLY_FULFILLED>FULFILLED"
         ]
     );
+    // What was captured stays refundable after the rest was released.
+    let (status, refund) = app
+        .refund(
+            id,
+            "all-back",
+            json!({"amount": 1250, "reason": "requested_by_customer"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{refund}");
+    app.wait_refund(id, &refund, "DONE").await;
+    assert_eq!(app.intents_of(id).await[0]["amount_refunded"], 1250);
     crate::invariants::all_hold(
         &app.pool,
         &app.http,
@@ -806,6 +817,19 @@ async fn a_cancel_waits_for_a_shipment_on_its_way_and_nothing_ships_once_the_res
     );
     assert_eq!(app.order(id).await["current_step"], "release_rest");
     assert_eq!(app.sku("MUG").await["reserved"], 1, "not released yet");
+    // A refund waits for the release too.
+    let (status, problem) = app
+        .refund(
+            id,
+            "while-releasing",
+            json!({"amount": 100, "reason": "requested_by_customer"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &problem["type"]),
+        (409, &json!("urn:orderflow:problem:order-releasing")),
+        "{problem}"
+    );
 }
 
 #[tokio::test]

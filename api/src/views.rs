@@ -16,7 +16,7 @@ use orderflow_shared::order::{self, CancelReason, Fulfilment, OrderLineRow, Orde
 use orderflow_shared::payment::{self, PaymentRow, PaymentStatus};
 use orderflow_shared::queue::JobStatus;
 use orderflow_shared::queue::views::{self as queue_views, QueueStats, SagaJob};
-use orderflow_shared::refund::{self, Refund, RefundLine, RefundReason, RefundStatus};
+use orderflow_shared::refund::{self, Money, Refund, RefundLine, RefundReason, RefundStatus};
 use orderflow_shared::shipment::{self, Shipment, ShipmentLine, ShipmentStatus};
 use orderflow_shared::step_log::{self, Attempt};
 use serde::{Deserialize, Serialize};
@@ -105,15 +105,21 @@ pub struct AllocationView {
 pub struct PaymentView {
     pub status: PaymentStatus,
     pub provider_ref: Option<String>,
+    /// What was authorized.
     pub amount: i64,
+    /// What was captured of it (a shipment order's shipments; an auto order's capture).
+    pub captured: i64,
+    /// What refunds gave back or are giving back (those on their way included, FAILED ones not).
+    pub refunded: i64,
 }
 
 impl OrderView {
-    /// The order's view from its rows; `reservations` are the order's (any order: each goes to its line).
+    /// The order's view from its rows; `payment` with the order's money as its rows say (`refund::money_of`);
+    /// `reservations` are the order's (any order: each goes to its line).
     pub fn new(
         row: OrderRow,
         lines: Vec<OrderLineRow>,
-        payment: Option<PaymentRow>,
+        payment: Option<(PaymentRow, Money)>,
         reservations: Vec<Reservation>,
     ) -> Self {
         let ships = row.fulfilment == Fulfilment::Shipment;
@@ -144,10 +150,12 @@ impl OrderView {
                     unit_price: l.unit_price,
                 })
                 .collect(),
-            payment: payment.map(|p| PaymentView {
+            payment: payment.map(|(p, money)| PaymentView {
                 status: p.status,
                 provider_ref: p.provider_ref,
                 amount: p.amount,
+                captured: money.captured,
+                refunded: money.refunded,
             }),
             cancel_reason: row.cancel_reason,
             cancel_note: row.cancel_note,
@@ -172,9 +180,24 @@ pub async fn order(pool: &PgPool, id: Uuid) -> Result<OrderView, ApiError> {
         id: id.to_string(),
     })?;
     let lines = order::lines(pool, id).await?;
-    let payment = payment::find(pool, id).await?;
+    let payment = with_money(pool, payment::find(pool, id).await?).await?;
     let reservations = inventory::reservations_of(pool, &[id]).await?;
     Ok(OrderView::new(row, lines, payment, reservations))
+}
+
+/// The payment with its order's money, read only when there is a payment.
+async fn with_money(
+    pool: &PgPool,
+    payment: Option<PaymentRow>,
+) -> Result<Option<(PaymentRow, Money)>, ApiError> {
+    let Some(payment) = payment else {
+        return Ok(None);
+    };
+    let money = refund::money_of(pool, &[payment.order_id])
+        .await?
+        .remove(&payment.order_id)
+        .unwrap_or_default();
+    Ok(Some((payment, money)))
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -184,7 +207,7 @@ pub struct OrderList {
     pub next_cursor: Option<String>,
 }
 
-/// A page of orders with their lines, allocations and payments (four reads, whatever the page's size).
+/// A page of orders with their lines, allocations and payments (five reads, whatever the page's size).
 pub async fn orders(pool: &PgPool, filter: &order::ListFilter) -> Result<OrderList, ApiError> {
     let rows = order::list(pool, filter).await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -192,10 +215,14 @@ pub async fn orders(pool: &PgPool, filter: &order::ListFilter) -> Result<OrderLi
     for line in order::lines_of(pool, &ids).await? {
         lines.entry(line.order_id).or_default().push(line);
     }
-    let mut payments: HashMap<Uuid, PaymentRow> = payment::find_many(pool, &ids)
+    let mut money = refund::money_of(pool, &ids).await?;
+    let mut payments: HashMap<Uuid, (PaymentRow, Money)> = payment::find_many(pool, &ids)
         .await?
         .into_iter()
-        .map(|p| (p.order_id, p))
+        .map(|p| {
+            let of = money.remove(&p.order_id).unwrap_or_default();
+            (p.order_id, (p, of))
+        })
         .collect();
     let mut reservations: HashMap<Uuid, Vec<Reservation>> = HashMap::new();
     for reservation in inventory::reservations_of(pool, &ids).await? {
@@ -587,7 +614,7 @@ pub async fn saga(pool: &PgPool, id: Uuid, stuck_after: std::time::Duration) -> 
     let last_progress_at = row.updated_at;
     let last_error = row.last_error.clone();
     let lines = order::lines(pool, id).await?;
-    let payment = payment::find(pool, id).await?;
+    let payment = with_money(pool, payment::find(pool, id).await?).await?;
     let reservations = inventory::reservations_of(pool, &[id]).await?;
     Ok(SagaDetail {
         order: OrderView::new(row, lines, payment, reservations),

@@ -818,6 +818,19 @@ mod tests {
             None
         );
         assert_eq!(resume(Cancelled, None, false, Fulfilment::Auto), None);
+        // A FULFILLED order resumes only its refund.
+        assert_eq!(
+            resume(Fulfilled, Some(Step::Refund), true, Fulfilment::Shipment),
+            Some(Step::Refund)
+        );
+        assert_eq!(
+            resume(Fulfilled, Some(Step::Refund), true, Fulfilment::Auto),
+            Some(Step::Refund)
+        );
+        assert_eq!(
+            resume(Fulfilled, Some(Step::Ship), true, Fulfilment::Shipment),
+            None
+        );
         // A shipment order in PAID waits for its shipments: there is no step to resume.
         assert_eq!(resume(Paid, None, false, Fulfilment::Shipment), None);
         assert_eq!(resume(Paid, Some(Step::Pay), false, Fulfilment::Shipment), None);

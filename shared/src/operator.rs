@@ -118,7 +118,7 @@ async fn act_in(
         (Action::Retry, status) if OrderStatus::LIVE.contains(&status) => {
             let Some(step) = flow::current_step(tx, &order).await? else {
                 return Err(ActionError::NotAllowed(format!(
-                    "saga {id} has no step to retry: it is {} and waits for its shipments or refunds",
+                    "saga {id} has no step to retry: it is {} with nothing on its way (it waits for its shipments or refunds)",
                     order.status
                 )));
             };

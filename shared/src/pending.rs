@@ -30,6 +30,10 @@ impl Pending {
     /// none (the order waits for a client). Shipments go first: a refund waits for the capture before it.
     pub fn next_step(self, status: OrderStatus) -> Option<Step> {
         match self {
+            // A FULFILLED order has nothing to ship (nothing ships once the rest is cancelled): only a refund runs.
+            Pending { refunding, .. } if status == OrderStatus::Fulfilled => {
+                refunding.then_some(Step::Refund)
+            }
             Pending { shipping: true, .. } => Some(Step::Ship),
             Pending { units: false, .. } if status == OrderStatus::PartiallyFulfilled => Some(Step::Fulfil),
             Pending { refunding: true, .. } => Some(Step::Refund),
@@ -119,5 +123,11 @@ mod tests {
             Some(Step::Refund)
         );
         assert_eq!(pending(false, false, false).next_step(Fulfilled), None);
+        // Only a refund runs in FULFILLED, whatever else the rows say.
+        assert_eq!(pending(true, true, false).next_step(Fulfilled), None);
+        assert_eq!(
+            pending(true, false, true).next_step(Fulfilled),
+            Some(Step::Refund)
+        );
     }
 }

@@ -28,7 +28,7 @@ use crate::input::{self, FieldError};
 use crate::inventory;
 use crate::money::{self, Quantity};
 use crate::order::{self, Move, OrderStatus};
-use crate::queue::{self, NextJob, announce::Announcer};
+use crate::queue::{self, announce::Announcer};
 
 /// A new refund's answer status: accepted, the refund runs in the worker.
 pub const ACCEPTED: u16 = 202;
@@ -130,8 +130,8 @@ pub struct RefundRequest {
     pub amount: Option<i64>,
     /// Units of the order's lines to give back, at their prices; each sku once.
     pub lines: Option<Vec<RefundLine>>,
-    /// `requested_by_customer`, `duplicate` or `fraudulent` (the provider's reasons).
-    pub reason: String,
+    /// Required: `requested_by_customer`, `duplicate` or `fraudulent` (the provider's reasons).
+    pub reason: Option<String>,
     /// Free text for people (at most 500 characters).
     pub note: Option<String>,
 }
@@ -178,16 +178,14 @@ impl RefundRequest {
             }
             (None, Some(lines)) => Asked::Lines(validate_lines(lines)?),
         };
-        let reason = RefundReason::parse(&self.reason).ok_or_else(|| {
-            FieldError::new(
-                "reason",
-                format!(
-                    "{:?} is not one of {}",
-                    self.reason,
-                    RefundReason::ALL.map(RefundReason::as_str).join(", ")
-                ),
-            )
-        })?;
+        let reasons = RefundReason::ALL.map(RefundReason::as_str).join(", ");
+        let reason = match self.reason.as_deref() {
+            None => {
+                return Err(FieldError::new("reason", format!("required: one of {reasons}")));
+            }
+            Some(reason) => RefundReason::parse(reason)
+                .ok_or_else(|| FieldError::new("reason", format!("{reason:?} is not one of {reasons}")))?,
+        };
         Ok(ValidRefund {
             asked,
             reason,
@@ -527,12 +525,7 @@ async fn create_in(
     // the refund when it ends (`pending::Pending::next_step`); with none, the refund queues itself.
     let queue_refund = order.current_step.is_none();
     if queue_refund {
-        let refund = Move {
-            next: Some(NextJob::first(Step::Refund)),
-            progress: true,
-            ..Move::new(&order)
-        };
-        order::advance(&mut *tx, &[refund]).await?;
+        order::advance(&mut *tx, &[Move::client_asked(&order, Step::Refund)]).await?;
     }
     let refund = Refund {
         row,
@@ -680,7 +673,7 @@ mod tests {
         RefundRequest {
             amount: Some(amount),
             lines: None,
-            reason: "requested_by_customer".to_owned(),
+            reason: Some("requested_by_customer".to_owned()),
             note: Some(" damaged ".to_owned()),
         }
     }
@@ -733,7 +726,14 @@ mod tests {
         assert_eq!(field(by_lines(vec![("bad sku", 1)])), "lines[0].sku");
         assert_eq!(
             field(RefundRequest {
-                reason: "changed_mind".to_owned(),
+                reason: Some("changed_mind".to_owned()),
+                ..by_amount(1)
+            }),
+            "reason"
+        );
+        assert_eq!(
+            field(RefundRequest {
+                reason: None,
                 ..by_amount(1)
             }),
             "reason"

@@ -86,7 +86,7 @@ pub struct WorkerSettings {
     /// Base URL of the payment provider (`ORDERFLOW_PAYMENTS_URL`; the simulator by default; Stripe's API shape).
     pub payments_url: String,
     /// The step queues this process works (`ORDERFLOW_WORKER_STEPS`, names separated by commas, e.g.
-    /// `reserve,commit`; default all eight). A step no running worker takes waits in its queue: every step needs
+    /// `reserve,commit`; default all nine). A step no running worker takes waits in its queue: every step needs
     /// at least one process. Dedicated processes let an operator size or place one step apart (pay next to the
     /// payment provider, reserve on its own while a backlog drains).
     pub steps: Vec<Step>,

@@ -25,7 +25,7 @@ use crate::input::{self, FieldError};
 use crate::inventory::{self, ledger};
 use crate::money::{self, Quantity};
 use crate::order::{self, Fulfilment, Move, OrderStatus};
-use crate::queue::{self, NextJob, announce::Announcer};
+use crate::queue::{self, announce::Announcer};
 
 /// A new shipment's answer status: accepted, the capture runs in the worker.
 pub const ACCEPTED: u16 = 202;
@@ -388,12 +388,7 @@ async fn create_in(
     // The order's ship step runs its shipments one after another: a new one is queued only when none runs.
     let queue_ship = order.current_step.is_none();
     if queue_ship {
-        let ship = Move {
-            next: Some(NextJob::first(Step::Ship)),
-            progress: true,
-            ..Move::new(&order)
-        };
-        order::advance(&mut *tx, &[ship]).await?;
+        order::advance(&mut *tx, &[Move::client_asked(&order, Step::Ship)]).await?;
     }
     let shipment = Shipment {
         row,

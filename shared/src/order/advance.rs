@@ -80,6 +80,15 @@ impl<'a> Move<'a> {
         }
     }
 
+    /// New work a client asked for: `step` queued as the order's current step, as progress.
+    pub fn client_asked(order: &'a OrderRow, step: Step) -> Self {
+        Self {
+            next: Some(NextJob::first(step)),
+            progress: true,
+            ..Self::new(order)
+        }
+    }
+
     /// The end of an attempt as the step decided it.
     pub fn ending(order: &'a OrderRow, attempt: AttemptOf<'a>, ending: Ending) -> Self {
         Self {

@@ -587,10 +587,8 @@ pub async fn request_cancellation(
                 // Some of it shipped: what shipped stays shipped and captured; the rest is released, and the
                 // order ends FULFILLED.
                 let release = Move {
-                    next: Some(crate::queue::NextJob::first(Step::ReleaseRest)),
                     cancel_note: note.clone(),
-                    progress: true,
-                    ..Move::new(&order)
+                    ..Move::client_asked(&order, Step::ReleaseRest)
                 };
                 advance(&mut tx, &[release]).await?;
                 tracing::info!("cancelling what is left of a partly shipped order");

@@ -7,8 +7,10 @@
 //!
 //! A refusal for good (more than is refundable at the provider, a payment it cannot refund) is an answer: the
 //! record fails the refund (`order.refund_failed`; nothing was refunded) and the order stays as it was. An unknown
-//! outcome is a failure, retried under the same key for as long as it takes (`Step::never_gives_up`). A repeat of
-//! a run that recorded its refund already finds nothing REFUNDING and writes nothing.
+//! outcome is a failure, retried under the same key for as long as it takes (`Step::never_gives_up`), within the
+//! provider's key retention (Stripe keeps keys 24 h). A repeat of a run that recorded its refund finds the next
+//! refund on its way, if any, and asks for it beside the run that owns it: harmless, as both ask under that
+//! refund's key and only one records it; with none it writes nothing.
 //!
 //! Failpoints: `worker.refund.start` (a transient failure before anything is written), `worker.refund.before_call`
 //! (aborts the process after the attempt and the refund's REFUNDING committed, before the call),
@@ -147,8 +149,8 @@ impl SagaStep for Refund {
             .iter()
             .map(|(order, answer)| {
                 let id = answer.refund.id;
-                // Nothing moves a refunding order out of PARTIALLY_FULFILLED or FULFILLED but a cancel of the rest
-                // (which waits for refunds) or fulfil; should it have moved, the refund is on record all the same.
+                // Nothing moves a refunding order out of PARTIALLY_FULFILLED or FULFILLED (a cancel of the rest waits
+                // for refunds); should it have moved, the refund is on record all the same.
                 if !Self::STEP.runs_in(order.status) {
                     return Ending::overtaken(format!(
                         "order left refunding during the call (now {})",

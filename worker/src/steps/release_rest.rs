@@ -2,8 +2,9 @@
 //! first transaction gives back the units not shipped (`inventory::release_rest`) with the attempt; the call
 //! cancels what is left of the hold (Stripe's cancel of a `requires_capture` intent releases its remaining
 //! `amount_capturable`; what was captured stays captured) under the order's own key; the record marks the payment
-//! CAPTURED (its captures are all there is) and the order FULFILLED, and queues a refund asked for meanwhile. What
-//! shipped stays shipped. A hold already gone (expired, or released by a final capture) has nothing left to
+//! CAPTURED (its captures are all there is) and the order FULFILLED (a refund is refused while it runs, so none
+//! is pending after it; it asks `pending` all the same, as every step after payment does). What shipped stays
+//! shipped. A hold already gone (expired, or released by a final capture) has nothing left to
 //! release.
 //!
 //! It never gives up (`Step::never_gives_up`): it retries every failure, as nothing can undo a shipment.
