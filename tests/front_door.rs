@@ -169,15 +169,20 @@ async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
     // The shipments example: a shipment order waits in PAID, then ships two of its three units; the refunds
     // example (which goes on with its order) refunds one of them by line.
     let out = bash(
-        &format!("{}\n{}", block("### Shipments"), block("### Refunds")),
+        &format!(
+            "{}\n{}\n{}",
+            block("### Shipments"),
+            block("### Refunds"),
+            block("### Returns")
+        ),
         key,
     )
     .await;
     let answers = documents(&out);
     assert_eq!(
         answers.len(),
-        5,
-        "the sku, the shipment, the list, the refund, the refunds: {out}"
+        6,
+        "the sku, the shipment, the list, the refund, the refunds, the return: {out}"
     );
     assert_eq!(answers[0]["fulfilment"], "shipment", "{out}");
     assert_eq!(
@@ -201,6 +206,15 @@ async fn orderflow_devs_lines_and_the_readmes_try_it_block_work_as_pasted() {
         "{out}"
     );
     assert_eq!(answers[4]["refunds"][0]["status"], "DONE", "{out}");
+    assert_eq!(
+        (
+            &answers[5]["return"]["restock"],
+            &answers[5]["return"]["refund_declined"],
+            &answers[5]["refund"]
+        ),
+        (&Value::from(true), &Value::from(true), &Value::Null),
+        "{out}"
+    );
 
     // docs/API.md's stock reference, after the README's (the location exists).
     let api_doc =

@@ -295,6 +295,19 @@ impl TestApp {
         post_refund(&self.http, &self.api, id, key, body).await
     }
 
+    /// POSTs a return of order `id` with Idempotency-Key `key`; the status and the answer.
+    pub async fn return_units(&self, id: Uuid, key: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/orders/{id}/returns", self.api))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
     /// `GET /v1/orders/{id}/refunds`: the order's refunds and its money.
     pub async fn refunds(&self, id: Uuid) -> Value {
         self.get_json(&format!("{}/v1/orders/{id}/refunds", self.api))

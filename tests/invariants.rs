@@ -76,11 +76,22 @@ pub async fn stock_is_accounted_for(pool: &PgPool, initial: &[(&str, i64)]) {
     .unwrap()
     .into_iter()
     .collect();
+    // Units that came back to stock with a return.
+    let restocked: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "select l.sku, sum(rl.quantity)::bigint from return_lines rl join returns r on r.id = rl.return_id \
+         join order_lines l on l.order_id = rl.order_id and l.line_no = rl.line_no \
+         where r.restock group by l.sku",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
     for (sku, on_hand, reserved) in &skus {
         assert_eq!(*reserved, 0, "{sku}: nothing left reserved");
         assert!(*on_hand >= 0, "{sku}: oversold");
         if let Some((_, initial)) = initial.iter().find(|(s, _)| s == sku) {
-            let sold = committed.get(sku).copied().unwrap_or(0);
+            let sold = committed.get(sku).copied().unwrap_or(0) - restocked.get(sku).copied().unwrap_or(0);
             assert_eq!(*initial, on_hand + sold, "{sku}: stock conserved");
         }
     }
@@ -134,25 +145,29 @@ pub async fn ledger_adds_up(pool: &PgPool, orders: &HashMap<Uuid, Ended>) {
         per_location.is_empty(),
         "(sku, location, on_hand, reserved, ledger's) not adding up, oversold or still reserved: {per_location:?}"
     );
-    let per_order: Vec<(Uuid, String, String, i64, i64, i64)> = sqlx::query_as(
+    let per_order: Vec<(Uuid, String, String, i64, i64, i64, i64)> = sqlx::query_as(
         "select m.order_id, m.sku, m.location, sum(m.on_hand_delta)::bigint, sum(m.reserved_delta)::bigint, \
                 coalesce((select case when o.fulfilment = 'shipment' then r.shipped else r.quantity end \
                           from reservations r join orders o on o.id = r.order_id \
-                          where r.order_id = m.order_id and r.sku = m.sku and r.location = m.location), 0) \
+                          where r.order_id = m.order_id and r.sku = m.sku and r.location = m.location), 0), \
+                coalesce((select sum(rl.quantity) from return_lines rl join returns x on x.id = rl.return_id \
+                          join order_lines l on l.order_id = rl.order_id and l.line_no = rl.line_no \
+                          where x.restock and rl.order_id = m.order_id and l.sku = m.sku \
+                            and rl.location = m.location), 0)::bigint \
          from stock_movements m where m.order_id is not null group by m.order_id, m.sku, m.location",
     )
     .fetch_all(pool)
     .await
     .unwrap();
-    for (id, sku, location, on_hand, reserved, quantity) in per_order {
+    for (id, sku, location, on_hand, reserved, quantity, restocked) in per_order {
         let sold = match orders.get(&id).map(|o| o.status.as_str()) {
             Some("FULFILLED") => quantity,
             _ => 0,
         };
         assert_eq!(
             (on_hand, reserved),
-            (-sold, 0),
-            "order {id}'s movements of {sku} at {location}"
+            (restocked - sold, 0),
+            "order {id}'s movements of {sku} at {location} (less what came back with returns)"
         );
     }
 }
@@ -352,6 +367,30 @@ pub async fn refunds_within_captured(pool: &PgPool, orders: &HashMap<Uuid, Ended
     }
 }
 
+/// Returns: no line of an order came back more units than were delivered of it.
+pub async fn returns_within_delivered(pool: &PgPool) {
+    let over: Vec<(Uuid, i32, i64, i64)> = sqlx::query_as(
+        "select l.order_id, l.line_no, \
+                case when o.fulfilment = 'shipment' \
+                     then (select coalesce(sum(sl.quantity), 0) from shipment_lines sl \
+                           join shipments s on s.id = sl.shipment_id \
+                           where sl.order_id = l.order_id and sl.line_no = l.line_no and s.status = 'DONE') \
+                     when o.status = 'FULFILLED' then l.quantity else 0 end::bigint, \
+                (select coalesce(sum(rl.quantity), 0) from return_lines rl \
+                 where rl.order_id = l.order_id and rl.line_no = l.line_no)::bigint \
+         from order_lines l join orders o on o.id = l.order_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (order, line, delivered, returned) in over {
+        assert!(
+            returned <= delivered,
+            "order {order} line {line}: {returned} returned of {delivered} delivered"
+        );
+    }
+}
+
 /// The step log: no attempt left open (a killed worker's attempt is closed when its job is taken back). An attempt
 /// may still be in flight when the last order ends (a job run twice, whose second run is out calling the provider:
 /// it ends SKIPPED); each must close within a few seconds.
@@ -388,6 +427,7 @@ pub async fn all_hold(
     shipments_match_stock(pool).await;
     money_matches_orders(&orders, http, paysim).await;
     refunds_within_captured(pool, &orders).await;
+    returns_within_delivered(pool).await;
     audit_trails_are_whole(pool, &orders).await;
     no_attempt_left_open(pool).await;
     orders

@@ -134,6 +134,23 @@ fn routes(id: Uuid) -> Vec<Route> {
             Scope::OrdersRead,
             200,
         ),
+        // Nothing of the matrix's order was delivered (no worker runs): a return is refused as such (409).
+        route(
+            Method::POST,
+            "/v1/orders/{id}/returns",
+            format!("/v1/orders/{id}/returns"),
+            Some(json!({"lines": [{"sku": "S", "quantity": 1}], "restock": true})),
+            Scope::FulfilmentWrite,
+            409,
+        ),
+        route(
+            Method::GET,
+            "/v1/orders/{id}/returns",
+            format!("/v1/orders/{id}/returns"),
+            None,
+            Scope::OrdersRead,
+            200,
+        ),
         // Nothing of the matrix's order is captured (no worker runs): a refund is refused as such (409).
         route(
             Method::POST,

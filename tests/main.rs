@@ -30,6 +30,7 @@ mod queue;
 mod reconciler;
 mod recovery;
 mod refund;
+mod returns;
 mod saga;
 mod shipment;
 mod sqlx_cache;

@@ -11,6 +11,7 @@ use orderflow_shared::operator::ActionError;
 use orderflow_shared::order::create::CreateError;
 use orderflow_shared::order::{CancelError, TransitionError};
 use orderflow_shared::refund::RefundError;
+use orderflow_shared::returns::ReturnError;
 use orderflow_shared::shipment::ShipError;
 use orderflow_shared::{db, inventory};
 use serde::Serialize;
@@ -353,6 +354,33 @@ impl From<RefundError> for ApiError {
             }
             RefundError::Transition(e) => e.into(),
             RefundError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<ReturnError> for ApiError {
+    fn from(error: ReturnError) -> Self {
+        match error {
+            ReturnError::Invalid(e) => e.into(),
+            ReturnError::Key(e) => e.into(),
+            ReturnError::NotFound(id) => Self::NotFound {
+                what: "order",
+                id: id.to_string(),
+            },
+            ReturnError::NotReturnable(..) => Self::Conflict {
+                slug: "order-not-returnable",
+                detail: error.to_string(),
+            },
+            ReturnError::ExceedsDelivered(_) => Self::Conflict {
+                slug: "return-exceeds-delivered",
+                detail: error.to_string(),
+            },
+            ReturnError::Refund(e) => e.into(),
+            ReturnError::Render(e) => {
+                Self::Internal(anyhow::Error::new(e).context("failed to render the return"))
+            }
+            ReturnError::Transition(e) => e.into(),
+            ReturnError::Database(e) => e.into(),
         }
     }
 }

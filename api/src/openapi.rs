@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::routes::{
-    admin, customer_tokens, feed, health, locations, orders, refunds, shipments, skus, stock,
+    admin, customer_tokens, feed, health, locations, orders, refunds, returns, shipments, skus, stock,
 };
 
 #[derive(OpenApi)]
@@ -30,6 +30,8 @@ use crate::routes::{
         shipments::list,
         refunds::create,
         refunds::list,
+        returns::create,
+        returns::list,
         feed::list,
         customer_tokens::mint,
         health::metrics,

@@ -17,6 +17,7 @@ use orderflow_shared::payment::{self, PaymentRow, PaymentStatus};
 use orderflow_shared::queue::JobStatus;
 use orderflow_shared::queue::views::{self as queue_views, QueueStats, SagaJob};
 use orderflow_shared::refund::{self, Money, Refund, RefundLine, RefundReason, RefundStatus};
+use orderflow_shared::returns::{self, Return, ReturnLine};
 use orderflow_shared::shipment::{self, Shipment, ShipmentLine, ShipmentStatus};
 use orderflow_shared::step_log::{self, Attempt};
 use serde::{Deserialize, Serialize};
@@ -383,6 +384,69 @@ pub async fn refunds(pool: &PgPool, id: Uuid) -> Result<RefundList, ApiError> {
         captured: money.captured,
         refunded: money.refunded,
         refundable: money.refundable(),
+    })
+}
+
+/// A return: its units per line and where they went, whether they were restocked, and the refund that follows.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReturnView {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    /// Whether the units went back to stock (`order_return` movements) or were written off.
+    pub restock: bool,
+    /// Per line: the units and the location they went back to (restocked) or came from (written off).
+    pub lines: Vec<ReturnLine>,
+    /// The refund of their value (see `/v1/orders/{id}/refunds`); null when declined, or when refunds by line gave
+    /// every unit of it back already.
+    pub refund_id: Option<Uuid>,
+    /// The refund was declined by the caller.
+    pub refund_declined: bool,
+    pub note: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Return> for ReturnView {
+    fn from(made: Return) -> Self {
+        Self {
+            id: made.id,
+            order_id: made.order_id,
+            restock: made.restock,
+            lines: made.lines,
+            refund_id: made.refund_id,
+            refund_declined: made.refund_declined,
+            note: made.note,
+            created_at: made.created_at,
+        }
+    }
+}
+
+/// A new return's answer: the return and the refund that follows it (PENDING), if any.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReturnRecorded {
+    #[serde(rename = "return")]
+    pub made: ReturnView,
+    pub refund: Option<RefundView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReturnList {
+    pub returns: Vec<ReturnView>,
+}
+
+/// The order's returns, oldest first; 404 for an order that does not exist.
+pub async fn returns(pool: &PgPool, id: Uuid) -> Result<ReturnList, ApiError> {
+    if order::find(pool, id).await?.is_none() {
+        return Err(ApiError::NotFound {
+            what: "order",
+            id: id.to_string(),
+        });
+    }
+    Ok(ReturnList {
+        returns: returns::of_order(pool, id)
+            .await?
+            .into_iter()
+            .map(ReturnView::from)
+            .collect(),
     })
 }
 

@@ -21,6 +21,8 @@ pub enum EventType {
     Refunded,
     /// The provider refused a refund for good: nothing was refunded (the event names the refund).
     RefundFailed,
+    /// Units of the order came back (restocked or written off); a refund of their value may follow.
+    Returned,
     CancellationStarted,
     Cancelled,
     NeedsAttention,
@@ -28,7 +30,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 13] = [
         Self::Created,
         Self::Reserved,
         Self::Paid,
@@ -37,6 +39,7 @@ impl EventType {
         Self::ShipmentFailed,
         Self::Refunded,
         Self::RefundFailed,
+        Self::Returned,
         Self::CancellationStarted,
         Self::Cancelled,
         Self::NeedsAttention,
@@ -53,6 +56,7 @@ impl EventType {
             Self::ShipmentFailed => "order.shipment_failed",
             Self::Refunded => "order.refunded",
             Self::RefundFailed => "order.refund_failed",
+            Self::Returned => "order.returned",
             Self::CancellationStarted => "order.cancellation_started",
             Self::Cancelled => "order.cancelled",
             Self::NeedsAttention => "order.needs_attention",

@@ -46,6 +46,7 @@ pub struct StoredResponse {
     pub adjustment_id: Option<Uuid>,
     pub shipment_id: Option<Uuid>,
     pub refund_id: Option<Uuid>,
+    pub return_id: Option<Uuid>,
     pub response_status: i32,
     pub response_body: Value,
 }
@@ -60,6 +61,8 @@ pub enum Makes {
     Shipment,
     /// A refund of an order's captured money.
     Refund,
+    /// A return of an order's units.
+    Return,
 }
 
 /// What a request made, as its key's record names it.
@@ -68,6 +71,7 @@ pub enum Made {
     Adjustment(Uuid),
     Shipment(Uuid),
     Refund(Uuid),
+    Return(Uuid),
 }
 
 impl Made {
@@ -75,7 +79,8 @@ impl Made {
         match (self, makes) {
             (Self::Adjustment(id), Makes::Adjustment)
             | (Self::Shipment(id), Makes::Shipment)
-            | (Self::Refund(id), Makes::Refund) => Some(id),
+            | (Self::Refund(id), Makes::Refund)
+            | (Self::Return(id), Makes::Return) => Some(id),
             _ => None,
         }
     }
@@ -86,17 +91,18 @@ impl StoredResponse {
     /// `None` when there is no record.
     pub fn from_columns(
         request_hash: Option<Vec<u8>>,
-        made: [Option<Uuid>; 4],
+        made: [Option<Uuid>; 5],
         response_status: Option<i32>,
         response_body: Option<Value>,
     ) -> Option<Self> {
-        let [order_id, adjustment_id, shipment_id, refund_id] = made;
+        let [order_id, adjustment_id, shipment_id, refund_id, return_id] = made;
         Some(Self {
             request_hash: request_hash?,
             order_id,
             adjustment_id,
             shipment_id,
             refund_id,
+            return_id,
             response_status: response_status?,
             response_body: response_body?,
         })
@@ -110,6 +116,7 @@ impl StoredResponse {
             Makes::Adjustment => self.adjustment_id.is_some(),
             Makes::Shipment => self.shipment_id.is_some(),
             Makes::Refund => self.refund_id.is_some(),
+            Makes::Return => self.return_id.is_some(),
         };
         match made && self.request_hash == fingerprint {
             true => Ok(self),
@@ -157,7 +164,7 @@ pub async fn claim(conn: &mut sqlx::PgConnection, caller: &str, key: &str) -> Re
         r#"with l as (select pg_try_advisory_xact_lock(
                           hashtextextended('orderflow.idempotency:' || char_length($1) || ':' || $1 || ':' || $2, 0)) as held)
            select l.held as "held!", i.request_hash as "request_hash?", i.order_id, i.adjustment_id, i.shipment_id,
-                  i.refund_id, i.response_status as "response_status?", i.response_body as "response_body?"
+                  i.refund_id, i.return_id, i.response_status as "response_status?", i.response_body as "response_body?"
            from l left join idempotency_keys i on l.held and i.caller = $1 and i.key = $2"#,
         caller,
         key
@@ -168,7 +175,13 @@ pub async fn claim(conn: &mut sqlx::PgConnection, caller: &str, key: &str) -> Re
         held: row.held,
         stored: StoredResponse::from_columns(
             row.request_hash,
-            [row.order_id, row.adjustment_id, row.shipment_id, row.refund_id],
+            [
+                row.order_id,
+                row.adjustment_id,
+                row.shipment_id,
+                row.refund_id,
+                row.return_id,
+            ],
             row.response_status,
             row.response_body,
         ),
@@ -188,14 +201,15 @@ pub async fn record_made(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"insert into idempotency_keys (caller, key, request_hash, adjustment_id, shipment_id, refund_id,
-                                         response_status, response_body)
-           values ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                                         return_id, response_status, response_body)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
         caller,
         key,
         request_hash,
         made.id(Makes::Adjustment),
         made.id(Makes::Shipment),
         made.id(Makes::Refund),
+        made.id(Makes::Return),
         i32::from(response_status),
         response_body
     )

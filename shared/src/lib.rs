@@ -138,6 +138,7 @@ pub mod pending;
 pub mod pgcluster;
 pub mod queue;
 pub mod refund;
+pub mod returns;
 pub mod server_secret;
 pub mod settings;
 pub mod shipment;

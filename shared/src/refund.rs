@@ -27,7 +27,7 @@ use crate::idempotency::{self, KeyError, Made, Makes};
 use crate::input::{self, FieldError};
 use crate::inventory;
 use crate::money::{self, Quantity};
-use crate::order::{self, Move, OrderStatus};
+use crate::order::{self, Move, OrderRow, OrderStatus};
 use crate::queue::{self, announce::Announcer};
 
 /// A new refund's answer status: accepted, the refund runs in the worker.
@@ -368,18 +368,23 @@ pub async fn money_of(
         .collect())
 }
 
-/// One order line as a refund by lines reads it: its price, what was delivered of it and what refunds by line
-/// took of it.
-struct LineMoney {
-    line_no: i32,
-    sku: String,
-    quantity: i64,
-    unit_price: i64,
-    delivered: i64,
-    refunded: i64,
+/// One order line as a refund or a return by lines reads it: its price, what was delivered of it, what refunds by
+/// line took of it and what came back of it in returns.
+pub(crate) struct LineMoney {
+    pub line_no: i32,
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+    pub delivered: i64,
+    pub refunded: i64,
+    pub returned: i64,
 }
 
-async fn line_money(conn: &mut PgConnection, order_id: Uuid) -> Result<Vec<LineMoney>, sqlx::Error> {
+/// The order's lines as [`LineMoney`], read under the order's lock.
+pub(crate) async fn line_money(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Vec<LineMoney>, sqlx::Error> {
     sqlx::query_as!(
         LineMoney,
         r#"select l.line_no, l.sku, l.quantity, l.unit_price,
@@ -392,7 +397,9 @@ async fn line_money(conn: &mut PgConnection, order_id: Uuid) -> Result<Vec<LineM
                   end::bigint as "delivered!",
                   coalesce((select sum(rl.quantity) from refund_lines rl join refunds f on f.id = rl.refund_id
                             where rl.order_id = l.order_id and rl.line_no = l.line_no
-                              and f.status <> 'FAILED'), 0)::bigint as "refunded!"
+                              and f.status <> 'FAILED'), 0)::bigint as "refunded!",
+                  coalesce((select sum(tl.quantity) from return_lines tl
+                            where tl.order_id = l.order_id and tl.line_no = l.line_no), 0)::bigint as "returned!"
            from order_lines l join orders o on o.id = l.order_id
            where l.order_id = $1 order by l.line_no"#,
         order_id
@@ -401,31 +408,17 @@ async fn line_money(conn: &mut PgConnection, order_id: Uuid) -> Result<Vec<LineM
     .await
 }
 
-/// [`create_once`]'s work inside its transaction, which it leaves to its caller to end; with the answer, whether
-/// it queued a refund job. `None`: the key was written meanwhile (see [`create`]).
-async fn create_in(
+/// Writes a PENDING refund of `asked` for `order`, which the caller has locked: refused unless the order's money is
+/// captured (PARTIALLY_FULFILLED or FULFILLED, not releasing its rest), by lines at most what was delivered and not
+/// refunded by line, in all at most what was captured and not refunded. It queues nothing.
+pub(crate) async fn write(
     tx: &mut PgConnection,
-    request: &Refunding<'_>,
-    respond: &impl Fn(&Refund) -> Result<Value, serde_json::Error>,
-) -> Result<Option<(Answer, bool)>, RefundError> {
-    let claim = idempotency::claim(tx, request.caller, request.key).await?;
-    if !claim.held {
-        return Err(KeyError::InFlight.into());
-    }
-    if let Some(stored) = claim.stored {
-        let stored = stored.replay(Makes::Refund, request.fingerprint)?;
-        let answer = Answer {
-            status: u16::try_from(stored.response_status).unwrap_or(ACCEPTED),
-            body: stored.response_body,
-            replayed: true,
-        };
-        return Ok(Some((answer, false)));
-    }
-    let id = request.order_id;
-    // The order's lock: every refund of the order takes it, so what the others took is read as committed.
-    let order = order::lock(&mut *tx, id)
-        .await?
-        .ok_or(RefundError::NotFound(id))?;
+    order: &OrderRow,
+    asked: &Asked,
+    reason: RefundReason,
+    note: Option<&str>,
+) -> Result<Refund, RefundError> {
+    let id = order.id;
     match order.status {
         OrderStatus::PartiallyFulfilled | OrderStatus::Fulfilled => {}
         OrderStatus::Cancelling | OrderStatus::Cancelled | OrderStatus::NeedsAttention => {
@@ -448,7 +441,7 @@ async fn create_in(
         return Err(RefundError::Releasing(id));
     }
     let money = money_of(&mut *tx, &[id]).await?.remove(&id).unwrap_or_default();
-    let (amount, lines) = match &request.refund.asked {
+    let (amount, lines) = match asked {
         Asked::Amount(amount) => (*amount, Vec::new()),
         Asked::Lines(asked) => {
             let lines = line_money(&mut *tx, id).await?;
@@ -502,8 +495,8 @@ async fn create_in(
         Uuid::now_v7(),
         id,
         amount,
-        request.refund.reason.as_str(),
-        request.refund.note.as_deref()
+        reason.as_str(),
+        note
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -521,16 +514,51 @@ async fn create_in(
         .execute(&mut *tx)
         .await?;
     }
+    Ok(Refund {
+        row,
+        lines: lines.into_iter().map(|(_, l)| l).collect(),
+    })
+}
+
+/// [`create_once`]'s work inside its transaction, which it leaves to its caller to end; with the answer, whether
+/// it queued a refund job. `None`: the key was written meanwhile (see [`create`]).
+async fn create_in(
+    tx: &mut PgConnection,
+    request: &Refunding<'_>,
+    respond: &impl Fn(&Refund) -> Result<Value, serde_json::Error>,
+) -> Result<Option<(Answer, bool)>, RefundError> {
+    let claim = idempotency::claim(tx, request.caller, request.key).await?;
+    if !claim.held {
+        return Err(KeyError::InFlight.into());
+    }
+    if let Some(stored) = claim.stored {
+        let stored = stored.replay(Makes::Refund, request.fingerprint)?;
+        let answer = Answer {
+            status: u16::try_from(stored.response_status).unwrap_or(ACCEPTED),
+            body: stored.response_body,
+            replayed: true,
+        };
+        return Ok(Some((answer, false)));
+    }
+    let id = request.order_id;
+    // The order's lock: every refund of the order takes it, so what the others took is read as committed.
+    let order = order::lock(&mut *tx, id)
+        .await?
+        .ok_or(RefundError::NotFound(id))?;
+    let refund = write(
+        &mut *tx,
+        &order,
+        &request.refund.asked,
+        request.refund.reason,
+        request.refund.note.as_deref(),
+    )
+    .await?;
     // The order's refunds run one after another, and after any step the order is in: the step that runs queues
     // the refund when it ends (`pending::Pending::next_step`); with none, the refund queues itself.
     let queue_refund = order.current_step.is_none();
     if queue_refund {
         order::advance(&mut *tx, &[Move::client_asked(&order, Step::Refund)]).await?;
     }
-    let refund = Refund {
-        row,
-        lines: lines.into_iter().map(|(_, l)| l).collect(),
-    };
     let body = respond(&refund)?;
     idempotency::record_made(
         &mut *tx,

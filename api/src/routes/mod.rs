@@ -8,6 +8,7 @@ pub(crate) mod health;
 pub(crate) mod locations;
 pub(crate) mod orders;
 pub(crate) mod refunds;
+pub(crate) mod returns;
 pub(crate) mod shipments;
 pub(crate) mod skus;
 pub(crate) mod stock;
@@ -38,6 +39,10 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
         .route(
             "/v1/orders/{id}/refunds",
             post(refunds::create).get(refunds::list),
+        )
+        .route(
+            "/v1/orders/{id}/returns",
+            post(returns::create).get(returns::list),
         )
         .route("/v1/events", get(feed::list))
         .route("/v1/customer_tokens", post(customer_tokens::mint))

@@ -42,10 +42,12 @@ pub enum MovementReason {
     OrderCommit,
     /// An order's units given back (`reserved` down, or `on_hand` up for committed units).
     OrderRelease,
+    /// An order's delivered units that came back and were restocked (`on_hand` up).
+    OrderReturn,
 }
 
 impl MovementReason {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::OpeningBalance,
         Self::StockCount,
         Self::Adjustment,
@@ -53,6 +55,7 @@ impl MovementReason {
         Self::OrderReserve,
         Self::OrderCommit,
         Self::OrderRelease,
+        Self::OrderReturn,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl MovementReason {
             Self::OrderReserve => "order_reserve",
             Self::OrderCommit => "order_commit",
             Self::OrderRelease => "order_release",
+            Self::OrderReturn => "order_return",
         }
     }
 

@@ -602,3 +602,63 @@ async fn change_held_stock(
         .await?;
     Ok(changed as u64)
 }
+
+/// A return's units going back to stock: `on_hand` up by each `(sku, location, quantity)` (`order_return`
+/// movements naming the order, by `actor`). The skus are locked in sorted order first; a location the sku has
+/// never been at gets its row, empty, for the units to add to.
+#[tracing::instrument(skip_all, fields(%order_id, units = units.len()), err)]
+pub async fn restock(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    units: &[(&str, &str, i64)],
+    actor: &str,
+) -> Result<(), sqlx::Error> {
+    let mut skus: Vec<&str> = units.iter().map(|(sku, _, _)| *sku).collect();
+    skus.sort_unstable();
+    skus.dedup();
+    sqlx::query!(
+        "select sku from skus where sku = any($1) order by sku for no key update",
+        &skus as &[&str]
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (skus, locations, quantities): (Vec<&str>, Vec<&str>, Vec<i64>) = units.iter().fold(
+        (Vec::new(), Vec::new(), Vec::new()),
+        |mut all, (sku, location, quantity)| {
+            all.0.push(*sku);
+            all.1.push(*location);
+            all.2.push(*quantity);
+            all
+        },
+    );
+    sqlx::query!(
+        r#"insert into stock_levels (sku, location)
+           select sku, location from unnest($1::text[], $2::text[]) as u(sku, location)
+           on conflict (sku, location) do nothing"#,
+        &skus as &[&str],
+        &locations as &[&str]
+    )
+    .execute(&mut *conn)
+    .await?;
+    const STATEMENT: &str = concat!(
+        r#"with changes as (
+               select u.sku, u.location, u.quantity as on_hand_delta, 0::bigint as reserved_delta,
+                      $4::text as reason, $5::uuid as order_id, null::uuid as adjustment_id, $6::text as actor
+               from unnest($1::text[], $2::text[], $3::bigint[]) as u(sku, location, quantity)
+           ),
+           "#,
+        crate::stock_change!(),
+        r#"
+           select 1"#
+    );
+    sqlx::query(STATEMENT)
+        .bind(&skus)
+        .bind(&locations)
+        .bind(&quantities)
+        .bind(MovementReason::OrderReturn)
+        .bind(order_id)
+        .bind(actor)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

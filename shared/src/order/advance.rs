@@ -41,6 +41,9 @@ pub struct Move<'a> {
     /// New work a client asked for (a shipment, a cancel of the rest): progress, as a transition is, so the
     /// order's `updated_at` moves and it does not count as stuck. A retry is not progress.
     pub progress: bool,
+    /// A transition that leaves the order's current step as it is (a return's event while a step runs); without
+    /// it a transition with no next job ends the saga's current step.
+    pub keeps_step: bool,
 }
 
 /// Which attempt of which step, run by whom.
@@ -77,6 +80,7 @@ impl<'a> Move<'a> {
             shipment_id: None,
             refund_id: None,
             progress: false,
+            keeps_step: false,
         }
     }
 
@@ -243,6 +247,7 @@ pub async fn advance(
             let current_step = match (&m.next, &m.transition) {
                 (Some(next), _) => Some(Some(next.step)),
                 (None, Some(Transition::Park)) => Some(m.parked_in),
+                (None, Some(_)) if m.keeps_step => None,
                 (None, Some(_)) => Some(None),
                 (None, None) => None,
             };

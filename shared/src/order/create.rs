@@ -129,7 +129,7 @@ pub async fn admit(
     let stored = StoredResponse::from_columns(
         first.request_hash.clone(),
         // A key that made a shipment or a refund names neither: for an order it is another request all the same.
-        [first.key_order_id, first.key_adjustment_id, None, None],
+        [first.key_order_id, first.key_adjustment_id, None, None, None],
         first.response_status,
         first.response_body.clone(),
     );

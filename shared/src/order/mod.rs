@@ -97,6 +97,8 @@ impl OrderStatus {
             (PartiallyFulfilled, Transition::FailShipment) => Some(PartiallyFulfilled),
             (PartiallyFulfilled, Transition::Refund | Transition::FailRefund) => Some(PartiallyFulfilled),
             (Fulfilled, Transition::Refund | Transition::FailRefund) => Some(Fulfilled),
+            (PartiallyFulfilled, Transition::Return) => Some(PartiallyFulfilled),
+            (Fulfilled, Transition::Return) => Some(Fulfilled),
             (Created | Reserved | Paid, Transition::StartCancel(_)) => Some(Cancelling),
             (Cancelling, Transition::FinishCancel) => Some(Cancelled),
             (Cancelling, Transition::Park) => Some(NeedsAttention),
@@ -233,6 +235,8 @@ pub enum Transition {
     Refund,
     /// The provider refused a refund for good: nothing was refunded; the status stays.
     FailRefund,
+    /// Units of the order came back (restocked or written off); the status stays.
+    Return,
     StartCancel(CancelReason),
     FinishCancel,
     /// A compensation used up its retries: park the saga for an operator.
@@ -254,6 +258,7 @@ impl Transition {
             Self::FailShipment => "fail_shipment",
             Self::Refund => "refund",
             Self::FailRefund => "fail_refund",
+            Self::Return => "return",
             Self::StartCancel(_) => "start_cancel",
             Self::FinishCancel => "finish_cancel",
             Self::Park => "park",
@@ -271,6 +276,7 @@ impl Transition {
             Self::FailShipment => EventType::ShipmentFailed,
             Self::Refund => EventType::Refunded,
             Self::FailRefund => EventType::RefundFailed,
+            Self::Return => EventType::Returned,
             Self::StartCancel(_) => EventType::CancellationStarted,
             Self::RejectOutOfStock | Self::FinishCancel | Self::Resolve => EventType::Cancelled,
             Self::Park => EventType::NeedsAttention,
@@ -665,6 +671,7 @@ mod tests {
             Transition::FailShipment,
             Transition::Refund,
             Transition::FailRefund,
+            Transition::Return,
             Transition::StartCancel(CancelReason::CustomerRequest),
             Transition::FinishCancel,
             Transition::Park,
@@ -693,6 +700,8 @@ mod tests {
             (PartiallyFulfilled, "fail_refund", PartiallyFulfilled),
             (Fulfilled, "refund", Fulfilled),
             (Fulfilled, "fail_refund", Fulfilled),
+            (PartiallyFulfilled, "return", PartiallyFulfilled),
+            (Fulfilled, "return", Fulfilled),
             (Cancelling, "finish_cancel", Cancelled),
             (Cancelling, "park", NeedsAttention),
             (NeedsAttention, "resume", Cancelling),
@@ -765,7 +774,7 @@ mod tests {
         );
     }
 
-    /// A terminal status moves no more: a FULFILLED order's refunds keep it FULFILLED.
+    /// A terminal status moves no more: a FULFILLED order's refunds and returns keep it FULFILLED.
     #[test]
     fn terminal_states_accept_no_transition_but_a_refunds_own() {
         for from in [Fulfilled, Cancelled] {
@@ -775,7 +784,10 @@ mod tests {
                     assert!(
                         from == Fulfilled
                             && to == Fulfilled
-                            && transition.event_type().as_str().contains("refund"),
+                            && matches!(
+                                transition,
+                                Transition::Refund | Transition::FailRefund | Transition::Return
+                            ),
                         "{from} accepted {}",
                         transition.name()
                     );
