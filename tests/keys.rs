@@ -139,7 +139,7 @@ fn routes(id: Uuid) -> Vec<Route> {
             Method::POST,
             "/v1/orders/{id}/returns",
             format!("/v1/orders/{id}/returns"),
-            Some(json!({"lines": [{"sku": "S", "quantity": 1}], "restock": true})),
+            Some(json!({"lines": [{"sku": "S", "quantity": 1}], "restock": true, "refund": false})),
             Scope::FulfilmentWrite,
             409,
         ),

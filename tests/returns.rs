@@ -254,13 +254,17 @@ async fn an_auto_orders_return_goes_to_the_location_named_and_bad_requests_are_r
             json!({"lines": [{"sku": "GIFT", "quantity": 1}], "restock": true, "reason": "broken"}),
             "reason",
         ),
+        (
+            json!({"lines": [{"sku": "GIFT", "quantity": 1}], "restock": false, "location": "store-1"}),
+            "location",
+        ),
     ];
     for (n, (body, field)) in invalid.into_iter().enumerate() {
         let (status, problem) = app.return_units(id, &format!("bad-{n}"), body.clone()).await;
-        assert_eq!(status, 422, "{body}: {problem}");
-        assert!(
-            problem.to_string().contains(field),
-            "{body}: names {field}: {problem}"
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some(field)),
+            "{body}: {problem}"
         );
     }
     let (status, _) = app.return_units(Uuid::now_v7(), "nobody", reason.clone()).await;
@@ -285,6 +289,35 @@ async fn an_auto_orders_return_goes_to_the_location_named_and_bad_requests_are_r
         .await
         .unwrap();
     assert_eq!(refused.status(), 403);
+    // A warehouse's key (fulfilment:write alone) records returns, but their refund is customer service's.
+    let warehouse = crate::helpers::client_with_key(
+        &crate::helpers::create_key(
+            &app.pool,
+            &[
+                orderflow_shared::api_key::Scope::FulfilmentWrite,
+                orderflow_shared::api_key::Scope::OrdersRead,
+            ],
+            100,
+        )
+        .await,
+        reqwest::Client::builder(),
+    );
+    let refused = warehouse
+        .post(format!("{}/v1/orders/{id}/returns", app.api))
+        .header("Idempotency-Key", "warehouse")
+        .json(&reason)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refunds:write"),
+        "{problem}"
+    );
     let written: i64 = sqlx::query_scalar("select count(*) from returns")
         .fetch_one(&app.pool)
         .await
@@ -317,6 +350,20 @@ async fn an_auto_orders_return_goes_to_the_location_named_and_bad_requests_are_r
         (&json!(3000), &json!(3000)),
         "{intent}"
     );
+    // With its scope alone the warehouse records a return without its refund; here all 3 came back already.
+    let late = warehouse
+        .post(format!("{}/v1/orders/{id}/returns", app.api))
+        .header("Idempotency-Key", "warehouse-none")
+        .json(&json!({"lines": [{"sku": "GIFT", "quantity": 1}], "restock": true, "refund": false}))
+        .send()
+        .await
+        .unwrap();
+    let problem: Value = late.json().await.unwrap();
+    assert_eq!(
+        problem["type"],
+        problem_type("return-exceeds-delivered"),
+        "{problem}"
+    );
     let (status, problem) = app
         .return_units(
             id,
@@ -330,4 +377,109 @@ async fn an_auto_orders_return_goes_to_the_location_named_and_bad_requests_are_r
         "{problem}"
     );
     invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("GIFT", 10)]).await;
+}
+
+/// A return lands while another step is the order's (the app's worker runs everything but refund, so a refund is
+/// the order's step): the return keeps that step and its job, and its own refund waits and runs after it. Then,
+/// with everything refunded by amount, a return whose refund does not fit is refused whole: nothing restocked.
+#[tokio::test]
+async fn a_return_keeps_the_step_that_runs_and_a_refused_refund_undoes_the_whole_return() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        tune: |settings| {
+            settings
+                .steps
+                .retain(|s| *s != orderflow_shared::flow::Step::Refund)
+        },
+        ..crate::helpers::Options::default()
+    })
+    .await;
+    let id = partly_shipped(&app, "keeps-step").await;
+    let (status, first) = app
+        .refund(
+            id,
+            "part",
+            json!({"amount": 100, "reason": "requested_by_customer"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{first}");
+    let step_and_job = || async {
+        sqlx::query_as::<_, (Option<String>, Option<String>)>(
+            "select current_step, job_id from orders where id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    let before = step_and_job().await;
+    assert_eq!(before.0.as_deref(), Some("refund"));
+
+    let (status, answer) = app
+        .return_units(
+            id,
+            "box-back",
+            json!({"lines": [{"sku": "BOX", "quantity": 1}], "restock": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        step_and_job().await,
+        before,
+        "the return kept the order's step and its job"
+    );
+    assert_eq!(app.sku("BOX").await["on_hand"], 10, "restocked");
+
+    let _refunds = crate::helpers::spawn_worker_process(
+        &app.database_url,
+        &[("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())],
+    );
+    app.wait_refund(id, &first, "DONE").await;
+    app.wait_refund(id, &answer["refund"], "DONE").await;
+    assert_eq!(app.intents_of(id).await[0]["amount_refunded"], 1100);
+
+    // The 400 left is refunded by amount; a TAPE's return with its refund (250) no longer fits.
+    let (status, rest) = app
+        .refund(
+            id,
+            "rest",
+            json!({"amount": 400, "reason": "requested_by_customer"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{rest}");
+    app.wait_refund(id, &rest, "DONE").await;
+    let (status, problem) = app
+        .return_units(
+            id,
+            "tape-back",
+            json!({"lines": [{"sku": "TAPE", "quantity": 1}], "restock": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, &problem["type"]),
+        (409, &problem_type("refund-exceeds-captured")),
+        "{problem}"
+    );
+    assert_eq!(app.sku("TAPE").await["on_hand"], 8, "nothing restocked");
+    assert!(returned_movements(&app, "TAPE", id).await.is_empty());
+    let listed = app.get_json(&format!("{}/v1/orders/{id}/returns", app.api)).await;
+    assert_eq!(listed["returns"].as_array().unwrap().len(), 1, "{listed}");
+    // Declined, the same return goes through.
+    let (status, declined) = app
+        .return_units(
+            id,
+            "tape-back-2",
+            json!({"lines": [{"sku": "TAPE", "quantity": 1}], "restock": true, "refund": false}),
+        )
+        .await;
+    assert_eq!(status, 201, "{declined}");
+    assert_eq!(app.sku("TAPE").await["on_hand"], 9);
+    assert_eq!(app.cancel(id).await.status(), 202, "cancel the MUG");
+    assert_eq!(app.wait_terminal(id).await["status"], "FULFILLED");
+    invariants::all_hold(
+        &app.pool,
+        &app.http,
+        &app.paysim,
+        &[("BOX", 10), ("TAPE", 10), ("MUG", 10)],
+    )
+    .await;
 }

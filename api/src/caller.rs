@@ -47,6 +47,8 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the caller has `scope`; a route that needs a second scope for part of its work asks with
+    /// [`Caller::require`].
     fn allows(&self, scope: Scope) -> bool {
         match self.customer {
             None => self.key.allows(scope),
@@ -128,6 +130,17 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
             caller,
             scope: PhantomData,
         })
+    }
+}
+
+impl Caller {
+    /// 403 unless the caller also has `scope` (a route whose request may do what another scope guards).
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        match (self.allows(scope), &self.customer) {
+            (true, _) => Ok(()),
+            (false, Some(_)) => Err(ApiError::TokenCannot(scope)),
+            (false, None) => Err(ApiError::MissingScope(scope)),
+        }
     }
 }
 

@@ -97,6 +97,12 @@ impl ReturnRequest {
             )
         })?;
         if let Some(location) = &self.location {
+            if !restock {
+                return Err(FieldError::new(
+                    "location",
+                    "only restocked units go to a location: leave it out with \"restock\": false",
+                ));
+            }
             inventory::check_location_code("location", location)?;
         }
         let reason = match self.reason.as_deref() {
@@ -328,8 +334,11 @@ async fn create_in(
                 location,
             },
         ));
-        // Units a refund by line gave back already are not refunded again.
-        let unrefunded = quantity.get().min(line.delivered - line.refunded);
+        // A line's refunds by line are taken to cover the units that come back first: of the units returned so far
+        // (with these), those no refund by line gave back yet are refunded. So a unit refunded by line and then
+        // returned is not refunded twice, and a line's refunds never pass what came back of it by returns, nor what
+        // was delivered. (Refunds by amount name no units: a return's refund fits what is refundable, or 409.)
+        let unrefunded = (line.returned + quantity.get() - line.refunded).clamp(0, quantity.get());
         if let Ok(units) = Quantity::parse(unrefunded) {
             to_refund.push((sku.clone(), units));
         }
@@ -520,6 +529,15 @@ mod tests {
                 ..request(vec![("A", 1)])
             }),
             "reason"
+        );
+        assert_eq!(
+            field(ReturnRequest {
+                restock: Some(false),
+                location: Some("store-1".to_owned()),
+                ..request(vec![("A", 1)])
+            }),
+            "location",
+            "written-off units go nowhere"
         );
         let declined = ReturnRequest {
             refund: Some(false),

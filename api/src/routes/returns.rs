@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use orderflow_shared::api_key::Scope;
 use orderflow_shared::returns::{self, ReturnRequest, Returning};
 
 use crate::caller::{Authorized, FulfilmentWrite, OrdersRead};
@@ -16,8 +17,9 @@ use crate::{ApiError, AppState};
 
 /// Records units of an order that came back: 201 with the return, its units restocked (when `restock`) in the same
 /// transaction, and the refund of their value accepted (PENDING; the worker refunds it) unless `refund` is false.
+/// A return with its refund needs `refunds:write` too.
 /// A repeat of the key replays the first answer.
-#[utoipa::path(post, path = "/v1/orders/{id}/returns", operation_id = "create_return", security(("api_key" = ["fulfilment:write"])), request_body = ReturnRequest,
+#[utoipa::path(post, path = "/v1/orders/{id}/returns", operation_id = "create_return", security(("api_key" = ["fulfilment:write"]), ("api_key" = ["fulfilment:write", "refunds:write"])), request_body = ReturnRequest,
     params(("Idempotency-Key" = String, Header, description = "1–255 characters; a repeat replays the first response")),
     responses(
         (status = 201, description = "Recorded: the return (`return`) and the refund that follows it (`refund`, PENDING, or null)", body = ReturnRecorded),
@@ -36,6 +38,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let valid = body.parsed.validate()?;
+    // The refund that follows moves money: a warehouse's key (fulfilment:write alone) records returns with
+    // `"refund": false`, and the refund is customer service's (refunds:write).
+    if valid.refund {
+        authorized.caller.require(Scope::RefundsWrite)?;
+    }
     let caller = authorized.caller.idempotency_scope();
     let fingerprint = returns::fingerprint(id, &body.value);
     let request = Returning {
