@@ -8,6 +8,14 @@
 //! mid-batch too). The API runs with admission control on, as shipped: an order refused past the saga backlog
 //! bound is sent again with its Idempotency-Key. It reports the outbox lag sampled during the run and the refusals.
 //!
+//! After payment (issue 18) the mix goes on: about a quarter of the orders hold a shipment sku, so they wait in
+//! PAID for the warehouse, which ships them in one or two shipments (and now and then cancels the rest after the
+//! first); customer service refunds some finished orders (by amount, by line, and now and then two refunds at once
+//! that together pass what was captured) and the warehouse takes some units back (restocked or written off, the
+//! refund following). All of it under the same kills and crash; afterwards captured − refunded per order must be
+//! what the provider's ledger says, shipped units what left stock, and no return or refund past what was
+//! delivered or captured.
+//!
 //! Short mode (default, ≤ 3 minutes, run by `.ci/run`): 1,000 orders at 25 per second. Soak mode:
 //! `ORDERFLOW_CHAOS=soak`, with `ORDERFLOW_CHAOS_ORDERS` (default 10,000) orders at `ORDERFLOW_CHAOS_RATE` per
 //! second (default 40) and a PostgreSQL crash every quarter of them. Runs on a
@@ -32,6 +40,13 @@ use crate::invariants;
 
 const NATS: &str = "nats://127.0.0.1:4222";
 const SKUS: [&str; 4] = ["HOT-1", "HOT-2", "HOT-3", "HOT-4"];
+/// Skus fulfilled by shipment: an order with one of them waits in PAID for the warehouse.
+const BOXES: [&str; 2] = ["BOX-1", "BOX-2"];
+/// Of the orders, the share with a shipment sku; of the finished ones, those customer service refunds and those
+/// the warehouse takes units back of.
+const SHIPMENT_SHARE: u32 = 25;
+const REFUND_SHARE: u32 = 15;
+const RETURN_SHARE: u32 = 10;
 /// Units per sku for each order planned: about 70% of the orders find stock, the rest end out_of_stock.
 const ON_HAND_PER_ORDER: f64 = 0.7;
 const PRICE: i64 = 1250;
@@ -116,6 +131,10 @@ fn random_order(rng: &mut impl Rng, i: usize) -> Value {
     let mut chosen = Vec::new();
     for _ in 0..lines {
         let sku = skus.remove(rng.random_range(0..skus.len()));
+        chosen.push(json!({"sku": sku, "quantity": rng.random_range(1..=3)}));
+    }
+    if rng.random_range(0..100) < SHIPMENT_SHARE {
+        let sku = BOXES[rng.random_range(0..BOXES.len())];
         chosen.push(json!({"sku": sku, "quantity": rng.random_range(1..=3)}));
     }
     let roll = rng.random_range(0..100);
@@ -211,11 +230,15 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         .await
         .unwrap();
     assert!(store.status().is_success());
-    for sku in SKUS {
+    for sku in SKUS.iter().chain(&BOXES) {
+        let fulfilment = if BOXES.contains(sku) { "shipment" } else { "auto" };
         for (location, units) in [("default", on_hand - on_hand / 3), ("store", on_hand / 3)] {
             let put = http
                 .put(format!("{api}/v1/skus/{sku}"))
-                .json(&json!({"on_hand": units, "price": PRICE, "currency": "USD", "location": location}))
+                .json(
+                    &json!({"on_hand": units, "price": PRICE, "currency": "USD", "location": location,
+                              "fulfilment": fulfilment}),
+                )
                 .send()
                 .await
                 .unwrap();
@@ -302,9 +325,18 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         })
     };
 
-    // Clients: submit every order (and cancel about one in twenty soon after).
+    // Clients: submit every order (and cancel about one in twenty soon after); after payment, the warehouse and
+    // customer service act on some (`AfterPayment`), each order's in a task of its own, reading the order's status
+    // from the database.
     let next = Arc::new(AtomicUsize::new(0));
     let overloaded = Arc::new(AtomicUsize::new(0));
+    let status = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&url)
+        .unwrap();
+    let follow_ups: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
+    let done: Arc<Mutex<Done>> = Arc::new(Mutex::new(Done::default()));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (http, api, next, submitted, overloaded) = (
@@ -314,6 +346,7 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
                 submitted.clone(),
                 overloaded.clone(),
             );
+            let (status, follow_ups, done) = (status.clone(), follow_ups.clone(), done.clone());
             let (total, rate) = (plan.orders, plan.rate);
             tokio::spawn(async move {
                 let mut accepted = Vec::new();
@@ -334,6 +367,14 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
                         // A cancel is best effort: it may meet the outage or a fulfilled order.
                         let _ = http.post(format!("{api}/v1/orders/{id}/cancel")).send().await;
                     }
+                    let after = AfterPayment::of(&body, &mut rand::rng());
+                    if after != AfterPayment::default() {
+                        let (http, api, status) = (http.clone(), api.clone(), status.clone());
+                        let done = done.clone();
+                        follow_ups.lock().await.push(tokio::spawn(async move {
+                            after.run(&http, &api, &status, id, i, &done).await
+                        }));
+                    }
                     accepted.push(id);
                 }
             })
@@ -343,6 +384,10 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     for client in clients {
         accepted.extend(client.await.unwrap());
     }
+    for follow_up in std::mem::take(&mut *follow_ups.lock().await) {
+        follow_up.await.unwrap();
+    }
+    let done = std::mem::take(&mut *done.lock().await);
     let submit_time = started.elapsed();
     crasher.await.unwrap();
     calm.store(true, Ordering::Relaxed);
@@ -359,11 +404,14 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     let pool = PgPool::connect(&url).await.unwrap();
     let deadline = Instant::now() + plan.drain;
     loop {
-        let open: i64 =
-            sqlx::query_scalar("select count(*) from orders where status not in ('FULFILLED', 'CANCELLED')")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let open: i64 = sqlx::query_scalar(
+            "select (select count(*) from orders where status not in ('FULFILLED', 'CANCELLED')) \
+                  + (select count(*) from refunds where status in ('PENDING', 'REFUNDING')) \
+                  + (select count(*) from shipments where status in ('PENDING', 'CAPTURING'))",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         if open == 0 {
             break;
         }
@@ -384,7 +432,7 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     let duration = started.elapsed();
 
     // Every accepted order is there and over, and every invariant holds (stock, money, audit trail, step log).
-    let initial: Vec<(&str, i64)> = SKUS.iter().map(|sku| (*sku, on_hand)).collect();
+    let initial: Vec<(&str, i64)> = SKUS.iter().chain(&BOXES).map(|sku| (*sku, on_hand)).collect();
     let by_id = invariants::all_hold(&pool, &http, &paysim, &initial).await;
     assert_eq!(
         by_id.len(),
@@ -439,6 +487,26 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     .fetch_one(&pool)
     .await
     .unwrap();
+    let (shipments, refunds, returns): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from shipments where status = 'DONE'), \
+                (select count(*) from refunds where status = 'DONE'), (select count(*) from returns)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        shipments > 0 && refunds > 0 && returns > 0,
+        "the mix after payment happened: {shipments} shipments, {refunds} refunds, {returns} returns"
+    );
+    println!(
+        "chaos after payment: shipments_done={shipments} refunds_done={refunds} returns={returns} \
+         shipment_orders={} rests_cancelled={} refunds_refused={} concurrent_pairs={} returns_refused={}",
+        done.shipment_orders,
+        done.rests_cancelled,
+        done.refunds_refused,
+        done.concurrent_pairs,
+        done.returns_refused
+    );
     println!(
         "chaos: orders={} fulfilled={} cancelled={} (out_of_stock={} declined={} payment_failed={} customer={}) \
          worker_kills={} pg_crashes={} attempts_cut_by_kills={} refused_by_admission={} events={} \
@@ -463,4 +531,237 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     );
     assert!(kills.load(Ordering::Relaxed) >= 3, "the chaos happened");
     pool.close().await;
+}
+
+/// What the warehouse and customer service do with one order after payment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct AfterPayment {
+    /// A shipment order: ship it (one or two shipments), and maybe cancel the rest after the first.
+    ship: bool,
+    cancel_rest: bool,
+    /// Once it is FULFILLED: refund some of it (and maybe two at once that together pass what is refundable).
+    refund: bool,
+    concurrent: bool,
+    /// Once it is FULFILLED: take one unit back (restocked or written off).
+    take_back: bool,
+    restock: bool,
+}
+
+/// What the follow-ups saw, for the report.
+#[derive(Debug, Default)]
+struct Done {
+    shipment_orders: usize,
+    rests_cancelled: usize,
+    refunds_refused: usize,
+    concurrent_pairs: usize,
+    returns_refused: usize,
+}
+
+/// Sends a request until it is answered for good: a 503 (the outage, a statement timeout), a 409 whose key is in
+/// flight, a 429 and a refused connection are sent again with the same Idempotency-Key. The status and answer.
+async fn send(http: &reqwest::Client, url: &str, key: &str, body: &Value) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = http
+            .post(url)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+        {
+            let status = r.status().as_u16();
+            let answer: Value = r.json().await.unwrap_or_default();
+            let in_flight = answer["type"] == "urn:orderflow:problem:idempotency-key-in-flight";
+            if !(status == 503 || status == 429 || in_flight) {
+                return (status, answer);
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The order's status, polled from the database every 250 ms until `until` holds; tolerates the outage.
+async fn wait_status(pool: &PgPool, id: Uuid, until: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let status: Result<String, _> = sqlx::query_scalar("select status from orders where id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await;
+        if let Ok(status) = status
+            && until(&status)
+        {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {id} never got where the follow-up waits"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+impl AfterPayment {
+    fn of(body: &Value, rng: &mut impl Rng) -> Self {
+        let ship = body["lines"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|l| BOXES.iter().any(|b| l["sku"] == *b)));
+        Self {
+            ship,
+            cancel_rest: ship && rng.random_range(0..10) == 0,
+            refund: rng.random_range(0..100) < REFUND_SHARE,
+            concurrent: rng.random_range(0..4) == 0,
+            take_back: rng.random_range(0..100) < RETURN_SHARE,
+            restock: rng.random_bool(0.5),
+        }
+    }
+
+    async fn run(
+        self,
+        http: &reqwest::Client,
+        api: &str,
+        pool: &PgPool,
+        id: Uuid,
+        i: usize,
+        done: &Mutex<Done>,
+    ) {
+        let order_url = format!("{api}/v1/orders/{id}");
+        if self.ship {
+            let status = wait_status(pool, id, |s| matches!(s, "PAID" | "CANCELLED" | "CANCELLING")).await;
+            if status != "PAID" {
+                return;
+            }
+            done.lock().await.shipment_orders += 1;
+            // The order's lines, split in two shipments: the first takes some units of each line (at least one in
+            // all), the second the rest.
+            let order = http.get(&order_url).send().await;
+            let Ok(order) = order else { return };
+            let order: Value = order.json().await.unwrap_or_default();
+            let Some(lines) = order["lines"].as_array() else {
+                return;
+            };
+            let (mut first, mut second) = (Vec::new(), Vec::new());
+            for line in lines {
+                let quantity = line["quantity"].as_i64().unwrap_or(0);
+                let now = rand::rng().random_range(0..=quantity);
+                if now > 0 {
+                    first.push(json!({"sku": line["sku"], "quantity": now}));
+                }
+                if quantity > now {
+                    second.push(json!({"sku": line["sku"], "quantity": quantity - now}));
+                }
+            }
+            if first.is_empty() {
+                std::mem::swap(&mut first, &mut second);
+            }
+            for (n, shipment) in [first, second].into_iter().enumerate() {
+                if shipment.is_empty() {
+                    continue;
+                }
+                let (status, answer) = send(
+                    http,
+                    &format!("{order_url}/shipments"),
+                    &format!("chaos-{i}-ship-{n}"),
+                    &json!({"lines": shipment}),
+                )
+                .await;
+                // A customer's cancel may have got there first.
+                if status != 202 {
+                    assert_eq!(status, 409, "shipment of order {i}: {answer}");
+                    break;
+                }
+                wait_status(pool, id, |s| s != "PAID").await;
+                if n == 0 && self.cancel_rest {
+                    let (status, _) = send(
+                        http,
+                        &format!("{order_url}/cancel"),
+                        &format!("chaos-{i}-rest"),
+                        &json!({}),
+                    )
+                    .await;
+                    if status == 202 {
+                        done.lock().await.rests_cancelled += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        if !(self.refund || self.take_back) {
+            return;
+        }
+        if wait_status(pool, id, |s| matches!(s, "FULFILLED" | "CANCELLED")).await != "FULFILLED" {
+            return;
+        }
+        if self.take_back {
+            let order: Value = match http.get(&order_url).send().await {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => return,
+            };
+            // One unit of a line of which some left stock (an order whose rest was cancelled may have lines none
+            // of which shipped).
+            let line = order["lines"].as_array().and_then(|lines| {
+                lines
+                    .iter()
+                    .find(|l| {
+                        l["allocations"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|a| a["shipped"] != 0))
+                    })
+                    .cloned()
+            });
+            if let Some(line) = line {
+                let (status, answer) = send(
+                    http,
+                    &format!("{order_url}/returns"),
+                    &format!("chaos-{i}-return"),
+                    &json!({"lines": [{"sku": line["sku"], "quantity": 1}], "restock": self.restock}),
+                )
+                .await;
+                if status != 201 {
+                    assert_eq!(status, 409, "return of order {i}: {answer}");
+                    done.lock().await.returns_refused += 1;
+                }
+            }
+        }
+        if self.refund {
+            let money: Value = match http.get(format!("{order_url}/refunds")).send().await {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => return,
+            };
+            let refundable = money["refundable"].as_i64().unwrap_or(0);
+            if refundable < 2 {
+                return;
+            }
+            let url = format!("{order_url}/refunds");
+            if self.concurrent {
+                // Two refunds of 60% each: together they pass what is refundable, so at least one is refused.
+                let amount = refundable * 6 / 10;
+                let body = json!({"amount": amount, "reason": "duplicate"});
+                let (key_a, key_b) = (format!("chaos-{i}-refund-a"), format!("chaos-{i}-refund-b"));
+                let (a, b) = tokio::join!(send(http, &url, &key_a, &body), send(http, &url, &key_b, &body));
+                let accepted = [a.0, b.0].iter().filter(|s| **s == 202).count();
+                assert!(
+                    accepted <= 1,
+                    "order {i}: both of two refunds past what is refundable: {a:?} {b:?}"
+                );
+                let mut done = done.lock().await;
+                done.concurrent_pairs += 1;
+                done.refunds_refused += 2 - accepted;
+            } else {
+                let amount = rand::rng().random_range(1..=refundable / 2);
+                let (status, answer) = send(
+                    http,
+                    &url,
+                    &format!("chaos-{i}-refund"),
+                    &json!({"amount": amount, "reason": "requested_by_customer"}),
+                )
+                .await;
+                if status != 202 {
+                    assert_eq!(status, 409, "refund of order {i}: {answer}");
+                    done.lock().await.refunds_refused += 1;
+                }
+            }
+        }
+    }
 }
