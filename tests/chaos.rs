@@ -581,6 +581,21 @@ async fn send(http: &reqwest::Client, url: &str, key: &str, body: &Value) -> (u1
     }
 }
 
+/// A GET answered 200 (sent again through the outage and any 503); its body.
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+            && let Ok(body) = r.json::<Value>().await
+        {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "GET {url} never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The order's status, polled from the database every 250 ms until `until` holds; tolerates the outage.
 async fn wait_status(pool: &PgPool, id: Uuid, until: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -635,14 +650,10 @@ impl AfterPayment {
             done.lock().await.shipment_orders += 1;
             // The order's lines, split in two shipments: the first takes some units of each line (at least one in
             // all), the second the rest.
-            let order = http.get(&order_url).send().await;
-            let Ok(order) = order else { return };
-            let order: Value = order.json().await.unwrap_or_default();
-            let Some(lines) = order["lines"].as_array() else {
-                return;
-            };
+            let order = get_json(http, &order_url).await;
+            let lines = order["lines"].as_array().cloned().unwrap_or_default();
             let (mut first, mut second) = (Vec::new(), Vec::new());
-            for line in lines {
+            for line in &lines {
                 let quantity = line["quantity"].as_i64().unwrap_or(0);
                 let now = rand::rng().random_range(0..=quantity);
                 if now > 0 {
@@ -694,10 +705,7 @@ impl AfterPayment {
             return;
         }
         if self.take_back {
-            let order: Value = match http.get(&order_url).send().await {
-                Ok(r) => r.json().await.unwrap_or_default(),
-                Err(_) => return,
-            };
+            let order = get_json(http, &order_url).await;
             // One unit of a line of which some left stock (an order whose rest was cancelled may have lines none
             // of which shipped).
             let line = order["lines"].as_array().and_then(|lines| {
@@ -725,10 +733,7 @@ impl AfterPayment {
             }
         }
         if self.refund {
-            let money: Value = match http.get(format!("{order_url}/refunds")).send().await {
-                Ok(r) => r.json().await.unwrap_or_default(),
-                Err(_) => return,
-            };
+            let money = get_json(http, &format!("{order_url}/refunds")).await;
             let refundable = money["refundable"].as_i64().unwrap_or(0);
             if refundable < 2 {
                 return;

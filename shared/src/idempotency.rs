@@ -149,6 +149,99 @@ where
     }
 }
 
+/// A request made under an Idempotency-Key: whose keys they are, the key, and what identifies the request beyond
+/// it (its fingerprint).
+#[derive(Debug, Clone, Copy)]
+pub struct Keyed<'a> {
+    pub caller: &'a str,
+    pub key: &'a str,
+    pub fingerprint: &'a [u8],
+}
+
+/// The answer to a keyed request that makes one thing (a shipment, a refund, a return): a new one's, or the
+/// stored answer of a repeat.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub replayed: bool,
+}
+
+/// Ends the transaction of a keyed request that makes one thing (a shipment, a refund, a return; started quiet,
+/// [`crate::queue::announce::begin_quiet`]): `outcome` is the request's work in it, begun with
+/// [`Keyed::claim_or_replay`] and ended with [`Keyed::record`]. It commits only a new answer, and announces
+/// `queue` after the commit when the work queued a job of it. `None`: the key was written meanwhile; run the
+/// request once more ([`at_most_twice`]), which replays it.
+pub async fn end_keyed<E: From<sqlx::Error>>(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    outcome: Result<Option<(Answer, bool)>, E>,
+    announcer: &crate::queue::announce::Announcer,
+    queue: &'static str,
+) -> Result<Option<Answer>, E> {
+    let new = matches!(&outcome, Ok(Some((answer, _))) if !answer.replayed);
+    let made = crate::db::finish(tx, outcome, new).await?;
+    Ok(made.map(|(answer, queued)| {
+        if new && queued {
+            announcer.announce(queue);
+        }
+        answer
+    }))
+}
+
+impl Keyed<'_> {
+    /// Takes the key (a request with it in flight: [`KeyError::InFlight`]) and, for a repeat of a request that
+    /// made `makes` with this fingerprint, its stored answer (another request: [`KeyError::Reused`]); `None` when
+    /// the request is new. `status` is the answer's when a stored one has none that fits.
+    pub async fn claim_or_replay<E>(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        makes: Makes,
+        status: u16,
+    ) -> Result<Option<(Answer, bool)>, E>
+    where
+        E: From<KeyError> + From<sqlx::Error>,
+    {
+        let claim = claim(conn, self.caller, self.key).await?;
+        if !claim.held {
+            return Err(KeyError::InFlight.into());
+        }
+        let Some(stored) = claim.stored else {
+            return Ok(None);
+        };
+        let stored = stored.replay(makes, self.fingerprint)?;
+        let answer = Answer {
+            status: u16::try_from(stored.response_status).unwrap_or(status),
+            body: stored.response_body,
+            replayed: true,
+        };
+        Ok(Some((answer, false)))
+    }
+
+    /// Writes the key's record of what the request made with its answer, in its transaction: the answer, with
+    /// whether it queued a job; `None` when another request wrote the key meanwhile ([`KEY_CONSTRAINT`]).
+    pub async fn record<E: From<sqlx::Error>>(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        made: Made,
+        status: u16,
+        body: Value,
+        queued: bool,
+    ) -> Result<Option<(Answer, bool)>, E> {
+        match record_made(conn, self.caller, self.key, self.fingerprint, made, status, &body).await {
+            Ok(()) => {
+                let answer = Answer {
+                    status,
+                    body,
+                    replayed: false,
+                };
+                Ok(Some((answer, queued)))
+            }
+            Err(error) if is_key_taken(&error) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
 /// Whether a request holds its key, and the key's record if an earlier request left one.
 #[derive(Debug, Clone)]
 pub struct Claim {

@@ -21,14 +21,13 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::db;
 use crate::flow::Step;
-use crate::idempotency::{self, KeyError, Made, Makes};
+use crate::idempotency::{self, Answer, KeyError, Keyed, Made, Makes};
 use crate::input::{self, FieldError};
 use crate::inventory;
 use crate::money::{self, Quantity};
 use crate::order::{self, Move, OrderRow, OrderStatus};
-use crate::queue::{self, announce::Announcer};
+use crate::queue::announce::{Announcer, begin_quiet};
 
 /// A new refund's answer status: accepted, the refund runs in the worker.
 pub const ACCEPTED: u16 = 202;
@@ -195,32 +194,10 @@ impl RefundRequest {
 }
 
 fn validate_lines(lines: &[RefundLine]) -> Result<Vec<(String, Quantity)>, FieldError> {
-    if lines.is_empty() {
-        return Err(FieldError::new(
-            "lines",
-            "a refund by lines needs at least one line",
-        ));
-    }
-    if lines.len() > money::MAX_ORDER_LINES {
-        return Err(FieldError::new(
-            "lines",
-            format!("at most {} lines", money::MAX_ORDER_LINES),
-        ));
-    }
-    let mut valid: Vec<(String, Quantity)> = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        inventory::check_sku_code(&format!("lines[{i}].sku"), &line.sku)?;
-        if valid.iter().any(|(sku, _)| *sku == line.sku) {
-            return Err(FieldError::new(
-                format!("lines[{i}].sku"),
-                format!("sku {:?} appears on more than one line", line.sku),
-            ));
-        }
-        let quantity =
-            Quantity::parse(line.quantity).map_err(|e| FieldError::new(format!("lines[{i}].quantity"), e))?;
-        valid.push((line.sku.clone(), quantity));
-    }
-    Ok(valid)
+    inventory::check_unit_lines(
+        "a refund by lines",
+        lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
+    )
 }
 
 /// A refund request, checked, with what identifies it.
@@ -246,14 +223,6 @@ pub struct Refund {
     pub row: RefundRow,
     /// A refund by lines' lines; empty for one by amount.
     pub lines: Vec<RefundLine>,
-}
-
-/// The answer to a refund request: a new refund's, or the stored one of a repeat.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Value,
-    pub replayed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -294,9 +263,13 @@ pub async fn create(
     request: &Refunding<'_>,
     respond: impl Fn(&Refund) -> Result<Value, serde_json::Error>,
 ) -> Result<Answer, RefundError> {
-    // As order creation: a request that committed the key just as this one took its lock is not seen by the
-    // first read; this one's record then fails on the key, and the second pass replays it.
-    idempotency::at_most_twice(|| create_once(pool, announcer, request, &respond)).await
+    idempotency::at_most_twice(|| create_once(pool, announcer, request, &respond))
+        .await
+        .inspect(|answer| {
+            if !answer.replayed {
+                tracing::info!(order_id = %request.order_id, "refund accepted");
+            }
+        })
 }
 
 async fn create_once(
@@ -305,20 +278,10 @@ async fn create_once(
     request: &Refunding<'_>,
     respond: &impl Fn(&Refund) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<Answer>, RefundError> {
-    // Quiet: a refund job it queues is announced after the commit.
-    let mut tx = queue::announce::begin_quiet(pool).await?;
+    // Quiet: a job it queues is announced after the commit.
+    let mut tx = begin_quiet(pool).await?;
     let outcome = create_in(&mut tx, request, respond).await;
-    let new = matches!(&outcome, Ok(Some((answer, _))) if !answer.replayed);
-    let made = db::finish(tx, outcome, new).await?;
-    Ok(made.map(|(answer, queued)| {
-        if new {
-            if queued {
-                announcer.announce(Step::Refund.queue());
-            }
-            tracing::info!(order_id = %request.order_id, "refund accepted");
-        }
-        answer
-    }))
+    idempotency::end_keyed(tx, outcome, announcer, Step::Refund.queue()).await
 }
 
 /// What an order's money is, as its rows say: what its captures took and what its refunds (not FAILED) give back.
@@ -527,18 +490,16 @@ async fn create_in(
     request: &Refunding<'_>,
     respond: &impl Fn(&Refund) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<(Answer, bool)>, RefundError> {
-    let claim = idempotency::claim(tx, request.caller, request.key).await?;
-    if !claim.held {
-        return Err(KeyError::InFlight.into());
-    }
-    if let Some(stored) = claim.stored {
-        let stored = stored.replay(Makes::Refund, request.fingerprint)?;
-        let answer = Answer {
-            status: u16::try_from(stored.response_status).unwrap_or(ACCEPTED),
-            body: stored.response_body,
-            replayed: true,
-        };
-        return Ok(Some((answer, false)));
+    let keyed = Keyed {
+        caller: request.caller,
+        key: request.key,
+        fingerprint: request.fingerprint,
+    };
+    if let Some(replayed) = keyed
+        .claim_or_replay::<RefundError>(tx, Makes::Refund, ACCEPTED)
+        .await?
+    {
+        return Ok(Some(replayed));
     }
     let id = request.order_id;
     // The order's lock: every refund of the order takes it, so what the others took is read as committed.
@@ -560,30 +521,9 @@ async fn create_in(
         order::advance(&mut *tx, &[Move::client_asked(&order, Step::Refund)]).await?;
     }
     let body = respond(&refund)?;
-    idempotency::record_made(
-        &mut *tx,
-        request.caller,
-        request.key,
-        request.fingerprint,
-        Made::Refund(refund.row.id),
-        ACCEPTED,
-        &body,
-    )
-    .await
-    .map(|()| {
-        Some((
-            Answer {
-                status: ACCEPTED,
-                body,
-                replayed: false,
-            },
-            queue_refund,
-        ))
-    })
-    .or_else(|error| match idempotency::is_key_taken(&error) {
-        true => Ok(None),
-        false => Err(error.into()),
-    })
+    keyed
+        .record(tx, Made::Refund(refund.row.id), ACCEPTED, body, queue_refund)
+        .await
 }
 
 /// Whether the order has a refund on its way (PENDING or REFUNDING): a cancel of the rest waits for it.

@@ -15,14 +15,16 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::db;
 use crate::flow::Step;
-use crate::idempotency::{self, KeyError, Made, Makes};
+use crate::idempotency::{self, Answer, KeyError, Keyed, Made, Makes};
 use crate::input::{self, FieldError};
 use crate::inventory;
-use crate::money::{self, Quantity};
+use crate::money::Quantity;
 use crate::order::{self, Move, OrderStatus, Transition};
-use crate::queue::{self, NextJob, announce::Announcer};
+use crate::queue::{
+    NextJob,
+    announce::{Announcer, begin_quiet},
+};
 use crate::refund::{self, Asked, Refund, RefundError, RefundReason};
 
 /// A new return's answer status: recorded (its restock done, its refund accepted).
@@ -68,28 +70,10 @@ pub struct ValidReturn {
 impl ReturnRequest {
     /// Checks everything that needs no database.
     pub fn validate(&self) -> Result<ValidReturn, FieldError> {
-        if self.lines.is_empty() {
-            return Err(FieldError::new("lines", "a return needs at least one line"));
-        }
-        if self.lines.len() > money::MAX_ORDER_LINES {
-            return Err(FieldError::new(
-                "lines",
-                format!("at most {} lines", money::MAX_ORDER_LINES),
-            ));
-        }
-        let mut lines: Vec<(String, Quantity)> = Vec::with_capacity(self.lines.len());
-        for (i, line) in self.lines.iter().enumerate() {
-            inventory::check_sku_code(&format!("lines[{i}].sku"), &line.sku)?;
-            if lines.iter().any(|(sku, _)| *sku == line.sku) {
-                return Err(FieldError::new(
-                    format!("lines[{i}].sku"),
-                    format!("sku {:?} appears on more than one line", line.sku),
-                ));
-            }
-            let quantity = Quantity::parse(line.quantity)
-                .map_err(|e| FieldError::new(format!("lines[{i}].quantity"), e))?;
-            lines.push((line.sku.clone(), quantity));
-        }
+        let lines = inventory::check_unit_lines(
+            "a return",
+            self.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
+        )?;
         let restock = self.restock.ok_or_else(|| {
             FieldError::new(
                 "restock",
@@ -166,14 +150,6 @@ pub struct Return {
     pub created_at: DateTime<Utc>,
 }
 
-/// The answer to a return request: a new return's, or the stored one of a repeat.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Value,
-    pub replayed: bool,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ReturnError {
     #[error(transparent)]
@@ -207,7 +183,13 @@ pub async fn create(
     request: &Returning<'_>,
     respond: impl Fn(&Return, Option<&Refund>) -> Result<Value, serde_json::Error>,
 ) -> Result<Answer, ReturnError> {
-    idempotency::at_most_twice(|| create_once(pool, announcer, request, &respond)).await
+    idempotency::at_most_twice(|| create_once(pool, announcer, request, &respond))
+        .await
+        .inspect(|answer| {
+            if !answer.replayed {
+                tracing::info!(order_id = %request.order_id, "return recorded");
+            }
+        })
 }
 
 async fn create_once(
@@ -216,19 +198,10 @@ async fn create_once(
     request: &Returning<'_>,
     respond: &impl Fn(&Return, Option<&Refund>) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<Answer>, ReturnError> {
-    let mut tx = queue::announce::begin_quiet(pool).await?;
+    // Quiet: a job it queues is announced after the commit.
+    let mut tx = begin_quiet(pool).await?;
     let outcome = create_in(&mut tx, request, respond).await;
-    let new = matches!(&outcome, Ok(Some((answer, _))) if !answer.replayed);
-    let made = db::finish(tx, outcome, new).await?;
-    Ok(made.map(|(answer, queued)| {
-        if new {
-            if queued {
-                announcer.announce(Step::Refund.queue());
-            }
-            tracing::info!(order_id = %request.order_id, "return recorded");
-        }
-        answer
-    }))
+    idempotency::end_keyed(tx, outcome, announcer, Step::Refund.queue()).await
 }
 
 /// Where each line's delivered units left from, the first location in allocation order when several.
@@ -260,18 +233,16 @@ async fn create_in(
     request: &Returning<'_>,
     respond: &impl Fn(&Return, Option<&Refund>) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<(Answer, bool)>, ReturnError> {
-    let claim = idempotency::claim(tx, request.caller, request.key).await?;
-    if !claim.held {
-        return Err(KeyError::InFlight.into());
-    }
-    if let Some(stored) = claim.stored {
-        let stored = stored.replay(Makes::Return, request.fingerprint)?;
-        let answer = Answer {
-            status: u16::try_from(stored.response_status).unwrap_or(CREATED),
-            body: stored.response_body,
-            replayed: true,
-        };
-        return Ok(Some((answer, false)));
+    let keyed = Keyed {
+        caller: request.caller,
+        key: request.key,
+        fingerprint: request.fingerprint,
+    };
+    if let Some(replayed) = keyed
+        .claim_or_replay::<ReturnError>(tx, Makes::Return, CREATED)
+        .await?
+    {
+        return Ok(Some(replayed));
     }
     let asked = request.r#return;
     let id = request.order_id;
@@ -412,30 +383,9 @@ async fn create_in(
         created_at: recorded.created_at,
     };
     let body = respond(&made, refund.as_ref())?;
-    idempotency::record_made(
-        &mut *tx,
-        request.caller,
-        request.key,
-        request.fingerprint,
-        Made::Return(made.id),
-        CREATED,
-        &body,
-    )
-    .await
-    .map(|()| {
-        Some((
-            Answer {
-                status: CREATED,
-                body,
-                replayed: false,
-            },
-            queue_refund,
-        ))
-    })
-    .or_else(|error| match idempotency::is_key_taken(&error) {
-        true => Ok(None),
-        false => Err(error.into()),
-    })
+    keyed
+        .record(tx, Made::Return(made.id), CREATED, body, queue_refund)
+        .await
 }
 
 /// The order's returns, oldest first, with their lines.

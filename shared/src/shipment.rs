@@ -18,14 +18,13 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::db;
 use crate::flow::Step;
-use crate::idempotency::{self, KeyError, Made, Makes};
+use crate::idempotency::{self, Answer, KeyError, Keyed, Made, Makes};
 use crate::input::{self, FieldError};
 use crate::inventory::{self, ledger};
-use crate::money::{self, Quantity};
+use crate::money::Quantity;
 use crate::order::{self, Fulfilment, Move, OrderStatus};
-use crate::queue::{self, announce::Announcer};
+use crate::queue::announce::{Announcer, begin_quiet};
 
 /// A new shipment's answer status: accepted, the capture runs in the worker.
 pub const ACCEPTED: u16 = 202;
@@ -131,28 +130,10 @@ impl ShipmentRequest {
     /// Checks everything that needs no database: at least one line and at most `money::MAX_ORDER_LINES`, each
     /// sku a valid code named once, each quantity in bounds, the location a valid code, the texts plain.
     pub fn validate(&self) -> Result<ValidShipment, FieldError> {
-        if self.lines.is_empty() {
-            return Err(FieldError::new("lines", "a shipment needs at least one line"));
-        }
-        if self.lines.len() > money::MAX_ORDER_LINES {
-            return Err(FieldError::new(
-                "lines",
-                format!("at most {} lines", money::MAX_ORDER_LINES),
-            ));
-        }
-        let mut lines: Vec<(String, Quantity)> = Vec::with_capacity(self.lines.len());
-        for (i, line) in self.lines.iter().enumerate() {
-            inventory::check_sku_code(&format!("lines[{i}].sku"), &line.sku)?;
-            if lines.iter().any(|(sku, _)| *sku == line.sku) {
-                return Err(FieldError::new(
-                    format!("lines[{i}].sku"),
-                    format!("sku {:?} appears on more than one line", line.sku),
-                ));
-            }
-            let quantity = Quantity::parse(line.quantity)
-                .map_err(|e| FieldError::new(format!("lines[{i}].quantity"), e))?;
-            lines.push((line.sku.clone(), quantity));
-        }
+        let lines = inventory::check_unit_lines(
+            "a shipment",
+            self.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
+        )?;
         if let Some(location) = &self.location {
             inventory::check_location_code("location", location)?;
         }
@@ -189,14 +170,6 @@ pub struct Shipment {
     pub lines: Vec<ShipmentLine>,
 }
 
-/// The answer to a shipment request: a new shipment's, or the stored one of a repeat.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Value,
-    pub replayed: bool,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
     #[error(transparent)]
@@ -229,9 +202,13 @@ pub async fn create(
     request: &Shipping<'_>,
     respond: impl Fn(&Shipment) -> Result<Value, serde_json::Error>,
 ) -> Result<Answer, ShipError> {
-    // As order creation: a request that committed the key just as this one took its lock is not seen by the
-    // first read; this one's record then fails on the key, and the second pass replays it.
-    idempotency::at_most_twice(|| create_once(pool, announcer, request, &respond)).await
+    idempotency::at_most_twice(|| create_once(pool, announcer, request, &respond))
+        .await
+        .inspect(|answer| {
+            if !answer.replayed {
+                tracing::info!(order_id = %request.order_id, "shipment accepted");
+            }
+        })
 }
 
 async fn create_once(
@@ -240,20 +217,10 @@ async fn create_once(
     request: &Shipping<'_>,
     respond: &impl Fn(&Shipment) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<Answer>, ShipError> {
-    // Quiet: a ship job it queues is announced after the commit.
-    let mut tx = queue::announce::begin_quiet(pool).await?;
+    // Quiet: a job it queues is announced after the commit.
+    let mut tx = begin_quiet(pool).await?;
     let outcome = create_in(&mut tx, request, respond).await;
-    let new = matches!(&outcome, Ok(Some((answer, _))) if !answer.replayed);
-    let made = db::finish(tx, outcome, new).await?;
-    Ok(made.map(|(answer, queued)| {
-        if new {
-            if queued {
-                announcer.announce(Step::Ship.queue());
-            }
-            tracing::info!(order_id = %request.order_id, "shipment accepted");
-        }
-        answer
-    }))
+    idempotency::end_keyed(tx, outcome, announcer, Step::Ship.queue()).await
 }
 
 /// [`create_once`]'s work inside its transaction, which it leaves to its caller to end; with the answer, whether
@@ -263,18 +230,16 @@ async fn create_in(
     request: &Shipping<'_>,
     respond: &impl Fn(&Shipment) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<(Answer, bool)>, ShipError> {
-    let claim = idempotency::claim(tx, request.caller, request.key).await?;
-    if !claim.held {
-        return Err(KeyError::InFlight.into());
-    }
-    if let Some(stored) = claim.stored {
-        let stored = stored.replay(Makes::Shipment, request.fingerprint)?;
-        let answer = Answer {
-            status: u16::try_from(stored.response_status).unwrap_or(ACCEPTED),
-            body: stored.response_body,
-            replayed: true,
-        };
-        return Ok(Some((answer, false)));
+    let keyed = Keyed {
+        caller: request.caller,
+        key: request.key,
+        fingerprint: request.fingerprint,
+    };
+    if let Some(replayed) = keyed
+        .claim_or_replay::<ShipError>(tx, Makes::Shipment, ACCEPTED)
+        .await?
+    {
+        return Ok(Some(replayed));
     }
     let id = request.order_id;
     let order = order::lock(&mut *tx, id).await?.ok_or(ShipError::NotFound(id))?;
@@ -395,30 +360,9 @@ async fn create_in(
         lines: shipped.into_iter().map(|(_, l)| l).collect(),
     };
     let body = respond(&shipment)?;
-    idempotency::record_made(
-        &mut *tx,
-        request.caller,
-        request.key,
-        request.fingerprint,
-        Made::Shipment(shipment.row.id),
-        ACCEPTED,
-        &body,
-    )
-    .await
-    .map(|()| {
-        Some((
-            Answer {
-                status: ACCEPTED,
-                body,
-                replayed: false,
-            },
-            queue_ship,
-        ))
-    })
-    .or_else(|error| match idempotency::is_key_taken(&error) {
-        true => Ok(None),
-        false => Err(error.into()),
-    })
+    keyed
+        .record(tx, Made::Shipment(shipment.row.id), ACCEPTED, body, queue_ship)
+        .await
 }
 
 /// Units of a reservation row still to ship: held there and not in a shipment on its way.

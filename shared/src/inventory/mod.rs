@@ -35,6 +35,41 @@ pub fn check_sku_code(field: &str, code: &str) -> Result<(), FieldError> {
     check_code(field, code, "sku")
 }
 
+/// The `lines` of a request about an order's units (a shipment, a refund by lines, a return): at least one and at
+/// most `money::MAX_ORDER_LINES`, each sku a valid code named once, each quantity in bounds; `what` names the
+/// request in the message. The lines as (sku, quantity), in request order.
+pub fn check_unit_lines<'a>(
+    what: &str,
+    lines: impl ExactSizeIterator<Item = (&'a str, i64)>,
+) -> Result<Vec<(String, crate::money::Quantity)>, FieldError> {
+    if lines.len() == 0 {
+        return Err(FieldError::new(
+            "lines",
+            format!("{what} needs at least one line"),
+        ));
+    }
+    if lines.len() > crate::money::MAX_ORDER_LINES {
+        return Err(FieldError::new(
+            "lines",
+            format!("at most {} lines", crate::money::MAX_ORDER_LINES),
+        ));
+    }
+    let mut valid: Vec<(String, crate::money::Quantity)> = Vec::with_capacity(lines.len());
+    for (i, (sku, quantity)) in lines.enumerate() {
+        check_sku_code(&format!("lines[{i}].sku"), sku)?;
+        if valid.iter().any(|(seen, _)| seen == sku) {
+            return Err(FieldError::new(
+                format!("lines[{i}].sku"),
+                format!("sku {sku:?} appears on more than one line"),
+            ));
+        }
+        let quantity = crate::money::Quantity::parse(quantity)
+            .map_err(|e| FieldError::new(format!("lines[{i}].quantity"), e))?;
+        valid.push((sku.to_owned(), quantity));
+    }
+    Ok(valid)
+}
+
 /// A location code: the same form as a sku's (`locations_code_format`).
 pub fn check_location_code(field: &str, code: &str) -> Result<(), FieldError> {
     check_code(field, code, "location")
