@@ -144,7 +144,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", operation_id = "cancel_order", security(("api_key" = ["orders:write"])), request_body(content = Option<CancelRequest>), responses(
     (status = 202, description = "Cancellation started (or already under way or done), or for a partly shipped order the release of what did not ship", body = OrderView),
     (status = 404, description = "No such order", body = crate::error::Problem),
-    (status = 409, description = "The order is fulfilled (`order-fulfilled`), or a shipment of it is on its way (`order-shipping`)", body = crate::error::Problem),
+    (status = 409, description = "The order is fulfilled (`order-fulfilled`), a shipment of it is on its way (`order-shipping`), or a refund of it (`order-refunding`)", body = crate::error::Problem),
 ))]
 #[tracing::instrument(skip_all, fields(order_id = %id))]
 pub async fn cancel(

@@ -24,6 +24,7 @@ use crate::{ApiError, AppState};
     responses(
         (status = 201, description = "Recorded: the return (`return`) and the refund that follows it (`refund`, PENDING, or null)", body = ReturnRecorded),
         (status = 400, description = "Malformed body or missing Idempotency-Key", body = crate::error::Problem),
+        (status = 403, description = "A return with its refund (`\"refund\": true`, the default) from a key without `refunds:write` (`insufficient-scope`)", body = crate::error::Problem),
         (status = 404, description = "No such order", body = crate::error::Problem),
         (status = 409, description = "More units of a line than were delivered and not returned (`return-exceeds-delivered`); nothing delivered yet, or cancelled (`order-not-returnable`); a refund past what is refundable (`refund-exceeds-captured`: send `\"refund\": false` to record the return without one); the rest of the order being released (`order-releasing`); or a request with this key is in flight", body = crate::error::Problem),
         (status = 422, description = "Invalid field (no `restock`, an unknown location or reason, a sku that is not a line of the order), or the key was used with another request", body = crate::error::Problem),
