@@ -483,3 +483,49 @@ async fn a_return_keeps_the_step_that_runs_and_a_refused_refund_undoes_the_whole
     )
     .await;
 }
+
+/// Two returns of the same last units, sent while the order's lock is held so that both are in before either is
+/// decided: one is recorded, the other refused, and the units come back once.
+#[tokio::test]
+async fn two_returns_of_the_same_units_at_once_take_them_back_once() {
+    let app = spawn_app().await;
+    let id = partly_shipped(&app, "two-returns").await;
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("select id from orders where id = $1 for update")
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let send = |key: &'static str| {
+        let (http, api) = (app.http.clone(), app.api.clone());
+        tokio::spawn(async move {
+            let response = http
+                .post(format!("{api}/v1/orders/{id}/returns"))
+                .header("Idempotency-Key", key)
+                .json(&json!({"lines": [{"sku": "TAPE", "quantity": 2}], "restock": true}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        })
+    };
+    let (a, b) = (send("first"), send("second"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.rollback().await.unwrap();
+    let mut answers = vec![a.await.unwrap(), b.await.unwrap()];
+    answers.sort_by_key(|(status, _)| *status);
+    assert_eq!(
+        answers.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![201, 409],
+        "{answers:?}"
+    );
+    assert_eq!(answers[1].1["type"], problem_type("return-exceeds-delivered"));
+    assert_eq!(app.sku("TAPE").await["on_hand"], 10, "both units back, once");
+    assert_eq!(
+        returned_movements(&app, "TAPE", id).await,
+        vec![("default".to_owned(), 2)]
+    );
+    app.wait_refund(id, &answers[0].1["refund"], "DONE").await;
+    assert_eq!(app.intents_of(id).await[0]["amount_refunded"], 500);
+}
