@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::spawn_app;
 
@@ -450,4 +450,77 @@ async fn a_hold_not_captured_in_its_lifetime_is_cancelled_by_the_provider() {
     let (status, error) = post(&app, &format!("/v1/payment_intents/{id}/capture"), "late", &[]).await;
     assert_eq!(status, 400, "{error}");
     assert_eq!(error["error"]["code"], "payment_intent_unexpected_state");
+}
+
+/// An authorized intent names its charge, which says when the hold lapses (`capture_before`, Stripe's
+/// `payment_method_details.card`), also inline with `expand[]=latest_charge`; a declined one has none.
+#[tokio::test]
+async fn an_authorized_intent_names_its_charge_and_when_its_hold_lapses() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        sim: orderflow_paysim::SimConfig {
+            hold_lifetime: Duration::from_secs(3_600),
+            ..Default::default()
+        },
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let before = chrono::Utc::now().timestamp();
+    let intent: Value = create(&app, "charged", "pm_card_visa", 700)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = intent["id"].as_str().unwrap().to_owned();
+    let charge_id = intent["latest_charge"].as_str().unwrap().to_owned();
+    assert!(charge_id.starts_with("ch_"), "{intent}");
+    let charge = app
+        .get_json(&format!("{}/v1/charges/{charge_id}", app.paysim))
+        .await;
+    let capture_before = charge["payment_method_details"]["card"]["capture_before"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        (before + 3_600..=chrono::Utc::now().timestamp() + 3_600).contains(&capture_before),
+        "the hold lapses an hour after the authorization: {charge}"
+    );
+    assert_eq!(
+        (&charge["payment_intent"], &charge["captured"]),
+        (&json!(id), &json!(false)),
+        "{charge}"
+    );
+    let expanded = app
+        .get_json(&format!(
+            "{}/v1/payment_intents/{id}?expand[]=latest_charge",
+            app.paysim
+        ))
+        .await;
+    assert_eq!(expanded["latest_charge"], charge, "{expanded}");
+    let (status, captured) = post(&app, &format!("/v1/payment_intents/{id}/capture"), "take", &[]).await;
+    assert_eq!(status, 200, "{captured}");
+    let charge = app
+        .get_json(&format!("{}/v1/charges/{charge_id}", app.paysim))
+        .await;
+    assert_eq!(
+        (&charge["captured"], &charge["amount_captured"]),
+        (&json!(true), &json!(700))
+    );
+
+    let declined = create(&app, "declined-charge", "pm_card_chargeDeclined", 700)
+        .await
+        .unwrap();
+    let body: Value = declined.json().await.unwrap();
+    assert_eq!(
+        body["error"]["payment_intent"]["latest_charge"],
+        Value::Null,
+        "{body}"
+    );
+    let missing = app
+        .http
+        .get(format!("{}/v1/charges/ch_nope", app.paysim))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
 }

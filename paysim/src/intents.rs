@@ -10,12 +10,16 @@
 //! `requires_capture`; a final capture (the default) releases what is left. A hold not captured within
 //! `SimConfig::hold_lifetime` is cancelled by the provider (`cancellation_reason: automatic`); what was captured
 //! stays.
+//!
+//! Charges, as Stripe's: an authorized intent's `latest_charge` names its charge (`ch_…`, the intent's suffix),
+//! which `GET /v1/charges/{id}` shows with `payment_method_details.card.capture_before`, when the hold lapses;
+//! `expand[]=latest_charge` (on a create or a retrieve) puts the charge itself in the intent's answer.
 
 use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -44,6 +48,8 @@ pub(crate) struct Intent {
     payment_method_options: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     cancellation_reason: Option<String>,
+    /// The charge of an authorized intent (`ch_…`); null before an authorization or after a decline.
+    latest_charge: Option<String>,
     /// When the hold lapses (Unix seconds); not shown, as Stripe shows it on the charge.
     #[serde(skip)]
     hold_expires_at: i64,
@@ -266,6 +272,35 @@ fn intent_json(intent: &Intent) -> Value {
     serde_json::to_value(intent).unwrap_or(Value::Null)
 }
 
+/// The intent's charge, as Stripe's Charge object shows it (the fields the simulator keeps).
+fn charge_json(intent: &Intent) -> Option<Value> {
+    let id = intent.latest_charge.as_ref()?;
+    Some(json!({
+        "id": id,
+        "object": "charge",
+        "amount": intent.amount,
+        "amount_captured": intent.amount_received,
+        "amount_refunded": intent.amount_refunded,
+        "captured": intent.amount_received > 0,
+        "currency": intent.currency,
+        "payment_intent": intent.id,
+        "status": "succeeded",
+        "payment_method_details": {"type": "card", "card": {"capture_before": intent.hold_expires_at}},
+    }))
+}
+
+/// The intent's answer, with its charge in place of the charge's id when `expand[]=latest_charge` was asked.
+fn intent_json_expanded(intent: &Intent, params: &[(String, String)]) -> Value {
+    let mut body = intent_json(intent);
+    let expanded = params
+        .iter()
+        .any(|(k, v)| (k == "expand[]" || k.starts_with("expand[")) && v == "latest_charge");
+    if expanded && let Some(charge) = charge_json(intent) {
+        body["latest_charge"] = charge;
+    }
+    body
+}
+
 /// `POST /v1/payment_intents` (amount, currency, payment_method, capture_method, confirm, metadata[…]).
 pub async fn create(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
     let path = "/v1/payment_intents".to_owned();
@@ -361,10 +396,16 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
         last_payment_error: decline.clone(),
         payment_method_options: json!({"card": {"request_multicapture": if multicapture { "if_available" } else { "never" }}}),
         cancellation_reason: None,
+        latest_charge: None,
         hold_expires_at: chrono::Utc::now().timestamp()
             + i64::try_from(sim.config.hold_lifetime.as_secs()).unwrap_or(i64::MAX / 2),
     };
-    let body = intent_json(&intent);
+    let intent = Intent {
+        latest_charge: matches!(status, "requires_capture" | "succeeded")
+            .then(|| intent.id.replacen("pi_", "ch_", 1)),
+        ..intent
+    };
+    let body = intent_json_expanded(&intent, params);
     {
         let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
         ledger.order.push(intent.id.clone());
@@ -425,18 +466,48 @@ fn unexpected_state(intent: &Intent, action: &str) -> Outcome {
     }
 }
 
-/// `GET /v1/payment_intents/{id}`.
-pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+/// `GET /v1/payment_intents/{id}` (`expand[]=latest_charge` optional).
+pub async fn retrieve(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
     let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
     match ledger.intents.get_mut(&id) {
         Some(intent) => {
             intent.lapse(chrono::Utc::now().timestamp());
-            Json(intent_json(intent)).into_response()
+            Json(intent_json_expanded(intent, &params)).into_response()
         }
         None => {
             let (status, body) = no_such_intent(&id);
             (status, Json(body)).into_response()
         }
+    }
+}
+
+/// `GET /v1/charges/{id}`: an authorized intent's charge, with when its hold lapses
+/// (`payment_method_details.card.capture_before`).
+pub async fn retrieve_charge(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    let now = chrono::Utc::now().timestamp();
+    let found = ledger
+        .intents
+        .values_mut()
+        .find(|intent| intent.latest_charge.as_deref() == Some(id.as_str()));
+    match found {
+        Some(intent) => {
+            intent.lapse(now);
+            Json(charge_json(intent)).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(stripe_error(
+                "invalid_request_error",
+                "resource_missing",
+                &format!("No such charge: '{id}'"),
+            )),
+        )
+            .into_response(),
     }
 }
 

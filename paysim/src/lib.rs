@@ -98,6 +98,7 @@ pub fn router(config: SimConfig) -> Router {
         .route("/v1/payment_intents/{id}/capture", post(intents::capture))
         .route("/v1/payment_intents/{id}/cancel", post(intents::cancel))
         .route("/v1/refunds", post(intents::refund))
+        .route("/v1/charges/{id}", get(intents::retrieve_charge))
         .route("/v1/sim/ledger", get(intents::ledger))
         .with_state(Sim::new(config))
 }
