@@ -122,10 +122,9 @@ async fn refunds_by_line_and_by_amount_give_back_at_most_what_was_captured() {
     );
     let detail = problem["detail"].as_str().unwrap();
     assert!(
-        detail.contains("1251")
-            && detail.contains("1500")
-            && detail.contains("250")
-            && detail.contains("1250"),
+        detail.contains("1251 asked")
+            && detail.contains("1500 captured and 250 refunded")
+            && detail.contains("at most 1250"),
         "the problem names asked, captured, refunded and what is left: {detail}"
     );
     let (status, rest) = app

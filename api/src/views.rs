@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use orderflow_shared::admin::SagaSummary;
 use orderflow_shared::events::{self, EventRow};
 use orderflow_shared::flow::Step;
+use orderflow_shared::inventory::UnitLine;
 use orderflow_shared::inventory::adjustment::{Adjusted, Kind};
 use orderflow_shared::inventory::ledger::Movement;
 use orderflow_shared::inventory::{self, Level, Reservation, ReservationStatus, SkuStock};
@@ -16,7 +17,7 @@ use orderflow_shared::order::{self, CancelReason, Fulfilment, OrderLineRow, Orde
 use orderflow_shared::payment::{self, PaymentRow, PaymentStatus};
 use orderflow_shared::queue::JobStatus;
 use orderflow_shared::queue::views::{self as queue_views, QueueStats, SagaJob};
-use orderflow_shared::refund::{self, Money, Refund, RefundLine, RefundReason, RefundStatus};
+use orderflow_shared::refund::{self, Money, Refund, RefundReason, RefundStatus};
 use orderflow_shared::returns::{self, Return, ReturnLine};
 use orderflow_shared::shipment::{self, Shipment, ShipmentLine, ShipmentStatus};
 use orderflow_shared::step_log::{self, Attempt};
@@ -326,7 +327,7 @@ pub struct RefundView {
     pub reason: RefundReason,
     pub note: Option<String>,
     /// A refund by lines' units; empty for one by amount.
-    pub lines: Vec<RefundLine>,
+    pub lines: Vec<UnitLine>,
     /// Why the provider refused it (FAILED only).
     pub failure: Option<String>,
     pub created_at: DateTime<Utc>,

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::flow::Step;
 use crate::idempotency::{self, Answer, KeyError, Keyed, Made, Makes};
 use crate::input::{self, FieldError};
-use crate::inventory;
+use crate::inventory::{self, UnitLine};
 use crate::money::{self, Quantity};
 use crate::order::{self, Move, OrderRow, OrderStatus};
 use crate::queue::announce::{Announcer, begin_quiet};
@@ -108,13 +108,6 @@ pub struct RefundRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The units of one order line a refund by lines gives back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RefundLine {
-    pub sku: String,
-    pub quantity: i64,
-}
-
 /// The idempotency key of a refund at the provider: derived from the refund, so every retry, every worker and the
 /// reconciler send the same one and the provider refunds it at most once.
 pub fn provider_key(refund_id: Uuid) -> String {
@@ -128,7 +121,7 @@ pub struct RefundRequest {
     /// Minor units to give back, at most what is captured and not refunded yet.
     pub amount: Option<i64>,
     /// Units of the order's lines to give back, at their prices; each sku once.
-    pub lines: Option<Vec<RefundLine>>,
+    pub lines: Option<Vec<UnitLine>>,
     /// Required: `requested_by_customer`, `duplicate` or `fraudulent` (the provider's reasons).
     pub reason: Option<String>,
     /// Free text for people (at most 500 characters).
@@ -175,7 +168,7 @@ impl RefundRequest {
                 }
                 Asked::Amount(amount)
             }
-            (None, Some(lines)) => Asked::Lines(validate_lines(lines)?),
+            (None, Some(lines)) => Asked::Lines(inventory::check_unit_lines("a refund by lines", lines)?),
         };
         let reasons = RefundReason::ALL.map(RefundReason::as_str).join(", ");
         let reason = match self.reason.as_deref() {
@@ -193,23 +186,13 @@ impl RefundRequest {
     }
 }
 
-fn validate_lines(lines: &[RefundLine]) -> Result<Vec<(String, Quantity)>, FieldError> {
-    inventory::check_unit_lines(
-        "a refund by lines",
-        lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
-    )
-}
-
 /// A refund request, checked, with what identifies it.
 #[derive(Debug, Clone)]
 pub struct Refunding<'a> {
     pub order_id: Uuid,
     pub refund: &'a ValidRefund,
-    /// Whose Idempotency-Keys they are.
-    pub caller: &'a str,
-    pub key: &'a str,
-    /// The request's fingerprint ([`fingerprint`]).
-    pub fingerprint: &'a [u8],
+    /// Its Idempotency-Key, whose it is and the request's fingerprint ([`fingerprint`]).
+    pub keyed: Keyed<'a>,
 }
 
 /// What identifies a refund request beyond its key: the order it names and its body.
@@ -222,7 +205,7 @@ pub fn fingerprint(order_id: Uuid, body: &Value) -> Vec<u8> {
 pub struct Refund {
     pub row: RefundRow,
     /// A refund by lines' lines; empty for one by amount.
-    pub lines: Vec<RefundLine>,
+    pub lines: Vec<UnitLine>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -373,11 +356,13 @@ pub(crate) async fn line_money(
 
 /// Writes a PENDING refund of `asked` for `order`, which the caller has locked: refused unless the order's money is
 /// captured (PARTIALLY_FULFILLED or FULFILLED, not releasing its rest), by lines at most what was delivered and not
-/// refunded by line, in all at most what was captured and not refunded. It queues nothing.
+/// refunded by line, in all at most what was captured and not refunded. It queues nothing. `lines`: the order's
+/// [`line_money`], when the caller read it under the same lock (else it is read here for a refund by lines).
 pub(crate) async fn write(
     tx: &mut PgConnection,
     order: &OrderRow,
     asked: &Asked,
+    lines: Option<&[LineMoney]>,
     reason: RefundReason,
     note: Option<&str>,
 ) -> Result<Refund, RefundError> {
@@ -407,8 +392,11 @@ pub(crate) async fn write(
     let (amount, lines) = match asked {
         Asked::Amount(amount) => (*amount, Vec::new()),
         Asked::Lines(asked) => {
-            let lines = line_money(&mut *tx, id).await?;
-            let mut refunded: Vec<(i32, RefundLine)> = Vec::with_capacity(asked.len());
+            let lines = match lines {
+                Some(lines) => lines,
+                None => &line_money(&mut *tx, id).await?,
+            };
+            let mut refunded: Vec<(i32, UnitLine)> = Vec::with_capacity(asked.len());
             let mut amount = 0_i64;
             for (i, (sku, quantity)) in asked.iter().enumerate() {
                 let Some(line) = lines.iter().find(|l| l.sku == *sku) else {
@@ -432,7 +420,7 @@ pub(crate) async fn write(
                 amount += quantity.get() * line.unit_price;
                 refunded.push((
                     line.line_no,
-                    RefundLine {
+                    UnitLine {
                         sku: sku.clone(),
                         quantity: quantity.get(),
                     },
@@ -490,11 +478,7 @@ async fn create_in(
     request: &Refunding<'_>,
     respond: &impl Fn(&Refund) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<(Answer, bool)>, RefundError> {
-    let keyed = Keyed {
-        caller: request.caller,
-        key: request.key,
-        fingerprint: request.fingerprint,
-    };
+    let keyed = request.keyed;
     if let Some(replayed) = keyed
         .claim_or_replay::<RefundError>(tx, Makes::Refund, ACCEPTED)
         .await?
@@ -510,6 +494,7 @@ async fn create_in(
         &mut *tx,
         &order,
         &request.refund.asked,
+        None,
         request.refund.reason,
         request.refund.note.as_deref(),
     )
@@ -556,9 +541,9 @@ pub async fn of_order(executor: &sqlx::PgPool, order_id: Uuid) -> Result<Vec<Ref
     )
     .fetch_all(executor)
     .await?;
-    let mut by_refund: HashMap<Uuid, Vec<RefundLine>> = HashMap::new();
+    let mut by_refund: HashMap<Uuid, Vec<UnitLine>> = HashMap::new();
     for line in lines {
-        by_refund.entry(line.refund_id).or_default().push(RefundLine {
+        by_refund.entry(line.refund_id).or_default().push(UnitLine {
             sku: line.sku,
             quantity: line.quantity,
         });
@@ -652,7 +637,7 @@ mod tests {
             lines: Some(
                 lines
                     .into_iter()
-                    .map(|(sku, quantity)| RefundLine {
+                    .map(|(sku, quantity)| UnitLine {
                         sku: sku.to_owned(),
                         quantity,
                     })

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::flow::Step;
 use crate::idempotency::{self, Answer, KeyError, Keyed, Made, Makes};
 use crate::input::{self, FieldError};
-use crate::inventory;
+use crate::inventory::{self, UnitLine};
 use crate::money::Quantity;
 use crate::order::{self, Move, OrderStatus, Transition};
 use crate::queue::{
@@ -35,7 +35,7 @@ pub const CREATED: u16 = 201;
 #[serde(deny_unknown_fields)]
 pub struct ReturnRequest {
     /// The units that came back, per sku of the order (each sku once).
-    pub lines: Vec<ReturnLineRequest>,
+    pub lines: Vec<UnitLine>,
     /// Required: whether the units go back to stock (sellable) or are written off.
     pub restock: Option<bool>,
     /// Where restocked units go; by default where each line's units left from.
@@ -46,13 +46,6 @@ pub struct ReturnRequest {
     pub reason: Option<String>,
     /// Free text for people (at most 500 characters).
     pub note: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReturnLineRequest {
-    pub sku: String,
-    pub quantity: i64,
 }
 
 /// A return request whose fields are all valid.
@@ -70,10 +63,7 @@ pub struct ValidReturn {
 impl ReturnRequest {
     /// Checks everything that needs no database.
     pub fn validate(&self) -> Result<ValidReturn, FieldError> {
-        let lines = inventory::check_unit_lines(
-            "a return",
-            self.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
-        )?;
+        let lines = inventory::check_unit_lines("a return", &self.lines)?;
         let restock = self.restock.ok_or_else(|| {
             FieldError::new(
                 "restock",
@@ -117,10 +107,8 @@ impl ReturnRequest {
 pub struct Returning<'a> {
     pub order_id: Uuid,
     pub r#return: &'a ValidReturn,
-    /// Whose Idempotency-Keys they are, and the restock movements' actor.
-    pub caller: &'a str,
-    pub key: &'a str,
-    pub fingerprint: &'a [u8],
+    /// Its Idempotency-Key, whose it is and the request's fingerprint ([`fingerprint`]).
+    pub keyed: Keyed<'a>,
 }
 
 /// What identifies a return request beyond its key: the order it names and its body.
@@ -233,11 +221,7 @@ async fn create_in(
     request: &Returning<'_>,
     respond: &impl Fn(&Return, Option<&Refund>) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<(Answer, bool)>, ReturnError> {
-    let keyed = Keyed {
-        caller: request.caller,
-        key: request.key,
-        fingerprint: request.fingerprint,
-    };
+    let keyed = request.keyed;
     if let Some(replayed) = keyed
         .claim_or_replay::<ReturnError>(tx, Makes::Return, CREATED)
         .await?
@@ -319,7 +303,7 @@ async fn create_in(
             .iter()
             .map(|(_, l)| (l.sku.as_str(), l.location.as_str(), l.quantity))
             .collect();
-        inventory::restock(&mut *tx, id, &units, request.caller).await?;
+        inventory::restock(&mut *tx, id, &units, keyed.caller).await?;
     }
     let refund = match asked.refund && !to_refund.is_empty() {
         true => Some(
@@ -327,6 +311,8 @@ async fn create_in(
                 &mut *tx,
                 &order,
                 &Asked::Lines(to_refund),
+                // Read under the order's lock above; the restock since changes none of it.
+                Some(&lines),
                 asked.reason,
                 asked.note.as_deref(),
             )
@@ -437,7 +423,7 @@ mod tests {
         ReturnRequest {
             lines: lines
                 .into_iter()
-                .map(|(sku, quantity)| ReturnLineRequest {
+                .map(|(sku, quantity)| UnitLine {
                     sku: sku.to_owned(),
                     quantity,
                 })

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::flow::Step;
 use crate::idempotency::{self, Answer, KeyError, Keyed, Made, Makes};
 use crate::input::{self, FieldError};
-use crate::inventory::{self, ledger};
+use crate::inventory::{self, UnitLine, ledger};
 use crate::money::Quantity;
 use crate::order::{self, Fulfilment, Move, OrderStatus};
 use crate::queue::announce::{Announcer, begin_quiet};
@@ -100,20 +100,13 @@ pub fn capture_key(shipment_id: Uuid) -> String {
 #[serde(deny_unknown_fields)]
 pub struct ShipmentRequest {
     /// The units shipped, per sku of the order (each sku once).
-    pub lines: Vec<ShipmentLineRequest>,
+    pub lines: Vec<UnitLine>,
     /// The location they ship from, if they are held there; others that hold them follow in allocation order.
     pub location: Option<String>,
     /// Free text, at most 255 characters.
     pub carrier: Option<String>,
     /// Free text, at most 255 characters.
     pub tracking: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ShipmentLineRequest {
-    pub sku: String,
-    pub quantity: i64,
 }
 
 /// A shipment request whose fields are all valid.
@@ -130,10 +123,7 @@ impl ShipmentRequest {
     /// Checks everything that needs no database: at least one line and at most `money::MAX_ORDER_LINES`, each
     /// sku a valid code named once, each quantity in bounds, the location a valid code, the texts plain.
     pub fn validate(&self) -> Result<ValidShipment, FieldError> {
-        let lines = inventory::check_unit_lines(
-            "a shipment",
-            self.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
-        )?;
+        let lines = inventory::check_unit_lines("a shipment", &self.lines)?;
         if let Some(location) = &self.location {
             inventory::check_location_code("location", location)?;
         }
@@ -151,11 +141,8 @@ impl ShipmentRequest {
 pub struct Shipping<'a> {
     pub order_id: Uuid,
     pub shipment: &'a ValidShipment,
-    /// Whose Idempotency-Keys they are.
-    pub caller: &'a str,
-    pub key: &'a str,
-    /// The request's fingerprint ([`fingerprint`]).
-    pub fingerprint: &'a [u8],
+    /// Its Idempotency-Key, whose it is and the request's fingerprint ([`fingerprint`]).
+    pub keyed: Keyed<'a>,
 }
 
 /// What identifies a shipment request beyond its key: the order it names and its body.
@@ -230,11 +217,7 @@ async fn create_in(
     request: &Shipping<'_>,
     respond: &impl Fn(&Shipment) -> Result<Value, serde_json::Error>,
 ) -> Result<Option<(Answer, bool)>, ShipError> {
-    let keyed = Keyed {
-        caller: request.caller,
-        key: request.key,
-        fingerprint: request.fingerprint,
-    };
+    let keyed = request.keyed;
     if let Some(replayed) = keyed
         .claim_or_replay::<ShipError>(tx, Makes::Shipment, ACCEPTED)
         .await?
@@ -587,7 +570,7 @@ mod tests {
         ShipmentRequest {
             lines: lines
                 .into_iter()
-                .map(|(sku, quantity)| ShipmentLineRequest {
+                .map(|(sku, quantity)| UnitLine {
                     sku: sku.to_owned(),
                     quantity,
                 })

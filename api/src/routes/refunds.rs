@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use orderflow_shared::idempotency::Keyed;
 use orderflow_shared::refund::{self, RefundRequest, Refunding};
 
 use crate::caller::{Authorized, OrdersRead, RefundsWrite};
@@ -42,9 +43,11 @@ pub async fn create(
     let request = Refunding {
         order_id: id,
         refund: &valid,
-        caller: &caller,
-        key,
-        fingerprint: &fingerprint,
+        keyed: Keyed {
+            caller: &caller,
+            key,
+            fingerprint: &fingerprint,
+        },
     };
     let answer = refund::create(&state.pool, &state.announcer, &request, |made| {
         serde_json::to_value(RefundView::from(made.clone()))

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use orderflow_shared::api_key::Scope;
+use orderflow_shared::idempotency::Keyed;
 use orderflow_shared::returns::{self, ReturnRequest, Returning};
 
 use crate::caller::{Authorized, FulfilmentWrite, OrdersRead};
@@ -49,9 +50,11 @@ pub async fn create(
     let request = Returning {
         order_id: id,
         r#return: &valid,
-        caller: &caller,
-        key,
-        fingerprint: &fingerprint,
+        keyed: Keyed {
+            caller: &caller,
+            key,
+            fingerprint: &fingerprint,
+        },
     };
     let answer = returns::create(&state.pool, &state.announcer, &request, |made, refund| {
         serde_json::to_value(ReturnRecorded {

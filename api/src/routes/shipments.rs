@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use orderflow_shared::idempotency::Keyed;
 use orderflow_shared::shipment::{self, ShipmentRequest, Shipping};
 
 use crate::caller::{Authorized, FulfilmentWrite, OrdersRead};
@@ -41,9 +42,11 @@ pub async fn create(
     let request = Shipping {
         order_id: id,
         shipment: &valid,
-        caller: &caller,
-        key,
-        fingerprint: &fingerprint,
+        keyed: Keyed {
+            caller: &caller,
+            key,
+            fingerprint: &fingerprint,
+        },
     };
     let answer = shipment::create(&state.pool, &state.announcer, &request, |made| {
         serde_json::to_value(ShipmentView::from(made.clone()))

@@ -35,14 +35,23 @@ pub fn check_sku_code(field: &str, code: &str) -> Result<(), FieldError> {
     check_code(field, code, "sku")
 }
 
-/// The `lines` of a request about an order's units (a shipment, a refund by lines, a return): at least one and at
-/// most `money::MAX_ORDER_LINES`, each sku a valid code named once, each quantity in bounds; `what` names the
-/// request in the message. The lines as (sku, quantity), in request order.
-pub fn check_unit_lines<'a>(
+/// Units of one sku of an order, as a request about them names them (a shipment, a refund by lines, a return)
+/// and as a refund shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnitLine {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+/// The `lines` of a request about an order's units: at least one and at most `money::MAX_ORDER_LINES`, each sku a
+/// valid code named once, each quantity in bounds; `what` names the request in the message. The lines as
+/// (sku, quantity), in request order.
+pub fn check_unit_lines(
     what: &str,
-    lines: impl ExactSizeIterator<Item = (&'a str, i64)>,
+    lines: &[UnitLine],
 ) -> Result<Vec<(String, crate::money::Quantity)>, FieldError> {
-    if lines.len() == 0 {
+    if lines.is_empty() {
         return Err(FieldError::new(
             "lines",
             format!("{what} needs at least one line"),
@@ -55,17 +64,17 @@ pub fn check_unit_lines<'a>(
         ));
     }
     let mut valid: Vec<(String, crate::money::Quantity)> = Vec::with_capacity(lines.len());
-    for (i, (sku, quantity)) in lines.enumerate() {
-        check_sku_code(&format!("lines[{i}].sku"), sku)?;
-        if valid.iter().any(|(seen, _)| seen == sku) {
+    for (i, line) in lines.iter().enumerate() {
+        check_sku_code(&format!("lines[{i}].sku"), &line.sku)?;
+        if valid.iter().any(|(seen, _)| *seen == line.sku) {
             return Err(FieldError::new(
                 format!("lines[{i}].sku"),
-                format!("sku {sku:?} appears on more than one line"),
+                format!("sku {:?} appears on more than one line", line.sku),
             ));
         }
-        let quantity = crate::money::Quantity::parse(quantity)
+        let quantity = crate::money::Quantity::parse(line.quantity)
             .map_err(|e| FieldError::new(format!("lines[{i}].quantity"), e))?;
-        valid.push((sku.to_owned(), quantity));
+        valid.push((line.sku.clone(), quantity));
     }
     Ok(valid)
 }
