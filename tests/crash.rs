@@ -596,3 +596,85 @@ async fn a_worker_killed_while_releasing_the_rest_of_a_partly_shipped_order_is_f
     );
     invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("CRATE", 5)]).await;
 }
+
+/// A worker killed after a shipment found the hold lapsed and authorized what was left again, before the capture
+/// from the new hold: the next worker asks the re-authorization again under the same key (a replay: one new hold,
+/// not two) and captures the shipment from it once; the last unit then ships, final, from the same hold.
+#[tokio::test]
+async fn a_worker_killed_after_a_reauthorization_is_finished_by_the_next_with_one_new_hold() {
+    let (app, id, mut first) =
+        paid_crate_order("worker.ship.after_reauthorize", "die-after-reauthorize").await;
+    let ship = |key: &'static str| {
+        app.ship(
+            id,
+            key,
+            serde_json::json!({"lines": [{"sku": "CRATE", "quantity": 1}]}),
+        )
+    };
+    assert_eq!(ship("crate-one").await.0, 202);
+    app.wait_until(id, Duration::from_secs(30), |o| {
+        o["status"] == "PARTIALLY_FULFILLED"
+    })
+    .await;
+    let old = app.intents_of(id).await[0]["id"].as_str().unwrap().to_owned();
+    let lapsed = app
+        .http
+        .post(format!("{}/v1/sim/payment_intents/{old}/lapse", app.paysim))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lapsed.status(), 200);
+
+    assert_eq!(ship("crate-two").await.0, 202);
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the worker died after the re-authorization"
+    );
+    let intents = app.intents_of(id).await;
+    assert_eq!(intents.len(), 2, "{intents:?}");
+    assert_eq!(
+        (
+            intents[1]["status"].as_str(),
+            intents[1]["amount"].as_i64(),
+            intents[1]["amount_received"].as_i64()
+        ),
+        (Some("requires_capture"), Some(1400), Some(0)),
+        "what was left authorized again, nothing captured from it yet: {intents:?}"
+    );
+
+    let _second = spawn_worker_process(
+        &app.database_url,
+        &[("ORDERFLOW_PAYMENTS_URL", app.paysim.as_str())],
+    );
+    let order = app
+        .wait_until(id, Duration::from_secs(30), |o| {
+            o["payment"]["authorization"] == 2 && o["payment"]["status"] == "PARTIALLY_CAPTURED"
+        })
+        .await;
+    assert_eq!(order["payment"]["provider_ref"], intents[1]["id"], "{order}");
+    let intents = app.intents_of(id).await;
+    assert_eq!(intents.len(), 2, "one new hold: {intents:?}");
+    assert_eq!(intents[1]["amount_received"], 700, "captured once: {intents:?}");
+
+    assert_eq!(ship("crate-last").await.0, 202);
+    let order = app.wait_terminal(id).await;
+    assert_eq!(
+        (order["status"].as_str(), order["payment"]["captured"].as_i64()),
+        (Some("FULFILLED"), Some(2100)),
+        "{order}"
+    );
+    let intents = app.intents_of(id).await;
+    let taken: Vec<(Option<&str>, Option<i64>)> = intents
+        .iter()
+        .map(|i| (i["status"].as_str(), i["amount_received"].as_i64()))
+        .collect();
+    assert_eq!(
+        taken,
+        vec![(Some("succeeded"), Some(700)), (Some("succeeded"), Some(1400))]
+    );
+    let sku = app.sku("CRATE").await;
+    assert_eq!(
+        (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
+        (Some(2), Some(0))
+    );
+}

@@ -23,6 +23,7 @@ mod docs;
 mod events;
 mod front_door;
 mod idempotency;
+mod lapsed_hold;
 mod metrics;
 mod outage;
 mod paysim;

@@ -524,3 +524,113 @@ async fn an_authorized_intent_names_its_charge_and_when_its_hold_lapses() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// `POST /v1/sim/payment_intents/{id}/lapse` ends a hold's lifetime now: an uncaptured one is `canceled`
+/// (`automatic`), a partly captured one `succeeded` keeping what was captured; either refuses a capture after.
+/// `pm_sim_reauth_declined` authorizes an order's first intent and declines every later one (`expired_card`).
+#[tokio::test]
+async fn a_hold_can_be_lapsed_now_and_a_card_can_decline_its_reauthorization() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let multicapture = [(
+        "payment_method_options[card][request_multicapture]",
+        "if_available",
+    )];
+    let intent: Value = create(&app, "lapse-now", "pm_card_visa", 900)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let untouched = intent["id"].as_str().unwrap().to_owned();
+    let (status, lapsed) = post(
+        &app,
+        &format!("/v1/sim/payment_intents/{untouched}/lapse"),
+        "l1",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{lapsed}");
+    assert_eq!(
+        (
+            lapsed["status"].as_str(),
+            lapsed["cancellation_reason"].as_str(),
+            lapsed["amount_capturable"].as_i64()
+        ),
+        (Some("canceled"), Some("automatic"), Some(0))
+    );
+
+    let form = |key: &str, method: &str| {
+        let mut form = vec![
+            ("amount", "1000".to_owned()),
+            ("currency", "usd".to_owned()),
+            ("payment_method", method.to_owned()),
+            ("capture_method", "manual".to_owned()),
+            ("confirm", "true".to_owned()),
+            ("metadata[order_id]", "order-7".to_owned()),
+        ];
+        form.extend(multicapture.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        (key.to_owned(), form)
+    };
+    let send = |(key, form): (String, Vec<(&'static str, String)>)| {
+        app.http
+            .post(format!("{}/v1/payment_intents", app.paysim))
+            .header("Idempotency-Key", key)
+            .form(&form)
+            .send()
+    };
+    let first = send(form("first", "pm_sim_reauth_declined")).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let held = first["id"].as_str().unwrap().to_owned();
+    let (status, _) = post(
+        &app,
+        &format!("/v1/payment_intents/{held}/capture"),
+        "part",
+        &[("amount_to_capture", "400"), ("final_capture", "false")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, lapsed) = post(&app, &format!("/v1/sim/payment_intents/{held}/lapse"), "l2", &[]).await;
+    assert_eq!(
+        (
+            lapsed["status"].as_str(),
+            lapsed["amount_received"].as_i64(),
+            lapsed["amount_capturable"].as_i64()
+        ),
+        (Some("succeeded"), Some(400), Some(0)),
+        "what was captured stays: {lapsed}"
+    );
+    let (status, refused) = post(
+        &app,
+        &format!("/v1/payment_intents/{held}/capture"),
+        "late",
+        &[("amount_to_capture", "100"), ("final_capture", "false")],
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"]["payment_intent"]["status"].as_str()),
+        (400, Some("succeeded")),
+        "{refused}"
+    );
+
+    let again = send(form("second", "pm_sim_reauth_declined")).await.unwrap();
+    assert_eq!(again.status(), 402);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        (
+            again["error"]["code"].as_str(),
+            again["error"]["decline_code"].as_str()
+        ),
+        (Some("card_declined"), Some("expired_card")),
+        "{again}"
+    );
+    let (status, missing) = post(&app, "/v1/sim/payment_intents/pi_nope/lapse", "l3", &[]).await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (404, Some("resource_missing"))
+    );
+}

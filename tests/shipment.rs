@@ -499,6 +499,11 @@ async fn a_capture_the_provider_refuses_fails_the_shipment_and_nothing_ships() {
     );
     assert_eq!(order["payment"]["status"], "AUTHORIZED", "nothing captured");
     assert_eq!(
+        app.intents_of(id).await.len(),
+        1,
+        "a hold cancelled before its time did not lapse: it is not authorized again"
+    );
+    assert_eq!(
         order["error_code"],
         Value::Null,
         "it waits for shipments, held up by nothing: {order}"

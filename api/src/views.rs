@@ -113,6 +113,23 @@ pub struct PaymentView {
     pub captured: i64,
     /// What refunds gave back or are giving back (those on their way included, FAILED ones not).
     pub refunded: i64,
+    /// Which authorization of the order this is: 1, then one more each time a shipment found the hold lapsed and
+    /// authorized what was left again.
+    #[serde(default = "first_authorization")]
+    pub authorization: i32,
+    /// The lapsed intent this authorization replaced (a re-authorization's only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// Why the provider declined it: a decline code (`card_declined`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decline_code: Option<String>,
+    /// When the hold lapses, as the provider says: read by the reconciler for an order waiting for shipments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_before: Option<DateTime<Utc>>,
+}
+
+fn first_authorization() -> i32 {
+    1
 }
 
 impl OrderView {
@@ -158,6 +175,10 @@ impl OrderView {
                 amount: p.amount,
                 captured: money.captured,
                 refunded: money.refunded,
+                authorization: p.attempt,
+                replaces: p.replaces,
+                decline_code: p.decline_code,
+                capture_before: p.capture_before,
             }),
             cancel_reason: row.cancel_reason,
             cancel_note: row.cancel_note,
@@ -330,8 +351,23 @@ pub struct RefundView {
     pub lines: Vec<UnitLine>,
     /// Why the provider refused it (FAILED only).
     pub failure: Option<String>,
+    /// What it gives back of which of the order's payment intents, in the order asked: one part, unless a lapsed
+    /// hold was authorized again and the order's captures lie on more than one intent. Empty until the worker
+    /// asks the provider.
+    #[serde(default)]
+    pub parts: Vec<RefundPartView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// One part of a refund: what it gives back of one payment intent.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RefundPartView {
+    pub payment_intent: String,
+    /// In minor units.
+    pub amount: i64,
+    /// The provider's refund (`re_…`), once made.
+    pub provider_ref: Option<String>,
 }
 
 impl From<Refund> for RefundView {
@@ -346,6 +382,15 @@ impl From<Refund> for RefundView {
             note: row.note,
             lines: refund.lines,
             failure: row.failure,
+            parts: refund
+                .parts
+                .into_iter()
+                .map(|p| RefundPartView {
+                    payment_intent: p.payment_intent,
+                    amount: p.amount,
+                    provider_ref: p.provider_ref,
+                })
+                .collect(),
             created_at: row.created_at,
             updated_at: row.updated_at,
         }

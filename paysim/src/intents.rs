@@ -4,12 +4,16 @@
 //! - `pm_sim_flaky`: the first two create requests (per idempotency key) fail with 503, then it succeeds.
 //! - `pm_sim_lost_response`: the first create per key records the hold, then the connection is dropped.
 //! - `pm_sim_slow`: answers after `SimConfig::slow_delay`.
+//! - `pm_sim_reauth_declined`: succeeds for an order's first intent (`metadata[order_id]`) and declines every later
+//!   one (402 `card_error`, `card_declined`, decline code `expired_card`): a card that lapsed between an order's
+//!   authorization and its re-authorization.
 //!
 //! Multicapture, as Stripe's: an intent created with `payment_method_options[card][request_multicapture]=
 //! if_available` may be captured in parts (`final_capture=false`), each adding to `amount_received` while it stays
 //! `requires_capture`; a final capture (the default) releases what is left. A hold not captured within
 //! `SimConfig::hold_lifetime` is cancelled by the provider (`cancellation_reason: automatic`); what was captured
-//! stays.
+//! stays. `POST /v1/sim/payment_intents/{id}/lapse` ends a hold's lifetime now, as time passing would (Stripe's
+//! test clocks advance time for the same purpose).
 //!
 //! Charges, as Stripe's: an authorized intent's `latest_charge` names its charge (`ch_…`, the intent's suffix),
 //! which `GET /v1/charges/{id}` shows with `payment_method_details.card.capture_before`, when the hold lapses;
@@ -353,6 +357,16 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
     let confirm = param(params, "confirm") == Some("true");
     let declined = match method {
         "pm_card_visa" | "pm_sim_lost_response" => false,
+        "pm_sim_reauth_declined" => {
+            let order = param(params, "metadata[order_id]");
+            let ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+            order.is_some_and(|order| {
+                ledger
+                    .intents
+                    .values()
+                    .any(|i| i.metadata.get("order_id").map(String::as_str) == Some(order))
+            })
+        }
         "pm_card_chargeDeclined" => true,
         "pm_sim_flaky" if attempt <= 2 => return unavailable(),
         "pm_sim_flaky" => false,
@@ -376,8 +390,12 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
         (true, false, "manual") => "requires_capture",
         (true, false, _) => "succeeded",
     };
+    let decline_code = match method {
+        "pm_sim_reauth_declined" => "expired_card",
+        _ => "generic_decline",
+    };
     let decline = declined.then(|| {
-        json!({"type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
+        json!({"type": "card_error", "code": "card_declined", "decline_code": decline_code,
                "message": "Your card was declined."})
     });
     let intent = Intent {
@@ -637,6 +655,24 @@ pub async fn refund(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> 
         })
     })
     .await
+}
+
+/// `POST /v1/sim/payment_intents/{id}/lapse`: the hold's lifetime ends now, so the intent lapses as the provider's
+/// own expiry would have lapsed it (`canceled`, or `succeeded` keeping what was captured). Answers the intent.
+pub async fn lapse(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    match ledger.intents.get_mut(&id) {
+        Some(intent) => {
+            let now = chrono::Utc::now().timestamp();
+            intent.hold_expires_at = intent.hold_expires_at.min(now);
+            intent.lapse(now);
+            Json(intent_json(intent)).into_response()
+        }
+        None => {
+            let (status, body) = no_such_intent(&id);
+            (status, Json(body)).into_response()
+        }
+    }
 }
 
 /// `GET /v1/sim/ledger`: every intent in creation order, with the money it holds, took and gave back.

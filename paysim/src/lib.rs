@@ -100,6 +100,7 @@ pub fn router(config: SimConfig) -> Router {
         .route("/v1/refunds", post(intents::refund))
         .route("/v1/charges/{id}", get(intents::retrieve_charge))
         .route("/v1/sim/ledger", get(intents::ledger))
+        .route("/v1/sim/payment_intents/{id}/lapse", post(intents::lapse))
         .with_state(Sim::new(config))
 }
 

@@ -352,6 +352,8 @@ pub struct Ending {
     pub(crate) shipment: Option<uuid::Uuid>,
     /// The refund the transition's event names (refund's).
     pub(crate) refund: Option<uuid::Uuid>,
+    /// The note is for operators too: it becomes the order's `last_error` (a dead end only they can see to).
+    pub(crate) for_operators: bool,
 }
 
 impl Ending {
@@ -366,6 +368,7 @@ impl Ending {
             hold_for: None,
             shipment: None,
             refund: None,
+            for_operators: false,
         }
     }
 
@@ -379,6 +382,7 @@ impl Ending {
             hold_for: None,
             shipment: None,
             refund: None,
+            for_operators: false,
         }
     }
 
@@ -393,6 +397,7 @@ impl Ending {
             hold_for: None,
             shipment: None,
             refund: None,
+            for_operators: false,
         }
     }
 
@@ -407,6 +412,7 @@ impl Ending {
             hold_for: None,
             shipment: None,
             refund: None,
+            for_operators: false,
         }
     }
 
@@ -429,6 +435,15 @@ impl Ending {
     /// The same ending with `next` queued after it instead.
     pub fn then(self, next: Option<Step>) -> Self {
         Self { next, ..self }
+    }
+
+    /// The same ending, its note kept as the order's `last_error` for operators (the admin API's `error` filter
+    /// finds it).
+    pub fn for_operators(self) -> Self {
+        Self {
+            for_operators: true,
+            ..self
+        }
     }
 
     pub fn with_note(self, note: impl Into<String>) -> Self {

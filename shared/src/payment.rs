@@ -79,6 +79,13 @@ pub struct PaymentRow {
     pub decline_code: Option<String>,
     /// The hold was asked for with multicapture (a shipment order's), so every repeat asks for it too.
     pub multicapture: bool,
+    /// Which authorization of the order this is: 1 for the pay step's, one more per re-authorization after a
+    /// lapsed hold ([`reauthorization_key`]).
+    pub attempt: i32,
+    /// The lapsed intent this authorization replaced (none for the first).
+    pub replaces: Option<String>,
+    /// When the provider says the hold lapses; read by the reconciler for a waiting order's hold, null until then.
+    pub capture_before: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -87,6 +94,12 @@ pub struct PaymentRow {
 /// the reconciler send the same one and the provider holds the money at most once.
 pub fn authorization_key(order_id: Uuid) -> String {
     format!("orderflow-{order_id}-authorize")
+}
+
+/// The idempotency key of an order's authorization number `attempt` (2 and on: re-authorizations after a lapsed
+/// hold). Derived from the order and the number, so every repeat of one re-authorization is a replay.
+pub fn reauthorization_key(order_id: Uuid, attempt: i32) -> String {
+    format!("orderflow-{order_id}-reauthorize-{attempt}")
 }
 
 pub fn capture_key(order_id: Uuid) -> String {
@@ -110,7 +123,7 @@ pub async fn find(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Optio
     sqlx::query_as!(
         PaymentRow,
         r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status as "status: _",
-                  decline_code, multicapture, created_at, updated_at
+                  decline_code, multicapture, attempt, replaces, capture_before, created_at, updated_at
            from payments where order_id = $1"#,
         order_id
     )
@@ -125,7 +138,7 @@ pub async fn find_many(
     sqlx::query_as!(
         PaymentRow,
         r#"select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status as "status: _",
-                  decline_code, multicapture, created_at, updated_at
+                  decline_code, multicapture, attempt, replaces, capture_before, created_at, updated_at
            from payments where order_id = any($1)"#,
         order_ids
     )
@@ -162,16 +175,16 @@ pub async fn begin_authorizations(
                select order_id, idempotency_key, amount, currency, payment_token, 'PENDING', multicapture from v
                on conflict (order_id) do nothing
                returning order_id, idempotency_key, provider_ref, amount, currency, payment_token, status,
-                         decline_code, multicapture, created_at, updated_at
+                         decline_code, multicapture, attempt, replaces, capture_before, created_at, updated_at
            )
            select order_id as "order_id!", idempotency_key as "idempotency_key!", provider_ref,
                   amount as "amount!", currency as "currency!", payment_token as "payment_token!",
-                  status as "status!: _", decline_code, multicapture as "multicapture!",
-                  created_at as "created_at!", updated_at as "updated_at!"
+                  status as "status!: _", decline_code, multicapture as "multicapture!", attempt as "attempt!",
+                  replaces, capture_before, created_at as "created_at!", updated_at as "updated_at!"
            from inserted
            union all
            select order_id, idempotency_key, provider_ref, amount, currency, payment_token, status, decline_code,
-                  multicapture, created_at, updated_at
+                  multicapture, attempt, replaces, capture_before, created_at, updated_at
            from payments
            where order_id in (select order_id from v) and order_id not in (select order_id from inserted)"#,
         &ids,
@@ -227,6 +240,148 @@ pub async fn record(
     .await?
     .rows_affected();
     Ok(moved)
+}
+
+/// A re-authorization the ship step made after the order's hold lapsed: the order's authorization number
+/// `attempt`, for `amount`, replacing the intent `replaces`; `provider_ref` is the new intent (none if the
+/// provider declined without naming one), `decline_code` the decline's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reauthorization {
+    pub order_id: Uuid,
+    pub attempt: i32,
+    pub amount: i64,
+    pub replaces: String,
+    pub provider_ref: Option<String>,
+    pub decline_code: Option<String>,
+}
+
+/// Records re-authorizations on their orders' payment rows, each only if the row is still the authorization it
+/// replaced (`attempt − 1`; a repeat that recorded it already writes nothing): the new key, amount and intent,
+/// AUTHORIZED (the capture's record moves it on) or DECLINED, and no `capture_before` until the reconciler reads
+/// the new hold's. Returns the orders recorded.
+pub async fn record_reauthorizations(
+    executor: impl PgExecutor<'_>,
+    reauthorized: &[Reauthorization],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if reauthorized.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = reauthorized.iter().map(|r| r.order_id).collect();
+    let attempts: Vec<i32> = reauthorized.iter().map(|r| r.attempt).collect();
+    let keys: Vec<String> = reauthorized
+        .iter()
+        .map(|r| reauthorization_key(r.order_id, r.attempt))
+        .collect();
+    let amounts: Vec<i64> = reauthorized.iter().map(|r| r.amount).collect();
+    let replaces: Vec<&str> = reauthorized.iter().map(|r| r.replaces.as_str()).collect();
+    let refs: Vec<Option<&str>> = reauthorized.iter().map(|r| r.provider_ref.as_deref()).collect();
+    let codes: Vec<Option<&str>> = reauthorized.iter().map(|r| r.decline_code.as_deref()).collect();
+    sqlx::query_scalar!(
+        r#"update payments p
+           set attempt = r.attempt, idempotency_key = r.idempotency_key, amount = r.amount, replaces = r.replaces,
+               provider_ref = r.provider_ref, decline_code = r.decline_code,
+               status = case when r.decline_code is null then 'AUTHORIZED' else 'DECLINED' end,
+               capture_before = null, updated_at = now()
+           from unnest($1::uuid[], $2::int[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])
+               as r(order_id, attempt, idempotency_key, amount, replaces, provider_ref, decline_code)
+           where p.order_id = r.order_id and p.attempt = r.attempt - 1
+           returning p.order_id"#,
+        &ids,
+        &attempts,
+        &keys,
+        &amounts,
+        &replaces as &[&str],
+        &refs as &[Option<&str>],
+        &codes as &[Option<&str>]
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// A waiting order's hold whose end is not known yet: the reconciler asks the provider.
+#[derive(Debug, Clone)]
+pub struct UnreadHold {
+    pub order_id: Uuid,
+    pub attempt: i32,
+    pub provider_ref: String,
+}
+
+/// The open holds of orders waiting for shipments (PAID or PARTIALLY_FULFILLED shipment orders) whose
+/// `capture_before` is not read yet, at most `limit`. Found through the orders' status index.
+pub async fn unread_holds(executor: impl PgExecutor<'_>, limit: i64) -> Result<Vec<UnreadHold>, sqlx::Error> {
+    sqlx::query_as!(
+        UnreadHold,
+        r#"select p.order_id, p.attempt, p.provider_ref as "provider_ref!"
+           from orders o join payments p on p.order_id = o.id
+           where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
+             and p.status in ('AUTHORIZED', 'PARTIALLY_CAPTURED') and p.provider_ref is not null
+             and p.capture_before is null
+           order by o.id limit $1"#,
+        limit
+    )
+    .fetch_all(executor)
+    .await
+}
+
+/// Records when a hold lapses, if the order's authorization is still the one read (`attempt`).
+pub async fn record_capture_before(
+    executor: impl PgExecutor<'_>,
+    order_id: Uuid,
+    attempt: i32,
+    capture_before: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        "update payments set capture_before = $3 where order_id = $1 and attempt = $2",
+        order_id,
+        attempt,
+        capture_before
+    )
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// A waiting order's hold that lapses within the warning.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpiringHold {
+    pub order_id: Uuid,
+    pub status: crate::order::OrderStatus,
+    pub provider_ref: String,
+    pub capture_before: DateTime<Utc>,
+}
+
+/// The open holds of orders waiting for shipments that lapse before `until` (soonest first, at most `limit`), and
+/// how many there are in all.
+pub async fn expiring_holds(
+    executor: impl PgExecutor<'_> + Copy,
+    until: DateTime<Utc>,
+    limit: i64,
+) -> Result<(Vec<ExpiringHold>, i64), sqlx::Error> {
+    let holds = sqlx::query_as!(
+        ExpiringHold,
+        r#"select p.order_id, o.status as "status: _", p.provider_ref as "provider_ref!",
+                  p.capture_before as "capture_before!"
+           from orders o join payments p on p.order_id = o.id
+           where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
+             and p.status in ('AUTHORIZED', 'PARTIALLY_CAPTURED') and p.provider_ref is not null
+             and p.capture_before < $1
+           order by p.capture_before limit $2"#,
+        until,
+        limit
+    )
+    .fetch_all(executor)
+    .await?;
+    let count = sqlx::query_scalar!(
+        r#"select count(*) as "count!"
+           from orders o join payments p on p.order_id = o.id
+           where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
+             and p.status in ('AUTHORIZED', 'PARTIALLY_CAPTURED') and p.capture_before < $1"#,
+        until
+    )
+    .fetch_one(executor)
+    .await?;
+    Ok((holds, count))
 }
 
 #[cfg(test)]

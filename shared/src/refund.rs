@@ -206,6 +206,8 @@ pub struct Refund {
     pub row: RefundRow,
     /// A refund by lines' lines; empty for one by amount.
     pub lines: Vec<UnitLine>,
+    /// Which intents it draws on, in order ([`RefundPart`]); none until the refund step asks for it.
+    pub parts: Vec<RefundPart>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +269,8 @@ async fn create_once(
     idempotency::end_keyed(tx, outcome, announcer, Step::Refund.queue()).await
 }
 
-/// What an order's money is, as its rows say: what its captures took and what its refunds (not FAILED) give back.
+/// What an order's money is, as its rows say: what its captures took and what its refunds give back (those not
+/// FAILED, and of a FAILED one the parts the provider made before a later part was refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Money {
     pub captured: i64,
@@ -295,7 +298,9 @@ pub async fn money_of(
                        else coalesce((select p.amount from payments p
                                       where p.order_id = o.id and p.status = 'CAPTURED'), 0)
                   end::bigint as "captured!",
-                  coalesce((select sum(f.amount) from refunds f where f.order_id = o.id and f.status <> 'FAILED'), 0)
+                  (coalesce((select sum(f.amount) from refunds f where f.order_id = o.id and f.status <> 'FAILED'), 0)
+                   + coalesce((select sum(rp.amount) from refunds f join refund_parts rp on rp.refund_id = f.id
+                               where f.order_id = o.id and f.status = 'FAILED' and rp.provider_ref is not null), 0))
                       ::bigint as "refunded!"
            from orders o where o.id = any($1)"#,
         order_ids
@@ -466,6 +471,7 @@ pub(crate) async fn write(
         .await?;
     }
     Ok(Refund {
+        parts: Vec::new(),
         row,
         lines: lines.into_iter().map(|(_, l)| l).collect(),
     })
@@ -541,6 +547,8 @@ pub async fn of_order(executor: &sqlx::PgPool, order_id: Uuid) -> Result<Vec<Ref
     )
     .fetch_all(executor)
     .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut parts = parts_of(executor, &ids).await?;
     let mut by_refund: HashMap<Uuid, Vec<UnitLine>> = HashMap::new();
     for line in lines {
         by_refund.entry(line.refund_id).or_default().push(UnitLine {
@@ -552,6 +560,7 @@ pub async fn of_order(executor: &sqlx::PgPool, order_id: Uuid) -> Result<Vec<Ref
         .into_iter()
         .map(|row| Refund {
             lines: by_refund.remove(&row.id).unwrap_or_default(),
+            parts: parts.remove(&row.id).unwrap_or_default(),
             row,
         })
         .collect())
@@ -573,12 +582,168 @@ pub async fn current_of(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<V
     .await
 }
 
-/// Makes the PENDING ones of `ids` REFUNDING: they are asked of the provider once this commits.
-pub async fn begin(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+/// One part of a refund: what it gives back of one intent's captured money.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundPart {
+    pub refund_id: Uuid,
+    /// 1, 2, …: the order the parts are asked in, and each part's key ([`part_key`]).
+    pub part: i32,
+    pub payment_intent: String,
+    pub amount: i64,
+    /// The provider's refund, once the part was made and recorded.
+    pub provider_ref: Option<String>,
+}
+
+/// The idempotency key of a refund's part at the provider: the refund's own key for its first part (as every refund
+/// of one intent has), with `-n` after it for part n.
+pub fn part_key(refund_id: Uuid, part: i32) -> String {
+    match part {
+        1 => provider_key(refund_id),
+        n => format!("{}-{n}", provider_key(refund_id)),
+    }
+}
+
+/// Splits `amount` over `intents` (each `(intent, what it has left to refund)`, in the order given): as much as
+/// each has, the first first; what none has room for (the provider will refuse it) goes to the last.
+pub fn split(amount: i64, intents: &[(String, i64)]) -> Vec<(String, i64)> {
+    let mut left = amount;
+    let mut parts: Vec<(String, i64)> = Vec::new();
+    for (intent, room) in intents {
+        let take = left.min(*room);
+        if take > 0 {
+            parts.push((intent.clone(), take));
+            left -= take;
+        }
+    }
+    if left > 0 {
+        match (parts.last_mut(), intents.last()) {
+            (Some((last, taken)), Some((newest, _))) if last == newest => *taken += left,
+            (_, Some((newest, _))) => parts.push((newest.clone(), left)),
+            (_, None) => {}
+        }
+    }
+    parts
+}
+
+/// Makes the PENDING ones of `refunds` REFUNDING, fixing the parts of those without any: each of the order's
+/// intents gives back at most what it captured less what other refunds' parts took of it, the oldest intent first
+/// (after a lapsed hold an order's captures lie on more than one). They are asked of the provider once this
+/// commits. Returns every refund's parts, in order; a refund whose order has no captured intent has none.
+pub async fn begin(
+    conn: &mut PgConnection,
+    refunds: &[&RefundRow],
+) -> Result<HashMap<Uuid, Vec<RefundPart>>, sqlx::Error> {
+    let ids: Vec<Uuid> = refunds.iter().map(|r| r.id).collect();
+    let order_ids: Vec<Uuid> = refunds.iter().map(|r| r.order_id).collect();
     sqlx::query!(
         r#"update refunds set status = 'REFUNDING', updated_at = now()
            where id = any($1) and status = 'PENDING'"#,
-        ids
+        &ids
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut parts = parts_of(&mut *conn, &ids).await?;
+    let unsplit: Vec<&RefundRow> = refunds
+        .iter()
+        .copied()
+        .filter(|r| !parts.contains_key(&r.id))
+        .collect();
+    if unsplit.is_empty() {
+        return Ok(parts);
+    }
+    // What each intent captured (a shipment order's DONE shipments by the intent they drew on, oldest first; an
+    // auto order's captured payment) less what other refunds' parts took of it.
+    let rooms = sqlx::query!(
+        r#"with captured as (
+               select s.order_id, s.provider_ref as intent, sum(s.amount)::bigint as amount, min(s.id::text) as first
+               from shipments s
+               where s.order_id = any($1) and s.status = 'DONE' and s.provider_ref is not null
+               group by s.order_id, s.provider_ref
+               union all
+               select p.order_id, p.provider_ref, p.amount, ''
+               from payments p join orders o on o.id = p.order_id
+               where p.order_id = any($1) and o.fulfilment = 'auto' and p.status = 'CAPTURED'
+                 and p.provider_ref is not null
+           ),
+           taken as (
+               select f.order_id, rp.payment_intent as intent, sum(rp.amount)::bigint as amount
+               from refunds f join refund_parts rp on rp.refund_id = f.id
+               where f.order_id = any($1) and (f.status in ('REFUNDING', 'DONE') or rp.provider_ref is not null)
+               group by f.order_id, rp.payment_intent
+           )
+           select c.order_id as "order_id!", c.intent as "intent!",
+                  (c.amount - coalesce(t.amount, 0))::bigint as "room!"
+           from captured c left join taken t on t.order_id = c.order_id and t.intent = c.intent
+           order by c.order_id, c.first"#,
+        &order_ids
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut by_order: HashMap<Uuid, Vec<(String, i64)>> = HashMap::new();
+    for room in rooms {
+        by_order
+            .entry(room.order_id)
+            .or_default()
+            .push((room.intent, room.room));
+    }
+    let (mut refund_ids, mut numbers, mut intents, mut amounts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for refund in unsplit {
+        let rooms = by_order.get(&refund.order_id).map_or(&[][..], Vec::as_slice);
+        for (number, (intent, amount)) in (1..).zip(split(refund.amount, rooms)) {
+            refund_ids.push(refund.id);
+            numbers.push(number);
+            intents.push(intent);
+            amounts.push(amount);
+        }
+    }
+    sqlx::query!(
+        r#"insert into refund_parts (refund_id, part, payment_intent, amount)
+           select * from unnest($1::uuid[], $2::int[], $3::text[], $4::bigint[])
+           on conflict (refund_id, part) do nothing"#,
+        &refund_ids,
+        &numbers,
+        &intents,
+        &amounts
+    )
+    .execute(&mut *conn)
+    .await?;
+    parts = parts_of(conn, &ids).await?;
+    Ok(parts)
+}
+
+/// The refunds' parts, each refund's in order.
+pub async fn parts_of(
+    executor: impl PgExecutor<'_>,
+    refund_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<RefundPart>>, sqlx::Error> {
+    let rows = sqlx::query_as!(
+        RefundPart,
+        r#"select refund_id, part, payment_intent, amount, provider_ref
+           from refund_parts where refund_id = any($1) order by refund_id, part"#,
+        refund_ids
+    )
+    .fetch_all(executor)
+    .await?;
+    let mut parts: HashMap<Uuid, Vec<RefundPart>> = HashMap::new();
+    for row in rows {
+        parts.entry(row.refund_id).or_default().push(row);
+    }
+    Ok(parts)
+}
+
+/// Records the parts the provider made (`(refund, part, the provider's refund id)`).
+pub async fn record_parts(conn: &mut PgConnection, made: &[(Uuid, i32, &str)]) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = made.iter().map(|m| m.0).collect();
+    let parts: Vec<i32> = made.iter().map(|m| m.1).collect();
+    let refs: Vec<&str> = made.iter().map(|m| m.2).collect();
+    sqlx::query!(
+        r#"update refund_parts rp set provider_ref = m.provider_ref
+           from unnest($1::uuid[], $2::int[], $3::text[]) as m(refund_id, part, provider_ref)
+           where rp.refund_id = m.refund_id and rp.part = m.part and rp.provider_ref is null"#,
+        &ids,
+        &parts,
+        &refs as &[&str]
     )
     .execute(conn)
     .await?;
@@ -709,6 +874,33 @@ mod tests {
             assert_eq!(RefundReason::parse(reason.as_str()), Some(reason));
         }
         assert_eq!(RefundReason::parse("Duplicate"), None);
+    }
+
+    #[test]
+    fn a_refund_is_split_over_the_intents_oldest_first_within_what_each_has() {
+        let intents = vec![("pi_1".to_owned(), 1_000), ("pi_2".to_owned(), 2_000)];
+        assert_eq!(split(600, &intents), vec![("pi_1".to_owned(), 600)]);
+        assert_eq!(
+            split(1_500, &intents),
+            vec![("pi_1".to_owned(), 1_000), ("pi_2".to_owned(), 500)]
+        );
+        let spent = vec![("pi_1".to_owned(), 0), ("pi_2".to_owned(), 2_000)];
+        assert_eq!(split(700, &spent), vec![("pi_2".to_owned(), 700)]);
+        // More than any has room for (the provider will refuse it): the rest goes to the newest intent.
+        assert_eq!(
+            split(3_500, &intents),
+            vec![("pi_1".to_owned(), 1_000), ("pi_2".to_owned(), 2_500)]
+        );
+        assert_eq!(
+            split(500, &[("pi_1".to_owned(), 0), ("pi_2".to_owned(), 100)]),
+            vec![("pi_2".to_owned(), 500)]
+        );
+        assert_eq!(split(500, &[]), vec![]);
+        assert_eq!(part_key(Uuid::nil(), 1), provider_key(Uuid::nil()));
+        assert_eq!(
+            part_key(Uuid::nil(), 2),
+            format!("{}-2", provider_key(Uuid::nil()))
+        );
     }
 
     #[test]

@@ -138,6 +138,12 @@ pub struct WorkerSettings {
     /// How often the reconciler reads the stock ledger against the skus' counts
     /// (`ORDERFLOW_LEDGER_CHECK_INTERVAL_SECS`, a minute): a read of the whole ledger, so not every pass.
     pub ledger_check_interval: Duration,
+    /// How often the reconciler reads when waiting orders' holds lapse and warns of those that lapse soon
+    /// (`ORDERFLOW_HOLD_CHECK_INTERVAL_SECS`, five minutes).
+    pub hold_check_interval: Duration,
+    /// How long before a waiting order's hold lapses the reconciler warns of it (`ORDERFLOW_HOLD_WARNING_SECS`, a
+    /// day): the log line and `orderflow_holds_expiring`.
+    pub hold_warning: Duration,
     /// How long SIGTERM waits for in-flight steps (`ORDERFLOW_SHUTDOWN_GRACE_MS`).
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
@@ -167,6 +173,8 @@ impl Default for WorkerSettings {
             idempotency_retention: Duration::from_secs(86_400),
             purge_interval: Duration::from_secs(60),
             ledger_check_interval: Duration::from_secs(60),
+            hold_check_interval: Duration::from_secs(300),
+            hold_warning: Duration::from_secs(86_400),
             shutdown_grace: Duration::from_millis(30_000),
             relay: None,
             metrics_addr: None,
@@ -275,6 +283,8 @@ impl WorkerSettings {
                 "ORDERFLOW_LEDGER_CHECK_INTERVAL_SECS",
                 default.ledger_check_interval,
             )?,
+            hold_check_interval: env_secs("ORDERFLOW_HOLD_CHECK_INTERVAL_SECS", default.hold_check_interval)?,
+            hold_warning: env_secs("ORDERFLOW_HOLD_WARNING_SECS", default.hold_warning)?,
             shutdown_grace: env_millis("ORDERFLOW_SHUTDOWN_GRACE_MS", default.shutdown_grace)?,
             relay: RelaySettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_WORKER_METRICS_ADDR")?,

@@ -89,10 +89,15 @@ pub struct ShipmentLine {
     pub location: String,
 }
 
-/// The idempotency key of a shipment's capture: derived from the shipment, so every retry, every worker and the
-/// reconciler send the same one and the provider captures its part at most once.
-pub fn capture_key(shipment_id: Uuid) -> String {
-    format!("orderflow-ship-{shipment_id}-capture")
+/// The idempotency key of a shipment's capture from the order's authorization number `authorization`: derived
+/// from both, so every retry, every worker and the reconciler send the same one and the provider captures its part
+/// at most once; a capture from a re-authorization (after the first hold lapsed) is another request, with a key of
+/// its own.
+pub fn capture_key(shipment_id: Uuid, authorization: i32) -> String {
+    match authorization {
+        1 => format!("orderflow-ship-{shipment_id}-capture"),
+        n => format!("orderflow-ship-{shipment_id}-capture-{n}"),
+    }
 }
 
 /// `POST /v1/orders/{id}/shipments` as clients send it.

@@ -187,6 +187,41 @@ impl Provider {
             .ok_or_else(|| ProviderError::Transient("the refund's answer has no id".to_owned()))
     }
 
+    /// When the intent's hold lapses, as its charge says (`payment_method_details.card.capture_before`, read with
+    /// `expand[]=latest_charge`); none if the intent has no charge (not authorized) or its charge does not say.
+    pub async fn capture_before(
+        &self,
+        provider_ref: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ProviderError> {
+        let path = format!("/v1/payment_intents/{provider_ref}");
+        let url = format!("{}{path}", self.base_url);
+        let response = self
+            .http
+            .get(&url)
+            .query(&[("expand[]", "latest_charge")])
+            .send()
+            .await
+            .map_err(|e| ProviderError::Transient(format!("GET {path}: {e}")))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| ProviderError::Transient(format!("GET {path}: reading the answer: {e}")))?;
+        if !status.is_success() {
+            let error = &body["error"];
+            return Err(ProviderError::Rejected {
+                code: error["code"].as_str().unwrap_or("unknown").to_owned(),
+                message: error["message"].as_str().unwrap_or("").to_owned(),
+                intent_status: None,
+            });
+        }
+        Ok(
+            body["latest_charge"]["payment_method_details"]["card"]["capture_before"]
+                .as_i64()
+                .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0)),
+        )
+    }
+
     async fn intent_action(
         &self,
         path: &str,

@@ -17,6 +17,10 @@
 //! 5. Every `ledger_check_interval`, in a task of its own, the stock ledger is read against the skus' counts
 //!    (`ledger::drift`): a sku and location whose counts are not the sums of its movements is logged as an error,
 //!    and `orderflow_stock_ledger_drift` counts them (0 when the ledger adds up).
+//! 6. Every `hold_check_interval`, in a task of its own, the holds of orders waiting for their shipments: when each
+//!    lapses is read from the provider once per authorization (`payments.capture_before`), and a hold that lapses
+//!    within `hold_warning` is a warning in the log, their number the gauge `orderflow_holds_expiring`. Ship (or
+//!    cancel) such an order before then; a shipment after the lapse authorizes what is left again (`steps::ship`).
 //!
 //! Many processes run it at once: rows are claimed with SKIP LOCKED and every order is checked again under its
 //! row lock, which the steps take too.
@@ -29,7 +33,7 @@ use orderflow_shared::flow::{self, Step};
 use orderflow_shared::inventory::ledger;
 use orderflow_shared::order::{self, CancelReason, OrderStatus};
 use orderflow_shared::queue::{StepJob, upkeep};
-use orderflow_shared::{idempotency, step_log};
+use orderflow_shared::{idempotency, payment, step_log};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -61,6 +65,7 @@ pub async fn run(runner: Arc<Runner>, mut stopped: watch::Receiver<bool>) {
     let mut next_purge = tokio::time::Instant::now() + purge_interval;
     // The ledger's check reads the whole ledger: a task of its own, so a long read never holds up the repairs.
     tokio::spawn(check_ledger_every(runner.clone(), stopped.clone()));
+    tokio::spawn(check_holds_every(runner.clone(), stopped.clone()));
     loop {
         if tokio::time::Instant::now() >= next_purge {
             match purge(&runner).await {
@@ -213,6 +218,54 @@ async fn check_ledger(runner: &Runner) -> Result<(), sqlx::Error> {
             .map_or(0.0, |t| t.as_secs_f64()),
     );
     Ok(())
+}
+
+/// Checks waiting orders' holds every `hold_check_interval` until `stopped`.
+async fn check_holds_every(runner: Arc<Runner>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        if let Err(error) = check_holds(&runner).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not check when holds lapse; next time"
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(runner.settings.hold_check_interval) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Reads when the holds of waiting orders lapse (those not read yet, `PER_PASS` a check), then warns of each that
+/// lapses within `hold_warning` and sets `orderflow_holds_expiring` to how many do. Returns that number.
+pub async fn check_holds(runner: &Runner) -> anyhow::Result<i64> {
+    for hold in payment::unread_holds(&runner.pool, PER_PASS).await? {
+        match runner.provider.capture_before(&hold.provider_ref).await {
+            Ok(Some(at)) => {
+                payment::record_capture_before(&runner.pool, hold.order_id, hold.attempt, at).await?;
+            }
+            Ok(None) => {
+                tracing::debug!(order_id = %hold.order_id, intent = hold.provider_ref, "the hold's charge does not say when it lapses")
+            }
+            Err(error) => {
+                tracing::warn!(order_id = %hold.order_id, intent = hold.provider_ref, %error, "could not read when a hold lapses")
+            }
+        }
+    }
+    let warning = chrono::Duration::from_std(runner.settings.hold_warning)?;
+    let (expiring, count) =
+        payment::expiring_holds(&runner.pool, chrono::Utc::now() + warning, PER_PASS).await?;
+    for hold in &expiring {
+        tracing::warn!(
+            order_id = %hold.order_id,
+            status = %hold.status,
+            intent = hold.provider_ref,
+            capture_before = %hold.capture_before,
+            "the order's hold lapses soon: ship or cancel it before then, or its next shipment must authorize again"
+        );
+    }
+    metrics::gauge!("orderflow_holds_expiring").set(count as f64);
+    Ok(count)
 }
 
 /// Cancels a reserved order whose hold ran out, if it still has and no authorization started meanwhile.

@@ -96,6 +96,7 @@ impl<'a> Move<'a> {
     /// The end of an attempt as the step decided it.
     pub fn ending(order: &'a OrderRow, attempt: AttemptOf<'a>, ending: Ending) -> Self {
         Self {
+            last_error: ending.for_operators.then(|| ending.note.clone()).flatten(),
             attempt: Some(AttemptEnd {
                 of: attempt,
                 status: ending.status,

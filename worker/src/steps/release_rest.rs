@@ -5,7 +5,7 @@
 //! CAPTURED (its captures are all there is) and the order FULFILLED (a refund is refused while it runs, so none
 //! is pending after it; it asks `pending` all the same, as every step after payment does). What shipped stays
 //! shipped. A hold already gone (expired, or released by a final capture) has nothing left to
-//! release.
+//! release; after a declined re-authorization (`steps::ship`) there is no hold to ask about at all.
 //!
 //! It never gives up (`Step::never_gives_up`): it retries every failure, as nothing can undo a shipment.
 //!
@@ -33,26 +33,32 @@ pub(crate) struct ReleaseRest;
 
 impl SagaStep for ReleaseRest {
     const STEP: Step = Step::ReleaseRest;
-    /// The hold's provider reference.
-    type Call = String;
+    /// The hold's provider reference; none when no hold is open (a declined re-authorization).
+    type Call = Option<String>;
     type Answer = ();
 
     async fn decide(
         _runner: &Runner,
         conn: &mut PgConnection,
         orders: &[&OrderRow],
-    ) -> Result<Vec<Decision<String>>, StepError> {
+    ) -> Result<Vec<Decision<Option<String>>>, StepError> {
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
         let intents: HashMap<Uuid, Option<String>> = payment::find_many(&mut *conn, &ids)
             .await?
             .into_iter()
-            .map(|p| (p.order_id, p.provider_ref))
+            .filter(|p| p.provider_ref.is_some() || p.status == PaymentStatus::Declined)
+            .map(|p| {
+                (
+                    p.order_id,
+                    p.provider_ref.filter(|_| p.status != PaymentStatus::Declined),
+                )
+            })
             .collect();
         // Only the orders that go on to the call: one that fails has nothing written.
         let releasing: Vec<Uuid> = ids
             .iter()
             .copied()
-            .filter(|id| intents.get(id).is_some_and(Option::is_some))
+            .filter(|id| intents.contains_key(id))
             .collect();
         let released = inventory::release_rest(conn, &releasing).await?;
         tracing::info!(
@@ -62,7 +68,7 @@ impl SagaStep for ReleaseRest {
         );
         Ok(orders
             .iter()
-            .map(|order| match intents.get(&order.id).cloned().flatten() {
+            .map(|order| match intents.get(&order.id).cloned() {
                 Some(intent) => Decision::Call(intent),
                 None => Decision::Fail(StepError::Transient(anyhow!(
                     "the order has no authorization to release"
@@ -71,8 +77,11 @@ impl SagaStep for ReleaseRest {
             .collect())
     }
 
-    async fn call(runner: &Runner, order: &OrderRow, intent: &String) -> Result<(), StepError> {
+    async fn call(runner: &Runner, order: &OrderRow, intent: &Option<String>) -> Result<(), StepError> {
         failpoints::abort("worker.release_rest.before_release", Some(&order.customer_id));
+        let Some(intent) = intent else {
+            return Ok(());
+        };
         match runner
             .provider
             .void(intent, &payment::release_rest_key(order.id))

@@ -12,8 +12,22 @@
 //! is a failure, retried under the same key for as long as it takes (`flow::after_failure`). A repeat of a run
 //! that recorded its shipment already (a job run twice) finds nothing CAPTURING and writes nothing.
 //!
+//! A hold that lapsed (the provider cancelled it after its lifetime, about seven days for a card: the capture is
+//! refused with the intent `canceled`, or `succeeded` keeping what earlier shipments captured, and its charge's
+//! `capture_before` is past) is not a refusal of the shipment (a hold cancelled before its time, by someone at the
+//! provider, is, and is not authorized again behind their back): the same call authorizes what is left to capture (the order's total less what its shipments
+//! captured) as a new PaymentIntent under the key of the order's next authorization
+//! (`payment::reauthorization_key`), then captures the shipment from it under a key of its own. Both keys and the
+//! amount are derived from rows that do not change while the shipment is CAPTURING, so a crash anywhere in it
+//! repeats both as replays. The record keeps the new authorization on the payment row in the same transaction as
+//! the capture (`payment::record_reauthorizations`). A declined re-authorization fails the shipment with the
+//! reason `authorization lapsed; re-authorization declined: <code>`, kept on the order for operators
+//! (`last_error`); the payment row is DECLINED, the order stays where it was with its units reserved, and its next
+//! shipment tries a new authorization (a card replaced meanwhile), or a cancel releases the rest.
+//!
 //! Failpoints: `worker.ship.start` (a transient failure before anything is written), `worker.ship.before_capture`
 //! (aborts the process after the attempt and the shipment's CAPTURING committed, before the call),
+//! `worker.ship.after_reauthorize` (aborts the process after a re-authorization, before the capture from it),
 //! `worker.ship.after_capture` (aborts the process after the provider captured, before anything is recorded).
 
 use std::collections::HashMap;
@@ -21,15 +35,16 @@ use std::collections::HashMap;
 use anyhow::anyhow;
 use orderflow_shared::flow::{Ending, Step};
 use orderflow_shared::order::{CancelReason, OrderRow, OrderStatus, Transition};
-use orderflow_shared::payment::{self, Outcome, PaymentStatus};
+use orderflow_shared::payment::{self, Outcome, PaymentRow, PaymentStatus, Reauthorization};
 use orderflow_shared::pending;
+use orderflow_shared::refund;
 use orderflow_shared::shipment::{self, ShipmentRow, ShipmentStatus};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::error::StepError;
 use crate::failpoints;
-use crate::provider::ProviderError;
+use crate::provider::{Authorization, AuthorizeRequest, ProviderError};
 use crate::runner::Runner;
 use crate::steps::{Decision, SagaStep};
 
@@ -39,18 +54,55 @@ pub(crate) struct Ship;
 #[derive(Debug)]
 pub(crate) struct Captured {
     shipment: ShipmentRow,
-    /// The hold's provider reference.
+    /// The hold the capture drew on (a re-authorization's, when one was made).
     intent: String,
-    /// `Err`: refused for good (a voided or expired hold, a wrong amount), with the provider's words.
+    /// `Err`: refused for good (a voided hold, a wrong amount, a declined re-authorization), in words for people.
     outcome: Result<(), String>,
+    /// The re-authorization the call made because the hold had lapsed, to be kept on the payment row.
+    reauthorized: Option<Reauthorization>,
 }
+
+impl Captured {
+    /// Whether the shipment failed because the hold lapsed and could not be made again: a dead end only an
+    /// operator (or the customer's new card) can see to.
+    fn lapsed_for_good(&self) -> bool {
+        self.outcome.as_ref().is_err_and(|why| why.starts_with(LAPSED))
+    }
+}
+
+/// How the failure of a shipment whose hold lapsed and could not be authorized again begins.
+const LAPSED: &str = "authorization lapsed";
 
 /// One shipment's capture, as fixed before the call.
 #[derive(Debug)]
 pub(crate) struct Capture {
     shipment: ShipmentRow,
-    /// The hold's provider reference.
-    intent: String,
+    /// The order's authorization as it now is.
+    payment: PaymentRow,
+    /// What is left to capture of the order: its total less what its shipments captured, the amount a
+    /// re-authorization asks for.
+    uncaptured: i64,
+}
+
+impl Capture {
+    /// The intent to capture from, while the hold is open as far as our rows know; none after a declined
+    /// re-authorization (the next shipment authorizes again).
+    fn open_hold(&self) -> Option<&str> {
+        matches!(
+            self.payment.status,
+            PaymentStatus::Authorized | PaymentStatus::PartiallyCaptured
+        )
+        .then_some(self.payment.provider_ref.as_deref())
+        .flatten()
+    }
+
+    /// The intent whose money the next authorization replaces: the open one, or the one a declined
+    /// re-authorization meant to replace.
+    fn replaced(&self) -> Option<&str> {
+        self.open_hold()
+            .or(self.payment.replaces.as_deref())
+            .or(self.payment.provider_ref.as_deref())
+    }
 }
 
 impl SagaStep for Ship {
@@ -69,11 +121,13 @@ impl SagaStep for Ship {
             .into_iter()
             .map(|s| (s.order_id, s))
             .collect();
-        let intents: HashMap<Uuid, Option<String>> = payment::find_many(&mut *conn, &ids)
+        let payments: HashMap<Uuid, PaymentRow> = payment::find_many(&mut *conn, &ids)
             .await?
             .into_iter()
-            .map(|p| (p.order_id, p.provider_ref))
+            .filter(|p| p.provider_ref.is_some() || p.replaces.is_some())
+            .map(|p| (p.order_id, p))
             .collect();
+        let money = refund::money_of(&mut *conn, &ids).await?;
         let mut decisions: Vec<Option<Decision<Capture>>> = Vec::with_capacity(orders.len());
         let mut starting = Vec::new();
         for order in orders {
@@ -82,7 +136,7 @@ impl SagaStep for Ship {
             } else if !current.contains_key(&order.id) {
                 // A repeat of a run that shipped the last one on its way: nothing to do.
                 Some(Decision::Skip)
-            } else if !intents.get(&order.id).is_some_and(Option::is_some) {
+            } else if !payments.contains_key(&order.id) {
                 Some(Decision::Fail(StepError::permanent(
                     CancelReason::PaymentFailed,
                     anyhow!("the order has no authorization to capture from"),
@@ -102,18 +156,18 @@ impl SagaStep for Ship {
             .iter()
             .zip(decisions)
             .map(|(order, decided)| {
-                decided.unwrap_or_else(|| {
-                    match (fixed.get(&order.id), intents.get(&order.id).cloned().flatten()) {
-                        (Some(shipment), Some(intent)) if shipment.status == ShipmentStatus::Capturing => {
-                            Decision::Call(Capture {
-                                shipment: shipment.clone(),
-                                intent,
-                            })
-                        }
-                        _ => Decision::Fail(StepError::Transient(anyhow!(
-                            "the shipment to capture is not CAPTURING"
-                        ))),
+                decided.unwrap_or_else(|| match (fixed.get(&order.id), payments.get(&order.id)) {
+                    (Some(shipment), Some(payment)) if shipment.status == ShipmentStatus::Capturing => {
+                        let captured = money.get(&order.id).map_or(0, |m| m.captured);
+                        Decision::Call(Capture {
+                            shipment: shipment.clone(),
+                            payment: payment.clone(),
+                            uncaptured: order.total - captured,
+                        })
                     }
+                    _ => Decision::Fail(StepError::Transient(anyhow!(
+                        "the shipment to capture is not CAPTURING"
+                    ))),
                 })
             })
             .collect())
@@ -122,27 +176,65 @@ impl SagaStep for Ship {
     async fn call(runner: &Runner, order: &OrderRow, capture: &Capture) -> Result<Captured, StepError> {
         failpoints::abort("worker.ship.before_capture", Some(&order.customer_id));
         let shipment = &capture.shipment;
-        let answer = runner
-            .provider
-            .capture_part(
-                &capture.intent,
-                &shipment::capture_key(shipment.id),
-                shipment.amount,
-                shipment.final_capture.unwrap_or(false),
-            )
-            .await;
-        failpoints::abort("worker.ship.after_capture", Some(&order.customer_id));
-        let outcome = match answer {
-            Ok(()) => Ok(()),
-            // The provider's answer, not a failure: the shipment fails and the order stays where it was.
-            Err(refusal @ ProviderError::Rejected { .. }) => Err(refusal.to_string()),
-            Err(unknown @ ProviderError::Transient(_)) => return Err(StepError::from_provider(unknown)),
-        };
-        Ok(Captured {
+        let answered = |intent: &str, outcome, reauthorized| Captured {
             shipment: shipment.clone(),
-            intent: capture.intent.clone(),
+            intent: intent.to_owned(),
             outcome,
-        })
+            reauthorized,
+        };
+        if let Some(intent) = capture.open_hold() {
+            match capture_from(runner, capture, intent, capture.payment.attempt).await? {
+                Err(Refusal::Lapsed) => {}
+                outcome => {
+                    failpoints::abort("worker.ship.after_capture", Some(&order.customer_id));
+                    return Ok(answered(intent, outcome.map_err(|r| r.to_string()), None));
+                }
+            }
+        }
+        // The hold lapsed (or the last re-authorization was declined): authorize what is left to capture.
+        let attempt = capture.payment.attempt + 1;
+        let key = payment::reauthorization_key(order.id, attempt);
+        let request = AuthorizeRequest {
+            idempotency_key: &key,
+            order_id: order.id,
+            amount: capture.uncaptured,
+            currency: &capture.payment.currency,
+            payment_method: &capture.payment.payment_token,
+            multicapture: true,
+        };
+        let replaces = capture.replaced().unwrap_or_default().to_owned();
+        let reauthorization = |provider_ref, decline_code| Reauthorization {
+            order_id: order.id,
+            attempt,
+            amount: capture.uncaptured,
+            replaces: replaces.clone(),
+            provider_ref,
+            decline_code,
+        };
+        match runner.provider.authorize(&request).await {
+            Ok(Authorization::Authorized { provider_ref }) => {
+                failpoints::abort("worker.ship.after_reauthorize", Some(&order.customer_id));
+                let outcome = capture_from(runner, capture, &provider_ref, attempt).await?;
+                failpoints::abort("worker.ship.after_capture", Some(&order.customer_id));
+                let reauthorized = reauthorization(Some(provider_ref.clone()), None);
+                Ok(answered(
+                    &provider_ref,
+                    outcome.map_err(|r| r.to_string()),
+                    Some(reauthorized),
+                ))
+            }
+            Ok(Authorization::Declined { provider_ref, code }) => {
+                let why = format!("{LAPSED}; re-authorization declined: {code}");
+                let declined = reauthorization(provider_ref, Some(code));
+                Ok(answered(&replaces, Err(why), Some(declined)))
+            }
+            Err(refusal @ ProviderError::Rejected { .. }) => Ok(answered(
+                &replaces,
+                Err(format!("{LAPSED}; re-authorization refused: {refusal}")),
+                None,
+            )),
+            Err(unknown @ ProviderError::Transient(_)) => Err(StepError::from_provider(unknown)),
+        }
     }
 
     async fn record(
@@ -160,6 +252,11 @@ impl SagaStep for Ship {
                 Err(why) => refused.push((answer.shipment.id, why.as_str())),
             }
         }
+        let reauthorized: Vec<Reauthorization> = answered
+            .iter()
+            .filter_map(|(_, answer)| answer.reauthorized.clone())
+            .collect();
+        payment::record_reauthorizations(&mut *conn, &reauthorized).await?;
         let recorded = shipment::complete(&mut *conn, &done).await?;
         let failed = shipment::fail(&mut *conn, &refused).await?;
         let payments: Vec<Outcome> = answered
@@ -200,9 +297,13 @@ impl SagaStep for Ship {
                         .then(next(OrderStatus::PartiallyFulfilled))
                         .for_shipment(id),
                     Err(why) if failed.contains(&id) => {
-                        Ending::failed(why.clone(), Some(Transition::FailShipment))
+                        let failed = Ending::failed(why.clone(), Some(Transition::FailShipment))
                             .then(next(order.status))
-                            .for_shipment(id)
+                            .for_shipment(id);
+                        match answer.lapsed_for_good() {
+                            true => failed.for_operators(),
+                            false => failed,
+                        }
                     }
                     // A repeat of a run that recorded it: its event is written and its next step queued.
                     _ => Ending::overtaken(format!("shipment {id} was recorded already")),
@@ -210,4 +311,70 @@ impl SagaStep for Ship {
             })
             .collect())
     }
+}
+
+/// Why a capture was refused for good.
+#[derive(Debug)]
+enum Refusal {
+    /// The hold is gone: the provider cancelled it after its lifetime (`canceled`), or it lapsed after a part was
+    /// captured (`succeeded`). The shipment needs a new authorization.
+    Lapsed,
+    /// Refused for another reason (a wrong amount): the shipment fails.
+    Other(ProviderError),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lapsed => f.write_str("the hold lapsed"),
+            Self::Other(error) => error.fmt(f),
+        }
+    }
+}
+
+/// Captures the shipment's part from `intent`, the order's authorization number `authorization`. `Err` is an
+/// unknown outcome (retry under the same key); `Ok(Err)` a refusal for good.
+async fn capture_from(
+    runner: &Runner,
+    capture: &Capture,
+    intent: &str,
+    authorization: i32,
+) -> Result<Result<(), Refusal>, StepError> {
+    let shipment = &capture.shipment;
+    let answer = runner
+        .provider
+        .capture_part(
+            intent,
+            &shipment::capture_key(shipment.id, authorization),
+            shipment.amount,
+            shipment.final_capture.unwrap_or(false),
+        )
+        .await;
+    match answer {
+        Ok(()) => Ok(Ok(())),
+        Err(
+            refusal @ ProviderError::Rejected {
+                intent_status: Some(_),
+                ..
+            },
+        ) if ended(&refusal) => {
+            // The hold ended. It lapsed if its lifetime is over; one cancelled before that was cancelled by someone
+            // (at the provider's dashboard, say), and is not authorized again behind their back.
+            match runner.provider.capture_before(intent).await {
+                Ok(Some(lapses)) if lapses <= chrono::Utc::now() => Ok(Err(Refusal::Lapsed)),
+                Ok(_) | Err(ProviderError::Rejected { .. }) => Ok(Err(Refusal::Other(refusal))),
+                Err(unknown @ ProviderError::Transient(_)) => Err(StepError::from_provider(unknown)),
+            }
+        }
+        Err(refusal @ ProviderError::Rejected { .. }) => Ok(Err(Refusal::Other(refusal))),
+        Err(unknown @ ProviderError::Transient(_)) => Err(StepError::from_provider(unknown)),
+    }
+}
+
+/// Whether a refusal says the intent's hold is over: `canceled`, or `succeeded` (what was captured kept).
+fn ended(refusal: &ProviderError) -> bool {
+    matches!(
+        refusal,
+        ProviderError::Rejected { intent_status: Some(status), .. } if status == "canceled" || status == "succeeded"
+    )
 }
