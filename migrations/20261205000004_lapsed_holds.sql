@@ -8,14 +8,16 @@
 -- asks under the same key with the same amount); `replaces` is the lapsed intent the current one replaced (the
 -- intents before it are named by the shipments that captured from them). `capture_before` is when the provider
 -- says the current hold lapses (Stripe's `payment_method_details.card.capture_before`): read by the reconciler,
--- outside the saga's steps, for the warning before a waiting order's hold lapses; null until read. None is
--- indexed, so the pay step's writes stay HOT updates as they were; every column has a constant default or none,
--- so nothing is rewritten.
+-- outside the saga's steps, for the warning before a waiting order's hold lapses; null until read.
+-- `hold_checked_at` is when the reconciler last asked (a hold whose charge does not say, or whose read failed, is
+-- asked again an hour later, not ahead of every other). None is indexed, so the pay step's writes stay HOT updates
+-- as they were; every column has a constant default or none, so nothing is rewritten (the check scans `payments`
+-- once, under the migration's lock).
 alter table payments add column attempt integer not null default 1;
 alter table payments add column replaces text;
 alter table payments add column capture_before timestamptz;
-alter table payments add constraint payments_attempt_positive check (attempt >= 1) not valid;
-alter table payments validate constraint payments_attempt_positive;
+alter table payments add column hold_checked_at timestamptz;
+alter table payments add constraint payments_attempt_positive check (attempt >= 1);
 
 -- After a re-authorization an order's captured money lies on more than one intent, and a refund is made per
 -- intent. A refund's parts are the intents it draws on and how much from each, fixed in the transaction that
@@ -30,6 +32,7 @@ create table refund_parts (
     amount         bigint not null,
     provider_ref   text,
     constraint refund_parts_pkey primary key (refund_id, part),
+    constraint refund_parts_one_per_intent unique (refund_id, payment_intent),
     constraint refund_parts_part_positive check (part >= 1),
     constraint refund_parts_amount_positive check (amount > 0)
 );

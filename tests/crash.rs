@@ -677,4 +677,5 @@ async fn a_worker_killed_after_a_reauthorization_is_finished_by_the_next_with_on
         (sku["on_hand"].as_i64(), sku["reserved"].as_i64()),
         (Some(2), Some(0))
     );
+    crate::invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("CRATE", 5)]).await;
 }

@@ -16,22 +16,28 @@ pub struct Ended {
     /// What a FULFILLED order is charged: its total, or for a shipment order what its shipments captured (all
     /// of it, unless the rest was cancelled after a shipment).
     pub charged: i64,
-    /// What its DONE refunds gave back.
+    /// What its refunds gave back: the DONE ones, and the parts a FAILED one made before a later part was refused.
     pub refunded: i64,
     pub cancel_reason: Option<String>,
+    /// How many authorizations the order asked for (`payments.attempt`: 1, more after lapsed holds; 0 with no
+    /// payment): each is one intent at the provider.
+    pub authorizations: i32,
 }
 
 /// Every order, as it ended. Panics on an order that is not over.
 pub async fn ended_orders(pool: &PgPool) -> HashMap<Uuid, Ended> {
-    let orders: Vec<(Uuid, String, i64, i64, Option<String>)> = sqlx::query_as(
+    let orders: Vec<(Uuid, String, i64, i64, Option<String>, i32)> = sqlx::query_as(
         "select o.id, o.status, \
                 case when o.fulfilment = 'shipment' \
                      then (select coalesce(sum(s.amount), 0) from shipments s \
                            where s.order_id = o.id and s.status = 'DONE')::bigint \
                      else o.total end, \
-                (select coalesce(sum(f.amount), 0) from refunds f \
-                 where f.order_id = o.id and f.status = 'DONE')::bigint, \
-                o.cancel_reason \
+                ((select coalesce(sum(f.amount), 0) from refunds f \
+                  where f.order_id = o.id and f.status = 'DONE') \
+                 + (select coalesce(sum(rp.amount), 0) from refunds f join refund_parts rp on rp.refund_id = f.id \
+                    where f.order_id = o.id and f.status = 'FAILED' and rp.provider_ref is not null))::bigint, \
+                o.cancel_reason, \
+                coalesce((select p.attempt from payments p where p.order_id = o.id), 0) \
          from orders o",
     )
     .fetch_all(pool)
@@ -39,7 +45,7 @@ pub async fn ended_orders(pool: &PgPool) -> HashMap<Uuid, Ended> {
     .unwrap();
     orders
         .into_iter()
-        .map(|(id, status, charged, refunded, cancel_reason)| {
+        .map(|(id, status, charged, refunded, cancel_reason, authorizations)| {
             assert!(
                 status == "FULFILLED" || status == "CANCELLED",
                 "order {id} is {status}, not over"
@@ -51,6 +57,7 @@ pub async fn ended_orders(pool: &PgPool) -> HashMap<Uuid, Ended> {
                     charged,
                     refunded,
                     cancel_reason,
+                    authorizations,
                 },
             )
         })
@@ -172,10 +179,10 @@ pub async fn ledger_adds_up(pool: &PgPool, orders: &HashMap<Uuid, Ended>) {
     }
 }
 
-/// Money, from the provider's side (the simulator's ledger at `paysim`): a FULFILLED order has exactly one
-/// intent, captured for what it is charged and refunded what its DONE refunds gave back (captured − refunded
-/// per order, as the provider's ledger says); a CANCELLED one holds nothing and is charged nothing net. No refund
-/// is left on its way.
+/// Money, from the provider's side (the simulator's ledger at `paysim`): a FULFILLED order has one intent per
+/// authorization it asked for (one, unless a lapsed hold was authorized again), together captured for what it is
+/// charged and refunded what its refunds gave back (captured − refunded per order, as the provider's ledger says);
+/// a CANCELLED one holds nothing and is charged nothing net. No hold is left open.
 pub async fn money_matches_orders(orders: &HashMap<Uuid, Ended>, http: &reqwest::Client, paysim: &str) {
     let ledger: Value = http
         .get(format!("{paysim}/v1/sim/ledger"))
@@ -205,7 +212,11 @@ pub async fn money_matches_orders(orders: &HashMap<Uuid, Ended>, http: &reqwest:
             order.status
         );
         if order.status == "FULFILLED" {
-            assert_eq!(mine.len(), 1, "order {id}: exactly one intent: {mine:?}");
+            assert_eq!(
+                mine.len(),
+                usize::try_from(order.authorizations).unwrap(),
+                "order {id}: one intent per authorization: {mine:?}"
+            );
             assert_eq!(
                 (received, refunded),
                 (order.charged, order.refunded),

@@ -96,6 +96,8 @@ async fn a_shipment_after_the_hold_lapsed_authorizes_what_is_left_and_refunds_dr
         ]),
         "the old hold keeps what it captured; the new one holds what is left"
     );
+    let money = app.refunds(id).await;
+    assert_eq!(money["refundable"], 1500, "captured on both intents: {money}");
 
     // A refund of 1,200 spans both: all the first intent captured, then 200 of the second.
     let (status, refund) = app
@@ -183,6 +185,31 @@ async fn a_shipment_after_the_hold_lapsed_authorizes_what_is_left_and_refunds_dr
             "{sku}"
         );
     }
+    let refunds = app.refunds(id).await;
+    let parts: Vec<(&str, i64)> = refunds["refunds"][0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["payment_intent"].as_str().unwrap(),
+                p["amount"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let new = order["payment"]["provider_ref"].as_str().unwrap();
+    assert_eq!(
+        parts,
+        vec![(old["id"].as_str().unwrap(), 1000), (new, 200)],
+        "{refunds}"
+    );
+    crate::invariants::all_hold(
+        &app.pool,
+        &app.http,
+        &app.paysim,
+        &[("BOX", 10), ("TAPE", 10), ("MUG", 10)],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -271,6 +298,12 @@ async fn a_declined_reauthorization_fails_the_shipment_for_operators_and_a_cance
         .await;
     assert_eq!(order["payment"]["status"], "DECLINED", "{order}");
 
+    // The reconciler counts it among the orders an operator must see to.
+    let found = orderflow_worker::reconciler::check_holds(&app.runner("holds"))
+        .await
+        .unwrap();
+    assert_eq!(found.declined, 1);
+
     // Cancelling releases the mug; no hold is open anywhere, and the box's 1,000 stays captured.
     let cancel = app.cancel(id).await;
     assert!(cancel.status().is_success(), "{}", cancel.status());
@@ -296,6 +329,15 @@ async fn a_declined_reauthorization_fails_the_shipment_for_operators_and_a_cance
         "no hold left open: {intents:?}"
     );
     assert_eq!(intents.len(), 3, "two declined re-authorizations: {intents:?}");
+    assert_eq!(
+        order["payment"]["status"], "CAPTURED",
+        "what shipped is all it takes: {order}"
+    );
+    let found = orderflow_worker::reconciler::check_holds(&app.runner("holds"))
+        .await
+        .unwrap();
+    assert_eq!(found, Default::default(), "nothing waits any more");
+    crate::invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("BOX", 10), ("MUG", 10)]).await;
 }
 
 #[tokio::test]
@@ -311,8 +353,12 @@ async fn the_reconciler_reads_when_waiting_holds_lapse_and_counts_those_that_lap
     // The simulator's holds last seven days: a warning of eight covers the waiting order's, one of a day none.
     let mut runner = app.runner("holds");
     runner.settings.hold_warning = Duration::from_secs(8 * 86_400);
-    let expiring = orderflow_worker::reconciler::check_holds(&runner).await.unwrap();
-    assert_eq!(expiring, 1, "the waiting order's hold; not the auto order's");
+    let found = orderflow_worker::reconciler::check_holds(&runner).await.unwrap();
+    assert_eq!(
+        (found.expiring, found.declined),
+        (1, 0),
+        "the waiting order's hold; not the auto order's"
+    );
     let order = app.order(waiting).await;
     let intent = &app.intents_of(waiting).await[0];
     let charge = app
@@ -338,8 +384,8 @@ async fn the_reconciler_reads_when_waiting_holds_lapse_and_counts_those_that_lap
     );
 
     runner.settings.hold_warning = Duration::from_secs(86_400);
-    let expiring = orderflow_worker::reconciler::check_holds(&runner).await.unwrap();
-    assert_eq!(expiring, 0, "seven days off: no warning yet");
+    let found = orderflow_worker::reconciler::check_holds(&runner).await.unwrap();
+    assert_eq!(found.expiring, 0, "seven days off: no warning yet");
 
     // Once nothing waits, nothing is counted.
     let (_, all) = app
@@ -353,6 +399,13 @@ async fn the_reconciler_reads_when_waiting_holds_lapse_and_counts_those_that_lap
     wait_shipment(&app, waiting, &all, "DONE").await;
     app.wait_terminal(waiting).await;
     runner.settings.hold_warning = Duration::from_secs(8 * 86_400);
-    let expiring = orderflow_worker::reconciler::check_holds(&runner).await.unwrap();
-    assert_eq!(expiring, 0, "a shipped order's hold is done with");
+    let found = orderflow_worker::reconciler::check_holds(&runner).await.unwrap();
+    assert_eq!(found.expiring, 0, "a shipped order's hold is done with");
+    crate::invariants::all_hold(
+        &app.pool,
+        &app.http,
+        &app.paysim,
+        &[("BOX", 10), ("TAPE", 10), ("MUG", 10), ("DIGITAL", 10)],
+    )
+    .await;
 }

@@ -107,11 +107,13 @@ pub struct AllocationView {
 pub struct PaymentView {
     pub status: PaymentStatus,
     pub provider_ref: Option<String>,
-    /// What was authorized.
+    /// What was authorized: the order's total, or after a lapsed hold what the re-authorization asked for (the
+    /// total less what was captured before it).
     pub amount: i64,
     /// What was captured of it (a shipment order's shipments; an auto order's capture).
     pub captured: i64,
-    /// What refunds gave back or are giving back (those on their way included, FAILED ones not).
+    /// What refunds gave back or are giving back (those on their way included, FAILED ones not, but for the parts
+    /// a FAILED refund split over several intents made).
     pub refunded: i64,
     /// Which authorization of the order this is: 1, then one more each time a shipment found the hold lapsed and
     /// authorized what was left again.

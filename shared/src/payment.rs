@@ -307,7 +307,8 @@ pub struct UnreadHold {
 }
 
 /// The open holds of orders waiting for shipments (PAID or PARTIALLY_FULFILLED shipment orders) whose
-/// `capture_before` is not read yet, at most `limit`. Found through the orders' status index.
+/// `capture_before` is not read yet and was not asked for in the last hour, those never asked first, at most
+/// `limit`. Found through the orders' status index.
 pub async fn unread_holds(executor: impl PgExecutor<'_>, limit: i64) -> Result<Vec<UnreadHold>, sqlx::Error> {
     sqlx::query_as!(
         UnreadHold,
@@ -316,22 +317,25 @@ pub async fn unread_holds(executor: impl PgExecutor<'_>, limit: i64) -> Result<V
            where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
              and p.status in ('AUTHORIZED', 'PARTIALLY_CAPTURED') and p.provider_ref is not null
              and p.capture_before is null
-           order by o.id limit $1"#,
+             and (p.hold_checked_at is null or p.hold_checked_at < now() - interval '1 hour')
+           order by p.hold_checked_at nulls first, o.id limit $1"#,
         limit
     )
     .fetch_all(executor)
     .await
 }
 
-/// Records when a hold lapses, if the order's authorization is still the one read (`attempt`).
+/// Records that the order's authorization `attempt` was asked when its hold lapses, and the answer if there was
+/// one (a hold read again later keeps what was read). Nothing if the authorization is another by now.
 pub async fn record_capture_before(
     executor: impl PgExecutor<'_>,
     order_id: Uuid,
     attempt: i32,
-    capture_before: DateTime<Utc>,
+    capture_before: Option<DateTime<Utc>>,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query!(
-        "update payments set capture_before = $3 where order_id = $1 and attempt = $2",
+        "update payments set capture_before = coalesce($3, capture_before), hold_checked_at = now()
+         where order_id = $1 and attempt = $2",
         order_id,
         attempt,
         capture_before
@@ -351,8 +355,8 @@ pub struct ExpiringHold {
     pub capture_before: DateTime<Utc>,
 }
 
-/// The open holds of orders waiting for shipments that lapse before `until` (soonest first, at most `limit`), and
-/// how many there are in all.
+/// The open holds of orders waiting for shipments that lapse before `until` (soonest first, those lapsed already
+/// included; at most `limit`), and how many there are in all.
 pub async fn expiring_holds(
     executor: impl PgExecutor<'_> + Copy,
     until: DateTime<Utc>,
@@ -376,12 +380,39 @@ pub async fn expiring_holds(
         r#"select count(*) as "count!"
            from orders o join payments p on p.order_id = o.id
            where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
-             and p.status in ('AUTHORIZED', 'PARTIALLY_CAPTURED') and p.capture_before < $1"#,
+             and p.status in ('AUTHORIZED', 'PARTIALLY_CAPTURED') and p.provider_ref is not null
+             and p.capture_before < $1"#,
         until
     )
     .fetch_one(executor)
     .await?;
     Ok((holds, count))
+}
+
+/// Orders waiting for shipments whose hold lapsed and whose re-authorization was declined (their payment
+/// DECLINED): they ship nothing until an operator sees to them. At most `limit`, oldest first, and how many in
+/// all.
+pub async fn declined_waiting(
+    executor: impl PgExecutor<'_> + Copy,
+    limit: i64,
+) -> Result<(Vec<Uuid>, i64), sqlx::Error> {
+    let ids = sqlx::query_scalar!(
+        r#"select o.id from orders o join payments p on p.order_id = o.id
+           where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
+             and p.status = 'DECLINED'
+           order by o.id limit $1"#,
+        limit
+    )
+    .fetch_all(executor)
+    .await?;
+    let count = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from orders o join payments p on p.order_id = o.id
+           where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
+             and p.status = 'DECLINED'"#
+    )
+    .fetch_one(executor)
+    .await?;
+    Ok((ids, count))
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ pub struct AuthorizeRequest<'a> {
     pub payment_method: &'a str,
     /// Ask for a hold that several captures can draw on, the last one final (Stripe's multicapture).
     pub multicapture: bool,
+    /// The customer is not there (a re-authorization after a lapsed hold): Stripe's `off_session=true`, so a bank
+    /// that wants the customer to authenticate declines (`authentication_required`) instead of waiting for them.
+    pub off_session: bool,
 }
 
 impl Provider {
@@ -87,6 +90,7 @@ impl Provider {
                 "if_available".to_owned(),
             )
         }))
+        .chain(request.off_session.then(|| ("off_session", "true".to_owned())))
         .collect::<Vec<_>>();
         match self
             .post("/v1/payment_intents", request.idempotency_key, &form)

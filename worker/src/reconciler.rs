@@ -21,6 +21,8 @@
 //!    lapses is read from the provider once per authorization (`payments.capture_before`), and a hold that lapses
 //!    within `hold_warning` is a warning in the log, their number the gauge `orderflow_holds_expiring`. Ship (or
 //!    cancel) such an order before then; a shipment after the lapse authorizes what is left again (`steps::ship`).
+//!    A waiting order whose re-authorization was declined is a warning too, at every check
+//!    (`orderflow_holds_declined`).
 //!
 //! Many processes run it at once: rows are claimed with SKIP LOCKED and every order is checked again under its
 //! row lock, which the steps take too.
@@ -237,20 +239,22 @@ async fn check_holds_every(runner: Arc<Runner>, mut stopped: watch::Receiver<boo
 }
 
 /// Reads when the holds of waiting orders lapse (those not read yet, `PER_PASS` a check), then warns of each that
-/// lapses within `hold_warning` and sets `orderflow_holds_expiring` to how many do. Returns that number.
-pub async fn check_holds(runner: &Runner) -> anyhow::Result<i64> {
+/// lapses within `hold_warning` and sets `orderflow_holds_expiring` to how many do; warns of each waiting order
+/// whose re-authorization was declined and sets `orderflow_holds_declined`. Returns both numbers.
+/// Every worker runs it (as the ledger's check): each reports the same counts, so aggregate the gauges with max.
+pub async fn check_holds(runner: &Runner) -> anyhow::Result<Holds> {
     for hold in payment::unread_holds(&runner.pool, PER_PASS).await? {
-        match runner.provider.capture_before(&hold.provider_ref).await {
-            Ok(Some(at)) => {
-                payment::record_capture_before(&runner.pool, hold.order_id, hold.attempt, at).await?;
-            }
-            Ok(None) => {
-                tracing::debug!(order_id = %hold.order_id, intent = hold.provider_ref, "the hold's charge does not say when it lapses")
-            }
+        let read = match runner.provider.capture_before(&hold.provider_ref).await {
+            Ok(read) => read,
             Err(error) => {
-                tracing::warn!(order_id = %hold.order_id, intent = hold.provider_ref, %error, "could not read when a hold lapses")
+                tracing::warn!(order_id = %hold.order_id, intent = hold.provider_ref, %error, "could not read when a hold lapses; in an hour");
+                None
             }
+        };
+        if read.is_none() {
+            tracing::debug!(order_id = %hold.order_id, intent = hold.provider_ref, "not known when the hold lapses");
         }
+        payment::record_capture_before(&runner.pool, hold.order_id, hold.attempt, read).await?;
     }
     let warning = chrono::Duration::from_std(runner.settings.hold_warning)?;
     let (expiring, count) =
@@ -261,11 +265,32 @@ pub async fn check_holds(runner: &Runner) -> anyhow::Result<i64> {
             status = %hold.status,
             intent = hold.provider_ref,
             capture_before = %hold.capture_before,
-            "the order's hold lapses soon: ship or cancel it before then, or its next shipment must authorize again"
+            "the order's hold lapses soon (or has): ship or cancel it before then, or its next shipment must authorize again"
         );
     }
     metrics::gauge!("orderflow_holds_expiring").set(count as f64);
-    Ok(count)
+    let (declined, declined_count) = payment::declined_waiting(&runner.pool, PER_PASS).await?;
+    for order_id in &declined {
+        tracing::warn!(
+            %order_id,
+            "the order's hold lapsed and its re-authorization was declined: it ships nothing until the customer's \
+             payment is sorted out or the rest is cancelled"
+        );
+    }
+    metrics::gauge!("orderflow_holds_declined").set(declined_count as f64);
+    Ok(Holds {
+        expiring: count,
+        declined: declined_count,
+    })
+}
+
+/// What one check of the waiting orders' holds found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Holds {
+    /// Open holds that lapse within `hold_warning` (or have).
+    pub expiring: i64,
+    /// Orders whose re-authorization after a lapsed hold was declined.
+    pub declined: i64,
 }
 
 /// Cancels a reserved order whose hold ran out, if it still has and no authorization started meanwhile.

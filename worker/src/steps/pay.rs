@@ -144,5 +144,6 @@ pub(crate) fn authorize_request(payment: &PaymentRow) -> AuthorizeRequest<'_> {
         currency: &payment.currency,
         payment_method: &payment.payment_token,
         multicapture: payment.multicapture,
+        off_session: false,
     }
 }

@@ -2,7 +2,7 @@
 //! first transaction gives back the units not shipped (`inventory::release_rest`) with the attempt; the call
 //! cancels what is left of the hold (Stripe's cancel of a `requires_capture` intent releases its remaining
 //! `amount_capturable`; what was captured stays captured) under the order's own key; the record marks the payment
-//! CAPTURED (its captures are all there is) and the order FULFILLED (a refund is refused while it runs, so none
+//! CAPTURED (its captures are all there is, after a declined re-authorization too) and the order FULFILLED (a refund is refused while it runs, so none
 //! is pending after it; it asks `pending` all the same, as every step after payment does). What shipped stays
 //! shipped. A hold already gone (expired, or released by a final capture) has nothing left to
 //! release; after a declined re-authorization (`steps::ship`) there is no hold to ask about at all.
@@ -112,7 +112,18 @@ impl SagaStep for ReleaseRest {
                 decline_code: None,
             })
             .collect();
-        payment::record(&mut *conn, &[PaymentStatus::PartiallyCaptured], &outcomes).await?;
+        // What the shipments captured is all the order's payment will be, whatever its last authorization was: a
+        // partly captured hold, one re-authorized and never captured from (released now), one declined.
+        payment::record(
+            &mut *conn,
+            &[
+                PaymentStatus::Authorized,
+                PaymentStatus::PartiallyCaptured,
+                PaymentStatus::Declined,
+            ],
+            &outcomes,
+        )
+        .await?;
         let ids: Vec<Uuid> = answered.iter().map(|(order, _)| order.id).collect();
         let pending = pending::of_orders(&mut *conn, &ids).await?;
         Ok(answered

@@ -20,10 +20,12 @@
 //! (`payment::reauthorization_key`), then captures the shipment from it under a key of its own. Both keys and the
 //! amount are derived from rows that do not change while the shipment is CAPTURING, so a crash anywhere in it
 //! repeats both as replays. The record keeps the new authorization on the payment row in the same transaction as
-//! the capture (`payment::record_reauthorizations`). A declined re-authorization fails the shipment with the
-//! reason `authorization lapsed; re-authorization declined: <code>`, kept on the order for operators
-//! (`last_error`); the payment row is DECLINED, the order stays where it was with its units reserved, and its next
-//! shipment tries a new authorization (a card replaced meanwhile), or a cancel releases the rest.
+//! the capture (`payment::record_reauthorizations`). The re-authorization is asked `off_session` (the customer
+//! is not there). A declined (or refused) re-authorization fails the shipment with the reason `authorization
+//! lapsed; re-authorization declined: <code>`, kept on the order for operators (`last_error`); the payment row
+//! is DECLINED (the reconciler counts such orders), the order stays where it was with its units reserved, and
+//! its next shipment asks a new authorization under a key of its own (a decline that was the bank's mood, not the
+//! card's end, may pass), or a cancel releases the rest.
 //!
 //! Failpoints: `worker.ship.start` (a transient failure before anything is written), `worker.ship.before_capture`
 //! (aborts the process after the attempt and the shipment's CAPTURING committed, before the call),
@@ -72,6 +74,14 @@ impl Captured {
 
 /// How the failure of a shipment whose hold lapsed and could not be authorized again begins.
 const LAPSED: &str = "authorization lapsed";
+
+/// The payment statuses a shipment goes on from: an open hold (captured from), or a declined re-authorization
+/// (authorized again).
+const CAPTURES_FROM: [PaymentStatus; 3] = [
+    PaymentStatus::Authorized,
+    PaymentStatus::PartiallyCaptured,
+    PaymentStatus::Declined,
+];
 
 /// One shipment's capture, as fixed before the call.
 #[derive(Debug)]
@@ -141,6 +151,17 @@ impl SagaStep for Ship {
                     CancelReason::PaymentFailed,
                     anyhow!("the order has no authorization to capture from"),
                 )))
+            } else if let Some(status) = payments
+                .get(&order.id)
+                .map(|p| p.status)
+                .filter(|s| !CAPTURES_FROM.contains(s))
+            {
+                // Only an open hold is captured from, and only a declined re-authorization is made again: never a
+                // second hold beside one that may be live.
+                Some(Decision::Fail(StepError::Transient(anyhow!(
+                    "the order's payment is {}: nothing to capture from",
+                    status.as_str()
+                ))))
             } else {
                 starting.push(current[&order.id].id);
                 None
@@ -201,6 +222,7 @@ impl SagaStep for Ship {
             currency: &capture.payment.currency,
             payment_method: &capture.payment.payment_token,
             multicapture: true,
+            off_session: true,
         };
         let replaces = capture.replaced().unwrap_or_default().to_owned();
         let reauthorization = |provider_ref, decline_code| Reauthorization {
@@ -228,11 +250,16 @@ impl SagaStep for Ship {
                 let declined = reauthorization(provider_ref, Some(code));
                 Ok(answered(&replaces, Err(why), Some(declined)))
             }
-            Err(refusal @ ProviderError::Rejected { .. }) => Ok(answered(
-                &replaces,
-                Err(format!("{LAPSED}; re-authorization refused: {refusal}")),
-                None,
-            )),
+            // Refused for good (an intent that wants the customer back): recorded as declined, so the next
+            // shipment asks under a key of its own rather than being answered this refusal again.
+            Err(refusal @ ProviderError::Rejected { .. }) => {
+                let ProviderError::Rejected { code, .. } = &refusal else {
+                    unreachable!("matched as Rejected")
+                };
+                let declined = reauthorization(None, Some(code.clone()));
+                let why = format!("{LAPSED}; re-authorization refused: {refusal}");
+                Ok(answered(&replaces, Err(why), Some(declined)))
+            }
             Err(unknown @ ProviderError::Transient(_)) => Err(StepError::from_provider(unknown)),
         }
     }
@@ -352,18 +379,20 @@ async fn capture_from(
         .await;
     match answer {
         Ok(()) => Ok(Ok(())),
-        Err(
-            refusal @ ProviderError::Rejected {
-                intent_status: Some(_),
-                ..
-            },
-        ) if ended(&refusal) => {
+        Err(refusal) if ended(&refusal) => {
             // The hold ended. It lapsed if its lifetime is over; one cancelled before that was cancelled by someone
             // (at the provider's dashboard, say), and is not authorized again behind their back.
             match runner.provider.capture_before(intent).await {
                 Ok(Some(lapses)) if lapses <= chrono::Utc::now() => Ok(Err(Refusal::Lapsed)),
-                Ok(_) | Err(ProviderError::Rejected { .. }) => Ok(Err(Refusal::Other(refusal))),
-                Err(unknown @ ProviderError::Transient(_)) => Err(StepError::from_provider(unknown)),
+                Ok(Some(_)) => Ok(Err(Refusal::Other(refusal))),
+                // Not knowing is not a refusal: a repeat after a crash may find a re-authorization behind this
+                // refusal, which only a lapse leads back to. Asked again later.
+                Ok(None) => Err(StepError::Transient(anyhow!(
+                    "the ended hold {intent}'s charge does not say when it lapses"
+                ))),
+                Err(error) => Err(StepError::Transient(anyhow!(
+                    "reading when the ended hold {intent} lapses: {error}"
+                ))),
             }
         }
         Err(refusal @ ProviderError::Rejected { .. }) => Ok(Err(Refusal::Other(refusal))),
@@ -371,10 +400,19 @@ async fn capture_from(
     }
 }
 
-/// Whether a refusal says the intent's hold is over: `canceled`, or `succeeded` (what was captured kept).
+/// Whether a refusal says the intent's hold is over: the intent `canceled`, or `succeeded` (what was captured
+/// kept), or Stripe's `charge_expired_for_capture` (the authorization expired while the intent still reads
+/// `requires_capture`).
 fn ended(refusal: &ProviderError) -> bool {
-    matches!(
-        refusal,
-        ProviderError::Rejected { intent_status: Some(status), .. } if status == "canceled" || status == "succeeded"
-    )
+    match refusal {
+        ProviderError::Rejected {
+            code, intent_status, ..
+        } => {
+            code == "charge_expired_for_capture"
+                || intent_status
+                    .as_deref()
+                    .is_some_and(|status| status == "canceled" || status == "succeeded")
+        }
+        ProviderError::Transient(_) => false,
+    }
 }
