@@ -10,8 +10,8 @@
 -- says the current hold lapses (Stripe's `payment_method_details.card.capture_before`): read by the reconciler,
 -- outside the saga's steps, for the warning before a waiting order's hold lapses; null until read.
 -- `hold_checked_at` is when the reconciler last asked (a hold whose charge does not say, or whose read failed, is
--- asked again an hour later, not ahead of every other). None is indexed, so the pay step's writes stay HOT updates
--- as they were; every column has a constant default or none, so nothing is rewritten (the check scans `payments`
+-- asked again an hour later, not ahead of every other). None is indexed, so the pay step's writes have no index more
+-- to write and stay as HOT-eligible as they were; every column has a constant default or none, so nothing is rewritten (the check scans `payments`
 -- once, under the migration's lock).
 alter table payments add column attempt integer not null default 1;
 alter table payments add column replaces text;

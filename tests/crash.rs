@@ -364,12 +364,7 @@ async fn a_shipment_survives_a_worker_killed(failpoint: &str, customer: &str) {
         (Some(3), Some(1)),
         "shipped once"
     );
-    let shipped = app
-        .events(id)
-        .await
-        .iter()
-        .filter(|e| e["type"] == "order.shipped")
-        .count();
+    let shipped = app.events_of(id, "order.shipped").await.len();
     assert_eq!(shipped, 1, "one order.shipped");
 
     assert_eq!(ship("crate-last", 1).await.0, 202);
@@ -449,12 +444,7 @@ async fn a_refund_survives_a_worker_killed(failpoint: &str, customer: &str) {
         (Some(1400), Some(500)),
         "refunded once: {intent}"
     );
-    let refunded = app
-        .events(id)
-        .await
-        .iter()
-        .filter(|e| e["type"] == "order.refunded")
-        .count();
+    let refunded = app.events_of(id, "order.refunded").await.len();
     assert_eq!(refunded, 1, "one order.refunded");
 
     let (status, _) = app
@@ -617,13 +607,7 @@ async fn a_worker_killed_after_a_reauthorization_is_finished_by_the_next_with_on
     })
     .await;
     let old = app.intents_of(id).await[0]["id"].as_str().unwrap().to_owned();
-    let lapsed = app
-        .http
-        .post(format!("{}/v1/sim/payment_intents/{old}/lapse", app.paysim))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(lapsed.status(), 200);
+    app.lapse(&old).await;
 
     assert_eq!(ship("crate-two").await.0, 202);
     assert!(

@@ -297,15 +297,39 @@ impl TestApp {
 
     /// POSTs a return of order `id` with Idempotency-Key `key`; the status and the answer.
     pub async fn return_units(&self, id: Uuid, key: &str, body: Value) -> (u16, Value) {
+        post_return(&self.http, &self.api, id, key, body).await
+    }
+
+    /// The order's events of `kind` (`order.shipped`), in order.
+    pub async fn events_of(&self, id: Uuid, kind: &str) -> Vec<Value> {
+        self.events(id)
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == kind)
+            .collect()
+    }
+
+    /// Lapses the simulator's hold of intent `intent` now, as its lifetime running out would.
+    pub async fn lapse(&self, intent: &str) {
         let response = self
             .http
-            .post(format!("{}/v1/orders/{id}/returns", self.api))
-            .header("Idempotency-Key", key)
-            .json(&body)
+            .post(format!("{}/v1/sim/payment_intents/{intent}/lapse", self.paysim))
             .send()
             .await
             .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
+        assert_eq!(response.status(), 200, "lapse {intent}");
+    }
+
+    /// Takes order `id`'s row lock in a transaction of its own and holds it until the transaction ends, so that
+    /// requests sent meanwhile wait on it and race once it is let go.
+    pub async fn hold_order(&self, id: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut holder = self.pool.begin().await.unwrap();
+        sqlx::query("select 1 from orders where id = $1 for update")
+            .bind(id)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        holder
     }
 
     /// `GET /v1/orders/{id}/refunds`: the order's refunds and its money.
@@ -536,6 +560,30 @@ pub async fn post_shipment(
         .await
         .unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// POSTs a return with Idempotency-Key `key` (with a client of one's own: another caller's, or for requests sent
+/// from spawned tasks).
+pub async fn post_return(
+    http: &reqwest::Client,
+    api: &str,
+    id: Uuid,
+    key: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = http
+        .post(format!("{api}/v1/orders/{id}/returns"))
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// A problem's `type`, as `urn:orderflow:problem:{slug}`.
+pub fn problem_type(slug: &str) -> Value {
+    json!(format!("urn:orderflow:problem:{slug}"))
 }
 
 /// POSTs a refund with Idempotency-Key `key` (with a client of one's own, for requests sent from spawned tasks).

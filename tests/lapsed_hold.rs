@@ -5,23 +5,11 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
 use crate::shipment::{paid_shipment_order, wait_shipment};
-
-/// Lapses the hold of intent `id` now, as its lifetime running out would.
-async fn lapse(app: &TestApp, intent: &Value) {
-    let id = intent["id"].as_str().unwrap();
-    let response = app
-        .http
-        .post(format!("{}/v1/sim/payment_intents/{id}/lapse", app.paysim))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-}
 
 /// The order's intents at the simulator as `(status, amount, received, capturable, refunded)`, oldest first.
 async fn money_at_provider(app: &TestApp, id: Uuid) -> Vec<(String, i64, i64, i64, i64)> {
@@ -57,7 +45,7 @@ async fn a_shipment_after_the_hold_lapsed_authorizes_what_is_left_and_refunds_dr
     assert_eq!(status, 202, "{first}");
     wait_shipment(&app, id, &first, "DONE").await;
     let old = app.intents_of(id).await[0].clone();
-    lapse(&app, &old).await;
+    app.lapse(old["id"].as_str().unwrap()).await;
 
     // The capture finds the hold gone: what is left (1,300) is authorized again and the tape is captured from it.
     let (status, second) = app
@@ -170,13 +158,7 @@ async fn a_shipment_after_the_hold_lapsed_authorizes_what_is_left_and_refunds_dr
         (409, &json!("urn:orderflow:problem:refund-exceeds-captured")),
         "{over}"
     );
-    let shipped = app
-        .events(id)
-        .await
-        .iter()
-        .filter(|e| e["type"] == "order.shipped")
-        .count();
-    assert_eq!(shipped, 3);
+    assert_eq!(app.events_of(id, "order.shipped").await.len(), 3);
     for (sku, on_hand) in [("BOX", 9), ("TAPE", 8), ("MUG", 9)] {
         let row = app.sku(sku).await;
         assert_eq!(
@@ -225,12 +207,13 @@ async fn a_declined_reauthorization_fails_the_shipment_for_operators_and_a_cance
         )
         .await;
     app.wait_paid(id).await;
-    let (_, first) = app
+    let (status, first) = app
         .ship(id, "box", json!({"lines": [{"sku": "BOX", "quantity": 1}]}))
         .await;
+    assert_eq!(status, 202, "{first}");
     wait_shipment(&app, id, &first, "DONE").await;
     let old = app.intents_of(id).await[0].clone();
-    lapse(&app, &old).await;
+    app.lapse(old["id"].as_str().unwrap()).await;
 
     let (status, second) = app
         .ship(id, "mug", json!({"lines": [{"sku": "MUG", "quantity": 1}]}))
@@ -278,18 +261,14 @@ async fn a_declined_reauthorization_fails_the_shipment_for_operators_and_a_cance
         .filter_map(|s| s["id"].as_str())
         .collect();
     assert_eq!(ids, vec![id.to_string().as_str()], "{listed}");
-    let failed_event = app
-        .events(id)
-        .await
-        .into_iter()
-        .find(|e| e["type"] == "order.shipment_failed")
-        .expect("order.shipment_failed");
+    let failed_event = app.events_of(id, "order.shipment_failed").await.remove(0);
     assert_eq!(failed_event["shipment_id"], second["id"], "{failed_event}");
 
     // The warehouse tries again: a new authorization (the third), declined as well.
-    let (_, third) = app
+    let (status, third) = app
         .ship(id, "mug-again", json!({"lines": [{"sku": "MUG", "quantity": 1}]}))
         .await;
+    assert_eq!(status, 202, "{third}");
     wait_shipment(&app, id, &third, "FAILED").await;
     let order = app
         .wait_until(id, Duration::from_secs(30), |o| {
@@ -388,7 +367,7 @@ async fn the_reconciler_reads_when_waiting_holds_lapse_and_counts_those_that_lap
     assert_eq!(found.expiring, 0, "seven days off: no warning yet");
 
     // Once nothing waits, nothing is counted.
-    let (_, all) = app
+    let (status, all) = app
         .ship(
             waiting,
             "all",
@@ -396,6 +375,7 @@ async fn the_reconciler_reads_when_waiting_holds_lapse_and_counts_those_that_lap
                              {"sku": "MUG", "quantity": 1}]}),
         )
         .await;
+    assert_eq!(status, 202, "{all}");
     wait_shipment(&app, waiting, &all, "DONE").await;
     app.wait_terminal(waiting).await;
     runner.settings.hold_warning = Duration::from_secs(8 * 86_400);

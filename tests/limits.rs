@@ -174,7 +174,7 @@ async fn a_request_waiting_on_a_locked_row_gives_up_with_503_and_retry_after() {
     .await;
     app.put_sku("A", 5, 100).await;
     let id = app.create_order("locked", &[("A", 1)], "pm_card_visa").await;
-    let holder = hold_order(&app, id).await;
+    let holder = app.hold_order(id).await;
     let started = Instant::now();
     let cancel = app.cancel(id).await;
     assert_eq!(cancel.status(), 503, "{:?}", cancel.text().await);
@@ -211,7 +211,7 @@ async fn a_statement_past_the_apis_statement_timeout_is_503_and_the_workers_pool
     .await;
     app.put_sku("A", 5, 100).await;
     let id = app.create_order("slow", &[("A", 1)], "pm_card_visa").await;
-    let holder = hold_order(&app, id).await;
+    let holder = app.hold_order(id).await;
     let started = Instant::now();
     let cancel = app.cancel(id).await;
     assert_eq!(cancel.status(), 503);
@@ -227,15 +227,4 @@ async fn a_statement_past_the_apis_statement_timeout_is_503_and_the_workers_pool
         .await
         .unwrap();
     assert_eq!(worker_timeout, "0");
-}
-
-/// A transaction holding order `id`'s row, as a step does while it works on it.
-async fn hold_order(app: &TestApp, id: uuid::Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("select 1 from orders where id = $1 for update")
-        .bind(id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    holder
 }

@@ -7,22 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with, spawn_worker_process};
+use crate::helpers::{TestApp, problem_type, spawn_app, spawn_app_with, spawn_worker_process};
 use crate::invariants;
 use crate::shipment::{paid_shipment_order, wait_shipment};
-
-fn problem_type(slug: &str) -> Value {
-    json!(format!("urn:orderflow:problem:{slug}"))
-}
-
-/// The order's events of `kind`, in order.
-async fn events_of(app: &TestApp, id: Uuid, kind: &str) -> Vec<Value> {
-    app.events(id)
-        .await
-        .into_iter()
-        .filter(|e| e["type"] == kind)
-        .collect()
-}
 
 /// A FULFILLED auto order of one GIFT (1,000).
 async fn fulfilled_gift_order(app: &TestApp, customer: &str) -> Uuid {
@@ -139,7 +126,7 @@ async fn refunds_by_line_and_by_amount_give_back_at_most_what_was_captured() {
         "{money}"
     );
     assert_eq!(money["refunds"].as_array().unwrap().len(), 2);
-    let refunded = events_of(&app, id, "order.refunded").await;
+    let refunded = app.events_of(id, "order.refunded").await;
     assert_eq!(
         refunded
             .iter()
@@ -205,12 +192,7 @@ async fn refunds_by_line_and_by_amount_give_back_at_most_what_was_captured() {
 async fn two_refunds_that_together_pass_what_was_captured_cannot_both_be_accepted() {
     let app = spawn_app().await;
     let id = fulfilled_gift_order(&app, "two-at-once").await;
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("select id from orders where id = $1 for update")
-        .bind(id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = app.hold_order(id).await;
     let send = |key: &'static str| {
         let (http, api) = (app.http.clone(), app.api.clone());
         tokio::spawn(async move {
@@ -248,7 +230,7 @@ async fn two_refunds_that_together_pass_what_was_captured_cannot_both_be_accepte
         (&json!("FULFILLED"), &Value::Null),
         "{order}"
     );
-    assert_eq!(events_of(&app, id, "order.refunded").await.len(), 1);
+    assert_eq!(app.events_of(id, "order.refunded").await.len(), 1);
     invariants::all_hold(&app.pool, &app.http, &app.paysim, &[("GIFT", 10)]).await;
 }
 
@@ -288,7 +270,7 @@ async fn a_refund_the_provider_refuses_fails_and_gives_back_nothing() {
         800,
         "nothing more"
     );
-    let events = events_of(&app, id, "order.refund_failed").await;
+    let events = app.events_of(id, "order.refund_failed").await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["refund_id"], refund["id"]);
     let money = app.refunds(id).await;

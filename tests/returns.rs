@@ -6,13 +6,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, post_return, problem_type, spawn_app};
 use crate::invariants;
 use crate::shipment::{paid_shipment_order, wait_shipment};
-
-fn problem_type(slug: &str) -> Value {
-    json!(format!("urn:orderflow:problem:{slug}"))
-}
 
 /// The sku's `order_return` movements for the order.
 async fn returned_movements(app: &TestApp, sku: &str, id: Uuid) -> Vec<(String, i64)> {
@@ -84,12 +80,7 @@ async fn a_restocked_return_puts_its_units_back_and_its_refund_follows() {
     );
     app.wait_refund(id, &answer["refund"], "DONE").await;
     assert_eq!(app.intents_of(id).await[0]["amount_refunded"], 250);
-    let returned: Vec<Value> = app
-        .events(id)
-        .await
-        .into_iter()
-        .filter(|e| e["type"] == "order.returned")
-        .collect();
+    let returned = app.events_of(id, "order.returned").await;
     assert_eq!(returned.len(), 1, "{returned:?}");
     assert_eq!(
         (&returned[0]["from"], &returned[0]["to"]),
@@ -281,14 +272,8 @@ async fn an_auto_orders_return_goes_to_the_location_named_and_bad_requests_are_r
     );
     let token = crate::customer_tokens::token_for(&app, "auto-return").await;
     let customer = crate::helpers::client_with_key(&token, reqwest::Client::builder());
-    let refused = customer
-        .post(format!("{}/v1/orders/{id}/returns", app.api))
-        .header("Idempotency-Key", "mine")
-        .json(&reason)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 403);
+    let (status, _) = post_return(&customer, &app.api, id, "mine", reason.clone()).await;
+    assert_eq!(status, 403);
     // A warehouse's key (fulfilment:write alone) records returns, but their refund is customer service's.
     let warehouse = crate::helpers::client_with_key(
         &crate::helpers::create_key(
@@ -302,15 +287,8 @@ async fn an_auto_orders_return_goes_to_the_location_named_and_bad_requests_are_r
         .await,
         reqwest::Client::builder(),
     );
-    let refused = warehouse
-        .post(format!("{}/v1/orders/{id}/returns", app.api))
-        .header("Idempotency-Key", "warehouse")
-        .json(&reason)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 403);
-    let problem: Value = refused.json().await.unwrap();
+    let (status, problem) = post_return(&warehouse, &app.api, id, "warehouse", reason.clone()).await;
+    assert_eq!(status, 403);
     assert!(
         problem["detail"]
             .as_str()
@@ -351,14 +329,14 @@ async fn an_auto_orders_return_goes_to_the_location_named_and_bad_requests_are_r
         "{intent}"
     );
     // With its scope alone the warehouse records a return without its refund; here all 3 came back already.
-    let late = warehouse
-        .post(format!("{}/v1/orders/{id}/returns", app.api))
-        .header("Idempotency-Key", "warehouse-none")
-        .json(&json!({"lines": [{"sku": "GIFT", "quantity": 1}], "restock": true, "refund": false}))
-        .send()
-        .await
-        .unwrap();
-    let problem: Value = late.json().await.unwrap();
+    let (_, problem) = post_return(
+        &warehouse,
+        &app.api,
+        id,
+        "warehouse-none",
+        json!({"lines": [{"sku": "GIFT", "quantity": 1}], "restock": true, "refund": false}),
+    )
+    .await;
     assert_eq!(
         problem["type"],
         problem_type("return-exceeds-delivered"),
@@ -490,24 +468,12 @@ async fn a_return_keeps_the_step_that_runs_and_a_refused_refund_undoes_the_whole
 async fn two_returns_of_the_same_units_at_once_take_them_back_once() {
     let app = spawn_app().await;
     let id = partly_shipped(&app, "two-returns").await;
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("select id from orders where id = $1 for update")
-        .bind(id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = app.hold_order(id).await;
     let send = |key: &'static str| {
         let (http, api) = (app.http.clone(), app.api.clone());
         tokio::spawn(async move {
-            let response = http
-                .post(format!("{api}/v1/orders/{id}/returns"))
-                .header("Idempotency-Key", key)
-                .json(&json!({"lines": [{"sku": "TAPE", "quantity": 2}], "restock": true}))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap())
+            let body = json!({"lines": [{"sku": "TAPE", "quantity": 2}], "restock": true});
+            post_return(&http, &api, id, key, body).await
         })
     };
     let (a, b) = (send("first"), send("second"));

@@ -530,12 +530,7 @@ async fn two_shipments_of_the_same_units_at_once_ship_them_once() {
     let id = paid_shipment_order(&app, "racing").await;
     let body = json!({"lines": [{"sku": "TAPE", "quantity": 2}]});
     // Both requests wait on the order's row lock, held here, and race for it once it is let go.
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("select id from orders where id = $1 for update")
-        .bind(id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = app.hold_order(id).await;
     let first = tokio::spawn({
         let (http, api, body) = (app.http.clone(), app.api.clone(), body.clone());
         async move { crate::helpers::post_shipment(&http, &api, id, "race-a", body).await }

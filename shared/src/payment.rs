@@ -358,14 +358,14 @@ pub struct ExpiringHold {
 /// The open holds of orders waiting for shipments that lapse before `until` (soonest first, those lapsed already
 /// included; at most `limit`), and how many there are in all.
 pub async fn expiring_holds(
-    executor: impl PgExecutor<'_> + Copy,
+    executor: impl PgExecutor<'_>,
     until: DateTime<Utc>,
     limit: i64,
 ) -> Result<(Vec<ExpiringHold>, i64), sqlx::Error> {
-    let holds = sqlx::query_as!(
-        ExpiringHold,
-        r#"select p.order_id, o.status as "status: _", p.provider_ref as "provider_ref!",
-                  p.capture_before as "capture_before!"
+    // `count(*) over ()` is taken before the limit: the number in all, on every row returned.
+    let rows = sqlx::query!(
+        r#"select p.order_id, o.status as "status: crate::order::OrderStatus", p.provider_ref as "provider_ref!",
+                  p.capture_before as "capture_before!", count(*) over () as "total!"
            from orders o join payments p on p.order_id = o.id
            where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
              and p.status in ('AUTHORIZED', 'PARTIALLY_CAPTURED') and p.provider_ref is not null
@@ -376,28 +376,28 @@ pub async fn expiring_holds(
     )
     .fetch_all(executor)
     .await?;
-    let count = sqlx::query_scalar!(
-        r#"select count(*) as "count!"
-           from orders o join payments p on p.order_id = o.id
-           where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
-             and p.status in ('AUTHORIZED', 'PARTIALLY_CAPTURED') and p.provider_ref is not null
-             and p.capture_before < $1"#,
-        until
-    )
-    .fetch_one(executor)
-    .await?;
-    Ok((holds, count))
+    let total = rows.first().map_or(0, |r| r.total);
+    let holds = rows
+        .into_iter()
+        .map(|r| ExpiringHold {
+            order_id: r.order_id,
+            status: r.status,
+            provider_ref: r.provider_ref,
+            capture_before: r.capture_before,
+        })
+        .collect();
+    Ok((holds, total))
 }
 
 /// Orders waiting for shipments whose hold lapsed and whose re-authorization was declined (their payment
 /// DECLINED): they ship nothing until an operator sees to them. At most `limit`, oldest first, and how many in
 /// all.
 pub async fn declined_waiting(
-    executor: impl PgExecutor<'_> + Copy,
+    executor: impl PgExecutor<'_>,
     limit: i64,
 ) -> Result<(Vec<Uuid>, i64), sqlx::Error> {
-    let ids = sqlx::query_scalar!(
-        r#"select o.id from orders o join payments p on p.order_id = o.id
+    let rows = sqlx::query!(
+        r#"select o.id, count(*) over () as "total!" from orders o join payments p on p.order_id = o.id
            where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
              and p.status = 'DECLINED'
            order by o.id limit $1"#,
@@ -405,14 +405,8 @@ pub async fn declined_waiting(
     )
     .fetch_all(executor)
     .await?;
-    let count = sqlx::query_scalar!(
-        r#"select count(*) as "count!" from orders o join payments p on p.order_id = o.id
-           where o.status in ('PAID', 'PARTIALLY_FULFILLED') and o.fulfilment = 'shipment'
-             and p.status = 'DECLINED'"#
-    )
-    .fetch_one(executor)
-    .await?;
-    Ok((ids, count))
+    let total = rows.first().map_or(0, |r| r.total);
+    Ok((rows.into_iter().map(|r| r.id).collect(), total))
 }
 
 #[cfg(test)]

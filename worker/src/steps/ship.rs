@@ -68,7 +68,11 @@ impl Captured {
     /// Whether the shipment failed because the hold lapsed and could not be made again: a dead end only an
     /// operator (or the customer's new card) can see to.
     fn lapsed_for_good(&self) -> bool {
-        self.outcome.as_ref().is_err_and(|why| why.starts_with(LAPSED))
+        self.outcome.is_err()
+            && self
+                .reauthorized
+                .as_ref()
+                .is_some_and(|r| r.decline_code.is_some())
     }
 }
 
