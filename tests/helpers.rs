@@ -57,7 +57,13 @@ pub struct Options {
     /// no worker running (a backlog on purpose); `admission` tests it, and the chaos test runs the API process
     /// with the shipped setting.
     pub admission: AdmissionSettings,
+    /// Whether the simulator's webhooks go to the API's `/v1/provider/webhooks` (signed with [`WEBHOOK_SECRET`]),
+    /// as `orderflow dev` wires them; on by default, unless `sim.webhook_url` names another endpoint.
+    pub webhooks: bool,
 }
+
+/// The provider webhook secret of every test app.
+pub const WEBHOOK_SECRET: &str = "whsec_orderflow_tests";
 
 impl Default for Options {
     fn default() -> Self {
@@ -69,6 +75,7 @@ impl Default for Options {
             limits: ServerLimits::default(),
             metrics_addr: None,
             admission: AdmissionSettings::OFF,
+            webhooks: true,
         }
     }
 }
@@ -164,6 +171,7 @@ pub fn worker_settings(payments_url: &str) -> WorkerSettings {
         payments_timeout: Duration::from_secs(5),
         step_timeout: Duration::from_secs(30),
         reconcile_interval: Duration::from_millis(250),
+        provider_events_interval: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(10),
         ..WorkerSettings::default()
     }
@@ -187,9 +195,14 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let paysim = format!("http://{}", sim_listener.local_addr().unwrap());
-    tokio::spawn(orderflow_paysim::run(sim_listener, options.sim, stopped()));
     let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", api_listener.local_addr().unwrap());
+    let mut sim = options.sim;
+    if options.webhooks && sim.webhook_url.is_none() {
+        sim.webhook_url = Some(format!("{api}/v1/provider/webhooks"));
+        sim.webhook_secrets = vec![WEBHOOK_SECRET.to_owned()];
+    }
+    tokio::spawn(orderflow_paysim::run(sim_listener, sim, stopped()));
     // The API's own pool, with the shipped statement and lock timeouts, as `orderflow-api` has.
     let limits = options.limits.clone();
     let api_pool =
@@ -205,6 +218,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             limits,
             admission: options.admission,
             metrics_addr: options.metrics_addr,
+            provider_webhooks: orderflow_shared::settings::ProviderWebhookSettings {
+                secrets: vec![WEBHOOK_SECRET.to_owned()],
+                ..Default::default()
+            },
         },
         stopped(),
     ));
@@ -816,5 +833,98 @@ pub async fn consume_stream(nats_url: &str, stream: &str, expected: usize) -> Ve
 pub async fn delete_stream(nats_url: &str, stream: &str) {
     if let Ok(client) = async_nats::connect(nats_url).await {
         let _ = async_nats::jetstream::new(client).delete_stream(stream).await;
+    }
+}
+
+/// What a [`Receiver`] got: one request.
+#[derive(Debug, Clone)]
+pub struct WebhookRequest {
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+    pub at: std::time::Instant,
+}
+
+impl WebhookRequest {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// How a [`Receiver`] answers the `n`th request (from 0): a status, after a wait.
+pub type Answer = std::sync::Arc<dyn Fn(usize, &WebhookRequest) -> (u16, Duration) + Send + Sync>;
+
+/// A webhook endpoint on port 0 that keeps every request it gets (as a merchant's or the provider's receiver
+/// would see it) and answers as `answer` says.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<WebhookRequest>>>,
+}
+
+impl Receiver {
+    pub async fn start(answer: Answer) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = got.clone();
+        let app = axum::Router::new().route(
+            "/hooks",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let received = WebhookRequest {
+                    headers,
+                    body: body.to_vec(),
+                    at: std::time::Instant::now(),
+                };
+                let n = {
+                    let mut got = kept.lock().unwrap();
+                    got.push(received.clone());
+                    got.len() - 1
+                };
+                let (status, wait) = answer(n, &received);
+                async move {
+                    tokio::time::sleep(wait).await;
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, got }
+    }
+
+    /// Answers 200 at once.
+    pub async fn accepting() -> Self {
+        Self::start(std::sync::Arc::new(|_, _| (200, Duration::ZERO))).await
+    }
+
+    pub fn received(&self) -> Vec<WebhookRequest> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 20 s) until `done` holds for what was received; answers it.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        done: impl Fn(&[WebhookRequest]) -> bool,
+    ) -> Vec<WebhookRequest> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let received = self.received();
+            if done(&received) {
+                return received;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; received {:?}",
+                received
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -27,6 +27,7 @@ mod lapsed_hold;
 mod metrics;
 mod outage;
 mod paysim;
+mod provider_webhooks;
 mod queue;
 mod reconciler;
 mod recovery;

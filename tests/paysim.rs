@@ -634,3 +634,340 @@ async fn a_hold_can_be_lapsed_now_and_a_card_can_decline_its_reauthorization() {
         (404, Some("resource_missing"))
     );
 }
+
+/// A simulator with webhooks to `receiver` (secrets `whsec_old` and `whsec_new`, as during a roll), tuned by
+/// `tune`, and no worker: only the test's own requests make events.
+async fn hooked(
+    receiver: &crate::helpers::Receiver,
+    tune: fn(&mut orderflow_paysim::SimConfig),
+) -> crate::helpers::TestApp {
+    let mut sim = orderflow_paysim::SimConfig {
+        webhook_url: Some(receiver.url.clone()),
+        webhook_secrets: vec!["whsec_old".to_owned(), "whsec_new".to_owned()],
+        webhook_retry: Duration::from_millis(50),
+        ..Default::default()
+    };
+    tune(&mut sim);
+    crate::helpers::spawn_app_with(crate::helpers::Options {
+        sim,
+        worker: false,
+        ..Default::default()
+    })
+    .await
+}
+
+/// `(type, the intent it is about)` of an event.
+fn about(event: &Value) -> (String, String) {
+    let object = &event["data"]["object"];
+    let intent = match object["object"].as_str() {
+        Some("charge") => &object["payment_intent"],
+        _ => &object["id"],
+    };
+    (
+        event["type"].as_str().unwrap().to_owned(),
+        intent.as_str().unwrap().to_owned(),
+    )
+}
+
+async fn intent_id(response: reqwest::Result<reqwest::Response>) -> String {
+    let body: Value = response.unwrap().json().await.unwrap();
+    let intent = body.get("error").map_or(&body, |error| &error["payment_intent"]);
+    intent["id"].as_str().unwrap().to_owned()
+}
+
+/// Every change of an intent is an event, in the account's log in the order of the changes and POSTed to the
+/// endpoint with a `Stripe-Signature` that verifies under either secret of a roll.
+#[tokio::test]
+async fn every_change_of_an_intent_is_an_event_delivered_signed_as_stripe_signs() {
+    let receiver = crate::helpers::Receiver::accepting().await;
+    let app = hooked(&receiver, |_| {}).await;
+    let captured = intent_id(create(&app, "a", "pm_card_visa", 500).await).await;
+    post(
+        &app,
+        &format!("/v1/payment_intents/{captured}/capture"),
+        "cap-a",
+        &[],
+    )
+    .await;
+    post(
+        &app,
+        "/v1/refunds",
+        "ref-a",
+        &[("payment_intent", &captured), ("amount", "200")],
+    )
+    .await;
+    let declined = intent_id(create(&app, "b", "pm_card_chargeDeclined", 500).await).await;
+    let voided = intent_id(create(&app, "c", "pm_card_visa", 300).await).await;
+    post(
+        &app,
+        &format!("/v1/payment_intents/{voided}/cancel"),
+        "void-c",
+        &[],
+    )
+    .await;
+
+    let got = receiver.wait_for("six events", |got| got.len() >= 6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 6, "one delivery per event");
+    let now = chrono::Utc::now().timestamp();
+    for delivery in &got {
+        let signature = delivery.header("stripe-signature");
+        for secret in ["whsec_old", "whsec_new"] {
+            orderflow_shared::stripe_signature::verify(signature, &delivery.body, &[secret], now, 300)
+                .unwrap_or_else(|e| panic!("{e}: {signature:?} under {secret}"));
+        }
+        assert!(
+            delivery
+                .header("content-type")
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let event = delivery.json();
+        assert!(event["id"].as_str().unwrap().starts_with("evt_"), "{event}");
+        assert_eq!(
+            (event["object"].as_str(), event["livemode"].as_bool()),
+            (Some("event"), Some(false))
+        );
+        assert!((event["created"].as_i64().unwrap() - now).abs() < 60, "{event}");
+    }
+    let mut delivered: Vec<(String, String)> = got.iter().map(|d| about(&d.json())).collect();
+    delivered.sort();
+    let mut expected = vec![
+        (
+            "payment_intent.amount_capturable_updated".to_owned(),
+            captured.clone(),
+        ),
+        ("payment_intent.succeeded".to_owned(), captured.clone()),
+        ("charge.refunded".to_owned(), captured.clone()),
+        ("payment_intent.payment_failed".to_owned(), declined.clone()),
+        (
+            "payment_intent.amount_capturable_updated".to_owned(),
+            voided.clone(),
+        ),
+        ("payment_intent.canceled".to_owned(), voided.clone()),
+    ];
+    expected.sort();
+    assert_eq!(delivered, expected);
+    let refunded = got
+        .iter()
+        .map(|d| d.json())
+        .find(|e| e["type"] == "charge.refunded")
+        .unwrap();
+    assert_eq!(
+        (
+            refunded["data"]["object"]["object"].as_str(),
+            refunded["data"]["object"]["amount_refunded"].as_i64()
+        ),
+        (Some("charge"), Some(200))
+    );
+    let failed = got
+        .iter()
+        .map(|d| d.json())
+        .find(|e| e["type"] == "payment_intent.payment_failed")
+        .unwrap();
+    assert_eq!(
+        failed["data"]["object"]["last_payment_error"]["code"],
+        "card_declined"
+    );
+
+    // The log: newest first, in the order of the changes, each event as it was delivered.
+    let log = app.get_json(&format!("{}/v1/events?limit=100", app.paysim)).await;
+    let listed: Vec<Value> = log["data"].as_array().unwrap().clone();
+    assert_eq!(
+        (log["object"].as_str(), log["has_more"].as_bool(), listed.len()),
+        (Some("list"), Some(false), 6)
+    );
+    let of_captured: Vec<String> = listed
+        .iter()
+        .map(about)
+        .filter(|(_, intent)| *intent == captured)
+        .map(|(kind, _)| kind)
+        .collect();
+    assert_eq!(
+        of_captured,
+        [
+            "charge.refunded",
+            "payment_intent.succeeded",
+            "payment_intent.amount_capturable_updated"
+        ]
+    );
+    for event in &listed {
+        let one = app
+            .get_json(&format!(
+                "{}/v1/events/{}",
+                app.paysim,
+                event["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(&one, event);
+        assert!(
+            got.iter().any(|d| d.json() == *event),
+            "delivered as logged: {event}"
+        );
+    }
+    let filtered = app
+        .get_json(&format!(
+            "{}/v1/events?type=payment_intent.*&limit=100",
+            app.paysim
+        ))
+        .await;
+    assert_eq!(filtered["data"].as_array().unwrap().len(), 5);
+    let refunds = app
+        .get_json(&format!("{}/v1/events?type=charge.refunded", app.paysim))
+        .await;
+    assert_eq!(refunds["data"].as_array().unwrap().len(), 1);
+    let page = app.get_json(&format!("{}/v1/events?limit=4", app.paysim)).await;
+    assert_eq!(
+        (page["has_more"].as_bool(), page["data"].as_array().unwrap().len()),
+        (Some(true), 4)
+    );
+    let after = page["data"][3]["id"].as_str().unwrap();
+    let rest = app
+        .get_json(&format!(
+            "{}/v1/events?limit=4&starting_after={after}",
+            app.paysim
+        ))
+        .await;
+    assert_eq!(rest["has_more"].as_bool(), Some(false));
+    assert_eq!(rest["data"].as_array().unwrap(), &listed[4..]);
+    for bad in ["limit=0", "limit=101", "limit=x", "starting_after=evt_nope"] {
+        let response = app
+            .http
+            .get(format!("{}/v1/events?{bad}", app.paysim))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_delivery_is_retried_until_the_endpoint_acknowledges_it() {
+    let receiver = crate::helpers::Receiver::start(std::sync::Arc::new(|n, _| {
+        (if n < 2 { 500 } else { 200 }, Duration::ZERO)
+    }))
+    .await;
+    let app = hooked(&receiver, |_| {}).await;
+    create(&app, "retried", "pm_card_visa", 500).await.unwrap();
+    let got = receiver.wait_for("three attempts", |got| got.len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 3, "no attempt after the 2xx");
+    let ids: Vec<Value> = got.iter().map(|d| d.json()["id"].clone()).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one event, attempted three times: {ids:?}"
+    );
+    let now = chrono::Utc::now().timestamp();
+    for attempt in &got {
+        orderflow_shared::stripe_signature::verify(
+            attempt.header("stripe-signature"),
+            &attempt.body,
+            &["whsec_new"],
+            now,
+            300,
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_duplicate_fault_delivers_each_event_twice() {
+    let receiver = crate::helpers::Receiver::accepting().await;
+    let app = hooked(&receiver, |sim| sim.webhook_duplicate_rate = 1.0).await;
+    for key in ["d1", "d2", "d3"] {
+        create(&app, key, "pm_card_visa", 500).await.unwrap();
+    }
+    let got = receiver.wait_for("six deliveries", |got| got.len() >= 6).await;
+    let mut counts = std::collections::BTreeMap::new();
+    for delivery in &got {
+        *counts
+            .entry(delivery.json()["id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_reorder_fault_delivers_an_event_after_the_next_one() {
+    let receiver = crate::helpers::Receiver::accepting().await;
+    let app = hooked(&receiver, |sim| sim.webhook_reorder_rate = 1.0).await;
+    let first = intent_id(create(&app, "first", "pm_card_visa", 500).await).await;
+    let second = intent_id(create(&app, "second", "pm_card_visa", 500).await).await;
+    let got = receiver.wait_for("two deliveries", |got| got.len() >= 2).await;
+    let order: Vec<String> = got.iter().map(|d| about(&d.json()).1).collect();
+    assert_eq!(
+        order,
+        [second, first],
+        "the first event was held back behind the second"
+    );
+}
+
+#[tokio::test]
+async fn the_early_fault_delivers_the_event_before_the_request_answers() {
+    // The receiver takes 300 ms to acknowledge: an answer that waited for the delivery comes after it.
+    let receiver =
+        crate::helpers::Receiver::start(std::sync::Arc::new(|_, _| (200, Duration::from_millis(300)))).await;
+    let app = hooked(&receiver, |sim| sim.webhook_early_rate = 1.0).await;
+    let started = std::time::Instant::now();
+    let intent = intent_id(create(&app, "early", "pm_card_visa", 500).await).await;
+    let answered = std::time::Instant::now();
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "the webhook came before the answer");
+    assert_eq!(
+        about(&got[0].json()),
+        ("payment_intent.amount_capturable_updated".to_owned(), intent)
+    );
+    assert!(got[0].at < answered && answered - started >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn the_delay_fault_spreads_deliveries_out() {
+    let receiver = crate::helpers::Receiver::accepting().await;
+    let app = hooked(&receiver, |sim| sim.webhook_delay = Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    for n in 0..6 {
+        create(&app, &format!("late{n}"), "pm_card_visa", 500)
+            .await
+            .unwrap();
+    }
+    let got = receiver.wait_for("six deliveries", |got| got.len() >= 6).await;
+    // Six uniform delays up to 2 s: all of them under 100 ms has a chance of 0.05^6.
+    let last = got.iter().map(|d| d.at).max().unwrap();
+    assert!(
+        last - started > Duration::from_millis(100),
+        "{:?}",
+        last - started
+    );
+}
+
+/// A hold nobody asks about still lapses on the provider's clock, announced as Stripe announces an expired
+/// authorization.
+#[tokio::test]
+async fn a_hold_that_lapses_unasked_is_announced_cancelled() {
+    let receiver = crate::helpers::Receiver::accepting().await;
+    let app = hooked(&receiver, |sim| sim.hold_lifetime = Duration::from_secs(1)).await;
+    let intent = intent_id(create(&app, "unasked", "pm_card_visa", 500).await).await;
+    let got = receiver
+        .wait_for("the cancellation", |got| {
+            got.iter().any(|d| d.json()["type"] == "payment_intent.canceled")
+        })
+        .await;
+    let cancelled = got
+        .iter()
+        .map(|d| d.json())
+        .find(|e| e["type"] == "payment_intent.canceled")
+        .unwrap();
+    let object = &cancelled["data"]["object"];
+    assert_eq!(
+        (
+            object["id"].as_str(),
+            object["cancellation_reason"].as_str(),
+            object["amount_capturable"].as_i64()
+        ),
+        (Some(intent.as_str()), Some("automatic"), Some(0))
+    );
+}

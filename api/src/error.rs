@@ -44,8 +44,11 @@ pub enum ApiError {
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     /// The body is longer than the API takes (axum's default limit, 2 MB).
-    #[error("the body is larger than the 2 MB the API takes")]
-    PayloadTooLarge,
+    #[error("the body is larger than the {0} the API takes here")]
+    PayloadTooLarge(&'static str),
+    /// A provider webhook whose signature does not hold: nothing was recorded.
+    #[error("{0}")]
+    WebhookSignature(orderflow_shared::stripe_signature::SignatureError),
     /// The body stopped arriving for longer than the body timeout.
     #[error("the request body stopped arriving")]
     RequestTimeout,
@@ -95,13 +98,15 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedBody(_) | Self::BadRequest(_) | Self::WebhookSignature(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Validation { .. } | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized(_) | Self::KeyRequired | Self::KeyInvalid(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::MissingScope(_) | Self::TokenCannot(_) => StatusCode::FORBIDDEN,
@@ -122,7 +127,8 @@ impl ApiError {
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
             Self::UnsupportedMediaType => "unsupported-media-type",
-            Self::PayloadTooLarge => "payload-too-large",
+            Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::WebhookSignature(_) => "webhook-signature-invalid",
             Self::RequestTimeout => "request-timeout",
             Self::Unauthorized(_) | Self::KeyRequired | Self::KeyInvalid(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",

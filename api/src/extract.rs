@@ -30,6 +30,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A provider webhook's body as it came, unparsed (its signature is over these bytes), at most
+/// `provider_event::MAX_BODY_BYTES` (the route's body limit).
+pub struct WebhookBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for WebhookBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await.map_err(unreadable) {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(ApiError::PayloadTooLarge(_)) => Err(ApiError::PayloadTooLarge("64 KB")),
+            Err(other) => Err(other),
+        }
+    }
+}
+
 /// An optional JSON body: an empty body without a `Content-Type` (or labelled JSON) is `None`; any other label,
 /// or a body without one, is 415, so that a form a browser may send cross-site (`text/plain`,
 /// `application/x-www-form-urlencoded`) is never taken for a request.
@@ -82,7 +98,7 @@ fn unreadable(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
         cause = error.source();
     }
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge
+        ApiError::PayloadTooLarge("2 MB")
     } else {
         ApiError::MalformedBody(format!("failed to read the body: {rejection}"))
     }

@@ -61,6 +61,8 @@ pub struct AppState {
     pub admission: Arc<admission::Gate>,
     /// Wakes the first step's workers after a new order's commit.
     pub announcer: Announcer,
+    /// How the payment provider's webhooks are checked.
+    pub provider_webhooks: Arc<orderflow_shared::settings::ProviderWebhookSettings>,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
             dashboard: Arc::new(dashboard),
             admission: Arc::new(admission::Gate::new(settings.admission)),
             announcer: Announcer::start(&pool),
+            provider_webhooks: Arc::new(settings.provider_webhooks.clone()),
             pool,
         }
     }

@@ -104,13 +104,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )
     });
 
-    let paysim = tokio::spawn(orderflow_paysim::run(
-        paysim_listener,
-        orderflow_paysim::SimConfig::from_env()?,
-        stopped(),
-    ));
-    // Without configured tokens, dev makes one operator token for this run and prints it.
+    // The simulator's webhooks go to this API's `/v1/provider/webhooks` under a secret new each run, unless
+    // either end is configured.
+    let mut sim = orderflow_paysim::SimConfig::from_env()?;
     let mut api_settings = settings::ApiSettings::from_env()?;
+    if sim.webhook_url.is_none() && api_settings.provider_webhooks.secrets.is_empty() {
+        let secret = format!("whsec_dev_{}", uuid::Uuid::new_v4().simple());
+        let mut api = api_listener.local_addr()?;
+        if api.ip().is_unspecified() {
+            api.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        sim.webhook_url = Some(format!("http://{api}/v1/provider/webhooks"));
+        sim.webhook_secrets = vec![secret.clone()];
+        api_settings.provider_webhooks.secrets = vec![secret];
+    }
+    let paysim = tokio::spawn(orderflow_paysim::run(paysim_listener, sim, stopped()));
+    // Without configured tokens, dev makes one operator token for this run and prints it.
     let admin = &mut api_settings.admin;
     let dev_token = admin.tokens.is_empty().then(|| {
         let token = uuid::Uuid::new_v4().simple().to_string();

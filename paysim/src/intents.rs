@@ -19,7 +19,8 @@
 //! which `GET /v1/charges/{id}` shows with `payment_method_details.card.capture_before`, when the hold lapses;
 //! `expand[]=latest_charge` (on a create or a retrieve) puts the charge itself in the intent's answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -65,9 +66,14 @@ impl Intent {
         self.payment_method_options["card"]["request_multicapture"] == "if_available"
     }
 
+    /// Whether its hold's lifetime has ended by `now` and it has not lapsed yet.
+    fn lapses_by(&self, now: i64) -> bool {
+        self.status == "requires_capture" && now >= self.hold_expires_at
+    }
+
     /// Cancels a hold past its lifetime, as the provider would have by now.
     fn lapse(&mut self, now: i64) {
-        if self.status == "requires_capture" && now >= self.hold_expires_at {
+        if self.lapses_by(now) {
             self.status = if self.amount_received > 0 {
                 "succeeded"
             } else {
@@ -82,11 +88,111 @@ impl Intent {
     }
 }
 
-#[derive(Debug, Default)]
+impl Intent {
+    /// The events that announce this intent's change from `before` (`None`: it was just made), with the object
+    /// each shows, as Stripe sends them:
+    /// - `payment_intent.amount_capturable_updated` when it is authorized, or a partial capture leaves less to
+    ///   capture (the manual-capture "authorized" signal);
+    /// - `payment_intent.succeeded`, `payment_intent.payment_failed` (a decline), `payment_intent.canceled`
+    ///   (a void, or the hold's lapse), `payment_intent.requires_action`, `payment_intent.processing` when it
+    ///   comes to that status;
+    /// - `charge.refunded` (its charge) when a refund adds to what it gave back.
+    fn announcements(&self, before: Option<&Intent>) -> Vec<(&'static str, Value)> {
+        let entered = before.is_none_or(|before| before.status != self.status);
+        let mut events = Vec::new();
+        let kind = match self.status.as_str() {
+            "requires_capture"
+                if entered || before.is_some_and(|b| b.amount_capturable != self.amount_capturable) =>
+            {
+                Some("payment_intent.amount_capturable_updated")
+            }
+            "succeeded" if entered => Some("payment_intent.succeeded"),
+            "canceled" if entered => Some("payment_intent.canceled"),
+            "requires_payment_method" if entered && self.last_payment_error.is_some() => {
+                Some("payment_intent.payment_failed")
+            }
+            "requires_action" if entered => Some("payment_intent.requires_action"),
+            "processing" if entered => Some("payment_intent.processing"),
+            _ => None,
+        };
+        events.extend(kind.map(|kind| (kind, intent_json(self))));
+        if before.map_or(0, |before| before.amount_refunded) < self.amount_refunded
+            && let Some(charge) = charge_json(self)
+        {
+            events.push(("charge.refunded", charge));
+        }
+        events
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct Ledger {
     intents: HashMap<String, Intent>,
     /// Creation order, for the ledger listing.
     order: Vec<String>,
+    /// Holds by when they lapse, soonest first (an entry may be stale: the intent was captured or voided).
+    expiries: BinaryHeap<Reverse<(i64, String)>>,
+    pub(crate) events: crate::events::Log,
+}
+
+impl Ledger {
+    pub(crate) fn new(events: crate::events::Log) -> Self {
+        Self {
+            intents: HashMap::new(),
+            order: Vec::new(),
+            expiries: BinaryHeap::new(),
+            events,
+        }
+    }
+
+    /// Appends to the log the events of intent `id`'s change from `before`; answers them for delivery.
+    fn announce(&mut self, id: &str, before: Option<&Intent>) -> Vec<Value> {
+        let Some(after) = self.intents.get(id) else {
+            return Vec::new();
+        };
+        let announcements = after.announcements(before);
+        announcements
+            .into_iter()
+            .map(|(kind, object)| self.events.append(kind, object))
+            .collect()
+    }
+
+    /// Lapses intent `id` if its hold's lifetime has ended by `now`; answers the events that announce it.
+    fn lapse(&mut self, id: &str, now: i64) -> Vec<Value> {
+        let Some(intent) = self.intents.get_mut(id) else {
+            return Vec::new();
+        };
+        if !intent.lapses_by(now) {
+            return Vec::new();
+        }
+        let before = intent.clone();
+        intent.lapse(now);
+        self.announce(id, Some(&before))
+    }
+
+    /// Lapses every hold whose lifetime has ended by `now`, as the provider does on its own clock.
+    fn lapse_due(&mut self, now: i64) -> Vec<Value> {
+        let mut events = Vec::new();
+        while self.expiries.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            if let Some(Reverse((_, id))) = self.expiries.pop() {
+                events.extend(self.lapse(&id, now));
+            }
+        }
+        events
+    }
+}
+
+/// Lapses holds as their lifetimes end, once a second, so that a hold nobody asks about is still announced
+/// cancelled (`payment_intent.canceled`) when its time comes. Runs as long as the simulator serves.
+pub(crate) async fn lapse_holds(sim: Sim) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = chrono::Utc::now().timestamp();
+        let events = sim.state.lock().unwrap_or_else(|p| p.into_inner()).lapse_due(now);
+        sim.webhooks.send(events);
+    }
 }
 
 /// What a simulated endpoint did. Only executed requests are stored under their idempotency key.
@@ -95,6 +201,8 @@ enum Outcome {
         status: StatusCode,
         body: Value,
         drop_connection: bool,
+        /// The events its change made, delivered before or after the answer.
+        events: Vec<Value>,
     },
     NotExecuted {
         status: StatusCode,
@@ -109,6 +217,31 @@ impl Outcome {
             status: StatusCode::OK,
             body,
             drop_connection: false,
+            events: Vec::new(),
+        }
+    }
+
+    /// The same outcome, announced by `events`. An outcome that did not execute changed nothing to announce.
+    fn announced_by(self, announced: Vec<Value>) -> Self {
+        match self {
+            Self::Executed {
+                status,
+                body,
+                drop_connection,
+                events: _,
+            } => Self::Executed {
+                status,
+                body,
+                drop_connection,
+                events: announced,
+            },
+            Self::NotExecuted { .. } => {
+                debug_assert!(
+                    announced.is_empty(),
+                    "a request that did not execute changed something"
+                );
+                self
+            }
         }
     }
 }
@@ -205,23 +338,30 @@ where
         Some(op(sim.clone(), params, attempt))
     };
     let settled = tokio::spawn(async move {
-        let outcome = match execution {
+        let mut outcome = match execution {
             Some(execution) => execution.await,
             None => unavailable(),
         };
-        let mut keys = sim.keys.lock().unwrap_or_else(|p| p.into_inner());
-        match &outcome {
-            Outcome::NotExecuted { .. } => {
-                if let Some(key) = &key {
-                    keys.release(key);
+        let events = {
+            let mut keys = sim.keys.lock().unwrap_or_else(|p| p.into_inner());
+            match &mut outcome {
+                Outcome::NotExecuted { .. } => {
+                    if let Some(key) = &key {
+                        keys.release(key);
+                    }
+                    Vec::new()
+                }
+                Outcome::Executed {
+                    status, body, events, ..
+                } => {
+                    if let Some(key) = &key {
+                        keys.store(key, &fingerprint, *status, body.clone());
+                    }
+                    std::mem::take(events)
                 }
             }
-            Outcome::Executed { status, body, .. } => {
-                if let Some(key) = &key {
-                    keys.store(key, &fingerprint, *status, body.clone());
-                }
-            }
-        }
+        };
+        sim.webhooks.send_for_request(events).await;
         outcome
     })
     .await;
@@ -231,6 +371,7 @@ where
             status,
             body,
             drop_connection,
+            ..
         }) => {
             if drop_connection {
                 tracing::info!("dropping the connection instead of answering (simulated lost response)");
@@ -288,6 +429,7 @@ fn charge_json(intent: &Intent) -> Option<Value> {
         "captured": intent.amount_received > 0,
         "currency": intent.currency,
         "payment_intent": intent.id,
+        "metadata": intent.metadata,
         "status": "succeeded",
         "payment_method_details": {"type": "card", "card": {"capture_before": intent.hold_expires_at}},
     }))
@@ -424,11 +566,18 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
         ..intent
     };
     let body = intent_json_expanded(&intent, params);
-    {
+    let events = {
         let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
-        ledger.order.push(intent.id.clone());
-        ledger.intents.insert(intent.id.clone(), intent);
-    }
+        let id = intent.id.clone();
+        if intent.status == "requires_capture" {
+            ledger
+                .expiries
+                .push(Reverse((intent.hold_expires_at, id.clone())));
+        }
+        ledger.order.push(id.clone());
+        ledger.intents.insert(id.clone(), intent);
+        ledger.announce(&id, None)
+    };
     let drop_connection = (method == "pm_sim_lost_response" && attempt == 1)
         || (sim.config.lost_response_rate > 0.0 && rand::random::<f64>() < sim.config.lost_response_rate);
     match decline {
@@ -438,12 +587,14 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
                 status: StatusCode::PAYMENT_REQUIRED,
                 body: json!({"error": error}),
                 drop_connection,
+                events,
             }
         }
         None => Outcome::Executed {
             status: StatusCode::OK,
             body,
             drop_connection,
+            events,
         },
     }
 }
@@ -456,19 +607,20 @@ fn no_such_intent(id: &str) -> (StatusCode, Value) {
     )
 }
 
-/// Runs `f` on the intent `id` under the ledger's lock; a missing intent is a 404 that executed nothing.
+/// Runs `f` on the intent `id` under the ledger's lock, after lapsing it if its time has come (that lapse's events
+/// go out at once; `f`'s go with its outcome). A missing intent is a 404 that executed nothing.
 fn with_intent(sim: &Sim, id: &str, f: impl FnOnce(&mut Intent) -> Outcome) -> Outcome {
     let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
-    match ledger.intents.get_mut(id) {
-        Some(intent) => {
-            intent.lapse(chrono::Utc::now().timestamp());
-            f(intent)
-        }
-        None => {
-            let (status, body) = no_such_intent(id);
-            Outcome::NotExecuted { status, body }
-        }
-    }
+    sim.webhooks
+        .send(ledger.lapse(id, chrono::Utc::now().timestamp()));
+    let Some(intent) = ledger.intents.get_mut(id) else {
+        let (status, body) = no_such_intent(id);
+        return Outcome::NotExecuted { status, body };
+    };
+    let before = intent.clone();
+    let outcome = f(intent);
+    let events = ledger.announce(id, Some(&before));
+    outcome.announced_by(events)
 }
 
 fn unexpected_state(intent: &Intent, action: &str) -> Outcome {
@@ -481,6 +633,7 @@ fn unexpected_state(intent: &Intent, action: &str) -> Outcome {
             "payment_intent": intent_json(intent),
         }}),
         drop_connection: false,
+        events: Vec::new(),
     }
 }
 
@@ -491,11 +644,10 @@ pub async fn retrieve(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
-    match ledger.intents.get_mut(&id) {
-        Some(intent) => {
-            intent.lapse(chrono::Utc::now().timestamp());
-            Json(intent_json_expanded(intent, &params)).into_response()
-        }
+    sim.webhooks
+        .send(ledger.lapse(&id, chrono::Utc::now().timestamp()));
+    match ledger.intents.get(&id) {
+        Some(intent) => Json(intent_json_expanded(intent, &params)).into_response(),
         None => {
             let (status, body) = no_such_intent(&id);
             (status, Json(body)).into_response()
@@ -507,15 +659,16 @@ pub async fn retrieve(
 /// (`payment_method_details.card.capture_before`).
 pub async fn retrieve_charge(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
-    let now = chrono::Utc::now().timestamp();
     let found = ledger
         .intents
-        .values_mut()
-        .find(|intent| intent.latest_charge.as_deref() == Some(id.as_str()));
+        .values()
+        .find(|intent| intent.latest_charge.as_deref() == Some(id.as_str()))
+        .map(|intent| intent.id.clone());
     match found {
         Some(intent) => {
-            intent.lapse(now);
-            Json(charge_json(intent)).into_response()
+            sim.webhooks
+                .send(ledger.lapse(&intent, chrono::Utc::now().timestamp()));
+            Json(ledger.intents.get(&intent).and_then(charge_json)).into_response()
         }
         None => (
             StatusCode::NOT_FOUND,
@@ -644,6 +797,7 @@ pub async fn refund(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> 
                         "This charge has already been refunded.",
                     ),
                     drop_connection: false,
+                    events: Vec::new(),
                 };
             }
             intent.amount_refunded += amount;
@@ -661,12 +815,12 @@ pub async fn refund(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> 
 /// own expiry would have lapsed it (`canceled`, or `succeeded` keeping what was captured). Answers the intent.
 pub async fn lapse(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    let now = chrono::Utc::now().timestamp();
     match ledger.intents.get_mut(&id) {
         Some(intent) => {
-            let now = chrono::Utc::now().timestamp();
             intent.hold_expires_at = intent.hold_expires_at.min(now);
-            intent.lapse(now);
-            Json(intent_json(intent)).into_response()
+            sim.webhooks.send(ledger.lapse(&id, now));
+            Json(ledger.intents.get(&id).map(intent_json)).into_response()
         }
         None => {
             let (status, body) = no_such_intent(&id);
@@ -678,10 +832,8 @@ pub async fn lapse(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
 /// `GET /v1/sim/ledger`: every intent in creation order, with the money it holds, took and gave back.
 pub async fn ledger(State(sim): State<Sim>) -> Json<Value> {
     let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
-    let now = chrono::Utc::now().timestamp();
-    for intent in ledger.intents.values_mut() {
-        intent.lapse(now);
-    }
+    sim.webhooks
+        .send(ledger.lapse_due(chrono::Utc::now().timestamp()));
     let intents: Vec<Value> = ledger
         .order
         .iter()

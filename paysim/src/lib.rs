@@ -3,6 +3,10 @@
 //! the real provider. Test payment methods trigger the failures a real provider shows (decline, 503s, a lost
 //! response, slowness); optional random faults add load-time noise. `GET /v1/sim/ledger` shows the money.
 //!
+//! Every change of an intent is an event (`GET /v1/events`), delivered as Stripe's webhooks are to
+//! `SimConfig::webhook_url`, signed with `Stripe-Signature`, with fault knobs that duplicate, reorder, delay and
+//! send events before the request that made them answers.
+//!
 //! State is in memory and lives as long as the process, like a sandbox account that is reset on restart.
 //!
 //! # Layout
@@ -10,10 +14,13 @@
 //! - `intents.rs`: PaymentIntents (create and confirm, retrieve, capture, multicapture, cancel, hold expiry),
 //!   refunds, the ledger, the test payment methods' behaviours;
 //! - `idempotency.rs`: Stripe's `Idempotency-Key` semantics (a repeat replays the first answer; the same key with
-//!   other parameters is refused).
+//!   other parameters is refused);
+//! - `events.rs`: the account's event log and `GET /v1/events`; `webhooks.rs`: the events' delivery and its faults.
 
+mod events;
 mod idempotency;
 mod intents;
+mod webhooks;
 
 pub use intents::MAX_AMOUNT;
 
@@ -37,6 +44,25 @@ pub struct SimConfig {
     /// How long an authorization holds before the provider cancels it (`cancellation_reason: automatic`), as
     /// card networks release an uncaptured hold after about seven days.
     pub hold_lifetime: Duration,
+    /// Where events are POSTed as webhooks; none: they are only in `GET /v1/events`.
+    pub webhook_url: Option<String>,
+    /// The endpoint's signing secrets (`whsec_…`): each delivery carries one `v1` per secret, as Stripe signs
+    /// while a secret is rolled.
+    pub webhook_secrets: Vec<String>,
+    /// Probability (0–1) that an event is delivered twice.
+    pub webhook_duplicate_rate: f64,
+    /// Probability (0–1) that an event is held back behind the next one.
+    pub webhook_reorder_rate: f64,
+    /// Probability (0–1) that a request answers only after its events' first delivery attempt.
+    pub webhook_early_rate: f64,
+    /// Each delivery waits a random time up to this before its first attempt.
+    pub webhook_delay: Duration,
+    /// The wait before a failed delivery's first retry; it doubles, up to a minute.
+    pub webhook_retry: Duration,
+    /// How long after its event a delivery is retried before the simulator gives up on it.
+    pub webhook_retry_window: Duration,
+    /// How many events the log keeps (the newest).
+    pub event_retention: usize,
 }
 
 impl Default for SimConfig {
@@ -46,6 +72,15 @@ impl Default for SimConfig {
             fault_rate: 0.0,
             lost_response_rate: 0.0,
             hold_lifetime: Duration::from_secs(7 * 24 * 3600),
+            webhook_url: None,
+            webhook_secrets: Vec::new(),
+            webhook_duplicate_rate: 0.0,
+            webhook_reorder_rate: 0.0,
+            webhook_early_rate: 0.0,
+            webhook_delay: Duration::ZERO,
+            webhook_retry: Duration::from_secs(1),
+            webhook_retry_window: Duration::from_secs(3 * 24 * 3600),
+            event_retention: 100_000,
         }
     }
 }
@@ -68,6 +103,21 @@ impl SimConfig {
             fault_rate: rate("ORDERFLOW_PAYSIM_FAULT_RATE")?,
             lost_response_rate: rate("ORDERFLOW_PAYSIM_LOST_RATE")?,
             hold_lifetime: Duration::from_secs(env_parse("ORDERFLOW_PAYSIM_HOLD_SECS", 7 * 24 * 3600)?),
+            webhook_url: std::env::var("ORDERFLOW_PAYSIM_WEBHOOK_URL")
+                .ok()
+                .filter(|url| !url.is_empty()),
+            webhook_secrets: std::env::var("ORDERFLOW_PAYSIM_WEBHOOK_SECRET")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|secret| !secret.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            webhook_duplicate_rate: rate("ORDERFLOW_PAYSIM_WEBHOOK_DUPLICATE_RATE")?,
+            webhook_reorder_rate: rate("ORDERFLOW_PAYSIM_WEBHOOK_REORDER_RATE")?,
+            webhook_early_rate: rate("ORDERFLOW_PAYSIM_WEBHOOK_EARLY_RATE")?,
+            webhook_delay: Duration::from_millis(env_parse("ORDERFLOW_PAYSIM_WEBHOOK_DELAY_MS", 0)?),
+            ..Self::default()
         })
     }
 }
@@ -78,19 +128,10 @@ pub struct Sim {
     pub(crate) config: SimConfig,
     pub(crate) state: Arc<Mutex<intents::Ledger>>,
     pub(crate) keys: Arc<Mutex<idempotency::Keys>>,
+    pub(crate) webhooks: webhooks::Webhooks,
 }
 
-impl Sim {
-    pub fn new(config: SimConfig) -> Self {
-        Self {
-            config,
-            state: Arc::default(),
-            keys: Arc::default(),
-        }
-    }
-}
-
-pub fn router(config: SimConfig) -> Router {
+fn router(sim: Sim) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/payment_intents", post(intents::create))
@@ -100,8 +141,10 @@ pub fn router(config: SimConfig) -> Router {
         .route("/v1/refunds", post(intents::refund))
         .route("/v1/charges/{id}", get(intents::retrieve_charge))
         .route("/v1/sim/ledger", get(intents::ledger))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/{id}", get(events::retrieve))
         .route("/v1/sim/payment_intents/{id}/lapse", post(intents::lapse))
-        .with_state(Sim::new(config))
+        .with_state(sim)
 }
 
 /// Serves the simulator on `listener` until `shutdown` resolves.
@@ -110,7 +153,21 @@ pub async fn run(
     config: SimConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(config))
+    let (webhooks, deliveries) = webhooks::Webhooks::start(&config);
+    let log = events::Log::new(config.event_retention, config.webhook_url.is_some());
+    let sim = Sim {
+        config,
+        state: Arc::new(Mutex::new(intents::Ledger::new(log))),
+        keys: Arc::default(),
+        webhooks,
+    };
+    let lapses = tokio::spawn(intents::lapse_holds(sim.clone()));
+    let served = axum::serve(listener, router(sim))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    lapses.abort();
+    if let Some(deliveries) = deliveries {
+        deliveries.abort();
+    }
+    served
 }

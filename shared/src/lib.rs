@@ -19,6 +19,8 @@
 //!   read.
 //! - [`events`] and [`outbox`]: the audit trail and its readers (NATS relay, feed); [`idempotency`]: keys.
 //! - [`admission`]: whether the API takes a new order now (the saga backlog against its bound).
+//! - [`stripe_signature`]: the `Stripe-Signature` scheme of the provider's webhooks (the simulator signs, the API
+//!   checks); [`provider_event`]: those webhooks' events, recorded once and applied under the order's lock.
 //! - [`money`]: value types; [`settings`]: configuration from the environment; [`db`], [`telemetry`],
 //!   [`shutdown`], [`pgcluster`]: plumbing every binary shares.
 
@@ -136,6 +138,7 @@ pub mod outbox;
 pub mod payment;
 pub mod pending;
 pub mod pgcluster;
+pub mod provider_event;
 pub mod queue;
 pub mod refund;
 pub mod returns;
@@ -144,4 +147,5 @@ pub mod settings;
 pub mod shipment;
 pub mod shutdown;
 pub mod step_log;
+pub mod stripe_signature;
 pub mod telemetry;

@@ -325,6 +325,26 @@ pub async fn unread_holds(executor: impl PgExecutor<'_>, limit: i64) -> Result<V
     .await
 }
 
+/// The provider ended the order's open hold at `at` (its `payment_intent.canceled`): `capture_before` comes
+/// forward to then, so the reconciler's hold check reports the hold as lapsed and the next shipment authorizes
+/// again. It never moves later.
+pub async fn hold_ended(
+    executor: impl PgExecutor<'_>,
+    order_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update payments set capture_before = least(capture_before, $2), hold_checked_at = now(),
+                updated_at = now()
+         where order_id = $1 and status in ('AUTHORIZED', 'PARTIALLY_CAPTURED')",
+    )
+    .bind(order_id)
+    .bind(at)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// Records that the order's authorization `attempt` was asked when its hold lapses, and the answer if there was
 /// one (a hold read again later keeps what was read). Nothing if the authorization is another by now.
 pub async fn record_capture_before(

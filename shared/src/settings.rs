@@ -144,6 +144,9 @@ pub struct WorkerSettings {
     /// How long before a waiting order's hold lapses the reconciler warns of it (`ORDERFLOW_HOLD_WARNING_SECS`, a
     /// day): the log line and `orderflow_holds_expiring`.
     pub hold_warning: Duration,
+    /// How often the process looks for the payment provider's webhook events to apply
+    /// (`ORDERFLOW_PROVIDER_EVENTS_INTERVAL_MS`, 250): the most an event waits once recorded.
+    pub provider_events_interval: Duration,
     /// How long SIGTERM waits for in-flight steps (`ORDERFLOW_SHUTDOWN_GRACE_MS`).
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
@@ -175,6 +178,7 @@ impl Default for WorkerSettings {
             ledger_check_interval: Duration::from_secs(60),
             hold_check_interval: Duration::from_secs(300),
             hold_warning: Duration::from_secs(86_400),
+            provider_events_interval: Duration::from_millis(250),
             shutdown_grace: Duration::from_millis(30_000),
             relay: None,
             metrics_addr: None,
@@ -285,6 +289,10 @@ impl WorkerSettings {
             )?,
             hold_check_interval: env_secs("ORDERFLOW_HOLD_CHECK_INTERVAL_SECS", default.hold_check_interval)?,
             hold_warning: env_secs("ORDERFLOW_HOLD_WARNING_SECS", default.hold_warning)?,
+            provider_events_interval: env_millis(
+                "ORDERFLOW_PROVIDER_EVENTS_INTERVAL_MS",
+                default.provider_events_interval,
+            )?,
             shutdown_grace: env_millis("ORDERFLOW_SHUTDOWN_GRACE_MS", default.shutdown_grace)?,
             relay: RelaySettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_WORKER_METRICS_ADDR")?,
@@ -423,6 +431,52 @@ pub struct ApiSettings {
     /// Where the API serves `/metrics` to anyone who reaches it (`ORDERFLOW_API_METRICS_ADDR`, for a private
     /// network); unset, `/metrics` is on the API's own address and needs a key with `metrics:read`.
     pub metrics_addr: Option<SocketAddr>,
+    /// The payment provider's webhooks (`POST /v1/provider/webhooks`).
+    pub provider_webhooks: ProviderWebhookSettings,
+}
+
+/// How the API checks the payment provider's webhooks (`crate::stripe_signature`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderWebhookSettings {
+    /// The endpoint's signing secrets (`ORDERFLOW_PROVIDER_WEBHOOK_SECRETS`, comma-separated: two while one is
+    /// rolled, as Stripe signs with both). None: every delivery is refused, as none can be checked.
+    pub secrets: Vec<String>,
+    /// How far a signature's timestamp may be from now, either way (`ORDERFLOW_PROVIDER_WEBHOOK_TOLERANCE_SECS`,
+    /// 300, Stripe's own).
+    pub tolerance_secs: i64,
+}
+
+impl std::fmt::Debug for ProviderWebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderWebhookSettings")
+            .field("secrets", &format!("[{} redacted]", self.secrets.len()))
+            .field("tolerance_secs", &self.tolerance_secs)
+            .finish()
+    }
+}
+
+impl Default for ProviderWebhookSettings {
+    fn default() -> Self {
+        Self {
+            secrets: Vec::new(),
+            tolerance_secs: 300,
+        }
+    }
+}
+
+impl ProviderWebhookSettings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Ok(Self {
+            secrets: std::env::var("ORDERFLOW_PROVIDER_WEBHOOK_SECRETS")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|secret| !secret.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            tolerance_secs: env_parse("ORDERFLOW_PROVIDER_WEBHOOK_TOLERANCE_SECS", 300)?,
+        })
+    }
 }
 
 /// What one client may hold of the API process: every bound a client could otherwise stretch.
@@ -515,6 +569,7 @@ impl ApiSettings {
             keys: KeySettings::from_env()?,
             admission: AdmissionSettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_API_METRICS_ADDR")?,
+            provider_webhooks: ProviderWebhookSettings::from_env()?,
         })
     }
 }

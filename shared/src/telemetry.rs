@@ -99,6 +99,10 @@ fn describe_metrics() {
         "orderflow_compensations_total",
         "Sagas that started compensating, by reason."
     );
+    describe_counter!(
+        "orderflow_provider_events_applied_total",
+        "The payment provider's webhook events applied, by what applying them did (effect)."
+    );
     describe_gauge!(
         "orderflow_queue_jobs",
         "Jobs per queue and state (pending, scheduled, running, failed, dead)."

@@ -13,13 +13,14 @@
 //! - [`reconciler`]: every process's repair loop: jobs of gone workers, expired reservations, stranded sagas,
 //!   old Done jobs.
 //! - [`provider`]: the payment provider's HTTP client (Stripe's PaymentIntents shape).
-//! - [`relay`]: the outbox relay to NATS JetStream.
+//! - [`relay`]: the outbox relay to NATS JetStream; [`inbox`]: the payment provider's webhook events, applied.
 //! - [`error`]: how a step fails (transient or permanent); `failpoints`: the test-only failpoints.
 //!
 //! The saga's rules (which step follows which, what undoes what, budgets) are `orderflow_shared::flow`'s.
 
 pub mod error;
 mod failpoints;
+pub mod inbox;
 mod poll;
 pub mod provider;
 pub mod reconciler;
@@ -146,6 +147,11 @@ pub async fn run(
         .map(|&step| tokio::spawn(supervise(runner.clone(), step, stopped.clone())))
         .collect();
     let reconciler = tokio::spawn(reconciler::run(runner.clone(), stopped.clone()));
+    let inbox = tokio::spawn(inbox::run(
+        runner.pool.clone(),
+        runner.settings.provider_events_interval,
+        stopped.clone(),
+    ));
     if let Some(addr) = runner.settings.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -171,6 +177,7 @@ pub async fn run(
         );
     }
     let _ = reconciler.await;
+    let _ = inbox.await;
     if let Some(relay) = relay {
         let _ = relay.await;
     }

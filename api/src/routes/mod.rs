@@ -7,6 +7,7 @@ pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod locations;
 pub(crate) mod orders;
+pub(crate) mod provider_webhooks;
 pub(crate) mod refunds;
 pub(crate) mod returns;
 pub(crate) mod shipments;
@@ -60,8 +61,16 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
         .route("/admin/keys", get(dashboard::keys).post(dashboard::create_key))
         .route("/admin/keys/{id}/revoke", post(dashboard::revoke_key))
         .layer(axum::middleware::map_response(crate::session::security_headers));
+    // No key: the provider's signature is what authenticates it, over a body read whole before anything else.
+    let provider = Router::new().route(
+        "/v1/provider/webhooks",
+        post(provider_webhooks::receive).layer(axum::extract::DefaultBodyLimit::max(
+            orderflow_shared::provider_event::MAX_BODY_BYTES,
+        )),
+    );
     Router::new()
         .merge(v1)
+        .merge(provider)
         .merge(metrics)
         .merge(dashboard)
         .route("/healthz", get(health::healthz))

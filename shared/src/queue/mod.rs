@@ -162,6 +162,22 @@ pub fn queue_config(queue: &str, fetch_size: usize) -> apalis_postgres::Config {
         .persist_results(false)
 }
 
+/// Brings the order's waiting job of `step` (Pending, due later: a retry's backoff, a wait) forward to now;
+/// answers whether there was one. A job that runs now or ran is left alone.
+pub async fn wake(conn: &mut sqlx::PgConnection, order_id: Uuid, step: Step) -> Result<bool, sqlx::Error> {
+    let woken = sqlx::query(
+        r#"update apalis.jobs j set run_at = now()
+           from saga_jobs s
+           where s.order_id = $1 and s.step = $2 and j.id = s.job_id
+             and j.status = 'Pending' and j.run_at > now()"#,
+    )
+    .bind(order_id)
+    .bind(step)
+    .execute(&mut *conn)
+    .await?;
+    Ok(woken.rows_affected() > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
