@@ -77,7 +77,10 @@ async fn the_document_validates_as_openapi_3_1_with_every_scope_and_problem_type
             }
             // The provider's webhooks authenticate by their signature (`provider_webhooks`), not a key.
             if path.starts_with("/v1/provider/") {
-                assert!(operation.get("security").is_none(), "{method} {path} needs no key");
+                assert!(
+                    operation.get("security").is_none(),
+                    "{method} {path} needs no key"
+                );
             } else if path.starts_with("/v1/") || path == "/metrics" {
                 let scopes = &operation["security"][0]["api_key"];
                 assert!(

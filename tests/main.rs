@@ -9,6 +9,7 @@ mod limits;
 
 mod admin;
 mod admission;
+mod async_payments;
 mod bad_input;
 mod batch;
 mod cancellation;

@@ -971,3 +971,151 @@ async fn a_hold_that_lapses_unasked_is_announced_cancelled() {
         (Some(intent.as_str()), Some("automatic"), Some(0))
     );
 }
+
+/// `pm_sim_requires_action` waits for the customer, who completes or abandons at the simulator's stand-in;
+/// off-session it is declined, as Stripe declines what would need a customer who is not there.
+#[tokio::test]
+async fn an_authentication_waits_for_the_customer_and_is_announced() {
+    let receiver = crate::helpers::Receiver::accepting().await;
+    let app = hooked(&receiver, |_| {}).await;
+    let waiting: Value = create(&app, "3ds", "pm_sim_requires_action", 500)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            waiting["status"].as_str(),
+            waiting["amount_capturable"].as_i64(),
+            waiting["next_action"]["type"].as_str()
+        ),
+        (Some("requires_action"), Some(0), Some("use_stripe_sdk"))
+    );
+    let id = waiting["id"].as_str().unwrap().to_owned();
+    let act = |action: &'static str| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            let response = app
+                .http
+                .post(format!("{}/v1/sim/payment_intents/{id}/customer", app.paysim))
+                .form(&[("action", action)])
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, done) = act("complete").await;
+    assert_eq!(
+        (
+            status,
+            done["status"].as_str(),
+            done["amount_capturable"].as_i64()
+        ),
+        (200, Some("requires_capture"), Some(500))
+    );
+    assert!(done["latest_charge"].as_str().unwrap().starts_with("ch_"));
+    let (status, again) = act("abandon").await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (400, Some("payment_intent_unexpected_state"))
+    );
+    let got = receiver.wait_for("two events", |got| got.len() >= 2).await;
+    let mut kinds: Vec<String> = got
+        .iter()
+        .map(|d| d.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "payment_intent.amount_capturable_updated",
+            "payment_intent.requires_action"
+        ]
+    );
+
+    let abandoned = intent_id(create(&app, "3ds-abandoned", "pm_sim_requires_action", 500).await).await;
+    let response = app
+        .http
+        .post(format!(
+            "{}/v1/sim/payment_intents/{abandoned}/customer",
+            app.paysim
+        ))
+        .form(&[("action", "abandon")])
+        .send()
+        .await
+        .unwrap();
+    let failed: Value = response.json().await.unwrap();
+    assert_eq!(
+        (
+            failed["status"].as_str(),
+            failed["last_payment_error"]["code"].as_str()
+        ),
+        (
+            Some("requires_payment_method"),
+            Some("payment_intent_authentication_failure")
+        )
+    );
+
+    let (status, declined) = post(
+        &app,
+        "/v1/payment_intents",
+        "3ds-off-session",
+        &[
+            ("amount", "500"),
+            ("currency", "usd"),
+            ("payment_method", "pm_sim_requires_action"),
+            ("capture_method", "manual"),
+            ("confirm", "true"),
+            ("off_session", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, declined["error"]["decline_code"].as_str()),
+        (402, Some("authentication_required"))
+    );
+}
+
+/// A bank debit stays `processing` and settles on the provider's clock, announced by its events.
+#[tokio::test]
+async fn a_bank_debit_settles_later_either_way() {
+    let receiver = crate::helpers::Receiver::accepting().await;
+    let app = hooked(&receiver, |sim| sim.processing_delay = Duration::from_millis(500)).await;
+    let paid = intent_id(create(&app, "debit", "pm_sim_processing", 500).await).await;
+    let refused = intent_id(create(&app, "debit-refused", "pm_sim_processing_fails", 500).await).await;
+    let now = app
+        .get_json(&format!("{}/v1/payment_intents/{paid}", app.paysim))
+        .await;
+    assert_eq!(now["status"], "processing");
+    let got = receiver.wait_for("four events", |got| got.len() >= 4).await;
+    let mut seen: Vec<(String, String)> = got.iter().map(|d| about(&d.json())).collect();
+    seen.sort();
+    let mut expected = vec![
+        ("payment_intent.processing".to_owned(), paid.clone()),
+        (
+            "payment_intent.amount_capturable_updated".to_owned(),
+            paid.clone(),
+        ),
+        ("payment_intent.processing".to_owned(), refused.clone()),
+        ("payment_intent.payment_failed".to_owned(), refused.clone()),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+    let settled = app
+        .get_json(&format!("{}/v1/payment_intents/{paid}", app.paysim))
+        .await;
+    assert_eq!(
+        (settled["status"].as_str(), settled["amount_capturable"].as_i64()),
+        (Some("requires_capture"), Some(500))
+    );
+    let failed = app
+        .get_json(&format!("{}/v1/payment_intents/{refused}", app.paysim))
+        .await;
+    assert_eq!(failed["last_payment_error"]["code"], "insufficient_funds");
+}

@@ -7,6 +7,13 @@
 //! - `pm_sim_reauth_declined`: succeeds for an order's first intent (`metadata[order_id]`) and declines every later
 //!   one (402 `card_error`, `card_declined`, decline code `expired_card`): a card that lapsed between an order's
 //!   authorization and its re-authorization.
+//! - `pm_sim_requires_action`: the customer must authenticate (3-D Secure): the intent is `requires_action` until
+//!   `POST /v1/sim/payment_intents/{id}/customer` with `action=complete` (authorized) or `action=abandon`
+//!   (`requires_payment_method`, `payment_intent_authentication_failure`), the stand-in for the customer.
+//!   Off-session (`off_session=true`) there is no customer to ask: declined, `authentication_required`.
+//! - `pm_sim_processing`, `pm_sim_processing_fails`: a bank debit: the intent is `processing` and settles after
+//!   `SimConfig::processing_delay`, authorized or failed (`requires_payment_method`, `insufficient_funds`), which
+//!   only its events and a retrieve tell.
 //!
 //! Multicapture, as Stripe's: an intent created with `payment_method_options[card][request_multicapture]=
 //! if_available` may be captured in parts (`final_capture=false`), each adding to `amount_received` while it stays
@@ -58,12 +65,34 @@ pub(crate) struct Intent {
     /// When the hold lapses (Unix seconds); not shown, as Stripe shows it on the charge.
     #[serde(skip)]
     hold_expires_at: i64,
+    /// What the customer must do (`requires_action`), as Stripe says it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_action: Option<Value>,
 }
 
 impl Intent {
     /// Whether it may be captured in parts.
     fn multicapture(&self) -> bool {
         self.payment_method_options["card"]["request_multicapture"] == "if_available"
+    }
+
+    /// The authorization goes through now: a hold (`requires_capture`, lapsing after `lifetime` seconds) or, with
+    /// automatic capture, the money taken.
+    fn authorize(&mut self, now: i64, lifetime: i64) {
+        let manual = self.capture_method == "manual";
+        self.status = if manual { "requires_capture" } else { "succeeded" }.to_owned();
+        self.amount_capturable = if manual { self.amount } else { 0 };
+        self.amount_received = if manual { 0 } else { self.amount };
+        self.latest_charge = Some(self.id.replacen("pi_", "ch_", 1));
+        self.hold_expires_at = now.saturating_add(lifetime);
+        self.next_action = None;
+    }
+
+    /// The authorization fails with `code` (a failed authentication, a bank debit refused).
+    fn fail(&mut self, code: &str, message: &str) {
+        self.status = "requires_payment_method".to_owned();
+        self.next_action = None;
+        self.last_payment_error = Some(json!({"type": "card_error", "code": code, "message": message}));
     }
 
     /// Whether its hold's lifetime has ended by `now` and it has not lapsed yet.
@@ -132,6 +161,8 @@ pub(crate) struct Ledger {
     order: Vec<String>,
     /// Holds by when they lapse, soonest first (an entry may be stale: the intent was captured or voided).
     expiries: BinaryHeap<Reverse<(i64, String)>>,
+    /// Bank debits by when they settle (Unix milliseconds), soonest first, and whether they succeed.
+    settlements: BinaryHeap<Reverse<(i64, String, bool)>>,
     pub(crate) events: crate::events::Log,
 }
 
@@ -141,6 +172,7 @@ impl Ledger {
             intents: HashMap::new(),
             order: Vec::new(),
             expiries: BinaryHeap::new(),
+            settlements: BinaryHeap::new(),
             events,
         }
     }
@@ -170,6 +202,38 @@ impl Ledger {
         self.announce(id, Some(&before))
     }
 
+    /// Settles every bank debit due by `now_ms` (Unix milliseconds): authorized, or failed.
+    fn settle_due(&mut self, now_ms: i64, lifetime: i64) -> Vec<Value> {
+        let mut events = Vec::new();
+        while self
+            .settlements
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now_ms)
+        {
+            let Some(Reverse((_, id, succeeds))) = self.settlements.pop() else {
+                break;
+            };
+            let Some(intent) = self.intents.get_mut(&id) else {
+                continue;
+            };
+            if intent.status != "processing" {
+                continue;
+            }
+            let before = intent.clone();
+            if succeeds {
+                intent.authorize(now_ms / 1_000, lifetime);
+                if intent.status == "requires_capture" {
+                    let entry = Reverse((intent.hold_expires_at, id.clone()));
+                    self.expiries.push(entry);
+                }
+            } else {
+                intent.fail("insufficient_funds", "The bank debit failed: insufficient funds.");
+            }
+            events.extend(self.announce(&id, Some(&before)));
+        }
+        events
+    }
+
     /// Lapses every hold whose lifetime has ended by `now`, as the provider does on its own clock.
     fn lapse_due(&mut self, now: i64) -> Vec<Value> {
         let mut events = Vec::new();
@@ -182,17 +246,27 @@ impl Ledger {
     }
 }
 
-/// Lapses holds as their lifetimes end, once a second, so that a hold nobody asks about is still announced
-/// cancelled (`payment_intent.canceled`) when its time comes. Runs as long as the simulator serves.
-pub(crate) async fn lapse_holds(sim: Sim) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+/// The provider's own clock, four times a second: holds lapse as their lifetimes end and bank debits settle,
+/// so that what nobody asks about is still announced when its time comes. Runs as long as the simulator serves.
+pub(crate) async fn keep_time(sim: Sim) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = chrono::Utc::now().timestamp();
-        let events = sim.state.lock().unwrap_or_else(|p| p.into_inner()).lapse_due(now);
+        let now = chrono::Utc::now();
+        let events = {
+            let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut events = ledger.settle_due(now.timestamp_millis(), lifetime(&sim));
+            events.extend(ledger.lapse_due(now.timestamp()));
+            events
+        };
         sim.webhooks.send(events);
     }
+}
+
+/// A hold's lifetime in seconds.
+fn lifetime(sim: &Sim) -> i64 {
+    i64::try_from(sim.config.hold_lifetime.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
 /// What a simulated endpoint did. Only executed requests are stored under their idempotency key.
@@ -497,8 +571,17 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
         }
     };
     let confirm = param(params, "confirm") == Some("true");
+    let off_session = param(params, "off_session") == Some("true");
+    // What an asynchronous method waits for once confirmed: the customer, or the bank.
+    let waits = match method {
+        "pm_sim_requires_action" if !off_session => Some("requires_action"),
+        "pm_sim_processing" | "pm_sim_processing_fails" => Some("processing"),
+        _ => None,
+    };
     let declined = match method {
-        "pm_card_visa" | "pm_sim_lost_response" => false,
+        "pm_card_visa" | "pm_sim_lost_response" | "pm_sim_processing" | "pm_sim_processing_fails" => false,
+        // Off-session there is no customer to authenticate: Stripe declines.
+        "pm_sim_requires_action" => off_session,
         "pm_sim_reauth_declined" => {
             let order = param(params, "metadata[order_id]");
             let ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -526,14 +609,16 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
                 .map(|k| (k.to_owned(), v.clone()))
         })
         .collect();
-    let status = match (confirm, declined, capture_method) {
-        (false, _, _) => "requires_confirmation",
-        (true, true, _) => "requires_payment_method",
-        (true, false, "manual") => "requires_capture",
-        (true, false, _) => "succeeded",
+    let status = match (confirm, declined, waits, capture_method) {
+        (false, _, _, _) => "requires_confirmation",
+        (true, true, _, _) => "requires_payment_method",
+        (true, false, Some(waits), _) => waits,
+        (true, false, None, "manual") => "requires_capture",
+        (true, false, None, _) => "succeeded",
     };
     let decline_code = match method {
         "pm_sim_reauth_declined" => "expired_card",
+        "pm_sim_requires_action" => "authentication_required",
         _ => "generic_decline",
     };
     let decline = declined.then(|| {
@@ -557,8 +642,8 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
         payment_method_options: json!({"card": {"request_multicapture": if multicapture { "if_available" } else { "never" }}}),
         cancellation_reason: None,
         latest_charge: None,
-        hold_expires_at: chrono::Utc::now().timestamp()
-            + i64::try_from(sim.config.hold_lifetime.as_secs()).unwrap_or(i64::MAX / 2),
+        hold_expires_at: chrono::Utc::now().timestamp() + lifetime(sim),
+        next_action: (status == "requires_action").then(|| json!({"type": "use_stripe_sdk"})),
     };
     let intent = Intent {
         latest_charge: matches!(status, "requires_capture" | "succeeded")
@@ -573,6 +658,13 @@ async fn create_intent(sim: &Sim, params: &[(String, String)], attempt: u32) -> 
             ledger
                 .expiries
                 .push(Reverse((intent.hold_expires_at, id.clone())));
+        }
+        if intent.status == "processing" {
+            let delay = i64::try_from(sim.config.processing_delay.as_millis()).unwrap_or(i64::MAX / 2);
+            let at = chrono::Utc::now().timestamp_millis().saturating_add(delay);
+            ledger
+                .settlements
+                .push(Reverse((at, id.clone(), method == "pm_sim_processing")));
         }
         ledger.order.push(id.clone());
         ledger.intents.insert(id.clone(), intent);
@@ -827,6 +919,53 @@ pub async fn lapse(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
             (status, Json(body)).into_response()
         }
     }
+}
+
+/// What the customer does at `POST /v1/sim/payment_intents/{id}/customer`.
+#[derive(Debug, serde::Deserialize)]
+pub struct CustomerAction {
+    action: String,
+}
+
+/// `POST /v1/sim/payment_intents/{id}/customer` (`action=complete` or `action=abandon`): the customer completes or
+/// abandons the authentication a `requires_action` intent waits for, as they would in their bank's window.
+/// Answers the intent.
+pub async fn customer(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<CustomerAction>,
+) -> Response {
+    let outcome = with_intent(&sim, &id, |intent| {
+        if intent.status != "requires_action" {
+            return unexpected_state(intent, "act on");
+        }
+        match form.action.as_str() {
+            "complete" => intent.authorize(chrono::Utc::now().timestamp(), lifetime(&sim)),
+            "abandon" => intent.fail(
+                "payment_intent_authentication_failure",
+                "The customer did not complete the authentication.",
+            ),
+            _ => return invalid("parameter_invalid", "action must be complete or abandon."),
+        }
+        Outcome::ok(intent_json(intent))
+    });
+    let (status, body, events) = match outcome {
+        Outcome::Executed {
+            status, body, events, ..
+        } => (status, body, events),
+        Outcome::NotExecuted { status, body } => (status, body, Vec::new()),
+    };
+    if status == StatusCode::OK {
+        let mut ledger = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(intent) = ledger.intents.get(&id)
+            && intent.status == "requires_capture"
+        {
+            let entry = Reverse((intent.hold_expires_at, id.clone()));
+            ledger.expiries.push(entry);
+        }
+    }
+    sim.webhooks.send(events);
+    (status, Json(body)).into_response()
 }
 
 /// `GET /v1/sim/ledger`: every intent in creation order, with the money it holds, took and gave back.

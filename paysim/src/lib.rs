@@ -63,6 +63,8 @@ pub struct SimConfig {
     pub webhook_retry_window: Duration,
     /// How many events the log keeps (the newest).
     pub event_retention: usize,
+    /// How long a bank debit (`pm_sim_processing…`) stays `processing` before it settles.
+    pub processing_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -81,6 +83,7 @@ impl Default for SimConfig {
             webhook_retry: Duration::from_secs(1),
             webhook_retry_window: Duration::from_secs(3 * 24 * 3600),
             event_retention: 100_000,
+            processing_delay: Duration::from_millis(2_000),
         }
     }
 }
@@ -117,6 +120,7 @@ impl SimConfig {
             webhook_reorder_rate: rate("ORDERFLOW_PAYSIM_WEBHOOK_REORDER_RATE")?,
             webhook_early_rate: rate("ORDERFLOW_PAYSIM_WEBHOOK_EARLY_RATE")?,
             webhook_delay: Duration::from_millis(env_parse("ORDERFLOW_PAYSIM_WEBHOOK_DELAY_MS", 0)?),
+            processing_delay: Duration::from_millis(env_parse("ORDERFLOW_PAYSIM_PROCESSING_MS", 2_000)?),
             ..Self::default()
         })
     }
@@ -144,6 +148,7 @@ fn router(sim: Sim) -> Router {
         .route("/v1/events", get(events::list))
         .route("/v1/events/{id}", get(events::retrieve))
         .route("/v1/sim/payment_intents/{id}/lapse", post(intents::lapse))
+        .route("/v1/sim/payment_intents/{id}/customer", post(intents::customer))
         .with_state(sim)
 }
 
@@ -161,7 +166,7 @@ pub async fn run(
         keys: Arc::default(),
         webhooks,
     };
-    let lapses = tokio::spawn(intents::lapse_holds(sim.clone()));
+    let lapses = tokio::spawn(intents::keep_time(sim.clone()));
     let served = axum::serve(listener, router(sim))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -138,7 +138,9 @@ pub async fn sagas(conn: &mut PgConnection, filter: &SagaFilter) -> Result<Vec<S
                    o.status in ('CREATED', 'RESERVED', 'PAID', 'PARTIALLY_FULFILLED', 'FULFILLED', 'CANCELLING',
                                 'NEEDS_ATTENTION')
                    and o.current_step is not null
-                   and o.updated_at < now() - make_interval(secs => $5)))
+                   and o.updated_at < now() - make_interval(secs => $5)
+                   and not exists (select 1 from payments p
+                                   where p.order_id = o.id and p.status in ('REQUIRES_ACTION', 'PROCESSING'))))
              and ($6::uuid is null or o.id > $6)
            order by o.id
            limit $7"#,
@@ -162,14 +164,16 @@ pub async fn sagas(conn: &mut PgConnection, filter: &SagaFilter) -> Result<Vec<S
 
 /// Live sagas (or parked ones) without progress for longer than `after`. An order with no current step is not
 /// stuck: a shipment order waits for the warehouse, a FULFILLED one for nothing (with a refund on its way, it
-/// has one).
+/// has one). Nor is one whose payment waits for the customer or the provider: its deadline bounds the wait.
 pub async fn stuck_count(executor: impl PgExecutor<'_>, after: Duration) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"select count(*) as "stuck!" from orders
            where status in ('CREATED', 'RESERVED', 'PAID', 'PARTIALLY_FULFILLED', 'FULFILLED', 'CANCELLING',
                             'NEEDS_ATTENTION')
              and current_step is not null
-             and updated_at < now() - make_interval(secs => $1)"#,
+             and updated_at < now() - make_interval(secs => $1)
+             and not exists (select 1 from payments p
+                             where p.order_id = orders.id and p.status in ('REQUIRES_ACTION', 'PROCESSING'))"#,
         after.as_secs_f64()
     )
     .fetch_one(executor)

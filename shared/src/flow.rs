@@ -354,6 +354,8 @@ pub struct Ending {
     pub(crate) refund: Option<uuid::Uuid>,
     /// The note is for operators too: it becomes the order's `last_error` (a dead end only they can see to).
     pub(crate) for_operators: bool,
+    /// The step waits: its next attempt is queued this long from now (its job's `run_at`), holding no worker.
+    pub(crate) wait: Option<Duration>,
 }
 
 impl Ending {
@@ -369,6 +371,7 @@ impl Ending {
             shipment: None,
             refund: None,
             for_operators: false,
+            wait: None,
         }
     }
 
@@ -383,6 +386,7 @@ impl Ending {
             shipment: None,
             refund: None,
             for_operators: false,
+            wait: None,
         }
     }
 
@@ -398,6 +402,7 @@ impl Ending {
             shipment: None,
             refund: None,
             for_operators: false,
+            wait: None,
         }
     }
 
@@ -413,6 +418,25 @@ impl Ending {
             shipment: None,
             refund: None,
             for_operators: false,
+            wait: None,
+        }
+    }
+
+    /// The step's work waits on someone else (the customer's 3-D Secure, a bank debit processing): the order
+    /// stays where it is and the step's next attempt runs `wait` from now, or sooner if something wakes it
+    /// (`queue::wake`). The attempt itself did its part (it asked, and recorded the answer): SUCCEEDED, with
+    /// `note` saying what it waits for.
+    pub fn waits(note: impl Into<String>, wait: Duration) -> Self {
+        Self {
+            status: AttemptStatus::Succeeded,
+            note: Some(note.into()),
+            transition: None,
+            next: None,
+            hold_for: None,
+            shipment: None,
+            refund: None,
+            for_operators: false,
+            wait: Some(wait),
         }
     }
 

@@ -16,6 +16,10 @@ pub enum PaymentStatus {
     /// The authorization may or may not have reached the provider: whoever finds it asks the provider again
     /// with the same idempotency key.
     Pending,
+    /// The provider waits for the customer to complete the payment (3-D Secure): the pay step waits too.
+    RequiresAction,
+    /// The provider settles the payment later (a bank debit): the pay step waits.
+    Processing,
     Authorized,
     /// Shipments captured part of the hold; the rest is still held for the units not shipped yet.
     PartiallyCaptured,
@@ -26,8 +30,10 @@ pub enum PaymentStatus {
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 7] = [
+    pub const ALL: [PaymentStatus; 9] = [
         Self::Pending,
+        Self::RequiresAction,
+        Self::Processing,
         Self::Authorized,
         Self::PartiallyCaptured,
         Self::Captured,
@@ -37,8 +43,10 @@ impl PaymentStatus {
     ];
 
     /// Statuses in which money may still be held or taken: a cancellation must void or refund.
-    pub const OPEN: [PaymentStatus; 4] = [
+    pub const OPEN: [PaymentStatus; 6] = [
         Self::Pending,
+        Self::RequiresAction,
+        Self::Processing,
         Self::Authorized,
         Self::PartiallyCaptured,
         Self::Captured,
@@ -47,6 +55,8 @@ impl PaymentStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
+            Self::RequiresAction => "REQUIRES_ACTION",
+            Self::Processing => "PROCESSING",
             Self::Authorized => "AUTHORIZED",
             Self::PartiallyCaptured => "PARTIALLY_CAPTURED",
             Self::Captured => "CAPTURED",
@@ -62,6 +72,14 @@ impl PaymentStatus {
 
     pub fn is_open(self) -> bool {
         Self::OPEN.contains(&self)
+    }
+
+    /// The authorization's verdict is not in yet: asked (PENDING) or waiting for the customer or the provider.
+    pub const UNDECIDED: [PaymentStatus; 3] = [Self::Pending, Self::RequiresAction, Self::Processing];
+
+    /// Waiting for the customer or the provider, with an intent to ask about.
+    pub fn is_waiting(self) -> bool {
+        matches!(self, Self::RequiresAction | Self::Processing)
     }
 }
 

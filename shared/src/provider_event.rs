@@ -198,15 +198,16 @@ fn decide(kind: &str, payment_intent: Option<&str>, found: Found<'_>) -> Effect 
         return Effect::Recorded;
     }
     match (kind, payment.status.as_str()) {
+        // A verdict: the pay step, still without one, asks the provider now.
         (
             "payment_intent.amount_capturable_updated"
             | "payment_intent.succeeded"
             | "payment_intent.payment_failed"
-            | "payment_intent.canceled"
-            | "payment_intent.requires_action"
-            | "payment_intent.processing",
-            "PENDING",
+            | "payment_intent.canceled",
+            "PENDING" | "REQUIRES_ACTION" | "PROCESSING",
         ) => Effect::WokePay,
+        // No verdict, but an answer the step has not recorded (it was lost): the step asks again and waits.
+        ("payment_intent.requires_action" | "payment_intent.processing", "PENDING") => Effect::WokePay,
         ("payment_intent.canceled", "AUTHORIZED" | "PARTIALLY_CAPTURED") => Effect::HoldEnded,
         _ => Effect::Recorded,
     }
@@ -330,6 +331,35 @@ mod tests {
     fn an_event_wakes_the_pay_step_only_while_its_answer_is_not_recorded() {
         let authorized = "payment_intent.amount_capturable_updated";
         assert_eq!(with(authorized, Some("pi_1"), "PENDING", None), Effect::WokePay);
+        for waiting in ["REQUIRES_ACTION", "PROCESSING"] {
+            assert_eq!(
+                with(authorized, Some("pi_1"), waiting, Some("pi_1")),
+                Effect::WokePay
+            );
+            assert_eq!(
+                with(
+                    "payment_intent.payment_failed",
+                    Some("pi_1"),
+                    waiting,
+                    Some("pi_1")
+                ),
+                Effect::WokePay
+            );
+            assert_eq!(
+                with(
+                    "payment_intent.requires_action",
+                    Some("pi_1"),
+                    waiting,
+                    Some("pi_1")
+                ),
+                Effect::Recorded,
+                "still no verdict: nothing to wake for"
+            );
+        }
+        assert_eq!(
+            with("payment_intent.processing", Some("pi_1"), "PENDING", None),
+            Effect::WokePay
+        );
         assert_eq!(
             with(authorized, Some("pi_1"), "AUTHORIZED", Some("pi_1")),
             Effect::Recorded,

@@ -147,6 +147,14 @@ pub struct WorkerSettings {
     /// How often the process looks for the payment provider's webhook events to apply
     /// (`ORDERFLOW_PROVIDER_EVENTS_INTERVAL_MS`, 250): the most an event waits once recorded.
     pub provider_events_interval: Duration,
+    /// How long the saga waits for an asynchronous payment (the customer's 3-D Secure, a bank debit processing)
+    /// from when its authorization began before it asks the provider and decides
+    /// (`ORDERFLOW_ASYNC_PAYMENT_DEADLINE_SECS`, 15 minutes): the provider's webhook ends the wait sooner.
+    pub async_payment_deadline: Duration,
+    /// The longest a waiting payment holds the order's reserved stock from any one answer
+    /// (`ORDERFLOW_ASYNC_PAYMENT_MAX_HOLD_SECS`, an hour): the hold is extended to the deadline (and a minute
+    /// more, so the deadline's job decides before the reconciler expires it), never past this.
+    pub async_payment_max_hold: Duration,
     /// How long SIGTERM waits for in-flight steps (`ORDERFLOW_SHUTDOWN_GRACE_MS`).
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
@@ -179,6 +187,8 @@ impl Default for WorkerSettings {
             hold_check_interval: Duration::from_secs(300),
             hold_warning: Duration::from_secs(86_400),
             provider_events_interval: Duration::from_millis(250),
+            async_payment_deadline: Duration::from_secs(900),
+            async_payment_max_hold: Duration::from_secs(3_600),
             shutdown_grace: Duration::from_millis(30_000),
             relay: None,
             metrics_addr: None,
@@ -292,6 +302,14 @@ impl WorkerSettings {
             provider_events_interval: env_millis(
                 "ORDERFLOW_PROVIDER_EVENTS_INTERVAL_MS",
                 default.provider_events_interval,
+            )?,
+            async_payment_deadline: env_secs(
+                "ORDERFLOW_ASYNC_PAYMENT_DEADLINE_SECS",
+                default.async_payment_deadline,
+            )?,
+            async_payment_max_hold: env_secs(
+                "ORDERFLOW_ASYNC_PAYMENT_MAX_HOLD_SECS",
+                default.async_payment_max_hold,
             )?,
             shutdown_grace: env_millis("ORDERFLOW_SHUTDOWN_GRACE_MS", default.shutdown_grace)?,
             relay: RelaySettings::from_env()?,

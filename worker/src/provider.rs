@@ -32,6 +32,38 @@ pub enum Authorization {
         provider_ref: Option<String>,
         code: String,
     },
+    /// No verdict yet: the provider waits for the customer (`requires_action`, 3-D Secure) or settles later
+    /// (`processing`, a bank debit).
+    Waiting {
+        provider_ref: String,
+        status: WaitingFor,
+    },
+}
+
+/// What an undecided authorization waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitingFor {
+    /// `requires_action`: the customer.
+    Customer,
+    /// `processing`: the provider (a bank).
+    Provider,
+}
+
+impl WaitingFor {
+    fn of(status: &str) -> Option<Self> {
+        match status {
+            "requires_action" => Some(Self::Customer),
+            "processing" => Some(Self::Provider),
+            _ => None,
+        }
+    }
+
+    pub fn status(self) -> orderflow_shared::payment::PaymentStatus {
+        match self {
+            Self::Customer => orderflow_shared::payment::PaymentStatus::RequiresAction,
+            Self::Provider => orderflow_shared::payment::PaymentStatus::Processing,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +76,35 @@ pub struct Provider {
 struct Intent {
     id: String,
     status: String,
+    #[serde(default)]
+    last_payment_error: Option<Value>,
+}
+
+impl Intent {
+    /// What the intent says of its authorization; `None` for a status no authorization ends in.
+    fn verdict(self) -> Option<Authorization> {
+        match self.status.as_str() {
+            "requires_capture" | "succeeded" => Some(Authorization::Authorized {
+                provider_ref: self.id,
+            }),
+            "requires_payment_method" | "canceled" => {
+                let code = self
+                    .last_payment_error
+                    .as_ref()
+                    .and_then(|e| e["decline_code"].as_str().or(e["code"].as_str()))
+                    .unwrap_or(&self.status)
+                    .to_owned();
+                Some(Authorization::Declined {
+                    provider_ref: Some(self.id),
+                    code,
+                })
+            }
+            status => WaitingFor::of(status).map(|waiting| Authorization::Waiting {
+                provider_ref: self.id,
+                status: waiting,
+            }),
+        }
+    }
 }
 
 /// What one authorization sends. Repeats must send exactly the same fields with the same key.
@@ -98,15 +159,15 @@ impl Provider {
         {
             Ok(body) => {
                 let intent: Intent = parse(body)?;
-                match intent.status.as_str() {
-                    "requires_capture" | "succeeded" => Ok(Authorization::Authorized {
-                        provider_ref: intent.id,
-                    }),
-                    other => Err(ProviderError::Rejected {
+                let status = intent.status.clone();
+                match intent.verdict() {
+                    // A new intent is declined with a 402 (below), never answered 200 in such a status.
+                    Some(Authorization::Declined { .. }) | None => Err(ProviderError::Rejected {
                         code: "unexpected_status".to_owned(),
-                        message: format!("the new intent is {other}"),
-                        intent_status: Some(other.to_owned()),
+                        message: format!("the new intent is {status}"),
+                        intent_status: Some(status),
                     }),
+                    Some(verdict) => Ok(verdict),
                 }
             }
             Err(Failure::Card { code, intent_id }) => Ok(Authorization::Declined {
@@ -115,6 +176,21 @@ impl Provider {
             }),
             Err(Failure::Provider(e)) => Err(e),
         }
+    }
+
+    /// Asks where an undecided authorization stands now (`GET /v1/payment_intents/{id}`): the customer or the
+    /// bank may have settled it since its first answer, which a repeat of the create would only replay.
+    pub async fn retrieve_authorization(&self, provider_ref: &str) -> Result<Authorization, ProviderError> {
+        let body = self
+            .get(&format!("/v1/payment_intents/{provider_ref}"), &[])
+            .await?;
+        let intent: Intent = parse(body)?;
+        let status = intent.status.clone();
+        intent.verdict().ok_or_else(|| ProviderError::Rejected {
+            code: "unexpected_status".to_owned(),
+            message: format!("the intent is {status}"),
+            intent_status: Some(status),
+        })
     }
 
     pub async fn capture(&self, provider_ref: &str, idempotency_key: &str) -> Result<(), ProviderError> {
@@ -197,12 +273,26 @@ impl Provider {
         &self,
         provider_ref: &str,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ProviderError> {
-        let path = format!("/v1/payment_intents/{provider_ref}");
+        let body = self
+            .get(
+                &format!("/v1/payment_intents/{provider_ref}"),
+                &[("expand[]", "latest_charge")],
+            )
+            .await?;
+        Ok(
+            body["latest_charge"]["payment_method_details"]["card"]["capture_before"]
+                .as_i64()
+                .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0)),
+        )
+    }
+
+    /// `GET path`: the answer's body, or the provider's error (a failure to reach it or read it is transient).
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ProviderError> {
         let url = format!("{}{path}", self.base_url);
         let response = self
             .http
             .get(&url)
-            .query(&[("expand[]", "latest_charge")])
+            .query(query)
             .send()
             .await
             .map_err(|e| ProviderError::Transient(format!("GET {path}: {e}")))?;
@@ -212,6 +302,9 @@ impl Provider {
             .await
             .map_err(|e| ProviderError::Transient(format!("GET {path}: reading the answer: {e}")))?;
         if !status.is_success() {
+            if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                return Err(ProviderError::Transient(format!("GET {path}: {status}")));
+            }
             let error = &body["error"];
             return Err(ProviderError::Rejected {
                 code: error["code"].as_str().unwrap_or("unknown").to_owned(),
@@ -219,11 +312,7 @@ impl Provider {
                 intent_status: None,
             });
         }
-        Ok(
-            body["latest_charge"]["payment_method_details"]["card"]["capture_before"]
-                .as_i64()
-                .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0)),
-        )
+        Ok(body)
     }
 
     async fn intent_action(

@@ -103,10 +103,21 @@ impl<'a> Move<'a> {
                 note: ending.note,
             }),
             transition: ending.transition,
-            next: ending.next.map(NextJob::first),
+            // A wait queues the step's own next attempt, later; otherwise the step that follows, at once.
+            next: match ending.wait {
+                Some(delay) => Some(NextJob {
+                    step: attempt.step,
+                    attempt: attempt.number + 1,
+                    delay: Some(delay),
+                    trace: None,
+                }),
+                None => ending.next.map(NextJob::first),
+            },
             hold_for: ending.hold_for,
             shipment_id: ending.shipment,
             refund_id: ending.refund,
+            // A wait is progress (the payment moved to waiting); a retry is not.
+            progress: ending.wait.is_some(),
             ..Self::new(order)
         }
     }

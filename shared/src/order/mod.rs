@@ -186,6 +186,9 @@ pub enum CancelReason {
     ReservationExpired,
     /// An operator compensated the saga (admin API, CLI or dashboard).
     OperatorRequest,
+    /// The customer did not complete an asynchronous payment (3-D Secure, a bank debit still processing) by
+    /// its deadline.
+    PaymentNotCompleted,
 }
 
 impl CancelReason {
@@ -198,11 +201,12 @@ impl CancelReason {
             Self::StepFailed => "step_failed",
             Self::CustomerRequest => "customer_request",
             Self::ReservationExpired => "reservation_expired",
+            Self::PaymentNotCompleted => "payment_not_completed",
             Self::OperatorRequest => "operator_request",
         }
     }
 
-    pub const ALL: [CancelReason; 8] = [
+    pub const ALL: [CancelReason; 9] = [
         Self::OutOfStock,
         Self::PaymentDeclined,
         Self::PaymentFailed,
@@ -211,6 +215,7 @@ impl CancelReason {
         Self::CustomerRequest,
         Self::ReservationExpired,
         Self::OperatorRequest,
+        Self::PaymentNotCompleted,
     ];
 
     pub fn parse(value: &str) -> Option<Self> {

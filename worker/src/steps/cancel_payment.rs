@@ -112,6 +112,8 @@ async fn undo(runner: &Runner, payment: &PaymentRow) -> Result<Undone, StepError
         // answers with what it did (or does it now), and we undo that.
         match runner.provider.authorize(&authorize_request(payment)).await {
             Ok(Authorization::Authorized { provider_ref }) => (PaymentStatus::Authorized, Some(provider_ref)),
+            // Waiting for the customer or the bank: cancelling the intent ends that too.
+            Ok(Authorization::Waiting { provider_ref, status }) => (status.status(), Some(provider_ref)),
             Ok(Authorization::Declined { provider_ref, .. }) => {
                 return undone(PaymentStatus::Declined, provider_ref);
             }

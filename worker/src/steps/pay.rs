@@ -5,6 +5,15 @@
 //! so a repeat is a replay, never a second hold. A decline starts the cancellation (`payment_declined`). An
 //! order cancelled while the call was out keeps its hold recorded (AUTHORIZED), which cancel_payment voids.
 //!
+//! Asynchronous methods: an answer of `requires_action` (the customer must authenticate) or `processing` (a bank
+//! settles later) is recorded as the payment's REQUIRES_ACTION or PROCESSING with its intent, the order stays
+//! RESERVED with its stock held to the deadline (within `async_payment_max_hold`), and the step waits: its next
+//! attempt is queued at the deadline (`async_payment_deadline` from when the authorization began), holding no
+//! worker. The provider's webhook wakes it sooner (`provider_event`). Every later attempt asks where the intent
+//! stands (a retrieve: a repeat of the create would only replay its first answer) and decides: authorized → PAID,
+//! failed → the cancellation, still waiting past the deadline → the cancellation (`payment_not_completed`), whose
+//! cancel_payment cancels the intent.
+//!
 //! Failpoints: `worker.pay.start` (a transient failure before anything is written), `worker.pay.before_authorize`
 //! (after the PENDING row committed, before the call), `worker.pay.after_authorize` (aborts the process after the
 //! provider authorized, before anything is recorded).
@@ -20,12 +29,23 @@ use uuid::Uuid;
 
 use crate::error::StepError;
 use crate::failpoints;
-use crate::provider::{Authorization, AuthorizeRequest};
+use crate::provider::{Authorization, AuthorizeRequest, WaitingFor};
 use crate::runner::Runner;
 use crate::steps::{Decision, SagaStep};
 
 /// The step-log note of an authorization that came back after the order was cancelled.
 const LEFT_RESERVED: &str = "order left RESERVED during the call";
+
+/// How long past the deadline a waiting order's stock stays held: the deadline's attempt decides first, and the
+/// reconciler's expiry is only for a saga no worker runs.
+const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the provider said of the authorization, and until when the saga waits for an undecided one.
+#[derive(Debug)]
+pub(crate) struct Answered {
+    verdict: Authorization,
+    deadline: chrono::DateTime<chrono::Utc>,
+}
 
 pub(crate) struct Pay;
 
@@ -33,7 +53,7 @@ impl SagaStep for Pay {
     const STEP: Step = Step::Pay;
     /// The PENDING payment the authorization is for.
     type Call = PaymentRow;
-    type Answer = Authorization;
+    type Answer = Answered;
 
     async fn decide(
         _runner: &Runner,
@@ -75,29 +95,30 @@ impl SagaStep for Pay {
             .collect())
     }
 
-    async fn call(
-        runner: &Runner,
-        order: &OrderRow,
-        payment: &PaymentRow,
-    ) -> Result<Authorization, StepError> {
+    async fn call(runner: &Runner, order: &OrderRow, payment: &PaymentRow) -> Result<Answered, StepError> {
         failpoints::crash("worker.pay.before_authorize", &order.customer_id)?;
-        let verdict = runner
-            .provider
-            .authorize(&authorize_request(payment))
-            .await
-            .map_err(StepError::from_provider)?;
+        let verdict = match (payment.status.is_waiting(), &payment.provider_ref) {
+            (true, Some(intent)) => runner.provider.retrieve_authorization(intent).await,
+            _ => runner.provider.authorize(&authorize_request(payment)).await,
+        }
+        .map_err(StepError::from_provider)?;
         failpoints::abort("worker.pay.after_authorize", Some(&order.customer_id));
-        Ok(verdict)
+        let waits = chrono::Duration::from_std(runner.settings.async_payment_deadline).unwrap_or_default();
+        Ok(Answered {
+            verdict,
+            deadline: payment.created_at + waits,
+        })
     }
 
     async fn record(
-        _runner: &Runner,
+        runner: &Runner,
         conn: &mut PgConnection,
-        answered: &[(&OrderRow, &Authorization)],
+        answered: &[(&OrderRow, &Answered)],
     ) -> Result<Vec<Ending>, StepError> {
+        let now = chrono::Utc::now();
         let outcomes: Vec<Outcome> = answered
             .iter()
-            .map(|(order, verdict)| match verdict {
+            .map(|(order, answer)| match &answer.verdict {
                 Authorization::Authorized { provider_ref } => Outcome {
                     order_id: order.id,
                     status: PaymentStatus::Authorized,
@@ -110,14 +131,21 @@ impl SagaStep for Pay {
                     provider_ref: provider_ref.clone(),
                     decline_code: Some(code.clone()),
                 },
+                // Recorded past the deadline too: the intent is what cancel_payment cancels.
+                Authorization::Waiting { provider_ref, status } => Outcome {
+                    order_id: order.id,
+                    status: status.status(),
+                    provider_ref: Some(provider_ref.clone()),
+                    decline_code: None,
+                },
             })
             .collect();
-        payment::record(&mut *conn, &[PaymentStatus::Pending], &outcomes).await?;
+        payment::record(&mut *conn, &PaymentStatus::UNDECIDED, &outcomes).await?;
         Ok(answered
             .iter()
-            .map(|(order, verdict)| {
+            .map(|(order, answer)| {
                 let still_reserved = Self::STEP.runs_in(order.status);
-                match (verdict, still_reserved) {
+                match (&answer.verdict, still_reserved) {
                     (Authorization::Authorized { .. }, true) => {
                         Ending::succeeded(Self::STEP).then(Self::STEP.next_for(order.fulfilment))
                     }
@@ -129,9 +157,39 @@ impl SagaStep for Pay {
                     (Authorization::Declined { code, .. }, false) => {
                         Ending::failed(format!("declined: {code}"), None)
                     }
+                    (Authorization::Waiting { status, .. }, true) => waiting(
+                        *status,
+                        answer.deadline,
+                        now,
+                        runner.settings.async_payment_max_hold,
+                    ),
+                    // Cancelled meanwhile: cancel_payment cancels the intent.
+                    (Authorization::Waiting { .. }, false) => Ending::overtaken(LEFT_RESERVED),
                 }
             })
             .collect())
+    }
+}
+
+/// How an attempt whose authorization still waits ends: it waits on, to the deadline, with the stock held that
+/// long (and [`DEADLINE_SLACK`] more, within `max_hold`); past the deadline, the order is cancelled.
+fn waiting(
+    status: WaitingFor,
+    deadline: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    max_hold: std::time::Duration,
+) -> Ending {
+    let who = match status {
+        WaitingFor::Customer => "the customer's action",
+        WaitingFor::Provider => "the provider's settlement",
+    };
+    match (deadline - now).to_std() {
+        Ok(left) if !left.is_zero() => Ending::waits(format!("waiting for {who} until {deadline}"), left)
+            .holding_stock_for((left + DEADLINE_SLACK).min(max_hold)),
+        _ => Ending::cancel(
+            CancelReason::PaymentNotCompleted,
+            format!("{who} did not come by the deadline {deadline}"),
+        ),
     }
 }
 

@@ -249,6 +249,14 @@ impl SagaStep for Ship {
                     Some(reauthorized),
                 ))
             }
+            // Off-session, a method that wants the customer back is declined (`authentication_required`); a
+            // provider that waits for them instead holds no money, and is taken as that decline.
+            Ok(Authorization::Waiting { provider_ref, .. }) => {
+                let code = "authentication_required".to_owned();
+                let why = format!("{LAPSED}; re-authorization declined: {code}");
+                let declined = reauthorization(Some(provider_ref), Some(code));
+                Ok(answered(&replaces, Err(why), Some(declined)))
+            }
             Ok(Authorization::Declined { provider_ref, code }) => {
                 let why = format!("{LAPSED}; re-authorization declined: {code}");
                 let declined = reauthorization(provider_ref, Some(code));
