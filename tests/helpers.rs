@@ -842,6 +842,8 @@ pub struct WebhookRequest {
     pub headers: reqwest::header::HeaderMap,
     pub body: Vec<u8>,
     pub at: std::time::Instant,
+    /// The status the receiver answered (after its wait).
+    pub answered: u16,
 }
 
 impl WebhookRequest {
@@ -874,17 +876,19 @@ impl Receiver {
         let app = axum::Router::new().route(
             "/hooks",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let received = WebhookRequest {
+                let mut received = WebhookRequest {
                     headers,
                     body: body.to_vec(),
                     at: std::time::Instant::now(),
+                    answered: 0,
                 };
-                let n = {
+                let (status, wait) = {
                     let mut got = kept.lock().unwrap();
-                    got.push(received.clone());
-                    got.len() - 1
+                    let answer = answer(got.len(), &received);
+                    received.answered = answer.0;
+                    got.push(received);
+                    answer
                 };
-                let (status, wait) = answer(n, &received);
                 async move {
                     tokio::time::sleep(wait).await;
                     axum::http::StatusCode::from_u16(status).unwrap()

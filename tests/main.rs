@@ -27,6 +27,7 @@ mod idempotency;
 mod lapsed_hold;
 mod metrics;
 mod outage;
+mod outbound_webhooks;
 mod paysim;
 mod provider_webhooks;
 mod queue;

@@ -5,8 +5,8 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::routes::{
-    admin, customer_tokens, feed, health, locations, orders, provider_webhooks, refunds, returns, shipments,
-    skus, stock,
+    admin, admin_webhooks, customer_tokens, feed, health, locations, orders, provider_webhooks, refunds,
+    returns, shipments, skus, stock,
 };
 
 #[derive(OpenApi)]
@@ -47,6 +47,13 @@ use crate::routes::{
         admin::create_key,
         admin::revoke_key,
         admin::stock_drift,
+        admin_webhooks::create,
+        admin_webhooks::list,
+        admin_webhooks::set_enabled,
+        admin_webhooks::deliveries,
+        admin_webhooks::delivery,
+        admin_webhooks::replay,
+        admin_webhooks::replay_range,
     ),
     modifiers(&BearerAuth, &KeyRefusals, &Contract)
 )]

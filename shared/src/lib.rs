@@ -21,6 +21,7 @@
 //! - [`admission`]: whether the API takes a new order now (the saga backlog against its bound).
 //! - [`stripe_signature`]: the `Stripe-Signature` scheme of the provider's webhooks (the simulator signs, the API
 //!   checks); [`provider_event`]: those webhooks' events, recorded once and applied under the order's lock.
+//! - [`webhooks`]: merchants' webhook endpoints and the signed, ordered deliveries of every order event to them.
 //! - [`money`]: value types; [`settings`]: configuration from the environment; [`db`], [`telemetry`],
 //!   [`shutdown`], [`pgcluster`]: plumbing every binary shares.
 
@@ -149,3 +150,4 @@ pub mod shutdown;
 pub mod step_log;
 pub mod stripe_signature;
 pub mod telemetry;
+pub mod webhooks;

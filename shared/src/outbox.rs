@@ -128,6 +128,24 @@ pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<Outb
     .await
 }
 
+/// The events `ids` (their `event_id`s), in no particular order: what a webhook delivery sends.
+pub async fn by_event_ids(
+    executor: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+    sqlx::query_as!(
+        OutboxEvent,
+        r#"select e.id, e.txid::text::bigint as "txid!", e.event_id, e.order_id, e.sequence,
+                  e.event_type as "event_type: _", e.from_status as "from_status: _", e.to_status as "to_status: _",
+                  e.reason as "reason: _", e.shipment_id, e.refund_id, e.created_at, o.customer_id, o.total, o.currency
+           from order_events e join orders o on o.id = e.order_id
+           where e.event_id = any($1)"#,
+        ids
+    )
+    .fetch_all(executor)
+    .await
+}
+
 pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
     let done = sqlx::query!(
         "update order_events set published_at = now() where id = any($1) and published_at is null",

@@ -155,6 +155,8 @@ pub struct WorkerSettings {
     /// (`ORDERFLOW_ASYNC_PAYMENT_MAX_HOLD_SECS`, an hour): the hold is extended to the deadline (and a minute
     /// more, so the deadline's job decides before the reconciler expires it), never past this.
     pub async_payment_max_hold: Duration,
+    /// Deliveries to merchants' webhook endpoints.
+    pub webhooks: WebhookSettings,
     /// How long SIGTERM waits for in-flight steps (`ORDERFLOW_SHUTDOWN_GRACE_MS`).
     pub shutdown_grace: Duration,
     /// The outbox relay to NATS JetStream; off unless `ORDERFLOW_NATS_URL` is set.
@@ -189,6 +191,7 @@ impl Default for WorkerSettings {
             provider_events_interval: Duration::from_millis(250),
             async_payment_deadline: Duration::from_secs(900),
             async_payment_max_hold: Duration::from_secs(3_600),
+            webhooks: WebhookSettings::default(),
             shutdown_grace: Duration::from_millis(30_000),
             relay: None,
             metrics_addr: None,
@@ -311,6 +314,7 @@ impl WorkerSettings {
                 "ORDERFLOW_ASYNC_PAYMENT_MAX_HOLD_SECS",
                 default.async_payment_max_hold,
             )?,
+            webhooks: WebhookSettings::from_env()?,
             shutdown_grace: env_millis("ORDERFLOW_SHUTDOWN_GRACE_MS", default.shutdown_grace)?,
             relay: RelaySettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_WORKER_METRICS_ADDR")?,
@@ -451,6 +455,68 @@ pub struct ApiSettings {
     pub metrics_addr: Option<SocketAddr>,
     /// The payment provider's webhooks (`POST /v1/provider/webhooks`).
     pub provider_webhooks: ProviderWebhookSettings,
+}
+
+/// How every worker process delivers order events to merchants' webhook endpoints (`crate::webhooks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// The wait after each failed attempt, the first attempt's at once (`ORDERFLOW_WEBHOOK_RETRY_SCHEDULE`,
+    /// durations such as `0,5s,5m,30m,2h,5h,10h,14h,20h,24h`, Standard Webhooks' example, about three days);
+    /// past its end a delivery is DEAD.
+    pub retry_schedule: Vec<Duration>,
+    /// An endpoint whose deliveries fail this long without a success is disabled
+    /// (`ORDERFLOW_WEBHOOK_DISABLE_AFTER_SECS`, three days).
+    pub disable_after: Duration,
+    /// One attempt's time limit (`ORDERFLOW_WEBHOOK_TIMEOUT_MS`, 15 s).
+    pub timeout: Duration,
+    /// Attempts one process makes at once (`ORDERFLOW_WEBHOOK_CONCURRENCY`, 16).
+    pub concurrency: usize,
+    /// How often an idle process looks for events to fan out and deliveries due
+    /// (`ORDERFLOW_WEBHOOK_POLL_MS`, 250).
+    pub poll_interval: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            retry_schedule: crate::webhooks::delivery::RETRY_SCHEDULE.to_vec(),
+            disable_after: Duration::from_secs(3 * 86_400),
+            timeout: Duration::from_secs(15),
+            concurrency: 16,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+impl WebhookSettings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let default = Self::default();
+        let retry_schedule = match std::env::var("ORDERFLOW_WEBHOOK_RETRY_SCHEDULE") {
+            Err(_) => default.retry_schedule,
+            Ok(text) => text
+                .split(',')
+                .map(|item| {
+                    let item = item.trim();
+                    if item == "0" {
+                        return Some(Duration::ZERO);
+                    }
+                    crate::admin::parse_duration(item)
+                })
+                .collect::<Option<Vec<_>>>()
+                .filter(|schedule| !schedule.is_empty())
+                .ok_or_else(|| SettingsError {
+                    name: "ORDERFLOW_WEBHOOK_RETRY_SCHEDULE",
+                    message: format!("{text:?} is not a list of durations such as 0,5s,5m,2h,1d"),
+                })?,
+        };
+        Ok(Self {
+            retry_schedule,
+            disable_after: env_secs("ORDERFLOW_WEBHOOK_DISABLE_AFTER_SECS", default.disable_after)?,
+            timeout: env_millis("ORDERFLOW_WEBHOOK_TIMEOUT_MS", default.timeout)?,
+            concurrency: env_parse("ORDERFLOW_WEBHOOK_CONCURRENCY", default.concurrency)?.max(1),
+            poll_interval: env_millis("ORDERFLOW_WEBHOOK_POLL_MS", default.poll_interval)?,
+        })
+    }
 }
 
 /// How the API checks the payment provider's webhooks (`crate::stripe_signature`).

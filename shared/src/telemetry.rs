@@ -100,6 +100,10 @@ fn describe_metrics() {
         "Sagas that started compensating, by reason."
     );
     describe_counter!(
+        "orderflow_webhook_attempts_total",
+        "Attempts to deliver order events to merchants' webhook endpoints, by outcome (delivered, retry, dead, gone)."
+    );
+    describe_counter!(
         "orderflow_provider_events_applied_total",
         "The payment provider's webhook events applied, by what applying them did (effect)."
     );

@@ -13,7 +13,8 @@
 //! - [`reconciler`]: every process's repair loop: jobs of gone workers, expired reservations, stranded sagas,
 //!   old Done jobs.
 //! - [`provider`]: the payment provider's HTTP client (Stripe's PaymentIntents shape).
-//! - [`relay`]: the outbox relay to NATS JetStream; [`inbox`]: the payment provider's webhook events, applied.
+//! - [`relay`]: the outbox relay to NATS JetStream; [`inbox`]: the payment provider's webhook events, applied;
+//!   [`webhooks`]: order events delivered to merchants' webhook endpoints.
 //! - [`error`]: how a step fails (transient or permanent); `failpoints`: the test-only failpoints.
 //!
 //! The saga's rules (which step follows which, what undoes what, budgets) are `orderflow_shared::flow`'s.
@@ -27,6 +28,7 @@ pub mod reconciler;
 pub mod relay;
 pub mod runner;
 mod steps;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -147,6 +149,11 @@ pub async fn run(
         .map(|&step| tokio::spawn(supervise(runner.clone(), step, stopped.clone())))
         .collect();
     let reconciler = tokio::spawn(reconciler::run(runner.clone(), stopped.clone()));
+    let deliveries = tokio::spawn(webhooks::run(
+        runner.pool.clone(),
+        runner.settings.webhooks.clone(),
+        stopped.clone(),
+    ));
     let inbox = tokio::spawn(inbox::run(
         runner.pool.clone(),
         runner.settings.provider_events_interval,
@@ -178,6 +185,7 @@ pub async fn run(
     }
     let _ = reconciler.await;
     let _ = inbox.await;
+    let _ = deliveries.await;
     if let Some(relay) = relay {
         let _ = relay.await;
     }

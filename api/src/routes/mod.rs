@@ -1,6 +1,7 @@
 //! The API's routes, one module per resource.
 
 pub(crate) mod admin;
+pub(crate) mod admin_webhooks;
 pub(crate) mod customer_tokens;
 pub(crate) mod dashboard;
 pub(crate) mod feed;
@@ -85,6 +86,27 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
         .route("/admin/v1/keys", get(admin::keys).post(admin::create_key))
         .route("/admin/v1/keys/{id}/revoke", post(admin::revoke_key))
         .route("/admin/v1/stock/drift", get(admin::stock_drift))
+        .route(
+            "/admin/v1/webhook_endpoints",
+            get(admin_webhooks::list).post(admin_webhooks::create),
+        )
+        .route(
+            "/admin/v1/webhook_endpoints/{id}/deliveries",
+            get(admin_webhooks::deliveries),
+        )
+        .route(
+            "/admin/v1/webhook_endpoints/{id}/replay",
+            post(admin_webhooks::replay_range),
+        )
+        .route(
+            "/admin/v1/webhook_endpoints/{id}/{action}",
+            post(admin_webhooks::set_enabled),
+        )
+        .route("/admin/v1/webhook_deliveries/{id}", get(admin_webhooks::delivery))
+        .route(
+            "/admin/v1/webhook_deliveries/{id}/replay",
+            post(admin_webhooks::replay),
+        )
         .fallback(|uri: Uri| async move {
             crate::ApiError::NotFound {
                 what: "route",
