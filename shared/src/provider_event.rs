@@ -2,8 +2,10 @@
 //!
 //! The API checks an event's signature (`crate::stripe_signature`), reads what OrderFlow needs of it
 //! ([`Incoming::parse`]) and [`record`]s it: one row per event id, so a duplicate delivery writes nothing.
-//! It answers as soon as that commits. Worker processes then [`apply_pending`] events, each under its order's
-//! row lock, the lock every saga step takes, so an event and a step never decide about one order at once.
+//! It answers as soon as that commits. An event that only confirms what a step recorded is applied as it is
+//! recorded (it writes nothing, so it needs no lock). Worker processes [`apply_pending`] the others, each under
+//! its order's row lock, the lock every saga step takes, so an event and a step never decide about one order at
+//! once.
 //!
 //! **An event never moves money or an order by itself.** The provider's word on a payment is applied by the step
 //! that owns it, under its fixed idempotency keys: the pay step records an authorization, ship and commit record
@@ -22,7 +24,7 @@
 //! capture (#13301) came from a webhook handler running the payment workflow beside the storefront's; here the
 //! handler has no such workflow to run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
@@ -65,6 +67,11 @@ impl Effect {
 
     pub fn parse(value: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.as_str() == value)
+    }
+
+    /// Whether applying it writes nothing, so it needs no lock: a confirmation, or no order's.
+    fn settles(self) -> bool {
+        matches!(self, Self::Recorded | Self::NotOurs)
     }
 }
 
@@ -136,10 +143,24 @@ impl Incoming {
 /// taken only for such events.
 #[tracing::instrument(skip_all, fields(event = %event.id), err)]
 pub async fn record(conn: &mut PgConnection, event: &Incoming) -> Result<bool, sqlx::Error> {
+    // An event that only confirms what a step recorded (or is no order's) is applied as it is recorded: no
+    // worker needs to look at it again. Deciding that needs no lock, as it writes nothing.
+    let settled = match event.order_id {
+        Some(order) => {
+            let seen = payments_of(&mut *conn, &[order], false).await?;
+            let found = seen
+                .get(&order)
+                .map_or(Found::Nothing, |payment| Found::Order(payment.as_ref()));
+            Some(decide(&event.kind, event.payment_intent.as_deref(), found)).filter(|e| e.settles())
+        }
+        None => None,
+    };
     let inserted = sqlx::query(
-        r#"insert into provider_events (id, type, object_id, payment_intent, order_id, payload, created)
+        r#"insert into provider_events (id, type, object_id, payment_intent, order_id, payload, created,
+                                        applied_at, effect)
            values ($1, $2, $3, $4,
-                   coalesce($5, (select order_id from payments where provider_ref = $4 limit 1)), $6, $7)
+                   coalesce($5, (select order_id from payments where provider_ref = $4 limit 1)), $6, $7,
+                   case when $8::text is null then null else now() end, $8)
            on conflict (id) do nothing"#,
     )
     .bind(&event.id)
@@ -149,6 +170,7 @@ pub async fn record(conn: &mut PgConnection, event: &Incoming) -> Result<bool, s
     .bind(event.order_id)
     .bind(&event.payload)
     .bind(event.created)
+    .bind(settled.map(Effect::as_str))
     .execute(&mut *conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -163,6 +185,36 @@ struct Pending {
     created: i64,
     /// Received within the [`WAKE_WINDOW`].
     fresh: bool,
+}
+
+/// The orders of `orders` that exist, each with its payment if it has one yet; with `lock`, only those this
+/// transaction could lock as a step locks them (`for update skip locked`: one a step holds now is left out).
+async fn payments_of(
+    conn: &mut PgConnection,
+    orders: &[Uuid],
+    lock: bool,
+) -> Result<HashMap<Uuid, Option<PaymentNow>>, sqlx::Error> {
+    let query = match lock {
+        true => {
+            r#"with o as (select id from orders where id = any($1) order by id for update skip locked)
+               select o.id, p.status, p.provider_ref from o left join payments p on p.order_id = o.id"#
+        }
+        false => {
+            r#"select o.id, p.status, p.provider_ref
+               from orders o left join payments p on p.order_id = o.id where o.id = any($1)"#
+        }
+    };
+    let rows = sqlx::query(query).bind(orders).fetch_all(&mut *conn).await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let payment = row.get::<Option<String>, _>("status").map(|status| PaymentNow {
+                status,
+                provider_ref: row.get("provider_ref"),
+            });
+            (row.get("id"), payment)
+        })
+        .collect())
 }
 
 /// What a step would find of the order's payment.
@@ -213,9 +265,9 @@ fn decide(kind: &str, payment_intent: Option<&str>, found: Found<'_>) -> Effect 
     }
 }
 
-/// Applies up to `limit` unapplied events, oldest first, in one transaction: each under its order's row lock,
-/// taken with `skip locked` so that an order a step holds now keeps its events for the next round (and other
-/// workers take other events). Answers how many were applied.
+/// Applies up to `limit` unapplied events, oldest first, in one transaction: a confirmation at once, one that
+/// acts under its order's row lock, taken with `skip locked` so that an order a step holds now keeps its events
+/// for the next round (and other workers take other events). Answers what each applied event did.
 #[tracing::instrument(skip_all, err)]
 pub async fn apply_pending(pool: &PgPool, limit: i64) -> Result<Vec<(String, Effect)>, sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -243,37 +295,31 @@ pub async fn apply_pending(pool: &PgPool, limit: i64) -> Result<Vec<(String, Eff
         return Ok(Vec::new());
     }
     let orders: Vec<Uuid> = pending.iter().filter_map(|e| e.order_id).collect();
-    // The orders this round may decide about, locked as a step locks them, with their payments (if any yet).
-    let mut locked: HashMap<Uuid, Option<PaymentNow>> = HashMap::new();
-    for row in sqlx::query(
-        r#"with locked as (select id from orders where id = any($1) order by id for update skip locked)
-           select locked.id, p.status, p.provider_ref from locked left join payments p on p.order_id = locked.id"#,
-    )
-    .bind(&orders)
-    .fetch_all(&mut *tx)
-    .await?
-    {
-        let payment = row.get::<Option<String>, _>("status").map(|status| PaymentNow {
-            status,
-            provider_ref: row.get("provider_ref"),
-        });
-        locked.insert(row.get("id"), payment);
-    }
-    let existing: HashSet<Uuid> = sqlx::query_scalar("select id from orders where id = any($1)")
-        .bind(&orders)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+    // First without locks: most events confirm what a step recorded, which writes nothing and needs no lock.
+    let seen = payments_of(&mut *tx, &orders, false).await?;
     let mut applied: Vec<(String, Effect)> = Vec::new();
+    let mut acting: Vec<&Pending> = Vec::new();
     for event in &pending {
-        let found = match event.order_id {
-            Some(order) => match locked.get(&order) {
-                Some(payment) => Found::Order(payment.as_ref()),
-                // A step holds the order now: its events wait for the next round.
-                None if existing.contains(&order) => continue,
-                None => Found::Nothing,
-            },
+        let found = match event.order_id.and_then(|order| seen.get(&order)) {
+            Some(payment) => Found::Order(payment.as_ref()),
+            None => Found::Nothing,
+        };
+        match decide(&event.kind, event.payment_intent.as_deref(), found) {
+            effect if effect.settles() => applied.push((event.id.clone(), effect)),
+            _ => acting.push(event),
+        }
+    }
+    // The rest under their orders' locks, as a step takes them, deciding again on what the lock shows.
+    let acting_orders: Vec<Uuid> = acting.iter().filter_map(|e| e.order_id).collect();
+    let locked = match acting_orders.is_empty() {
+        true => HashMap::new(),
+        false => payments_of(&mut *tx, &acting_orders, true).await?,
+    };
+    for event in acting {
+        let found = match event.order_id.map(|order| locked.get(&order)) {
+            Some(Some(payment)) => Found::Order(payment.as_ref()),
+            // A step holds the order now: its events wait for the next round.
+            Some(None) => continue,
             None => Found::Nothing,
         };
         let mut effect = decide(&event.kind, event.payment_intent.as_deref(), found);
