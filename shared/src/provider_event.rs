@@ -296,7 +296,7 @@ pub async fn apply_pending(pool: &PgPool, limit: i64) -> Result<Vec<(String, Eff
     }
     let orders: Vec<Uuid> = pending.iter().filter_map(|e| e.order_id).collect();
     // First without locks: most events confirm what a step recorded, which writes nothing and needs no lock.
-    let seen = payments_of(&mut *tx, &orders, false).await?;
+    let seen = payments_of(&mut tx, &orders, false).await?;
     let mut applied: Vec<(String, Effect)> = Vec::new();
     let mut acting: Vec<&Pending> = Vec::new();
     for event in &pending {
@@ -313,7 +313,7 @@ pub async fn apply_pending(pool: &PgPool, limit: i64) -> Result<Vec<(String, Eff
     let acting_orders: Vec<Uuid> = acting.iter().filter_map(|e| e.order_id).collect();
     let locked = match acting_orders.is_empty() {
         true => HashMap::new(),
-        false => payments_of(&mut *tx, &acting_orders, true).await?,
+        false => payments_of(&mut tx, &acting_orders, true).await?,
     };
     for event in acting {
         let found = match event.order_id.map(|order| locked.get(&order)) {
