@@ -16,6 +16,13 @@
 //! what the provider's ledger says, shipped units what left stock, and no return or refund past what was
 //! delivered or captured.
 //!
+//! Webhooks both ways (issue 19): the simulator's webhooks reach the API duplicated, reordered, delayed and
+//! sometimes before the answer they belong to; some orders pay by 3-D Secure, which a stand-in customer completes,
+//! abandons or ignores (the deadline then cancels), and some by a bank debit settled only by webhook; an impostor
+//! sends forged, stale and unknown-order events, refused or changing nothing. Afterwards, besides the above: no
+//! intent left that a customer or a bank could still complete, one capture per paid order, every provider event
+//! applied.
+//!
 //! Short mode (default, ≤ 3 minutes, run by `.ci/run`): 1,000 orders at 25 per second. Soak mode:
 //! `ORDERFLOW_CHAOS=soak`, with `ORDERFLOW_CHAOS_ORDERS` (default 10,000) orders at `ORDERFLOW_CHAOS_RATE` per
 //! second (default 40) and a PostgreSQL crash every quarter of them. Runs on a
@@ -52,14 +59,22 @@ const ON_HAND_PER_ORDER: f64 = 0.7;
 const PRICE: i64 = 1250;
 const WORKERS: usize = 3;
 const CLIENTS: usize = 12;
-/// Payment methods and their weights; slow authorizations keep steps in flight when a worker is killed.
-const TOKENS: [(&str, u32); 5] = [
-    ("pm_card_visa", 55),
+/// Payment methods and their weights; slow authorizations keep steps in flight when a worker is killed; the
+/// customer (`customer_acts`) completes, abandons or ignores a 3-D Secure, and bank debits settle by webhook.
+const TOKENS: [(&str, u32); 8] = [
+    ("pm_card_visa", 45),
     ("pm_card_chargeDeclined", 10),
     ("pm_sim_flaky", 10),
     ("pm_sim_lost_response", 10),
     ("pm_sim_slow", 15),
+    ("pm_sim_requires_action", 5),
+    ("pm_sim_processing", 3),
+    ("pm_sim_processing_fails", 2),
 ];
+/// The provider's webhook secret of the run.
+const WEBHOOK_SECRET: &str = "whsec_chaos";
+/// How long the saga waits for an asynchronous payment: a customer who never acts is cancelled after it.
+const ASYNC_DEADLINE_SECS: &str = "8";
 
 struct Plan {
     orders: usize,
@@ -119,10 +134,99 @@ impl Fleet {
                 ("ORDERFLOW_NATS_URL", NATS),
                 ("ORDERFLOW_NATS_STREAM", self.stream.as_str()),
                 ("ORDERFLOW_NATS_SUBJECT_PREFIX", self.subjects.as_str()),
+                ("ORDERFLOW_ASYNC_PAYMENT_DEADLINE_SECS", ASYNC_DEADLINE_SECS),
             ],
             None,
         )
     }
+}
+
+/// The customers of 3-D Secure payments: each `requires_action` intent is completed (70%), abandoned (20%) or
+/// left alone (10%, so the deadline cancels it), after up to two seconds, until `calm`. Answers how many of each.
+async fn customer_acts(paysim: String, calm: Arc<AtomicBool>) -> [usize; 3] {
+    let http = reqwest::Client::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut acted = [0usize; 3];
+    while !calm.load(Ordering::Relaxed) {
+        let ledger: Option<Value> = match http.get(format!("{paysim}/v1/sim/ledger")).send().await {
+            Ok(response) => response.json().await.ok(),
+            Err(_) => None,
+        };
+        for intent in ledger
+            .as_ref()
+            .and_then(|l| l["intents"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            let Some(id) = intent["id"].as_str() else { continue };
+            if intent["status"] != "requires_action" || !seen.insert(id.to_owned()) {
+                continue;
+            }
+            let roll = rand::rng().random_range(0..10);
+            let (kind, action) = match roll {
+                0..7 => (0, Some("complete")),
+                7..9 => (1, Some("abandon")),
+                _ => (2, None),
+            };
+            acted[kind] += 1;
+            if let Some(action) = action {
+                let (http, url) = (
+                    http.clone(),
+                    format!("{paysim}/v1/sim/payment_intents/{id}/customer"),
+                );
+                let wait = Duration::from_millis(rand::rng().random_range(0..2_000));
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = http.post(url).form(&[("action", action)]).send().await;
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    acted
+}
+
+/// Someone who is not the provider: a forged signature, a stale one and an event about no order of ours, sent
+/// now and then until `calm`. The first two must be refused (400) and the last acknowledged; none may change an
+/// order (checked by the invariants). Answers how many were sent.
+async fn impostor(api: String, calm: Arc<AtomicBool>) -> usize {
+    let http = reqwest::Client::new();
+    let mut sent = 0;
+    while !calm.load(Ordering::Relaxed) {
+        let now = chrono::Utc::now().timestamp();
+        let body = serde_json::to_vec(&json!({
+            "id": format!("evt_impostor_{sent}"), "object": "event", "type": "payment_intent.succeeded",
+            "created": now, "data": {"object": {"id": "pi_nobody", "object": "payment_intent",
+                                                 "metadata": {"order_id": Uuid::new_v4().to_string()}}},
+        }))
+        .unwrap();
+        let sign = orderflow_shared::stripe_signature::sign;
+        for (signature, expected) in [
+            (sign(&["whsec_forged"], now, &body), 400),
+            (sign(&[WEBHOOK_SECRET], now - 600, &body), 400),
+            (sign(&[WEBHOOK_SECRET], now, &body), 200),
+        ] {
+            let response = http
+                .post(format!("{api}/v1/provider/webhooks"))
+                .header("content-type", "application/json")
+                .header("Stripe-Signature", signature)
+                .body(body.clone())
+                .send()
+                .await;
+            // The API may be unreachable for a moment (PostgreSQL's crash answers 503); any answer must be the
+            // expected one or that.
+            if let Ok(response) = response {
+                let status = response.status().as_u16();
+                assert!(
+                    status == expected || status == 503,
+                    "impostor's request answered {status}, not {expected}"
+                );
+            }
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sent
 }
 
 fn random_order(rng: &mut impl Rng, i: usize) -> Value {
@@ -196,21 +300,29 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
 
     let sim = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let paysim = format!("http://{}", sim.local_addr().unwrap());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let api = format!("http://{addr}");
+    // The provider's webhooks reach the API duplicated, reordered, delayed and now and then before the answer.
     let faults = orderflow_paysim::SimConfig {
         fault_rate: 0.05,
         lost_response_rate: 0.03,
         slow_delay: Duration::from_millis(500),
+        webhook_url: Some(format!("{api}/v1/provider/webhooks")),
+        webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
+        webhook_duplicate_rate: 0.2,
+        webhook_reorder_rate: 0.2,
+        webhook_early_rate: 0.2,
+        webhook_delay: Duration::from_millis(300),
         ..Default::default()
     };
     tokio::spawn(orderflow_paysim::run(sim, faults, std::future::pending()));
-    let addr = format!("127.0.0.1:{}", free_port());
-    let api = format!("http://{addr}");
     let _api_process = spawn_process(
         "orderflow-api",
         &url,
         &[
             ("ORDERFLOW_API_ADDR", &addr),
             ("ORDERFLOW_DB_MAX_CONNECTIONS", "20"),
+            ("ORDERFLOW_PROVIDER_WEBHOOK_SECRETS", WEBHOOK_SECRET),
         ],
         None,
     );
@@ -280,6 +392,10 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
             }
         })
     };
+    // The customers of 3-D Secure payments act until every order is over; an impostor sends webhooks meanwhile.
+    let customers_done = Arc::new(AtomicBool::new(false));
+    let customers = tokio::spawn(customer_acts(paysim.clone(), customers_done.clone()));
+    let impostor = tokio::spawn(impostor(api.clone(), calm.clone()));
     let crasher = {
         let (cluster, submitted, crashes) = (cluster.clone(), submitted.clone(), plan.crashes.clone());
         tokio::spawn(async move {
@@ -392,6 +508,7 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     crasher.await.unwrap();
     calm.store(true, Ordering::Relaxed);
     killer.await.unwrap();
+    let impostor_requests = impostor.await.unwrap();
     let mut lags = lag_samples.await.unwrap();
     lags.sort_by(f64::total_cmp);
     let lag_at = |q: f64| {
@@ -430,6 +547,40 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let duration = started.elapsed();
+    customers_done.store(true, Ordering::Relaxed);
+    let [completed, abandoned, ignored] = customers.await.unwrap();
+
+    // The provider's events: all applied (the waiting ones too, now that every order is over); the impostor's
+    // events about no order changed nothing.
+    eventually(
+        "the provider's events to be applied",
+        Duration::from_secs(30),
+        || async {
+            let left: i64 =
+                sqlx::query_scalar("select count(*) from provider_events where applied_at is null")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    let effects: Vec<(String, i64)> =
+        sqlx::query_as("select effect, count(*) from provider_events group by effect order by effect")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let impostors: Vec<(Option<String>,)> =
+        sqlx::query_as("select effect from provider_events where id like 'evt_impostor_%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        impostors
+            .iter()
+            .all(|(effect,)| effect.as_deref() == Some("not_ours")),
+        "an event about no order changes nothing: {impostors:?}"
+    );
 
     // Every accepted order is there and over, and every invariant holds (stock, money, audit trail, step log).
     let initial: Vec<(&str, i64)> = SKUS.iter().chain(&BOXES).map(|sku| (*sku, on_hand)).collect();
@@ -529,7 +680,16 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         submit_time.as_secs_f64(),
         duration.as_secs_f64(),
     );
+    println!(
+        "chaos webhooks: provider_events={effects:?} impostor_requests={impostor_requests} \
+         three_d_secure completed={completed} abandoned={abandoned} ignored={ignored} payment_not_completed={}",
+        reasons("payment_not_completed")
+    );
     assert!(kills.load(Ordering::Relaxed) >= 3, "the chaos happened");
+    assert!(
+        completed > 0 && abandoned + ignored > 0,
+        "the customers acted: {completed} {abandoned} {ignored}"
+    );
     pool.close().await;
 }
 

@@ -298,3 +298,86 @@ async fn what_customers_and_providers_wrote_is_printed_with_control_characters_e
         saga.stdout
     );
 }
+
+/// An endpoint made, listed, its deliveries read and replayed, disabled and enabled, from the command line.
+#[tokio::test]
+async fn webhook_endpoints_are_managed_from_the_command_line() {
+    let receiver = crate::helpers::Receiver::accepting().await;
+    let app = spawn_app_with(Options {
+        tune: |settings| settings.webhooks.poll_interval = std::time::Duration::from_millis(50),
+        ..Options::default()
+    })
+    .await;
+    let created = orderflow(
+        &app,
+        Some(OPERATOR_TOKEN),
+        &[
+            "webhooks",
+            "create",
+            &receiver.url,
+            "--event-type",
+            "order.created",
+        ],
+    )
+    .await;
+    assert!(created.ok, "{}", created.stderr);
+    assert!(
+        created.stdout.contains("whsec_"),
+        "the secret, once: {}",
+        created.stdout
+    );
+    let listed = orderflow(&app, Some(VIEWER_TOKEN), &["webhooks", "list", "--json"]).await;
+    let json: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let endpoint = json["endpoints"][0]["id"].as_str().unwrap().to_owned();
+    assert!(!listed.stdout.contains("whsec_"), "never the secret again");
+
+    app.put_sku("widget", 5, 100).await;
+    app.create_order("c1", &[("widget", 1)], "pm_card_visa").await;
+    receiver.wait_for("the event", |got| !got.is_empty()).await;
+    let deliveries = orderflow(
+        &app,
+        Some(VIEWER_TOKEN),
+        &["webhooks", "deliveries", &endpoint, "--json"],
+    )
+    .await;
+    let json: Value = serde_json::from_str(&deliveries.stdout).unwrap();
+    let delivery = json["deliveries"][0]["id"].as_i64().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let one = orderflow(&app, Some(VIEWER_TOKEN), &["webhooks", "delivery", &delivery]).await;
+        if one.stdout.contains("DELIVERED") {
+            assert!(one.stdout.contains("200"), "the attempt's status: {}", one.stdout);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", one.stdout);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let replayed = orderflow(&app, Some(OPERATOR_TOKEN), &["webhooks", "replay", &delivery]).await;
+    assert!(
+        replayed.ok && replayed.stdout.contains("PENDING"),
+        "{}",
+        replayed.stdout
+    );
+    receiver.wait_for("the replay", |got| got.len() >= 2).await;
+
+    let viewer = orderflow(&app, Some(VIEWER_TOKEN), &["webhooks", "disable", &endpoint]).await;
+    assert!(!viewer.ok && viewer.stderr.contains("403"), "{}", viewer.stderr);
+    let disabled = orderflow(
+        &app,
+        Some(OPERATOR_TOKEN),
+        &["webhooks", "disable", &endpoint, "--reason", "maintenance"],
+    )
+    .await;
+    assert!(
+        disabled.ok && disabled.stdout.contains("maintenance"),
+        "{}",
+        disabled.stdout
+    );
+    let enabled = orderflow(&app, Some(OPERATOR_TOKEN), &["webhooks", "enable", &endpoint]).await;
+    assert!(
+        enabled.ok && enabled.stdout.contains("yes"),
+        "{} {}",
+        enabled.stdout,
+        enabled.stderr
+    );
+}

@@ -685,3 +685,127 @@ async fn a_saga_shows_its_shipments_and_refunds_and_waiting_for_the_warehouse_is
     );
     assert!(!html.contains("stuck-badge"), "not stuck");
 }
+
+/// The webhook pages over plain HTTP: an operator makes an endpoint and sees its secret once, reads its deliveries
+/// and one delivery's attempts, replays it and disables the endpoint; a viewer sees no forms; a forged form makes
+/// nothing.
+#[tokio::test]
+async fn operators_manage_webhook_endpoints_and_read_their_deliveries_on_the_dashboard() {
+    let receiver = crate::helpers::Receiver::accepting().await;
+    let app = spawn_app_with(Options {
+        tune: |settings| settings.webhooks.poll_interval = Duration::from_millis(50),
+        ..Options::default()
+    })
+    .await;
+    let operator = session(&app, OPERATOR_TOKEN).await;
+    let list = page(&app, &operator, "/admin/webhooks").await;
+    assert!(
+        list.contains(r#"id="new-endpoint""#) && list.contains("order.paid"),
+        "{list}"
+    );
+    let csrf = csrf_of(&list);
+    let post = |path: &str, form: Vec<(&str, &str)>| {
+        let request = app
+            .anonymous
+            .post(format!("{}{path}", app.api))
+            .header("Cookie", &operator)
+            .form(&form);
+        async move { request.send().await.unwrap() }
+    };
+    let forged = post(
+        "/admin/webhooks",
+        vec![("csrf", "forged"), ("url", receiver.url.as_str())],
+    )
+    .await;
+    assert_eq!(forged.status(), 403);
+    let refused = post(
+        "/admin/webhooks",
+        vec![("csrf", &csrf), ("url", "http://shop.example/hooks")],
+    )
+    .await;
+    assert_eq!(refused.status(), 422);
+    assert!(refused.text().await.unwrap().contains("Not created: url"));
+    let created = post(
+        "/admin/webhooks",
+        vec![
+            ("csrf", &csrf),
+            ("url", receiver.url.as_str()),
+            ("event_type", "order.created"),
+        ],
+    )
+    .await;
+    assert_eq!(created.status(), 200);
+    let created = created.text().await.unwrap();
+    let secret = created
+        .split(r#"<code id="secret">"#)
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap()
+        .to_owned();
+    assert!(secret.starts_with("whsec_"), "{created}");
+    assert!(
+        !page(&app, &operator, "/admin/webhooks").await.contains(&secret),
+        "shown once"
+    );
+
+    app.put_sku("widget", 5, 100).await;
+    app.create_order("c1", &[("widget", 1)], "pm_card_visa").await;
+    let got = receiver.wait_for("the event", |got| !got.is_empty()).await;
+    standardwebhooks::Webhook::new(&secret)
+        .unwrap()
+        .verify(&got[0].body, &got[0].headers)
+        .unwrap();
+    let endpoint: uuid::Uuid = sqlx::query_scalar("select id from webhook_endpoints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let delivery: i64 = sqlx::query_scalar("select id from webhook_deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let one = page(&app, &operator, &format!("/admin/webhooks/deliveries/{delivery}")).await;
+        if one.contains(r#"id="attempts""#) {
+            assert!(one.contains("200"), "{one}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{one}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deliveries = page(&app, &operator, &format!("/admin/webhooks/{endpoint}")).await;
+    assert!(
+        deliveries.contains(&format!(r#"id="replay-{delivery}""#)),
+        "{deliveries}"
+    );
+    // The client follows the redirect to the endpoint's page, which says what was done.
+    let replayed = post(
+        &format!("/admin/webhooks/deliveries/{delivery}/replay"),
+        vec![("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(replayed.status(), 200);
+    assert!(replayed.text().await.unwrap().contains("is on its way again"));
+    receiver.wait_for("the replay", |got| got.len() >= 2).await;
+
+    let viewer = session(&app, VIEWER_TOKEN).await;
+    let seen = page(&app, &viewer, &format!("/admin/webhooks/{endpoint}")).await;
+    assert!(
+        !seen.contains("replay-") && !seen.contains("replay-range"),
+        "{seen}"
+    );
+    assert!(
+        !page(&app, &viewer, "/admin/webhooks")
+            .await
+            .contains("new-endpoint")
+    );
+
+    let disabled = post(
+        &format!("/admin/webhooks/{endpoint}/disable"),
+        vec![("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(disabled.status(), 200);
+    let list = page(&app, &operator, "/admin/webhooks").await;
+    assert!(list.contains("disabled from the dashboard"), "{list}");
+}

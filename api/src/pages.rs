@@ -6,6 +6,8 @@ use axum::response::{Html, IntoResponse, Response};
 use orderflow_shared::admin::SagaSummary;
 use orderflow_shared::api_key::{ApiKey, CreatedKey, Scope};
 use orderflow_shared::queue::views::QueueStats;
+use orderflow_shared::webhooks::delivery::{AttemptView, DeliveryView};
+use orderflow_shared::webhooks::{Endpoint, EndpointView};
 
 use crate::ApiError;
 use crate::admission::AdmissionView;
@@ -67,6 +69,43 @@ pub struct Keys<'a> {
     pub csrf: Option<&'a str>,
     pub scopes: &'a [Scope],
     pub default_rate: i32,
+}
+
+#[derive(Template)]
+#[template(path = "webhooks.html")]
+pub struct Webhooks<'a> {
+    pub title: &'a str,
+    pub who: Option<&'a SignedIn>,
+    pub refresh: bool,
+    pub endpoints: &'a [EndpointView],
+    /// An endpoint just created, its secret shown this once.
+    pub created: Option<&'a crate::routes::admin_webhooks::CreatedEndpoint>,
+    pub flash: Option<&'a str>,
+    /// The session's CSRF token, for operators; none for viewers.
+    pub csrf: Option<&'a str>,
+    pub event_types: &'a [&'a str],
+}
+
+#[derive(Template)]
+#[template(path = "webhook.html")]
+pub struct Webhook<'a> {
+    pub title: &'a str,
+    pub who: Option<&'a SignedIn>,
+    pub refresh: bool,
+    pub endpoint: &'a Endpoint,
+    pub deliveries: &'a [DeliveryView],
+    pub flash: Option<&'a str>,
+    pub csrf: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "webhook_delivery.html")]
+pub struct WebhookDelivery<'a> {
+    pub title: &'a str,
+    pub who: Option<&'a SignedIn>,
+    pub refresh: bool,
+    pub delivery: &'a DeliveryView,
+    pub attempts: &'a [AttemptView],
 }
 
 /// Renders a page as an HTML response.

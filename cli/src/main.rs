@@ -5,7 +5,8 @@
 //! - `dev.rs`: `orderflow dev` (migrations, API, worker, simulator and, when needed, a private PostgreSQL, in one
 //!   process; demo skus);
 //! - `ops.rs`: the operators' commands, a client of the admin API (`queues`, `sagas`, and `saga <id>` with
-//!   `retry`, `compensate` or `resolve`; `keys create|list|revoke`).
+//!   `retry`, `compensate` or `resolve`; `keys create|list|revoke`; `webhooks create|list|enable|disable|
+//!   deliveries|delivery|replay`).
 
 mod dev;
 mod ops;
@@ -54,6 +55,14 @@ enum Command {
         #[command(subcommand)]
         command: ops::KeysCommand,
     },
+    /// Webhook endpoints: `orderflow webhooks create https://shop.example/hooks`, `webhooks list`,
+    /// `webhooks deliveries <endpoint>`, `webhooks replay <delivery>`.
+    Webhooks {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(subcommand)]
+        command: ops::WebhooksCommand,
+    },
 }
 
 #[tokio::main]
@@ -68,6 +77,7 @@ async fn main() -> std::process::ExitCode {
         Command::Sagas { connection, args } => ops::sagas(connection, args).await,
         Command::Saga { connection, args } => ops::saga(connection, args).await,
         Command::Keys { connection, command } => ops::keys(connection, command).await,
+        Command::Webhooks { connection, command } => ops::webhooks(connection, command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

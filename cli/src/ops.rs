@@ -1,4 +1,4 @@
-//! The operators' commands (`queues`, `sagas`, `saga`, `keys`): a client of the admin API. Tables for people by
+//! The operators' commands (`queues`, `sagas`, `saga`, `keys`, `webhooks`): a client of the admin API. Tables for people by
 //! default, the API's JSON with `--json`. The token comes from `ORDERFLOW_ADMIN_TOKEN`, the API from
 //! `ORDERFLOW_ADMIN_URL` (default http://127.0.0.1:8080).
 
@@ -79,6 +79,53 @@ pub enum KeysCommand {
     Revoke {
         /// The key's id (from `keys list`).
         id: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum WebhooksCommand {
+    /// Make an endpoint (operator token); its signing secret is printed this once.
+    Create {
+        /// The endpoint: `https://…` (or `http://` to this machine). (Not `url`: that is the admin API's, `--url`.)
+        #[arg(value_name = "URL")]
+        endpoint: String,
+        /// An event type it receives, e.g. order.paid (repeat, or separate with commas); none: every type.
+        #[arg(long = "event-type", value_delimiter = ',')]
+        event_types: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Every endpoint, with its deliveries pending, delivered and dead.
+    List,
+    /// Enable an endpoint (operator token): its pending deliveries resume.
+    Enable { id: String },
+    /// Disable an endpoint (operator token): no new events; its pending deliveries wait.
+    Disable {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// An endpoint's deliveries, newest first.
+    Deliveries {
+        id: String,
+        /// PENDING, DELIVERED or DEAD.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One delivery and every attempt: status code, latency, the answer or the error.
+    Delivery { id: String },
+    /// Send a delivery again, with the same webhook-id (operator token); or, with --from and --to, every event
+    /// of an endpoint's types in that time range.
+    Replay {
+        /// A delivery id; with --from and --to, an endpoint id.
+        id: String,
+        /// RFC 3339, e.g. 2026-12-05T00:00:00Z.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        to: Option<String>,
     },
 }
 
@@ -519,6 +566,185 @@ fn scope_list(value: &Value) -> String {
         .as_array()
         .map(|scopes| scopes.iter().map(text).collect::<Vec<_>>().join(","))
         .unwrap_or_else(|| text(value))
+}
+
+pub async fn webhooks(connection: Connection, command: WebhooksCommand) -> anyhow::Result<()> {
+    let client = Client::new(&connection)?;
+    let body = match &command {
+        WebhooksCommand::Create {
+            endpoint,
+            event_types,
+            description,
+        } => {
+            let request =
+                serde_json::json!({"url": endpoint, "event_types": event_types, "description": description});
+            client.post("/admin/v1/webhook_endpoints", request).await?
+        }
+        WebhooksCommand::List => client.get("/admin/v1/webhook_endpoints", &[]).await?,
+        WebhooksCommand::Enable { id } => {
+            client
+                .post(
+                    &format!("/admin/v1/webhook_endpoints/{id}/enable"),
+                    serde_json::json!({}),
+                )
+                .await?
+        }
+        WebhooksCommand::Disable { id, reason } => {
+            client
+                .post(
+                    &format!("/admin/v1/webhook_endpoints/{id}/disable"),
+                    serde_json::json!({"reason": reason}),
+                )
+                .await?
+        }
+        WebhooksCommand::Deliveries { id, status, limit } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(status.clone().map(|s| ("status", s)));
+            client
+                .get(&format!("/admin/v1/webhook_endpoints/{id}/deliveries"), &query)
+                .await?
+        }
+        WebhooksCommand::Delivery { id } => {
+            client
+                .get(&format!("/admin/v1/webhook_deliveries/{id}"), &[])
+                .await?
+        }
+        WebhooksCommand::Replay { id, from, to } => match (from, to) {
+            (Some(from), Some(to)) => {
+                client
+                    .post(
+                        &format!("/admin/v1/webhook_endpoints/{id}/replay"),
+                        serde_json::json!({"from": from, "to": to}),
+                    )
+                    .await?
+            }
+            _ => {
+                client
+                    .post(&format!("/admin/v1/webhook_deliveries/{id}/replay"), Value::Null)
+                    .await?
+            }
+        },
+    };
+    if connection.json {
+        return print_json(&body);
+    }
+    let endpoint_row = |e: &Value| {
+        vec![
+            text(&e["id"]),
+            text(&e["url"]),
+            if e["enabled"].as_bool() == Some(true) {
+                "yes".to_owned()
+            } else {
+                format!("no: {}", text(&e["disabled_reason"]))
+            },
+            text(&e["pending"]),
+            text(&e["delivered"]),
+            text(&e["dead"]),
+            time(&e["failing_since"]),
+        ]
+    };
+    const ENDPOINT: [&str; 7] = [
+        "ID",
+        "URL",
+        "ENABLED",
+        "PENDING",
+        "DELIVERED",
+        "DEAD",
+        "FAILING_SINCE",
+    ];
+    let delivery_row = |d: &Value| {
+        vec![
+            text(&d["id"]),
+            text(&d["event_id"]),
+            text(&d["order_id"]),
+            text(&d["sequence"]),
+            text(&d["status"]),
+            text(&d["attempts"]),
+            text(&d["last_status"]),
+            text(&d["last_latency_ms"]),
+            time(&d["next_attempt_at"]),
+        ]
+    };
+    const DELIVERY: [&str; 9] = [
+        "ID",
+        "EVENT",
+        "ORDER",
+        "SEQ",
+        "STATUS",
+        "ATTEMPTS",
+        "LAST_STATUS",
+        "LATENCY_MS",
+        "NEXT_ATTEMPT",
+    ];
+    match command {
+        WebhooksCommand::Create { .. } => println!(
+            "created webhook endpoint {} for {}\n\n  {}\n\nKeep the secret now: it is not shown again. Verify deliveries with it \
+             (Standard Webhooks).",
+            text(&body["id"]),
+            text(&body["url"]),
+            text(&body["secret"]),
+        ),
+        WebhooksCommand::List => {
+            let endpoints = body["endpoints"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if endpoints.is_empty() {
+                println!("no webhook endpoints yet: orderflow webhooks create https://…");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = endpoints.iter().map(endpoint_row).collect();
+            print!("{}", table(&ENDPOINT, &rows));
+        }
+        WebhooksCommand::Enable { .. } | WebhooksCommand::Disable { .. } => {
+            let mut row = endpoint_row(&body);
+            row.truncate(3);
+            print!("{}", table(&ENDPOINT[..3], &[row]));
+        }
+        WebhooksCommand::Deliveries { .. } => {
+            let deliveries = body["deliveries"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let rows: Vec<Vec<String>> = deliveries.iter().map(delivery_row).collect();
+            print!("{}", table(&DELIVERY, &rows));
+        }
+        WebhooksCommand::Delivery { .. } => {
+            print!("{}", table(&DELIVERY, &[delivery_row(&body)]));
+            println!();
+            let attempts = body["attempts"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let rows: Vec<Vec<String>> = attempts
+                .iter()
+                .map(|a| {
+                    vec![
+                        text(&a["round"]),
+                        text(&a["attempt"]),
+                        time(&a["started_at"]),
+                        text(&a["status_code"]),
+                        text(&a["latency_ms"]),
+                        printable(a["error"].as_str().or(a["response"].as_str()).unwrap_or("-"))
+                            .chars()
+                            .take(80)
+                            .collect(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["ROUND", "ATTEMPT", "STARTED", "STATUS", "LATENCY_MS", "ANSWER"],
+                    &rows
+                )
+            );
+        }
+        WebhooksCommand::Replay { from: Some(_), .. } => {
+            println!("{} deliveries on their way", text(&body["deliveries"]));
+        }
+        WebhooksCommand::Replay { .. } => {
+            print!("{}", table(&DELIVERY, &[delivery_row(&body)]));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -207,12 +207,12 @@ pub async fn saga(
 /// The outcome of the last action, shown once after the redirect.
 #[derive(Debug, Deserialize)]
 pub struct Flash {
-    done: Option<String>,
+    pub(crate) done: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ActionForm {
-    csrf: String,
+    pub(crate) csrf: String,
 }
 
 /// `POST /admin/sagas/{id}/{action}`: an operator's button.
@@ -282,7 +282,7 @@ async fn keys_page(
 }
 
 /// The signed-in admin who sent a dashboard form, its CSRF token checked against their session.
-async fn signed_in_form(
+pub(crate) async fn signed_in_form(
     state: &AppState,
     headers: &HeaderMap,
     csrf: Option<&str>,
@@ -384,7 +384,7 @@ pub async fn revoke_key(
 }
 
 /// Percent-encodes a query value (spaces as `+`).
-fn form_urlencoded(text: &str) -> String {
+pub(crate) fn form_urlencoded(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

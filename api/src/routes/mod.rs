@@ -4,6 +4,7 @@ pub(crate) mod admin;
 pub(crate) mod admin_webhooks;
 pub(crate) mod customer_tokens;
 pub(crate) mod dashboard;
+pub(crate) mod dashboard_webhooks;
 pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod locations;
@@ -61,6 +62,27 @@ pub fn router(state: AppState, metrics_here: bool) -> Router<AppState> {
         .route("/admin/sagas/{id}/{action}", post(dashboard::saga_action))
         .route("/admin/keys", get(dashboard::keys).post(dashboard::create_key))
         .route("/admin/keys/{id}/revoke", post(dashboard::revoke_key))
+        .route(
+            "/admin/webhooks",
+            get(dashboard_webhooks::list).post(dashboard_webhooks::create),
+        )
+        .route("/admin/webhooks/{id}", get(dashboard_webhooks::endpoint))
+        .route(
+            "/admin/webhooks/{id}/replay",
+            post(dashboard_webhooks::replay_range),
+        )
+        .route(
+            "/admin/webhooks/{id}/{action}",
+            post(dashboard_webhooks::set_enabled),
+        )
+        .route(
+            "/admin/webhooks/deliveries/{id}",
+            get(dashboard_webhooks::delivery),
+        )
+        .route(
+            "/admin/webhooks/deliveries/{id}/replay",
+            post(dashboard_webhooks::replay),
+        )
         .layer(axum::middleware::map_response(crate::session::security_headers));
     // No key: the provider's signature is what authenticates it, over a body read whole before anything else.
     let provider = Router::new().route(
