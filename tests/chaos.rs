@@ -135,6 +135,11 @@ impl Fleet {
                 ("ORDERFLOW_NATS_STREAM", self.stream.as_str()),
                 ("ORDERFLOW_NATS_SUBJECT_PREFIX", self.subjects.as_str()),
                 ("ORDERFLOW_ASYNC_PAYMENT_DEADLINE_SECS", ASYNC_DEADLINE_SECS),
+                // The merchant's endpoint fails a tenth of its requests: retried every second, not in minutes.
+                (
+                    "ORDERFLOW_WEBHOOK_RETRY_SCHEDULE",
+                    "0,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s",
+                ),
             ],
             None,
         )
@@ -357,6 +362,31 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
             assert!(put.status().is_success());
         }
     }
+    // A merchant's webhook endpoint, failing a tenth of its requests, receives every order event throughout.
+    let merchant = crate::helpers::Receiver::start(Arc::new(|_, _| {
+        (
+            if rand::random::<f64>() < 0.1 { 500 } else { 200 },
+            Duration::ZERO,
+        )
+    }))
+    .await;
+    let merchant_secret = {
+        let pool = PgPool::connect(&url).await.unwrap();
+        let server_secret =
+            orderflow_shared::server_secret::load(&pool, orderflow_shared::webhooks::SERVER_SECRET)
+                .await
+                .unwrap();
+        let request = orderflow_shared::webhooks::NewEndpoint {
+            url: merchant.url.clone(),
+            event_types: Vec::new(),
+            description: Some("the chaos test's merchant".to_owned()),
+        };
+        let mut conn = pool.acquire().await.unwrap();
+        let (_, secret) = orderflow_shared::webhooks::create(&mut conn, &request, "chaos", &server_secret)
+            .await
+            .unwrap();
+        secret
+    };
     let run_id = Uuid::new_v4().simple().to_string();
     let mut fleet = Fleet {
         url: url.clone(),
@@ -582,6 +612,21 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
         "an event about no order changes nothing: {impostors:?}"
     );
 
+    // The merchant's endpoint: every event once after dedupe, verified, in order per order, through the kills
+    // and the crash.
+    let expected: Vec<(Uuid, Uuid, i32)> =
+        sqlx::query_as("select event_id, order_id, sequence from order_events")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let merchant_got = merchant
+        .wait_for("every event at the merchant's endpoint", |got| {
+            crate::outbound_webhooks::all_acknowledged(got, &expected)
+        })
+        .await;
+    crate::outbound_webhooks::delivered_once_in_order(&merchant_got, &expected, &merchant_secret);
+    let merchant_requests = merchant_got.len();
+
     // Every accepted order is there and over, and every invariant holds (stock, money, audit trail, step log).
     let initial: Vec<(&str, i64)> = SKUS.iter().chain(&BOXES).map(|sku| (*sku, on_hand)).collect();
     let by_id = invariants::all_hold(&pool, &http, &paysim, &initial).await;
@@ -682,8 +727,10 @@ async fn chaos_kills_and_a_database_crash_leave_every_order_finished_and_every_i
     );
     println!(
         "chaos webhooks: provider_events={effects:?} impostor_requests={impostor_requests} \
-         three_d_secure completed={completed} abandoned={abandoned} ignored={ignored} payment_not_completed={}",
-        reasons("payment_not_completed")
+         three_d_secure completed={completed} abandoned={abandoned} ignored={ignored} payment_not_completed={} \
+         merchant_requests={merchant_requests} merchant_events={}",
+        reasons("payment_not_completed"),
+        expected.len()
     );
     assert!(kills.load(Ordering::Relaxed) >= 3, "the chaos happened");
     assert!(

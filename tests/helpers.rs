@@ -908,13 +908,13 @@ impl Receiver {
         self.got.lock().unwrap().clone()
     }
 
-    /// Waits (up to 20 s) until `done` holds for what was received; answers it.
+    /// Waits (up to 60 s) until `done` holds for what was received; answers it.
     pub async fn wait_for(
         &self,
         what: &str,
         done: impl Fn(&[WebhookRequest]) -> bool,
     ) -> Vec<WebhookRequest> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let received = self.received();
             if done(&received) {
