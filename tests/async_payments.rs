@@ -135,6 +135,10 @@ async fn an_abandoned_authentication_cancels_the_order_and_frees_the_stock() {
     assert_eq!(on_hand_available(&app).await, (10, 10));
     let intents = app.intents_of(id).await;
     assert_eq!(intents[0]["amount_received"], 0, "no money taken");
+    assert_eq!(
+        intents[0]["status"], "canceled",
+        "the declined intent is closed: no other card can be tried on it for a cancelled order"
+    );
 }
 
 /// No event and no customer: at the deadline the step asks the provider, finds it still waiting, and cancels;
@@ -194,4 +198,65 @@ async fn without_webhooks_the_deadline_asks_the_provider_and_decides() {
         (intents.len(), intents[0]["amount_received"].as_i64()),
         (1, Some(400))
     );
+}
+
+async fn slow_debits(
+    tune: fn(&mut orderflow_shared::settings::WorkerSettings),
+    settles_in: Duration,
+) -> TestApp {
+    let app = spawn_app_with(Options {
+        tune,
+        sim: orderflow_paysim::SimConfig {
+            processing_delay: settles_in,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    app.put_sku("widget", 10, 400).await;
+    app
+}
+
+/// A bank debit slower than the deadline is waited for, not cancelled: the provider could not cancel it, so a
+/// cancelled order would still be paid.
+#[tokio::test]
+async fn a_bank_debit_slower_than_the_deadline_is_waited_for_not_cancelled() {
+    let app = slow_debits(short, Duration::from_secs(6)).await;
+    let id = app
+        .create_order("c1", &[("widget", 1)], "pm_sim_processing")
+        .await;
+    app.wait_for_payment(id, "PROCESSING").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let past = app.order(id).await;
+    assert_eq!(
+        (past["status"].as_str(), past["payment"]["status"].as_str()),
+        (Some("RESERVED"), Some("PROCESSING")),
+        "past the 3 s deadline, still waiting: {past}"
+    );
+    let done = app.wait_for(id, &["FULFILLED"], Duration::from_secs(20)).await;
+    assert_eq!(done["payment"]["status"], "CAPTURED", "{done}");
+}
+
+/// A customer cancels while their bank debit is processing: the debit cannot be cancelled, so the compensation
+/// retries until it has settled, then voids it; no money stays taken.
+#[tokio::test]
+async fn a_cancel_during_a_bank_debit_voids_it_once_it_has_settled() {
+    let app = slow_debits(minute, Duration::from_secs(2)).await;
+    let id = app
+        .create_order("c1", &[("widget", 2)], "pm_sim_processing")
+        .await;
+    app.wait_for_payment(id, "PROCESSING").await;
+    assert_eq!(app.cancel(id).await.status(), 202);
+    let cancelled = app.wait_for(id, &["CANCELLED"], Duration::from_secs(30)).await;
+    assert_eq!(cancelled["payment"]["status"], "VOIDED", "{cancelled}");
+    let intents = app.intents_of(id).await;
+    assert_eq!(
+        (
+            intents[0]["status"].as_str(),
+            intents[0]["amount_received"].as_i64()
+        ),
+        (Some("canceled"), Some(0)),
+        "{intents:?}"
+    );
+    assert_eq!(on_hand_available(&app).await, (10, 10));
 }

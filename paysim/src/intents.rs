@@ -833,7 +833,8 @@ pub async fn cancel(
     let path = format!("/v1/payment_intents/{id}/cancel");
     idempotent(sim, &headers, path, &body, |sim, _, _| async move {
         with_intent(&sim, &id, |intent| {
-            if matches!(intent.status.as_str(), "succeeded" | "canceled") {
+            // As Stripe: a bank debit on its way cannot be cancelled.
+            if matches!(intent.status.as_str(), "succeeded" | "canceled" | "processing") {
                 return unexpected_state(intent, "cancel");
             }
             intent.amount_capturable = 0;

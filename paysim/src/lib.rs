@@ -32,8 +32,8 @@ use axum::Router;
 use axum::routing::{get, post};
 use orderflow_shared::settings::{SettingsError, env_parse};
 
-/// Knobs of the simulator.
-#[derive(Debug, Clone)]
+/// Knobs of the simulator. Its `Debug` (logged at start) leaves the webhook secrets out.
+#[derive(Clone)]
 pub struct SimConfig {
     /// How long `pm_sim_slow` takes to answer.
     pub slow_delay: Duration,
@@ -85,6 +85,30 @@ impl Default for SimConfig {
             event_retention: 100_000,
             processing_delay: Duration::from_millis(2_000),
         }
+    }
+}
+
+impl std::fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("slow_delay", &self.slow_delay)
+            .field("fault_rate", &self.fault_rate)
+            .field("lost_response_rate", &self.lost_response_rate)
+            .field("hold_lifetime", &self.hold_lifetime)
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secrets",
+                &format!("[{} redacted]", self.webhook_secrets.len()),
+            )
+            .field("webhook_duplicate_rate", &self.webhook_duplicate_rate)
+            .field("webhook_reorder_rate", &self.webhook_reorder_rate)
+            .field("webhook_early_rate", &self.webhook_early_rate)
+            .field("webhook_delay", &self.webhook_delay)
+            .field("webhook_retry", &self.webhook_retry)
+            .field("webhook_retry_window", &self.webhook_retry_window)
+            .field("event_retention", &self.event_retention)
+            .field("processing_delay", &self.processing_delay)
+            .finish()
     }
 }
 

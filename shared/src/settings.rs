@@ -460,9 +460,10 @@ pub struct ApiSettings {
 /// How every worker process delivers order events to merchants' webhook endpoints (`crate::webhooks`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
-    /// The wait after each failed attempt, the first attempt's at once (`ORDERFLOW_WEBHOOK_RETRY_SCHEDULE`,
-    /// durations such as `0,5s,5m,30m,2h,5h,10h,14h,20h,24h`, Standard Webhooks' example, about three days);
-    /// past its end a delivery is DEAD.
+    /// When each attempt is made (`ORDERFLOW_WEBHOOK_RETRY_SCHEDULE`, durations such as
+    /// `0,5s,5m,30m,2h,5h,10h,14h,20h,24h`, Standard Webhooks' example, about three days): the first element is
+    /// the first attempt's (0: at once, as the event is fanned out; it is not waited for), each later one the wait
+    /// after the attempt before failed. One attempt per element; past the last a delivery is DEAD.
     pub retry_schedule: Vec<Duration>,
     /// An endpoint whose deliveries fail this long without a success is disabled
     /// (`ORDERFLOW_WEBHOOK_DISABLE_AFTER_SECS`, three days).

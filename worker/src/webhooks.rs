@@ -1,20 +1,24 @@
 //! Every worker process delivers order events to merchants' webhook endpoints (`orderflow_shared::webhooks`):
-//! each round it fans new events out (one process at a time does), claims the deliveries due (each the earliest
-//! undelivered one of its order to its endpoint), POSTs them at once, at most `concurrency`, and records each
-//! attempt. Several processes share the deliveries (`skip locked`, and a lease per attempt).
+//! it fans new events out (one process at a time does), claims the deliveries due (each the earliest undelivered
+//! one of its order to its endpoint) for its free slots, at most `concurrency` attempts out at once, and records
+//! each attempt as it ends, refilling its slot. Several processes share the deliveries (`skip locked`, and a
+//! lease per attempt).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderflow_shared::settings::WebhookSettings;
 use orderflow_shared::webhooks::{self, delivery};
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// Events fanned out per round.
 const FAN_OUT_PAGE: i64 = 500;
 
-/// Delivers until `stopped`.
+/// Delivers until `stopped`: up to `concurrency` attempts out at once, each recorded as soon as it ends and its
+/// slot refilled, so one slow endpoint holds one slot, not the others' deliveries.
 pub async fn run(pool: PgPool, settings: WebhookSettings, mut stopped: watch::Receiver<bool>) {
     let http = match reqwest::Client::builder()
         .timeout(settings.timeout)
@@ -30,86 +34,96 @@ pub async fn run(pool: PgPool, settings: WebhookSettings, mut stopped: watch::Re
             return;
         }
     };
-    let mut server_secret: Option<Vec<u8>> = None;
+    let settings = Arc::new(settings);
+    let mut server_secret: Option<Arc<Vec<u8>>> = None;
+    let mut in_flight: JoinSet<()> = JoinSet::new();
     loop {
-        let busy = match round(&pool, &http, &settings, &mut server_secret).await {
-            Ok(busy) => busy,
+        let more = match start_attempts(&pool, &http, &settings, &mut server_secret, &mut in_flight).await {
+            Ok(more) => more,
             Err(error) => {
                 tracing::warn!(%error, "webhook round failed; retrying");
                 false
             }
         };
         if *stopped.borrow() {
-            return;
+            break;
         }
-        if !busy {
-            tokio::select! {
-                _ = tokio::time::sleep(settings.poll_interval) => {}
-                _ = stopped.wait_for(|s| *s) => return,
-            }
+        if more {
+            continue;
+        }
+        tokio::select! {
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = tokio::time::sleep(settings.poll_interval) => {}
+            _ = stopped.wait_for(|s| *s) => break,
         }
     }
+    // Attempts out finish (each within the timeout) and are recorded; a worker killed instead leaves them to
+    // their leases.
+    while in_flight.join_next().await.is_some() {}
 }
 
-/// One round; answers whether there may be more to do at once.
-async fn round(
+/// Fans new events out and starts attempts for the deliveries due, as many as there are free slots; answers
+/// whether there may be more to do at once.
+async fn start_attempts(
     pool: &PgPool,
     http: &reqwest::Client,
-    settings: &WebhookSettings,
-    server_secret: &mut Option<Vec<u8>>,
+    settings: &Arc<WebhookSettings>,
+    server_secret: &mut Option<Arc<Vec<u8>>>,
+    in_flight: &mut JoinSet<()>,
 ) -> Result<bool, sqlx::Error> {
     let read = delivery::fan_out(&mut *pool.acquire().await?, FAN_OUT_PAGE).await?;
+    let free = settings.concurrency.saturating_sub(in_flight.len());
+    if free == 0 {
+        return Ok(false);
+    }
     let lease = settings.timeout + Duration::from_secs(30);
-    let limit = i64::try_from(settings.concurrency).unwrap_or(16);
-    let due = delivery::claim(pool, limit, lease).await?;
+    let due = delivery::claim(pool, i64::try_from(free).unwrap_or(16), lease).await?;
     if due.is_empty() {
         return Ok(read as i64 == FAN_OUT_PAGE);
     }
     let secret = match server_secret {
         Some(secret) => secret.clone(),
         None => {
-            let loaded = orderflow_shared::server_secret::load(pool, webhooks::SERVER_SECRET).await?;
+            let loaded =
+                Arc::new(orderflow_shared::server_secret::load(pool, webhooks::SERVER_SECRET).await?);
             *server_secret = Some(loaded.clone());
             loaded
         }
     };
     let ids: Vec<uuid::Uuid> = due.iter().map(|d| d.event_id).collect();
-    let events: HashMap<uuid::Uuid, Vec<u8>> = orderflow_shared::outbox::by_event_ids(pool, &ids)
+    let mut events: HashMap<uuid::Uuid, Vec<u8>> = orderflow_shared::outbox::by_event_ids(pool, &ids)
         .await?
         .into_iter()
         .filter_map(|event| Some((event.event_id, serde_json::to_vec(&event.to_cloud_event()).ok()?)))
         .collect();
-    let attempts = due.iter().map(|due| {
-        let body = events.get(&due.event_id);
+    for due in due {
+        let body = events.remove(&due.event_id);
         let key = webhooks::secret(&secret, due.endpoint_id, due.generation);
-        async move {
-            let attempted = match body {
-                Some(body) => attempt(http, due, &key, body).await,
+        let (pool, http, settings) = (pool.clone(), http.clone(), settings.clone());
+        in_flight.spawn(async move {
+            let attempted = match &body {
+                Some(body) => attempt(&http, &due, &key, body).await,
                 None => failed(chrono::Utc::now(), Duration::ZERO, "the event is gone".to_owned()),
             };
-            (due, attempted)
-        }
-    });
-    let done: Vec<_> = futures::future::join_all(attempts).await;
-    for (due, attempted) in &done {
-        let verdict = delivery::record(
-            pool,
-            due,
-            attempted,
-            &settings.retry_schedule,
-            settings.disable_after,
-        )
-        .await?;
-        tracing::debug!(delivery = due.id, event = %due.event_id, attempt = due.attempt, ?verdict, "webhook attempt");
-        metrics::counter!("orderflow_webhook_attempts_total", "outcome" => match verdict {
-            delivery::Verdict::Delivered => "delivered",
-            delivery::Verdict::Retry(_) => "retry",
-            delivery::Verdict::Dead => "dead",
-            delivery::Verdict::Gone => "gone",
-        })
-        .increment(1);
+            match delivery::record(&pool, &due, &attempted, &settings.retry_schedule, settings.disable_after).await
+            {
+                Ok(verdict) => {
+                    tracing::debug!(delivery = due.id, event = %due.event_id, attempt = due.attempt, ?verdict, "webhook attempt");
+                    metrics::counter!("orderflow_webhook_attempts_total", "outcome" => match verdict {
+                        delivery::Verdict::Delivered => "delivered",
+                        delivery::Verdict::Retry(_) => "retry",
+                        delivery::Verdict::Dead => "dead",
+                        delivery::Verdict::Gone => "gone",
+                    })
+                    .increment(1);
+                }
+                // Its lease runs out and it is attempted again: at least once.
+                Err(error) => tracing::warn!(delivery = due.id, %error, "failed to record a webhook attempt"),
+            }
+        });
     }
-    Ok(true)
+    // More at once only while the fan-out has a backlog and a slot is free.
+    Ok(read as i64 == FAN_OUT_PAGE && in_flight.len() < settings.concurrency)
 }
 
 fn failed(

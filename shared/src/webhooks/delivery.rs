@@ -4,9 +4,9 @@
 //!   feed order and writes a delivery per matching endpoint, moving the cursor in the same transaction. A crash
 //!   re-reads, and the unique (endpoint, event) drops what was written before. An endpoint gets the events made
 //!   from its creation on; disabled, it gets none (a replay of a time range makes them).
-//! - [`claim`]: the due deliveries whose order has no earlier undelivered one to the same endpoint, so event n+1
-//!   of an order waits for n's acknowledgement while other orders go on; each claimed for a lease, so a worker that
-//!   dies mid-attempt leaves it due again.
+//! - [`claim`]: the due deliveries whose order has no earlier undelivered one to the same endpoint (nor an earlier
+//!   event the fan-out has not read yet), so event n+1 of an order waits for n's acknowledgement while other
+//!   orders go on; each claimed for a lease, so a worker that dies mid-attempt leaves it due again.
 //! - [`record`]: how an attempt went, in the delivery log (`webhook_attempts`) and on the delivery: a 2xx is
 //!   DELIVERED; `410 Gone` disables the endpoint; anything else waits its turn in the retry schedule (or the
 //!   endpoint's `Retry-After`) and is DEAD once the schedule is spent. An endpoint failing without a success for
@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::outbox::{self, Cursor};
 
 /// The advisory lock key of the fan-out (one process at a time).
-const FAN_OUT_LOCK: i64 = 0x0F_57_48_4F_4F_4B; // "OF WHOOK"
+pub(crate) const FAN_OUT_LOCK: i64 = 0x0F_57_48_4F_4F_4B; // "OF WHOOK"
 
 /// The Standard Webhooks example schedule: at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h and 24 h
 /// after each failure (about three days in all).
@@ -142,6 +142,13 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Due
                      select 1 from webhook_deliveries p
                      where p.endpoint_id = d.endpoint_id and p.order_id = d.order_id and p.status = 'PENDING'
                        and p.sequence < d.sequence)
+                 -- Nor an earlier event of the order that the fan-out has not read yet: the feed is in commit
+                 -- order of transactions by id, which need not be the order's sequence, so a page can end
+                 -- between an order's event n+1 and n.
+                 and not exists (
+                     select 1 from order_events e, webhook_cursor c
+                     where e.order_id = d.order_id and e.sequence < d.sequence
+                       and (e.txid, e.id) > (c.txid::text::xid8, c.id))
                order by d.next_attempt_at
                limit $1
                for update of d skip locked

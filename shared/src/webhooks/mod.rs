@@ -173,6 +173,13 @@ pub async fn create(
     let mut types = request.event_types.clone();
     types.sort();
     types.dedup();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // The fan-out's lock: no round reads the endpoints before this one commits and the feed after, so none can
+    // move its cursor past events made after the endpoint without delivering them to it.
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(delivery::FAN_OUT_LOCK)
+        .execute(&mut *tx)
+        .await?;
     let row = sqlx::query(concat!(
         "insert into webhook_endpoints (id, url, event_types, description, created_by)
          values ($1, $2, $3, $4, $5) returning ",
@@ -184,8 +191,9 @@ pub async fn create(
     .bind(&types)
     .bind(&request.description)
     .bind(created_by)
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     let endpoint = Endpoint::from_row(&row);
     let secret = secret(server_secret, endpoint.id, endpoint.generation);
     Ok((endpoint, secret))

@@ -1,7 +1,9 @@
 //! Cancel payment (CANCELLING → CANCELLED), the last compensation: makes sure no money stays held or taken.
 //! A hold is voided (or refunded, if a capture won the race), a capture refunded; a PENDING authorization (its
 //! outcome unknown) is first asked again with the same key, so the provider says what it did, and that is undone.
-//! Every call carries a key derived from the order, so repeats are replays. A compensation never gives up on a
+//! A DECLINED payment's intent is cancelled too: a declined intent (`requires_payment_method`, a card declined or
+//! a 3-D Secure abandoned) could otherwise still be confirmed with another card from the customer's browser,
+//! placing a hold on a cancelled order. Every call carries a key derived from the order, so repeats are replays. A compensation never gives up on a
 //! rejection: it retries with backoff and, out of attempts, parks the saga in NEEDS_ATTENTION for an operator.
 //!
 //! Failpoint: `worker.cancel_payment.before` (a transient failure, nothing written).
@@ -45,7 +47,9 @@ impl SagaStep for CancelPayment {
         let mut open: HashMap<Uuid, PaymentRow> = payment::find_many(&mut *conn, &ids)
             .await?
             .into_iter()
-            .filter(|p| p.status.is_open())
+            .filter(|p| {
+                p.status.is_open() || (p.status == PaymentStatus::Declined && p.provider_ref.is_some())
+            })
             .map(|p| (p.order_id, p))
             .collect();
         Ok(orders
@@ -107,6 +111,33 @@ async fn undo(runner: &Runner, payment: &PaymentRow) -> Result<Undone, StepError
     };
     let undone = |status, provider_ref| Ok(Undone { status, provider_ref });
     let order_id = payment.order_id;
+    if let (PaymentStatus::Processing, Some(reference)) = (payment.status, payment.provider_ref.as_deref()) {
+        // A bank debit on its way cannot be cancelled, and a refused cancel would be replayed under its key
+        // forever: ask first, and void only once it has settled.
+        let now = runner
+            .provider
+            .retrieve_authorization(reference)
+            .await
+            .map_err(retry)?;
+        if let Authorization::Waiting { .. } = now {
+            return Err(StepError::Transient(anyhow::anyhow!(
+                "the bank debit is still processing: it can be voided once it settles"
+            )));
+        }
+    }
+    if let (PaymentStatus::Declined, Some(reference)) = (payment.status, payment.provider_ref.as_deref()) {
+        // Nothing is held; the intent is closed so that nothing can be, and the payment stays DECLINED.
+        return match runner
+            .provider
+            .void(reference, &payment::void_key(order_id))
+            .await
+        {
+            Ok(()) | Err(ProviderError::Rejected { .. }) => {
+                undone(PaymentStatus::Declined, payment.provider_ref.clone())
+            }
+            Err(e) => Err(retry(e)),
+        };
+    }
     let (status, provider_ref) = if payment.status == PaymentStatus::Pending {
         // The authorization's outcome is unknown: repeat it with the same key and parameters; the provider
         // answers with what it did (or does it now), and we undo that.

@@ -11,8 +11,9 @@
 //! attempt is queued at the deadline (`async_payment_deadline` from when the authorization began), holding no
 //! worker. The provider's webhook wakes it sooner (`provider_event`). Every later attempt asks where the intent
 //! stands (a retrieve: a repeat of the create would only replay its first answer) and decides: authorized → PAID,
-//! failed → the cancellation, still waiting past the deadline → the cancellation (`payment_not_completed`), whose
-//! cancel_payment cancels the intent.
+//! failed → the cancellation, a customer still not done past the deadline → the cancellation
+//! (`payment_not_completed`), whose cancel_payment cancels the intent; a bank debit still processing → another
+//! wait, since it cannot be cancelled.
 //!
 //! Failpoints: `worker.pay.start` (a transient failure before anything is written), `worker.pay.before_authorize`
 //! (after the PENDING row committed, before the call), `worker.pay.after_authorize` (aborts the process after the
@@ -161,6 +162,7 @@ impl SagaStep for Pay {
                         *status,
                         answer.deadline,
                         now,
+                        runner.settings.async_payment_deadline,
                         runner.settings.async_payment_max_hold,
                     ),
                     // Cancelled meanwhile: cancel_payment cancels the intent.
@@ -173,22 +175,39 @@ impl SagaStep for Pay {
 
 /// How an attempt whose authorization still waits ends: it waits on, to the deadline, with the stock held that
 /// long (and [`DEADLINE_SLACK`] more, within `max_hold`); past the deadline, the order is cancelled.
+///
+/// A bank debit still processing at the deadline is not cancelled: the provider cannot cancel it (Stripe refuses
+/// to cancel a `processing` intent), so cancelling the order would leave money on its way to a cancelled order.
+/// The order waits another `period` instead, its stock held, and the debit's settlement (its webhook, or the
+/// next look) decides.
 fn waiting(
     status: WaitingFor,
     deadline: chrono::DateTime<chrono::Utc>,
     now: chrono::DateTime<chrono::Utc>,
+    period: std::time::Duration,
     max_hold: std::time::Duration,
 ) -> Ending {
-    let who = match status {
-        WaitingFor::Customer => "the customer's action",
-        WaitingFor::Provider => "the provider's settlement",
+    let wait = |left: std::time::Duration, note: String| {
+        Ending::waits(note, left).holding_stock_for((left + DEADLINE_SLACK).min(max_hold))
     };
-    match (deadline - now).to_std() {
-        Ok(left) if !left.is_zero() => Ending::waits(format!("waiting for {who} until {deadline}"), left)
-            .holding_stock_for((left + DEADLINE_SLACK).min(max_hold)),
-        _ => Ending::cancel(
+    match ((deadline - now).to_std(), status) {
+        (Ok(left), WaitingFor::Customer) if !left.is_zero() => wait(
+            left,
+            format!("waiting for the customer's action until {deadline}"),
+        ),
+        (_, WaitingFor::Customer) => Ending::cancel(
             CancelReason::PaymentNotCompleted,
-            format!("{who} did not come by the deadline {deadline}"),
+            format!("the customer's action did not come by the deadline {deadline}"),
+        ),
+        (Ok(left), WaitingFor::Provider) if !left.is_zero() => wait(
+            left,
+            format!("waiting for the bank's settlement until {deadline}"),
+        ),
+        (_, WaitingFor::Provider) => wait(
+            period,
+            format!(
+                "the bank's settlement did not come by {deadline}; waiting on, as it cannot be cancelled"
+            ),
         ),
     }
 }
