@@ -140,6 +140,7 @@ impl Fleet {
                     "ORDERFLOW_WEBHOOK_RETRY_SCHEDULE",
                     "0,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s",
                 ),
+                ("ORDERFLOW_WEBHOOK_ALLOW_LOOPBACK", "true"),
             ],
             None,
         )

@@ -172,6 +172,10 @@ pub fn worker_settings(payments_url: &str) -> WorkerSettings {
         step_timeout: Duration::from_secs(30),
         reconcile_interval: Duration::from_millis(250),
         provider_events_interval: Duration::from_millis(100),
+        webhooks: orderflow_shared::settings::WebhookSettings {
+            allow_loopback: true,
+            ..Default::default()
+        },
         shutdown_grace: Duration::from_secs(10),
         ..WorkerSettings::default()
     }
@@ -222,6 +226,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
                 secrets: vec![WEBHOOK_SECRET.to_owned()],
                 ..Default::default()
             },
+            // The tests' merchants' endpoints listen on 127.0.0.1.
+            webhook_allow_loopback: true,
         },
         stopped(),
     ));

@@ -400,6 +400,8 @@ async fn an_endpoint_is_refused_unless_https_or_to_this_machine_and_of_known_typ
     for (body, field) in [
         (json!({"url": "http://shop.example/hooks"}), "url"),
         (json!({"url": "https://user:pw@shop.example/"}), "url"),
+        (json!({"url": "https://169.254.169.254/latest/meta-data"}), "url"),
+        (json!({"url": "https://10.0.0.7/hooks"}), "url"),
         (
             json!({"url": "https://shop.example/", "event_types": ["order.teleported"]}),
             "event_types[0]",

@@ -63,6 +63,8 @@ pub struct AppState {
     pub announcer: Announcer,
     /// How the payment provider's webhooks are checked.
     pub provider_webhooks: Arc<orderflow_shared::settings::ProviderWebhookSettings>,
+    /// Whether merchants' webhook endpoints may be on this machine.
+    pub webhook_allow_loopback: bool,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
             admission: Arc::new(admission::Gate::new(settings.admission)),
             announcer: Announcer::start(&pool),
             provider_webhooks: Arc::new(settings.provider_webhooks.clone()),
+            webhook_allow_loopback: settings.webhook_allow_loopback,
             pool,
         }
     }

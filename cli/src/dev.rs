@@ -118,6 +118,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         sim.webhook_secrets = vec![secret.clone()];
         api_settings.provider_webhooks.secrets = vec![secret];
     }
+    // Endpoints on this machine are for development: dev allows them unless told otherwise.
+    if std::env::var_os("ORDERFLOW_WEBHOOK_ALLOW_LOOPBACK").is_none() {
+        api_settings.webhook_allow_loopback = true;
+        worker_settings.webhooks.allow_loopback = true;
+    }
     let paysim = tokio::spawn(orderflow_paysim::run(paysim_listener, sim, stopped()));
     // Without configured tokens, dev makes one operator token for this run and prints it.
     let admin = &mut api_settings.admin;

@@ -455,6 +455,8 @@ pub struct ApiSettings {
     pub metrics_addr: Option<SocketAddr>,
     /// The payment provider's webhooks (`POST /v1/provider/webhooks`).
     pub provider_webhooks: ProviderWebhookSettings,
+    /// Whether merchants' webhook endpoints may be on this machine ([`webhook_allow_loopback`]).
+    pub webhook_allow_loopback: bool,
 }
 
 /// How every worker process delivers order events to merchants' webhook endpoints (`crate::webhooks`).
@@ -475,6 +477,16 @@ pub struct WebhookSettings {
     /// How often an idle process looks for events to fan out and deliveries due
     /// (`ORDERFLOW_WEBHOOK_POLL_MS`, 250).
     pub poll_interval: Duration,
+    /// Whether endpoints may be on this machine ([`webhook_allow_loopback`]).
+    pub allow_loopback: bool,
+}
+
+/// `ORDERFLOW_WEBHOOK_ALLOW_LOOPBACK` (`true` or `false`, off when unset; `orderflow dev` turns it on): whether
+/// webhook endpoints may be on this machine (`http://127.0.0.1…`), for development and tests. Off, no endpoint's
+/// URL reaches a port of the host OrderFlow runs on. The API checks it when an endpoint is made, the worker at
+/// each delivery.
+pub fn webhook_allow_loopback() -> Result<bool, SettingsError> {
+    env_parse("ORDERFLOW_WEBHOOK_ALLOW_LOOPBACK", false)
 }
 
 impl Default for WebhookSettings {
@@ -485,6 +497,7 @@ impl Default for WebhookSettings {
             timeout: Duration::from_secs(15),
             concurrency: 16,
             poll_interval: Duration::from_millis(250),
+            allow_loopback: false,
         }
     }
 }
@@ -516,6 +529,7 @@ impl WebhookSettings {
             timeout: env_millis("ORDERFLOW_WEBHOOK_TIMEOUT_MS", default.timeout)?,
             concurrency: env_parse("ORDERFLOW_WEBHOOK_CONCURRENCY", default.concurrency)?.max(1),
             poll_interval: env_millis("ORDERFLOW_WEBHOOK_POLL_MS", default.poll_interval)?,
+            allow_loopback: webhook_allow_loopback()?,
         })
     }
 }
@@ -655,6 +669,7 @@ impl ApiSettings {
             admission: AdmissionSettings::from_env()?,
             metrics_addr: env_parse_opt("ORDERFLOW_API_METRICS_ADDR")?,
             provider_webhooks: ProviderWebhookSettings::from_env()?,
+            webhook_allow_loopback: webhook_allow_loopback()?,
         })
     }
 }

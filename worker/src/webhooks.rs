@@ -17,6 +17,32 @@ use tokio::task::JoinSet;
 /// Events fanned out per round.
 const FAN_OUT_PAGE: i64 = 500;
 
+/// Resolves an endpoint's host name to the addresses a delivery may go to (`webhooks::allowed_address`): a name
+/// that resolves into the network OrderFlow runs in (a private or link-local address, this machine unless
+/// allowed) fails the attempt instead. Literal addresses were checked when the endpoint was made.
+struct PublicOnly {
+    allow_loopback: bool,
+}
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_loopback = self.allow_loopback;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<std::net::SocketAddr> = found
+                .into_iter()
+                .filter(|addr| webhooks::allowed_address(addr.ip(), allow_loopback))
+                .collect();
+            if allowed.is_empty() {
+                return Err(format!("{host} resolves to no address a webhook may be sent to").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// Delivers until `stopped`: up to `concurrency` attempts out at once, each recorded as soon as it ends and its
 /// slot refilled, so one slow endpoint holds one slot, not the others' deliveries.
 pub async fn run(pool: PgPool, settings: WebhookSettings, mut stopped: watch::Receiver<bool>) {
@@ -26,6 +52,9 @@ pub async fn run(pool: PgPool, settings: WebhookSettings, mut stopped: watch::Re
         // A redirect is a failure, as at Stripe and Svix: the endpoint's URL is the one to fix.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("OrderFlow-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(PublicOnly {
+            allow_loopback: settings.allow_loopback,
+        }))
         .build()
     {
         Ok(http) => http,
@@ -102,7 +131,7 @@ async fn start_attempts(
         let (pool, http, settings) = (pool.clone(), http.clone(), settings.clone());
         in_flight.spawn(async move {
             let attempted = match &body {
-                Some(body) => attempt(&http, &due, &key, body).await,
+                Some(body) => attempt(&http, &due, &key, body, settings.allow_loopback).await,
                 None => failed(chrono::Utc::now(), Duration::ZERO, "the event is gone".to_owned()),
             };
             match delivery::record(&pool, &due, &attempted, &settings.retry_schedule, settings.disable_after).await
@@ -147,9 +176,20 @@ async fn attempt(
     due: &delivery::Due,
     secret: &str,
     body: &[u8],
+    allow_loopback: bool,
 ) -> delivery::Attempted {
     let started_at = chrono::Utc::now();
     let started = Instant::now();
+    // A literal address is not resolved, so the resolver does not see it: checked here, as the setting is now.
+    let literal = reqwest::Url::parse(&due.url).ok().and_then(|url| {
+        url.host_str()
+            .map(|host| host.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .and_then(|host| host.parse::<std::net::IpAddr>().ok())
+    });
+    if literal.is_some_and(|ip| !webhooks::allowed_address(ip, allow_loopback)) {
+        let refused = "the endpoint's address is not one a webhook may be sent to".to_owned();
+        return failed(started_at, Duration::ZERO, refused);
+    }
     let id = due.event_id.to_string();
     let timestamp = started_at.timestamp();
     let Some(signature) = webhooks::sign(secret, &id, timestamp, body) else {

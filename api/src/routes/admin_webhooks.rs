@@ -42,7 +42,7 @@ fn endpoint_id(id: &str) -> Result<Uuid, ApiError> {
     (status = 201, description = "The endpoint, with its secret", body = CreatedEndpoint),
     (status = 401, description = "No or an unknown admin token", body = crate::error::Problem),
     (status = 403, description = "A viewer token", body = crate::error::Problem),
-    (status = 422, description = "Invalid field (a URL that is not https, or http beyond this machine; an unknown event type)", body = crate::error::Problem),
+    (status = 422, description = "Invalid field (a URL that is not https, or http beyond this machine or where that is not allowed; a private or link-local address; an unknown event type)", body = crate::error::Problem),
 ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -50,7 +50,7 @@ pub async fn create(
     body: JsonBody<NewEndpoint>,
 ) -> Result<(StatusCode, Json<CreatedEndpoint>), ApiError> {
     admin.must_operate("make a webhook endpoint")?;
-    body.parsed.validate()?;
+    body.parsed.validate(state.webhook_allow_loopback)?;
     let server_secret = orderflow_shared::server_secret::load(&state.pool, webhooks::SERVER_SECRET).await?;
     let mut conn = state.pool.acquire().await?;
     let (endpoint, secret) = webhooks::create(&mut conn, &body.parsed, &admin.name, &server_secret).await?;

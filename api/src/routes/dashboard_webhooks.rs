@@ -81,7 +81,7 @@ pub async fn create(
             .filter(|d| !d.is_empty())
             .map(str::to_owned),
     };
-    if let Err(refused) = request.validate() {
+    if let Err(refused) = request.validate(state.webhook_allow_loopback) {
         let message = format!("Not created: {refused}");
         let page = list_page(&state, &who, None, Some(&message)).await?;
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response());

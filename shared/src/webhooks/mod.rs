@@ -91,6 +91,40 @@ macro_rules! endpoint_columns {
     };
 }
 
+/// Whether a delivery may go to `ip`: a public address, or this machine's when `allow_loopback`. Never a private,
+/// link-local (a cloud's metadata service), shared, unspecified, multicast or broadcast one: an endpoint's URL
+/// must not reach into the network OrderFlow runs in.
+pub fn allowed_address(ip: std::net::IpAddr, allow_loopback: bool) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    if ip.is_loopback() {
+        return allow_loopback;
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 /// A request for a new endpoint.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -105,9 +139,9 @@ pub struct NewEndpoint {
 }
 
 impl NewEndpoint {
-    /// Checks the URL and the types, naming the field at fault.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        check_url(&self.url)?;
+    /// Checks the URL (this machine's only with `allow_loopback`) and the types, naming the field at fault.
+    pub fn validate(&self, allow_loopback: bool) -> Result<(), FieldError> {
+        check_url(&self.url, allow_loopback)?;
         for (i, kind) in self.event_types.iter().enumerate() {
             if EventType::parse(kind).is_none() {
                 return Err(FieldError::new(
@@ -129,8 +163,10 @@ impl NewEndpoint {
     }
 }
 
-/// An endpoint's URL: `https` anywhere, `http` to this machine only; no user info, no fragment, no whitespace.
-pub fn check_url(url: &str) -> Result<(), FieldError> {
+/// An endpoint's URL: `https`, or `http` to this machine when `allow_loopback` (development); no address of the
+/// network OrderFlow runs in ([`allowed_address`]; a name is checked again at each delivery, as it resolves); no
+/// user info, no fragment, no whitespace.
+pub fn check_url(url: &str, allow_loopback: bool) -> Result<(), FieldError> {
     let refuse = |message: &str| Err(FieldError::new("url", message));
     if url.len() > MAX_URL {
         return refuse("must be at most 2048 characters");
@@ -154,9 +190,16 @@ pub fn check_url(url: &str) -> Result<(), FieldError> {
     if host.is_empty() {
         return refuse("has no host");
     }
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let address = host.parse::<std::net::IpAddr>().ok();
+    let loopback = host.eq_ignore_ascii_case("localhost") || address.is_some_and(|ip| ip.is_loopback());
+    if loopback && !allow_loopback {
+        return refuse("must not be this machine (ORDERFLOW_WEBHOOK_ALLOW_LOOPBACK is off)");
+    }
+    if address.is_some_and(|ip| !allowed_address(ip, allow_loopback)) {
+        return refuse("must not be a private, link-local or otherwise internal address");
+    }
     if !https && !loopback {
-        return refuse("must be https:// (http:// only to this machine)");
+        return refuse("must be https:// (http:// only to this machine, in development)");
     }
     Ok(())
 }
@@ -297,11 +340,20 @@ mod tests {
         for good in [
             "https://shop.example/hooks",
             "https://shop.example:8443/hooks?x=1",
+            "https://8.8.8.8/h",
+        ] {
+            assert_eq!(check_url(good, false), Ok(()), "{good}");
+        }
+        for local in [
             "http://127.0.0.1:9000/hooks",
             "http://localhost/hooks",
             "http://[::1]:9000/hooks",
         ] {
-            assert_eq!(check_url(good), Ok(()), "{good}");
+            assert_eq!(check_url(local, true), Ok(()), "{local}");
+            assert!(
+                check_url(local, false).is_err(),
+                "{local} needs ORDERFLOW_WEBHOOK_ALLOW_LOOPBACK"
+            );
         }
         for bad in [
             "http://shop.example/hooks",
@@ -312,8 +364,16 @@ mod tests {
             "https:///nohost",
             "https://shop.example/a b",
             "shop.example",
+            "https://10.0.0.1/h",
+            "https://192.168.1.1/h",
+            "https://169.254.169.254/latest/meta-data",
+            "https://[fd00::1]/h",
+            "https://[fe80::1]/h",
+            "https://[::ffff:10.0.0.1]/h",
+            "https://100.64.0.1/h",
+            "https://0.0.0.0/h",
         ] {
-            assert!(check_url(bad).is_err(), "{bad}");
+            assert!(check_url(bad, true).is_err(), "{bad}");
         }
     }
 
@@ -324,6 +384,6 @@ mod tests {
             event_types: vec!["order.paid".to_owned(), "order.teleported".to_owned()],
             description: None,
         };
-        assert_eq!(request.validate().unwrap_err().field, "event_types[1]");
+        assert_eq!(request.validate(true).unwrap_err().field, "event_types[1]");
     }
 }
