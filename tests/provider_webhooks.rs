@@ -243,3 +243,35 @@ async fn the_event_of_a_lost_answer_wakes_the_waiting_pay_step() {
     let effects = pay_through(&app, 1, "pm_sim_lost_response").await;
     assert_eq!(effects, ["woke_pay", "recorded"]);
 }
+
+/// The provider ends a waiting order's hold (its lifetime ran out) and says so by webhook: the payment's
+/// `capture_before` comes forward to then, so the reconciler's hold check reports it, and the next shipment
+/// authorizes again (issue 18's lapsed hold, `lapsed_hold`).
+#[tokio::test]
+async fn a_hold_the_provider_ends_is_noted_from_its_webhook() {
+    let app = crate::helpers::spawn_app().await;
+    let id = crate::shipment::paid_shipment_order(&app, "ended-by-webhook").await;
+    app.wait_for_payment(id, "AUTHORIZED").await;
+    let intent = app.intents_of(id).await[0]["id"].as_str().unwrap().to_owned();
+    app.lapse(&intent).await;
+    let noted = app
+        .wait_until(id, Duration::from_secs(15), |o| {
+            o["payment"]["capture_before"].is_string()
+        })
+        .await;
+    let at =
+        chrono::DateTime::parse_from_rfc3339(noted["payment"]["capture_before"].as_str().unwrap()).unwrap();
+    assert!(at.with_timezone(&chrono::Utc) <= chrono::Utc::now(), "{noted}");
+    let effect: String = sqlx::query_scalar(
+        "select effect from provider_events where order_id = $1 and type = 'payment_intent.canceled'",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(effect, "hold_ended");
+    let holds = orderflow_worker::reconciler::check_holds(&app.runner("holds"))
+        .await
+        .unwrap();
+    assert_eq!(holds.expiring, 1, "the reconciler reports the ended hold");
+}
