@@ -239,6 +239,15 @@ fn plain() -> reqwest::Client {
         .unwrap()
 }
 
+/// The secret a page shows once (`<code id="secret">`).
+fn secret_of(html: &str) -> String {
+    html.split(r#"<code id="secret">"#)
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap()
+        .to_owned()
+}
+
 /// The value of the first `name="csrf"` field of a page.
 fn csrf_of(html: &str) -> String {
     html.split(r#"name="csrf" value=""#)
@@ -560,12 +569,7 @@ async fn operators_create_and_revoke_keys_on_the_keys_page() {
         .unwrap();
     assert_eq!(created.status(), 200);
     let created = created.text().await.unwrap();
-    let secret = created
-        .split(r#"<code id="secret">"#)
-        .nth(1)
-        .and_then(|rest| rest.split('<').next())
-        .unwrap()
-        .to_owned();
+    let secret = secret_of(&created);
     assert!(secret.starts_with("ofk_"), "{created}");
     assert!(
         created.contains("&#60;b&#62;shop&#60;/b&#62;") && !created.contains("<b>shop"),
@@ -736,12 +740,7 @@ async fn operators_manage_webhook_endpoints_and_read_their_deliveries_on_the_das
     .await;
     assert_eq!(created.status(), 200);
     let created = created.text().await.unwrap();
-    let secret = created
-        .split(r#"<code id="secret">"#)
-        .nth(1)
-        .and_then(|rest| rest.split('<').next())
-        .unwrap()
-        .to_owned();
+    let secret = secret_of(&created);
     assert!(secret.starts_with("whsec_"), "{created}");
     assert!(
         !page(&app, &operator, "/admin/webhooks").await.contains(&secret),

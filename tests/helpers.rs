@@ -575,8 +575,13 @@ pub async fn post_shipment(
     key: &str,
     body: Value,
 ) -> (u16, Value) {
+    post_keyed(http, &format!("{api}/v1/orders/{id}/shipments"), key, body).await
+}
+
+/// POSTs `body` to `url` with Idempotency-Key `key`; the status and the answer.
+async fn post_keyed(http: &reqwest::Client, url: &str, key: &str, body: Value) -> (u16, Value) {
     let response = http
-        .post(format!("{api}/v1/orders/{id}/shipments"))
+        .post(url)
         .header("Idempotency-Key", key)
         .json(&body)
         .send()
@@ -594,14 +599,7 @@ pub async fn post_return(
     key: &str,
     body: Value,
 ) -> (u16, Value) {
-    let response = http
-        .post(format!("{api}/v1/orders/{id}/returns"))
-        .header("Idempotency-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
+    post_keyed(http, &format!("{api}/v1/orders/{id}/returns"), key, body).await
 }
 
 /// A problem's `type`, as `urn:orderflow:problem:{slug}`.

@@ -133,13 +133,7 @@ impl SimConfig {
             webhook_url: std::env::var("ORDERFLOW_PAYSIM_WEBHOOK_URL")
                 .ok()
                 .filter(|url| !url.is_empty()),
-            webhook_secrets: std::env::var("ORDERFLOW_PAYSIM_WEBHOOK_SECRET")
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|secret| !secret.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            webhook_secrets: orderflow_shared::settings::env_list("ORDERFLOW_PAYSIM_WEBHOOK_SECRET"),
             webhook_duplicate_rate: rate("ORDERFLOW_PAYSIM_WEBHOOK_DUPLICATE_RATE")?,
             webhook_reorder_rate: rate("ORDERFLOW_PAYSIM_WEBHOOK_REORDER_RATE")?,
             webhook_early_rate: rate("ORDERFLOW_PAYSIM_WEBHOOK_EARLY_RATE")?,

@@ -60,7 +60,6 @@ impl Webhooks {
         let (queue, received) = mpsc::unbounded_channel();
         let dispatcher = Dispatcher {
             url,
-            secrets: config.webhook_secrets.clone(),
             config: config.clone(),
             http: reqwest::Client::builder()
                 .timeout(ATTEMPT_TIMEOUT)
@@ -109,8 +108,8 @@ impl Webhooks {
 
 #[derive(Clone)]
 struct Dispatcher {
+    /// `config.webhook_url`, known to be set.
     url: String,
-    secrets: Vec<String>,
     config: SimConfig,
     http: reqwest::Client,
     in_flight: Arc<Semaphore>,
@@ -207,7 +206,8 @@ impl Dispatcher {
 
     async fn attempt(&self, body: &[u8]) -> Result<(), String> {
         let _permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
-        let signature = stripe_signature::sign(&self.secrets, chrono::Utc::now().timestamp(), body);
+        let signature =
+            stripe_signature::sign(&self.config.webhook_secrets, chrono::Utc::now().timestamp(), body);
         let response = self
             .http
             .post(&self.url)

@@ -429,14 +429,8 @@ impl Ending {
     pub fn waits(note: impl Into<String>, wait: Duration) -> Self {
         Self {
             status: AttemptStatus::Succeeded,
-            note: Some(note.into()),
-            transition: None,
-            next: None,
-            hold_for: None,
-            shipment: None,
-            refund: None,
-            for_operators: false,
             wait: Some(wait),
+            ..Self::overtaken(note)
         }
     }
 

@@ -563,16 +563,21 @@ impl Default for ProviderWebhookSettings {
     }
 }
 
+/// Variable `name` as a comma-separated list, each item trimmed, empty ones dropped (unset: none).
+pub fn env_list(name: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 impl ProviderWebhookSettings {
     pub fn from_env() -> Result<Self, SettingsError> {
         Ok(Self {
-            secrets: std::env::var("ORDERFLOW_PROVIDER_WEBHOOK_SECRETS")
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|secret| !secret.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            secrets: env_list("ORDERFLOW_PROVIDER_WEBHOOK_SECRETS"),
             tolerance_secs: env_parse("ORDERFLOW_PROVIDER_WEBHOOK_TOLERANCE_SECS", 300)?,
         })
     }

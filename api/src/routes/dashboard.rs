@@ -301,16 +301,20 @@ pub(crate) async fn signed_in_form(
     Ok(who)
 }
 
-/// The signed-in operator who sent a dashboard form about keys.
-async fn operator_form(
+/// The signed-in operator who sent a dashboard form to `action` (for the refusal of a viewer).
+pub(crate) async fn operator_form(
     state: &AppState,
     headers: &HeaderMap,
     csrf: Option<&str>,
+    action: &str,
 ) -> Result<SignedIn, ApiError> {
     let who = signed_in_form(state, headers, csrf).await?;
-    who.must_operate("manage API keys")?;
+    who.must_operate(action)?;
     Ok(who)
 }
+
+/// What an operator does on the keys page.
+const KEYS: &str = "manage API keys";
 
 /// `POST /admin/keys`: an operator creates a key; the answer is the keys page with the secret, shown once.
 /// The form's fields as pairs, since `scope` repeats (one per ticked box).
@@ -320,7 +324,7 @@ pub async fn create_key(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let who = operator_form(&state, &headers, field("csrf")).await?;
+    let who = operator_form(&state, &headers, field("csrf"), KEYS).await?;
     let rate = match field("rate_per_second").map(str::trim) {
         None | Some("") => Ok(None),
         Some(text) => text
@@ -370,7 +374,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, ApiError> {
-    let who = operator_form(&state, &headers, Some(&form.csrf)).await?;
+    let who = operator_form(&state, &headers, Some(&form.csrf), KEYS).await?;
     let not_found = || ApiError::NotFound {
         what: "key",
         id: id.clone(),

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::routes::admin_webhooks::CreatedEndpoint;
-use crate::routes::dashboard::{ActionForm, Flash, form_urlencoded, signed_in_form};
+use crate::routes::dashboard::{ActionForm, Flash, form_urlencoded, operator_form};
 use crate::session::{self, SignedIn};
 use crate::{ApiError, AppState, pages};
 
@@ -50,15 +50,8 @@ async fn list_page(
     })
 }
 
-async fn operator_form(
-    state: &AppState,
-    headers: &HeaderMap,
-    csrf: Option<&str>,
-) -> Result<SignedIn, ApiError> {
-    let who = signed_in_form(state, headers, csrf).await?;
-    who.must_operate("manage webhook endpoints")?;
-    Ok(who)
-}
+/// What an operator does on the webhook pages.
+const ENDPOINTS: &str = "manage webhook endpoints";
 
 /// `POST /admin/webhooks`: an operator makes an endpoint; the answer is the page with its secret, shown once.
 /// The form's fields as pairs, since `event_type` repeats (one per ticked box).
@@ -68,7 +61,7 @@ pub async fn create(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let who = operator_form(&state, &headers, field("csrf")).await?;
+    let who = operator_form(&state, &headers, field("csrf"), ENDPOINTS).await?;
     let request = NewEndpoint {
         url: field("url").unwrap_or_default().trim().to_owned(),
         event_types: fields
@@ -106,7 +99,7 @@ pub async fn set_enabled(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, ApiError> {
-    let who = operator_form(&state, &headers, Some(&form.csrf)).await?;
+    let who = operator_form(&state, &headers, Some(&form.csrf), ENDPOINTS).await?;
     let enabled = match action.as_str() {
         "enable" => true,
         "disable" => false,
@@ -181,7 +174,7 @@ pub async fn replay(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, ApiError> {
-    operator_form(&state, &headers, Some(&form.csrf)).await?;
+    operator_form(&state, &headers, Some(&form.csrf), ENDPOINTS).await?;
     let delivery_id: i64 = id.parse().map_err(|_| not_found("webhook delivery", &id))?;
     let replayed = delivery::replay(&state.pool, delivery_id)
         .await?
@@ -209,7 +202,7 @@ pub async fn replay_range(
     Path(id): Path<String>,
     Form(form): Form<RangeForm>,
 ) -> Result<Response, ApiError> {
-    operator_form(&state, &headers, Some(&form.csrf)).await?;
+    operator_form(&state, &headers, Some(&form.csrf), ENDPOINTS).await?;
     let endpoint_id = Uuid::parse_str(&id).map_err(|_| not_found("webhook endpoint", &id))?;
     let time = |field: &str, text: &str| {
         chrono::DateTime::parse_from_rfc3339(text.trim())

@@ -66,13 +66,14 @@ pub async fn fan_out(conn: &mut PgConnection, limit: i64) -> Result<usize, sqlx:
         .fetch_one(&mut *tx)
         .await?;
     if !any {
-        // No endpoint to deliver to: the cursor goes to the feed's head, one read however long the history.
+        // No endpoint to deliver to: the cursor goes to the feed's head, one read however long the history, and
+        // a write only when the head moved (an idle deployment writes nothing each round).
         sqlx::query(
             r#"update webhook_cursor c set txid = head.txid, id = head.id
                from (select e.txid::text::bigint as txid, e.id from order_events e
                      where e.txid < pg_snapshot_xmin(pg_current_snapshot())
                      order by e.txid desc, e.id desc limit 1) as head
-               where c.single"#,
+               where c.single and (c.txid, c.id) <> (head.txid, head.id)"#,
         )
         .execute(&mut *tx)
         .await?;
